@@ -1,0 +1,102 @@
+"""The manifest model: the single source of a bundle's metadata."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_VERSION = "1.0.0"
+
+
+class _Model(BaseModel):
+    # extra keys are kept: newer writers may add optional metadata
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class Units(_Model):
+    joint_pos: str
+    joint_vel: str = "rad/s"
+
+
+class Intrinsics(_Model):
+    fx: float = Field(gt=0)
+    fy: float = Field(gt=0)
+    cx: float
+    cy: float
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    distortion: list[float] | None = None
+
+
+class Camera(_Model):
+    intrinsics: Intrinsics
+    extrinsics: list[list[float]]
+
+    @field_validator("extrinsics")
+    @classmethod
+    def _four_by_four(cls, value: list[list[float]]) -> list[list[float]]:
+        if len(value) != 4 or any(len(row) != 4 for row in value):
+            raise ValueError("extrinsics must be a 4x4 camera-to-world matrix")
+        return value
+
+
+class VideoInfo(_Model):
+    fps: float = Field(gt=0)
+    frame_count: int = Field(ge=0)
+
+
+class Sync(_Model):
+    sync_offset_ms_claimed: float
+
+
+class Task(_Model):
+    task_id: str
+    task_version: str
+
+
+class Manifest(_Model):
+    schema_version: str
+    bundle_version: str
+    submission_id: uuid.UUID
+    episode_id: uuid.UUID
+    miner_id: str = Field(min_length=1, max_length=128)
+    created_at: str
+    robot_model_id: str
+    robot_model_revision: str
+    joint_names: list[str] = Field(min_length=1, max_length=256)
+    sampling_rate_hz: float = Field(gt=0, le=10_000)
+    time_base: str
+    time_units: str
+    units: Units
+    camera: dict[str, Camera]
+    video: dict[str, VideoInfo]
+    sync: Sync
+    task: Task | None = None
+
+    @field_validator("camera", "video")
+    @classmethod
+    def _needs_primary(cls, value: dict) -> dict:
+        if "primary" not in value:
+            raise ValueError("a 'primary' entry is required")
+        return value
+
+
+REQUIRED_UNITS = {
+    "time_base": "relative",
+    "time_units": "ms",
+    "units.joint_pos": "rad",
+    "units.joint_vel": "rad/s",
+}
+
+
+def unit_mismatches(manifest: Manifest) -> dict[str, str]:
+    """Declared units that differ from the contract: ``{path: declared}``."""
+    declared = {
+        "time_base": manifest.time_base,
+        "time_units": manifest.time_units,
+        "units.joint_pos": manifest.units.joint_pos,
+        "units.joint_vel": manifest.units.joint_vel,
+    }
+    return {k: v for k, v in declared.items() if v != REQUIRED_UNITS[k]}

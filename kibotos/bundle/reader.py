@@ -1,0 +1,229 @@
+"""Open a bundle safely: every check that bounds memory and disk runs before data is read.
+
+Hostile archives (zip bombs, path tricks, symlinks, absurd declared shapes, truncated
+files, oversized attributes) raise ``BundleError`` with a reason code; nothing is loaded
+whose declared size exceeds ``Limits``.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import zipfile
+from dataclasses import dataclass
+from functools import cached_property
+from math import prod
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.storage
+
+from kibotos.bundle.manifest import Manifest
+from kibotos.errors import BundleError
+
+MANIFEST_GROUP = "manifest"
+TIMESTAMPS = "kinematics/timestamps_ms"
+JOINT_POS = "kinematics/joint_pos"
+JOINT_VEL = "kinematics/joint_vel"
+VIDEO_ENCODED = "video/primary/encoded"
+VIDEO_FRAMES = "video/primary/frames"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upper bounds applied before anything is read."""
+
+    max_archive_bytes: int = 2 << 30  # sum of uncompressed entry sizes
+    max_entries: int = 20_000
+    max_compression_ratio: float = 200.0  # per entry over 1 MiB
+    max_metadata_bytes: int = 1 << 20  # any zarr.json (manifest attributes included)
+    max_array_bytes: int = 1 << 30  # one array, declared shape x itemsize
+    max_chunks: int = 100_000  # per array
+
+
+def _reject(reason: str, message: str) -> BundleError:
+    return BundleError(message, reason_code=reason)
+
+
+def _check_zip(path: Path, limits: Limits) -> None:
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise _reject("bundle_unreadable", f"not a zip archive or truncated: {exc}") from exc
+    except OSError as exc:
+        raise _reject("bundle_unreadable", f"cannot read archive: {exc}") from exc
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > limits.max_entries:
+            raise _reject("bundle_too_many_entries", f"{len(infos)} entries > {limits.max_entries}")
+        total = 0
+        for info in infos:
+            name = info.filename
+            parts = PurePosixPath(name).parts
+            if name.startswith(("/", "\\")) or "\\" in name or ".." in parts or ":" in name:
+                raise _reject("bundle_unsafe_path", f"unsafe entry name {name!r}")
+            if stat.S_ISLNK(info.external_attr >> 16):
+                raise _reject("bundle_unsafe_path", f"symlink entry {name!r}")
+            total += info.file_size
+            if total > limits.max_archive_bytes:
+                raise _reject("bundle_too_large", f"uncompressed size exceeds {limits.max_archive_bytes} bytes")
+            if info.file_size > (1 << 20) and info.file_size > limits.max_compression_ratio * max(info.compress_size, 1):
+                raise _reject("bundle_zip_bomb", f"entry {name!r} expands {info.file_size / max(info.compress_size, 1):.0f}x")
+            if name.endswith("zarr.json") and info.file_size > limits.max_metadata_bytes:
+                raise _reject("bundle_metadata_too_large", f"{name!r} is {info.file_size} bytes")
+        names = [i.filename for i in infos]
+        if len(names) != len(set(names)):
+            raise _reject("bundle_duplicate_entries", "archive holds duplicate entry names")
+
+
+def _check_dir(path: Path, limits: Limits) -> None:
+    root = path.resolve()
+    total = count = 0
+    for item in root.rglob("*"):
+        if item.is_symlink():
+            raise _reject("bundle_unsafe_path", f"symlink {item.relative_to(root)}")
+        if item.is_file():
+            count += 1
+            size = item.stat().st_size
+            total += size
+            if count > limits.max_entries:
+                raise _reject("bundle_too_many_entries", f"more than {limits.max_entries} files")
+            if total > limits.max_archive_bytes:
+                raise _reject("bundle_too_large", f"size exceeds {limits.max_archive_bytes} bytes")
+            if item.name == "zarr.json" and size > limits.max_metadata_bytes:
+                raise _reject("bundle_metadata_too_large", f"{item.relative_to(root)} is {size} bytes")
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    nbytes: int
+    chunks: int
+
+
+class BundleView:
+    """Read-only, size-bounded access to one bundle. Use ``open_bundle``."""
+
+    def __init__(self, path: Path, root: zarr.Group, store, limits: Limits):
+        self.path = path
+        self._root = root
+        self._store = store
+        self.limits = limits
+        self._cache: dict[str, np.ndarray] = {}
+
+    def close(self) -> None:
+        close = getattr(self._store, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> "BundleView":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @cached_property
+    def manifest_raw(self) -> dict[str, Any]:
+        try:
+            group = self._root[MANIFEST_GROUP]
+        except KeyError as exc:
+            raise _reject("manifest_missing", "bundle has no 'manifest' group") from exc
+        if not isinstance(group, zarr.Group):
+            raise _reject("manifest_missing", "'manifest' is not a group")
+        return dict(group.attrs.asdict())
+
+    @cached_property
+    def manifest(self) -> Manifest:
+        """The validated manifest; ``BundleError(manifest_invalid)`` lists what is wrong."""
+        from pydantic import ValidationError
+
+        try:
+            return Manifest.model_validate(self.manifest_raw)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:10])
+            raise _reject("manifest_invalid", problems) from exc
+
+    def has(self, path: str) -> bool:
+        try:
+            node = self._root[path]
+        except (KeyError, ValueError, OSError):
+            return False
+        return isinstance(node, zarr.Array)
+
+    def info(self, path: str) -> ArrayInfo:
+        try:
+            arr = self._root[path]
+        except KeyError as exc:
+            raise _reject("missing_dataset", f"missing dataset {path}") from exc
+        except Exception as exc:  # malformed zarr.json of that node
+            raise _reject("bundle_malformed", f"cannot open {path}: {exc}") from exc
+        if not isinstance(arr, zarr.Array):
+            raise _reject("missing_dataset", f"{path} is not an array")
+        shape = tuple(int(s) for s in arr.shape)
+        dtype = np.dtype(arr.dtype) if not hasattr(arr.dtype, "to_native_dtype") else arr.dtype.to_native_dtype()
+        nbytes = prod(shape) * np.dtype(dtype).itemsize
+        chunks = prod(-(-s // max(c, 1)) for s, c in zip(shape, arr.chunks)) if shape else 1
+        return ArrayInfo(path, shape, str(np.dtype(dtype)), nbytes, chunks)
+
+    def read(self, path: str) -> np.ndarray:
+        """Load one array after checking its declared size and chunk count."""
+        if path in self._cache:
+            return self._cache[path]
+        info = self.info(path)
+        if info.nbytes > self.limits.max_array_bytes:
+            raise _reject("dataset_too_large", f"{path} declares {info.nbytes} bytes > {self.limits.max_array_bytes}")
+        if info.chunks > self.limits.max_chunks:
+            raise _reject("dataset_too_many_chunks", f"{path} declares {info.chunks} chunks")
+        try:
+            data = np.asarray(self._root[path][...])
+        except Exception as exc:  # corrupt chunk, codec error, truncated member
+            raise _reject("dataset_unreadable", f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
+        self._cache[path] = data
+        return data
+
+    def arrays(self) -> list[ArrayInfo]:
+        """Every array in the bundle (metadata only), sorted by path."""
+        found: list[ArrayInfo] = []
+
+        def walk(group: zarr.Group, prefix: str) -> None:
+            for name, node in group.members():
+                path = f"{prefix}{name}"
+                if isinstance(node, zarr.Group):
+                    walk(node, path + "/")
+                else:
+                    found.append(self.info(path))
+
+        walk(self._root, "")
+        return sorted(found, key=lambda a: a.path)
+
+    def node_attrs(self, path: str) -> dict[str, Any]:
+        return dict(self._root[path].attrs.asdict())
+
+
+def open_bundle(path: str | Path, limits: Limits | None = None) -> BundleView:
+    """Open ``*.zarr.zip`` (zip store) or a directory store, read-only, after safety checks."""
+    limits = limits or Limits()
+    path = Path(path)
+    if not path.exists():
+        raise _reject("bundle_not_found", f"no such bundle: {path}")
+    try:
+        if path.is_dir():
+            _check_dir(path, limits)
+            store = zarr.storage.LocalStore(path, read_only=True)
+        else:
+            _check_zip(path, limits)
+            store = zarr.storage.ZipStore(path, mode="r")
+        root = zarr.open_group(store=store, mode="r")
+    except BundleError:
+        raise
+    except Exception as exc:
+        raise _reject("bundle_unreadable", f"not a readable Zarr v3 bundle: {type(exc).__name__}: {exc}") from exc
+    return BundleView(path, root, store, limits)
+
+
+def metadata_json(view: BundleView) -> str:
+    return json.dumps(view.manifest_raw, sort_keys=True)

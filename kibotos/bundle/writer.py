@@ -1,0 +1,55 @@
+"""Write a bundle (zip or directory store) following the layout in ``kibotos.bundle``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import zarr
+import zarr.storage
+
+from kibotos.bundle.reader import JOINT_POS, JOINT_VEL, TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES
+
+
+def write_bundle(
+    path: str | Path,
+    manifest: Mapping[str, Any],
+    *,
+    timestamps_ms: np.ndarray,
+    joint_pos: np.ndarray,
+    joint_vel: np.ndarray | None = None,
+    video_mp4: bytes | None = None,
+    video_frames: np.ndarray | None = None,
+    extra_arrays: Mapping[str, np.ndarray] | None = None,
+) -> Path:
+    """Write one episode. ``path`` ending in ``.zip`` gives a zip store, else a directory.
+
+    Arrays are written with the dtypes given (the contract asks int64 timestamps and
+    float32 joints; callers that want a faulty bundle may pass anything). Attributes are
+    set at creation time because zip stores cannot rewrite ``zarr.json`` in place.
+    """
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store = zarr.storage.ZipStore(path, mode="w") if path.suffix == ".zip" else zarr.storage.LocalStore(path)
+    try:
+        root = zarr.open_group(store=store, mode="w")
+        root.create_group("manifest", attributes=dict(manifest))
+        arrays: dict[str, np.ndarray] = {TIMESTAMPS: timestamps_ms, JOINT_POS: joint_pos}
+        if joint_vel is not None:
+            arrays[JOINT_VEL] = joint_vel
+        if video_frames is not None:
+            arrays[VIDEO_FRAMES] = video_frames
+        arrays.update(extra_arrays or {})
+        for name, data in arrays.items():
+            data = np.asarray(data)
+            root.create_array(name, data=data, chunks=data.shape or "auto")
+        if video_mp4 is not None:
+            buf = np.frombuffer(video_mp4, dtype=np.uint8)
+            root.create_array(VIDEO_ENCODED, data=buf, chunks=(max(len(buf), 1),),
+                              attributes={"container": "mp4", "codec": "h264"})
+    finally:
+        store.close()
+    return path

@@ -1,0 +1,253 @@
+"""Realistic sample episodes for every registered robot, genuine and faulty.
+
+A genuine episode is a sequence of minimum-jerk moves between random waypoints inside
+the joint limits, separated by pauses (so motion comes in bursts, as in real
+demonstrations), sampled at ``rate_hz`` with Gaussian sensor noise (documented in
+``NOISE``). Its video is rendered from the same trajectory: the robot's link positions
+(forward kinematics) projected through the declared camera and drawn as a skeleton over a
+textured background, encoded as H.264 with PyAV. The video starts ``offset_ms`` before
+the kinematics, which is the true sync offset.
+
+Each failure class of gates A–E has a variant (``VARIANTS``) with the gate and reason
+code that must catch it (``EXPECTED``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from kibotos.bundle.manifest import SCHEMA_VERSION
+from kibotos.bundle.writer import write_bundle
+from kibotos.camera import look_at, project_points
+from kibotos.robots import RobotModel, get_robot
+from kibotos.robots.kinematics import kinematics_for
+from kibotos.video import encode_mp4
+
+# Sensor noise of genuine samples (1 sigma): joint positions and velocities.
+NOISE = {"revolute_rad": 0.001, "prismatic_m": 0.0001, "vel_rad_s": 0.01}
+
+# variant -> (gate that must reject it, reason code)
+EXPECTED: dict[str, tuple[str, str] | None] = {
+    "genuine": None,
+    "shape_mismatch": ("gate_a_integrity", "shape_mismatch"),
+    "nan": ("gate_a_integrity", "non_finite_values"),
+    "flatline": ("gate_a_integrity", "flatline_stream"),
+    "non_monotonic": ("gate_b_timestamps", "timestamps_not_increasing"),
+    "gap": ("gate_b_timestamps", "timestamp_gap"),
+    "short_video": ("gate_c_sync", "insufficient_overlap"),
+    "sync_lie": ("gate_c_sync", "sync_offset_mismatch"),
+    "degrees": ("gate_d_limits", "units_degrees_suspected"),
+    "limit_violation": ("gate_d_limits", "joint_limit_violation"),
+    "teleport": ("gate_e_plausibility", "teleport_detected"),
+    "jerk": ("gate_e_plausibility", "jerk_exceeded"),
+}
+VARIANTS = tuple(EXPECTED)
+
+WIDTH, HEIGHT, FOCAL = 320, 240, 260.0
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Noise-free joint trajectory q(t) as samples on a fine time grid."""
+
+    t_ms: np.ndarray  # (K,)
+    q: np.ndarray  # (K, J)
+
+    def at(self, t_ms: np.ndarray) -> np.ndarray:
+        t = np.clip(t_ms, self.t_ms[0], self.t_ms[-1])
+        idx = np.searchsorted(self.t_ms, t, side="right") - 1
+        idx = np.clip(idx, 0, len(self.t_ms) - 2)
+        w = ((t - self.t_ms[idx]) / (self.t_ms[idx + 1] - self.t_ms[idx]))[:, None]
+        return self.q[idx] * (1 - w) + self.q[idx + 1] * w
+
+
+def _min_jerk(tau: np.ndarray) -> np.ndarray:
+    return 10 * tau**3 - 15 * tau**4 + 6 * tau**5
+
+
+def random_trajectory(robot: RobotModel, duration_ms: float, rng: np.random.Generator) -> Trajectory:
+    """Waypoint moves (min-jerk, 1.1–2.2 s) and pauses (0.2–1.6 s) inside the limits."""
+    span = robot.pos_upper - robot.pos_lower
+    prismatic = np.array([t == "prismatic" for t in robot.joint_types])
+    amp = np.minimum(np.where(prismatic, 0.01, 0.4), 0.2 * span)
+    lo, hi = robot.pos_lower + 0.15 * span, robot.pos_upper - 0.15 * span
+    t_ms = np.arange(0.0, duration_ms + 1.0, 1.0)
+    q = np.empty((t_ms.size, robot.dof))
+    current, t0 = robot.home_qpos.copy(), 0.0
+    q[:] = current
+    while t0 < duration_ms:
+        pause = rng.uniform(200, 1600)
+        move = rng.uniform(1100, 2200)
+        target = np.clip(current + rng.uniform(-1, 1, robot.dof) * amp * rng.uniform(0.3, 1.0), lo, hi)
+        start, end = t0 + pause, t0 + pause + move
+        sel = t_ms >= start
+        tau = np.clip((t_ms[sel] - start) / move, 0, 1)[:, None]
+        q[sel] = current + (target - current) * _min_jerk(tau)
+        current, t0 = target, end
+    return Trajectory(t_ms, q)
+
+
+def default_camera(robot: RobotModel) -> tuple[dict, np.ndarray]:
+    pts = kinematics_for(robot.model_id, robot.revision).link_positions(robot.home_qpos[None])[0]
+    center = (pts.min(0) + pts.max(0)) / 2
+    extent = float(np.max(pts.max(0) - pts.min(0)))
+    distance = max(1.0, 1.6 * extent * FOCAL / HEIGHT * 1.6)
+    eye = center + np.array([distance * 0.9, distance * 0.35, 0.25 * extent])
+    intrinsics = {"fx": FOCAL, "fy": FOCAL, "cx": WIDTH / 2, "cy": HEIGHT / 2, "width": WIDTH, "height": HEIGHT}
+    return intrinsics, look_at(eye, center)
+
+
+def render_video(robot: RobotModel, qs: np.ndarray, intrinsics: dict, cam_to_world: np.ndarray,
+                 rng: np.random.Generator) -> np.ndarray:
+    """(N, H, W, 3) frames of the robot skeleton for configurations ``qs`` (N, J)."""
+    pix = project_points(kinematics_for(robot.model_id, robot.revision).link_positions(qs), intrinsics, cam_to_world)
+    texture = cv2.GaussianBlur(rng.integers(60, 200, (HEIGHT, WIDTH, 3), dtype=np.uint8), (0, 0), 3)
+    frames = np.empty((len(qs), HEIGHT, WIDTH, 3), np.uint8)
+    pix = np.round(pix).astype(np.int32)
+    for i in range(len(qs)):  # drawing is per image; this is sample generation, not a gate
+        img = texture.copy()
+        pts = pix[i]
+        for a, b in zip(pts[:-1], pts[1:]):
+            cv2.line(img, tuple(map(int, a)), tuple(map(int, b)), (30, 30, 220), 4, cv2.LINE_AA)
+        for p in pts:
+            cv2.circle(img, tuple(map(int, p)), 6, (240, 200, 40), -1, cv2.LINE_AA)
+        frames[i] = img
+    return frames
+
+
+@dataclass(frozen=True)
+class Episode:
+    manifest: dict
+    timestamps_ms: np.ndarray
+    joint_pos: np.ndarray
+    joint_vel: np.ndarray | None
+    video_mp4: bytes
+    true_offset_ms: float
+
+    def write(self, path: str | Path) -> Path:
+        return write_bundle(path, self.manifest, timestamps_ms=self.timestamps_ms, joint_pos=self.joint_pos,
+                            joint_vel=self.joint_vel, video_mp4=self.video_mp4)
+
+
+def _uuid(rng: np.random.Generator) -> str:
+    return str(uuid.UUID(bytes=rng.bytes(16), version=4))
+
+
+def make_episode(
+    robot: RobotModel,
+    variant: str = "genuine",
+    *,
+    seed: int = 0,
+    miner_id: str = "miner-sample",
+    duration_ms: float = 8000.0,
+    rate_hz: float = 50.0,
+    fps: float = 30.0,
+    offset_ms: float | None = None,
+) -> Episode:
+    if variant not in EXPECTED:
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    rng = np.random.default_rng(seed)
+    offset = float(rng.uniform(20, 180) if offset_ms is None else offset_ms)
+    traj = random_trajectory(robot, duration_ms, rng)
+    prismatic = np.array([t == "prismatic" for t in robot.joint_types])
+
+    # variants that change the motion itself (the video shows them too)
+    if variant == "limit_violation":
+        j = int(np.argmax(robot.pos_upper - robot.pos_lower))
+        shift = np.zeros(robot.dof)
+        shift[j] = robot.pos_upper[j] - traj.q[:, j].min() + 0.3
+        traj = replace(traj, q=traj.q + shift)
+    elif variant == "teleport":
+        room_up, room_down = robot.pos_upper - traj.q.max(0), traj.q.min(0) - robot.pos_lower
+        j = int(np.argmax(np.maximum(room_up, room_down) * ~prismatic))
+        jump = max(0.6, 3.0 * robot.vel_limit[j] / rate_hz)
+        sign = 1.0 if room_up[j] >= room_down[j] else -1.0
+        jump = min(jump, max(room_up[j], room_down[j]) - 0.05)
+        q = traj.q.copy()
+        q[traj.t_ms >= duration_ms / 2, j] += sign * jump
+        traj = replace(traj, q=q)
+    elif variant == "jerk":
+        f = 4.0
+        w = 2 * np.pi * f
+        amp = 3.0 * robot.jerk_limit / w**3
+        tremor = np.sin(w * traj.t_ms[:, None] / 1000.0 + rng.uniform(0, 2 * np.pi, robot.dof)) * amp
+        traj = replace(traj, q=traj.q + tremor)
+
+    ts = np.round(np.arange(0.0, duration_ms + 1e-9, 1000.0 / rate_hz)).astype(np.int64)
+    q_clean = traj.at(ts.astype(np.float64))
+    vel = np.gradient(traj.q, traj.t_ms / 1000.0, axis=0)
+    v_clean = np.stack([np.interp(ts, traj.t_ms, vel[:, j]) for j in range(robot.dof)], axis=1)
+    noise = np.where(prismatic, NOISE["prismatic_m"], NOISE["revolute_rad"])
+    q = q_clean + rng.normal(0, 1, q_clean.shape) * noise
+    v = v_clean + rng.normal(0, NOISE["vel_rad_s"], v_clean.shape) * np.where(prismatic, 0.1, 1.0)
+
+    # the video: starts `offset` ms before kinematics time 0
+    video_ms = duration_ms + offset
+    if variant == "short_video":
+        video_ms = 0.55 * duration_ms + offset
+    n_frames = int(np.floor(video_ms * fps / 1000.0)) + 1
+    frame_kin_t = np.arange(n_frames) * 1000.0 / fps - offset
+    intrinsics, extrinsics = default_camera(robot)
+    frames = render_video(robot, traj.at(frame_kin_t), intrinsics, extrinsics, rng)
+    mp4 = encode_mp4(frames, fps)
+    claimed = offset - (400.0 if variant == "sync_lie" else 0.0)
+
+    joint_names = list(robot.joint_names)
+    if variant == "nan":
+        q[len(q) // 3: len(q) // 3 + 5, robot.dof // 2] = np.nan
+    elif variant == "flatline":
+        q = np.tile(q[0], (len(q), 1))
+        v = np.zeros_like(v)
+    elif variant == "non_monotonic":
+        k = len(ts) // 2
+        ts = ts.copy()
+        ts[k], ts[k + 1] = ts[k + 1], ts[k]
+    elif variant == "gap":
+        keep = (ts < duration_ms * 0.5) | (ts >= duration_ms * 0.5 + 400)
+        ts, q, v = ts[keep], q[keep], v[keep]
+    elif variant == "degrees":
+        q = np.where(prismatic, q, np.rad2deg(q))
+        v = np.where(prismatic, v, np.rad2deg(v))
+    elif variant == "shape_mismatch":
+        q, v = q[:, :-1], v[:, :-1]
+    elif variant == "teleport":
+        v = None  # a position glitch; the recording has no velocity stream to contradict it
+
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "bundle_version": "1.0.0",
+        "submission_id": _uuid(rng),
+        "episode_id": _uuid(rng),
+        "miner_id": miner_id,
+        "created_at": dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc).isoformat(),
+        "robot_model_id": robot.model_id,
+        "robot_model_revision": robot.revision,
+        "joint_names": joint_names,
+        "sampling_rate_hz": rate_hz,
+        "time_base": "relative",
+        "time_units": "ms",
+        "units": {"joint_pos": "rad", "joint_vel": "rad/s"},
+        "camera": {"primary": {"intrinsics": intrinsics, "extrinsics": extrinsics.round(6).tolist()}},
+        "video": {"primary": {"fps": fps, "frame_count": n_frames}},
+        "sync": {"sync_offset_ms_claimed": round(claimed, 1)},
+        "sample_variant": variant,
+    }
+    return Episode(manifest, ts, q.astype(np.float32), None if v is None else v.astype(np.float32), mp4, offset)
+
+
+def write_samples(out_dir: str | Path, robots: list[tuple[str, str]], variants: list[str], *, seed: int = 0,
+                  miner_id: str = "miner-sample") -> list[Path]:
+    out = Path(out_dir)
+    paths = []
+    for k, (model_id, revision) in enumerate(robots):
+        robot = get_robot(model_id, revision)
+        for i, variant in enumerate(variants):
+            ep = make_episode(robot, variant, seed=seed * 1000 + k * 100 + i, miner_id=miner_id)
+            paths.append(ep.write(out / f"{model_id}-{variant}-{seed}.zarr.zip"))
+    return paths

@@ -1,0 +1,69 @@
+"""Typed, frozen settings built once at the edge (CLI / worker entry points).
+
+Every value can be set through an environment variable ``KIBOTOS_<NAME>`` (e.g.
+``KIBOTOS_BOOTSTRAP_SERVERS``). Processors receive a ``Settings`` object; they never
+read the environment themselves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KIBOTOS_", frozen=True, extra="ignore")
+
+    mode: Literal["embedded", "production"] = "embedded"
+    # Where the embedded stack keeps its state (object store, chdb, stack.json).
+    home: Path = Field(default=Path(".kibotos"))
+
+    # Kafka
+    bootstrap_servers: str | None = None  # None: embedded Tansu started by `kibotos up`
+    topic_prefix: str = ""  # namespaces every topic, e.g. per test or per environment
+    topic_partitions: int = 4
+    consumer_group_prefix: str = "kibotos"
+
+    # ClickHouse: a clickhouse-connect DSN. None: embedded chdb under <home>/chdb
+    clickhouse_dsn: str | None = None
+
+    # Object store: "file://<dir>" (embedded default) or "s3://bucket" with the endpoint below
+    object_store_url: str | None = None
+    s3_endpoint: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+
+    # Rewards
+    r_base: float = 10.0
+
+    # Gate thresholds: path to a versioned YAML file; None = the packaged default
+    gate_config_path: Path | None = None
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> "Settings":
+        if self.mode == "production":
+            missing = [
+                name
+                for name in ("bootstrap_servers", "clickhouse_dsn", "object_store_url")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(
+                    "production mode needs explicit " + ", ".join(f"KIBOTOS_{m.upper()}" for m in missing)
+                )
+            if self.clickhouse_dsn and self.clickhouse_dsn.startswith("chdb://"):
+                raise ValueError("production mode refuses the embedded chdb store")
+        return self
+
+    @property
+    def chdb_dsn(self) -> str:
+        # chdb://<absolute path> gives chdb:///abs/dir. chdb compares engine paths
+        # literally, so one directory must always be spelled the same way.
+        return self.clickhouse_dsn or f"chdb://{(self.home / 'chdb').resolve()}"
+
+    @property
+    def store_url(self) -> str:
+        return self.object_store_url or f"file://{(self.home / 'objects').resolve()}"

@@ -1,0 +1,167 @@
+"""Gate C — video/kinematics overlap and sync sanity (design §5.2 C; cheap).
+
+The validator estimates the A/V offset itself: per-frame motion energy of the video
+(mean absolute luma difference of consecutive, downsized frames) is cross-correlated
+with the image speed the kinematics predict (the robot's links projected through the declared
+camera) on a common time grid; the lag with the highest Pearson
+correlation is the estimate, refined to sub-grid precision with a parabola. Confidence
+is high only when that peak is both strong and distinct from the best correlation at
+any lag more than 150 ms away (periodic motion is ambiguous and gets low confidence).
+
+Reject when the streams overlap by less than 90 % of either duration, or when the
+claimed offset is more than 250 ms away from a high-confidence estimate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kibotos.bundle.reader import JOINT_POS, TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES, BundleView
+from kibotos.gate_config import GateCConfig, GateConfig
+from kibotos.camera import project_points
+from kibotos.report import GateResult
+from kibotos.robots import get_robot
+from kibotos.robots.kinematics import kinematics_for
+from kibotos.video import decode_luma, luma_from_frames
+from processors.base import register_gate, result
+from processors.signals import zscore
+
+GATE_ID = "gate_c_sync"
+DISTINCT_MS = 150.0
+SMOOTH_MS = 50.0
+
+
+CHANGE_LEVEL = 12  # luma steps; smaller differences are compression noise, not motion
+
+
+def video_motion_energy(luma: np.ndarray, fps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(times_ms, energy) between consecutive frames: the fraction of pixels whose luma
+    changed by more than ``CHANGE_LEVEL``, median-filtered over 3 frames so that the
+    flicker of a codec's key frames does not look like motion."""
+    diff = np.abs(np.diff(luma.astype(np.int16), axis=0)) > CHANGE_LEVEL
+    energy = diff.mean(axis=(1, 2))
+    if energy.size >= 3:
+        padded = np.pad(energy, 1, mode="edge")
+        energy = np.median(np.lib.stride_tricks.sliding_window_view(padded, 3), axis=1)
+    t = (np.arange(1, luma.shape[0]) - 0.5) * 1000.0 / fps
+    return t, energy
+
+
+def image_speed(view: BundleView, ts_ms: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """What the camera should see move: the robot's keypoint links (forward kinematics of
+    the submitted joints) projected through the declared camera, summed pixel speed,
+    log-compressed because changed-pixel energy saturates for fast motion."""
+    m = view.manifest
+    robot = get_robot(m.robot_model_id, m.robot_model_revision)
+    full = np.tile(robot.home_qpos, (q.shape[0], 1))
+    full[:, [robot.joint_names.index(n) for n in m.joint_names]] = q
+    points = kinematics_for(robot.model_id, robot.revision).link_positions(full)
+    cam = m.camera["primary"]
+    pix = project_points(points, cam.intrinsics.model_dump(), np.asarray(cam.extrinsics, dtype=np.float64))
+    t = (ts_ms - ts_ms[0]).astype(np.float64) / 1000.0
+    speed = np.linalg.norm(np.gradient(pix, t, axis=0), axis=-1).sum(axis=1)
+    return np.log1p(speed / max(float(np.median(speed)), 1e-6))
+
+
+def _smooth(x: np.ndarray, n: int) -> np.ndarray:
+    if n <= 1:
+        return x
+    kernel = np.ones(n) / n
+    return np.convolve(np.nan_to_num(x), kernel, mode="same")
+
+
+def estimate_offset(
+    kin_t_ms: np.ndarray, kin_speed: np.ndarray, vid_t_ms: np.ndarray, vid_energy: np.ndarray, cfg: GateCConfig
+) -> tuple[float, float, dict]:
+    """Estimate ``offset`` with ``t_video = t_kin + offset``. Returns (offset_ms, confidence, details)."""
+    g = cfg.grid_ms
+    ks = np.arange(0.0, kin_t_ms[-1] + 1e-9, g)
+    vs = np.arange(0.0, vid_t_ms[-1] + 1e-9, g)
+    s = _smooth(zscore(np.interp(ks, kin_t_ms, kin_speed)), max(1, int(SMOOTH_MS / g)))
+    e = _smooth(zscore(np.interp(vs, vid_t_ms, vid_energy, left=vid_energy[0], right=vid_energy[-1])), max(1, int(SMOOTH_MS / g)))
+    steps = np.arange(-int(cfg.max_lag_ms / g), int(cfg.max_lag_ms / g) + 1)
+    idx = np.arange(ks.size)[None, :] + steps[:, None]  # video grid index for each (lag, kin sample)
+    valid = (idx >= 0) & (idx < vs.size)
+    ev = np.where(valid, e[np.clip(idx, 0, vs.size - 1)], 0.0)
+    sv = np.where(valid, s[None, :], 0.0)
+    n = valid.sum(axis=1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        me, ms = ev.sum(1) / n, sv.sum(1) / n
+        cov = (ev * sv).sum(1) / n - me * ms
+        ve = (ev**2).sum(1) / n - me**2
+        vs_ = (sv**2).sum(1) / n - ms**2
+        corr = cov / np.sqrt(np.clip(ve, 1e-12, None) * np.clip(vs_, 1e-12, None))
+    corr[n < 0.5 * ks.size] = np.nan
+    if not np.isfinite(corr).any():
+        return 0.0, 0.0, {"peak_corr": None}
+    best = int(np.nanargmax(corr))
+    r1 = float(corr[best])
+    frac = 0.0
+    if 0 < best < corr.size - 1 and np.isfinite(corr[best - 1]) and np.isfinite(corr[best + 1]):
+        a, b, c = corr[best - 1], corr[best], corr[best + 1]
+        denom = a - 2 * b + c
+        frac = float(np.clip(0.5 * (a - c) / denom, -0.5, 0.5)) if denom < 0 else 0.0
+    offset = (steps[best] + frac) * g
+    # the main lobe: from the peak down to the nearest local minimum on each side
+    c = np.nan_to_num(corr, nan=-1.0)
+    lo = best
+    while lo > 0 and c[lo - 1] <= c[lo]:
+        lo -= 1
+    hi = best
+    while hi < c.size - 1 and c[hi + 1] <= c[hi]:
+        hi += 1
+    outside = np.ones(c.size, bool)
+    outside[lo : hi + 1] = False
+    outside &= np.abs(steps - steps[best]) * g > DISTINCT_MS
+    r2 = float(c[outside].max()) if outside.any() else -1.0
+    confidence = float(np.clip(r1, 0, 1) * np.clip((r1 - r2) / 0.3, 0, 1))
+    return float(offset), confidence, {"peak_corr": round(r1, 4), "second_corr": round(r2, 4)}
+
+
+def _video_luma(view: BundleView, cfg: GateCConfig) -> np.ndarray:
+    if view.has(VIDEO_ENCODED):
+        return decode_luma(view.read(VIDEO_ENCODED).tobytes(), target_width=cfg.decode_width).frames
+    return luma_from_frames(view.read(VIDEO_FRAMES), target_width=cfg.decode_width)
+
+
+@register_gate(GATE_ID, letter="c", order=3, title="video/kinematics overlap and sync sanity")
+def check(view: BundleView, config: GateConfig) -> GateResult:
+    cfg = config.gate_c
+    m = view.manifest
+    fps, frame_count = m.video["primary"].fps, m.video["primary"].frame_count
+    claimed = float(m.sync.sync_offset_ms_claimed)
+    thresholds = cfg.model_dump()
+    luma = _video_luma(view, cfg)
+    decoded = int(luma.shape[0])
+    metrics: dict = {"claimed_offset_ms": claimed, "frame_count_declared": frame_count, "frame_count_decoded": decoded}
+    if abs(decoded - frame_count) > max(2, cfg.frame_count_tolerance * frame_count):
+        return result(GATE_ID, False, metrics, thresholds, "video_frame_count_mismatch")
+    if decoded < 3:
+        return result(GATE_ID, False, metrics, thresholds, "video_too_short")
+
+    ts = view.read(TIMESTAMPS).astype(np.int64)
+    kin_t = (ts - ts[0]).astype(np.float64)
+    kin_duration = float(kin_t[-1])
+    video_duration = frame_count / fps * 1000.0
+    vt, energy = video_motion_energy(luma, fps)
+    estimated, confidence, details = estimate_offset(kin_t, image_speed(view, ts, view.read(JOINT_POS).astype(np.float64)), vt, energy, cfg)
+    high = confidence >= cfg.high_confidence
+    used = estimated if high else claimed
+    overlap = max(0.0, min(kin_duration, video_duration - used) - max(0.0, -used))
+    metrics |= details | {
+        "estimated_offset_ms": round(estimated, 1),
+        "sync_confidence": round(confidence, 4),
+        "offset_used_ms": round(used, 1),
+        "video_duration_ms": round(video_duration, 1),
+        "kin_duration_ms": kin_duration,
+        "overlap_ms": round(overlap, 1),
+        "overlap_fraction_kin": round(overlap / max(kin_duration, 1e-9), 4),
+        "overlap_fraction_video": round(overlap / max(video_duration, 1e-9), 4),
+        "sync_disagreement_ms": round(abs(claimed - estimated), 1),
+    }
+    if min(metrics["overlap_fraction_kin"], metrics["overlap_fraction_video"]) < cfg.min_overlap_fraction:
+        return result(GATE_ID, False, metrics, thresholds, "insufficient_overlap")
+    if high and abs(claimed - estimated) > cfg.max_sync_disagreement_ms:
+        return result(GATE_ID, False, metrics, thresholds, "sync_offset_mismatch")
+    flags = [] if high else ["sync_low_confidence"]
+    return result(GATE_ID, True, metrics, thresholds, flags=flags)
