@@ -1,0 +1,1 @@
+"""The stream application: processors wired to topics, routing, sinks and workers."""

@@ -1,0 +1,156 @@
+"""Pure conversion of decoded events into ClickHouse rows (no broker, no database).
+
+Kept apart from the consumer loop in ``streams/sink.py`` so the mapping from events to
+tables can be tested, and read, on its own. Every function returns plain dicts keyed by
+column name; timestamps stay epoch milliseconds (clickhouse-connect writes an int into a
+``DateTime64(3)`` column as milliseconds).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kibotos.errors import SerializationError
+
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "submissions": (
+        "submission_id", "miner_id", "bundle_uri", "bundle_sha256", "bundle_size_bytes",
+        "received_at", "robot_model_id", "task_id", "schema_version",
+    ),
+    "gate_results": (
+        "submission_id", "miner_id", "gate", "gate_order", "passed", "reason_code", "metrics_json",
+        "thresholds_json", "flags", "wall_ms", "config_version", "decided_at",
+    ),
+    "verification_reports": (
+        "submission_id", "miner_id", "verdict", "reason_code", "failed_gate", "config_version",
+        "robot_model_id", "robot_model_revision", "points", "bundle_uri", "claimed_offset_ms",
+        "estimated_offset_ms", "sync_confidence", "report_json", "decided_at",
+    ),
+    "points_ledger": (
+        "entry_id", "miner_id", "submission_id", "kind", "points", "config_version", "created_at",
+    ),
+    "dead_letters": (
+        "source_topic", "source_partition", "source_offset", "processor_id", "key", "payload",
+        "error_code", "error_message", "failed_at",
+    ),
+}
+
+
+class InvalidReport(SerializationError):
+    """A verdict decoded, but its ``report_json`` is not a usable report."""
+
+    reason_code = "invalid_report"
+
+
+def submission_row(event: dict[str, Any]) -> dict[str, Any]:
+    return {column: event[column] for column in TABLE_COLUMNS["submissions"]}
+
+
+def ledger_row(event: dict[str, Any]) -> dict[str, Any]:
+    return {column: event[column] for column in TABLE_COLUMNS["points_ledger"]}
+
+
+def dead_letter_row(event: dict[str, Any]) -> dict[str, Any]:
+    return {column: event[column] for column in TABLE_COLUMNS["dead_letters"]}
+
+
+def undecodable_row(
+    *, topic: str, partition: int, offset: int, key: bytes | None, payload: bytes | None,
+    error: Exception, processor_id: str, failed_at_ms: int,
+) -> dict[str, Any]:
+    """The dead-letter row for a record this processor could not decode or convert."""
+    return {
+        "source_topic": topic,
+        "source_partition": partition,
+        "source_offset": offset,
+        "processor_id": processor_id,
+        "key": key,
+        "payload": payload or b"",
+        "error_code": getattr(error, "reason_code", "internal_error"),
+        "error_message": str(error)[:2000],
+        "failed_at": failed_at_ms,
+    }
+
+
+def _parse_report(event: dict[str, Any]) -> dict[str, Any]:
+    try:
+        report = json.loads(event["report_json"])
+    except ValueError as exc:
+        raise InvalidReport(f"verdict {event['submission_id']}: report_json is not JSON: {exc}") from exc
+    if not isinstance(report, dict):
+        raise InvalidReport(f"verdict {event['submission_id']}: report_json is not a JSON object")
+    gates = report.get("gates", [])
+    if not isinstance(gates, list) or not all(
+        isinstance(g, dict) and isinstance(g.get("gate"), str) and isinstance(g.get("passed"), bool) for g in gates
+    ):
+        raise InvalidReport(f"verdict {event['submission_id']}: report gates must be objects with gate and passed")
+    if not isinstance(report.get("sync") or {}, dict):
+        raise InvalidReport(f"verdict {event['submission_id']}: report sync must be an object")
+    return report
+
+
+def _wall_ms(metrics: Any) -> float | None:
+    value = metrics.get("wall_ms") if isinstance(metrics, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def verdict_rows(event: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A verdict → its ``verification_reports`` row and one ``gate_results`` row per gate.
+
+    The verdict event is authoritative for the decision (verdict, reason, points, time);
+    the report adds what only it carries (robot model, sync estimate, per-gate detail).
+
+    :raises InvalidReport: ``report_json`` is not a report.
+    """
+    report = _parse_report(event)
+    sync = report.get("sync") or {}
+    report_row = {
+        "submission_id": event["submission_id"],
+        "miner_id": event["miner_id"],
+        "verdict": event["verdict"],
+        "reason_code": event["reason_code"],
+        "failed_gate": event["failed_gate"],
+        "config_version": event["config_version"],
+        "robot_model_id": report.get("robot_model_id"),
+        "robot_model_revision": report.get("robot_model_revision"),
+        "points": event["points"],
+        "bundle_uri": event["bundle_uri"],
+        "claimed_offset_ms": sync.get("claimed_offset_ms"),
+        "estimated_offset_ms": sync.get("estimated_offset_ms"),
+        "sync_confidence": sync.get("sync_confidence"),
+        "report_json": event["report_json"],
+        "decided_at": event["decided_at"],
+    }
+    gate_rows = [
+        {
+            "submission_id": event["submission_id"],
+            "miner_id": event["miner_id"],
+            "gate": gate["gate"],
+            "gate_order": order,
+            "passed": gate["passed"],
+            "reason_code": gate.get("reason_code"),
+            "metrics_json": json.dumps(gate.get("metrics") or {}, sort_keys=True),
+            "thresholds_json": json.dumps(gate.get("thresholds") or {}, sort_keys=True),
+            "flags": [str(flag) for flag in gate.get("flags") or []],
+            "wall_ms": _wall_ms(gate.get("metrics")),
+            "config_version": event["config_version"],
+            "decided_at": event["decided_at"],
+        }
+        for order, gate in enumerate(report.get("gates", []))
+    ]
+    return report_row, gate_rows
+
+
+def rows_for(topic_id: str, event: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``[(table, row), ...]`` for a decoded event from topic ``topic_id``."""
+    if topic_id == "submissions.received":
+        return [("submissions", submission_row(event))]
+    if topic_id == "verdicts":
+        report_row, gate_rows = verdict_rows(event)
+        return [("verification_reports", report_row), *(("gate_results", row) for row in gate_rows)]
+    if topic_id == "ledger.entries":
+        return [("points_ledger", ledger_row(event))]
+    if topic_id == "dead.letters":
+        return [("dead_letters", dead_letter_row(event))]
+    raise ValueError(f"the sink does not store topic {topic_id!r}")

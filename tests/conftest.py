@@ -1,0 +1,50 @@
+"""Shared fixtures: a real Tansu broker, fresh topics per test, a fresh chdb store per test.
+
+``tests`` is a package (``tests/__init__.py``) so that pytest puts the repository root
+on ``sys.path`` and test modules in different folders may share a base name.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from infra.migrate import apply_migrations
+from infra.tansu import TansuBroker
+from kibotos.warehouse import open_client
+from topics.admin import ensure_topics
+from topics.catalogue import Catalogue
+
+
+@pytest.fixture(scope="session")
+def tansu():
+    """One in-memory Tansu broker for the whole session (starts in well under a second)."""
+    with TansuBroker() as broker:
+        yield broker
+
+
+@pytest.fixture
+def catalogue(tansu) -> Catalogue:
+    """A catalogue under a fresh topic prefix, every topic created: tests never share topics."""
+    cat = Catalogue(prefix=f"t{uuid.uuid4().hex[:12]}.", partitions=4)
+    ensure_topics(tansu.bootstrap, cat.all())
+    return cat
+
+
+@pytest.fixture
+def chdb_client(tmp_path):
+    """A clickhouse-connect client on a fresh embedded chdb store, migrations applied.
+
+    What chdb allows (measured with chdb 4.4 / clickhouse-connect 1.12): one engine path
+    per *process at a time*. Any number of clients may share the open path; opening a
+    different path while a client is open raises ``ProgrammingError``; once every client
+    of a path is closed, another path opens in ~50 ms. So this fixture is
+    function-scoped with its own directory and closes its client at teardown; a test
+    that opens more clients must close them too, and no fixture may keep a chdb client
+    open across tests.
+    """
+    client = open_client(f"chdb://{tmp_path / 'chdb'}")
+    apply_migrations(client)
+    yield client
+    client.close()
