@@ -124,6 +124,162 @@ def bundle_inspect(path: Path, as_json: bool = typer.Option(False, "--json")) ->
     console.print(table)
 
 
+def _settings():
+    from kibotos.settings import Settings
+
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic ValidationError: bad KIBOTOS_* values
+        _fail(KibotosError(f"invalid settings: {exc}", reason_code="config_invalid"))
+
+
+@app.command()
+def up(workers: int = typer.Option(1, help="gate worker processes (<= topic partitions)")) -> None:
+    """Start the embedded stack (Tansu, topics, ClickHouse, sink, gate workers) until Ctrl-C.
+
+    Example: kibotos up --workers 2
+    """
+    import signal
+    import threading
+
+    from kibotos.stack import Stack
+
+    settings = _settings()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        with Stack(settings, workers=workers, log=console.print) as stack:
+            console.print(f"[green]up[/green]  bootstrap {stack.bootstrap}  home {settings.home}  (Ctrl-C to stop)")
+            try:
+                while not stop.wait(1.0):
+                    stack.check_workers()
+            except KeyboardInterrupt:
+                pass
+            console.print("stopping…")
+    except KibotosError as exc:
+        _fail(exc)
+
+
+@app.command()
+def submit(
+    paths: list[Path] = typer.Argument(..., help="bundles to submit"),
+    miner: str = typer.Option("anonymous", help="miner id used when a manifest names none"),
+) -> None:
+    """Upload bundles to the object store and emit their submissions.received events.
+
+    Example: kibotos submit samples/*.zarr.zip
+    """
+    from kibotos.objectstore import open_store
+    from kibotos.reads import bootstrap_for
+    from kibotos.submit import submit_paths
+    from topics.catalogue import Catalogue
+
+    settings = _settings()
+    try:
+        subs = submit_paths(paths, bootstrap=bootstrap_for(settings), store=open_store(settings.store_url),
+                            catalogue=Catalogue.from_settings(settings), miner_id=miner)
+    except KibotosError as exc:
+        _fail(exc)
+    for sub in subs:
+        console.print(f"{sub.submission_id}  {sub.miner_id}  {sub.bundle_uri}" + ("" if sub.readable else "  (unreadable manifest)"))
+
+
+@app.command()
+def report(submission_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Fetch a submission's verification report from the warehouse.
+
+    Example: kibotos report 0787f2c0-bf31-5b9d-8dbd-f197dfa63fe4 --json
+    """
+    from kibotos.reads import get_report
+    from kibotos.report import VerificationReport
+
+    try:
+        rep = get_report(_settings(), submission_id)
+    except KibotosError as exc:
+        _fail(exc)
+    if rep is None:
+        err.print(f"no report for {submission_id} (not submitted, or not decided yet)")
+        raise typer.Exit(1)
+    if as_json:
+        print(json.dumps(rep, indent=2, default=str))
+        return
+    from kibotos.render import print_report
+
+    print_report(console, VerificationReport.model_validate({k: v for k, v in rep.items()
+                                                              if k in VerificationReport.model_fields}))
+
+
+@app.command()
+def ledger(miner: Optional[str] = typer.Option(None, help="only this miner's entries"),
+           as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show the points ledger (entries, or balances per miner without --miner).
+
+    Example: kibotos ledger --miner miner-alice
+    """
+    from kibotos.reads import balances, ledger as read_ledger
+
+    settings = _settings()
+    try:
+        rows = read_ledger(settings, miner) if miner else balances(settings)
+    except KibotosError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        console.print("no ledger entries")
+        return
+    table = Table(*rows[0].keys())
+    for row in rows:
+        table.add_row(*[f"{v:g}" if isinstance(v, float) else str(v) for v in row.values()])
+    console.print(table)
+
+
+@app.command()
+def verdicts(
+    follow: bool = typer.Option(False, "--follow", "-f", help="keep waiting for new verdicts"),
+    group: Optional[str] = typer.Option(None, help="consumer group (resume where it left off)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per line"),
+) -> None:
+    """Print verdicts as validators see them on the verdicts topic.
+
+    Example: kibotos verdicts --follow --json
+    """
+    from kibotos.reads import bootstrap_for
+    from streams.verdict_feed import follow_verdicts
+    from topics.catalogue import Catalogue
+
+    settings = _settings()
+    try:
+        feed = follow_verdicts(bootstrap_for(settings), Catalogue.from_settings(settings), group_id=group,
+                               idle_timeout_s=None if follow else 10.0)
+        for v in feed:
+            if as_json:
+                print(json.dumps({k: v[k] for k in v if k != "report_json"}), flush=True)
+            else:
+                console.print(f"{v['submission_id']}  {v['miner_id']:<14} {v['verdict']:<9} "
+                              f"{v.get('reason_code') or '':<26} {v['points']:g}")
+    except KeyboardInterrupt:
+        pass
+    except KibotosError as exc:
+        _fail(exc)
+
+
+@app.command()
+def demo(workers: int = typer.Option(1, help="gate worker processes")) -> None:
+    """Run the whole pipeline on the embedded stack with a realistic mix of miners.
+
+    Example: kibotos demo
+    """
+    from kibotos.demo import run_demo
+
+    try:
+        code = run_demo(_settings(), console, workers=workers)
+    except KibotosError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
+
+
 def main() -> None:
     try:
         app()

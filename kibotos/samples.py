@@ -135,8 +135,13 @@ class Episode:
                             joint_vel=self.joint_vel, video_mp4=self.video_mp4)
 
 
-def _uuid(rng: np.random.Generator) -> str:
-    return str(uuid.UUID(bytes=rng.bytes(16), version=4))
+_SAMPLE_NS = uuid.UUID("0d6e6c2e-3f55-4b0c-8d1e-6a4a3b0f7c11")
+
+
+def _uuid(*parts: object) -> str:
+    """Deterministic per (robot, variant, seed, miner, role): reproducible samples, and
+    no two different samples share a submission id."""
+    return str(uuid.uuid5(_SAMPLE_NS, ":".join(map(str, parts))))
 
 
 def make_episode(
@@ -222,8 +227,8 @@ def make_episode(
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "bundle_version": "1.0.0",
-        "submission_id": _uuid(rng),
-        "episode_id": _uuid(rng),
+        "submission_id": _uuid(robot.model_id, variant, seed, miner_id, "submission"),
+        "episode_id": _uuid(robot.model_id, variant, seed, miner_id, "episode"),
         "miner_id": miner_id,
         "created_at": dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc).isoformat(),
         "robot_model_id": robot.model_id,

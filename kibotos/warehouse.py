@@ -138,3 +138,25 @@ def balances(client) -> list[dict[str, Any]]:
         GROUP BY miner_id
         ORDER BY points DESC, miner_id""",
     )
+
+
+class LockedClient:
+    """Serializes every call on one client: the embedded stack shares one chdb session
+    between the sink thread and the query API threads."""
+
+    def __init__(self, client, lock=None):
+        import threading
+
+        self._client = client
+        self._lock = lock or threading.RLock()
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def locked(*args, **kwargs):
+            with self._lock:
+                return attr(*args, **kwargs)
+
+        return locked

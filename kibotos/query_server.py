@@ -1,0 +1,68 @@
+"""A small read-only HTTP API over the warehouse, served by the process that owns it.
+
+The embedded ClickHouse (chdb) is locked to one process, so ``kibotos report`` and
+``kibotos ledger`` in another shell ask that process. Loopback only. Endpoints:
+``GET /health``, ``GET /reports/<submission_id>``, ``GET /ledger[?miner=ID]``,
+``GET /balances``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlparse
+
+from kibotos import warehouse
+
+
+class QueryServer:
+    def __init__(self, client, host: str = "127.0.0.1", port: int = 0):
+        self._lock = threading.Lock()  # one chdb session: serialize queries
+        client_ref, lock = client, self._lock
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # quiet: the stack prints its own progress
+                pass
+
+            def _send(self, status: int, body) -> None:
+                data = json.dumps(body, default=str).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                url = urlparse(self.path)
+                parts = [unquote(p) for p in url.path.strip("/").split("/") if p]
+                query = parse_qs(url.query)
+                try:
+                    with lock:
+                        if parts == ["health"]:
+                            return self._send(200, {"status": "ok"})
+                        if len(parts) == 2 and parts[0] == "reports":
+                            report = warehouse.get_report(client_ref, parts[1])
+                            if report is None:
+                                return self._send(404, {"error": "no report", "submission_id": parts[1]})
+                            return self._send(200, report)
+                        if parts == ["ledger"]:
+                            miner = (query.get("miner") or [None])[0]
+                            return self._send(200, warehouse.ledger_entries(client_ref, miner))
+                        if parts == ["balances"]:
+                            return self._send(200, warehouse.balances(client_ref))
+                    return self._send(404, {"error": f"no route {url.path}"})
+                except Exception as exc:  # the API answers, it does not die
+                    return self._send(500, {"error": str(exc)[:500]})
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.url = f"http://{host}:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="query-server", daemon=True)
+
+    def start(self) -> "QueryServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

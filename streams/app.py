@@ -1,0 +1,83 @@
+"""Wiring of the stages to topics as faust-streaming agents: one agent per gate plus the
+decision agent. The agents only move bytes; the logic lives in ``streams.stages``.
+
+Settings follow the Tansu measurements in ARCHITECTURE.md (short session timeouts, one
+``web_port`` per worker bound to loopback, topics created up front, no faust Tables).
+Processing is at-least-once: an event's offset is committed after its outputs were
+sent, and every effect downstream is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import faust
+
+from kibotos.gate_config import GateConfig
+from kibotos.objectstore import LocalObjectStore
+from kibotos.settings import Settings
+from streams.stages import Record, build_stages, stage_inputs
+from topics.catalogue import Catalogue
+
+log = logging.getLogger("kibotos.streams")
+
+
+def app_id(settings: Settings) -> str:
+    """The consumer group of the gate workers (namespaced like the topics)."""
+    return f"{settings.consumer_group_prefix}-{settings.topic_prefix}gates".replace(".", "-")
+
+
+def create_app(settings: Settings, bootstrap: str, config: GateConfig, web_port: int) -> faust.App:
+    catalogue = Catalogue.from_settings(settings)
+    store = LocalObjectStore.from_url(settings.store_url)
+    app = faust.App(
+        app_id(settings),
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        autodiscover=False,
+        web_enabled=True,
+        web_port=web_port,
+        web_bind="127.0.0.1",
+        web_host="127.0.0.1",
+        topic_partitions=catalogue.partitions,
+        topic_allow_declare=False,
+        broker_session_timeout=6,
+        broker_heartbeat_interval=1,
+        broker_rebalance_timeout=10,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        # one record per produce request: Tansu under-reports the high watermark of
+        # multi-record batches, which would hide records from consumers
+        producer_max_batch_size=1,
+        producer_linger=0.0,
+        stream_wait_empty=False,
+    )
+
+    def faust_topic(spec):
+        return app.topic(spec.name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                         value_serializer="raw", partitions=spec.partitions, internal=False)
+
+    for stage in build_stages(catalogue, store, config, settings.r_base):
+        out_topics = {spec.name: faust_topic(spec) for spec in stage.outputs}
+        channel = faust_topic(stage_inputs(stage)[0]) if len(stage_inputs(stage)) == 1 else \
+            app.topic(*[s.name for s in stage_inputs(stage)], key_type=bytes, value_type=bytes,
+                      key_serializer="raw", value_serializer="raw")
+
+        def make_agent(stage=stage, out_topics=out_topics):
+            async def agent(stream):
+                loop = asyncio.get_running_loop()
+                async for event in stream.events():
+                    msg = event.message
+                    record = Record(msg.topic, event.value, event.key, msg.partition, msg.offset)
+                    # gates decode video and run FK: keep the event loop (heartbeats) free
+                    outputs = await loop.run_in_executor(None, stage.handle, record)
+                    log.debug("%s %s[%s]@%s -> %s", stage.processor_id, msg.topic, msg.partition, msg.offset,
+                             [o.topic.id for o in outputs])
+                    for out in outputs:
+                        await out_topics[out.topic.name].send(key=out.key(), value=out.value())
+            agent.__name__ = stage.processor_id.replace("-", "_")
+            return agent
+
+        app.agent(channel, name=stage.processor_id)(make_agent())
+    return app

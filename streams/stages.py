@@ -1,0 +1,226 @@
+"""Stage logic of the stream application, free of any broker: ``handle(record) -> outputs``.
+
+A stage decodes its input record, does its work, and returns the records to publish.
+The faust agents in ``streams.app`` only move bytes between topics around these calls,
+so the whole chain can be exercised in-process (``run_in_process``) with exactly the
+code the workers run. Undecodable input becomes a dead letter, never an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from kibotos.errors import KibotosError, SerializationError
+from kibotos.gate_config import GateConfig
+from kibotos.objectstore import LocalObjectStore
+from kibotos.report import GateResult
+from processors.base import Gate, gates
+from processors.chain import build_report, gate_on_path
+from topics.catalogue import Catalogue, TopicSpec
+
+LEDGER_NAMESPACE = uuid.UUID("6f1d3c52-7a0e-4b8e-9a57-0c1f9d8e2b41")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def ledger_entry_id(submission_id: str, kind: str) -> str:
+    """Deterministic: the same submission and kind always give the same entry id."""
+    return str(uuid.uuid5(LEDGER_NAMESPACE, f"{submission_id}:{kind}"))
+
+
+@dataclass(frozen=True)
+class Record:
+    """An input record as a stage sees it."""
+
+    topic: str
+    value: bytes | None
+    key: bytes | None = None
+    partition: int = -1
+    offset: int = -1
+
+
+@dataclass(frozen=True)
+class Output:
+    topic: TopicSpec
+    record: dict[str, Any]
+
+    def key(self) -> bytes | None:
+        return self.topic.key(self.record)
+
+    def value(self) -> bytes:
+        return self.topic.serialize(self.record)
+
+
+def dead_letter(catalogue: Catalogue, record: Record, processor_id: str, error_code: str, message: str) -> Output:
+    return Output(catalogue.dead_letters, {
+        "source_topic": record.topic,
+        "source_partition": record.partition,
+        "source_offset": record.offset,
+        "key": record.key,
+        "payload": record.value or b"",
+        "error_code": error_code,
+        "error_message": message[:2000],
+        "processor_id": processor_id,
+        "failed_at": now_ms(),
+    })
+
+
+def _result_record(res: GateResult) -> dict[str, Any]:
+    return {
+        "gate": res.gate,
+        "passed": res.passed,
+        "reason_code": res.reason_code,
+        "metrics_json": json.dumps(res.metrics, default=str),
+        "thresholds_json": json.dumps(res.thresholds, default=str),
+        "flags": list(res.flags),
+    }
+
+
+def _gate_result(rec: dict[str, Any]) -> GateResult:
+    return GateResult(gate=rec["gate"], passed=rec["passed"], reason_code=rec.get("reason_code"),
+                      metrics=json.loads(rec["metrics_json"]), thresholds=json.loads(rec["thresholds_json"]),
+                      flags=rec.get("flags") or [])
+
+
+class GateStage:
+    """Consume the previous gate's pass topic, run one gate, forward or reject."""
+
+    def __init__(self, gate: Gate, catalogue: Catalogue, store: LocalObjectStore, config: GateConfig):
+        self.gate = gate
+        self.processor_id = gate.gate_id
+        self.catalogue = catalogue
+        self.store = store
+        self.config = config
+        order = [g.letter for g in gates()]
+        i = order.index(gate.letter)
+        self.input = catalogue.submissions_received if i == 0 else catalogue.gate_passed(order[i - 1])
+        self.passed = catalogue.gate_passed(gate.letter)
+        self.outputs = (self.passed, catalogue.verification_rejected, catalogue.dead_letters)
+
+    def handle(self, record: Record) -> list[Output]:
+        try:
+            event = self.input.deserialize(record.value or b"")
+        except SerializationError as exc:
+            return [dead_letter(self.catalogue, record, self.processor_id, exc.reason_code, str(exc))]
+        event.setdefault("gate_results", [])
+        event.setdefault("sync", None)
+        event.setdefault("config_version", None)
+        event.setdefault("robot_model_revision", None)
+        event.pop("schema_version", None)
+        if any(r["gate"] == self.gate.gate_id for r in event["gate_results"]):
+            # a replayed upstream record already judged by this gate: judge it again
+            # (deterministic), but keep one result per gate in the event
+            event["gate_results"] = [r for r in event["gate_results"] if r["gate"] != self.gate.gate_id]
+        try:
+            path = self.store.local_path(event["bundle_uri"])
+        except KibotosError as exc:
+            res = GateResult(gate=self.gate.gate_id, passed=False, reason_code=exc.reason_code,
+                             metrics={"error": str(exc)[:500], "wall_ms": 0.0})
+        else:
+            res = gate_on_path(self.gate, path, self.config)
+        event["gate_results"].append(_result_record(res))
+        event["config_version"] = self.config.config_version
+        if "claimed_offset_ms" in res.metrics:
+            event["sync"] = {k: res.metrics.get(k) for k in ("claimed_offset_ms", "estimated_offset_ms", "sync_confidence")}
+        if res.gate == "gate_a_integrity" and res.passed:
+            model, _, revision = str(res.metrics.get("robot_model", "")).partition("@")
+            event["robot_model_id"], event["robot_model_revision"] = model or event.get("robot_model_id"), revision or None
+        if res.passed:
+            return [Output(self.passed, event)]
+        rejected = dict(event, failed_gate=res.gate, reason_code=res.reason_code or "rejected", rejected_at=now_ms())
+        return [Output(self.catalogue.verification_rejected, rejected)]
+
+
+class DecisionStage:
+    """Turn the end of the chain into a verdict (+ a ledger entry for accepted ones).
+
+    Consumes the last gate's pass topic (accepted) and ``verification.rejected``.
+    """
+
+    processor_id = "decision"
+
+    def __init__(self, catalogue: Catalogue, r_base: float):
+        self.catalogue = catalogue
+        self.r_base = r_base
+        self.accepted_input = catalogue.gate_passed(gates()[-1].letter)
+        self.rejected_input = catalogue.verification_rejected
+        self.outputs = (catalogue.verdicts, catalogue.ledger_entries, catalogue.dead_letters)
+
+    def handle(self, record: Record) -> list[Output]:
+        spec = self.accepted_input if record.topic == self.accepted_input.name else self.rejected_input
+        try:
+            event = spec.deserialize(record.value or b"")
+            results = [_gate_result(r) for r in event["gate_results"]]
+        except (SerializationError, KeyError, ValueError, TypeError) as exc:
+            code = exc.reason_code if isinstance(exc, KibotosError) else "invalid_event"
+            return [dead_letter(self.catalogue, record, self.processor_id, code, str(exc))]
+        report = build_report(
+            event["submission_id"], results, event.get("config_version") or "unknown",
+            miner_id=event["miner_id"], robot_model_id=event.get("robot_model_id"),
+            robot_model_revision=event.get("robot_model_revision"), points=self.r_base,
+        )
+        decided = now_ms()
+        outputs = [Output(self.catalogue.verdicts, {
+            "submission_id": report.submission_id,
+            "miner_id": event["miner_id"],
+            "verdict": report.verdict,
+            "reason_code": report.reason_code,
+            "failed_gate": report.failed_gate,
+            "config_version": report.config_version,
+            "decided_at": decided,
+            "points": report.points,
+            "report_json": report.model_dump_json(),
+            "bundle_uri": event["bundle_uri"],
+        })]
+        if report.verdict == "accepted" and report.points:
+            outputs.append(Output(self.catalogue.ledger_entries, {
+                "entry_id": ledger_entry_id(report.submission_id, "base_reward"),
+                "miner_id": event["miner_id"],
+                "submission_id": report.submission_id,
+                "kind": "base_reward",
+                "points": report.points,
+                "config_version": report.config_version,
+                "created_at": decided,
+            }))
+        return outputs
+
+
+def build_stages(catalogue: Catalogue, store: LocalObjectStore, config: GateConfig, r_base: float):
+    """Every stage of the chain, in order: one per gate, then the decision."""
+    stages: list[GateStage | DecisionStage] = [GateStage(g, catalogue, store, config) for g in gates()]
+    stages.append(DecisionStage(catalogue, r_base))
+    return stages
+
+
+def stage_inputs(stage) -> list[TopicSpec]:
+    if isinstance(stage, DecisionStage):
+        return [stage.accepted_input, stage.rejected_input]
+    return [stage.input]
+
+
+def run_in_process(stages, first: list[Record], max_steps: int = 100_000) -> list[Output]:
+    """Push records through the stages without a broker (tests, ``bench``): breadth-first,
+    every output is routed to the stage(s) consuming its topic. Returns terminal outputs."""
+    by_topic: dict[str, list] = {}
+    for st in stages:
+        for spec in stage_inputs(st):
+            by_topic.setdefault(spec.name, []).append(st)
+    queue, terminal = list(first), []
+    steps = 0
+    while queue and steps < max_steps:
+        rec = queue.pop(0)
+        steps += 1
+        for st in by_topic.get(rec.topic, []):
+            for out in st.handle(rec):
+                nxt = Record(out.topic.name, out.value(), out.key())
+                if out.topic.name in by_topic:
+                    queue.append(nxt)
+                else:
+                    terminal.append(out)
+    return terminal
