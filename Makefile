@@ -1,0 +1,25 @@
+# The two front doors: `make demo` and `make test`. Both install what they need into
+# .venv first (torch==2.13.0 before anything that depends on it: a local CPU wheel).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kibotos-installed
+
+.PHONY: demo test install clean
+
+demo: $(STAMP)
+	$(BIN)/kibotos demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .kibotos .pytest_cache
