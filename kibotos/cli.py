@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kibotos.errors import KibotosError
@@ -17,12 +18,13 @@ from kibotos.errors import KibotosError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Kibotos: verify, score and reward robot demonstrations.")
 bundle_app = typer.Typer(no_args_is_help=True, help="Inspect submission bundles.")
 app.add_typer(bundle_app, name="bundle")
-console = Console()
+# wide tables when piped or captured (CI logs): rich would otherwise assume 80 columns
+console = Console() if Console().is_terminal else Console(width=160)
 err = Console(stderr=True)
 
 
 def _fail(exc: KibotosError, code: int = 2) -> None:
-    err.print(f"[red]error[/red] [{exc.reason_code}] {exc}")
+    err.print(f"[red]error[/red] {escape(f'[{exc.reason_code}] {exc}')}")
     raise typer.Exit(code)
 
 
@@ -284,7 +286,7 @@ def main() -> None:
     try:
         app()
     except KibotosError as exc:  # last resort: a domain error never prints a traceback
-        err.print(f"[red]error[/red] [{exc.reason_code}] {exc}")
+        err.print(f"[red]error[/red] {escape(f'[{exc.reason_code}] {exc}')}")
         sys.exit(2)
 
 

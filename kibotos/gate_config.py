@@ -24,6 +24,7 @@ class GateAConfig(_Frozen):
     flatline_max_fraction: float
     vel_consistency_max_nrmse: float
     vel_consistency_abs_tol: float
+    vel_consistency_window_ms: float
     max_joint_count: int
 
 

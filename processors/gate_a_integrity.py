@@ -2,8 +2,8 @@
 
 Required datasets exist with the contract's dtypes; shapes match ``(T, J)`` and
 ``len(joint_names)``; declared units are the required ones; no NaN/Inf in any float
-array; the joint stream is not frozen (flatline); ``joint_vel`` agrees with
-d(joint_pos)/dt when present, and is flagged as computed when absent.
+array; the joint stream is not frozen (flatline); ```joint_vel`` agrees with
+d(joint_pos)/dt when present (both smoothed by the same Savitzky-Golay window), and is flagged as computed when absent.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from kibotos.gate_config import GateConfig
 from kibotos.report import GateResult
 from kibotos.robots import get_robot
 from processors.base import register_gate, result
+from processors.signals import savgol, window_samples
 
 GATE_ID = "gate_a_integrity"
 MIN_SAMPLES = 10
@@ -102,10 +103,14 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
         flags.append("joint_vel_computed")
         metrics["joint_vel"] = "computed from joint_pos"
     else:
-        t_s = ts.astype(np.float64) / 1000.0
-        if np.all(np.diff(t_s) > 0):  # gate B judges timestamps; only compare when usable
-            dq = np.gradient(q, t_s, axis=0)
-            v = view.read(JOINT_VEL).astype(np.float64)
+        dts = np.diff(ts)
+        if np.all(dts > 0):  # gate B judges timestamps; only compare when usable
+            # both streams through the same Savitzky-Golay window: sensor noise on
+            # joint_pos, differentiated raw, would swamp the comparison at high rates
+            dt_ms = float(np.median(dts))
+            window = window_samples(cfg.vel_consistency_window_ms, dt_ms)
+            dq = savgol(q, dt_ms / 1000.0, window, deriv=1)
+            v = savgol(view.read(JOINT_VEL).astype(np.float64), dt_ms / 1000.0, window, deriv=0)
             rms_diff = float(np.sqrt(np.mean((v - dq) ** 2)))
             rms_ref = float(np.sqrt(np.mean(dq**2)))
             nrmse = rms_diff / max(rms_ref, 1e-9)

@@ -39,10 +39,11 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
         return result(GATE_ID, False, metrics, thresholds, "timestamps_not_increasing")
     if metrics["max_dt_ms"] > cfg.max_gap_ms:
         return result(GATE_ID, False, metrics, thresholds, "timestamp_gap")
-    if missing > cfg.max_missing_fraction:
-        return result(GATE_ID, False, metrics, thresholds, "missing_samples")
+    # a wrong declared rate first: otherwise a slow stream reads as missing samples
     deviation = abs(metrics["median_dt_ms"] - nominal) / nominal
     metrics["rate_deviation"] = round(deviation, 4)
     if deviation > cfg.max_rate_deviation:
         return result(GATE_ID, False, metrics, thresholds, "sampling_rate_mismatch")
+    if missing > cfg.max_missing_fraction:
+        return result(GATE_ID, False, metrics, thresholds, "missing_samples")
     return result(GATE_ID, True, metrics, thresholds)

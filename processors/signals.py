@@ -32,6 +32,15 @@ def savgol_derivatives(q: np.ndarray, dt: float, window: int, polyorder: int = 3
     return tuple(out)
 
 
+def savgol(x: np.ndarray, dt: float, window: int, deriv: int = 0, polyorder: int = 3) -> np.ndarray:
+    """One Savitzky-Golay output (smoothed value or derivative) of (T, J) ``x``, valid part."""
+    window = max(5, window | 1)
+    if x.shape[0] < window:
+        return np.zeros((0, x.shape[1]))
+    windows = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), window, axis=0)
+    return windows @ savgol_coeffs(window, polyorder, deriv) / dt**deriv
+
+
 def window_samples(window_ms: float, dt_ms: float) -> int:
     return max(5, int(round(window_ms / max(dt_ms, 1e-6))) | 1)
 

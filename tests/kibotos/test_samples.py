@@ -1,0 +1,114 @@
+"""The sample generator: well-formed, reproducible episodes whose noise, offset and
+video match what ``kibotos.samples`` documents."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kibotos.bundle.manifest import Manifest, unit_mismatches
+from kibotos.robots import get_robot
+from kibotos.samples import EXPECTED, NOISE, VARIANTS, make_episode, write_samples
+from kibotos.video import decode_luma
+from processors.base import gates
+from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS, samples  # noqa: F401
+
+
+def test_every_variant_names_a_registered_gate():
+    assert VARIANTS == tuple(EXPECTED) and VARIANTS[0] == "genuine" and EXPECTED["genuine"] is None
+    gate_ids = {g.gate_id for g in gates()}
+    assert {gate for gate, _ in filter(None, EXPECTED.values())} == gate_ids, "every gate has a failure class"
+
+
+def test_unknown_variant_lists_the_known_ones():
+    with pytest.raises(ValueError) as info:
+        make_episode(get_robot(*PANDA), "wobbly")
+    for v in VARIANTS:
+        assert v in str(info.value)
+
+
+@pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
+def test_genuine_episode_is_well_formed(samples, key):  # noqa: F811
+    robot = get_robot(*key)
+    ep = samples.episode(key)
+    T = len(ep.timestamps_ms)
+    assert T == 401  # 8 s at 50 Hz, both ends included
+    assert ep.timestamps_ms.dtype == np.int64 and np.all(np.diff(ep.timestamps_ms) > 0)
+    assert ep.joint_pos.dtype == np.float32 and ep.joint_pos.shape == (T, robot.dof)
+    assert ep.joint_vel.dtype == np.float32 and ep.joint_vel.shape == (T, robot.dof)
+    manifest = Manifest.model_validate(ep.manifest)
+    assert unit_mismatches(manifest) == {}
+    assert manifest.joint_names == list(robot.joint_names)
+    assert 20 <= ep.true_offset_ms <= 180
+    assert manifest.sync.sync_offset_ms_claimed == pytest.approx(ep.true_offset_ms, abs=0.05)
+    # inside the limits, and really moving
+    assert np.all(ep.joint_pos >= robot.pos_lower - 0.01) and np.all(ep.joint_pos <= robot.pos_upper + 0.01)
+    assert np.ptp(ep.joint_pos, axis=0).max() > 0.1
+
+
+@pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
+def test_video_covers_the_kinematics_and_matches_the_manifest(samples, key):  # noqa: F811
+    ep = samples.episode(key)
+    decoded = decode_luma(ep.video_mp4)
+    video = ep.manifest["video"]["primary"]
+    assert decoded.frames.shape[0] == video["frame_count"]
+    assert decoded.fps == pytest.approx(video["fps"])
+    intr = ep.manifest["camera"]["primary"]["intrinsics"]
+    assert (decoded.width, decoded.height) == (intr["width"], intr["height"])
+    duration_ms = (video["frame_count"] - 1) * 1000.0 / video["fps"]
+    kin_end_in_video = ep.timestamps_ms[-1] - ep.timestamps_ms[0] + ep.true_offset_ms
+    assert kin_end_in_video - 1000.0 / video["fps"] <= duration_ms
+
+
+@pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
+def test_sensor_noise_is_the_documented_noise(samples, key):  # noqa: F811
+    """Second differences of q at 50 Hz are noise-dominated: sigma = MAD * 1.4826 / sqrt(6)."""
+    robot = get_robot(*key)
+    q = samples.episode(key).joint_pos.astype(np.float64)
+    d2 = np.diff(q, 2, axis=0)
+    sigma = 1.4826 * np.median(np.abs(d2 - np.median(d2, axis=0)), axis=0) / np.sqrt(6)
+    prismatic = np.array([t == "prismatic" for t in robot.joint_types])
+    expected = np.where(prismatic, NOISE["prismatic_m"], NOISE["revolute_rad"])
+    np.testing.assert_allclose(sigma, expected, rtol=0.35)
+
+
+def test_same_seed_same_episode_other_seed_other_episode():
+    robot = get_robot(*PANDA)
+    a, b = make_episode(robot, seed=3, duration_ms=2000), make_episode(robot, seed=3, duration_ms=2000)
+    c = make_episode(robot, seed=4, duration_ms=2000)
+    np.testing.assert_array_equal(a.joint_pos, b.joint_pos)
+    assert a.video_mp4 == b.video_mp4 and a.manifest == b.manifest
+    assert not np.array_equal(a.joint_pos, c.joint_pos)
+    assert a.manifest["submission_id"] != c.manifest["submission_id"]
+
+
+@pytest.mark.parametrize("offset_ms", [0.0, 400.0])
+def test_injected_offset_is_the_true_and_claimed_offset(offset_ms):
+    ep = make_episode(get_robot(*PANDA), seed=1, duration_ms=2000, offset_ms=offset_ms)
+    assert ep.true_offset_ms == offset_ms
+    assert ep.manifest["sync"]["sync_offset_ms_claimed"] == offset_ms
+    # the video starts offset_ms earlier, so it is that much longer
+    assert ep.manifest["video"]["primary"]["frame_count"] == int(np.floor((2000 + offset_ms) * 30 / 1000)) + 1
+
+
+@pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
+def test_variants_carry_their_fault(samples, key):  # noqa: F811
+    robot = get_robot(*key)
+    genuine = samples.episode(key)
+    assert samples.episode(key, "shape_mismatch").joint_pos.shape[1] == robot.dof - 1
+    assert np.isnan(samples.episode(key, "nan").joint_pos).sum() == 5
+    assert np.ptp(samples.episode(key, "flatline").joint_pos, axis=0).max() == 0
+    assert np.any(np.diff(samples.episode(key, "non_monotonic").timestamps_ms) < 0)
+    assert np.diff(samples.episode(key, "gap").timestamps_ms).max() >= 400
+    lie = samples.episode(key, "sync_lie")
+    assert lie.manifest["sync"]["sync_offset_ms_claimed"] == pytest.approx(lie.true_offset_ms - 400, abs=0.05)
+    short = samples.episode(key, "short_video").manifest["video"]["primary"]["frame_count"]
+    assert short < 0.6 * genuine.manifest["video"]["primary"]["frame_count"]
+    assert samples.episode(key, "teleport").joint_vel is None
+    assert samples.episode(key, "degrees").manifest["units"]["joint_pos"] == "rad"  # the lie is the point
+
+
+def test_write_samples_names_files_by_robot_variant_and_seed(tmp_path):
+    paths = write_samples(tmp_path, [PANDA], ["genuine", "gap"], seed=7, miner_id="m-7")
+    assert [p.name for p in paths] == ["franka_panda-genuine-7.zarr.zip", "franka_panda-gap-7.zarr.zip"]
+    assert all(p.is_file() and p.stat().st_size > 10_000 for p in paths)
