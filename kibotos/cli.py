@@ -13,11 +13,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from kibotos.cli_miner import miner_app
 from kibotos.errors import KibotosError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Kibotos: verify, score and reward robot demonstrations.")
 bundle_app = typer.Typer(no_args_is_help=True, help="Inspect submission bundles.")
 app.add_typer(bundle_app, name="bundle")
+app.add_typer(miner_app, name="miner")
 # wide tables when piped or captured (CI logs): rich would otherwise assume 80 columns
 console = Console() if Console().is_terminal else Console(width=160)
 err = Console(stderr=True)
@@ -166,19 +168,28 @@ def up(workers: int = typer.Option(1, help="gate worker processes (<= topic part
 def submit(
     paths: list[Path] = typer.Argument(..., help="bundles to submit"),
     miner: str = typer.Option("anonymous", help="miner id used when a manifest names none"),
+    keypair: Optional[Path] = typer.Option(None, "--keypair", "-k",
+                                           help="sign and upload through the ingest API (= kibotos miner submit)"),
 ) -> None:
     """Upload bundles to the object store and emit their submissions.received events.
 
-    Example: kibotos submit samples/*.zarr.zip
+    With --keypair this is the signed path (presigned upload + verification at the
+    ingest API); without, an operator's direct path that trusts the files.
+
+    Example: kibotos submit samples/*.zarr.zip --keypair miner.json
     """
-    from kibotos.objectstore import open_store
+    if keypair is not None:
+        from kibotos.cli_miner import submit as miner_submit
+
+        return miner_submit(paths, keypair=keypair, api=None, wait=False, timeout=600.0)
+    from kibotos.objectstore import store_from_settings
     from kibotos.reads import bootstrap_for
     from kibotos.submit import submit_paths
     from topics.catalogue import Catalogue
 
     settings = _settings()
     try:
-        subs = submit_paths(paths, bootstrap=bootstrap_for(settings), store=open_store(settings.store_url),
+        subs = submit_paths(paths, bootstrap=bootstrap_for(settings), store=store_from_settings(settings),
                             catalogue=Catalogue.from_settings(settings), miner_id=miner)
     except KibotosError as exc:
         _fail(exc)

@@ -11,7 +11,9 @@ from kibotos.errors import ServiceError
 
 pytestmark = pytest.mark.integration
 
-TABLES = {"submissions", "gate_results", "verification_reports", "points_ledger", "dead_letters", "schema_migrations"}
+TABLES = {"submissions", "gate_results", "verification_reports", "points_ledger", "dead_letters", "schema_migrations",
+          "ingest_receipts"}
+SHIPPED = {p.stem.partition("_")[0] for p in MIGRATIONS_DIR.glob("*.sql")}
 
 
 def _tables(client) -> set[str]:
@@ -20,21 +22,21 @@ def _tables(client) -> set[str]:
 
 def test_fixture_applied_every_table(chdb_client):
     assert TABLES <= _tables(chdb_client)
-    assert set(applied_migrations(chdb_client)) == {"0001"}
+    assert set(applied_migrations(chdb_client)) == SHIPPED
 
 
 def test_second_run_applies_nothing(chdb_client):
     assert apply_migrations(chdb_client) == []
     rows = chdb_client.query("SELECT count() FROM kibotos.schema_migrations").result_rows
-    assert rows == [(1,)]
+    assert rows == [(len(SHIPPED),)]
 
 
 def test_new_migration_applies_once(chdb_client, tmp_path):
     shutil.copytree(MIGRATIONS_DIR, tmp_path / "m")
-    (tmp_path / "m" / "0002_extra.sql").write_text(
+    (tmp_path / "m" / "9001_extra.sql").write_text(
         "-- a comment line\nCREATE TABLE IF NOT EXISTS kibotos.extra (x Int32)\nENGINE = MergeTree ORDER BY x;\n"
     )
-    assert apply_migrations(chdb_client, tmp_path / "m") == ["0002_extra.sql"]
+    assert apply_migrations(chdb_client, tmp_path / "m") == ["9001_extra.sql"]
     assert apply_migrations(chdb_client, tmp_path / "m") == []
     assert "extra" in _tables(chdb_client)
 
@@ -50,10 +52,10 @@ def test_edited_applied_migration_is_refused(chdb_client, tmp_path):
 def test_failing_statement_is_a_service_error_and_not_recorded(chdb_client, tmp_path):
     (tmp_path / "m").mkdir()
     shutil.copy(MIGRATIONS_DIR / "0001_init.sql", tmp_path / "m")
-    (tmp_path / "m" / "0002_broken.sql").write_text("CREATE TABLE kibotos.broken (x NoSuchType) ENGINE = Log;\n")
-    with pytest.raises(ServiceError, match="0002_broken.sql"):
+    (tmp_path / "m" / "9002_broken.sql").write_text("CREATE TABLE kibotos.broken (x NoSuchType) ENGINE = Log;\n")
+    with pytest.raises(ServiceError, match="9002_broken.sql"):
         apply_migrations(chdb_client, tmp_path / "m")
-    assert "0002" not in applied_migrations(chdb_client)
+    assert "9002" not in applied_migrations(chdb_client)
 
 
 def test_split_statements():
