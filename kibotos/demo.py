@@ -1,14 +1,21 @@
 """``kibotos demo``: the whole pipeline on the embedded stack, end to end.
 
 Generates a realistic mix of submissions from several miners (genuine and faulty,
-three robot models), starts the stack, submits them, waits for every verdict, then
-prints what each submission earned and the miners' balances — read back from ClickHouse.
+three robot models), each miner with its own Ed25519 keypair; every bundle is signed
+(``<bundle>.sig.json``) and uploaded through the stack's ingest API (presigned PUT, then
+complete). The demo waits for every verdict, then prints what each submission earned
+and the miners' balances — read back from ClickHouse. Uploads the ingest edge refuses
+show up too: rejected with a reason code at ``ingest_integrity`` (a truncated upload, a
+bundle modified after signing, one signed by an impostor, an unsigned one), or refused
+at the door without a verdict (a replay of an accepted bundle).
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -16,12 +23,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from kibotos import warehouse
+from kibotos.bundle.hashtree import hash_bundle
 from kibotos.errors import ServiceError
+from kibotos.identity import Keypair, sidecar_path, sign_bundle, sign_tree
+from kibotos.ingest.client import IngestClient
 from kibotos.robots import get_robot, list_robots
 from kibotos.samples import make_episode
 from kibotos.settings import Settings
 from kibotos.stack import Stack
-from kibotos.submit import submit_paths
 from streams.verdict_feed import follow_verdicts
 
 # (miner, robot model id, variant, seed): an honest miner, a careless one, a cheater
@@ -42,6 +51,11 @@ MIX = [
 ]
 
 
+def demo_keypair(miner: str) -> Keypair:
+    """The demo miner's keypair: derived from its name, so miner ids are stable across runs."""
+    return Keypair.from_seed(hashlib.sha256(f"kibotos-demo-miner:{miner}".encode()).digest())
+
+
 def _revision(model_id: str) -> str:
     return next(rev for m, rev in list_robots() if m == model_id)
 
@@ -51,18 +65,88 @@ def generate(out: Path, console: Console) -> list[tuple[str, str, Path]]:
     items = []
     with Progress(TextColumn("generating samples"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
-        task = progress.add_task("gen", total=len(MIX) + 1)
+        task = progress.add_task("gen", total=len(MIX) + 5)
         for miner, model_id, variant, seed in MIX:
-            ep = make_episode(get_robot(model_id, _revision(model_id)), variant, seed=seed, miner_id=miner)
-            items.append((miner, variant, ep.write(out / f"{miner}-{model_id}-{variant}-{seed}.zarr.zip")))
+            path = _episode(out, miner, model_id, variant, seed)
+            sign_bundle(path, demo_keypair(miner))
+            items.append((miner, variant, path))
             progress.advance(task)
-        # a truncated upload: half of a genuine bundle
-        good = items[0][2].read_bytes()
+        # a truncated upload: signed whole, then only half of the bytes were sent
+        dave = _episode(out, "miner-dave", "franka_panda", "genuine", 14)
+        sign_bundle(dave, demo_keypair("miner-dave"))
         broken = out / "miner-dave-truncated.zarr.zip"
-        broken.write_bytes(good[: len(good) // 2])
+        broken.write_bytes(dave.read_bytes()[: dave.stat().st_size // 2])
+        sidecar_path(dave).rename(sidecar_path(broken))
+        dave.unlink()
         items.append(("miner-dave", "truncated", broken))
         progress.advance(task)
+        items.extend(_hostile(out, progress, task))
     return items
+
+
+def _episode(out: Path, miner: str, model_id: str, variant: str, seed: int, *, manifest_miner: str | None = None,
+             submission_id: str | None = None, name: str | None = None) -> Path:
+    ep = make_episode(get_robot(model_id, _revision(model_id)), variant, seed=seed,
+                      miner_id=manifest_miner or demo_keypair(miner).miner_id)
+    if submission_id:
+        ep = replace(ep, manifest=ep.manifest | {"submission_id": submission_id})
+    return ep.write(out / (name or f"{miner}-{model_id}-{variant}-{seed}.zarr.zip"))
+
+
+def _hostile(out: Path, progress: Progress, task) -> list[tuple[str, str, Path]]:
+    """Mallory's attempts: each must be refused at ingestion with a reason code."""
+    mallory = demo_keypair("miner-mallory")
+    # modified after signing: the signed Merkle root no longer matches the bytes
+    tampered = _episode(out, "miner-mallory", "ur5", "genuine", 15)
+    sig = sign_bundle(tampered, mallory)
+    tampered.unlink()  # same manifest, other trajectories and video
+    _episode(out, "miner-mallory", "ur5", "genuine", 16, submission_id=str(sig.submission_id), name=tampered.name)
+    progress.advance(task)
+    # an impostor: the manifest claims alice, mallory signs it
+    forged = _episode(out, "miner-mallory", "franka_panda", "genuine", 17,
+                      manifest_miner=demo_keypair("miner-alice").miner_id)
+    sidecar_path(forged).write_text(sign_tree(hash_bundle(forged), _sid(forged), mallory).model_dump_json())
+    progress.advance(task)
+    # unsigned: no sidecar at all
+    unsigned = _episode(out, "miner-mallory", "unitree_g1", "genuine", 18)
+    progress.advance(task)
+    return [("miner-mallory", "tampered", tampered), ("miner-mallory", "impersonation", forged),
+            ("miner-mallory", "unsigned", unsigned)]
+
+
+def _sid(path: Path) -> str:
+    from kibotos.bundle import open_bundle
+
+    with open_bundle(path) as view:
+        return str(view.manifest.submission_id)
+
+
+def upload_all(client: IngestClient, items: list[tuple[str, str, Path]]):
+    """Upload each bundle as its miner; ``(verdicts expected {sid: (miner, variant)},
+    refused without a verdict [(miner, variant, outcome)])``."""
+    judged: dict[str, tuple[str, str]] = {}
+    refused = []
+    for miner, variant, path in items:
+        out = client.submit(path, demo_keypair(miner), sign=False) if sidecar_path(path).exists() else \
+            _submit_unsigned(client, path, demo_keypair(miner))
+        if out.accepted or out.status == 422:  # 422: rejected at ingestion, with a verdict
+            judged[out.submission_id] = (miner, variant)
+        else:
+            refused.append((miner, variant, out))
+    return judged, refused
+
+
+def _submit_unsigned(client: IngestClient, path: Path, keypair: Keypair):
+    from kibotos.ingest.client import IngestRefused, SubmitOutcome
+
+    sid = _sid(path)
+    try:
+        grant = client.request_upload(keypair, path, sid)
+        client.put(grant, path)
+        done = client.complete(grant, None)
+        return SubmitOutcome(path, done["submission_id"], True)
+    except IngestRefused as exc:
+        return SubmitOutcome(path, sid, False, exc.reason_code, str(exc), exc.status)
 
 
 def run_demo(settings: Settings, console: Console, workers: int = 1, timeout_s: float = 900) -> int:
@@ -73,13 +157,13 @@ def run_demo(settings: Settings, console: Console, workers: int = 1, timeout_s: 
     console.rule("[bold]Kibotos demo")
     items = generate(home / "samples", console)
     console.print(f"{len(items)} submissions from {len({m for m, _, _ in items})} miners written to {home / 'samples'}")
-    with Stack(settings, workers=workers, log=lambda m: console.print(f"[dim]{m}[/dim]")) as stack:
-        variants = {}
-        for miner, variant, path in items:
-            sub = submit_paths([path], bootstrap=stack.bootstrap, store=stack.store, catalogue=stack.catalogue,
-                               miner_id=miner)[0]
-            variants[sub.submission_id] = (sub.miner_id, variant)
-        console.print(f"submitted {len(variants)} bundles to {stack.catalogue.submissions_received.name}")
+    with Stack(settings, workers=workers, log=lambda m: console.print(f"[dim]{m}[/dim]")) as stack, \
+            IngestClient(stack.ingest.url) as client:
+        variants, refused = upload_all(client, items)
+        # a replay: alice uploads her first bundle again after it was accepted
+        first = next(item for item in items if item[0] == "miner-alice")
+        refused.extend(upload_all(client, [(first[0], "replay", first[2])])[1])
+        console.print(f"uploaded {len(items) + 1} bundles through the ingest API {stack.ingest.url}")
         verdicts: dict[str, dict] = {}
         deadline = time.monotonic() + timeout_s
         with Progress(TextColumn("waiting for verdicts"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -115,11 +199,19 @@ def run_demo(settings: Settings, console: Console, workers: int = 1, timeout_s: 
         table.add_row(sid[:8], miner, variant, f"[{colour}]{verdict}[/{colour}]", rep.get("reason_code") or "",
                       rep.get("failed_gate") or "", f"{rep.get('points', 0):g}")
     console.print(table)
+    if refused:
+        door = Table(title="refused at the ingest API without a verdict")
+        for col in ("miner", "sample", "HTTP", "reason", "detail"):
+            door.add_column(col)
+        for miner, variant, out in refused:
+            door.add_row(miner, variant, str(out.status), out.reason_code or "", out.detail[:70])
+        console.print(door)
+    names = {demo_keypair(m).miner_id: m for m, _, _ in items}
     bal = Table(title="ledger balances")
-    for col in ("miner", "points", "entries"):
+    for col in ("miner", "miner id (base58 Ed25519 public key)", "points", "entries"):
         bal.add_column(col)
     for row in balances:
-        bal.add_row(row["miner_id"], f"{row['points']:g}", str(row["entries"]))
+        bal.add_row(names.get(row["miner_id"], "?"), row["miner_id"], f"{row['points']:g}", str(row["entries"]))
     console.print(bal)
     console.print(f"reports and ledger persist in {home}; e.g. "
                   f"KIBOTOS_HOME={home} kibotos report {next(iter(variants))}")

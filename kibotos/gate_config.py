@@ -61,6 +61,59 @@ class GateEConfig(_Frozen):
     teleport_vel_factor: float
 
 
+class GateFConfig(_Frozen):
+    """Gate F (pose estimation quality, design §5.2 F): thresholds and decoding budget."""
+
+    max_fps: float  # frames are subsampled to at most this rate before pose estimation
+    max_sampled_frames: int  # and never more than this many per video
+    max_decode_side: int  # frames are downscaled so that the longer side is at most this
+    keypoints: tuple[str, ...]  # the landmarks judged (estimator names, lower case)
+    min_mean_confidence: float
+    frame_confidence: float  # a frame is "confident" when its mean confidence is above this
+    min_confident_frame_fraction: float
+    max_missing_fraction: float
+    max_dropout_ms: float
+    reprojection_min_visibility: float  # keypoints used in the reprojection fit
+    reprojection_min_points: int
+    max_mean_reprojection_px_720p: float
+    max_p95_reprojection_px_720p: float
+    jitter_scale_px_720p: float  # S_pose: jitter at which the jitter term is 0.5
+    # per-estimator calibration: threshold values that replace the defaults above for
+    # one estimator (its measured floor), keyed by registry name
+    estimators: dict[str, dict[str, float]] = {}
+
+    def for_estimator(self, name: str) -> "GateFConfig":
+        """These thresholds with the calibration of estimator ``name`` merged in."""
+        overrides = self.estimators.get(name)
+        if not overrides:
+            return self
+        unknown = set(overrides) - set(type(self).model_fields)
+        if unknown:
+            raise ConfigError(f"gate_f.estimators.{name}: unknown keys {sorted(unknown)}")
+        return self.model_copy(update=dict(overrides))
+
+
+class IKConfig(_Frozen):
+    """IK residual stage (design §5.3): hard-reject limits, S_retarget scales, solver."""
+
+    max_rms_pos_error_m: float
+    max_peak_pos_error_m: float
+    max_orientation_error_deg: float
+    max_orientation_exceed_fraction: float
+    min_target_frames: int
+    confidence_scale_pos_m: float  # S_retarget position term is 0.5 at this RMS error
+    confidence_scale_rot_deg: float  # ... orientation term is 0.5 at this mean error
+    exact_match_floor_m: float  # below this RMS the target cannot be an independent measurement
+    grasp_speed_m_s: float  # grasp inferred from object motion: object speed above this
+    grasp_smoothing_ms: float
+    rotation_weight_m_per_rad: float  # solver: 1 rad of orientation error weighs like this many metres
+    iterations: int
+    seed_restarts: int
+    damping: float
+    smoothness_weight: float
+    max_step_rad: float
+
+
 class GateConfig(_Frozen):
     config_version: str
     gate_a: GateAConfig
@@ -68,6 +121,8 @@ class GateConfig(_Frozen):
     gate_c: GateCConfig
     gate_d: GateDConfig
     gate_e: GateEConfig
+    gate_f: GateFConfig
+    ik: IKConfig
     robots: dict[str, dict[str, dict[str, Any]]] = {}
 
     def for_robot(self, model_id: str, revision: str) -> "GateConfig":

@@ -8,15 +8,24 @@ demonstrations), sampled at ``rate_hz`` with Gaussian sensor noise (documented i
 textured background, encoded as H.264 with PyAV. The video starts ``offset_ms`` before
 the kinematics, which is the true sync offset.
 
-Each failure class of gates A–E has a variant (``VARIANTS``) with the gate and reason
-code that must catch it (``EXPECTED``).
+Arm episodes (and the G1, holding an object in its right hand) carry an object pose
+stream by default (``with_object``): the object rests until the grasping link picks it
+up at 25 % of the episode, moves rigidly with that link (``OBJECT_IN_HAND``) and rests
+again from its release at 75 %; its poses come from the noise-free trajectory's forward
+kinematics plus independent tracking noise (``NOISE``), sampled at the video's frame
+times, with a ``contacts/<link>`` stream marking the grasp. The grasp is declared in the
+pose array's attributes, so the IK residual stage has a target independent of the
+joints (``gpu_consumers.ik``).
+
+Each failure class of gates A–E and of the IK residual stage has a variant
+(``VARIANTS``) with the gate or stage and reason code that must catch it (``EXPECTED``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -25,12 +34,15 @@ import numpy as np
 from kibotos.bundle.manifest import SCHEMA_VERSION
 from kibotos.bundle.writer import write_bundle
 from kibotos.camera import look_at, project_points
+from kibotos.poses import invert, matrix_to_pose7, pose7_to_matrix, rotvec_to_matrix
 from kibotos.robots import RobotModel, get_robot
-from kibotos.robots.kinematics import kinematics_for
+from kibotos.robots.kinematics import kinematics_for, serial_kinematics_for
 from kibotos.video import encode_mp4
 
-# Sensor noise of genuine samples (1 sigma): joint positions and velocities.
-NOISE = {"revolute_rad": 0.001, "prismatic_m": 0.0001, "vel_rad_s": 0.01}
+# Sensor noise of genuine samples (1 sigma): joint positions and velocities; tracking
+# noise of the object pose stream (3-D RMS of position, RMS rotation angle).
+NOISE = {"revolute_rad": 0.001, "prismatic_m": 0.0001, "vel_rad_s": 0.01,
+         "object_pos_m": 0.002, "object_rot_deg": 1.0}
 
 # variant -> (gate that must reject it, reason code)
 EXPECTED: dict[str, tuple[str, str] | None] = {
@@ -46,8 +58,21 @@ EXPECTED: dict[str, tuple[str, str] | None] = {
     "limit_violation": ("gate_d_limits", "joint_limit_violation"),
     "teleport": ("gate_e_plausibility", "teleport_detected"),
     "jerk": ("gate_e_plausibility", "jerk_exceeded"),
+    # gates A-E accept these; the IK residual stage (a GPU consumer job) rejects them
+    "ik_perturbed": ("ik_residual", "ik_peak_exceeded"),
+    "ik_target_shift": ("ik_residual", "ik_rms_exceeded"),
 }
 VARIANTS = tuple(EXPECTED)
+
+# The object: its name, the link that grasps it, its pose in that link's frame while held
+# (10 cm out along the link's z axis, turned 15 degrees about it), the grasp window.
+OBJECT_NAME = "cube"
+GRASP_LINKS = {"unitree_g1": "right_wrist_yaw_link"}  # others: their first end-effector link
+OBJECT_IN_HAND = np.array([0.0, 0.0, 0.10, np.cos(np.radians(7.5)), 0.0, 0.0, np.sin(np.radians(7.5))])
+GRASP_WINDOW = (0.25, 0.75)  # fractions of the episode
+IK_PERTURB_PEAK_M = 0.16  # "ik_perturbed": end-effector displacement at the bump's peak
+IK_PERTURB_WIDTH = 0.375  # ... bump length as a fraction of the grasp window
+IK_TARGET_SHIFT_M = 0.15  # "ik_target_shift": the object stream moved this far
 
 WIDTH, HEIGHT, FOCAL = 320, 240, 260.0
 
@@ -121,6 +146,71 @@ def render_video(robot: RobotModel, qs: np.ndarray, intrinsics: dict, cam_to_wor
     return frames
 
 
+def grasp_link(robot: RobotModel) -> str | None:
+    """The link that holds the sample object (None: the robot has no end effector)."""
+    if not robot.end_effector_links:
+        return None
+    return GRASP_LINKS.get(robot.model_id, robot.end_effector_links[0])
+
+
+def object_stream(robot: RobotModel, traj: Trajectory, obj_t_ms: np.ndarray, duration_ms: float,
+                  rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """The object's pose stream, its grasp contacts and the grasp declaration:
+    ``(arrays, attributes)`` for ``write_bundle``. Poses at ``obj_t_ms`` (kinematic time):
+    rigidly attached to ``grasp_link`` inside the grasp window (forward kinematics of the
+    noise-free trajectory), at rest before and after it, plus tracking noise."""
+    link = grasp_link(robot)
+    t_grasp, t_release = (f * duration_ms for f in GRASP_WINDOW)
+    held = np.clip(obj_t_ms.astype(np.float64), t_grasp, t_release)
+    hand = serial_kinematics_for(robot.model_id, robot.revision, link).link_poses(traj.at(held))
+    obj = hand @ pose7_to_matrix(OBJECT_IN_HAND)
+    n = len(obj_t_ms)
+    obj[:, :3, 3] += rng.normal(0.0, NOISE["object_pos_m"] / np.sqrt(3), (n, 3))
+    obj[:, :3, :3] = rotvec_to_matrix(rng.normal(0.0, np.radians(NOISE["object_rot_deg"]) / np.sqrt(3), (n, 3))) \
+        @ obj[:, :3, :3]
+    offset = matrix_to_pose7(invert(pose7_to_matrix(OBJECT_IN_HAND)))  # the link in the object frame
+    base = f"objects/{OBJECT_NAME}"
+    arrays = {
+        f"{base}/timestamps_ms": obj_t_ms.astype(np.int64),
+        f"{base}/pose": matrix_to_pose7(obj),
+        f"contacts/{link}": ((obj_t_ms >= t_grasp) & (obj_t_ms <= t_release)).astype(np.uint8),
+    }
+    attributes = {f"{base}/pose": {"frame": "robot_base", "tracking": "sample generator (FK + noise)",
+                                   "grasp": {"link": link, "offset": [round(float(x), 9) for x in offset]}}}
+    return arrays, attributes
+
+
+def ik_perturbation(robot: RobotModel, traj: Trajectory, ts_ms: np.ndarray, duration_ms: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth bump (sin^2) on the grasping chain's joints, centred in the grasp window,
+    that moves the grasping link ``IK_PERTURB_PEAK_M`` at its peak: ``(dq (T, J), dv (T, J))``.
+
+    Its joint-space direction is the minimum-norm one (Jacobian pseudo-inverse) for the
+    axis direction needing the least joint motion, so no joint comes near a speed,
+    acceleration or jerk bound: gates A–E cannot tell it from a genuine trajectory (sized
+    for the default 8 s episodes; shorter ones get a proportionally sharper bump)."""
+    link = grasp_link(robot)
+    chain = serial_kinematics_for(robot.model_id, robot.revision, link)
+    t_grasp, t_release = (f * duration_ms for f in GRASP_WINDOW)
+    centre, width = (t_grasp + t_release) / 2, IK_PERTURB_WIDTH * (t_release - t_grasp)
+    q_c = traj.at(np.array([centre]))
+    pinv = np.linalg.pinv(chain.link_jacobians(q_c)[0, :3])
+    moves = [pinv @ d for d in np.vstack([np.eye(3), -np.eye(3)])]
+    step = min(moves, key=lambda m: float(np.abs(m).max()))
+    direction = np.zeros(robot.dof)
+    direction[chain.joint_index] = step
+    p0 = chain.link_poses(q_c)[0, :3, 3]
+    lo, hi = 0.0, 10.0
+    for _ in range(60):  # the scale whose displacement at the peak is IK_PERTURB_PEAK_M
+        mid = (lo + hi) / 2
+        moved = np.linalg.norm(chain.link_poses(q_c + mid * direction)[0, :3, 3] - p0)
+        lo, hi = (mid, hi) if moved < IK_PERTURB_PEAK_M else (lo, mid)
+    phase = np.clip((ts_ms - centre) / width + 0.5, 0.0, 1.0)
+    bump = np.sin(np.pi * phase) ** 2
+    dbump = np.where((phase > 0) & (phase < 1), np.pi / (width / 1000.0) * np.sin(2 * np.pi * phase), 0.0)
+    return bump[:, None] * lo * direction, dbump[:, None] * lo * direction
+
+
 @dataclass(frozen=True)
 class Episode:
     manifest: dict
@@ -129,10 +219,13 @@ class Episode:
     joint_vel: np.ndarray | None
     video_mp4: bytes
     true_offset_ms: float
+    extra_arrays: dict[str, np.ndarray] = field(default_factory=dict)  # objects/*, contacts/*
+    array_attributes: dict[str, dict] = field(default_factory=dict)
 
     def write(self, path: str | Path) -> Path:
         return write_bundle(path, self.manifest, timestamps_ms=self.timestamps_ms, joint_pos=self.joint_pos,
-                            joint_vel=self.joint_vel, video_mp4=self.video_mp4)
+                            joint_vel=self.joint_vel, video_mp4=self.video_mp4, extra_arrays=self.extra_arrays,
+                            array_attributes=self.array_attributes)
 
 
 _SAMPLE_NS = uuid.UUID("0d6e6c2e-3f55-4b0c-8d1e-6a4a3b0f7c11")
@@ -154,9 +247,15 @@ def make_episode(
     rate_hz: float = 50.0,
     fps: float = 30.0,
     offset_ms: float | None = None,
+    with_object: bool = True,
 ) -> Episode:
+    """One sample episode of ``robot``; ``with_object`` adds the object pose stream (robots
+    with an end effector; the IK variants need it)."""
     if variant not in EXPECTED:
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    with_object = with_object and grasp_link(robot) is not None
+    if variant.startswith("ik_") and not with_object:
+        raise ValueError(f"variant {variant!r} needs the object stream (with_object=True, a robot with an end effector)")
     rng = np.random.default_rng(seed)
     offset = float(rng.uniform(20, 180) if offset_ms is None else offset_ms)
     traj = random_trajectory(robot, duration_ms, rng)
@@ -203,6 +302,23 @@ def make_episode(
     mp4 = encode_mp4(frames, fps)
     claimed = offset - (400.0 if variant == "sync_lie" else 0.0)
 
+    extra_arrays: dict[str, np.ndarray] = {}
+    array_attributes: dict[str, dict] = {}
+    if with_object:
+        # its own generator: the joint and video streams stay those of a bundle without it
+        obj_rng = np.random.default_rng([seed, 0x0B7EC7])
+        obj_t = np.unique(np.round(frame_kin_t[(frame_kin_t >= 0) & (frame_kin_t <= duration_ms)]).astype(np.int64))
+        extra_arrays, array_attributes = object_stream(robot, traj, obj_t, duration_ms, obj_rng)
+        if variant == "ik_target_shift":
+            # towards the robot's base, horizontally: the shifted path stays reachable
+            pose = extra_arrays[f"objects/{OBJECT_NAME}/pose"].copy()
+            toward = -pose[:, :2].mean(axis=0)
+            pose[:, :2] += IK_TARGET_SHIFT_M * toward / np.linalg.norm(toward)
+            extra_arrays[f"objects/{OBJECT_NAME}/pose"] = pose
+        elif variant == "ik_perturbed":
+            dq, dv = ik_perturbation(robot, traj, ts.astype(np.float64), duration_ms)
+            q, v = q + dq, v + dv
+
     joint_names = list(robot.joint_names)
     if variant == "nan":
         q[len(q) // 3: len(q) // 3 + 5, robot.dof // 2] = np.nan
@@ -239,11 +355,12 @@ def make_episode(
         "time_units": "ms",
         "units": {"joint_pos": "rad", "joint_vel": "rad/s"},
         "camera": {"primary": {"intrinsics": intrinsics, "extrinsics": extrinsics.round(6).tolist()}},
-        "video": {"primary": {"fps": fps, "frame_count": n_frames}},
+        "video": {"primary": {"fps": fps, "frame_count": n_frames, "subject": "robot"}},
         "sync": {"sync_offset_ms_claimed": round(claimed, 1)},
         "sample_variant": variant,
     }
-    return Episode(manifest, ts, q.astype(np.float32), None if v is None else v.astype(np.float32), mp4, offset)
+    return Episode(manifest, ts, q.astype(np.float32), None if v is None else v.astype(np.float32), mp4, offset,
+                   extra_arrays, array_attributes)
 
 
 def write_samples(out_dir: str | Path, robots: list[tuple[str, str]], variants: list[str], *, seed: int = 0,

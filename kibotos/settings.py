@@ -35,6 +35,29 @@ class Settings(BaseSettings):
     s3_endpoint: str | None = None
     s3_access_key: str | None = None
     s3_secret_key: str | None = None
+    s3_region: str = "us-east-1"
+
+    # Ingest API (kibotos.ingest): where miners upload, and what it accepts
+    ingest_url: str | None = None  # clients: the API base URL; None = the running stack's (stack.json)
+    ingest_host: str = "127.0.0.1"  # the server binds here (loopback unless deployed behind a proxy)
+    ingest_port: int = 0  # 0 = a free port
+    ingest_public_url: str | None = None  # base URL miners see (behind a proxy); None = the request's own
+    ingest_secret: str | None = None  # HMAC key of upload tickets and local upload URLs; embedded: generated
+    ingest_url_ttl_s: int = Field(default=900, ge=1)  # presigned upload URLs expire after this
+    ingest_complete_grace_s: int = Field(default=3600, ge=0)  # complete-upload accepted this long after expiry
+    ingest_max_upload_bytes: int = Field(default=512 << 20, ge=1)  # global bound on one bundle upload
+    ingest_rate_per_minute: float = Field(default=30.0, gt=0)  # per-miner sustained upload requests
+    ingest_rate_burst: int = Field(default=10, ge=1)  # per-miner burst
+    ingest_global_rate_per_minute: float = Field(default=3000.0, gt=0)  # all miners together
+    ingest_global_burst: int = Field(default=300, ge=1)
+    ingest_max_concurrent_verifications: int = Field(default=4, ge=1)  # busy beyond: 503 + Retry-After
+    ingest_request_max_skew_s: int = Field(default=300, ge=1)  # signed upload requests must be this fresh
+    ingest_keep_rejected: bool = False  # keep bundles rejected at ingestion (audit) or delete them
+
+    # Evidence jobs after gate E, in order, run by the GPU consumer group (gpu_consumers/).
+    # Empty: accepted straight after gate E (the cheap chain only).
+    evidence_jobs: tuple[str, ...] = ()
+    gpu_actors_per_kind: int = Field(default=1, ge=1)  # warm Ray actors per job kind per consumer
 
     # Rewards
     r_base: float = 10.0

@@ -22,7 +22,10 @@ from pathlib import Path
 from infra.migrate import apply_migrations
 from infra.tansu import TansuBroker, free_loopback_port
 from kibotos.errors import ServiceError
-from kibotos.objectstore import LocalObjectStore
+from kibotos.ingest.app import create_app as create_ingest_app
+from kibotos.ingest.server import IngestServer
+from kibotos.ingest.service import build_service as build_ingest_service
+from kibotos.objectstore import store_from_settings
 from kibotos.query_server import QueryServer
 from kibotos.settings import Settings
 from kibotos.warehouse import LockedClient, open_client
@@ -49,9 +52,11 @@ def running_stack(settings: Settings) -> dict | None:
 
 
 class Stack:
-    def __init__(self, settings: Settings, workers: int = 1, log=print):
+    def __init__(self, settings: Settings, workers: int = 1, log=print, gpu_consumers: int = 1):
         self.settings = settings
         self.workers = workers
+        self.gpu_consumers = gpu_consumers
+        self.gpu_processes: list[subprocess.Popen] = []
         self.log = log
         self.catalogue = Catalogue.from_settings(settings)
         self.broker: TansuBroker | None = None
@@ -59,10 +64,12 @@ class Stack:
         self.client = None
         self.sink: ClickHouseSink | None = None
         self.query: QueryServer | None = None
+        self.ingest: IngestServer | None = None
+        self.ingest_service = None
         self._stop = threading.Event()
         self._sink_thread: threading.Thread | None = None
         self.processes: list[subprocess.Popen] = []
-        self.store = LocalObjectStore.from_url(settings.store_url)
+        self.store = store_from_settings(settings)
 
     def start(self) -> "Stack":
         self.settings.home.mkdir(parents=True, exist_ok=True)
@@ -90,15 +97,29 @@ class Stack:
         self._sink_thread = threading.Thread(target=self.sink.run, args=(self._stop,), name="sink", daemon=True)
         self._sink_thread.start()
         self.query = QueryServer(self.client).start()
+        self.ingest_service = build_ingest_service(self.settings, client=self.client, bootstrap=self.bootstrap,
+                                                   catalogue=self.catalogue)
+        self.ingest = IngestServer(create_ingest_app(self.ingest_service), self.settings.ingest_host,
+                                   self.settings.ingest_port).start()
+        self.log(f"ingest   API {self.ingest.url} (presigned uploads, signatures, rate limits)")
         for _ in range(self.workers):
             self.processes.append(self._spawn_worker())
         self.log(f"workers  {self.workers} gate worker process(es); read API {self.query.url}")
+        if self.settings.evidence_jobs:
+            for _ in range(self.gpu_consumers):
+                self.gpu_processes.append(self._spawn_gpu_consumer())
+            self.log(f"evidence {self.gpu_consumers} GPU consumer process(es), Ray actors for "
+                     f"{', '.join(self.settings.evidence_jobs)} ({self.settings.gpu_actors_per_kind} per kind)")
+        else:
+            self.log("evidence none configured (KIBOTOS_EVIDENCE_JOBS=[]): verdicts after gate E")
         state_file(self.settings).write_text(json.dumps({
             "pid": os.getpid(), "bootstrap": self.bootstrap, "query_url": self.query.url,
             "topic_prefix": self.settings.topic_prefix, "object_store_url": self.settings.store_url,
+            "ingest_url": self.ingest.url,
         }))
 
-    def _spawn_worker(self) -> subprocess.Popen:
+    def _worker_env(self) -> dict[str, str]:
+        """What every child process needs to see the same stack as this one."""
         env = dict(os.environ)
         env.update({
             "KIBOTOS_TOPIC_PREFIX": self.settings.topic_prefix,
@@ -110,36 +131,59 @@ class Stack:
         })
         if self.settings.gate_config_path:
             env["KIBOTOS_GATE_CONFIG_PATH"] = str(self.settings.gate_config_path)
-        log = open(self.settings.home / f"worker-{len(self.processes)}.log", "ab")
-        return subprocess.Popen(
-            [sys.executable, "-m", "streams.worker", "--bootstrap", self.bootstrap,
-             "--web-port", str(free_loopback_port())],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        for name in ("s3_endpoint", "s3_access_key", "s3_secret_key", "s3_region"):
+            if getattr(self.settings, name):
+                env[f"KIBOTOS_{name.upper()}"] = str(getattr(self.settings, name))
+        env["KIBOTOS_EVIDENCE_JOBS"] = json.dumps(list(self.settings.evidence_jobs))
+        env["KIBOTOS_GPU_ACTORS_PER_KIND"] = str(self.settings.gpu_actors_per_kind)
+        return env
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = open(self.settings.home / f"{name}.log", "ab")
+        return subprocess.Popen([sys.executable, "-m", *argv], env=self._worker_env(), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _spawn_worker(self) -> subprocess.Popen:
+        return self._spawn(f"worker-{len(self.processes)}",
+                           ["streams.worker", "--bootstrap", self.bootstrap, "--web-port", str(free_loopback_port())])
+
+    def _spawn_gpu_consumer(self) -> subprocess.Popen:
+        return self._spawn(f"gpu-{len(self.gpu_processes)}", ["gpu_consumers.worker", "--bootstrap", self.bootstrap])
 
     def check_workers(self) -> None:
         dead = [p for p in self.processes if p.poll() is not None]
         if dead:
             raise ServiceError(f"{len(dead)} gate worker(s) exited (see {self.settings.home}/worker-*.log)")
+        dead = [p for p in self.gpu_processes if p.poll() is not None]
+        if dead:
+            raise ServiceError(f"{len(dead)} GPU consumer(s) exited (see {self.settings.home}/gpu-*.log)")
 
     def stop(self) -> None:
-        for proc in self.processes:
+        procs = self.processes + self.gpu_processes
+        for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for proc in self.processes:
+        deadline = time.monotonic() + 20
+        for proc in procs:
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
         self.processes.clear()
+        self.gpu_processes.clear()
         self._stop.set()
         if self._sink_thread is not None:
             self._sink_thread.join(15)
         if self.sink is not None:
             self.sink.close()
             self.sink = None
+        if self.ingest is not None:
+            self.ingest.stop()
+            self.ingest = None
+        if self.ingest_service is not None:
+            self.ingest_service.close()
+            self.ingest_service = None
         if self.query is not None:
             self.query.stop()
             self.query = None

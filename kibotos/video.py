@@ -94,3 +94,61 @@ def luma_from_frames(frames: np.ndarray, target_width: int = 96) -> np.ndarray:
     hh, ww = (h // k) * k, (w // k) * k
     small = gray[:, :hh, :ww].reshape(n, hh // k, k, ww // k, k).mean(axis=(2, 4))
     return np.clip(np.rint(small), 0, 255).astype(np.uint8)
+
+
+def decode_rgb_frames(data: bytes, indices, seek_gap_frames: int | None = None) -> dict[int, np.ndarray]:
+    """RGB frames (H, W, 3) uint8 at the frame ``indices`` of an encoded video, decoding
+    only what they need: targets are visited in order, and the decoder seeks to the key
+    frame before a target whenever that target lies more than ``seek_gap_frames`` (default:
+    two seconds of video) past the last decoded frame. A frame's index is its presentation
+    time times the stream's frame rate (constant-rate video, as bundles declare it).
+    Indices past the end of the video are absent from the result.
+
+    :raises BundleError: ``video_unreadable`` when the container or stream cannot be read.
+    """
+    wanted = sorted({int(i) for i in indices if int(i) >= 0})
+    out: dict[int, np.ndarray] = {}
+    if not wanted:
+        return out
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except Exception as exc:
+        raise BundleError(f"video cannot be opened: {exc}", reason_code="video_unreadable") from exc
+    with container:
+        if not container.streams.video:
+            raise BundleError("video has no video stream", reason_code="video_unreadable")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        fps = float(stream.average_rate or stream.base_rate or 0)
+        if fps <= 0 or stream.time_base is None:
+            raise BundleError("video has no frame rate", reason_code="video_unreadable")
+        tb = float(stream.time_base)
+        start = stream.start_time or 0
+        gap = seek_gap_frames if seek_gap_frames is not None else max(1, int(round(2 * fps)))
+        k, last = 0, None
+        try:
+            while k < len(wanted):
+                if last is None or wanted[k] - last > gap:
+                    container.seek(start + int(wanted[k] / fps / tb), stream=stream, backward=True)
+                for frame in container.decode(stream):
+                    if frame.pts is None:
+                        raise BundleError("video frames carry no timestamps", reason_code="video_unreadable")
+                    idx = int(round((frame.pts - start) * tb * fps))
+                    last = idx
+                    if idx < wanted[k]:
+                        continue  # decoded, never converted
+                    while k < len(wanted) and wanted[k] < idx:
+                        k += 1  # not in the stream (a gap in its timestamps)
+                    if k < len(wanted) and wanted[k] == idx:
+                        out[idx] = frame.to_ndarray(format="rgb24")
+                        k += 1
+                    if k >= len(wanted) or wanted[k] - idx > gap:
+                        break
+                else:
+                    break  # end of stream: later targets do not exist
+        except BundleError:
+            raise
+        except Exception as exc:
+            if not out:
+                raise BundleError(f"video cannot be decoded: {exc}", reason_code="video_unreadable") from exc
+    return out

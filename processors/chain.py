@@ -62,7 +62,8 @@ def build_report(
     points: float = 0.0,
 ) -> VerificationReport:
     failed = next((r for r in results if not r.passed), None)
-    accepted = failed is None and len(results) == len(gates())
+    # every hard gate A-E ran (evidence-job results, when configured, come after them)
+    accepted = failed is None and {g.gate_id for g in gates()} <= {r.gate for r in results}
     return VerificationReport(
         submission_id=submission_id,
         miner_id=miner_id,

@@ -37,45 +37,11 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
     if bad_units:
         return fail("unit_mismatch", declared_units=bad_units)
 
-    missing = [p for p in (TIMESTAMPS, JOINT_POS) if not view.has(p)]
-    if not (view.has(VIDEO_ENCODED) or view.has(VIDEO_FRAMES)):
-        missing.append(f"{VIDEO_ENCODED}|{VIDEO_FRAMES}")
-    if missing:
-        return fail("missing_dataset", missing=missing)
-
-    ts_info, pos_info = view.info(TIMESTAMPS), view.info(JOINT_POS)
-    vel_info = view.info(JOINT_VEL) if view.has(JOINT_VEL) else None
-    dtype_problems = {}
-    if np.dtype(ts_info.dtype).kind not in "iu":
-        dtype_problems[TIMESTAMPS] = ts_info.dtype
-    for info in (pos_info, vel_info):
-        if info is not None and info.dtype not in ("float32", "float64"):
-            dtype_problems[info.path] = info.dtype
-    if view.has(VIDEO_ENCODED) and view.info(VIDEO_ENCODED).dtype != "uint8":
-        dtype_problems[VIDEO_ENCODED] = view.info(VIDEO_ENCODED).dtype
-    if view.has(VIDEO_FRAMES) and view.info(VIDEO_FRAMES).dtype != "uint8":
-        dtype_problems[VIDEO_FRAMES] = view.info(VIDEO_FRAMES).dtype
-    if dtype_problems:
-        return fail("wrong_dtype", dtypes=dtype_problems)
-
-    J = len(m.joint_names)
-    T = ts_info.shape[0] if len(ts_info.shape) == 1 else -1
-    metrics |= {"T": T, "J": J}
-    shape_problems = {}
-    if len(ts_info.shape) != 1:
-        shape_problems[TIMESTAMPS] = list(ts_info.shape)
-    if pos_info.shape != (T, J):
-        shape_problems[JOINT_POS] = list(pos_info.shape)
-    if vel_info is not None and vel_info.shape != (T, J):
-        shape_problems[JOINT_VEL] = list(vel_info.shape)
-    if view.has(VIDEO_FRAMES):
-        fr = view.info(VIDEO_FRAMES)
-        if len(fr.shape) != 4 or fr.shape[3] not in (1, 3) or fr.shape[0] != m.video["primary"].frame_count:
-            shape_problems[VIDEO_FRAMES] = list(fr.shape)
-    if len(set(m.joint_names)) != J:
-        shape_problems["manifest.joint_names"] = "duplicate names"
-    if shape_problems:
-        return fail("shape_mismatch", shapes=shape_problems, expected={"T": T, "J": J})
+    problem, found = structure_problem(view, m)
+    if problem is not None:
+        return fail(problem, **found)
+    metrics |= found
+    T = found["T"]
     if T < MIN_SAMPLES:
         return fail("too_few_samples")
 
@@ -99,7 +65,7 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
         return fail("flatline_stream")
 
     flags = []
-    if vel_info is None:
+    if not view.has(JOINT_VEL):
         flags.append("joint_vel_computed")
         metrics["joint_vel"] = "computed from joint_pos"
     else:
@@ -118,3 +84,50 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
             if rms_diff > cfg.vel_consistency_abs_tol and nrmse > cfg.vel_consistency_max_nrmse:
                 return fail("joint_vel_inconsistent")
     return result(GATE_ID, True, metrics, thresholds, flags=flags)
+
+
+def structure_problem(view: BundleView, m) -> tuple[str | None, dict]:
+    """Required datasets, dtypes and shapes, from array metadata alone (no data is read).
+
+    Shared with the ingestion pre-checks (``kibotos.ingest.checks``). Returns
+    ``(reason_code, details)`` for the first problem, else ``(None, {"T": T, "J": J})``.
+    """
+    missing = [p for p in (TIMESTAMPS, JOINT_POS) if not view.has(p)]
+    if not (view.has(VIDEO_ENCODED) or view.has(VIDEO_FRAMES)):
+        missing.append(f"{VIDEO_ENCODED}|{VIDEO_FRAMES}")
+    if missing:
+        return "missing_dataset", {"missing": missing}
+
+    ts_info, pos_info = view.info(TIMESTAMPS), view.info(JOINT_POS)
+    vel_info = view.info(JOINT_VEL) if view.has(JOINT_VEL) else None
+    dtype_problems = {}
+    if np.dtype(ts_info.dtype).kind not in "iu":
+        dtype_problems[TIMESTAMPS] = ts_info.dtype
+    for info in (pos_info, vel_info):
+        if info is not None and info.dtype not in ("float32", "float64"):
+            dtype_problems[info.path] = info.dtype
+    if view.has(VIDEO_ENCODED) and view.info(VIDEO_ENCODED).dtype != "uint8":
+        dtype_problems[VIDEO_ENCODED] = view.info(VIDEO_ENCODED).dtype
+    if view.has(VIDEO_FRAMES) and view.info(VIDEO_FRAMES).dtype != "uint8":
+        dtype_problems[VIDEO_FRAMES] = view.info(VIDEO_FRAMES).dtype
+    if dtype_problems:
+        return "wrong_dtype", {"dtypes": dtype_problems}
+
+    J = len(m.joint_names)
+    T = ts_info.shape[0] if len(ts_info.shape) == 1 else -1
+    shape_problems = {}
+    if len(ts_info.shape) != 1:
+        shape_problems[TIMESTAMPS] = list(ts_info.shape)
+    if pos_info.shape != (T, J):
+        shape_problems[JOINT_POS] = list(pos_info.shape)
+    if vel_info is not None and vel_info.shape != (T, J):
+        shape_problems[JOINT_VEL] = list(vel_info.shape)
+    if view.has(VIDEO_FRAMES):
+        fr = view.info(VIDEO_FRAMES)
+        if len(fr.shape) != 4 or fr.shape[3] not in (1, 3) or fr.shape[0] != m.video["primary"].frame_count:
+            shape_problems[VIDEO_FRAMES] = list(fr.shape)
+    if len(set(m.joint_names)) != J:
+        shape_problems["manifest.joint_names"] = "duplicate names"
+    if shape_problems:
+        return "shape_mismatch", {"T": T, "J": J, "shapes": shape_problems, "expected": {"T": T, "J": J}}
+    return None, {"T": T, "J": J}

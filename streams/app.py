@@ -15,7 +15,7 @@ import logging
 import faust
 
 from kibotos.gate_config import GateConfig
-from kibotos.objectstore import LocalObjectStore
+from kibotos.objectstore import store_from_settings
 from kibotos.settings import Settings
 from streams.stages import Record, build_stages, stage_inputs
 from topics.catalogue import Catalogue
@@ -30,7 +30,7 @@ def app_id(settings: Settings) -> str:
 
 def create_app(settings: Settings, bootstrap: str, config: GateConfig, web_port: int) -> faust.App:
     catalogue = Catalogue.from_settings(settings)
-    store = LocalObjectStore.from_url(settings.store_url)
+    store = store_from_settings(settings)
     app = faust.App(
         app_id(settings),
         broker=f"kafka://{bootstrap}",
@@ -58,7 +58,7 @@ def create_app(settings: Settings, bootstrap: str, config: GateConfig, web_port:
         return app.topic(spec.name, key_type=bytes, value_type=bytes, key_serializer="raw",
                          value_serializer="raw", partitions=spec.partitions, internal=False)
 
-    for stage in build_stages(catalogue, store, config, settings.r_base):
+    for stage in build_stages(catalogue, store, config, settings.r_base, settings.evidence_jobs):
         out_topics = {spec.name: faust_topic(spec) for spec in stage.outputs}
         channel = faust_topic(stage_inputs(stage)[0]) if len(stage_inputs(stage)) == 1 else \
             app.topic(*[s.name for s in stage_inputs(stage)], key_type=bytes, value_type=bytes,

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from kibotos.errors import KibotosError, SerializationError
+from kibotos.errors import KibotosError, SerializationError, ServiceError
 from kibotos.gate_config import GateConfig
 from kibotos.objectstore import LocalObjectStore
 from kibotos.report import GateResult
@@ -104,19 +104,9 @@ class GateStage:
         self.outputs = (self.passed, catalogue.verification_rejected, catalogue.dead_letters)
 
     def handle(self, record: Record) -> list[Output]:
-        try:
-            event = self.input.deserialize(record.value or b"")
-        except SerializationError as exc:
-            return [dead_letter(self.catalogue, record, self.processor_id, exc.reason_code, str(exc))]
-        event.setdefault("gate_results", [])
-        event.setdefault("sync", None)
-        event.setdefault("config_version", None)
-        event.setdefault("robot_model_revision", None)
-        event.pop("schema_version", None)
-        if any(r["gate"] == self.gate.gate_id for r in event["gate_results"]):
-            # a replayed upstream record already judged by this gate: judge it again
-            # (deterministic), but keep one result per gate in the event
-            event["gate_results"] = [r for r in event["gate_results"] if r["gate"] != self.gate.gate_id]
+        event = decode_in_flight(self.input, record, self.catalogue, self.processor_id)
+        if isinstance(event, Output):
+            return [event]
         try:
             path = self.store.local_path(event["bundle_uri"])
         except KibotosError as exc:
@@ -124,23 +114,115 @@ class GateStage:
                              metrics={"error": str(exc)[:500], "wall_ms": 0.0})
         else:
             res = gate_on_path(self.gate, path, self.config)
-        event["gate_results"].append(_result_record(res))
         event["config_version"] = self.config.config_version
         if "claimed_offset_ms" in res.metrics:
             event["sync"] = {k: res.metrics.get(k) for k in ("claimed_offset_ms", "estimated_offset_ms", "sync_confidence")}
         if res.gate == "gate_a_integrity" and res.passed:
             model, _, revision = str(res.metrics.get("robot_model", "")).partition("@")
             event["robot_model_id"], event["robot_model_revision"] = model or event.get("robot_model_id"), revision or None
-        if res.passed:
-            return [Output(self.passed, event)]
-        rejected = dict(event, failed_gate=res.gate, reason_code=res.reason_code or "rejected", rejected_at=now_ms())
-        return [Output(self.catalogue.verification_rejected, rejected)]
+        return advance(self.catalogue, event, res, self.passed)
+
+
+def decode_in_flight(spec: TopicSpec, record: Record, catalogue: Catalogue, processor_id: str) -> dict | Output:
+    """The event of a pass/job topic with defaults filled in, or a dead letter."""
+    try:
+        event = spec.deserialize(record.value or b"")
+    except SerializationError as exc:
+        return dead_letter(catalogue, record, processor_id, exc.reason_code, str(exc))
+    event.setdefault("gate_results", [])
+    event.setdefault("sync", None)
+    event.setdefault("config_version", None)
+    event.setdefault("robot_model_revision", None)
+    event.pop("schema_version", None)
+    return event
+
+
+def advance(catalogue: Catalogue, event: dict, res: GateResult, pass_topic: TopicSpec) -> list[Output]:
+    """Append ``res`` (one result per stage id, replays included) and route the event."""
+    event["gate_results"] = [r for r in event["gate_results"] if r["gate"] != res.gate]
+    event["gate_results"].append(_result_record(res))
+    if res.passed:
+        return [Output(pass_topic, event)]
+    rejected = dict(event, failed_gate=res.gate, reason_code=res.reason_code or "rejected", rejected_at=now_ms())
+    return [Output(catalogue.verification_rejected, rejected)]
+
+
+def evidence_route(catalogue: Catalogue, evidence_jobs: tuple[str, ...]) -> dict[str, TopicSpec]:
+    """Where each step of the evidence plan forwards: ``{"dispatch": jobs.<first>, <kind>:
+    jobs.<next kind> | evidence.completed}``. Every process derives it from the same settings."""
+    topics = [catalogue.job(kind) for kind in evidence_jobs] + [catalogue.evidence_completed]
+    route = {"dispatch": topics[0]}
+    for kind, nxt in zip(evidence_jobs, topics[1:]):
+        route[kind] = nxt
+    return route
+
+
+class DispatchStage:
+    """After gate E: send the submission to the first evidence job (or straight to
+    ``evidence.completed`` when no evidence job is configured)."""
+
+    processor_id = "evidence_dispatch"
+
+    def __init__(self, catalogue: Catalogue, evidence_jobs: tuple[str, ...]):
+        self.catalogue = catalogue
+        self.input = catalogue.gate_passed(gates()[-1].letter)
+        self.next = evidence_route(catalogue, evidence_jobs)["dispatch"]
+        self.outputs = (self.next, catalogue.dead_letters)
+
+    def handle(self, record: Record) -> list[Output]:
+        event = decode_in_flight(self.input, record, self.catalogue, self.processor_id)
+        if isinstance(event, Output):
+            return [event]
+        return [Output(self.next, event)]
+
+
+class JobStage:
+    """One evidence job (pose / IK / playback): ``handler(view, event) -> GateResult``.
+
+    Runs inside a GPU consumer's Ray actor, which keeps ``handler`` (and its model or
+    scene) warm. A hard failure rejects, like a gate; anything else forwards."""
+
+    def __init__(self, kind: str, handler, catalogue: Catalogue, store: LocalObjectStore,
+                 evidence_jobs: tuple[str, ...], limits=None):
+        self.kind = kind
+        self.processor_id = f"job_{kind}"
+        self.handler = handler
+        self.catalogue = catalogue
+        self.store = store
+        self.limits = limits
+        self.input = catalogue.job(kind)
+        self.next = evidence_route(catalogue, evidence_jobs)[kind]
+        self.outputs = (self.next, catalogue.verification_rejected, catalogue.dead_letters)
+
+    def handle(self, record: Record) -> list[Output]:
+        from kibotos.bundle import open_bundle
+
+        event = decode_in_flight(self.input, record, self.catalogue, self.processor_id)
+        if isinstance(event, Output):
+            return [event]
+        t0 = time.perf_counter()
+        try:
+            with open_bundle(self.store.local_path(event["bundle_uri"]), self.limits) as view:
+                res = self.handler(view, event)
+        except ServiceError:  # the validator's fault (renderer, model, store): retried, never the miner's
+            raise
+        except KibotosError as exc:
+            res = GateResult(gate=self.processor_id, passed=False, reason_code=exc.reason_code,
+                             metrics={"error": str(exc)[:500]})
+        except Exception as exc:  # a model crash on hostile input must not kill the consumer
+            res = GateResult(gate=self.processor_id, passed=False, reason_code="job_internal_error",
+                             metrics={"error": f"{type(exc).__name__}: {exc}"[:500]})
+        metrics = dict(res.metrics)
+        metrics.setdefault("wall_ms", round((time.perf_counter() - t0) * 1000.0, 3))
+        res = res.model_copy(update={"metrics": metrics})
+        return advance(self.catalogue, event, res, self.next)
 
 
 class DecisionStage:
     """Turn the end of the chain into a verdict (+ a ledger entry for accepted ones).
 
-    Consumes the last gate's pass topic (accepted) and ``verification.rejected``.
+    Consumes ``evidence.completed`` (every gate and evidence job passed) and
+    ``verification.rejected``.
     """
 
     processor_id = "decision"
@@ -148,7 +230,7 @@ class DecisionStage:
     def __init__(self, catalogue: Catalogue, r_base: float):
         self.catalogue = catalogue
         self.r_base = r_base
-        self.accepted_input = catalogue.gate_passed(gates()[-1].letter)
+        self.accepted_input = catalogue.evidence_completed
         self.rejected_input = catalogue.verification_rejected
         self.outputs = (catalogue.verdicts, catalogue.ledger_entries, catalogue.dead_letters)
 
@@ -191,9 +273,12 @@ class DecisionStage:
         return outputs
 
 
-def build_stages(catalogue: Catalogue, store: LocalObjectStore, config: GateConfig, r_base: float):
-    """Every stage of the chain, in order: one per gate, then the decision."""
-    stages: list[GateStage | DecisionStage] = [GateStage(g, catalogue, store, config) for g in gates()]
+def build_stages(catalogue: Catalogue, store: LocalObjectStore, config: GateConfig, r_base: float,
+                 evidence_jobs: tuple[str, ...] = ()):
+    """The stream-processor stages, in order: one per gate, the evidence dispatch, the
+    decision. (The evidence jobs themselves run in ``gpu_consumers``.)"""
+    stages: list = [GateStage(g, catalogue, store, config) for g in gates()]
+    stages.append(DispatchStage(catalogue, tuple(evidence_jobs)))
     stages.append(DecisionStage(catalogue, r_base))
     return stages
 

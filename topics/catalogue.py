@@ -2,7 +2,9 @@
 
 The chain of gate topics follows the architecture: ``submissions.received`` → gate A →
 … → gate E, each gate publishing survivors to ``gates.<x>.passed`` and failures to
-``verification.rejected``; the deciders publish ``verdicts`` and ``ledger.entries``;
+``verification.rejected``; survivors of gate E go through the evidence jobs
+(``jobs.pose`` → ``jobs.ik`` → ``jobs.playback``, run by the GPU consumer group) to
+``evidence.completed``; the deciders publish ``verdicts`` and ``ledger.entries``;
 any processor parks what it cannot handle in ``dead.letters``.
 
 A ``Catalogue`` applies a name prefix (one environment or one test per prefix) and a
@@ -20,12 +22,17 @@ from kibotos.errors import KibotosError
 from topics.serializers import AvroSerializer
 
 GATES_WITH_PASS_TOPIC = ("a", "b", "c", "d", "e")
+# expensive evidence jobs run by the GPU consumer group (gpu_consumers/), one topic per
+# kind; vlm/task/train are declared so producers and dashboards can rely on them
+JOB_KINDS = ("pose", "ik", "playback", "vlm", "task", "train")
 
 # (id, event, key_field). The dead-letter key is the failed record's original key, which
 # the dead_letter event carries in its ``key`` field.
 _DECLARATIONS: tuple[tuple[str, str, str], ...] = (
     ("submissions.received", "submission_received", "submission_id"),
     *((f"gates.{g}.passed", "submission_in_flight", "submission_id") for g in GATES_WITH_PASS_TOPIC),
+    *((f"jobs.{kind}", "submission_in_flight", "submission_id") for kind in JOB_KINDS),
+    ("evidence.completed", "submission_in_flight", "submission_id"),
     ("verification.rejected", "verification_rejected", "submission_id"),
     ("verdicts", "verdict", "submission_id"),
     ("ledger.entries", "ledger_entry", "submission_id"),
@@ -123,6 +130,16 @@ class Catalogue:
                 reason_code="unknown_topic",
             )
         return self._specs[f"gates.{gate}.passed"]
+
+    def job(self, kind: str) -> TopicSpec:
+        """The job topic of an evidence kind (``"pose"``, ``"ik"``, ``"playback"``, …)."""
+        if kind not in JOB_KINDS:
+            raise KibotosError(f"no job kind {kind!r}; kinds: {', '.join(JOB_KINDS)}", reason_code="unknown_topic")
+        return self._specs[f"jobs.{kind}"]
+
+    @property
+    def evidence_completed(self) -> TopicSpec:
+        return self._specs["evidence.completed"]
 
     @property
     def submissions_received(self) -> TopicSpec:

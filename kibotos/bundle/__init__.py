@@ -10,8 +10,9 @@ Layout (a public contract — external tools write these files)::
     │     units{joint_pos="rad", joint_vel="rad/s"},
     │     camera{primary{intrinsics{fx,fy,cx,cy,width,height,distortion?},
     │                    extrinsics[4][4]  (camera-to-world, world = robot base frame)}},
-    │     video{primary{fps, frame_count}}, sync{sync_offset_ms_claimed},
-    │     task{task_id, task_version}?
+    │     video{primary{fps, frame_count, subject?="human"|"robot" (default "human")}},
+    │     sync{sync_offset_ms_claimed},
+    │     task{task_id, task_version, waypoints?[{t_ms, link, pose[7]}]}?
     ├── kinematics/
     │   ├── timestamps_ms         int64   (T,)     strictly increasing, relative
     │   ├── joint_pos             float32 (T, J)   radians (metres for prismatic joints)
@@ -21,12 +22,25 @@ Layout (a public contract — external tools write these files)::
     │   │   ├── encoded           uint8   (bytes,) an mp4 file; attrs {container, codec}
     │   │   └── frames            uint8   (N, H, W, C) — alternative to `encoded`
     │   └── secondary_<name>/...  optional, same layout
-    ├── objects/<name>/{timestamps_ms (T,), pose (T, 7): x,y,z,qw,qx,qy,qz}   optional
-    └── imu/*, torques/*, contacts/*, pose/*                                 optional
+    ├── objects/<name>/                                          optional
+    │   ├── timestamps_ms         int64   (T_o,)   kinematic clock, strictly increasing
+    │   └── pose                  float   (T_o, 7) x,y,z,qw,qx,qy,qz in the robot base frame;
+    │                             attrs {grasp?: {link, offset[7]: pose of `link` in the object frame}}
+    ├── contacts/<link>           uint8   (T_o,) or (T,)  1 = `link` holds the object   optional
+    └── imu/*, torques/*, pose/*                                             optional
+
+``video.primary.subject`` says what the primary video shows: a human demonstrator
+(gate F estimates their pose) or the robot itself. An object stream with a ``grasp``
+declaration is the IK residual stage's independent end-effector target
+(``gpu_consumers.ik``); ``contacts/<link>`` marks the grasped samples, on the object's
+timestamps (T_o) or the kinematics' (T).
 
 Sync convention: ``sync_offset_ms`` is the video time (ms after the first video frame)
 at which kinematic time 0 (``timestamps_ms[0]``) happens, so
 ``t_video = (t_kin - timestamps_ms[0]) + sync_offset_ms``.
+
+Integrity: ``kibotos.bundle.hashtree`` hashes every node above (one hash per array, per
+attribute set) into the Merkle root that miners sign (``kibotos.identity``).
 """
 
 from kibotos.bundle.reader import BundleView, Limits, open_bundle

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kibotos.errors import BundleError
 
 SCHEMA_VERSION = "1.0.0"
 
@@ -45,6 +48,9 @@ class Camera(_Model):
 class VideoInfo(_Model):
     fps: float = Field(gt=0)
     frame_count: int = Field(ge=0)
+    # what the video shows: a human demonstrator (the design's capture: human video,
+    # retargeted) or the robot itself; gate F estimates human pose only for "human"
+    subject: Literal["human", "robot"] = "human"
 
 
 class Sync(_Model):
@@ -100,3 +106,49 @@ def unit_mismatches(manifest: Manifest) -> dict[str, str]:
         "units.joint_vel": manifest.units.joint_vel,
     }
     return {k: v for k, v in declared.items() if v != REQUIRED_UNITS[k]}
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        # two parsers may keep different copies of a duplicated key: refuse the ambiguity
+        raise ValueError(f"duplicate key(s) {dupes[:5]}")
+    return dict(pairs)
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"non-JSON number {name}")
+
+
+def parse_manifest_document(raw: bytes, max_bytes: int = 1 << 20) -> tuple[dict, Manifest]:
+    """Parse the raw ``manifest/zarr.json`` of a bundle: ``(attributes, Manifest)``.
+
+    Strict JSON (no duplicate keys, no NaN/Infinity), bounded size and nesting, a Zarr v3
+    group document whose ``attributes`` object validates as a ``Manifest``.
+
+    :raises BundleError: ``bundle_metadata_too_large``, ``manifest_missing`` (not a group
+        document) or ``manifest_invalid`` (not JSON, or the attributes do not validate).
+    """
+    if len(raw) > max_bytes:
+        raise BundleError(f"manifest/zarr.json is {len(raw)} bytes > {max_bytes}",
+                          reason_code="bundle_metadata_too_large")
+    try:
+        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys,
+                         parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BundleError(f"manifest/zarr.json is not valid JSON: {str(exc)[:200]}",
+                          reason_code="manifest_invalid") from exc
+    if not isinstance(doc, dict) or doc.get("node_type") != "group" or doc.get("zarr_format") != 3:
+        raise BundleError("manifest/zarr.json is not a Zarr v3 group document", reason_code="manifest_missing")
+    attrs = doc.get("attributes", {})
+    if not isinstance(attrs, dict):
+        raise BundleError("manifest attributes are not a JSON object", reason_code="manifest_invalid")
+    try:
+        return attrs, Manifest.model_validate(attrs)
+    except (ValidationError, ValueError, TypeError, RecursionError) as exc:
+        if isinstance(exc, ValidationError):
+            detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:10])
+        else:
+            detail = str(exc)[:300]
+        raise BundleError(detail, reason_code="manifest_invalid") from exc

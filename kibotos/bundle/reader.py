@@ -41,6 +41,8 @@ class Limits:
     max_metadata_bytes: int = 1 << 20  # any zarr.json (manifest attributes included)
     max_array_bytes: int = 1 << 30  # one array, declared shape x itemsize
     max_chunks: int = 100_000  # per array
+    max_key_length: int = 1024  # characters in one entry name
+    max_key_depth: int = 64  # path segments in one entry name
 
 
 def _reject(reason: str, message: str) -> BundleError:
@@ -66,6 +68,8 @@ def _check_zip(path: Path, limits: Limits) -> None:
                 raise _reject("bundle_unsafe_path", f"unsafe entry name {name!r}")
             if stat.S_ISLNK(info.external_attr >> 16):
                 raise _reject("bundle_unsafe_path", f"symlink entry {name!r}")
+            if len(name) > limits.max_key_length or len(parts) > limits.max_key_depth:
+                raise _reject("bundle_unsafe_path", f"entry name of {len(name)} characters, {len(parts)} levels")
             total += info.file_size
             if total > limits.max_archive_bytes:
                 raise _reject("bundle_too_large", f"uncompressed size exceeds {limits.max_archive_bytes} bytes")
@@ -85,6 +89,9 @@ def _check_dir(path: Path, limits: Limits) -> None:
         if item.is_symlink():
             raise _reject("bundle_unsafe_path", f"symlink {item.relative_to(root)}")
         if item.is_file():
+            rel = item.relative_to(root).as_posix()
+            if len(rel) > limits.max_key_length or rel.count("/") >= limits.max_key_depth:
+                raise _reject("bundle_unsafe_path", f"file name of {len(rel)} characters")
             count += 1
             size = item.stat().st_size
             total += size
@@ -94,6 +101,20 @@ def _check_dir(path: Path, limits: Limits) -> None:
                 raise _reject("bundle_too_large", f"size exceeds {limits.max_archive_bytes} bytes")
             if item.name == "zarr.json" and size > limits.max_metadata_bytes:
                 raise _reject("bundle_metadata_too_large", f"{item.relative_to(root)} is {size} bytes")
+
+
+def check_archive(path: str | Path, limits: Limits | None = None) -> None:
+    """The pre-read safety checks of ``open_bundle`` alone (entry names, symlinks, sizes,
+    compression ratios, metadata sizes), for code that reads the raw entries itself
+    (the hash tree). Raises ``BundleError`` with a reason code."""
+    limits = limits or Limits()
+    path = Path(path)
+    if not path.exists():
+        raise _reject("bundle_not_found", f"no such bundle: {path}")
+    if path.is_dir():
+        _check_dir(path, limits)
+    else:
+        _check_zip(path, limits)
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,14 @@ def write_bundle(
     video_mp4: bytes | None = None,
     video_frames: np.ndarray | None = None,
     extra_arrays: Mapping[str, np.ndarray] | None = None,
+    array_attributes: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write one episode. ``path`` ending in ``.zip`` gives a zip store, else a directory.
 
     Arrays are written with the dtypes given (the contract asks int64 timestamps and
     float32 joints; callers that want a faulty bundle may pass anything). Attributes are
-    set at creation time because zip stores cannot rewrite ``zarr.json`` in place.
+    set at creation time because zip stores cannot rewrite ``zarr.json`` in place:
+    ``array_attributes`` maps an array path (e.g. ``objects/cube/pose``) to its attributes.
     """
     path = Path(path)
     if path.exists():
@@ -43,9 +45,10 @@ def write_bundle(
         if video_frames is not None:
             arrays[VIDEO_FRAMES] = video_frames
         arrays.update(extra_arrays or {})
+        attributes = dict(array_attributes or {})
         for name, data in arrays.items():
             data = np.asarray(data)
-            root.create_array(name, data=data, chunks=data.shape or "auto")
+            root.create_array(name, data=data, chunks=data.shape or "auto", attributes=attributes.get(name))
         if video_mp4 is not None:
             buf = np.frombuffer(video_mp4, dtype=np.uint8)
             root.create_array(VIDEO_ENCODED, data=buf, chunks=(max(len(buf), 1),),

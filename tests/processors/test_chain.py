@@ -62,7 +62,8 @@ def test_each_variant_is_rejected_by_exactly_its_gate(samples, key, variant):  #
     report = outcome.report
     ran = [g.gate for g in report.gates]
     assert report.config_version == CONFIG.config_version
-    if EXPECTED[variant] is None:
+    if EXPECTED[variant] is None or EXPECTED[variant][0] not in GATE_IDS:
+        # genuine, or a fault only an evidence stage after the chain can see (IK residual)
         assert (report.verdict, report.reason_code, outcome.exit_code) == ("accepted", None, 0)
         assert ran == GATE_IDS and all(g.passed for g in report.gates)
         return

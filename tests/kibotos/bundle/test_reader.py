@@ -31,7 +31,7 @@ def test_view_exposes_manifest_and_array_metadata(genuine, samples):  # noqa: F8
         assert not view.has("kinematics/nope") and not view.has("manifest")  # a group is not an array
         info = view.info(JOINT_POS)
         assert (info.shape, info.dtype, info.nbytes, info.chunks) == ((T, J), "float32", T * J * 4, 1)
-        assert [a.path for a in view.arrays()] == sorted([TIMESTAMPS, JOINT_POS, JOINT_VEL, VIDEO_ENCODED])
+        assert [a.path for a in view.arrays()] == sorted([TIMESTAMPS, JOINT_POS, JOINT_VEL, VIDEO_ENCODED, *ep.extra_arrays])
         assert metadata_json(view).startswith("{")
 
 

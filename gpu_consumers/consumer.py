@@ -1,0 +1,272 @@
+"""The GPU consumer group: job topics in, Ray actors do the work, results out.
+
+One consumer process subscribes to the job topics of the kinds it serves (consumer
+group ``<prefix>-gpu-jobs``: more processes, on more nodes, share the partitions) and
+dispatches each record to a Ray actor of that kind. Actors hold their models/scenes
+warm and declare the accelerator they need: ``num_gpus`` where CUDA exists, otherwise a
+custom ``gpu_slot`` resource, so the same code runs here on CPU and on GPU nodes.
+
+Back-pressure: a kind never has more records in flight than it has actors; when all
+its actors are busy its topic's partitions are paused, so the consumer does not pull
+work it cannot start. Offsets are committed per partition up to the first record not
+yet finished (at-least-once): a killed consumer's unfinished jobs are redone by the
+process that inherits the partitions, and downstream effects are idempotent (one
+result per stage id in an event; replacing tables; deterministic ledger ids).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from kibotos.errors import ServiceError
+from kibotos.settings import Settings
+from streams.stages import Record, dead_letter
+from topics.catalogue import Catalogue
+
+log = logging.getLogger("kibotos.gpu")
+
+
+def accelerator_options(per_actor_share: float = 1.0) -> dict:
+    """Ray resource request of one actor: a GPU share where CUDA exists, else a gpu_slot."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:
+        has_cuda = False
+    if has_cuda:
+        return {"num_gpus": per_actor_share, "num_cpus": 0}
+    return {"resources": {"gpu_slot": per_actor_share}, "num_cpus": 0}
+
+
+class JobActorImpl:
+    """Body of the Ray actor: builds the job stage once (warm), then handles records."""
+
+    def __init__(self, kind: str, settings_json: str):
+        from gpu_consumers.jobs import make_handler
+        from kibotos.gate_config import load_config
+        from kibotos.objectstore import store_from_settings
+        from streams.stages import JobStage
+
+        settings = Settings.model_validate_json(settings_json)
+        config = load_config(settings.gate_config_path)
+        store = store_from_settings(settings)
+        handler = make_handler(kind, config, store)
+        self.stage = JobStage(kind, handler, Catalogue.from_settings(settings), store, settings.evidence_jobs)
+
+    def handle(self, topic: str, value: bytes, key: bytes | None, partition: int, offset: int):
+        from streams.stages import Record
+
+        outs = self.stage.handle(Record(topic, value, key, partition, offset))
+        return [(o.topic.name, o.key(), o.value()) for o in outs]
+
+
+@dataclass
+class Job:
+    """One job record in flight, kept so a failed job can be retried or dead-lettered."""
+
+    kind: str
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    attempts: int = 0
+
+
+class OffsetTracker:
+    """Per partition: which offsets are in flight; the commit point is the lowest of them
+    (or one past the highest finished when nothing is in flight)."""
+
+    def __init__(self):
+        self.in_flight: dict[tuple[str, int], set[int]] = defaultdict(set)
+        self.done_upto: dict[tuple[str, int], int] = {}
+
+    def start(self, tp: tuple[str, int], offset: int) -> None:
+        self.in_flight[tp].add(offset)
+
+    def finish(self, tp: tuple[str, int], offset: int) -> None:
+        self.in_flight[tp].discard(offset)
+        self.done_upto[tp] = max(self.done_upto.get(tp, -1), offset)
+
+    def commit_points(self) -> dict[tuple[str, int], int]:
+        points = {}
+        for tp, top in self.done_upto.items():
+            pending = self.in_flight.get(tp)
+            points[tp] = min(pending) if pending else top + 1
+        return points
+
+    def forget(self, tps) -> None:
+        for tp in tps:
+            self.in_flight.pop(tp, None)
+            self.done_upto.pop(tp, None)
+
+
+class JobConsumer:
+    """Consume job topics and run them on Ray actors. ``run(stop)`` until ``stop`` is set."""
+
+    def __init__(self, settings: Settings, bootstrap: str, kinds: tuple[str, ...] | None = None,
+                 actors_per_kind: int | None = None, ray_address: str | None = None,
+                 max_job_attempts: int = 3):
+        import ray
+
+        from gpu_consumers.jobs import check_plan
+
+        self.settings = settings
+        self.kinds = tuple(kinds if kinds is not None else settings.evidence_jobs)
+        check_plan(self.kinds)
+        self.catalogue = Catalogue.from_settings(settings)
+        n = actors_per_kind or settings.gpu_actors_per_kind
+        if not ray.is_initialized():
+            if ray_address:
+                ray.init(address=ray_address, logging_level="ERROR", log_to_driver=False)
+            else:
+                ray.init(resources={"gpu_slot": float(n * len(self.kinds))}, include_dashboard=False,
+                         logging_level="ERROR", log_to_driver=False)
+        self._actor_cls = ray.remote(**accelerator_options())(JobActorImpl)
+        self._payload = settings.model_dump_json()
+        self.max_attempts = max_job_attempts
+        self.free = {kind: [self._new_actor(kind) for _ in range(n)] for kind in self.kinds}
+        self.topic_kind = {self.catalogue.job(kind).name: kind for kind in self.kinds}
+        group = f"{settings.consumer_group_prefix}-{settings.topic_prefix}gpu-jobs".replace(".", "-")
+        self.consumer = Consumer({
+            "bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+            "enable.auto.commit": False, "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000,
+            # a cold Genesis scene build can take minutes inside one job
+            "max.poll.interval.ms": 900_000,
+        })
+        self.producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0,
+                                  "batch.num.messages": 1, "enable.idempotence": False})
+        self.tracker = OffsetTracker()
+        self.pending: dict = {}  # ray ObjectRef -> (Job, actor)
+        self.paused: set[str] = set()
+        self.jobs_done = 0
+        self.consumer.subscribe(list(self.topic_kind), on_revoke=self._on_revoke)
+
+    def _new_actor(self, kind: str):
+        return self._actor_cls.remote(kind, self._payload)
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        # commit what is finished; unfinished jobs of revoked partitions are redone by the
+        # new owner (their outputs are idempotent downstream)
+        self._commit()
+        self.tracker.forget((p.topic, p.partition) for p in partitions)
+
+    def _set_paused(self, kind: str, paused: bool) -> None:
+        topic = self.catalogue.job(kind).name
+        parts = [tp for tp in self.consumer.assignment() if tp.topic == topic]
+        if not parts:
+            return
+        if paused and topic not in self.paused:
+            self.consumer.pause(parts)
+            self.paused.add(topic)
+        elif not paused and topic in self.paused:
+            self.consumer.resume(parts)
+            self.paused.discard(topic)
+
+    def _dispatch(self, msg) -> None:
+        kind = self.topic_kind[msg.topic()]
+        job = Job(kind, msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value())
+        self.tracker.start((job.topic, job.partition), job.offset)
+        self._submit(job)
+
+    def _submit(self, job: "Job") -> None:
+        actor = self.free[job.kind].pop()
+        ref = actor.handle.remote(job.topic, job.value, job.key, job.partition, job.offset)
+        self.pending[ref] = (job, actor)
+        if not self.free[job.kind]:
+            self._set_paused(job.kind, True)
+
+    def _failed(self, job: "Job", actor, exc: Exception) -> None:
+        """A job raised in its actor (a service fault such as a renderer that cannot start,
+        or the actor process died): retry it on a fresh actor, and after
+        ``max_job_attempts`` park it in the dead-letter topic with its payload verbatim
+        (replayable), rather than reject the miner for the validator's own fault."""
+        import ray
+
+        job.attempts += 1
+        log.error("job %s %s[%s]@%s failed (attempt %d/%d): %s", job.kind, job.topic, job.partition,
+                  job.offset, job.attempts, self.max_attempts, exc)
+        ray.kill(actor, no_restart=True)
+        self.free[job.kind].append(self._new_actor(job.kind))
+        if job.attempts < self.max_attempts:
+            time.sleep(min(2.0 ** job.attempts, 10.0))
+            self._submit(job)
+            return
+        record = Record(job.topic, job.value, job.key, job.partition, job.offset)
+        out = dead_letter(self.catalogue, record, f"job_{job.kind}", "job_service_unavailable", str(exc))
+        self._publish([(out.topic.name, out.key(), out.value())])
+        self._finish(job)
+
+    def _publish(self, outputs) -> None:
+        for out_topic, key, value in outputs:
+            self.producer.produce(out_topic, key=key, value=value)
+        if self.producer.flush(30):
+            raise ServiceError("job results not acknowledged by the broker")
+
+    def _finish(self, job: "Job") -> None:
+        log.info("done %s job %s[%d]@%d key=%s", job.kind, job.topic, job.partition, job.offset,
+                 (job.key or b"").decode("utf-8", "replace"))
+        self.tracker.finish((job.topic, job.partition), job.offset)
+        self.jobs_done += 1
+        self._set_paused(job.kind, False)
+
+    def _collect(self, timeout: float) -> None:
+        import ray
+
+        if not self.pending:
+            return
+        ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=timeout)
+        for ref in ready:
+            job, actor = self.pending.pop(ref)
+            try:
+                outputs = ray.get(ref)
+            except Exception as exc:
+                self._failed(job, actor, exc)
+                continue
+            self._publish(outputs)
+            self.free[job.kind].append(actor)
+            self._finish(job)
+        self._commit()
+
+    def _commit(self) -> None:
+        points = self.tracker.commit_points()
+        if not points:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in points.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:  # e.g. during a rebalance: the next commit catches up
+            log.warning("commit failed: %s", exc)
+
+    def poll_once(self, timeout: float = 0.2) -> None:
+        if any(self.free.values()):
+            msg = self.consumer.poll(timeout if not self.pending else 0.01)
+            if msg is not None and not msg.error() and msg.topic() in self.topic_kind:
+                if self.free[self.topic_kind[msg.topic()]]:
+                    self._dispatch(msg)
+                else:  # paused too late: rewind so the record is fetched again later
+                    self.consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+        self._collect(timeout if self.pending else 0.0)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.poll_once()
+
+    def close(self) -> None:
+        import ray
+
+        try:
+            while self.pending:
+                self._collect(5.0)
+        finally:
+            self.consumer.close()
+            self.producer.flush(10)
+            if ray.is_initialized():
+                ray.shutdown()

@@ -1,0 +1,488 @@
+"""IK residual (design §5.3; GPU consumer ``ik``): is the submitted trajectory consistent
+with an end-effector path that does not come from the submitted joints?
+
+**The target must be independent.** ``T*_t``, the desired pose of an end-effector link,
+is built only from evidence other than the joint stream, and ``target_source`` records
+which:
+
+1. ``object_grasp`` (preferred) — an object pose stream ``objects/<name>/{timestamps_ms
+   (T,), pose (T, 7) x,y,z,qw,qx,qy,qz}`` (robot base frame, kinematic clock) whose
+   ``pose`` array declares ``grasp: {link, offset}`` in its attributes: ``offset`` is the
+   pose of ``link`` in the object frame, so ``T*_t = object_t ∘ offset`` on grasped
+   frames. Grasped frames come from ``contacts/<link>`` (uint8, on the object's or the
+   kinematics' timestamps), else are inferred from object motion (the object moves only
+   while held). Without a declared offset an object gives no target: fitting the
+   offset to the joints would let a constant error vanish into it.
+2. ``task_waypoints`` — ``manifest.task.waypoints: [{t_ms, link, pose[7]}, ...]``.
+3. A pose-estimated wrist path lifted through the camera is a planned extension: it
+   needs a human pose track (gate F) and a person-to-robot scale, neither of which the
+   robot-video bundles here carry.
+
+With no independent target the stage passes with ``{"applicable": false}`` and the flag
+``ik_no_independent_target`` — it never derives a target from the joints.
+
+**Metrics.** The submitted joints' forward kinematics against ``T*``: ``rms_pos_error_m``,
+``peak_pos_error_m`` and orientation error (mean, p95, max, fraction above 30°). The IK
+solve's own residual (``ik_feasibility``: how closely any joint trajectory within the
+limits reaches ``T*``) and the joint-space distance between that solution and the
+submitted joints (informative only: a redundant arm reaches one pose many ways).
+
+**The solver never sees the submitted joints.** It starts from the robot's home pose and
+random configurations within the limits (multi-start on the first target frame), then
+solves every target frame at once from that batch initial guess — damped least squares
+(Levenberg–Marquardt per frame, adaptive damping), joint limits by projection (clamping),
+smoothness by a penalty coupling neighbouring frames. Seeding from the submitted joints
+would make the solution, its residual and the joint distance partly a copy of what is
+being judged: a local solver started there stays there.
+
+**Verdict.** Hard reject only when clearly infeasible: RMS > 8 cm (``ik_rms_exceeded``),
+peak > 12 cm (``ik_peak_exceeded``), orientation > 30° on > 15 % of frames
+(``ik_orientation_exceeded``) — reported as ``ik_target_infeasible`` instead when the IK
+solution within the limits misses ``T*`` by as much (then no joint trajectory of this
+robot could follow the target: the target or the robot is wrong, not the retargeting).
+Everything else yields ``s_retarget = s_pos · s_rot`` with
+``s_pos = 1 / (1 + (rms / confidence_scale_pos_m)^2)`` and
+``s_rot = 1 / (1 + (mean_deg / confidence_scale_rot_deg)^2)``. A target that agrees with
+the joints to within ``exact_match_floor_m`` (0.5 mm RMS, below any real tracking noise)
+cannot be an independent measurement: flag ``ik_target_matches_joints``, ``s_retarget``
+capped at the neutral 0.5.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pytorch_kinematics.transforms import matrix_to_axis_angle
+
+from kibotos.bundle.reader import JOINT_POS, TIMESTAMPS, BundleView
+from kibotos.errors import BundleError, ConfigError
+from kibotos.gate_config import GateConfig, IKConfig
+from kibotos.poses import pose7_to_matrix, rotation_angle_deg
+from kibotos.report import GateResult
+from kibotos.robots import RobotModel
+from kibotos.robots.kinematics import SerialKinematics
+from processors.base import result
+
+GATE_ID = "ik_residual"
+
+
+# --- the solver --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class IKSolution:
+    """Joint trajectory of one chain (``joint_names``) reaching a target path, and its residual."""
+
+    link: str
+    joint_names: tuple[str, ...]
+    joint_index: np.ndarray  # chain joints in robot.joint_names
+    q: np.ndarray  # (N, n)
+    pos_error_m: np.ndarray  # (N,)
+    rot_error_deg: np.ndarray  # (N,)
+    seed_pos_error_m: float  # multi-start result on the first frame
+    iterations: int  # seed + batch iterations run (each stops early once nothing moves)
+    wall_ms: float
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class IKSolver:
+    """Batched IK for one robot, built once and kept warm (a Ray actor holds it).
+
+    Chains (one per end-effector link) are built on first use and cached. A solve keeps
+    no state between calls — the same target gives the same solution whatever was solved
+    before — so verdicts do not depend on the order submissions arrive in.
+
+    ``num_threads``: torch intra-op threads during a solve. The batched products are of
+    4x4 and 6xn matrices, where thread hand-off costs more than it saves: one thread is
+    ~10x faster than two on a 2-core CPU (measured). ``None`` leaves torch's setting.
+    """
+
+    def __init__(self, robot: RobotModel, *, device: str = "cpu", dtype=torch.float64, num_threads: int | None = 1):
+        self.robot = robot
+        self.device = device
+        self.dtype = dtype
+        self.num_threads = num_threads
+        self._chains: dict[str, SerialKinematics] = {}
+
+    def chain(self, link: str) -> SerialKinematics:
+        if link not in self._chains:
+            self._chains[link] = SerialKinematics(self.robot, link, device=self.device, dtype=self.dtype)
+        return self._chains[link]
+
+    def _error(self, chain: SerialKinematics, q: torch.Tensor, p_t: torch.Tensor, r_t: torch.Tensor, w: float,
+               jacobian: bool):
+        pose, jac = chain.fk_jacobian(q) if jacobian else (chain.fk(q), None)
+        # orientation error: the rotation vector (log map) of R* R^T, in the base frame
+        e = torch.cat([p_t - pose[:, :3, 3], w * matrix_to_axis_angle(r_t @ pose[:, :3, :3].transpose(1, 2))], dim=1)
+        if jac is not None:
+            jac = torch.cat([jac[:, :3], w * jac[:, 3:]], dim=1)
+        return e, jac
+
+    def _lm(self, chain, q, p_t, r_t, cfg: IKConfig, smooth: bool) -> torch.Tensor:
+        """Levenberg–Marquardt on every row of ``q`` at once; with ``smooth`` the rows are
+        consecutive frames coupled by ``smoothness_weight * sum ||q_t - q_{t-1}||^2``."""
+        n = q.shape[1]
+        w, beta = cfg.rotation_weight_m_per_rad, (cfg.smoothness_weight if smooth else 0.0)
+        eye = torch.eye(n, dtype=self.dtype, device=self.device)
+        lam = torch.full((q.shape[0],), cfg.damping * 100, dtype=self.dtype, device=self.device)
+        count = torch.full((q.shape[0], 1), 2.0, dtype=self.dtype, device=self.device)
+        if q.shape[0] > 0:
+            count[0] = count[-1] = 1.0
+
+        def neighbours(x: torch.Tensor) -> torch.Tensor:
+            s = torch.zeros_like(x)
+            s[1:] += x[:-1]
+            s[:-1] += x[1:]
+            return s
+
+        def cost(e, x):
+            c = (e**2).sum(1)
+            if beta > 0:
+                c = c + beta * (count[:, 0] * (x**2).sum(1) - (x * neighbours(x)).sum(1))
+            return c
+
+        e, jac = self._error(chain, q, p_t, r_t, w, True)
+        current = cost(e, q)
+        done = 0
+        for done in range(1, cfg.iterations + 1):
+            jt = jac.transpose(1, 2)
+            a = jt @ jac + (lam[:, None, None] + beta * count[:, :, None]) * eye
+            b = (jt @ e[:, :, None])[:, :, 0]
+            if beta > 0:
+                b = b - beta * (count * q - neighbours(q))
+            dq = torch.linalg.solve(a, b).clamp(-cfg.max_step_rad, cfg.max_step_rad)
+            cand = torch.minimum(torch.maximum(q + dq, chain.lower), chain.upper)
+            e_c, jac_c = self._error(chain, cand, p_t, r_t, w, True)
+            new = cost(e_c, cand)
+            better = new < current
+            moved = float(((cand - q) * better[:, None]).abs().max()) if len(q) else 0.0
+            q = torch.where(better[:, None], cand, q)
+            e = torch.where(better[:, None], e_c, e)
+            jac = torch.where(better[:, None, None], jac_c, jac)
+            current = torch.where(better, new, current)
+            lam = torch.where(better, lam / 3.0, lam * 4.0).clamp(1e-9, 1e6)
+            if moved < 1e-6:  # converged everywhere (or every step refused): nothing left to gain
+                break
+        return q, done
+
+    def solve(self, link: str, targets: np.ndarray, cfg: IKConfig, *, seed: int = 0) -> IKSolution:
+        """Joint trajectory for ``link`` to follow ``targets`` (N, 4, 4) in the base frame.
+
+        Multi-start on the first frame (home + ``seed_restarts - 1`` uniform draws within
+        the limits, generator ``seed``), then every frame at once from that solution."""
+        t0 = time.perf_counter()
+        chain = self.chain(link)
+        with _torch_threads(self.num_threads), torch.no_grad():
+            tgt = torch.as_tensor(np.asarray(targets), dtype=self.dtype, device=self.device)
+            p_t, r_t = tgt[:, :3, 3].contiguous(), tgt[:, :3, :3].contiguous()
+            gen = torch.Generator(device="cpu").manual_seed(seed)
+            home = torch.as_tensor(self.robot.home_qpos[chain.joint_index], dtype=self.dtype, device=self.device)
+            draws = torch.rand((max(cfg.seed_restarts, 1) - 1, chain.dof), generator=gen, dtype=self.dtype).to(self.device)
+            starts = torch.cat([home[None], chain.lower + draws * (chain.upper - chain.lower)])
+            first, it_seed = self._lm(chain, starts, p_t[:1].expand(len(starts), 3), r_t[:1].expand(len(starts), 3, 3), cfg,
+                             smooth=False)
+            e0, _ = self._error(chain, first, p_t[:1].expand(len(starts), 3), r_t[:1].expand(len(starts), 3, 3),
+                                cfg.rotation_weight_m_per_rad, False)
+            best = int(torch.argmin((e0**2).sum(1)))
+            q, it_batch = self._lm(chain, first[best].expand(len(tgt), chain.dof).clone(), p_t, r_t, cfg, smooth=True)
+            pose = chain.fk(q).cpu().numpy()
+            q_np = q.cpu().numpy()
+        targets = np.asarray(targets, dtype=np.float64)
+        return IKSolution(
+            link=link, joint_names=chain.joint_names, joint_index=chain.joint_index, q=q_np,
+            pos_error_m=np.linalg.norm(pose[:, :3, 3] - targets[:, :3, 3], axis=1),
+            rot_error_deg=rotation_angle_deg(pose, targets),
+            seed_pos_error_m=float(torch.linalg.norm(e0[best, :3])), iterations=it_seed + it_batch,
+            wall_ms=(time.perf_counter() - t0) * 1000.0)
+
+
+# --- independent targets -----------------------------------------------------------------
+
+class _Grasp(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    link: str
+    offset: list[float] = Field(min_length=7, max_length=7)
+
+
+class _Waypoint(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    t_ms: float
+    link: str
+    pose: list[float] = Field(min_length=7, max_length=7)
+
+
+@dataclass
+class Target:
+    """A desired pose path for one link, at kinematic times ``t_ms``."""
+
+    source: str  # "objects/<name>" or "task.waypoints"
+    link: str
+    t_ms: np.ndarray  # (N,)
+    pose: np.ndarray  # (N, 4, 4)
+    details: dict = field(default_factory=dict)
+
+
+def _valid_quaternions(pose: np.ndarray) -> bool:
+    norms = np.linalg.norm(pose[:, 3:], axis=1)
+    return bool(np.all(np.isfinite(pose)) and np.all(norms > 0.5) and np.all(norms < 2.0))
+
+
+def _smoothed_speed(t_ms: np.ndarray, pos: np.ndarray, window_ms: float) -> np.ndarray:
+    """Object speed (m/s) from positions smoothed by a moving average over ``window_ms``."""
+    dt = float(np.median(np.diff(t_ms)))
+    k = max(1, int(round(window_ms / max(dt, 1e-6))))
+    if k > 1:
+        pad = np.pad(pos, ((k // 2, k - 1 - k // 2), (0, 0)), mode="edge")
+        kernel = np.ones(k) / k
+        pos = np.stack([np.convolve(pad[:, i], kernel, mode="valid") for i in range(3)], axis=1)
+    return np.linalg.norm(np.gradient(pos, t_ms / 1000.0, axis=0), axis=1)
+
+
+def _grasped_frames(view: BundleView, link: str, obj_t: np.ndarray, kin_t: np.ndarray, pos: np.ndarray,
+                    cfg: IKConfig) -> tuple[np.ndarray, str]:
+    path = f"contacts/{link}"
+    if view.has(path):
+        c = view.read(path)
+        if c.ndim == 1 and (np.issubdtype(c.dtype, np.number) or c.dtype == bool):
+            if c.shape[0] == obj_t.shape[0]:
+                return c.astype(bool), "contacts_on_object_timestamps"
+            if c.shape[0] == kin_t.shape[0]:
+                after = np.clip(np.searchsorted(kin_t, obj_t), 1, len(kin_t) - 1)
+                nearest = np.where(obj_t - kin_t[after - 1] <= kin_t[after] - obj_t, after - 1, after)
+                return c.astype(bool)[nearest], "contacts_on_kinematics_timestamps"
+        how = f"object_motion ({path} {list(c.shape)} {c.dtype} fits neither timestamps)"
+    else:
+        how = "object_motion"
+    moving = _smoothed_speed(obj_t, pos, cfg.grasp_smoothing_ms) > cfg.grasp_speed_m_s
+    # the smoothing spreads motion half a window into the rest frames around it, where the
+    # hand is still approaching or already leaving: erode the mask by as much
+    half = int(round(cfg.grasp_smoothing_ms / 2 / max(float(np.median(np.diff(obj_t))), 1e-6)))
+    if half > 0 and moving.any():
+        padded = np.pad(moving, half, constant_values=False)
+        windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1)
+        moving = windows.all(axis=1)
+    return moving, how
+
+
+def _object_names(view: BundleView) -> list[str]:
+    names = set()
+    for info in view.arrays():
+        parts = info.path.split("/")
+        if len(parts) == 3 and parts[0] == "objects" and parts[2] == "pose":
+            names.add(parts[1])
+    return sorted(names)
+
+
+def object_targets(view: BundleView, robot: RobotModel, kin_t: np.ndarray, cfg: IKConfig,
+                   chain_ok) -> tuple[list[Target], list[dict]]:
+    """Targets from grasped objects, and notes on every object stream that gave none."""
+    targets, notes = [], []
+    for name in _object_names(view):
+        base = f"objects/{name}"
+        note = {"source": base}
+        grasp_raw = view.node_attrs(f"{base}/pose").get("grasp")
+        if grasp_raw is None:
+            notes.append(note | {"unused": "no grasp declared (pose attribute 'grasp: {link, offset}')"})
+            continue
+        try:
+            grasp = _Grasp.model_validate(grasp_raw)
+        except ValidationError as exc:
+            notes.append(note | {"unused": f"invalid grasp: {exc.errors()[0]['msg']}"})
+            continue
+        if not chain_ok(grasp.link):
+            notes.append(note | {"unused": f"grasp link {grasp.link!r} is not a link of {robot.model_id}"})
+            continue
+        if not view.has(f"{base}/timestamps_ms"):
+            notes.append(note | {"unused": "no timestamps_ms"})
+            continue
+        t = view.read(f"{base}/timestamps_ms").astype(np.float64)
+        pose = view.read(f"{base}/pose").astype(np.float64)
+        if t.ndim != 1 or pose.shape != (t.shape[0], 7) or t.shape[0] < 2:
+            notes.append(note | {"unused": f"shapes {list(t.shape)} / {list(pose.shape)}, expected (T,) / (T, 7)"})
+            continue
+        if not (np.all(np.diff(t) > 0) and np.all(np.isfinite(t)) and _valid_quaternions(pose)):
+            notes.append(note | {"unused": "timestamps not increasing or poses not finite unit quaternions"})
+            continue
+        offset = np.asarray(grasp.offset, dtype=np.float64)
+        if not _valid_quaternions(offset[None]):
+            notes.append(note | {"unused": "grasp offset is not a finite unit quaternion pose"})
+            continue
+        grasped, how = _grasped_frames(view, grasp.link, t, kin_t, pose[:, :3], cfg)
+        inside = (t >= kin_t[0]) & (t <= kin_t[-1])
+        use = grasped & inside
+        if not use.any():
+            notes.append(note | {"unused": f"no grasped frame within the kinematics ({how})"})
+            continue
+        world = pose7_to_matrix(pose[use]) @ pose7_to_matrix(offset)
+        targets.append(Target(base, grasp.link, t[use], world,
+                              {"grasp_frames_from": how, "grasped_frames": int(use.sum()), "object_frames": int(len(t))}))
+    return targets, notes
+
+
+def waypoint_targets(view: BundleView, kin_t: np.ndarray, chain_ok) -> tuple[list[Target], list[dict]]:
+    task = view.manifest_raw.get("task")
+    raw = task.get("waypoints") if isinstance(task, dict) else None
+    if not raw:
+        return [], []
+    try:
+        wps = [_Waypoint.model_validate(w) for w in raw]
+    except (ValidationError, TypeError) as exc:
+        return [], [{"source": "task.waypoints", "unused": f"invalid waypoints: {str(exc)[:200]}"}]
+    targets, notes = [], []
+    for link in sorted({w.link for w in wps}):
+        if not chain_ok(link):
+            notes.append({"source": "task.waypoints", "unused": f"link {link!r} is not a link of the robot"})
+            continue
+        sel = sorted((w for w in wps if w.link == link and kin_t[0] <= w.t_ms <= kin_t[-1]), key=lambda w: w.t_ms)
+        poses = np.array([w.pose for w in sel], dtype=np.float64).reshape(-1, 7)
+        if not sel or not _valid_quaternions(poses):
+            notes.append({"source": "task.waypoints", "unused": f"no usable waypoint for {link!r}"})
+            continue
+        targets.append(Target("task.waypoints", link, np.array([w.t_ms for w in sel]), pose7_to_matrix(poses),
+                              {"waypoints": len(sel)}))
+    return targets, notes
+
+
+# --- the stage ---------------------------------------------------------------------------
+
+def _interp_joints(kin_t: np.ndarray, q: np.ndarray, t: np.ndarray) -> np.ndarray:
+    idx = np.clip(np.searchsorted(kin_t, t, side="right") - 1, 0, len(kin_t) - 2)
+    w = ((t - kin_t[idx]) / (kin_t[idx + 1] - kin_t[idx]))[:, None]
+    return q[idx] * (1 - w) + q[idx + 1] * w
+
+
+def _stats(pos: np.ndarray, rot: np.ndarray, cfg: IKConfig) -> dict:
+    return {
+        "rms_pos_error_m": round(float(np.sqrt(np.mean(pos**2))), 6),
+        "peak_pos_error_m": round(float(pos.max()), 6),
+        "orientation_error_deg": {
+            "mean": round(float(rot.mean()), 3),
+            "p95": round(float(np.percentile(rot, 95)), 3),
+            "max": round(float(rot.max()), 3),
+            "fraction_above_limit": round(float(np.mean(rot > cfg.max_orientation_error_deg)), 4),
+        },
+    }
+
+
+def _exceeded(stats: dict, cfg: IKConfig) -> list[str]:
+    out = []
+    if stats["rms_pos_error_m"] > cfg.max_rms_pos_error_m:
+        out.append("ik_rms_exceeded")
+    if stats["peak_pos_error_m"] > cfg.max_peak_pos_error_m:
+        out.append("ik_peak_exceeded")
+    if stats["orientation_error_deg"]["fraction_above_limit"] > cfg.max_orientation_exceed_fraction:
+        out.append("ik_orientation_exceeded")
+    return out
+
+
+def s_retarget(rms_m: float, mean_deg: float, cfg: IKConfig) -> float:
+    """Confidence in [0, 1] from the residuals: 0.5 at ``confidence_scale_pos_m`` RMS
+    (position term) and at ``confidence_scale_rot_deg`` mean (orientation term)."""
+    s_pos = 1.0 / (1.0 + (rms_m / cfg.confidence_scale_pos_m) ** 2)
+    s_rot = 1.0 / (1.0 + (mean_deg / cfg.confidence_scale_rot_deg) ** 2)
+    return float(s_pos * s_rot)
+
+
+def check_ik(view: BundleView, config: GateConfig, solver: IKSolver) -> GateResult:
+    """The IK residual stage on one bundle with a warm ``solver`` for its robot."""
+    m = view.manifest
+    robot = solver.robot
+    if (m.robot_model_id, m.robot_model_revision) != robot.key:
+        raise ConfigError(f"IK solver is for {robot.model_id}@{robot.revision}, bundle declares "
+                          f"{m.robot_model_id}@{m.robot_model_revision}")
+    cfg = config.for_robot(*robot.key).ik
+    thresholds = cfg.model_dump()
+    kin_t = view.read(TIMESTAMPS).astype(np.float64)
+    q_in = view.read(JOINT_POS).astype(np.float64)
+    # gates A and B have judged these; a stage is a pure function and guards its own maths
+    if kin_t.ndim != 1 or len(kin_t) < 2 or np.any(np.diff(kin_t) <= 0):
+        raise BundleError("kinematics timestamps are not strictly increasing", reason_code="timestamps_not_increasing")
+    if q_in.shape != (len(kin_t), len(m.joint_names)):
+        raise BundleError(f"joint_pos has shape {q_in.shape}", reason_code="shape_mismatch")
+    if not np.isfinite(q_in).all():
+        raise BundleError("joint_pos holds NaN or Inf", reason_code="non_finite_values")
+    unknown = [n for n in m.joint_names if n not in robot.joint_names]
+    if unknown:
+        raise BundleError(f"joints unknown to {robot.model_id}: {unknown[:5]}", reason_code="unknown_joint_names")
+    q_sub = np.tile(robot.home_qpos, (len(kin_t), 1))
+    q_sub[:, [robot.joint_names.index(n) for n in m.joint_names]] = q_in
+
+    def chain_ok(link: str) -> bool:
+        try:
+            solver.chain(link)
+        except ValueError:
+            return False
+        return True
+
+    targets, notes = object_targets(view, robot, kin_t, cfg, chain_ok)
+    source = "object_grasp" if targets else None
+    if not targets:
+        targets, more = waypoint_targets(view, kin_t, chain_ok)
+        notes += more
+        source = "task_waypoints" if targets else None
+    n_frames = sum(len(t.t_ms) for t in targets)
+    if not targets or n_frames < cfg.min_target_frames:
+        why = "no object grasp or task waypoints independent of the joints" if not targets else \
+            f"{n_frames} target frames < {cfg.min_target_frames}"
+        return result(GATE_ID, True, {"applicable": False, "target_source": source, "reason": why,
+                                      "unused_streams": notes, "s_retarget": None},
+                      thresholds, flags=["ik_no_independent_target"])
+
+    sub_pos, sub_rot, ik_pos, ik_rot, dist, per_target = [], [], [], [], [], []
+    solve_ms, iterations = 0.0, 0
+    for tgt in targets:
+        chain = solver.chain(tgt.link)
+        q_at = _interp_joints(kin_t, q_sub, tgt.t_ms)
+        fk = chain.link_poses(q_at)
+        pos = np.linalg.norm(fk[:, :3, 3] - tgt.pose[:, :3, 3], axis=1)
+        rot = rotation_angle_deg(fk, tgt.pose)
+        sol = solver.solve(tgt.link, tgt.pose, cfg)
+        solve_ms += sol.wall_ms
+        iterations += sol.iterations
+        d = np.abs(sol.q - q_at[:, chain.joint_index])
+        sub_pos.append(pos), sub_rot.append(rot), ik_pos.append(sol.pos_error_m), ik_rot.append(sol.rot_error_deg)
+        dist.append(d)
+        per_target.append({"source": tgt.source, "link": tgt.link, "frames": int(len(tgt.t_ms)), **tgt.details,
+                           "rms_pos_error_m": round(float(np.sqrt(np.mean(pos**2))), 6)})
+    sub = _stats(np.concatenate(sub_pos), np.concatenate(sub_rot), cfg)
+    feas = _stats(np.concatenate(ik_pos), np.concatenate(ik_rot), cfg)
+    d = np.concatenate([x.ravel() for x in dist])
+    score = s_retarget(sub["rms_pos_error_m"], sub["orientation_error_deg"]["mean"], cfg)
+    flags = []
+    if sub["rms_pos_error_m"] < cfg.exact_match_floor_m:
+        flags.append("ik_target_matches_joints")
+        score = min(score, 0.5)
+    metrics = {
+        "applicable": True,
+        "target_source": source,
+        "targets": per_target,
+        "target_frames": n_frames,
+        **sub,
+        "ik_feasibility": feas | {"solve_ms": round(solve_ms, 1), "iterations": iterations},
+        "joint_distance_rad": {"rms": round(float(np.sqrt(np.mean(d**2))), 5), "max": round(float(d.max()), 5)},
+        "s_retarget": round(score, 4),
+    }
+    if notes:
+        metrics["unused_streams"] = notes
+    failed = _exceeded(sub, cfg)
+    metrics["failed_checks"] = failed
+    if failed:
+        reason = "ik_target_infeasible" if _exceeded(feas, cfg) else failed[0]
+        return result(GATE_ID, False, metrics, thresholds, reason, flags=flags)
+    return result(GATE_ID, True, metrics, thresholds, flags=flags)

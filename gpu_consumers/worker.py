@@ -1,0 +1,47 @@
+"""A GPU consumer process: ``python -m gpu_consumers.worker --bootstrap HOST:PORT``.
+
+Serves the evidence job kinds of ``KIBOTOS_EVIDENCE_JOBS`` (or ``--kinds``) with
+``KIBOTOS_GPU_ACTORS_PER_KIND`` warm Ray actors each. Run one per node; join an existing
+Ray cluster with ``--ray-address``. SIGTERM drains in-flight jobs and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+from kibotos.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: settings)")
+    parser.add_argument("--kinds", help="comma-separated job kinds (default: KIBOTOS_EVIDENCE_JOBS)")
+    parser.add_argument("--actors", type=int, help="warm actors per kind")
+    parser.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
+    parser.add_argument("--loglevel", default="WARNING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.loglevel, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = Settings()
+    bootstrap = args.bootstrap or settings.bootstrap_servers
+    if not bootstrap:
+        parser.error("no bootstrap servers: pass --bootstrap or set KIBOTOS_BOOTSTRAP_SERVERS")
+    kinds = tuple(k for k in args.kinds.split(",") if k) if args.kinds else None
+
+    from gpu_consumers.consumer import JobConsumer
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    consumer = JobConsumer(settings, bootstrap, kinds, args.actors, args.ray_address)
+    logging.getLogger("kibotos.gpu").info("serving %s", ", ".join(consumer.kinds))
+    try:
+        consumer.run(stop)
+    finally:
+        consumer.close()
+
+
+if __name__ == "__main__":
+    main()

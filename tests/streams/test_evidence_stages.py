@@ -1,0 +1,90 @@
+"""The evidence plan in-process: gate E → jobs.<kind> … → evidence.completed → decision,
+with the real job handlers (IK here: the cheapest real one) and real sample bundles."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from gpu_consumers.jobs import make_handler
+from kibotos.errors import ConfigError, ServiceError
+from kibotos.report import GateResult
+from streams.stages import JobStage, Record, build_stages, evidence_route, run_in_process
+from tests.streams.test_stages import CONFIG, GATE_IDS, R_BASE, UR5, bundles, parsed_report, run  # noqa: F401
+from topics.catalogue import Catalogue
+
+
+@pytest.fixture
+def catalogue() -> Catalogue:
+    return Catalogue(prefix=f"t{uuid.uuid4().hex[:12]}.")
+
+
+def test_evidence_route_chains_the_jobs_in_order_then_completes(catalogue):
+    route = evidence_route(catalogue, ("pose", "ik", "playback"))
+    assert route == {"dispatch": catalogue.job("pose"), "pose": catalogue.job("ik"),
+                     "ik": catalogue.job("playback"), "playback": catalogue.evidence_completed}
+    assert evidence_route(catalogue, ()) == {"dispatch": catalogue.evidence_completed}
+
+
+def test_an_unknown_or_reserved_job_kind_is_a_config_error():
+    with pytest.raises(ConfigError, match="reserved"):
+        make_handler("vlm", CONFIG, None)
+    with pytest.raises(ConfigError, match="available: ik, playback, pose"):
+        make_handler("nope", CONFIG, None)
+
+
+@pytest.fixture
+def ik_chain(catalogue, bundles):
+    plan = ("ik",)
+    stages = build_stages(catalogue, bundles.store, CONFIG, R_BASE, plan)
+    stages.append(JobStage("ik", make_handler("ik", CONFIG, bundles.store), catalogue, bundles.store, plan))
+    return stages
+
+
+def test_genuine_bundle_is_accepted_after_the_ik_job_with_its_evidence(ik_chain, catalogue, bundles):
+    out = run(ik_chain, catalogue, bundles.received(UR5, "genuine"))
+    [verdict] = out["verdicts"]
+    report = parsed_report(verdict)
+    assert verdict["verdict"] == "accepted", report
+    assert [g.gate for g in report.gates] == GATE_IDS + ["ik_residual"]
+    ik = report.gates[-1].metrics
+    assert ik["rms_pos_error_m"] < 0.08 and ik["wall_ms"] > 0
+    assert len(out["ledger.entries"]) == 1
+
+
+def test_target_shift_is_rejected_by_the_ik_job_after_passing_the_cheap_gates(ik_chain, catalogue, bundles):
+    out = run(ik_chain, catalogue, bundles.received(UR5, "ik_target_shift"))
+    [verdict] = out["verdicts"]
+    report = parsed_report(verdict)
+    assert (verdict["verdict"], verdict["failed_gate"]) == ("rejected", "ik_residual")
+    assert [g.passed for g in report.gates] == [True] * len(GATE_IDS) + [False]
+    assert "ledger.entries" not in out
+
+
+def test_a_service_fault_in_a_job_is_raised_for_a_retry_not_turned_into_a_verdict(catalogue, bundles):
+    def broken(view, event) -> GateResult:
+        raise ServiceError("renderer cannot start")
+
+    stage = JobStage("playback", broken, catalogue, bundles.store, ("playback",))
+    event = dict(bundles.received(UR5, "genuine"), gate_results=[], sync=None, config_version=None,
+                 robot_model_revision=None)
+    record = Record(catalogue.job("playback").name, catalogue.job("playback").serialize(event))
+    with pytest.raises(ServiceError):
+        stage.handle(record)
+
+
+def test_a_crashing_model_rejects_with_a_reason_and_the_stage_survives(catalogue, bundles):
+    calls = []
+
+    def crashing(view, event) -> GateResult:
+        calls.append(event["submission_id"])
+        raise RuntimeError("model blew up")
+
+    stage = JobStage("pose", crashing, catalogue, bundles.store, ("pose",))
+    event = dict(bundles.received(UR5, "genuine"), gate_results=[], sync=None, config_version=None,
+                 robot_model_revision=None)
+    spec = catalogue.job("pose")
+    outs = run_in_process([stage], [Record(spec.name, spec.serialize(event)), Record(spec.name, b"garbage")])
+    assert [o.topic.id for o in outs] == ["verification.rejected", "dead.letters"]
+    assert outs[0].record["reason_code"] == "job_internal_error" and len(calls) == 1
