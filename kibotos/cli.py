@@ -293,6 +293,39 @@ def demo(workers: int = typer.Option(1, help="gate worker processes")) -> None:
     raise typer.Exit(code)
 
 
+bench_app = typer.Typer(help="Benchmarks: stage costs as ratios measured in one run, results as JSON.",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("evidence")
+def bench_evidence(
+    stage: Optional[list[str]] = typer.Option(None, "--stage", help="pose, ik, playback (repeatable; default all)"),
+    repeats: int = typer.Option(3, min=1, help="timed runs per stage (median reported)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the result here"),
+) -> None:
+    """Per-stage cost of the evidence jobs vs the bare model call: pose frames/s, IK ms per
+    1,000 frames, playback s per keyframe."""
+    from rich.table import Table
+
+    from benchmarks.evidence import STAGES, run_evidence_bench, write_json
+
+    unknown = [s for s in stage or [] if s not in STAGES]
+    if unknown:
+        console.print(f"[red]unknown stage(s) {unknown}; known: {', '.join(STAGES)}[/red]")
+        raise typer.Exit(2)
+    result = run_evidence_bench(stage or None, repeats, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
+    table = Table(title=f"evidence stages vs bare model call (median of {repeats}; {result['machine']['cpus']} CPUs)")
+    for col in ("stage", "unit", "stage", "bare model", "stage/bare", "inputs"):
+        table.add_column(col)
+    for r in result["results"]:
+        table.add_row(r["stage"], r["unit"], f"{r['stage_value']:g}", f"{r['bare_value']:g}", f"{r['ratio']:g}x",
+                      str(r["frames"]))
+    console.print(table)
+    if json_out:
+        console.print(f"wrote {write_json(result, json_out)}")
+
+
 def main() -> None:
     try:
         app()

@@ -48,6 +48,8 @@ MIX = [
     ("miner-carol", "ur5", "jerk", 11),
     ("miner-carol", "franka_panda", "limit_violation", 12),
     ("miner-carol", "unitree_g1", "flatline", 13),
+    # passes gates A-E; the IK residual job (GPU consumer) catches the faked object stream
+    ("miner-carol", "franka_panda", "ik_target_shift", 19),
 ]
 
 
@@ -60,17 +62,19 @@ def _revision(model_id: str) -> str:
     return next(rev for m, rev in list_robots() if m == model_id)
 
 
-def generate(out: Path, console: Console) -> list[tuple[str, str, Path]]:
+def generate(out: Path, console: Console, mix=MIX, hostile: bool = True) -> list[tuple[str, str, Path]]:
     out.mkdir(parents=True, exist_ok=True)
     items = []
     with Progress(TextColumn("generating samples"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
-        task = progress.add_task("gen", total=len(MIX) + 5)
-        for miner, model_id, variant, seed in MIX:
+        task = progress.add_task("gen", total=len(mix) + 5)
+        for miner, model_id, variant, seed in mix:
             path = _episode(out, miner, model_id, variant, seed)
             sign_bundle(path, demo_keypair(miner))
             items.append((miner, variant, path))
             progress.advance(task)
+        if not hostile:
+            return items
         # a truncated upload: signed whole, then only half of the bytes were sent
         dave = _episode(out, "miner-dave", "franka_panda", "genuine", 14)
         sign_bundle(dave, demo_keypair("miner-dave"))
@@ -149,14 +153,33 @@ def _submit_unsigned(client: IngestClient, path: Path, keypair: Keypair):
         return SubmitOutcome(path, sid, False, exc.reason_code, str(exc), exc.status)
 
 
-def run_demo(settings: Settings, console: Console, workers: int = 1, timeout_s: float = 900) -> int:
+def evidence_summary(report: dict) -> str:
+    """One line of the expensive evidence a report carries (pose / IK / playback)."""
+    gates = {g["gate"]: g for g in report.get("gates") or []}
+    parts = []
+    if (pose := gates.get("gate_f_pose")) is not None:
+        m = pose["metrics"]
+        parts.append(f"pose {m.get('mean_keypoint_confidence') or 0:.2f}" if m.get("applicable") else "pose n/a (robot video)")
+    if (ik := gates.get("ik_residual")) is not None:
+        m = ik["metrics"]
+        parts.append(f"IK rms {100 * m['rms_pos_error_m']:.1f} cm" if "rms_pos_error_m" in m else "IK n/a")
+    if (pb := gates.get("playback")) is not None:
+        m = pb["metrics"]
+        parts.append(f"{len(m.get('keyframes') or [])} keyframes, IoU {m.get('mean_silhouette_iou') or 0:.2f}")
+    return " · ".join(parts)
+
+
+def run_demo(settings: Settings, console: Console, workers: int = 1, timeout_s: float = 900, mix=MIX,
+             hostile: bool = True) -> int:
     home = settings.home / "demo"
     if home.exists():
         shutil.rmtree(home)
     settings = settings.model_copy(update={"home": home})
     console.rule("[bold]Kibotos demo")
-    items = generate(home / "samples", console)
+    items = generate(home / "samples", console, mix, hostile)
     console.print(f"{len(items)} submissions from {len({m for m, _, _ in items})} miners written to {home / 'samples'}")
+    console.print(f"evidence jobs after gate E: {', '.join(settings.evidence_jobs) or 'none'} "
+                  "(a cold Genesis scene build per robot takes ~20 s on CPU)")
     with Stack(settings, workers=workers, log=lambda m: console.print(f"[dim]{m}[/dim]")) as stack, \
             IngestClient(stack.ingest.url) as client:
         variants, refused = upload_all(client, items)
@@ -190,14 +213,14 @@ def run_demo(settings: Settings, console: Console, workers: int = 1, timeout_s: 
         balances = warehouse.balances(stack.client)
 
     table = Table(title="verdicts (read back from ClickHouse)")
-    for col in ("submission", "miner", "sample", "verdict", "reason", "gate", "points"):
+    for col in ("submission", "miner", "sample", "verdict", "reason", "gate", "evidence", "points"):
         table.add_column(col)
     for sid, (miner, variant) in sorted(variants.items(), key=lambda kv: (kv[1][0], kv[1][1])):
         rep = reports.get(sid) or {}
         verdict = rep.get("verdict", "missing")
         colour = "green" if verdict == "accepted" else "red"
         table.add_row(sid[:8], miner, variant, f"[{colour}]{verdict}[/{colour}]", rep.get("reason_code") or "",
-                      rep.get("failed_gate") or "", f"{rep.get('points', 0):g}")
+                      rep.get("failed_gate") or "", evidence_summary(rep), f"{rep.get('points', 0):g}")
     console.print(table)
     if refused:
         door = Table(title="refused at the ingest API without a verdict")

@@ -54,9 +54,10 @@ class Settings(BaseSettings):
     ingest_request_max_skew_s: int = Field(default=300, ge=1)  # signed upload requests must be this fresh
     ingest_keep_rejected: bool = False  # keep bundles rejected at ingestion (audit) or delete them
 
-    # Evidence jobs after gate E, in order, run by the GPU consumer group (gpu_consumers/).
-    # Empty: accepted straight after gate E (the cheap chain only).
-    evidence_jobs: tuple[str, ...] = ()
+    # Evidence jobs after gate E, in order, run by the GPU consumer group (gpu_consumers/):
+    # gate F pose quality, IK residual, Genesis playback. Empty (KIBOTOS_EVIDENCE_JOBS='[]'):
+    # accepted straight after gate E, the cheap chain only.
+    evidence_jobs: tuple[str, ...] = ("pose", "ik", "playback")
     gpu_actors_per_kind: int = Field(default=1, ge=1)  # warm Ray actors per job kind per consumer
 
     # Rewards

@@ -60,3 +60,31 @@ def seaweedfs(tmp_path_factory):
     server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs")).start()
     yield server
     server.stop(grace_s=1.0)
+
+
+# --- no silent skips in CI ------------------------------------------------------------
+# `make test` (and so CI) sets KIBOTOS_TEST_NO_SKIP=1: everything a test needs is installed
+# by `make install`, so a skip there means a broken install and must fail the run.
+
+def _no_skips() -> bool:
+    import os
+
+    return os.environ.get("KIBOTOS_TEST_NO_SKIP") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if _no_skips() and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under KIBOTOS_TEST_NO_SKIP=1 (a dependency is missing): {report.longrepr}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    if _no_skips() and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"module skipped under KIBOTOS_TEST_NO_SKIP=1 (a dependency is missing): {report.longrepr}"

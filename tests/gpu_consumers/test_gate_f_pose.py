@@ -20,7 +20,7 @@ from gpu_consumers.pose import (
     MediaPipePoseEstimator, PoseTrack, get_pose_estimator, list_pose_estimators, register_pose_estimator,
 )
 from tests.fixtures.episodes import PANDA, manifest_for, samples  # noqa: F401
-from tests.fixtures.human_video import camera_motion_video, human_video_bundle, person_photos, scramble_blocks
+from kibotos.human_video import camera_motion_video, human_video_bundle, person_photos, scramble_blocks
 
 pytest.importorskip("mediapipe", reason="gate F needs mediapipe==0.10.21 (installed --no-deps)")
 

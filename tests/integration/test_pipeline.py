@@ -185,6 +185,7 @@ class Pipeline:
             "KIBOTOS_OBJECT_STORE_URL": self.store.root.as_uri(),
             "KIBOTOS_CONSUMER_GROUP_PREFIX": self.group_prefix,
             "KIBOTOS_R_BASE": str(R_BASE),
+            "KIBOTOS_EVIDENCE_JOBS": "[]",  # the cheap chain: evidence jobs have their own tests
         })
         log_path = self.tmp_path / f"worker-{len(self.workers)}.log"
         port = free_loopback_port()

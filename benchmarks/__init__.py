@@ -1,0 +1,1 @@
+"""Benchmarks behind ``kibotos bench``: ratios measured in one run, JSON results."""
