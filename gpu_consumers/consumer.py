@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from kibotos.errors import ServiceError
+from kibotos.logs import submission_context
+from kibotos.metrics import JOBS_IN_FLIGHT, observe, update_lag
 from kibotos.settings import Settings
 from streams.stages import Record, dead_letter
 from topics.catalogue import Catalogue
@@ -78,6 +80,7 @@ class Job:
     key: bytes | None
     value: bytes | None
     attempts: int = 0
+    started: float = 0.0
 
 
 class OffsetTracker:
@@ -147,6 +150,7 @@ class JobConsumer:
         self.pending: dict = {}  # ray ObjectRef -> (Job, actor)
         self.paused: set[str] = set()
         self.jobs_done = 0
+        self._lag_at = 0.0
         self.consumer.subscribe(list(self.topic_kind), on_revoke=self._on_revoke)
 
     def _new_actor(self, kind: str):
@@ -177,6 +181,8 @@ class JobConsumer:
         self._submit(job)
 
     def _submit(self, job: "Job") -> None:
+        job.started = time.perf_counter()
+        JOBS_IN_FLIGHT.labels(job.kind).inc()
         actor = self.free[job.kind].pop()
         ref = actor.handle.remote(job.topic, job.value, job.key, job.partition, job.offset)
         self.pending[ref] = (job, actor)
@@ -190,6 +196,7 @@ class JobConsumer:
         (replayable), rather than reject the miner for the validator's own fault."""
         import ray
 
+        JOBS_IN_FLIGHT.labels(job.kind).dec()
         job.attempts += 1
         log.error("job %s %s[%s]@%s failed (attempt %d/%d): %s", job.kind, job.topic, job.partition,
                   job.offset, job.attempts, self.max_attempts, exc)
@@ -202,6 +209,8 @@ class JobConsumer:
         record = Record(job.topic, job.value, job.key, job.partition, job.offset)
         out = dead_letter(self.catalogue, record, f"job_{job.kind}", "job_service_unavailable", str(exc))
         self._publish([(out.topic.name, out.key(), out.value())])
+        observe(f"job_{job.kind}", self.catalogue.job(job.kind).id, [(out.topic.id, out.record)],
+                time.perf_counter() - job.started)
         self._finish(job)
 
     def _publish(self, outputs) -> None:
@@ -210,9 +219,23 @@ class JobConsumer:
         if self.producer.flush(30):
             raise ServiceError("job results not acknowledged by the broker")
 
+    def _observe(self, job: "Job", outputs) -> None:
+        outs = []
+        for name, _, value in outputs:
+            spec = self.catalogue.by_name(name)
+            try:
+                record = spec.deserialize(value) if spec.id in ("verification.rejected", "dead.letters") else {}
+            except Exception:  # accounting never fails a job
+                record = {}
+            outs.append((spec.id, record))
+        observe(f"job_{job.kind}", self.catalogue.job(job.kind).id, outs, time.perf_counter() - job.started)
+
     def _finish(self, job: "Job") -> None:
-        log.info("done %s job %s[%d]@%d key=%s", job.kind, job.topic, job.partition, job.offset,
-                 (job.key or b"").decode("utf-8", "replace"))
+        with submission_context(job.key):
+            log.info("done %s job %s[%d]@%d key=%s", job.kind, job.topic, job.partition, job.offset,
+                     (job.key or b"").decode("utf-8", "replace"),
+                     extra={"processor": f"job_{job.kind}", "attempts": job.attempts + 1,
+                            "ms": round((time.perf_counter() - job.started) * 1000.0, 1)})
         self.tracker.finish((job.topic, job.partition), job.offset)
         self.jobs_done += 1
         self._set_paused(job.kind, False)
@@ -230,7 +253,9 @@ class JobConsumer:
             except Exception as exc:
                 self._failed(job, actor, exc)
                 continue
+            JOBS_IN_FLIGHT.labels(job.kind).dec()
             self._publish(outputs)
+            self._observe(job, outputs)
             self.free[job.kind].append(actor)
             self._finish(job)
         self._commit()
@@ -246,6 +271,9 @@ class JobConsumer:
             log.warning("commit failed: %s", exc)
 
     def poll_once(self, timeout: float = 0.2) -> None:
+        if time.monotonic() - self._lag_at > 5.0:
+            self._lag_at = time.monotonic()
+            update_lag("gpu_jobs", self.consumer)
         if any(self.free.values()):
             msg = self.consumer.poll(timeout if not self.pending else 0.01)
             if msg is not None and not msg.error() and msg.topic() in self.topic_kind:

@@ -12,6 +12,8 @@ import logging
 import signal
 import threading
 
+from kibotos.logs import setup_logging
+from kibotos.metrics import serve as serve_metrics
 from kibotos.settings import Settings
 
 
@@ -21,10 +23,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kinds", help="comma-separated job kinds (default: KIBOTOS_EVIDENCE_JOBS)")
     parser.add_argument("--actors", type=int, help="warm actors per kind")
     parser.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
-    parser.add_argument("--loglevel", default="WARNING")
+    parser.add_argument("--loglevel", help="log level (default: KIBOTOS_LOG_LEVEL)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this loopback port")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.loglevel, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings()
+    setup_logging(settings.log_format, args.loglevel or settings.log_level)
+    if args.metrics_port:
+        serve_metrics(args.metrics_port)
     bootstrap = args.bootstrap or settings.bootstrap_servers
     if not bootstrap:
         parser.error("no bootstrap servers: pass --bootstrap or set KIBOTOS_BOOTSTRAP_SERVERS")

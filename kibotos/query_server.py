@@ -2,7 +2,7 @@
 
 The embedded ClickHouse (chdb) is locked to one process, so ``kibotos report`` and
 ``kibotos ledger`` in another shell ask that process. Loopback only. Endpoints:
-``GET /health``, ``GET /reports/<submission_id>``, ``GET /ledger[?miner=ID]``,
+``GET /health``, ``GET /metrics`` (Prometheus), ``GET /reports/<submission_id>``, ``GET /ledger[?miner=ID]``,
 ``GET /balances``.
 """
 
@@ -17,7 +17,7 @@ from kibotos import warehouse
 
 
 class QueryServer:
-    def __init__(self, client, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, client, host: str = "127.0.0.1", port: int = 0, metrics_dir=None):
         self._lock = threading.Lock()  # one chdb session: serialize queries
         client_ref, lock = client, self._lock
 
@@ -36,6 +36,16 @@ class QueryServer:
             def do_GET(self) -> None:
                 url = urlparse(self.path)
                 parts = [unquote(p) for p in url.path.strip("/").split("/") if p]
+                if parts == ["metrics"]:  # Prometheus: this process and the stack's children
+                    from kibotos.metrics import render
+
+                    body, content_type = render(metrics_dir)
+                    self.send_response(200)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 query = parse_qs(url.query)
                 try:
                     with lock:

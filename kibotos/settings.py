@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     evidence_jobs: tuple[str, ...] = ("pose", "ik", "playback")
     gpu_actors_per_kind: int = Field(default=1, ge=1)  # warm Ray actors per job kind per consumer
 
+    # Logs of every process: one JSON object per line with the submission_id, or text
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "WARNING"
+
     # Rewards
     r_base: float = 10.0
 

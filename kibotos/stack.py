@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,6 +71,7 @@ class Stack:
         self._sink_thread: threading.Thread | None = None
         self.processes: list[subprocess.Popen] = []
         self.store = store_from_settings(settings)
+        self.metrics_dir: Path | None = None
 
     def start(self) -> "Stack":
         self.settings.home.mkdir(parents=True, exist_ok=True)
@@ -83,6 +85,10 @@ class Stack:
         return self
 
     def _start(self) -> None:
+        # children write their Prometheus metrics here; the read API's /metrics sums them
+        self.metrics_dir = self.settings.home / "metrics"
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        self.metrics_dir.mkdir(parents=True)
         if not self.bootstrap:
             self.broker = TansuBroker().start()
             self.bootstrap = self.broker.bootstrap
@@ -96,7 +102,7 @@ class Stack:
                                    f"{self.settings.consumer_group_prefix}-{self.settings.topic_prefix}sink")
         self._sink_thread = threading.Thread(target=self.sink.run, args=(self._stop,), name="sink", daemon=True)
         self._sink_thread.start()
-        self.query = QueryServer(self.client).start()
+        self.query = QueryServer(self.client, metrics_dir=self.metrics_dir).start()
         self.ingest_service = build_ingest_service(self.settings, client=self.client, bootstrap=self.bootstrap,
                                                    catalogue=self.catalogue)
         self.ingest = IngestServer(create_ingest_app(self.ingest_service), self.settings.ingest_host,
@@ -104,7 +110,8 @@ class Stack:
         self.log(f"ingest   API {self.ingest.url} (presigned uploads, signatures, rate limits)")
         for _ in range(self.workers):
             self.processes.append(self._spawn_worker())
-        self.log(f"workers  {self.workers} gate worker process(es); read API {self.query.url}")
+        self.log(f"workers  {self.workers} gate worker process(es); read API {self.query.url}, "
+                 f"Prometheus {self.query.url}/metrics")
         if self.settings.evidence_jobs:
             for _ in range(self.gpu_consumers):
                 self.gpu_processes.append(self._spawn_gpu_consumer())
@@ -135,6 +142,8 @@ class Stack:
             if getattr(self.settings, name):
                 env[f"KIBOTOS_{name.upper()}"] = str(getattr(self.settings, name))
         env["KIBOTOS_EVIDENCE_JOBS"] = json.dumps(list(self.settings.evidence_jobs))
+        env["KIBOTOS_LOG_FORMAT"], env["KIBOTOS_LOG_LEVEL"] = self.settings.log_format, self.settings.log_level
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir.resolve())
         env["KIBOTOS_GPU_ACTORS_PER_KIND"] = str(self.settings.gpu_actors_per_kind)
         return env
 

@@ -17,7 +17,8 @@ import faust
 from kibotos.gate_config import GateConfig
 from kibotos.objectstore import store_from_settings
 from kibotos.settings import Settings
-from streams.stages import Record, build_stages, stage_inputs
+from kibotos.metrics import render as render_metrics
+from streams.stages import Record, build_stages, handle_observed, stage_inputs
 from topics.catalogue import Catalogue
 
 log = logging.getLogger("kibotos.streams")
@@ -71,13 +72,17 @@ def create_app(settings: Settings, bootstrap: str, config: GateConfig, web_port:
                     msg = event.message
                     record = Record(msg.topic, event.value, event.key, msg.partition, msg.offset)
                     # gates decode video and run FK: keep the event loop (heartbeats) free
-                    outputs = await loop.run_in_executor(None, stage.handle, record)
-                    log.debug("%s %s[%s]@%s -> %s", stage.processor_id, msg.topic, msg.partition, msg.offset,
-                             [o.topic.id for o in outputs])
+                    outputs = await loop.run_in_executor(None, handle_observed, stage, record, catalogue)
                     for out in outputs:
                         await out_topics[out.topic.name].send(key=out.key(), value=out.value())
             agent.__name__ = stage.processor_id.replace("-", "_")
             return agent
 
         app.agent(channel, name=stage.processor_id)(make_agent())
+
+    @app.page("/metrics")
+    async def metrics(web, request):  # Prometheus scrapes each worker on its web port
+        body, content_type = render_metrics()
+        return web.bytes(body, content_type=content_type)
+
     return app

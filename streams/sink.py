@@ -28,6 +28,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from kibotos.errors import KibotosError, ServiceError
+from kibotos.metrics import DEAD_LETTERS, PROCESSING, RECORDS_IN, update_lag
 from streams.sink_rows import TABLE_COLUMNS, rows_for, undecodable_row
 from topics.catalogue import Catalogue
 
@@ -71,6 +72,7 @@ class ClickHouseSink:
         self.flushes = 0
         self.insert_failures = 0
         self.commit_failures = 0
+        self._lag_at = 0.0
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
@@ -92,8 +94,12 @@ class ClickHouseSink:
         """
         messages = self._consumer.consume(num_messages=self.batch_size, timeout=self.flush_interval_s)
         records = [m for m in messages if not self._is_error(m)]
+        if time.monotonic() - self._lag_at > 5.0:
+            self._lag_at = time.monotonic()
+            update_lag(PROCESSOR_ID, self._consumer)
         if not records:
             return 0
+        t0 = time.perf_counter()
         tables: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for message in records:
             for table, row in self._convert(message):
@@ -107,6 +113,9 @@ class ClickHouseSink:
         self.records_consumed += len(records)
         self.flushes += 1
         self._commit()
+        for message in records:
+            RECORDS_IN.labels(PROCESSOR_ID, self._specs[message.topic()].id).inc()
+        PROCESSING.labels(PROCESSOR_ID).observe(time.perf_counter() - t0)
         return len(records)
 
     def run(self, stop_event: threading.Event) -> None:
@@ -145,6 +154,7 @@ class ClickHouseSink:
             return rows_for(spec.id, spec.deserialize(message.value()))
         except (KibotosError, KeyError, TypeError, ValueError) as exc:
             self.dead_lettered += 1
+            DEAD_LETTERS.labels(PROCESSOR_ID, getattr(exc, "reason_code", "invalid_event")).inc()
             log.warning(
                 "%s: dead-lettering %s[%d]@%d: %s",
                 PROCESSOR_ID, message.topic(), message.partition(), message.offset(), exc,

@@ -9,6 +9,7 @@ code the workers run. Undecodable input becomes a dead letter, never an exceptio
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from processors.base import Gate, gates
 from processors.chain import build_report, gate_on_path
 from topics.catalogue import Catalogue, TopicSpec
 
+log = logging.getLogger("kibotos.streams")
 LEDGER_NAMESPACE = uuid.UUID("6f1d3c52-7a0e-4b8e-9a57-0c1f9d8e2b41")
 
 
@@ -271,6 +273,27 @@ class DecisionStage:
                 "created_at": decided,
             }))
         return outputs
+
+
+def handle_observed(stage, record: Record, catalogue: Catalogue) -> list[Output]:
+    """``stage.handle(record)`` with the record's submission id on every log line and its
+    Prometheus accounting (records in/out, rejections by reason, dead letters, seconds)."""
+    from kibotos.logs import submission_context
+    from kibotos.metrics import observe_stage
+
+    with submission_context(record.key):
+        t0 = time.perf_counter()
+        outputs = stage.handle(record)
+        seconds = time.perf_counter() - t0
+        try:
+            topic_id = catalogue.by_name(record.topic).id
+        except KibotosError:
+            topic_id = record.topic
+        observe_stage(stage.processor_id, topic_id, outputs, seconds)
+        log.info("handled", extra={"processor": stage.processor_id, "topic": topic_id, "partition": record.partition,
+                                   "offset": record.offset, "outputs": [o.topic.id for o in outputs],
+                                   "ms": round(seconds * 1000.0, 3)})
+    return outputs
 
 
 def build_stages(catalogue: Catalogue, store: LocalObjectStore, config: GateConfig, r_base: float,

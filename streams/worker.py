@@ -8,9 +8,9 @@ stops it cleanly.
 from __future__ import annotations
 
 import argparse
-import logging
 
 from kibotos.gate_config import load_config
+from kibotos.logs import setup_logging
 from kibotos.settings import Settings
 from streams.app import create_app
 
@@ -19,18 +19,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bootstrap", required=False, help="Kafka bootstrap servers (default: settings)")
     parser.add_argument("--web-port", type=int, required=True, help="faust web port (loopback), unique per worker")
-    parser.add_argument("--loglevel", default="WARNING")
+    parser.add_argument("--loglevel", help="log level (default: KIBOTOS_LOG_LEVEL)")
     args = parser.parse_args(argv)
     settings = Settings()
     bootstrap = args.bootstrap or settings.bootstrap_servers
     if not bootstrap:
         parser.error("no bootstrap servers: pass --bootstrap or set KIBOTOS_BOOTSTRAP_SERVERS")
     config = load_config(settings.gate_config_path)
-    logging.basicConfig(level=args.loglevel)
+    level = args.loglevel or settings.log_level
+    setup_logging(settings.log_format, level)
     app = create_app(settings, bootstrap, config, args.web_port)
     from faust.worker import Worker
 
-    Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
+    # keep the JSON handler set up above instead of faust's own logging set-up
+    Worker(app, loglevel=level, quiet=True, redirect_stdouts=False,
+           override_logging=False).execute_from_commandline()
 
 
 if __name__ == "__main__":

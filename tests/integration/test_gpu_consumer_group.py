@@ -31,7 +31,7 @@ from tests.integration.test_pipeline import read_topic
 pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[2]
 N_JOBS = 12
-DONE = re.compile(r"done ik job .*key=(\S+)")
+DONE = re.compile(r"done ik job ")
 
 
 def job_events(tmp_path: Path, store: LocalObjectStore) -> list[dict]:
@@ -64,7 +64,18 @@ def start_consumer(tansu, catalogue, store: LocalObjectStore, log_path: Path, gr
 
 
 def done_keys(log_path: Path) -> list[str]:
-    return DONE.findall(log_path.read_text("utf-8", "replace"))
+    """Submission ids of the jobs a consumer finished, from its JSON log lines (each one
+    carries the submission_id it was about)."""
+    keys = []
+    for line in log_path.read_text("utf-8", "replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # Ray's own output
+        if isinstance(entry, dict) and DONE.match(entry.get("msg", "")):
+            assert entry["processor"] == "job_ik" and entry["submission_id"]
+            keys.append(entry["submission_id"])
+    return keys
 
 
 def wait_for(cond, timeout: float, what: str, logs: list[Path]) -> None:

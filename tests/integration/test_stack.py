@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -54,6 +55,14 @@ def port_open(bootstrap: str) -> bool:
         return False
 
 
+def metric_samples(text: str) -> dict[tuple[str, tuple], float]:
+    """Prometheus text exposition -> {(name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
 def worker_logs(home: Path) -> str:
     return "\n".join(f"--- {p.name}:\n{p.read_text('utf-8', 'replace')[-3000:]}"
                      for p in sorted(home.glob("worker-*.log")))
@@ -72,7 +81,7 @@ def settings(tmp_path, monkeypatch) -> Settings:
     for name in [k for k in os.environ if k.startswith("KIBOTOS_")]:
         monkeypatch.delenv(name)  # a developer's or CI's stack must not leak in
     # the cheap chain only: the evidence jobs through the stack are tested in test_demo.py
-    return Settings(home=tmp_path / "home", topic_prefix=f"t{uuid.uuid4().hex[:12]}.", evidence_jobs=())
+    return Settings(home=tmp_path / "home", topic_prefix=f"t{uuid.uuid4().hex[:12]}.", evidence_jobs=(), log_level="INFO")
 
 
 def test_stack_serves_reports_ledger_and_verdicts_and_persists_after_stop(settings, bundle_paths):
@@ -97,6 +106,20 @@ def test_stack_serves_reports_ledger_and_verdicts_and_persists_after_stop(settin
             time.sleep(0.3)
         assert {sid: (r["verdict"], r["reason_code"]) for sid, r in reports.items()} == sids
         assert balances == [{"miner_id": MINER, "points": settings.r_base, "entries": 1}]
+
+        # Prometheus: the worker processes' metrics, summed on the stack's read API
+        metrics = metric_samples(urllib.request.urlopen(f"{stack.query.url}/metrics", timeout=10).read().decode())
+        assert metrics[("kibotos_records_in_total", (("processor", "gate_a_integrity"),
+                                                     ("topic", "submissions.received")))] == 2
+        assert metrics[("kibotos_rejections_total", (("processor", "gate_a_integrity"),
+                                                     ("reason_code", "non_finite_values")))] == 1
+        assert metrics[("kibotos_records_out_total", (("processor", "decision"), ("topic", "ledger.entries")))] == 1
+        assert metrics[("kibotos_processing_seconds_count", (("processor", "gate_c_sync"),))] == 1
+        # structured logs: JSON lines, each about one submission
+        handled = [json.loads(line) for p in settings.home.glob("worker-*.log")
+                   for line in p.read_text().splitlines() if line.startswith("{") and '"handled"' in line]
+        assert {h["submission_id"] for h in handled} == set(sids)
+        assert all(h["processor"] and h["ms"] >= 0 for h in handled)
 
         # the CLI in another process, against the running stack
         env = clean_env(KIBOTOS_HOME=str(settings.home), KIBOTOS_TOPIC_PREFIX=settings.topic_prefix)
