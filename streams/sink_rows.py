@@ -26,9 +26,12 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
         "submission_id", "miner_id", "verdict", "reason_code", "failed_gate", "config_version",
         "robot_model_id", "robot_model_revision", "points", "bundle_uri", "claimed_offset_ms",
         "estimated_offset_ms", "sync_confidence", "report_json", "decided_at",
+        "score", "s_pose", "s_retarget", "s_align", "s_task", "s_object", "s_novel", "reward",
+        "scoring_config_version",
     ),
     "points_ledger": (
         "entry_id", "miner_id", "submission_id", "kind", "points", "config_version", "created_at",
+        "score", "components_json", "weights_json",
     ),
     "dead_letters": (
         "source_topic", "source_partition", "source_offset", "processor_id", "key", "payload",
@@ -48,7 +51,27 @@ def submission_row(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def ledger_row(event: dict[str, Any]) -> dict[str, Any]:
-    return {column: event[column] for column in TABLE_COLUMNS["points_ledger"]}
+    return {column: event.get(column) for column in TABLE_COLUMNS["points_ledger"]}
+
+
+SCORE_COMPONENTS = ("pose", "retarget", "align", "task", "object", "novel")
+
+
+def score_columns(report: dict[str, Any], points: float) -> dict[str, Any]:
+    """The flattened score columns of a report: ``report["scores"]`` is
+    ``{"S", "components": {name: {"value", ...}}, "reward", "config_version"}`` (absent
+    for rejected submissions and reports decided before scoring existed)."""
+    scores = report.get("scores") or {}
+    comps = scores.get("components") or {}
+
+    def comp(name: str):
+        c = comps.get(name)
+        v = c.get("value") if isinstance(c, dict) else c
+        return None if v is None else float(v)
+
+    return {"score": scores.get("S"), **{f"s_{n}": comp(n) for n in SCORE_COMPONENTS},
+            "reward": float(scores.get("reward", points) or 0.0),
+            "scoring_config_version": scores.get("config_version")}
 
 
 def dead_letter_row(event: dict[str, Any]) -> dict[str, Any]:
@@ -121,6 +144,7 @@ def verdict_rows(event: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, 
         "sync_confidence": sync.get("sync_confidence"),
         "report_json": event["report_json"],
         "decided_at": event["decided_at"],
+        **score_columns(report, event["points"]),
     }
     gate_rows = [
         {

@@ -15,9 +15,24 @@ from topics.serializers import MAGIC, AvroSerializer
 EVENTS = sorted(SCHEMA_VERSIONS)
 
 
-def test_every_event_has_a_factory_and_version_1():
+def test_every_event_has_a_factory_and_every_older_version_a_history_file():
     assert set(EVENTS) == set(EVENT_FACTORIES)
-    assert all(version == 1 for version in SCHEMA_VERSIONS.values())
+    for event, version in SCHEMA_VERSIONS.items():
+        assert version >= 1
+        for old in range(1, version):
+            assert (SCHEMA_DIR / "history" / f"{event}.v{old}.avsc").is_file(), (event, old)
+
+
+def test_a_v1_ledger_entry_already_on_a_topic_reads_with_empty_score_fields(tmp_path):
+    """ledger_entry v2 appended score/components/weights: records written by v1 writers stay readable."""
+    (tmp_path / "history").mkdir()
+    shutil.copy(SCHEMA_DIR / "history" / "ledger_entry.v1.avsc", tmp_path / "ledger_entry.avsc")
+    v1, current = AvroSerializer("ledger_entry", schema_root=tmp_path), AvroSerializer("ledger_entry")
+    assert (v1.version, current.version) == (1, 2)
+    old = {k: v for k, v in EVENT_FACTORIES["ledger_entry"]().items()
+           if k not in ("score", "components_json", "weights_json")}
+    decoded = current.loads(v1.dumps(old))
+    assert decoded == {**old, "schema_version": 1, "score": None, "components_json": None, "weights_json": None}
 
 
 @pytest.mark.parametrize("event", EVENTS)
