@@ -6,6 +6,7 @@ import pytest
 
 from kibotos.errors import KibotosError
 from kibotos.settings import Settings
+from schemas_avro import SCHEMA_VERSIONS
 from tests.fixtures.events import EVENT_FACTORIES
 from topics.catalogue import Catalogue
 
@@ -19,10 +20,11 @@ EXPECTED = {
     "jobs.pose": "submission_in_flight",
     "jobs.ik": "submission_in_flight",
     "jobs.playback": "submission_in_flight",
-    "jobs.vlm": "submission_in_flight",
+    "jobs.align": "submission_in_flight",
     "jobs.task": "submission_in_flight",
     "jobs.train": "submission_in_flight",
     "evidence.completed": "submission_in_flight",
+    "novelty.completed": "submission_in_flight",
     "verification.rejected": "verification_rejected",
     "verdicts": "verdict",
     "ledger.entries": "ledger_entry",
@@ -78,7 +80,7 @@ def test_from_settings():
 def test_every_topic_serializes_its_event_and_has_a_key(spec):
     record = EVENT_FACTORIES[spec.event]()
     assert spec.serializer.event == spec.event
-    assert spec.deserialize(spec.serialize(record))["schema_version"] == 1
+    assert spec.deserialize(spec.serialize(record))["schema_version"] == SCHEMA_VERSIONS[spec.event]
     assert isinstance(spec.key(record), bytes)
 
 
