@@ -46,6 +46,15 @@ Everything else yields ``s_retarget = s_pos · s_rot`` with
 the joints to within ``exact_match_floor_m`` (0.5 mm RMS, below any real tracking noise)
 cannot be an independent measurement: flag ``ik_target_matches_joints``, ``s_retarget``
 capped at the neutral 0.5.
+
+**Trajectory quality** (``trajectory``, reported whether or not a target exists): the
+smoothness and joint-limit margins of the submitted joints of the retargeted chains (base
+to every end-effector link; all joints for a robot without one), the other two inputs of
+the scoring component ``S_retarget`` (``kibotos.scoring``): ``jerk_ratio`` — per frame
+the largest ``|jerk| / bound`` over those joints (Savitzky–Golay over gate E's window,
+gate E's bounds), its p50 / p95 / max — and ``limit_margin_fraction`` — per frame the
+smallest distance to a position limit as a fraction of that joint's span, its min / p5.
+They are measurements, not verdicts: gates D and E judge the limits and bounds.
 """
 
 from __future__ import annotations
@@ -67,6 +76,7 @@ from kibotos.report import GateResult
 from kibotos.robots import RobotModel
 from kibotos.robots.kinematics import SerialKinematics
 from processors.base import result
+from processors.signals import savgol_derivatives, window_samples
 
 GATE_ID = "ik_residual"
 
@@ -399,6 +409,39 @@ def s_retarget(rms_m: float, mean_deg: float, cfg: IKConfig) -> float:
     return float(s_pos * s_rot)
 
 
+def trajectory_quality(kin_t: np.ndarray, q: np.ndarray, robot: RobotModel, joint_index: np.ndarray,
+                       config: GateConfig) -> dict:
+    """Smoothness and limit margins of the joints ``joint_index`` of ``q`` (T, robot.dof)."""
+    gate_e = config.for_robot(*robot.key).gate_e
+    idx = np.asarray(joint_index, dtype=np.int64)
+    dt_ms = float(np.median(np.diff(kin_t)))
+    window = window_samples(gate_e.smoothing_window_ms, dt_ms)
+    _, _, jerk = savgol_derivatives(q[:, idx], dt_ms / 1000.0, window)
+    out: dict = {"joints": int(idx.size), "window_samples": window, "jerk_ratio": None}
+    if jerk.shape[0]:
+        ratio = (np.abs(jerk) / (robot.jerk_limit[idx] * gate_e.jerk_factor)).max(axis=1)
+        out["jerk_ratio"] = {"p50": round(float(np.median(ratio)), 4),
+                             "p95": round(float(np.percentile(ratio, 95)), 4),
+                             "max": round(float(ratio.max()), 4)}
+    lower, upper = robot.pos_lower[idx], robot.pos_upper[idx]
+    span = np.maximum(upper - lower, 1e-9)
+    margin = (np.minimum(q[:, idx] - lower, upper - q[:, idx]) / span).min(axis=1)
+    out["limit_margin_fraction"] = {"min": round(float(margin.min()), 4),
+                                    "p5": round(float(np.percentile(margin, 5)), 4)}
+    return out
+
+
+def _retargeted_joints(robot: RobotModel, solver: "IKSolver") -> np.ndarray:
+    """Joints of the chains from the base to every end-effector link (all joints if none)."""
+    idx: set[int] = set()
+    for link in robot.end_effector_links:
+        try:
+            idx.update(int(i) for i in solver.chain(link).joint_index)
+        except ValueError:
+            continue
+    return np.array(sorted(idx), dtype=np.int64) if idx else np.arange(robot.dof)
+
+
 def check_ik(view: BundleView, config: GateConfig, solver: IKSolver) -> GateResult:
     """The IK residual stage on one bundle with a warm ``solver`` for its robot."""
     m = view.manifest
@@ -430,6 +473,7 @@ def check_ik(view: BundleView, config: GateConfig, solver: IKSolver) -> GateResu
             return False
         return True
 
+    trajectory = trajectory_quality(kin_t, q_sub, robot, _retargeted_joints(robot, solver), config)
     targets, notes = object_targets(view, robot, kin_t, cfg, chain_ok)
     source = "object_grasp" if targets else None
     if not targets:
@@ -441,7 +485,7 @@ def check_ik(view: BundleView, config: GateConfig, solver: IKSolver) -> GateResu
         why = "no object grasp or task waypoints independent of the joints" if not targets else \
             f"{n_frames} target frames < {cfg.min_target_frames}"
         return result(GATE_ID, True, {"applicable": False, "target_source": source, "reason": why,
-                                      "unused_streams": notes, "s_retarget": None},
+                                      "unused_streams": notes, "s_retarget": None, "trajectory": trajectory},
                       thresholds, flags=["ik_no_independent_target"])
 
     sub_pos, sub_rot, ik_pos, ik_rot, dist, per_target = [], [], [], [], [], []
@@ -477,6 +521,7 @@ def check_ik(view: BundleView, config: GateConfig, solver: IKSolver) -> GateResu
         "ik_feasibility": feas | {"solve_ms": round(solve_ms, 1), "iterations": iterations},
         "joint_distance_rad": {"rms": round(float(np.sqrt(np.mean(d**2))), 5), "max": round(float(d.max()), 5)},
         "s_retarget": round(score, 4),
+        "trajectory": trajectory,
     }
     if notes:
         metrics["unused_streams"] = notes

@@ -8,17 +8,30 @@ demonstrations), sampled at ``rate_hz`` with Gaussian sensor noise (documented i
 textured background, encoded as H.264 with PyAV. The video starts ``offset_ms`` before
 the kinematics, which is the true sync offset.
 
+Every robot with an end effector demonstrates a task (``TASKS``, schemas in
+``kibotos.tasks``; the manifest's ``task``): random moves bring the grasping link to the
+object, which it grasps at 25 % of the episode (the robot at rest); inside the grasp
+window the grasping chain lifts the object ``TASK_LIFT_M``, carries it ``TASK_CARRY_M``
+sideways and sets it down (``TASK_MOVES``: minimum-jerk moves with pauses between
+waypoints solved by damped least squares, orientation kept), then releases it at 75 %
+and random moves resume. Moves shorter than ``TASK_REFERENCE_MOVE_MS`` scale the lift and
+carry down by the cube of the ratio (jerk grows with the inverse cube of a move's
+duration), which keeps short episodes within gate E's jerk bounds: a 4 s episode still
+completes its task, and shorter ones (``TASK_MIN_DURATION_MS``) declare none.
+
 Arm episodes (and the G1, holding an object in its right hand) carry an object pose
 stream by default (``with_object``): the object rests until the grasping link picks it
-up at 25 % of the episode, moves rigidly with that link (``OBJECT_IN_HAND``) and rests
-again from its release at 75 %; its poses come from the noise-free trajectory's forward
-kinematics plus independent tracking noise (``NOISE``), sampled at the video's frame
-times, with a ``contacts/<link>`` stream marking the grasp. The grasp is declared in the
-pose array's attributes, so the IK residual stage has a target independent of the
-joints (``gpu_consumers.ik``).
+up, moves rigidly with that link (``OBJECT_IN_HAND``) and rests again from its release;
+its poses come from the noise-free trajectory's forward kinematics plus independent
+tracking noise (``NOISE``), sampled at the video's frame times, with a
+``contacts/<link>`` stream marking the grasp. The grasp is declared in the pose array's
+attributes, so the IK residual stage has a target independent of the joints
+(``gpu_consumers.ik``).
 
-Each failure class of gates A–E and of the IK residual stage has a variant
-(``VARIANTS``) with the gate or stage and reason code that must catch it (``EXPECTED``).
+Each failure class of gates A–E and of the evidence stages (IK residual, task
+completion) has a variant (``VARIANTS``) with the gate or stage and reason code that must
+catch it (``EXPECTED``). ``task_failed`` moves exactly like the genuine episode, but the
+hand misses: the object never leaves its rest pose and no contact is recorded.
 """
 
 from __future__ import annotations
@@ -61,6 +74,8 @@ EXPECTED: dict[str, tuple[str, str] | None] = {
     # gates A-E accept these; the IK residual stage (a GPU consumer job) rejects them
     "ik_perturbed": ("ik_residual", "ik_peak_exceeded"),
     "ik_target_shift": ("ik_residual", "ik_rms_exceeded"),
+    # ... and the task completion stage rejects this one (kibotos.tasks)
+    "task_failed": ("task_completion", "task_object_not_moved"),
 }
 VARIANTS = tuple(EXPECTED)
 
@@ -73,6 +88,17 @@ GRASP_WINDOW = (0.25, 0.75)  # fractions of the episode
 IK_PERTURB_PEAK_M = 0.16  # "ik_perturbed": end-effector displacement at the bump's peak
 IK_PERTURB_WIDTH = 0.375  # ... bump length as a fraction of the grasp window
 IK_TARGET_SHIFT_M = 0.15  # "ik_target_shift": the object stream moved this far
+
+# The demonstrated task per robot model (task_id, task_version); others: pick_place v1.
+TASKS = {"unitree_g1": ("cargo_pickup", "1")}
+DEFAULT_TASK = ("pick_place", "1")
+TASK_LIFT_M = 0.12  # the object is lifted this high ...
+TASK_CARRY_M = 0.12  # ... carried this far horizontally, and set down again
+# (move, start, end) as fractions of the grasp window; the pauses between the moves keep
+# the motion in bursts, which is what gate C's sync estimate locks onto
+TASK_MOVES = (("lift", 0.05, 0.32), ("carry", 0.37, 0.63), ("lower", 0.68, 0.95))
+TASK_REFERENCE_MOVE_MS = 700.0  # shorter moves get proportionally smaller (cube) amplitudes
+TASK_MIN_DURATION_MS = 4000.0  # shorter episodes do not declare the task they cannot complete
 
 WIDTH, HEIGHT, FOCAL = 320, 240, 260.0
 
@@ -96,25 +122,126 @@ def _min_jerk(tau: np.ndarray) -> np.ndarray:
     return 10 * tau**3 - 15 * tau**4 + 6 * tau**5
 
 
+def task_for(robot: RobotModel, duration_ms: float = 8000.0) -> tuple[str, str] | None:
+    """``(task_id, task_version)`` that ``robot``'s sample episodes of ``duration_ms``
+    demonstrate (None: no end effector, or too short to complete it)."""
+    if grasp_link(robot) is None or duration_ms < TASK_MIN_DURATION_MS:
+        return None
+    return TASKS.get(robot.model_id, DEFAULT_TASK)
+
+
+def task_scale(duration_ms: float) -> float:
+    """The fraction of ``TASK_LIFT_M`` / ``TASK_CARRY_M`` an episode this long performs."""
+    shortest = min(b - a for _, a, b in TASK_MOVES) * (GRASP_WINDOW[1] - GRASP_WINDOW[0]) * duration_ms
+    return min(1.0, shortest / TASK_REFERENCE_MOVE_MS) ** 3
+
+
 def random_trajectory(robot: RobotModel, duration_ms: float, rng: np.random.Generator) -> Trajectory:
     """Waypoint moves (min-jerk, 1.1–2.2 s) and pauses (0.2–1.6 s) inside the limits."""
+    t_ms = np.arange(0.0, duration_ms + 1.0, 1.0)
+    q = np.tile(robot.home_qpos, (t_ms.size, 1))
+    _random_moves(robot, t_ms, q, robot.home_qpos.copy(), 0.0, None, rng)
+    return Trajectory(t_ms, q)
+
+
+def _random_moves(robot: RobotModel, t_ms: np.ndarray, q: np.ndarray, current: np.ndarray, t0: float,
+                  t_until: float | None, rng: np.random.Generator) -> np.ndarray:
+    """Fill ``q`` from ``t0`` with pauses and random moves inside the limits, in place;
+    with ``t_until`` only moves that end by then (the last one fitted into the time left).
+    Returns the last target."""
     span = robot.pos_upper - robot.pos_lower
     prismatic = np.array([t == "prismatic" for t in robot.joint_types])
     amp = np.minimum(np.where(prismatic, 0.01, 0.4), 0.2 * span)
     lo, hi = robot.pos_lower + 0.15 * span, robot.pos_upper - 0.15 * span
-    t_ms = np.arange(0.0, duration_ms + 1.0, 1.0)
-    q = np.empty((t_ms.size, robot.dof))
-    current, t0 = robot.home_qpos.copy(), 0.0
-    q[:] = current
-    while t0 < duration_ms:
+    end_of_time = t_ms[-1] if t_until is None else t_until
+    while t0 < end_of_time:
         pause = rng.uniform(200, 1600)
         move = rng.uniform(1100, 2200)
         target = np.clip(current + rng.uniform(-1, 1, robot.dof) * amp * rng.uniform(0.3, 1.0), lo, hi)
+        if t_until is not None and t0 + pause + move > t_until:
+            # the last move before ``t_until``: the shortest pause, the time that is left
+            pause, move = 200.0, min(2200.0, t_until - t0 - 200.0)
+            if move < 1100.0:
+                break
         start, end = t0 + pause, t0 + pause + move
         sel = t_ms >= start
         tau = np.clip((t_ms[sel] - start) / move, 0, 1)[:, None]
         q[sel] = current + (target - current) * _min_jerk(tau)
         current, t0 = target, end
+    return current
+
+
+def _rotvec(r: np.ndarray) -> np.ndarray:
+    return cv2.Rodrigues(np.ascontiguousarray(r, dtype=np.float64))[0][:, 0]
+
+
+def _reach(robot: RobotModel, link: str, q: np.ndarray, target: np.ndarray, iterations: int = 200
+           ) -> tuple[np.ndarray, float]:
+    """Damped least squares from ``q`` (robot.dof) to the 4x4 ``target`` of ``link``,
+    chain joints kept 10 % of their span inside the limits: ``(q, position error m)``."""
+    chain = serial_kinematics_for(robot.model_id, robot.revision, link)
+    idx = chain.joint_index
+    span = robot.pos_upper[idx] - robot.pos_lower[idx]
+    lo, hi = robot.pos_lower[idx] + 0.1 * span, robot.pos_upper[idx] - 0.1 * span
+    q = q.copy()
+    for _ in range(iterations):
+        pose = chain.link_poses(q)[0]
+        err = np.concatenate([target[:3, 3] - pose[:3, 3], 0.2 * _rotvec(target[:3, :3] @ pose[:3, :3].T)])
+        if np.linalg.norm(err[:3]) < 2e-4 and np.linalg.norm(err[3:]) < 2e-4:
+            break
+        jac = chain.link_jacobians(q)[0]
+        jac = np.vstack([jac[:3], 0.2 * jac[3:]])
+        step = jac.T @ np.linalg.solve(jac @ jac.T + 1e-4 * np.eye(6), err)
+        q[idx] = np.clip(q[idx] + np.clip(step, -0.2, 0.2), lo, hi)
+    pose = chain.link_poses(q)[0]
+    return q, float(np.linalg.norm(target[:3, 3] - pose[:3, 3]))
+
+
+def _task_waypoints(robot: RobotModel, link: str, q_grasp: np.ndarray, scale: float,
+                    rng: np.random.Generator) -> list[np.ndarray]:
+    """Configurations after each of ``TASK_MOVES`` from ``q_grasp``: lift, carry (the first
+    horizontal direction, from a random start angle, that every waypoint reaches), lower."""
+    grasp = serial_kinematics_for(robot.model_id, robot.revision, link).link_poses(q_grasp)[0]
+    lift = np.array([0.0, 0.0, TASK_LIFT_M * scale])
+    start = rng.uniform(0, 2 * np.pi)
+    for k in range(8):
+        angle = start + k * np.pi / 4
+        carry = TASK_CARRY_M * scale * np.array([np.cos(angle), np.sin(angle), 0.0])
+        q, out = q_grasp, []
+        for offset in (lift, lift + carry, carry):
+            target = grasp.copy()
+            target[:3, 3] += offset
+            q, err = _reach(robot, link, q, target)
+            out.append(q)
+            if err > 1e-3:
+                break
+        else:
+            return out
+    raise ValueError(f"{robot.model_id}: no reachable task motion from the grasp pose")
+
+
+def task_trajectory(robot: RobotModel, duration_ms: float, rng: np.random.Generator) -> Trajectory:
+    """Random moves until the grasp, the task moves in the grasp window, random moves after
+    the release (see the module docstring); ``random_trajectory`` for a robot without an
+    end effector."""
+    link = grasp_link(robot)
+    if link is None:
+        return random_trajectory(robot, duration_ms, rng)
+    t_ms = np.arange(0.0, duration_ms + 1.0, 1.0)
+    q = np.tile(robot.home_qpos, (t_ms.size, 1))
+    t_grasp, t_release = (f * duration_ms for f in GRASP_WINDOW)
+    window = t_release - t_grasp
+    q_grasp = _random_moves(robot, t_ms, q, robot.home_qpos.copy(), 0.0, t_grasp - 100.0, rng)
+    waypoints = _task_waypoints(robot, link, q_grasp, task_scale(duration_ms), rng)
+    sel = t_ms >= t_grasp
+    q[sel] = q_grasp
+    previous = q_grasp
+    for (_, a, b), q_next in zip(TASK_MOVES, waypoints):
+        start, move = t_grasp + a * window, (b - a) * window
+        tau = np.clip((t_ms[sel] - start) / move, 0, 1)[:, None]
+        q[sel] += (q_next - previous) * _min_jerk(tau)
+        previous = q_next
+    _random_moves(robot, t_ms, q, previous, t_release, None, rng)
     return Trajectory(t_ms, q)
 
 
@@ -154,14 +281,15 @@ def grasp_link(robot: RobotModel) -> str | None:
 
 
 def object_stream(robot: RobotModel, traj: Trajectory, obj_t_ms: np.ndarray, duration_ms: float,
-                  rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+                  rng: np.random.Generator, *, carried: bool = True) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     """The object's pose stream, its grasp contacts and the grasp declaration:
     ``(arrays, attributes)`` for ``write_bundle``. Poses at ``obj_t_ms`` (kinematic time):
     rigidly attached to ``grasp_link`` inside the grasp window (forward kinematics of the
-    noise-free trajectory), at rest before and after it, plus tracking noise."""
+    noise-free trajectory), at rest before and after it, plus tracking noise. Not
+    ``carried``: the hand misses it — at rest where the grasp should have begun, no contact."""
     link = grasp_link(robot)
     t_grasp, t_release = (f * duration_ms for f in GRASP_WINDOW)
-    held = np.clip(obj_t_ms.astype(np.float64), t_grasp, t_release)
+    held = np.clip(obj_t_ms.astype(np.float64), t_grasp, t_release if carried else t_grasp)
     hand = serial_kinematics_for(robot.model_id, robot.revision, link).link_poses(traj.at(held))
     obj = hand @ pose7_to_matrix(OBJECT_IN_HAND)
     n = len(obj_t_ms)
@@ -173,7 +301,7 @@ def object_stream(robot: RobotModel, traj: Trajectory, obj_t_ms: np.ndarray, dur
     arrays = {
         f"{base}/timestamps_ms": obj_t_ms.astype(np.int64),
         f"{base}/pose": matrix_to_pose7(obj),
-        f"contacts/{link}": ((obj_t_ms >= t_grasp) & (obj_t_ms <= t_release)).astype(np.uint8),
+        f"contacts/{link}": ((obj_t_ms >= t_grasp) & (obj_t_ms <= t_release) & carried).astype(np.uint8),
     }
     attributes = {f"{base}/pose": {"frame": "robot_base", "tracking": "sample generator (FK + noise)",
                                    "grasp": {"link": link, "offset": [round(float(x), 9) for x in offset]}}}
@@ -188,23 +316,28 @@ def ik_perturbation(robot: RobotModel, traj: Trajectory, ts_ms: np.ndarray, dura
     Its joint-space direction is the minimum-norm one (Jacobian pseudo-inverse) for the
     axis direction needing the least joint motion, so no joint comes near a speed,
     acceleration or jerk bound: gates A–E cannot tell it from a genuine trajectory (sized
-    for the default 8 s episodes; shorter ones get a proportionally sharper bump)."""
+    for the default 8 s episodes; shorter ones get a proportionally sharper bump). Where
+    that direction's motion curls away (it is linear in joint space only) and needs far
+    more joint motion than the linear estimate to reach the peak displacement, the next
+    axis direction is taken."""
     link = grasp_link(robot)
     chain = serial_kinematics_for(robot.model_id, robot.revision, link)
     t_grasp, t_release = (f * duration_ms for f in GRASP_WINDOW)
     centre, width = (t_grasp + t_release) / 2, IK_PERTURB_WIDTH * (t_release - t_grasp)
     q_c = traj.at(np.array([centre]))
     pinv = np.linalg.pinv(chain.link_jacobians(q_c)[0, :3])
-    moves = [pinv @ d for d in np.vstack([np.eye(3), -np.eye(3)])]
-    step = min(moves, key=lambda m: float(np.abs(m).max()))
-    direction = np.zeros(robot.dof)
-    direction[chain.joint_index] = step
+    moves = sorted((pinv @ d for d in np.vstack([np.eye(3), -np.eye(3)])), key=lambda m: float(np.abs(m).max()))
     p0 = chain.link_poses(q_c)[0, :3, 3]
-    lo, hi = 0.0, 10.0
-    for _ in range(60):  # the scale whose displacement at the peak is IK_PERTURB_PEAK_M
-        mid = (lo + hi) / 2
-        moved = np.linalg.norm(chain.link_poses(q_c + mid * direction)[0, :3, 3] - p0)
-        lo, hi = (mid, hi) if moved < IK_PERTURB_PEAK_M else (lo, mid)
+    for step in moves:
+        direction = np.zeros(robot.dof)
+        direction[chain.joint_index] = step
+        lo, hi = 0.0, 10.0
+        for _ in range(60):  # the scale whose displacement at the peak is IK_PERTURB_PEAK_M
+            mid = (lo + hi) / 2
+            moved = np.linalg.norm(chain.link_poses(q_c + mid * direction)[0, :3, 3] - p0)
+            lo, hi = (mid, hi) if moved < IK_PERTURB_PEAK_M else (lo, mid)
+        if lo <= 1.5 * IK_PERTURB_PEAK_M:  # near the linear estimate (the step is per metre)
+            break
     phase = np.clip((ts_ms - centre) / width + 0.5, 0.0, 1.0)
     bump = np.sin(np.pi * phase) ** 2
     dbump = np.where((phase > 0) & (phase < 1), np.pi / (width / 1000.0) * np.sin(2 * np.pi * phase), 0.0)
@@ -254,11 +387,11 @@ def make_episode(
     if variant not in EXPECTED:
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
     with_object = with_object and grasp_link(robot) is not None
-    if variant.startswith("ik_") and not with_object:
+    if (variant.startswith("ik_") or variant == "task_failed") and not with_object:
         raise ValueError(f"variant {variant!r} needs the object stream (with_object=True, a robot with an end effector)")
     rng = np.random.default_rng(seed)
     offset = float(rng.uniform(20, 180) if offset_ms is None else offset_ms)
-    traj = random_trajectory(robot, duration_ms, rng)
+    traj = task_trajectory(robot, duration_ms, rng)
     prismatic = np.array([t == "prismatic" for t in robot.joint_types])
 
     # variants that change the motion itself (the video shows them too)
@@ -308,7 +441,8 @@ def make_episode(
         # its own generator: the joint and video streams stay those of a bundle without it
         obj_rng = np.random.default_rng([seed, 0x0B7EC7])
         obj_t = np.unique(np.round(frame_kin_t[(frame_kin_t >= 0) & (frame_kin_t <= duration_ms)]).astype(np.int64))
-        extra_arrays, array_attributes = object_stream(robot, traj, obj_t, duration_ms, obj_rng)
+        extra_arrays, array_attributes = object_stream(robot, traj, obj_t, duration_ms, obj_rng,
+                                                       carried=variant != "task_failed")
         if variant == "ik_target_shift":
             # towards the robot's base, horizontally: the shifted path stays reachable
             pose = extra_arrays[f"objects/{OBJECT_NAME}/pose"].copy()
@@ -359,6 +493,9 @@ def make_episode(
         "sync": {"sync_offset_ms_claimed": round(claimed, 1)},
         "sample_variant": variant,
     }
+    task = task_for(robot, duration_ms)
+    if task is not None:
+        manifest["task"] = {"task_id": task[0], "task_version": task[1]}
     return Episode(manifest, ts, q.astype(np.float32), None if v is None else v.astype(np.float32), mp4, offset,
                    extra_arrays, array_attributes)
 

@@ -256,10 +256,11 @@ def test_malformed_object_streams_are_noted_never_a_crash(samples, solvers, tmp_
 
 
 def test_thresholds_come_from_config(samples, solvers):  # noqa: F811
-    strict = CONFIG.model_copy(update={"ik": CONFIG.ik.model_copy(update={"max_rms_pos_error_m": 0.001})})
+    # between the solver's own residual (~1 mm) and the tracking noise the submission shows (~2.7 mm)
+    strict = CONFIG.model_copy(update={"ik": CONFIG.ik.model_copy(update={"max_rms_pos_error_m": 0.002})})
     res = _check(samples.path(PANDA), solvers(PANDA), strict)
-    assert (res.passed, res.reason_code) == (False, "ik_rms_exceeded")
-    assert res.thresholds["max_rms_pos_error_m"] == 0.001
+    assert (res.passed, res.reason_code) == (False, "ik_rms_exceeded"), res.metrics["ik_feasibility"]
+    assert res.thresholds["max_rms_pos_error_m"] == 0.002
     relaxed = CONFIG.model_copy(update={"robots": {"franka_panda@fer-v1": {"ik": {"max_peak_pos_error_m": 0.5}}}})
     assert _check(samples.path(PANDA, "ik_perturbed"), solvers(PANDA), relaxed).passed
 

@@ -8,9 +8,11 @@ import pytest
 
 from kibotos.bundle.manifest import Manifest, unit_mismatches
 from kibotos.robots import get_robot
-from kibotos.samples import EXPECTED, NOISE, OBJECT_NAME, VARIANTS, grasp_link, make_episode, write_samples
+from kibotos.samples import (EXPECTED, NOISE, OBJECT_NAME, TASK_CARRY_M, TASK_LIFT_M, VARIANTS, grasp_link,
+                             make_episode, task_for, write_samples)
 from kibotos.video import decode_luma
 from gpu_consumers.ik import GATE_ID as IK_STAGE
+from kibotos.tasks import GATE_ID as TASK_STAGE
 from processors.base import gates
 from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS, samples  # noqa: F401
 
@@ -20,7 +22,7 @@ def test_every_variant_names_a_registered_gate():
     gate_ids = {g.gate_id for g in gates()}
     named = {gate for gate, _ in filter(None, EXPECTED.values())}
     assert gate_ids <= named, "every gate has a failure class"
-    assert named <= gate_ids | {IK_STAGE}, "every other variant is caught by an evidence stage"
+    assert named <= gate_ids | {IK_STAGE, TASK_STAGE}, "every other variant is caught by an evidence stage"
 
 
 def test_unknown_variant_lists_the_known_ones():
@@ -162,3 +164,31 @@ def test_ik_variants_carry_their_fault(samples, key):  # noqa: F811
     changed = np.abs(perturbed.joint_pos - genuine.joint_pos).max(axis=1) > 1e-6
     t = genuine.timestamps_ms[changed]
     assert 0.25 * 8000 < t.min() and t.max() < 0.75 * 8000  # inside the grasp window only
+
+
+@pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
+def test_genuine_episode_demonstrates_its_task(samples, key):  # noqa: F811
+    """Lifted, carried and set down inside the grasp window (the task schema judges it:
+    tests/kibotos/tasks)."""
+    robot = get_robot(*key)
+    ep = samples.episode(key)
+    assert ep.manifest["task"] == dict(zip(("task_id", "task_version"), task_for(robot)))
+    t = ep.extra_arrays[f"objects/{OBJECT_NAME}/timestamps_ms"]
+    pos = ep.extra_arrays[f"objects/{OBJECT_NAME}/pose"][:, :3]
+    held = ep.extra_arrays[f"contacts/{grasp_link(robot)}"].astype(bool)
+    start, end = pos[t < t[held][0]].mean(axis=0), pos[t > t[held][-1]].mean(axis=0)
+    assert pos[held, 2].max() - start[2] == pytest.approx(TASK_LIFT_M, abs=0.01)
+    assert np.linalg.norm(end[:2] - start[:2]) == pytest.approx(TASK_CARRY_M, abs=0.01)
+    assert abs(end[2] - start[2]) < 0.01
+
+
+@pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
+def test_task_failed_moves_like_genuine_but_the_object_stays(samples, key):  # noqa: F811
+    genuine, failed = samples.episode(key), samples.episode(key, "task_failed")
+    np.testing.assert_array_equal(failed.joint_pos, genuine.joint_pos)
+    assert failed.manifest["task"] == genuine.manifest["task"]
+    pos = failed.extra_arrays[f"objects/{OBJECT_NAME}/pose"][:, :3]
+    assert np.linalg.norm(pos - pos.mean(axis=0), axis=1).max() < 0.01
+    assert not failed.extra_arrays[f"contacts/{grasp_link(get_robot(*key))}"].any()
+    with pytest.raises(ValueError, match="needs the object stream"):
+        make_episode(get_robot(*key), "task_failed", duration_ms=2000, with_object=False)
