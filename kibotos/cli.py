@@ -198,21 +198,36 @@ def submit(
 
 
 @app.command()
-def report(submission_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+def report(submission_id: str, as_json: bool = typer.Option(False, "--json"),
+           html: Optional[Path] = typer.Option(None, "--html", help="write a self-contained HTML page here")) -> None:
     """Fetch a submission's verification report from the warehouse.
 
     Example: kibotos report 0787f2c0-bf31-5b9d-8dbd-f197dfa63fe4 --json
+    Example: kibotos report 0787f2c0-bf31-5b9d-8dbd-f197dfa63fe4 --html report.html
     """
     from kibotos.reads import get_report
     from kibotos.report import VerificationReport
 
+    settings = _settings()
     try:
-        rep = get_report(_settings(), submission_id)
+        rep = get_report(settings, submission_id)
     except KibotosError as exc:
         _fail(exc)
     if rep is None:
         err.print(f"no report for {submission_id} (not submitted, or not decided yet)")
         raise typer.Exit(1)
+    if html is not None:
+        from kibotos.objectstore import store_from_settings
+        from kibotos.report_html import render_report_html
+
+        try:
+            store = store_from_settings(settings)  # the keyframe images
+        except KibotosError as exc:
+            store = None
+            err.print(f"[yellow]keyframe images left out[/yellow]: {escape(str(exc))}")
+        html.write_text(render_report_html(rep, store), encoding="utf-8")
+        console.print(f"wrote {html}")
+        return
     if as_json:
         print(json.dumps(rep, indent=2, default=str))
         return
@@ -322,6 +337,50 @@ def bench_evidence(
         table.add_row(r["stage"], r["unit"], f"{r['stage_value']:g}", f"{r['bare_value']:g}", f"{r['ratio']:g}x",
                       str(r["frames"]))
     console.print(table)
+    if json_out:
+        console.print(f"wrote {write_json(result, json_out)}")
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(
+    episodes: int = typer.Option(3, "--episodes", min=1, help="genuine episodes per size class"),
+    sizes: str = typer.Option("small,medium,large", help="size classes: small (5 s), medium (20 s), large (60 s)"),
+    workers: str = typer.Option("1,2", help="gate worker counts of the embedded stack runs (<= topic partitions)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the result here"),
+    skip_lerobot: bool = typer.Option(False, "--skip-lerobot", help="do not time lerobot-doctor"),
+    timeout_s: float = typer.Option(900.0, "--timeout", min=1, help="seconds to wait for a stack run's verdicts"),
+) -> None:
+    """Cost of verifying episodes: the bare floor (read and decode what the gates read), the
+    in-process gate chain, the embedded stream pipeline per worker count, lerobot-doctor.
+
+    Prints throughput, p50/p95 latency, per-gate cost, peak memory and the ratios
+    chain/floor, stack/chain and 2 workers/1 worker.
+
+    Examples:
+      kibotos bench pipeline
+      kibotos bench pipeline --episodes 1 --sizes small --workers 1 --json out/pipeline.json
+    """
+    from benchmarks.pipeline import parse_sizes, parse_workers, run_pipeline_bench, summary_tables, write_json
+
+    try:
+        size_list = parse_sizes(sizes)
+        worker_list = parse_workers(workers, _settings().topic_partitions)
+    except ValueError as exc:
+        err.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(2)
+    try:
+        result = run_pipeline_bench(episodes, size_list, worker_list, doctor=not skip_lerobot, timeout_s=timeout_s,
+                                    progress=lambda m: console.print(f"[dim]{escape(m)}[/dim]"))
+    except KibotosError as exc:
+        _fail(exc)
+    for table in summary_tables(result):
+        console.print(table)
+    doctor = result["lerobot_doctor"]
+    if doctor["status"] != "ok":
+        console.print(f"lerobot-doctor: {doctor['status']}: {escape(doctor['reason'])}")
+    peaks = result["rusage"]
+    console.print(f"peak RSS over the run: this process {peaks['self_maxrss_mb']:,.0f} MB, "
+                  f"largest child {peaks['largest_child_maxrss_mb']:,.0f} MB")
     if json_out:
         console.print(f"wrote {write_json(result, json_out)}")
 

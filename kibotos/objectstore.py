@@ -154,6 +154,14 @@ class LocalObjectStore:
             raise ObjectStoreError(f"object {uri!r} does not exist", reason_code="bundle_not_found")
         return path
 
+    def read_bytes(self, uri: str, max_bytes: int) -> bytes:
+        """The whole object at ``uri`` (at most ``max_bytes``): small artifacts such as
+        keyframe PNGs. Refuses URIs outside the store like ``local_path``."""
+        path = self.local_path(uri)
+        if path.stat().st_size > max_bytes:
+            raise ObjectStoreError(f"object {uri!r} is larger than {max_bytes} bytes", reason_code="object_too_large")
+        return path.read_bytes()
+
     def stat(self, key: str) -> ObjectInfo | None:
         path = self._path_for_key(key)
         try:
@@ -451,6 +459,28 @@ class S3ObjectStore:
             self._download(key, dest, max_bytes)
             self._trim_cache()
         return dest
+
+    def read_bytes(self, uri: str, max_bytes: int) -> bytes:
+        """The whole object at ``uri`` (at most ``max_bytes``), in memory: small artifacts
+        such as keyframe PNGs. Refuses URIs outside the bucket and prefix."""
+        key = self._key_of(uri)
+        info = self.stat(key)
+        if info is None:
+            raise ObjectStoreError(f"object {uri!r} does not exist", reason_code="bundle_not_found")
+        if info.size_bytes > max_bytes:
+            raise ObjectStoreError(f"object {uri!r} is larger than {max_bytes} bytes", reason_code="object_too_large")
+        try:
+            resp = self.client.get_object(self.bucket, self._object(key))
+            try:
+                data = resp.read(max_bytes + 1)
+            finally:
+                resp.close()
+                resp.release_conn()
+        except Exception as exc:
+            raise self._s3err("get", exc) from exc
+        if len(data) > max_bytes:  # the object grew after stat: still bounded
+            raise ObjectStoreError(f"object {uri!r} is larger than {max_bytes} bytes", reason_code="object_too_large")
+        return data
 
     def _trim_cache(self) -> None:
         files = sorted((p for p in self.cache_dir.glob("*.zarr.zip")), key=lambda p: p.stat().st_mtime)

@@ -2,8 +2,9 @@
 
 The embedded ClickHouse (chdb) is locked to one process, so ``kibotos report`` and
 ``kibotos ledger`` in another shell ask that process. Loopback only. Endpoints:
-``GET /health``, ``GET /metrics`` (Prometheus), ``GET /reports/<submission_id>``, ``GET /ledger[?miner=ID]``,
-``GET /balances``.
+``GET /health``, ``GET /metrics`` (Prometheus), ``GET /reports/<submission_id>``,
+``GET /reports/<submission_id>.html`` (the report as a self-contained page, keyframe images
+read from ``store``), ``GET /ledger[?miner=ID]``, ``GET /balances``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from kibotos import warehouse
 
 
 class QueryServer:
-    def __init__(self, client, host: str = "127.0.0.1", port: int = 0, metrics_dir=None):
+    def __init__(self, client, host: str = "127.0.0.1", port: int = 0, metrics_dir=None, store=None):
         self._lock = threading.Lock()  # one chdb session: serialize queries
         client_ref, lock = client, self._lock
 
@@ -25,10 +26,10 @@ class QueryServer:
             def log_message(self, *args) -> None:  # quiet: the stack prints its own progress
                 pass
 
-            def _send(self, status: int, body) -> None:
-                data = json.dumps(body, default=str).encode()
+            def _send(self, status: int, body, content_type: str = "application/json") -> None:
+                data = body.encode() if isinstance(body, str) else json.dumps(body, default=str).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -48,6 +49,16 @@ class QueryServer:
                     return
                 query = parse_qs(url.query)
                 try:
+                    if len(parts) == 2 and parts[0] == "reports" and parts[1].endswith(".html"):
+                        from kibotos.report_html import render_report_html
+
+                        sid = parts[1][: -len(".html")]
+                        with lock:
+                            report = warehouse.get_report(client_ref, sid)
+                        if report is None:
+                            return self._send(404, {"error": "no report", "submission_id": sid})
+                        # images come from the object store, outside the warehouse lock
+                        return self._send(200, render_report_html(report, store), "text/html; charset=utf-8")
                     with lock:
                         if parts == ["health"]:
                             return self._send(200, {"status": "ok"})

@@ -15,6 +15,9 @@ offsets so the same records are retried.
 
 Bad input is data: a record that cannot be decoded or converted becomes a
 ``dead_letters`` row (error code, message, raw key and payload) and the sink moves on.
+
+The embedded stack runs the sink in a thread of its own process; a deployment runs it as
+a process of its own: ``python -m streams.sink`` (``main`` below).
 """
 
 from __future__ import annotations
@@ -198,3 +201,51 @@ class ClickHouseSink:
             # Rows are in; the records will be redelivered and replaced idempotently.
             self.commit_failures += 1
             log.warning("%s: offset commit failed: %s", PROCESSOR_ID, exc.args[0].str())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """A standalone sink process: ``python -m streams.sink [--metrics-port N]``.
+
+    Settings come from ``KIBOTOS_*`` (``KIBOTOS_CLICKHOUSE_DSN`` names the ClickHouse
+    server). Sink processes share the warehouse topics' partitions through one consumer
+    group; run one or a few. SIGTERM finishes the batch in hand, then leaves the group.
+    """
+    import argparse
+    import signal
+
+    from kibotos.logs import setup_logging
+    from kibotos.metrics import serve as serve_metrics
+    from kibotos.settings import Settings
+    from kibotos.warehouse import open_client
+
+    parser = argparse.ArgumentParser(description="ClickHouse sink: warehouse topics into ClickHouse tables")
+    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: settings)")
+    parser.add_argument("--batch-size", type=int, default=500, help="most records per insert")
+    parser.add_argument("--flush-interval", type=float, default=0.5, help="longest wait for a batch (s)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="address /metrics binds (0.0.0.0 in a container)")
+    parser.add_argument("--loglevel", help="log level (default: KIBOTOS_LOG_LEVEL)")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    bootstrap = args.bootstrap or settings.bootstrap_servers
+    if not bootstrap:
+        parser.error("no bootstrap servers: pass --bootstrap or set KIBOTOS_BOOTSTRAP_SERVERS")
+    setup_logging(settings.log_format, args.loglevel or settings.log_level)
+    if args.metrics_port:
+        serve_metrics(args.metrics_port, args.metrics_host)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    client = open_client(settings.chdb_dsn)
+    group = f"{settings.consumer_group_prefix}-{settings.topic_prefix}sink"
+    try:
+        with ClickHouseSink(client, Catalogue.from_settings(settings), bootstrap, group, batch_size=args.batch_size,
+                            flush_interval_s=args.flush_interval) as sink:
+            log.info("%s: consuming as %s", PROCESSOR_ID, group)
+            sink.run(stop)
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    main()
