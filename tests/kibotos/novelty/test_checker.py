@@ -1,0 +1,282 @@
+"""The novelty stage end to end against a real embedded ClickHouse (chdb): sample
+episodes, "slight perturbation" copies written with the bundle writer, the index in
+``kibotos.novelty_index`` (migrations applied by ``infra.migrate``).
+
+One chdb store for the module (chdb locks a directory to one process); every test uses
+its own seeds, so the rows other tests add are unrelated episodes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+
+import numpy as np
+import pytest
+
+from infra.migrate import apply_migrations
+from kibotos.bundle import open_bundle
+from kibotos.novelty import GATE_ID, REASON_DUPLICATE, NoveltyChecker, load_novelty_config
+from kibotos.novelty.index import _motion_pairs, _spatial_offsets
+from kibotos.robots import get_robot
+from kibotos.samples import Episode, make_episode
+from kibotos.warehouse import open_client
+from kibotos import perturb
+from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS
+from tests.kibotos.novelty.reference import motion_corr, trajectory_corr
+
+pytestmark = pytest.mark.integration
+
+CFG = load_novelty_config()
+ALICE, BOB = "miner-alice", "miner-bob"
+DAY_MS = 86_400_000
+_clock = itertools.count(1_800_000_000_000, 60_000)  # a minute between checks
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    c = open_client(f"chdb://{tmp_path_factory.mktemp('novelty-chdb')}")
+    apply_migrations(c)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def checker(client):
+    return NoveltyChecker(client, CFG)
+
+
+@pytest.fixture
+def submit(checker, tmp_path):
+    """Write ``ep`` with the bundle writer and check it (at the next clock tick unless
+    ``now_ms`` is given); returns the GateResult."""
+
+    def run(ep: Episode, now_ms: int | None = None, check=None):
+        path = tmp_path / f"{uuid.uuid4().hex}.zarr.zip"
+        if not path.exists():
+            ep.write(path)
+        with open_bundle(path) as view:
+            return (check or checker).check(view, ep.manifest["submission_id"], ep.manifest["miner_id"],
+                                            next(_clock) if now_ms is None else now_ms)
+
+    return run
+
+
+def episode(seed: int, miner: str = ALICE, robot=PANDA) -> Episode:
+    return make_episode(get_robot(*robot), seed=seed, miner_id=miner)
+
+
+def sid(ep: Episode) -> str:
+    return ep.manifest["submission_id"]
+
+
+# name -> (frames transform, re-encoding crf, least ``visual`` expected). A crop that is
+# not centred is found by the spatial shift search, not exactly: it scores inside the ramp.
+VIDEO_PERTURBATIONS = {
+    "reencode_crf35": (perturb.identity, 35, 1.0),
+    "brightness_plus_35": (perturb.brightness(35), 23, 1.0),
+    "mirrored": (perturb.mirror, 23, 1.0),
+    "crop_90": (perturb.crop(0.9), 23, 1.0),
+    "crop_85": (perturb.crop(0.85), 23, 1.0),
+    "crop_90_off_centre": (perturb.crop(0.9, dx=0.04), 23, 0.5),
+    "logo_burned_in": (perturb.burn_logo(), 23, 1.0),
+}
+
+
+def test_exact_copy_from_the_same_miner_is_a_duplicate_reject(submit):
+    base = episode(1000)
+    first = submit(base)
+    assert first.gate == GATE_ID and first.passed and first.metrics["s_novel"] == 1.0
+    assert first.metrics["same_miner_match"] is None and first.metrics["cross_miner_match"] is None
+
+    copy = submit(perturb.copy_of(base, ALICE))
+    assert not copy.passed and copy.reason_code == REASON_DUPLICATE
+    assert copy.metrics["s_novel"] == 0.0 and "exact_duplicate" in copy.flags
+    match = copy.metrics["same_miner_match"]
+    assert match["submission_id"] == sid(base) and match["near_exact"] and match["match"] == 1.0
+    assert copy.metrics["flags"] == copy.flags
+
+
+@pytest.mark.parametrize("name", list(VIDEO_PERTURBATIONS))
+def test_perturbed_video_with_other_kinematics_is_caught_by_the_video(submit, name):
+    """The same video, perturbed, over someone else's kinematics: only the video can tell."""
+    seed = 1100 + 10 * list(VIDEO_PERTURBATIONS).index(name)
+    base, donor = episode(seed), episode(seed + 1, miner="donor")
+    submit(base)
+    fn, crf, least_visual = VIDEO_PERTURBATIONS[name]
+    copy = perturb.copy_of(base, ALICE, video=fn, crf=crf, timestamps_ms=donor.timestamps_ms,
+                           joint_pos=donor.joint_pos, joint_vel=donor.joint_vel)
+    result = submit(copy)
+    m = result.metrics
+    match = m["same_miner_match"]
+    assert match is not None and match["submission_id"] == sid(base), m
+    assert match["visual"] >= least_visual and match["motion_corr"] > CFG.novelty.motion.corr_lo
+    assert match["trajectory_corr"] < CFG.novelty.trajectory.corr_lo and match["trajectory"] == 0.0
+    assert result.passed and m["s_novel"] <= 1.0 - least_visual + 0.01
+    assert {"same_miner_near_duplicate", "same_miner_video_reuse"} <= set(result.flags)
+    if name == "mirrored":
+        assert match["motion_variant"] == "mirror" and "same_miner_mirror_copy" in result.flags
+    if name == "logo_burned_in":
+        assert m["artifacts"]["cues"]["static_overlay"]["overlay"] is not None
+        assert "artifact_static_overlay" in result.flags and m["fingerprint"]["masked_box"] is not None
+
+
+@pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
+def test_combined_video_perturbation_is_caught_on_every_robot(submit, key):
+    seed = 1200 + ROBOTS.index(key) * 10
+    base, donor = episode(seed, robot=key), episode(seed + 1, miner="donor", robot=key)
+    submit(base)
+
+    def combined(frames):
+        return perturb.brightness(-25)(perturb.crop(0.85)(perturb.mirror(frames)))
+
+    copy = perturb.copy_of(base, ALICE, video=combined, crf=30, timestamps_ms=donor.timestamps_ms,
+                           joint_pos=donor.joint_pos, joint_vel=donor.joint_vel)
+    m = submit(copy).metrics
+    assert m["same_miner_match"]["submission_id"] == sid(base) and m["same_miner_match"]["visual"] >= 0.8, m
+    assert m["s_novel"] <= 0.2
+
+
+TRAJECTORY_PERTURBATIONS = {
+    "time_shift_1300ms": lambda ep: perturb.shifted_trajectory(ep, 1300),
+    "noise_0.02rad": lambda ep: (ep.timestamps_ms, perturb.noisy_trajectory(ep, 0.02)),
+    "shift_and_noise": lambda ep: (perturb.shifted_trajectory(ep, 700)[0],
+                                   perturb.shifted_trajectory(ep, 700)[1]
+                                   + np.random.default_rng(3).normal(0, 0.02, ep.joint_pos.shape).astype(np.float32)),
+    "clock_offset": lambda ep: (ep.timestamps_ms + 5000, ep.joint_pos),
+}
+
+
+@pytest.mark.parametrize("name", list(TRAJECTORY_PERTURBATIONS))
+def test_perturbed_kinematics_with_another_video_is_caught_by_the_trajectory(submit, name):
+    seed = 1300 + 10 * list(TRAJECTORY_PERTURBATIONS).index(name)
+    base, donor = episode(seed), episode(seed + 1, miner="donor")
+    submit(base)
+    ts, q = TRAJECTORY_PERTURBATIONS[name](base)
+    result = submit(perturb.copy_of(base, ALICE, timestamps_ms=ts, joint_pos=q, joint_vel=None,
+                                    video_mp4=donor.video_mp4))
+    match = result.metrics["same_miner_match"]
+    assert match is not None and match["submission_id"] == sid(base), result.metrics
+    assert match["trajectory_corr"] >= CFG.novelty.trajectory.corr_hi and match["trajectory"] == 1.0
+    assert match["visual"] == 0.0
+    assert result.passed and result.metrics["s_novel"] <= 0.05
+    assert "same_miner_trajectory_reuse" in result.flags
+
+
+def test_copy_by_another_miner_is_downweighted_not_rejected(submit):
+    base = episode(1400)
+    submit(base)
+    # an exact copy and a cropped one, each by a miner of its own
+    for miner, video in ((BOB, None), ("miner-carol", perturb.crop(0.9))):
+        result = submit(perturb.copy_of(base, miner, video=video))
+        m = result.metrics
+        assert result.passed and result.reason_code is None
+        assert m["same_miner_match"] is None
+        assert m["cross_miner_match"]["miner_id"] == ALICE and m["cross_miner_match"]["match"] == 1.0
+        assert m["cross_miner_match"]["near_exact"] == (video is None)
+        # the cross-miner downweight, times the (small) synthetic-artifact factor
+        pen = CFG.novelty.penalties
+        assert m["artifact_score"] < 0.1
+        assert m["s_novel"] == pytest.approx((1 - pen.cross_miner) * (1 - pen.artifact * m["artifact_score"]), abs=1e-4)
+        assert "cross_miner_near_duplicate" in result.flags
+
+
+@pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
+def test_fresh_genuine_episodes_keep_a_high_novelty(submit, key):
+    seed = 1500 + ROBOTS.index(key) * 10
+    for s in range(seed, seed + 3):
+        submit(episode(s, robot=key))
+    for miner, s in ((ALICE, seed + 3), (BOB, seed + 4)):
+        result = submit(episode(s, miner=miner, robot=key))
+        m = result.metrics
+        assert result.passed and m["applicable"]
+        assert m["s_novel"] >= 0.9, m
+        assert m["same_miner_matches"] == 0 and m["cross_miner_matches"] == 0
+        assert m["same_miner_candidates" if miner == ALICE else "cross_miner_candidates"] >= 3
+
+
+def count_rows(client, submission_id: str) -> int:
+    return client.query("SELECT count() FROM kibotos.novelty_index FINAL WHERE submission_id = {s:String}",
+                        parameters={"s": submission_id}).result_rows[0][0]
+
+
+def test_redelivery_gives_the_same_answer_and_never_matches_itself(submit, client):
+    base = episode(1600)
+    submit(base)
+    copy = perturb.copy_of(base, ALICE, video=perturb.mirror)
+    first = submit(copy)
+    assert first.metrics["same_miner_match"]["submission_id"] == sid(base)
+
+    again = submit(copy)  # redelivered: a later clock, the same submission
+    assert again == first
+    # later submissions (another copy) do not change an earlier submission's answer
+    submit(perturb.copy_of(base, ALICE, video=perturb.crop(0.9)))
+    assert submit(copy) == first
+    assert count_rows(client, sid(copy)) == 1
+
+    # a crash between recording the fingerprint and storing the answer (or a new config):
+    # re-assessed from the stored row at its original time, never against itself or later rows
+    bumped = NoveltyChecker(client, CFG.model_copy(update={"config_version": "novelty-test-bumped"}))
+    reassessed = submit(copy, check=bumped)
+    assert reassessed.metrics["s_novel"] == first.metrics["s_novel"]
+    assert reassessed.metrics["same_miner_match"] == first.metrics["same_miner_match"]
+    assert reassessed.metrics["same_miner_candidates"] == first.metrics["same_miner_candidates"]
+    assert reassessed.thresholds["config_version"] == "novelty-test-bumped"
+    assert count_rows(client, sid(copy)) == 1
+
+    # the first submission itself, redelivered, still matches nothing
+    assert submit(base).metrics["same_miner_match"] is None
+
+
+def test_windows_bound_what_is_compared(submit):
+    t0 = 1_900_000_000_000
+    base = episode(1700)
+    submit(base, now_ms=t0)
+    w = CFG.novelty.windows
+    late_same = submit(perturb.copy_of(base, ALICE, video=perturb.crop(0.9)), now_ms=t0 + int((w.same_miner_days + 1) * DAY_MS))
+    assert late_same.metrics["same_miner_match"] is None and late_same.metrics["s_novel"] == 1.0
+    late_other = submit(perturb.copy_of(base, BOB, video=perturb.crop(0.9)), now_ms=t0 + int((w.global_days + 1) * DAY_MS))
+    assert late_other.metrics["cross_miner_match"] is None
+    inside = submit(perturb.copy_of(base, ALICE, video=perturb.mirror), now_ms=t0 + int((w.same_miner_days - 1) * DAY_MS))
+    assert inside.metrics["same_miner_match"]["submission_id"] == sid(base)
+
+
+def test_sql_similarities_agree_with_the_numpy_reference(submit, client):
+    base = episode(1800)
+    submit(base)
+    copy = perturb.copy_of(base, ALICE, video=perturb.crop(0.85), joint_pos=perturb.noisy_trajectory(base, 0.05),
+                           joint_vel=None)
+    match = submit(copy).metrics["same_miner_match"]
+
+    rows = client.query(
+        "SELECT submission_id, traj_fingerprint, traj_joints, traj_len, motion, motion_len, motion_channels, "
+        "motion_variants FROM kibotos.novelty_index FINAL WHERE submission_id IN ({a:String}, {b:String})",
+        parameters={"a": sid(base), "b": sid(copy)}).result_rows
+    stored = {r[0]: r for r in rows}
+    q, c = stored[sid(copy)], stored[sid(base)]
+    t = CFG.novelty.trajectory
+    ref_traj = trajectory_corr(np.asarray(q[1], np.float32).reshape(q[2], q[3]),
+                               np.asarray(c[1], np.float32).reshape(c[2], c[3]),
+                               round(t.max_lag_s * t.rate_hz), t.min_samples, t.min_overlap_fraction)
+    assert match["trajectory_corr"] == pytest.approx(ref_traj, abs=1e-4)
+
+    mc = CFG.novelty.motion
+    lag = round(mc.max_lag_s * CFG.novelty.frames.sample_fps)
+    qm = [np.asarray(v, np.int8).reshape(q[5], q[6]) for v in q[4]]
+    cm = [np.asarray(v, np.int8).reshape(c[5], c[6]) for v in c[4]]
+    offsets = _spatial_offsets(mc.width, mc.shift_x, mc.shift_y)
+    ref = {label: motion_corr(qm[i - 1], cm[j - 1], lag, mc.min_overlap_samples, mc.min_overlap_fraction, offsets)
+           for i, j, label in _motion_pairs(list(q[7]))}
+    best = max(ref, key=ref.get)
+    assert match["motion_corr"] == pytest.approx(ref[best], abs=1e-4)
+    assert match["motion_variant"] == best and best.startswith("crop")
+
+
+def test_a_bundle_whose_video_cannot_be_read_is_judged_on_its_kinematics(submit):
+    base = episode(1900)
+    submit(base)
+    result = submit(perturb.copy_of(base, ALICE, video_mp4=b"\x00\x00\x00\x18ftypisom-not-really-a-video"))
+    assert "video_video_unreadable" in result.flags
+    match = result.metrics["same_miner_match"]
+    assert match["trajectory"] == 1.0 and match["motion_corr"] is None and match["embedding_cos"] is None
+    assert result.metrics["s_novel"] <= 0.05 and result.passed  # not an exact copy: the video differs
