@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	bash infra/system_deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python -m pip install -q --no-deps mediapipe==0.10.21
 	touch $(STAMP)
 

@@ -1,0 +1,87 @@
+"""``kibotos bench pipeline`` on the tiniest configuration (one small episode, one gate
+worker): every stage runs end to end and the JSON is consistent with itself; timings are
+for the benchmark's reader, never asserted against targets."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from benchmarks.pipeline import DOCTOR_EQUIVALENT_CHECKS, bench_lerobot_doctor
+from kibotos.cli import app
+from processors.chain import gates
+
+STAGES = ("floor", "chain", "stack_1w")
+
+
+def _consistent(stage: dict) -> None:
+    assert stage["episodes"] == 1 and stage["bytes"] > 0 and stage["wall_s"] > 0
+    assert math.isclose(stage["episodes_per_s"], 1 / stage["wall_s"], rel_tol=0.01)
+    assert math.isclose(stage["mb_per_s"], stage["bytes"] / 1e6 / stage["wall_s"], rel_tol=0.01, abs_tol=0.001)
+    lat = stage["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["max"]
+    assert stage["by_size"]["small"]["latency_ms"] == lat
+
+
+def test_one_small_episode_through_every_stage(tmp_path):
+    out = tmp_path / "pipeline.json"
+    res = CliRunner().invoke(app, ["bench", "pipeline", "--episodes", "1", "--sizes", "small", "--workers", "1",
+                                   "--json", str(out), "--timeout", "300"])
+    assert res.exit_code == 0, res.output
+    for title in ("pipeline: 1 episodes per size (small)", "per-gate cost", "ratios of wall times"):
+        assert title in res.output
+    result = json.loads(out.read_text())
+
+    assert list(result["stages"]) == list(STAGES)
+    for name in STAGES:
+        _consistent(result["stages"][name])
+    floor, chain, stack = (result["stages"][n] for n in STAGES)
+    assert floor["frames_decoded"] > 0
+    gate_ids = [g.gate_id for g in gates()]
+    for stage in (chain, stack):
+        assert stage["verdicts"] == {"accepted": 1}  # a genuine episode
+        assert list(stage["gates"]) == gate_ids
+        assert math.isclose(sum(g["share"] for g in stage["gates"].values()), 1.0, abs_tol=0.01)
+    # the stack's latency holds the gates' own time plus what is outside them
+    assert sum(g["total_ms"] for g in stack["gates"].values()) <= stack["latency_ms"]["p50"]
+    assert 0 <= stack["outside_gates_ms"]["p50"] <= stack["latency_ms"]["p50"]
+    assert stack["workers"] == 1 and stack["warmup_episodes"] == 2 and stack["peak_rss"]["gate_workers_mb"] > 0
+
+    ratios = result["ratios"]
+    assert set(ratios) >= {"chain_over_floor", "stack_1w_over_chain"}
+    assert math.isclose(ratios["chain_over_floor"], chain["wall_s"] / floor["wall_s"], rel_tol=0.01)
+    assert math.isclose(ratios["stack_1w_over_chain"], stack["wall_s"] / chain["wall_s"], rel_tol=0.01)
+
+    doctor = result["lerobot_doctor"]
+    if importlib.util.find_spec("lerobot_doctor") is None:
+        assert doctor["status"] == "unavailable" and "[bench]" in doctor["reason"]
+    else:
+        assert doctor["status"] == "ok", doctor.get("reason")
+        # our conversion is a valid LeRobot v3 dataset of a clean episode
+        assert all(doctor["severities"][c] == {"PASS": 1} for c in DOCTOR_EQUIVALENT_CHECKS)
+        assert 0 < doctor["equivalent"]["wall_s"] <= doctor["wall_s"]
+        assert math.isclose(ratios["lerobot_doctor_equivalent_over_chain"],
+                            doctor["equivalent"]["wall_s"] / chain["wall_s"], rel_tol=0.01)
+
+    assert result["machine"]["usable_cpus"] >= 1 and result["config"]["robots"] and len(result["episodes"]) == 1
+    assert not list(Path.cwd().glob("kibotos-bench*-data"))  # faust's data dirs stay in the stack home
+
+
+def test_lerobot_doctor_missing_is_reported_not_measured(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lerobot_doctor", None)  # import raises ImportError
+    doctor = bench_lerobot_doctor([], [], tmp_path, progress=lambda m: None)
+    assert doctor["status"] == "unavailable"
+    assert "pip install -e '.[bench]'" in doctor["reason"] and "wall_s" not in doctor
+
+
+def test_cli_rejects_unknown_sizes_and_worker_counts():
+    runner = CliRunner()
+    bad = runner.invoke(app, ["bench", "pipeline", "--sizes", "huge"])
+    assert bad.exit_code == 2 and "known: small (5 s), medium (20 s), large (60 s)" in bad.output
+    bad = runner.invoke(app, ["bench", "pipeline", "--workers", "0,2"])
+    assert bad.exit_code == 2 and "workers must be" in bad.output
