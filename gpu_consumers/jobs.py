@@ -2,12 +2,14 @@
 
 A handler object is built once per Ray actor and keeps its expensive state warm (the
 pose model, IK solvers per robot, Genesis scenes per robot). ``JOB_HANDLERS`` is the
-registry; kinds with a topic but no handler yet (vlm, task, train) are listed in
-``RESERVED`` so a misconfigured plan fails loudly instead of stalling.
+registry; kinds with a topic but no handler yet (train) are listed in ``RESERVED``
+so a misconfigured plan fails loudly instead of stalling. The VLM is not a job kind: it
+is a provider (``kibotos.vlm``) used by the ``align`` job.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Callable
 
 from kibotos.errors import ConfigError
@@ -16,7 +18,7 @@ from kibotos.report import GateResult
 
 HandlerFactory = Callable[..., Callable]
 JOB_HANDLERS: dict[str, HandlerFactory] = {}
-RESERVED = ("vlm", "task", "train")
+RESERVED = ("train",)
 
 
 def register_job(kind: str):
@@ -48,6 +50,25 @@ def _sync_offset(event: dict) -> float:
     if est is not None and conf is not None and conf >= 0.5:
         return float(est)
     return float(sync.get("claimed_offset_ms") or 0.0)
+
+
+def prior_result(event: dict, gate: str) -> GateResult | None:
+    """The result of an earlier stage ``gate`` carried by the in-flight event.
+
+    Stages append to ``event["gate_results"]`` one record per stage id, with metrics and
+    thresholds as JSON strings (``metrics_json``, schema ``submission_in_flight``). None
+    when the stage has not run or its record cannot be read."""
+    for rec in reversed(event.get("gate_results") or []):
+        if rec.get("gate") != gate:
+            continue
+        try:
+            metrics = rec["metrics"] if "metrics" in rec else json.loads(rec["metrics_json"])
+            thresholds = rec["thresholds"] if "thresholds" in rec else json.loads(rec.get("thresholds_json") or "{}")
+            return GateResult(gate=gate, passed=bool(rec["passed"]), reason_code=rec.get("reason_code"),
+                              metrics=metrics, thresholds=thresholds, flags=rec.get("flags") or [])
+        except (KeyError, TypeError, ValueError):
+            return None
+    return None
 
 
 @register_job("pose")
@@ -96,5 +117,38 @@ def playback_handler(config: GateConfig, store):
         if key not in renderers:
             renderers[key] = PlaybackRenderer(get_robot(*key))
         return run_playback(view, _sync_offset(event), renderers[key], store, f"keyframes/{event['submission_id']}")
+
+    return handle
+
+
+@register_job("task")
+def task_handler(config: GateConfig, store):
+    """Task completion (``kibotos.tasks``): the declared task's phases and success
+    predicates judged from the kinematics and object streams. CPU only; it runs with the
+    evidence jobs because it reads the same bundle and feeds S_task / S_object."""
+    from kibotos.tasks import evaluate_task
+
+    def handle(view, event) -> GateResult:
+        return evaluate_task(view)
+
+    return handle
+
+
+@register_job("align")
+def align_handler(config: GateConfig, store):
+    """Alignment evidence (``gpu_consumers.alignment``) after playback. Its thresholds and
+    the VLM calibration table come from the alignment config, the VLM provider from
+    ``KIBOTOS_VLM_*`` (none configured: non-VLM evidence only); both built once."""
+    from gpu_consumers.alignment import check_alignment
+    from kibotos.alignment_config import load_alignment_config
+    from kibotos.settings import Settings
+    from kibotos.vlm import get_provider
+
+    settings = Settings()
+    align_config = load_alignment_config(settings.alignment_config_path)
+    vlm = get_provider(settings, align_config.vlm)
+
+    def handle(view, event) -> GateResult:
+        return check_alignment(view, event, store, align_config, vlm)
 
     return handle

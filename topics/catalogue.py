@@ -3,9 +3,9 @@
 The chain of gate topics follows the architecture: ``submissions.received`` → gate A →
 … → gate E, each gate publishing survivors to ``gates.<x>.passed`` and failures to
 ``verification.rejected``; survivors of gate E go through the evidence jobs
-(``jobs.pose`` → ``jobs.ik`` → ``jobs.playback``, run by the GPU consumer group) to
-``evidence.completed``; the deciders publish ``verdicts`` and ``ledger.entries``;
-any processor parks what it cannot handle in ``dead.letters``.
+(``jobs.pose`` → ``jobs.ik`` → ``jobs.playback`` → ``jobs.align``, run by the GPU
+consumer group) to ``evidence.completed``; the deciders publish ``verdicts`` and
+``ledger.entries``; any processor parks what it cannot handle in ``dead.letters``.
 
 A ``Catalogue`` applies a name prefix (one environment or one test per prefix) and a
 partition count to these declarations. Topic ids are the unprefixed names: stable
@@ -23,8 +23,9 @@ from topics.serializers import AvroSerializer
 
 GATES_WITH_PASS_TOPIC = ("a", "b", "c", "d", "e")
 # expensive evidence jobs run by the GPU consumer group (gpu_consumers/), one topic per
-# kind; vlm/task/train are declared so producers and dashboards can rely on them
-JOB_KINDS = ("pose", "ik", "playback", "vlm", "task", "train")
+# kind; task/train are declared so producers and dashboards can rely on them. The VLM is
+# no job kind of its own: it is a provider used inside the ``align`` job (kibotos.vlm).
+JOB_KINDS = ("pose", "ik", "playback", "align", "task", "train")
 
 # (id, event, key_field). The dead-letter key is the failed record's original key, which
 # the dead_letter event carries in its ``key`` field.
@@ -33,6 +34,7 @@ _DECLARATIONS: tuple[tuple[str, str, str], ...] = (
     *((f"gates.{g}.passed", "submission_in_flight", "submission_id") for g in GATES_WITH_PASS_TOPIC),
     *((f"jobs.{kind}", "submission_in_flight", "submission_id") for kind in JOB_KINDS),
     ("evidence.completed", "submission_in_flight", "submission_id"),
+    ("novelty.completed", "submission_in_flight", "submission_id"),
     ("verification.rejected", "verification_rejected", "submission_id"),
     ("verdicts", "verdict", "submission_id"),
     ("ledger.entries", "ledger_entry", "submission_id"),
@@ -140,6 +142,10 @@ class Catalogue:
     @property
     def evidence_completed(self) -> TopicSpec:
         return self._specs["evidence.completed"]
+
+    @property
+    def novelty_completed(self) -> TopicSpec:
+        return self._specs["novelty.completed"]
 
     @property
     def submissions_received(self) -> TopicSpec:

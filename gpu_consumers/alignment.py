@@ -1,0 +1,476 @@
+"""Alignment evidence (design §6-§7 ``S_align``, §9 "VLM as evidence"): does the submitted
+trajectory record the motion the submitted video shows?
+
+``check_alignment(view, event, store, config, vlm)`` is the pure job function of the
+evidence job ``align`` (``gpu_consumers.jobs``); it runs after ``playback`` and reads the
+real/sim keyframe pairs that job stored. Its result (gate ``alignment``) holds ``s_align``
+in [0, 1], every input it was computed from, and the VLM call record.
+
+Evidence, each term in [0, 1]:
+
+* **image** — the playback pairs (real frame i, sim render i). Two similarity matrices
+  ``S[i, j]`` between real frame i and sim frame j:
+
+  - *embedding*: cosine of EfficientNet-Lite0 embeddings (``kibotos.embeddings``) after
+    removing each domain's mean embedding over the episode (``e - mean(e)``,
+    renormalised). The means carry what every frame of a domain shares (the real
+    scene's background and texture, the renderer's look); what is left varies with the
+    robot's pose. The raw cosines are reported too.
+  - *silhouette*: IoU of what moves in the real frames and what moves in the sim renders
+    (each frame's pixels that differ from the per-pixel median of its domain's
+    keyframes, ``gpu_consumers.playback.foreground_masks``). The playback job's own
+    silhouette IoU (whole robot vs moving real pixels) is reported per keyframe.
+
+  Calibration against a shuffled baseline: pair i is compared with the mismatched pairs
+  ``S[i, j]`` and ``S[j, i]`` for every j != i whose pose differs from pose i by at least
+  ``images.min_pose_distance`` (joint-space norm; two keyframes in one pause show the same
+  pose and cannot serve as a mismatch). ``auc`` is the fraction of those comparisons the
+  true pair wins (ties count half): 0.5 is a shuffled pairing, 1 a pair that always beats
+  every mismatch. Each measure's term is ``ramp(auc, auc_lo, auc_hi)`` and the image term
+  their weighted mean (``images.weights``).
+
+* **motion** — video motion energy ``E(t)`` (mean absolute difference of consecutive grey
+  frames downsized to ``motion.decode_width``, in grey levels, at the midpoint between
+  the two frames) against the joint speed ``|dq/dt|`` (``gpu_consumers.keyframes.joint_speed``),
+  both on one clock (video time; kinematic time ``t`` is video time
+  ``t - ts[0] + sync_offset``, the offset of gate C when confident, else the claim),
+  resampled every ``grid_ms`` and smoothed by a ``smooth_ms`` moving average. ``corr`` is
+  their Pearson correlation at that offset; the lag of the best correlation within
+  ``+-max_lag_ms`` is reported (``best_offset_ms = sync_offset + best_lag``), not scored.
+  The motion term is ``ramp(corr, corr_lo, corr_hi)``.
+
+* **vlm** (optional, ``kibotos.vlm``) — up to ``vlm.max_pairs`` pairs, evenly spread, sent
+  with the task schema. A valid answer gives ``v = 0.5 + (alignment_score - 0.5) * c``:
+  the VLM's score shrunk towards the uninformative 0.5 by its confidence ``c`` (the
+  Platt-calibrated confidence for a calibrated ``(model, prompt_version)``, else the raw
+  one).
+
+Combination (``ramp(x, lo, hi) = clip((x - lo) / (hi - lo), 0, 1)``)::
+
+    s_evidence = sum(W_k * term_k) / sum(W_k)    over the available k in {image, motion}
+    s_align    = (1 - w) * s_evidence + w * v    when the VLM answered validly
+               = s_evidence                      otherwise
+               = v                               with a valid VLM answer and no other term
+
+with ``W = combine.weights`` and ``w = vlm.weight`` (``vlm.uncalibrated_weight`` for an
+uncalibrated answer). Without image evidence (playback made fewer than ``min_pairs``
+pairs, or the plan has no playback job) ``s_align`` is the motion term and
+``metrics["reasons"]`` says why; the motion term is missing when video and kinematics
+overlap less than ``min_overlap_ms`` or the trajectory is still (p95 joint speed below
+``min_joint_speed``; a still *video* against a moving trajectory is evidence, corr ~ 0).
+With no evidence at all ``applicable`` is False and ``s_align`` None. Without a VLM,
+``metrics["vlm"] = {"status": "not_configured"}`` (flag ``vlm_not_configured``); a failed
+call keeps its record (status, error, excerpt) and adds nothing to the score. A valid
+answer also gives the task component ``vlm_task_success``, ``vlm_task_confidence`` (the
+confidence ``c``) and ``vlm_phases_observed``.
+
+Hard reject: alignment is a noisy label and passes, except in one extreme case
+(``video_kinematics_misaligned``): the video's motion is anti-correlated with the joint
+speed (``corr <= reject.max_motion_corr``) AND every image measure puts the true pairs no
+closer than the mismatched ones (``auc <= reject.max_image_auc``) on at least
+``reject.min_pairs`` pairs. Both independent measurements then say that the trajectory
+is not the one filmed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from gpu_consumers.keyframes import joint_speed
+from gpu_consumers.playback import foreground_masks, joints_at
+from kibotos.alignment_config import AlignmentConfig, ImagesConfig, MotionConfig, RejectConfig
+from kibotos.bundle.reader import JOINT_POS, TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES, BundleView
+from kibotos.errors import KibotosError, ServiceError
+from kibotos.report import GateResult
+from kibotos.video import decode_luma, luma_from_frames
+
+GATE_ID = "alignment"
+PLAYBACK_GATE = "playback"
+REJECT_CODE = "video_kinematics_misaligned"
+
+
+def _ramp(x: float, lo: float, hi: float) -> float:
+    return float(np.clip((x - lo) / (hi - lo), 0.0, 1.0))
+
+
+def _r(x: float | None, nd: int = 4) -> float | None:
+    return None if x is None or not np.isfinite(x) else round(float(x), nd)
+
+
+# --- keyframe pairs ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Pair:
+    """One stored keyframe pair of the playback job, decoded (RGB uint8)."""
+
+    frame: int
+    kin_time_ms: float
+    strategy: str
+    real: np.ndarray
+    sim: np.ndarray
+    real_png: bytes
+    sim_png: bytes
+    playback_iou: float | None
+
+
+def _decode_png(data: bytes) -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise KibotosError("not a PNG image", reason_code="keyframe_unreadable")
+    return np.ascontiguousarray(img[..., ::-1])
+
+
+def load_pairs(playback: GateResult, store, max_png_bytes: int) -> tuple[list[Pair], dict[str, Any]]:
+    """The playback result's keyframes that have both images, read from ``store``.
+
+    :returns: the pairs (in keyframe order) and counts of the keyframes left out
+        (``without_real_frame``: past the end of the video; ``unreadable``: missing or
+        undecodable objects, with the first error).
+    :raises ServiceError: the object store is unavailable (the validator's fault: retried).
+    """
+    entries = playback.metrics.get("keyframes") or []
+    info: dict[str, Any] = {"playback_keyframes": len(entries), "without_real_frame": 0, "unreadable": 0}
+    pairs: list[Pair] = []
+    for e in entries:
+        if not e.get("real_uri") or not e.get("sim_uri"):
+            info["without_real_frame"] += 1
+            continue
+        try:
+            real_png = store.read_bytes(e["real_uri"], max_png_bytes)
+            sim_png = store.read_bytes(e["sim_uri"], max_png_bytes)
+            real, sim = _decode_png(real_png), _decode_png(sim_png)
+        except KibotosError as exc:
+            if exc.reason_code == "service_unavailable":
+                raise ServiceError(str(exc)) from exc
+            info["unreadable"] += 1
+            info.setdefault("unreadable_error", str(exc)[:300])
+            continue
+        if sim.shape != real.shape:
+            sim = cv2.resize(sim, (real.shape[1], real.shape[0]), interpolation=cv2.INTER_AREA)
+        pairs.append(Pair(int(e["frame"]), float(e["kin_time_ms"]), str(e.get("strategy", "")), real, sim,
+                          real_png, sim_png, e.get("silhouette_iou")))
+    return pairs, info
+
+
+# --- image evidence ------------------------------------------------------------------------
+
+def pair_auc(sim: np.ndarray, comparable: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pair similarity against the shuffled baseline, per pair.
+
+    :param sim: (K, K) similarity of real frame i (row) and sim frame j (column).
+    :param comparable: (K, K) bool, pairs i and j may serve as each other's mismatch.
+    :returns: ``(auc, baseline, n)``: for each pair i, the fraction of its mismatched
+        similarities ``sim[i, j]`` and ``sim[j, i]`` (j != i, comparable) below ``sim[i, i]``
+        (ties half), their mean, and their count (auc and baseline NaN when 0).
+    """
+    k = sim.shape[0]
+    mask = comparable & ~np.eye(k, dtype=bool)
+    d = np.diag(sim)[:, None]
+    wins = (d > sim) + 0.5 * (d == sim) + (d > sim.T) + 0.5 * (d == sim.T)
+    n = 2 * mask.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = np.where(n > 0, (wins * mask).sum(axis=1) / n, np.nan)
+        baseline = np.where(n > 0, ((sim + sim.T) * mask).sum(axis=1) / n, np.nan)
+    return auc, baseline, n
+
+
+def _overall_auc(auc: np.ndarray, n: np.ndarray) -> float | None:
+    ok = n > 0
+    return float((auc[ok] * n[ok]).sum() / n[ok].sum()) if ok.any() else None
+
+
+def _centred(e: np.ndarray) -> np.ndarray:
+    c = e - e.mean(axis=0, keepdims=True)
+    return c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+
+
+def _iou_matrix(real_fg: np.ndarray, sim_fg: np.ndarray) -> np.ndarray:
+    r = real_fg.reshape(real_fg.shape[0], -1).astype(np.float32)
+    s = sim_fg.reshape(sim_fg.shape[0], -1).astype(np.float32)
+    inter = r @ s.T
+    union = r.sum(1)[:, None] + s.sum(1)[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1.0), 0.0)
+
+
+def image_evidence(pairs: list[Pair], poses: np.ndarray, cfg: ImagesConfig) -> dict[str, Any]:
+    """Embedding and silhouette similarity of the pairs against their shuffled baseline.
+
+    :param poses: (K, J) joint positions of the keyframes (which pairs are comparable).
+    :returns: ``{"term", "embedding_auc", "silhouette_auc", ..., "keyframes": [...]}``;
+        ``term`` None when fewer than ``min_pairs`` pairs or no comparable mismatch.
+    """
+    from kibotos.embeddings import EMBEDDING_MODEL_ID, embed_images
+
+    k = len(pairs)
+    out: dict[str, Any] = {"pairs": k, "embedding_model": EMBEDDING_MODEL_ID, "term": None}
+    if k < cfg.min_pairs:
+        out["reason"] = f"{k} keyframe pairs with a real frame, fewer than {cfg.min_pairs}"
+        return out
+    dist = np.linalg.norm(poses[:, None, :] - poses[None, :, :], axis=-1)
+    comparable = dist >= cfg.min_pose_distance
+    emb = embed_images([p.real for p in pairs] + [p.sim for p in pairs])
+    er, es = emb[:k], emb[k:]
+    raw = er @ es.T
+    centred = _centred(er) @ _centred(es).T
+    emb_auc, emb_base, n = pair_auc(centred, comparable)
+    _, raw_base, _ = pair_auc(raw, comparable)
+
+    real_fg = foreground_masks(np.stack([p.real for p in pairs]))
+    sim_fg = foreground_masks(np.stack([p.sim for p in pairs]))
+    if real_fg is None or sim_fg is None:  # fewer than 3 frames: no static background to subtract
+        iou = np.full((k, k), np.nan)
+        sil_auc = sil_base = np.full(k, np.nan)
+        sil_n = np.zeros(k, dtype=int)
+    else:
+        iou = _iou_matrix(real_fg, sim_fg)
+        sil_auc, sil_base, sil_n = pair_auc(iou, comparable)
+
+    measures = {"embedding": _overall_auc(emb_auc, n), "silhouette": _overall_auc(sil_auc, sil_n)}
+    weights = cfg.weights.model_dump()
+    terms = {m: _ramp(a, cfg.auc_lo, cfg.auc_hi) for m, a in measures.items() if a is not None and weights[m] > 0}
+    total = sum(weights[m] for m in terms)
+    with np.errstate(invalid="ignore"):
+        out |= {
+            "comparisons": int(n.sum()),
+            "embedding_auc": _r(measures["embedding"]),
+            "embedding_margin": _r(np.nanmean(np.diag(centred) - emb_base) if (n > 0).any() else None),
+            "silhouette_auc": _r(measures["silhouette"]),
+            "silhouette_margin": _r(np.nanmean(np.diag(iou) - sil_base) if (sil_n > 0).any() else None),
+            "terms": {m: _r(v) for m, v in terms.items()},
+            "term": _r(sum(weights[m] * v for m, v in terms.items()) / total) if total > 0 else None,
+        }
+    if out["term"] is None:
+        out["reason"] = f"no two keyframes {cfg.min_pose_distance} rad apart in joint space: no mismatched baseline"
+    out["keyframes"] = [{
+        "frame": p.frame, "strategy": p.strategy, "kin_time_ms": round(p.kin_time_ms, 1),
+        "embedding_cos": _r(raw[i, i]), "embedding_cos_shuffled": _r(raw_base[i]),
+        "embedding_centred_cos": _r(centred[i, i]), "embedding_centred_cos_shuffled": _r(emb_base[i]),
+        "embedding_auc": _r(emb_auc[i]),
+        "silhouette_iou": _r(iou[i, i]), "silhouette_iou_shuffled": _r(sil_base[i]), "silhouette_auc": _r(sil_auc[i]),
+        "playback_silhouette_iou": p.playback_iou, "comparisons": int(n[i]),
+    } for i, p in enumerate(pairs)]
+    return out
+
+
+# --- motion evidence -----------------------------------------------------------------------
+
+def _box(x: np.ndarray, width: int) -> np.ndarray:
+    """Moving average over ``width`` samples of the finite run(s) of ``x`` (NaN kept NaN)."""
+    if width <= 1:
+        return x
+    ok = np.isfinite(x)
+    num = np.convolve(np.where(ok, x, 0.0), np.ones(width), mode="same")
+    den = np.convolve(ok.astype(np.float64), np.ones(width), mode="same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok, num / den, np.nan)
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    if x.size < 3:
+        return None
+    xs, ys = x - x.mean(), y - y.mean()
+    den = float(np.sqrt((xs * xs).sum() * (ys * ys).sum()))
+    return float((xs * ys).sum() / den) if den > 0 else None
+
+
+def _video_luma(view: BundleView, width: int) -> np.ndarray:
+    if view.has(VIDEO_ENCODED):
+        return decode_luma(view.read(VIDEO_ENCODED).tobytes(), target_width=width).frames
+    return luma_from_frames(view.read(VIDEO_FRAMES), target_width=width)
+
+
+def motion_evidence(view: BundleView, sync_offset_ms: float, cfg: MotionConfig) -> dict[str, Any]:
+    """Video motion energy vs joint speed on the video clock (see the module docstring).
+
+    :returns: ``{"term", "corr", "best_lag_ms", "best_corr", "best_offset_ms", ...}``;
+        ``term`` None with a ``reason`` when there is too little overlap or motion.
+    """
+    fps = float(view.manifest.video["primary"].fps)
+    out: dict[str, Any] = {"sync_offset_ms": round(float(sync_offset_ms), 3), "term": None}
+    luma = _video_luma(view, cfg.decode_width)
+    ts = view.read(TIMESTAMPS).astype(np.float64)
+    q = view.read(JOINT_POS).astype(np.float64)
+    if luma.shape[0] < 3 or ts.size < 3:
+        out["reason"] = f"too short: {luma.shape[0]} video frames, {ts.size} kinematic samples"
+        return out
+    energy = np.abs(np.diff(luma.astype(np.int16), axis=0)).mean(axis=(1, 2))
+    t_vid = (np.arange(1, luma.shape[0]) - 0.5) * 1000.0 / fps
+    speed = joint_speed(ts, q, smooth_ms=cfg.smooth_ms)
+    t_kin = ts - ts[0] + sync_offset_ms  # on the video clock
+
+    g = cfg.grid_ms
+    lo = min(t_vid[0], t_kin[0])
+    grid = np.arange(lo, max(t_vid[-1], t_kin[-1]) + 1e-9, g)
+    e = np.where((grid >= t_vid[0]) & (grid <= t_vid[-1]), np.interp(grid, t_vid, energy), np.nan)
+    s = np.where((grid >= t_kin[0]) & (grid <= t_kin[-1]), np.interp(grid, t_kin, speed), np.nan)
+    width = max(1, int(round(cfg.smooth_ms / g)))
+    e, s = _box(e, width), _box(s, width)
+
+    both = np.isfinite(e) & np.isfinite(s)
+    overlap_ms = float(both.sum() * g)
+    p95 = float(np.percentile(s[both], 95)) if both.any() else 0.0
+    e_std = float(np.std(e[both])) if both.any() else 0.0
+    out |= {"overlap_ms": round(overlap_ms, 1), "p95_joint_speed": _r(p95), "energy_std": _r(e_std)}
+    if overlap_ms < cfg.min_overlap_ms:
+        out["reason"] = f"video and kinematics overlap {overlap_ms:.0f} ms, less than {cfg.min_overlap_ms:g} ms"
+        return out
+    if p95 < cfg.min_joint_speed:
+        out["reason"] = f"the trajectory is still (p95 joint speed {p95:.3f} rad/s < {cfg.min_joint_speed:g})"
+        return out
+
+    corr0 = _pearson(e[both], s[both])
+    best_lag, best_corr = None, None
+    steps = int(cfg.max_lag_ms // g)
+    min_n = int(np.ceil(cfg.min_overlap_ms / g))
+    for k in range(-steps, steps + 1):  # video shifted by k grid steps against the kinematics
+        if k >= 0:
+            ev, sv = e[k:], s[: s.size - k]
+        else:
+            ev, sv = e[: e.size + k], s[-k:]
+        ok = np.isfinite(ev) & np.isfinite(sv)
+        if ok.sum() < min_n:
+            continue
+        r = _pearson(ev[ok], sv[ok])
+        if r is not None and (best_corr is None or r > best_corr):
+            best_lag, best_corr = k * g, r
+    out |= {"corr": _r(corr0), "best_lag_ms": best_lag, "best_corr": _r(best_corr),
+            "best_offset_ms": None if best_lag is None else round(float(sync_offset_ms) + best_lag, 1)}
+    if corr0 is None:
+        out["reason"] = "no correlation: one of the series is constant"
+        return out
+    out["term"] = _r(_ramp(corr0, cfg.corr_lo, cfg.corr_hi))
+    return out
+
+
+# --- the VLM -------------------------------------------------------------------------------
+
+def _spread(items: list, limit: int) -> list:
+    if len(items) <= limit:
+        return items
+    return [items[i] for i in np.unique(np.round(np.linspace(0, len(items) - 1, limit)).astype(int))]
+
+
+def _task_schema(view: BundleView):
+    """The manifest's task schema, or None (none declared, or unknown: the task stage reports that)."""
+    from kibotos.tasks import UnknownTask, get_task
+
+    task = view.manifest.task
+    if task is None:
+        return None
+    try:
+        return get_task(task.task_id, task.task_version)
+    except UnknownTask:
+        return None
+
+
+def vlm_evidence(vlm, pairs: list[Pair], view: BundleView, config: AlignmentConfig) -> dict[str, Any]:
+    """The call record of ``vlm`` on the pairs (``{"status": "not_configured"}`` without a
+    provider), with ``term`` (``v`` of the module docstring) and ``weight`` when valid."""
+    if vlm is None:
+        return {"status": "not_configured"}
+    from kibotos.vlm import KeyframePair
+
+    m = view.manifest
+    chosen = _spread(pairs, config.vlm.max_pairs)
+    record = vlm.evaluate([KeyframePair(p.frame, p.kin_time_ms, p.real_png, p.sim_png) for p in chosen],
+                          _task_schema(view), f"{m.robot_model_id}@{m.robot_model_revision}")
+    out = record.model_dump(mode="json")
+    if record.ok:
+        calibrated = record.calibration.status == "calibrated"
+        c = record.calibrated_confidence if calibrated else record.answer.confidence
+        out["term"] = _r(0.5 + (record.answer.alignment_score - 0.5) * c)
+        out["weight"] = config.vlm.weight if calibrated else config.vlm.uncalibrated_weight
+        out["confidence_used"] = _r(c)
+    return out
+
+
+# --- the job function ----------------------------------------------------------------------
+
+def misaligned(image: dict[str, Any], motion: dict[str, Any], rej: RejectConfig) -> bool:
+    """The only hard reject: the motion correlation at the sync offset is at or below
+    ``max_motion_corr`` and every image AUC measured (on at least ``min_pairs`` pairs) is
+    at or below ``max_image_auc``. Missing evidence never rejects."""
+    corr = motion.get("corr")
+    aucs = [image[m] for m in ("embedding_auc", "silhouette_auc") if image.get(m) is not None]
+    return (corr is not None and corr <= rej.max_motion_corr and (image.get("pairs") or 0) >= rej.min_pairs
+            and bool(aucs) and all(a <= rej.max_image_auc for a in aucs))
+
+
+def check_alignment(view: BundleView, event: dict, store, config: AlignmentConfig, vlm=None) -> GateResult:
+    """Alignment evidence of one submission (gate ``alignment``; see the module docstring).
+
+    :param event: the in-flight event: the playback result among ``gate_results`` and the
+        sync estimate (``gpu_consumers.jobs.prior_result``, ``_sync_offset``).
+    :param store: object store holding the playback pairs (``read_bytes``).
+    :param config: the alignment config (``kibotos.alignment_config``).
+    :param vlm: a ``kibotos.vlm`` provider, or None (no VLM configured).
+    """
+    from gpu_consumers.jobs import _sync_offset, prior_result
+
+    thresholds = config.model_dump(mode="json", exclude={"vlm": {"calibration"}})
+    metrics: dict[str, Any] = {"config_version": config.config_version}
+    reasons: dict[str, str] = {}
+    flags: list[str] = []
+
+    playback = prior_result(event, PLAYBACK_GATE)
+    pairs: list[Pair] = []
+    if playback is None:
+        image = {"term": None, "reason": "no playback result in the event (the evidence plan runs no "
+                                         "'playback' job before 'align')"}
+    else:
+        pairs, info = load_pairs(playback, store, config.images.max_png_bytes)
+        if pairs:
+            ts = view.read(TIMESTAMPS).astype(np.float64)
+            poses = joints_at(ts, view.read(JOINT_POS).astype(np.float64), np.array([p.kin_time_ms for p in pairs]))
+            image = image_evidence(pairs, poses, config.images) | info
+        else:
+            image = {"term": None, "reason": "playback stored no keyframe pair with a real frame", **info}
+        image["mean_playback_silhouette_iou"] = playback.metrics.get("mean_silhouette_iou")
+    motion = motion_evidence(view, _sync_offset(event), config.motion)
+    vlm_out = vlm_evidence(vlm, pairs, view, config) if pairs else (
+        {"status": "not_configured"} if vlm is None else {"status": "skipped", "reason": "no keyframe pairs"})
+
+    metrics |= {"image": {k: v for k, v in image.items() if k != "keyframes"}, "motion": motion, "vlm": vlm_out}
+    if image.get("keyframes"):
+        metrics["keyframes"] = image["keyframes"]
+    for name, part in (("image", image), ("motion", motion)):
+        if part.get("term") is None:
+            reasons[name] = part.get("reason", "unavailable")
+            flags.append(f"{name}_evidence_missing")
+    if vlm_out["status"] == "not_configured":
+        flags.append("vlm_not_configured")
+    elif vlm_out["status"] != "ok":
+        flags.append(f"vlm_{vlm_out['status']}")
+        reasons["vlm"] = vlm_out.get("error") or vlm_out.get("reason") or vlm_out["status"]
+
+    answer = vlm_out.get("answer") if vlm_out.get("status") == "ok" else None
+    metrics |= {"vlm_task_success": answer["task_success"] if answer else None,
+                "vlm_task_confidence": vlm_out.get("confidence_used") if answer else None,
+                "vlm_phases_observed": answer["phases_observed"] if answer else None}
+
+    w = config.combine.weights.model_dump()
+    avail = {k: part["term"] for k, part in (("image", image), ("motion", motion)) if part.get("term") is not None
+             and w[k] > 0}
+    s_evidence = sum(w[k] * v for k, v in avail.items()) / sum(w[k] for k in avail) if avail else None
+    vlm_term, vlm_w = vlm_out.get("term"), vlm_out.get("weight", 0.0)
+    if s_evidence is not None and vlm_term is not None:
+        s_align = (1.0 - vlm_w) * s_evidence + vlm_w * vlm_term
+    elif vlm_term is not None:
+        s_align = vlm_term
+    else:
+        s_align = s_evidence
+    metrics |= {"applicable": s_align is not None, "s_align": _r(s_align), "s_evidence": _r(s_evidence),
+                "basis": sorted(avail) + (["vlm"] if vlm_term is not None else []),
+                "terms": {"image": image.get("term"), "motion": motion.get("term"), "vlm": vlm_term},
+                "reasons": reasons}
+    if s_align is None:
+        metrics["reason"] = "no alignment evidence: " + "; ".join(f"{k}: {v}" for k, v in reasons.items())
+
+    if misaligned(image, motion, config.reject):
+        return GateResult(gate=GATE_ID, passed=False, metrics=metrics, thresholds=thresholds, flags=flags,
+                          reason_code=REJECT_CODE)
+    return GateResult(gate=GATE_ID, passed=True, metrics=metrics, thresholds=thresholds, flags=flags)

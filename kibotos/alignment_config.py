@@ -1,0 +1,102 @@
+"""Versioned alignment evidence config (``kibotos/config/alignment.yaml``): thresholds and
+weights of the align job (``gpu_consumers.alignment``) and the VLM calibration table."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kibotos.errors import ConfigError
+from kibotos.vlm.config import VLMConfig
+
+DEFAULT_PATH = Path(__file__).parent / "config" / "alignment.yaml"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ImageWeights(_Frozen):
+    embedding: float = Field(ge=0)
+    silhouette: float = Field(ge=0)
+
+
+class ImagesConfig(_Frozen):
+    min_pairs: int = Field(ge=2)
+    max_png_bytes: int = Field(ge=1)
+    min_pose_distance: float = Field(ge=0)
+    auc_lo: float = Field(ge=0, le=1)
+    auc_hi: float = Field(ge=0, le=1)
+    weights: ImageWeights
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ImagesConfig":
+        if self.auc_hi <= self.auc_lo:
+            raise ValueError("images.auc_hi must exceed images.auc_lo")
+        return self
+
+
+class MotionConfig(_Frozen):
+    decode_width: int = Field(ge=8)
+    grid_ms: float = Field(gt=0)
+    smooth_ms: float = Field(ge=0)
+    max_lag_ms: float = Field(ge=0)
+    min_overlap_ms: float = Field(gt=0)
+    min_joint_speed: float = Field(ge=0)
+    corr_lo: float = Field(ge=-1, le=1)
+    corr_hi: float = Field(ge=-1, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "MotionConfig":
+        if self.corr_hi <= self.corr_lo:
+            raise ValueError("motion.corr_hi must exceed motion.corr_lo")
+        return self
+
+
+class CombineWeights(_Frozen):
+    image: float = Field(ge=0)
+    motion: float = Field(ge=0)
+
+
+class CombineConfig(_Frozen):
+    weights: CombineWeights
+
+
+class RejectConfig(_Frozen):
+    max_motion_corr: float = Field(ge=-1, le=1)
+    max_image_auc: float = Field(ge=0, le=1)
+    min_pairs: int = Field(ge=2)
+
+
+class AlignmentConfig(_Frozen):
+    config_version: str
+    images: ImagesConfig
+    motion: MotionConfig
+    combine: CombineConfig
+    reject: RejectConfig
+    vlm: VLMConfig
+
+
+def parse_alignment_config(raw: dict[str, Any]) -> AlignmentConfig:
+    try:
+        return AlignmentConfig.model_validate(copy.deepcopy(raw))
+    except Exception as exc:
+        raise ConfigError(f"invalid alignment config: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=8)
+def load_alignment_config(path: Path | None = None) -> AlignmentConfig:
+    """The alignment config at ``path`` (default: the packaged ``config/alignment.yaml``)."""
+    path = Path(path) if path else DEFAULT_PATH
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read alignment config {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"alignment config {path} is not a mapping")
+    return parse_alignment_config(raw)
