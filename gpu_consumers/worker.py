@@ -24,12 +24,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--actors", type=int, help="warm actors per kind")
     parser.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
     parser.add_argument("--loglevel", help="log level (default: KIBOTOS_LOG_LEVEL)")
-    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this loopback port")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="address /metrics binds (0.0.0.0 in a container)")
     args = parser.parse_args(argv)
     settings = Settings()
     setup_logging(settings.log_format, args.loglevel or settings.log_level)
     if args.metrics_port:
-        serve_metrics(args.metrics_port)
+        serve_metrics(args.metrics_port, args.metrics_host)
     bootstrap = args.bootstrap or settings.bootstrap_servers
     if not bootstrap:
         parser.error("no bootstrap servers: pass --bootstrap or set KIBOTOS_BOOTSTRAP_SERVERS")

@@ -379,8 +379,8 @@ def bench_pipeline(
     if doctor["status"] != "ok":
         console.print(f"lerobot-doctor: {doctor['status']}: {escape(doctor['reason'])}")
     peaks = result["rusage"]
-    console.print(f"peak RSS over the run: this process {peaks['self_maxrss_mb']:,.0f} MB, "
-                  f"largest child {peaks['largest_child_maxrss_mb']:,.0f} MB")
+    console.print(f"peak RSS of this process over the run: {peaks['self_maxrss_mb']:,.0f} MB "
+                  f"(children: the sampled peaks above)")
     if json_out:
         console.print(f"wrote {write_json(result, json_out)}")
 

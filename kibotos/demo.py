@@ -1,10 +1,10 @@
 """``kibotos demo``: the whole pipeline on the embedded stack, end to end.
 
 Generates a realistic mix of submissions from several miners (genuine and faulty,
-three robot models), each miner with its own Ed25519 keypair; every bundle is signed
+three robot models, and a duplicate farmer re-submitting perturbed copies), each miner with its own Ed25519 keypair; every bundle is signed
 (``<bundle>.sig.json``) and uploaded through the stack's ingest API (presigned PUT, then
-complete). The demo waits for every verdict, then prints what each submission earned
-and the miners' balances — read back from ClickHouse. Uploads the ingest edge refuses
+complete). The demo waits for every verdict, then prints each submission's verdict, its
+soft score components, S and the reward it earned, and the miners' balances — read back from ClickHouse. Uploads the ingest edge refuses
 show up too: rejected with a reason code at ``ingest_integrity`` (a truncated upload, a
 bundle modified after signing, one signed by an impostor, an unsigned one), or refused
 at the door without a verdict (a replay of an accepted bundle).
@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kibotos import warehouse
+from kibotos import perturb, warehouse
 from kibotos.bundle.hashtree import hash_bundle
 from kibotos.errors import ServiceError
 from kibotos.identity import Keypair, sidecar_path, sign_bundle, sign_tree
@@ -50,7 +50,22 @@ MIX = [
     ("miner-carol", "unitree_g1", "flatline", 13),
     # passes gates A-E; the IK residual job (GPU consumer) catches the faked object stream
     ("miner-carol", "franka_panda", "ik_target_shift", 19),
+    # moves like a genuine episode, but the object never leaves the table: task rejects it
+    ("miner-carol", "franka_panda", "task_failed", 20),
+    # a duplicate farmer: one genuine episode, then "slightly perturbed" copies of it
+    ("miner-erin", "franka_panda", "genuine", 21),
+    ("miner-erin", "franka_panda", "copy:reencoded", 21),
+    ("miner-erin", "franka_panda", "copy:mirrored", 21),
+    ("miner-erin", "franka_panda", "copy:brightened", 21),
 ]
+
+# "copy:<name>" variants: the miner's genuine episode of the same robot and seed,
+# re-submitted as new after one of these (kibotos.perturb)
+COPIES = {
+    "reencoded": dict(crf=35),
+    "mirrored": dict(video=perturb.mirror),
+    "brightened": dict(video=perturb.brightness(30)),
+}
 
 
 def demo_keypair(miner: str) -> Keypair:
@@ -90,11 +105,15 @@ def generate(out: Path, console: Console, mix=MIX, hostile: bool = True) -> list
 
 def _episode(out: Path, miner: str, model_id: str, variant: str, seed: int, *, manifest_miner: str | None = None,
              submission_id: str | None = None, name: str | None = None) -> Path:
-    ep = make_episode(get_robot(model_id, _revision(model_id)), variant, seed=seed,
-                      miner_id=manifest_miner or demo_keypair(miner).miner_id)
+    miner_id = manifest_miner or demo_keypair(miner).miner_id
+    if variant.startswith("copy:"):
+        original = make_episode(get_robot(model_id, _revision(model_id)), "genuine", seed=seed, miner_id=miner_id)
+        ep = perturb.copy_of(original, miner_id, **COPIES[variant.split(":", 1)[1]])
+    else:
+        ep = make_episode(get_robot(model_id, _revision(model_id)), variant, seed=seed, miner_id=miner_id)
     if submission_id:
         ep = replace(ep, manifest=ep.manifest | {"submission_id": submission_id})
-    return ep.write(out / (name or f"{miner}-{model_id}-{variant}-{seed}.zarr.zip"))
+    return ep.write(out / (name or f"{miner}-{model_id}-{variant.replace(':', '-')}-{seed}.zarr.zip"))
 
 
 def _hostile(out: Path, progress: Progress, task) -> list[tuple[str, str, Path]]:
@@ -153,8 +172,27 @@ def _submit_unsigned(client: IngestClient, path: Path, keypair: Keypair):
         return SubmitOutcome(path, sid, False, exc.reason_code, str(exc), exc.status)
 
 
+COMPONENT_LABELS = {"pose": "pose", "retarget": "ret", "align": "align", "task": "task", "object": "obj",
+                    "novel": "novel"}
+
+
+def score_cells(report: dict) -> list[str]:
+    """The report's soft components (in ``COMPONENT_LABELS`` order) and S, as table cells:
+    '-' for a missing component, blank for an unscored (rejected) submission."""
+    scores = report.get("scores")
+    if not isinstance(scores, dict):
+        return [""] * (len(COMPONENT_LABELS) + 1)
+    comps = {c.get("name"): c for c in scores.get("components") or []}
+    cells = []
+    for name in COMPONENT_LABELS:
+        value = (comps.get(name) or {}).get("value")
+        cells.append("-" if value is None else f"{value:.2f}")
+    return cells + [f"{scores.get('score', 0.0):.2f}"]
+
+
 def evidence_summary(report: dict) -> str:
-    """One line of the expensive evidence a report carries (pose / IK / playback)."""
+    """One line of the expensive evidence a report carries (pose / IK / playback / task /
+    novelty)."""
     gates = {g["gate"]: g for g in report.get("gates") or []}
     parts = []
     if (pose := gates.get("gate_f_pose")) is not None:
@@ -166,6 +204,18 @@ def evidence_summary(report: dict) -> str:
     if (pb := gates.get("playback")) is not None:
         m = pb["metrics"]
         parts.append(f"{len(m.get('keyframes') or [])} keyframes, IoU {m.get('mean_silhouette_iou') or 0:.2f}")
+    if (task := gates.get("task_completion")) is not None:
+        m = task["metrics"]
+        if m.get("applicable") is False:
+            parts.append("task n/a")
+        elif m.get("checklist_fraction") is not None:
+            parts.append(f"task {m.get('task_id')} {100 * m['checklist_fraction']:.0f}%")
+    if (nov := gates.get("novelty")) is not None:
+        flags = set(nov.get("flags") or [])
+        if "exact_duplicate" in flags or "same_miner_near_duplicate" in flags:
+            parts.append("copy of own earlier upload")
+        elif "cross_miner_near_duplicate" in flags:
+            parts.append("copy of another miner's upload")
     return " · ".join(parts)
 
 
@@ -213,15 +263,23 @@ def run_demo(settings: Settings, console: Console, workers: int = 1, timeout_s: 
         balances = warehouse.balances(stack.client)
 
     table = Table(title="verdicts (read back from ClickHouse)")
-    for col in ("submission", "miner", "sample", "verdict", "reason", "gate", "evidence", "points"):
+    for col in ("submission", "miner", "sample", "verdict", "reason", "gate", "evidence"):
         table.add_column(col)
+    for col in COMPONENT_LABELS.values():
+        table.add_column(col, justify="right")
+    for col in ("S", "reward"):
+        table.add_column(col, justify="right")
     for sid, (miner, variant) in sorted(variants.items(), key=lambda kv: (kv[1][0], kv[1][1])):
         rep = reports.get(sid) or {}
         verdict = rep.get("verdict", "missing")
         colour = "green" if verdict == "accepted" else "red"
         table.add_row(sid[:8], miner, variant, f"[{colour}]{verdict}[/{colour}]", rep.get("reason_code") or "",
-                      rep.get("failed_gate") or "", evidence_summary(rep), f"{rep.get('points', 0):g}")
+                      rep.get("failed_gate") or "", evidence_summary(rep), *score_cells(rep),
+                      f"{rep.get('points', 0):.1f}")
     console.print(table)
+    console.print("[dim]S components in [0,1] (design §7; '-' = no evidence, scored by the missing policy): "
+                  "pose quality, retargeting (IK residual, smoothness, limit margins), sim/video alignment, "
+                  "task completion, object consistency, novelty. reward = R_base + R_scale * f(S).[/dim]")
     if refused:
         door = Table(title="refused at the ingest API without a verdict")
         for col in ("miner", "sample", "HTTP", "reason", "detail"):
@@ -234,7 +292,7 @@ def run_demo(settings: Settings, console: Console, workers: int = 1, timeout_s: 
     for col in ("miner", "miner id (base58 Ed25519 public key)", "points", "entries"):
         bal.add_column(col)
     for row in balances:
-        bal.add_row(names.get(row["miner_id"], "?"), row["miner_id"], f"{row['points']:g}", str(row["entries"]))
+        bal.add_row(names.get(row["miner_id"], "?"), row["miner_id"], f"{row['points']:.1f}", str(row["entries"]))
     console.print(bal)
     console.print(f"reports and ledger persist in {home}; e.g. "
                   f"KIBOTOS_HOME={home} kibotos report {next(iter(variants))}")

@@ -46,3 +46,7 @@ class VerificationReport(BaseModel):
     robot_model_id: str | None = None
     robot_model_revision: str | None = None
     points: float = 0.0
+    # the score breakdown of an accepted submission (``kibotos.scoring.ScoreBreakdown``
+    # as JSON: components with their inputs, weights used, S, f(S), reward); None when
+    # rejected, or decided without scoring
+    scores: dict[str, Any] | None = None

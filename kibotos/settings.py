@@ -7,10 +7,11 @@ read the environment themselves.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -55,20 +56,40 @@ class Settings(BaseSettings):
     ingest_keep_rejected: bool = False  # keep bundles rejected at ingestion (audit) or delete them
 
     # Evidence jobs after gate E, in order, run by the GPU consumer group (gpu_consumers/):
-    # gate F pose quality, IK residual, Genesis playback. Empty (KIBOTOS_EVIDENCE_JOBS='[]'):
-    # accepted straight after gate E, the cheap chain only.
-    evidence_jobs: tuple[str, ...] = ("pose", "ik", "playback")
+    # gate F pose quality, IK residual, Genesis playback, sim-vs-real alignment (after
+    # playback: it reads the keyframe pairs), task completion. Empty
+    # (KIBOTOS_EVIDENCE_JOBS='[]'): straight from gate E to novelty and the decision.
+    evidence_jobs: tuple[str, ...] = ("pose", "ik", "playback", "align", "task")
     gpu_actors_per_kind: int = Field(default=1, ge=1)  # warm Ray actors per job kind per consumer
 
     # Logs of every process: one JSON object per line with the submission_id, or text
     log_format: Literal["json", "text"] = "json"
     log_level: str = "WARNING"
 
-    # Rewards
-    r_base: float = 10.0
+    # Scores and rewards (kibotos.scoring): weights, reward curve, R_base / R_scale from a
+    # versioned YAML file; None = the packaged kibotos/config/scoring.yaml
+    scoring_config_path: Path | None = None
+    # Novelty and duplication (kibotos.novelty) after the evidence jobs, against the index
+    # in ClickHouse. False: no novelty stage, S_novel is missing (its policy applies).
+    novelty: bool = True
+    novelty_config_path: Path | None = None  # None = the packaged kibotos/config/novelty.yaml
 
     # Gate thresholds: path to a versioned YAML file; None = the packaged default
     gate_config_path: Path | None = None
+    # Alignment evidence (job "align") thresholds and the VLM calibration table: a
+    # versioned YAML file; None = the packaged kibotos/config/alignment.yaml
+    alignment_config_path: Path | None = None
+
+    # VLM provider used by the align job (kibotos.vlm registry). None: no VLM; alignment
+    # and task scores come from the non-VLM evidence and the report says so.
+    # "openai": an OpenAI-compatible chat-completions endpoint (e.g. vLLM serving
+    # Qwen2.5-VL) at vlm_base_url (".../v1"), model vlm_model.
+    vlm_provider: str | None = None
+    vlm_base_url: str | None = None
+    vlm_model: str | None = None
+    vlm_api_key: SecretStr | None = None
+    vlm_timeout_s: float = Field(default=30.0, gt=0)  # per attempt
+    vlm_max_retries: int = Field(default=1, ge=0)  # extra attempts after a timeout / 5xx / 429 / refused connection
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> "Settings":
@@ -95,3 +116,23 @@ class Settings(BaseSettings):
     @property
     def store_url(self) -> str:
         return self.object_store_url or f"file://{(self.home / 'objects').resolve()}"
+
+    def as_env(self) -> dict[str, str]:
+        """The ``KIBOTOS_*`` variables that give a child process these settings: every
+        field whose value differs from its default (a ``None`` value cannot be spelled in
+        the environment; its default is ``None`` for every optional field)."""
+        env: dict[str, str] = {}
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if value is None or value == field.get_default(call_default_factory=True):
+                continue
+            if isinstance(value, SecretStr):
+                text = value.get_secret_value()
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, (tuple, list, dict)):
+                text = json.dumps(list(value) if isinstance(value, tuple) else value)
+            else:
+                text = str(value)
+            env[f"KIBOTOS_{name.upper()}"] = text
+        return env

@@ -3,7 +3,7 @@
 ``Stack.start()`` starts Tansu (unless ``KIBOTOS_BOOTSTRAP_SERVERS`` points at a real
 cluster), creates every topic with its partition count, opens the warehouse (embedded
 chdb owned by this process, or a ClickHouse server) and applies migrations, runs the
-ClickHouse sink in a thread, serves the read API for other shells, and spawns the gate
+ClickHouse sink and the novelty stage in threads, serves the read API for other shells, and spawns the gate
 worker processes. ``stop()`` undoes it in reverse order. ``<home>/stack.json`` tells
 other ``kibotos`` commands how to reach a running stack.
 """
@@ -30,6 +30,7 @@ from kibotos.objectstore import store_from_settings
 from kibotos.query_server import QueryServer
 from kibotos.settings import Settings
 from kibotos.warehouse import LockedClient, open_client
+from streams.novelty_worker import start_novelty_thread
 from streams.sink import ClickHouseSink
 from topics.admin import ensure_topics
 from topics.catalogue import Catalogue
@@ -69,6 +70,8 @@ class Stack:
         self.ingest_service = None
         self._stop = threading.Event()
         self._sink_thread: threading.Thread | None = None
+        self._novelty_thread: threading.Thread | None = None
+        self.novelty = None
         self.processes: list[subprocess.Popen] = []
         self.store = store_from_settings(settings)
         self.metrics_dir: Path | None = None
@@ -102,7 +105,11 @@ class Stack:
                                    f"{self.settings.consumer_group_prefix}-{self.settings.topic_prefix}sink")
         self._sink_thread = threading.Thread(target=self.sink.run, args=(self._stop,), name="sink", daemon=True)
         self._sink_thread.start()
-        self.query = QueryServer(self.client, metrics_dir=self.metrics_dir).start()
+        if self.settings.novelty:
+            self._novelty_thread, self.novelty = start_novelty_thread(self.settings, self.client, self.bootstrap,
+                                                                      self._stop, self.store)
+            self.log("novelty  duplicate and synthetic-artifact checks against the index in ClickHouse")
+        self.query = QueryServer(self.client, metrics_dir=self.metrics_dir, store=self.store).start()
         self.ingest_service = build_ingest_service(self.settings, client=self.client, bootstrap=self.bootstrap,
                                                    catalogue=self.catalogue)
         self.ingest = IngestServer(create_ingest_app(self.ingest_service), self.settings.ingest_host,
@@ -128,12 +135,12 @@ class Stack:
     def _worker_env(self) -> dict[str, str]:
         """What every child process needs to see the same stack as this one."""
         env = dict(os.environ)
+        env.update(self.settings.as_env())
         env.update({
             "KIBOTOS_TOPIC_PREFIX": self.settings.topic_prefix,
             "KIBOTOS_TOPIC_PARTITIONS": str(self.settings.topic_partitions),
             "KIBOTOS_OBJECT_STORE_URL": self.settings.store_url,
             "KIBOTOS_CONSUMER_GROUP_PREFIX": self.settings.consumer_group_prefix,
-            "KIBOTOS_R_BASE": str(self.settings.r_base),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
         })
         if self.settings.gate_config_path:
@@ -187,6 +194,12 @@ class Stack:
         if self.sink is not None:
             self.sink.close()
             self.sink = None
+        if self._novelty_thread is not None:
+            self._novelty_thread.join(30)
+            self._novelty_thread = None
+        if self.novelty is not None:
+            self.novelty.close()
+            self.novelty = None
         if self.ingest is not None:
             self.ingest.stop()
             self.ingest = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from kibotos.bundle.reader import BundleView, Limits, open_bundle
 from kibotos.errors import BundleError
@@ -60,6 +61,7 @@ def build_report(
     robot_model_id: str | None = None,
     robot_model_revision: str | None = None,
     points: float = 0.0,
+    scores: dict[str, Any] | None = None,
 ) -> VerificationReport:
     failed = next((r for r in results if not r.passed), None)
     # every hard gate A-E ran (evidence-job results, when configured, come after them)
@@ -76,4 +78,5 @@ def build_report(
         robot_model_id=robot_model_id,
         robot_model_revision=robot_model_revision,
         points=points if accepted else 0.0,
+        scores=scores if accepted else None,
     )

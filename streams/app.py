@@ -18,6 +18,7 @@ from kibotos.gate_config import GateConfig
 from kibotos.objectstore import store_from_settings
 from kibotos.settings import Settings
 from kibotos.metrics import render as render_metrics
+from kibotos.scoring import load_scoring_config
 from streams.stages import Record, build_stages, handle_observed, stage_inputs
 from topics.catalogue import Catalogue
 
@@ -29,17 +30,20 @@ def app_id(settings: Settings) -> str:
     return f"{settings.consumer_group_prefix}-{settings.topic_prefix}gates".replace(".", "-")
 
 
-def create_app(settings: Settings, bootstrap: str, config: GateConfig, web_port: int) -> faust.App:
+def create_app(settings: Settings, bootstrap: str, config: GateConfig, web_port: int,
+               web_bind: str = "127.0.0.1") -> faust.App:
     catalogue = Catalogue.from_settings(settings)
     store = store_from_settings(settings)
     app = faust.App(
         app_id(settings),
         broker=f"kafka://{bootstrap}",
         store="memory://",
+        # faust keeps per-app state in a folder (default: the current directory)
+        datadir=str(settings.home.resolve() / "faust" / "{conf.name}-data"),
         autodiscover=False,
         web_enabled=True,
         web_port=web_port,
-        web_bind="127.0.0.1",
+        web_bind=web_bind,  # the faust web server: /metrics for Prometheus
         web_host="127.0.0.1",
         topic_partitions=catalogue.partitions,
         topic_allow_declare=False,
@@ -59,7 +63,8 @@ def create_app(settings: Settings, bootstrap: str, config: GateConfig, web_port:
         return app.topic(spec.name, key_type=bytes, value_type=bytes, key_serializer="raw",
                          value_serializer="raw", partitions=spec.partitions, internal=False)
 
-    for stage in build_stages(catalogue, store, config, settings.r_base, settings.evidence_jobs):
+    for stage in build_stages(catalogue, store, config, load_scoring_config(settings.scoring_config_path),
+                              settings.evidence_jobs, novelty=settings.novelty):
         out_topics = {spec.name: faust_topic(spec) for spec in stage.outputs}
         channel = faust_topic(stage_inputs(stage)[0]) if len(stage_inputs(stage)) == 1 else \
             app.topic(*[s.name for s in stage_inputs(stage)], key_type=bytes, value_type=bytes,

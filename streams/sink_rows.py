@@ -58,18 +58,23 @@ SCORE_COMPONENTS = ("pose", "retarget", "align", "task", "object", "novel")
 
 
 def score_columns(report: dict[str, Any], points: float) -> dict[str, Any]:
-    """The flattened score columns of a report: ``report["scores"]`` is
-    ``{"S", "components": {name: {"value", ...}}, "reward", "config_version"}`` (absent
-    for rejected submissions and reports decided before scoring existed)."""
+    """The flattened score columns of a report. ``report["scores"]`` is the
+    ``kibotos.scoring.ScoreBreakdown`` as JSON: ``{"score", "components": [{"name",
+    "value", ...}], "reward", "config_version", ...}`` (``{"S", "components": {name:
+    {"value"}}}`` is read too). Absent for rejected submissions and for reports decided
+    before scoring existed: the columns are then NULL and ``reward`` is the points."""
     scores = report.get("scores") or {}
     comps = scores.get("components") or {}
+    if isinstance(comps, list):
+        comps = {c.get("name"): c for c in comps if isinstance(c, dict)}
 
     def comp(name: str):
         c = comps.get(name)
         v = c.get("value") if isinstance(c, dict) else c
         return None if v is None else float(v)
 
-    return {"score": scores.get("S"), **{f"s_{n}": comp(n) for n in SCORE_COMPONENTS},
+    score = scores.get("score", scores.get("S"))
+    return {"score": None if score is None else float(score), **{f"s_{n}": comp(n) for n in SCORE_COMPONENTS},
             "reward": float(scores.get("reward", points) or 0.0),
             "scoring_config_version": scores.get("config_version")}
 

@@ -220,23 +220,69 @@ class JobStage:
         return advance(self.catalogue, event, res, self.next)
 
 
-class DecisionStage:
-    """Turn the end of the chain into a verdict (+ a ledger entry for accepted ones).
+class NoveltyStage:
+    """Novelty and duplication against the ClickHouse index (``kibotos.novelty``):
+    ``evidence.completed`` → ``novelty.completed``, or rejected for a same-miner duplicate.
 
-    Consumes ``evidence.completed`` (every gate and evidence job passed) and
-    ``verification.rejected``.
+    Runs where a ClickHouse client is (``streams.stage_consumer``): in the embedded stack,
+    the process that owns chdb; in production any number of processes with the DSN."""
+
+    processor_id = "novelty"
+
+    def __init__(self, catalogue: Catalogue, store: LocalObjectStore, checker, limits=None):
+        self.catalogue = catalogue
+        self.store = store
+        self.checker = checker
+        self.limits = limits
+        self.input = catalogue.evidence_completed
+        self.next = catalogue.novelty_completed
+        self.outputs = (self.next, catalogue.verification_rejected, catalogue.dead_letters)
+
+    def handle(self, record: Record) -> list[Output]:
+        from kibotos.bundle import open_bundle
+
+        event = decode_in_flight(self.input, record, self.catalogue, self.processor_id)
+        if isinstance(event, Output):
+            return [event]
+        t0 = time.perf_counter()
+        try:
+            with open_bundle(self.store.local_path(event["bundle_uri"]), self.limits) as view:
+                res = self.checker.check(view, event["submission_id"], event["miner_id"], event["received_at"])
+        except ServiceError:
+            raise
+        except KibotosError as exc:
+            res = GateResult(gate="novelty", passed=False, reason_code=exc.reason_code,
+                             metrics={"error": str(exc)[:500]})
+        metrics = dict(res.metrics)
+        metrics.setdefault("wall_ms", round((time.perf_counter() - t0) * 1000.0, 3))
+        return advance(self.catalogue, event, res.model_copy(update={"metrics": metrics}), self.next)
+
+
+class DecisionStage:
+    """Turn the end of the chain into a verdict, a score and a ledger entry.
+
+    Consumes the last accepted topic (``novelty.completed`` when the novelty stage runs,
+    else ``evidence.completed``: every gate and evidence job passed) and
+    ``verification.rejected``. An accepted submission is scored (``kibotos.scoring``:
+    soft components from the evidence results, S, the reward curve) and earns
+    ``reward`` points in one ledger entry whose id is derived from the submission, so a
+    redelivered record never pays twice. A rejected one earns nothing.
     """
 
     processor_id = "decision"
 
-    def __init__(self, catalogue: Catalogue, r_base: float):
+    def __init__(self, catalogue: Catalogue, scoring=None, accepted_input: TopicSpec | None = None):
+        from kibotos.scoring import load_scoring_config
+
         self.catalogue = catalogue
-        self.r_base = r_base
-        self.accepted_input = catalogue.evidence_completed
+        self.scoring = scoring or load_scoring_config()
+        self.accepted_input = accepted_input or catalogue.evidence_completed
         self.rejected_input = catalogue.verification_rejected
         self.outputs = (catalogue.verdicts, catalogue.ledger_entries, catalogue.dead_letters)
 
     def handle(self, record: Record) -> list[Output]:
+        from kibotos.scoring import score_submission
+
         spec = self.accepted_input if record.topic == self.accepted_input.name else self.rejected_input
         try:
             event = spec.deserialize(record.value or b"")
@@ -244,11 +290,17 @@ class DecisionStage:
         except (SerializationError, KeyError, ValueError, TypeError) as exc:
             code = exc.reason_code if isinstance(exc, KibotosError) else "invalid_event"
             return [dead_letter(self.catalogue, record, self.processor_id, code, str(exc))]
-        report = build_report(
-            event["submission_id"], results, event.get("config_version") or "unknown",
-            miner_id=event["miner_id"], robot_model_id=event.get("robot_model_id"),
-            robot_model_revision=event.get("robot_model_revision"), points=self.r_base,
-        )
+        common = dict(miner_id=event["miner_id"], robot_model_id=event.get("robot_model_id"),
+                      robot_model_revision=event.get("robot_model_revision"))
+        config_version = event.get("config_version") or "unknown"
+        report = build_report(event["submission_id"], results, config_version, **common)
+        breakdown = None
+        if report.verdict == "accepted":
+            evidence = {r.gate: r for r in results}
+            breakdown = score_submission(evidence, self.scoring, passed=True,
+                                         angle_quality_sum=_angle_quality_sum(results))
+            report = build_report(event["submission_id"], results, config_version, **common,
+                                  points=breakdown.reward, scores=breakdown.model_dump(mode="json"))
         decided = now_ms()
         outputs = [Output(self.catalogue.verdicts, {
             "submission_id": report.submission_id,
@@ -262,17 +314,34 @@ class DecisionStage:
             "report_json": report.model_dump_json(),
             "bundle_uri": event["bundle_uri"],
         })]
-        if report.verdict == "accepted" and report.points:
+        if breakdown is not None:
             outputs.append(Output(self.catalogue.ledger_entries, {
-                "entry_id": ledger_entry_id(report.submission_id, "base_reward"),
+                "entry_id": ledger_entry_id(report.submission_id, "reward"),
                 "miner_id": event["miner_id"],
                 "submission_id": report.submission_id,
-                "kind": "base_reward",
-                "points": report.points,
-                "config_version": report.config_version,
+                "kind": "reward",
+                "points": breakdown.reward,
+                "config_version": breakdown.config_version,
                 "created_at": decided,
+                "score": breakdown.score,
+                "components_json": json.dumps([c.model_dump(mode="json") for c in breakdown.components],
+                                              sort_keys=True),
+                "weights_json": json.dumps(breakdown.weights_used, sort_keys=True),
             }))
         return outputs
+
+
+def _angle_quality_sum(results: list[GateResult]) -> float:
+    """The multi-angle quality the reward multiplier reads: the sum, over secondary
+    cameras, of their quality in [0, 1] as gate A measured it (0 with a single camera)."""
+    total = 0.0
+    for res in results:
+        for cam in (res.metrics.get("secondary_cameras") or {}).values() if isinstance(
+                res.metrics.get("secondary_cameras"), dict) else ():
+            q = cam.get("quality") if isinstance(cam, dict) else None
+            if isinstance(q, (int, float)):
+                total += min(max(float(q), 0.0), 1.0)
+    return total
 
 
 def handle_observed(stage, record: Record, catalogue: Catalogue) -> list[Output]:
@@ -296,13 +365,16 @@ def handle_observed(stage, record: Record, catalogue: Catalogue) -> list[Output]
     return outputs
 
 
-def build_stages(catalogue: Catalogue, store: LocalObjectStore, config: GateConfig, r_base: float,
-                 evidence_jobs: tuple[str, ...] = ()):
-    """The stream-processor stages, in order: one per gate, the evidence dispatch, the
-    decision. (The evidence jobs themselves run in ``gpu_consumers``.)"""
+def build_stages(catalogue: Catalogue, store: LocalObjectStore, config: GateConfig, scoring=None,
+                 evidence_jobs: tuple[str, ...] = (), novelty: bool = False):
+    """The broker-free stages of the gate workers, in order: one per gate, the evidence
+    dispatch, the decision. The evidence jobs run in ``gpu_consumers``; the novelty stage
+    (``NoveltyStage``, when ``novelty``) runs where a ClickHouse client is, and the
+    decision then waits for its output."""
     stages: list = [GateStage(g, catalogue, store, config) for g in gates()]
     stages.append(DispatchStage(catalogue, tuple(evidence_jobs)))
-    stages.append(DecisionStage(catalogue, r_base))
+    accepted = catalogue.novelty_completed if novelty else catalogue.evidence_completed
+    stages.append(DecisionStage(catalogue, scoring, accepted_input=accepted))
     return stages
 
 

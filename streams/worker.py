@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bootstrap", required=False, help="Kafka bootstrap servers (default: settings)")
     parser.add_argument("--web-port", type=int, required=True, help="faust web port (loopback), unique per worker")
+    parser.add_argument("--web-bind", default="127.0.0.1",
+                        help="address the faust web server (/metrics) binds (0.0.0.0 in a container)")
     parser.add_argument("--loglevel", help="log level (default: KIBOTOS_LOG_LEVEL)")
     args = parser.parse_args(argv)
     settings = Settings()
@@ -28,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config(settings.gate_config_path)
     level = args.loglevel or settings.log_level
     setup_logging(settings.log_format, level)
-    app = create_app(settings, bootstrap, config, args.web_port)
+    app = create_app(settings, bootstrap, config, args.web_port, args.web_bind)
     from faust.worker import Worker
 
     # keep the JSON handler set up above instead of faust's own logging set-up

@@ -182,7 +182,7 @@ def test_commands_name_entry_points_that_exist(command, env):
 def test_compose_wiring():
     services = compose()["services"]
     for wanted in ("kafka", "clickhouse", "minio", "prometheus", "grafana", "kibotos-init", "kibotos-gates",
-                   "kibotos-sink", "kibotos-ingest", "kibotos-gpu"):
+                   "kibotos-sink", "kibotos-novelty", "kibotos-ingest", "kibotos-gpu"):
         assert wanted in services
     for name, s in services.items():
         deps = s.get("depends_on") or {}
@@ -224,10 +224,13 @@ def test_prometheus_scrapes_the_metrics_ports_the_processes_serve():
             targets |= set(static["targets"])
         for sd in job.get("dns_sd_configs", []):
             targets |= {f"{n}:{sd['port']}" for n in sd["names"]}
-    for name in ("kibotos-sink", "kibotos-gpu", "kibotos-gates"):
+    for name in ("kibotos-sink", "kibotos-novelty", "kibotos-gpu", "kibotos-gates"):
         command = services[name]["command"]
         flag = "--web-port" if "--web-port" in command else "--metrics-port"
         assert f"{name}:{command[command.index(flag) + 1]}" in targets, name
+        # in a container /metrics must bind beyond loopback for Prometheus to reach it
+        bind = "--web-bind" if flag == "--web-port" else "--metrics-host"
+        assert command[command.index(bind) + 1] == "0.0.0.0", name
 
 
 def test_the_image_ships_every_package():
@@ -240,7 +243,7 @@ def test_the_image_ships_every_package():
 def test_k8s_manifests():
     kinds = {(d["kind"], d["metadata"]["name"]) for d in k8s_docs()}
     for wanted in (("Job", "kibotos-init"), ("Deployment", "kibotos-gates"), ("Deployment", "kibotos-sink"),
-                   ("Deployment", "kibotos-ingest"), ("Deployment", "kibotos-gpu"), ("Service", "kibotos-ingest")):
+                   ("Deployment", "kibotos-novelty"), ("Deployment", "kibotos-ingest"), ("Deployment", "kibotos-gpu"), ("Service", "kibotos-ingest")):
         assert wanted in kinds
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert set(kustomization["resources"]) == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}

@@ -1,6 +1,7 @@
-"""``kibotos demo`` end to end on the embedded stack with the expensive evidence plan:
-gate workers, a GPU consumer process (Ray actors: pose, IK, playback), the sink, the
-ingest API. Accepted submissions must carry pose, IK and playback evidence."""
+"""``kibotos demo`` end to end on the embedded stack with the default plan: gate workers,
+a GPU consumer process (Ray actors: pose, IK, playback, task), the novelty stage, the
+sink, the ingest API. Accepted submissions carry that evidence and are paid their scored
+reward; a re-submitted copy earns less than the original."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ MIX = [
     ("miner-alice", "franka_panda", "genuine", 1),
     ("miner-carol", "franka_panda", "ik_target_shift", 19),
     ("miner-carol", "ur5", "nan", 6),
+    ("miner-erin", "franka_panda", "copy:mirrored", 1),  # alice's episode, mirrored, by another miner
 ]
 
 
@@ -29,12 +31,12 @@ def test_demo_runs_the_evidence_jobs_and_pays_only_the_genuine_submission(tmp_pa
     for name in [k for k in os.environ if k.startswith("KIBOTOS_")]:
         monkeypatch.delenv(name)
     settings = Settings(home=tmp_path / "home")
-    assert settings.evidence_jobs == ("pose", "ik", "playback")  # the default plan
+    assert settings.evidence_jobs == Settings.model_fields["evidence_jobs"].default and settings.novelty
     out = io.StringIO()
     rc = run_demo(settings, Console(file=out, width=200), mix=MIX, hostile=False, timeout_s=600)
     text = out.getvalue()
     assert rc == 0, text
-    assert "IK rms" in text and "keyframes" in text
+    assert "IK rms" in text and "keyframes" in text and "reward" in text and "novel" in text
 
     client = open_client(Settings(home=tmp_path / "home" / "demo").chdb_dsn)
     try:
@@ -47,16 +49,19 @@ def test_demo_runs_the_evidence_jobs_and_pays_only_the_genuine_submission(tmp_pa
     by_variant = {}
     for rep in reports.values():
         gates = [g["gate"] for g in rep["gates"]]
-        if rep["verdict"] == "accepted":
+        if rep["miner_id"] == demo_keypair("miner-erin").miner_id:
+            by_variant["copy"] = rep
+        elif rep["verdict"] == "accepted":
             by_variant["genuine"] = rep
         elif "ik_residual" in gates:
             by_variant["ik_target_shift"] = rep
         else:
             by_variant["nan"] = rep
-    assert set(by_variant) == {"genuine", "ik_target_shift", "nan"}, reports
+    assert set(by_variant) == {"genuine", "ik_target_shift", "nan", "copy"}, reports
 
     genuine = {g["gate"]: g for g in by_variant["genuine"]["gates"]}
-    assert list(genuine)[-3:] == ["gate_f_pose", "ik_residual", "playback"]
+    assert list(genuine)[-5:] == ["gate_f_pose", "ik_residual", "playback", "task_completion", "novelty"]
+    assert genuine["task_completion"]["passed"] and genuine["task_completion"]["metrics"]["checklist_fraction"] == 1.0
     assert genuine["gate_f_pose"]["metrics"]["applicable"] is False  # the sample video shows a robot
     assert genuine["ik_residual"]["metrics"]["rms_pos_error_m"] < 0.02
     keyframes = genuine["playback"]["metrics"]["keyframes"]
@@ -69,4 +74,13 @@ def test_demo_runs_the_evidence_jobs_and_pays_only_the_genuine_submission(tmp_pa
     shifted = by_variant["ik_target_shift"]
     assert (shifted["failed_gate"], shifted["reason_code"]) == ("ik_residual", "ik_rms_exceeded")
     assert by_variant["nan"]["failed_gate"] == "gate_a_integrity"
-    assert balances == {demo_keypair("miner-alice").miner_id: 10.0}
+    # paid the scored reward: S from the evidence, each component with its inputs
+    scores = by_variant["genuine"]["scores"]
+    comps = {c["name"]: c for c in scores["components"]}
+    assert comps["retarget"]["value"] > 0.5 and comps["task"]["value"] > 0.5 and comps["novel"]["value"] > 0.9
+    assert balances[demo_keypair("miner-alice").miner_id] == pytest.approx(scores["reward"])
+    # the mirrored copy by another miner: downweighted by novelty, paid less
+    copy = by_variant["copy"]
+    assert {g["gate"]: g for g in copy["gates"]}["novelty"]["metrics"]["s_novel"] < 0.7
+    assert balances.get(demo_keypair("miner-erin").miner_id, 0.0) < scores["reward"]
+    assert len(balances) <= 2

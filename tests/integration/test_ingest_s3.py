@@ -98,7 +98,7 @@ def test_signed_upload_through_s3_reaches_the_gates(s3_ingest, signed):
     store = s3_ingest.service.store
     assert list(store.list("incoming/")) == []  # moved to its final key
     # the gate chain, exactly as the stream workers run it, reads the bundle from the bucket
-    stages = build_stages(s3_ingest.catalogue, store, load_config(None), r_base=10.0)
+    stages = build_stages(s3_ingest.catalogue, store, load_config(None))
     spec = s3_ingest.catalogue.submissions_received
     [verdict] = [o.record for o in run_in_process(stages, [Record(spec.name, spec.serialize(event), spec.key(event))])
                  if o.topic.id == "verdicts"]

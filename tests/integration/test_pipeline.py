@@ -37,6 +37,7 @@ from kibotos.samples import EXPECTED, make_episode
 from kibotos.submit import Submitted, submit_paths
 from kibotos.warehouse import LockedClient
 from processors.base import gates
+from kibotos.scoring import load_scoring_config, score_submission
 from streams.sink import ClickHouseSink
 from streams.stages import ledger_entry_id
 from topics.catalogue import Catalogue, TopicSpec
@@ -47,7 +48,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 GATE_IDS = [g.gate_id for g in gates()]
 PASS_TOPICS = [f"gates.{g.letter}.passed" for g in gates()]
 CONFIG_VERSION = load_config().config_version
-R_BASE = 10.0
+# the cheap chain alone: every soft component is missing and scored neutral
+REWARD = score_submission({}, load_scoring_config(), passed=True).reward
 MINER = "miner-it"
 ROBOT = "ur5"
 # every variant here was checked to reach EXPECTED's verdict with duration_ms=4000
@@ -184,8 +186,8 @@ class Pipeline:
             "KIBOTOS_TOPIC_PARTITIONS": str(self.catalogue.partitions),
             "KIBOTOS_OBJECT_STORE_URL": self.store.root.as_uri(),
             "KIBOTOS_CONSUMER_GROUP_PREFIX": self.group_prefix,
-            "KIBOTOS_R_BASE": str(R_BASE),
             "KIBOTOS_EVIDENCE_JOBS": "[]",  # the cheap chain: evidence jobs have their own tests
+            "KIBOTOS_NOVELTY": "false",  # and so has the novelty stage (tests/streams/test_novelty_stage.py)
         })
         log_path = self.tmp_path / f"worker-{len(self.workers)}.log"
         port = free_loopback_port()
@@ -319,7 +321,7 @@ def pipeline(tansu, catalogue, chdb_client, tmp_path):
 
 def assert_accepted(report: dict, sid: str) -> None:
     assert (report["submission_id"], report["verdict"], report["reason_code"]) == (sid, "accepted", None)
-    assert report["points"] == R_BASE and report["config_version"] == CONFIG_VERSION
+    assert report["points"] == REWARD and report["config_version"] == CONFIG_VERSION
     assert [g["gate"] for g in report["gates"]] == GATE_IDS and all(g["passed"] for g in report["gates"])
 
 
@@ -333,7 +335,7 @@ def test_good_bundle_is_accepted_reported_and_paid_once(pipeline, bundles):
 
     [verdict] = pipeline.verdicts([sid], idle_s=0.5)
     assert (verdict["submission_id"], verdict["miner_id"], verdict["verdict"]) == (sid, MINER, "accepted")
-    assert verdict["points"] == R_BASE and verdict["bundle_uri"] == sub.bundle_uri
+    assert verdict["points"] == REWARD and verdict["bundle_uri"] == sub.bundle_uri
 
     report = pipeline.reports([sid])[sid]
     assert_accepted(report, sid)
@@ -348,8 +350,8 @@ def test_good_bundle_is_accepted_reported_and_paid_once(pipeline, bundles):
 
     [entry] = pipeline.ledger(1)
     assert (entry["entry_id"], entry["submission_id"], entry["miner_id"], entry["kind"], entry["points"]) == (
-        ledger_entry_id(sid, "base_reward"), sid, MINER, "base_reward", R_BASE)
-    assert warehouse.balances(pipeline.client) == [{"miner_id": MINER, "points": R_BASE, "entries": 1}]
+        ledger_entry_id(sid, "reward"), sid, MINER, "reward", REWARD)
+    assert warehouse.balances(pipeline.client) == [{"miner_id": MINER, "points": REWARD, "entries": 1}]
 
 
 def test_each_failure_stops_at_its_gate_with_its_reason(pipeline, bundles):
@@ -442,8 +444,8 @@ def test_same_submission_twice_is_reported_and_paid_once(pipeline, bundles):
     assert warehouse.get_report(pipeline.client, sid)["decided_at"] == latest  # the later decision wins
     assert len(warehouse.gate_results(pipeline.client, sid)) == len(GATE_IDS)
     [entry] = warehouse.ledger_entries(pipeline.client)
-    assert entry["entry_id"] == ledger_entry_id(sid, "base_reward")
-    assert warehouse.balances(pipeline.client) == [{"miner_id": MINER, "points": R_BASE, "entries": 1}]
+    assert entry["entry_id"] == ledger_entry_id(sid, "reward")
+    assert warehouse.balances(pipeline.client) == [{"miner_id": MINER, "points": REWARD, "entries": 1}]
 
 
 def submit_mix(pipeline: Pipeline, bundles: Bundles) -> dict[str, str | None]:
@@ -463,14 +465,17 @@ def assert_decided_exactly_once(pipeline: Pipeline, expected: dict[str, str | No
     accepted = sorted(sid for sid, reason in expected.items() if reason is None)
     entries = pipeline.ledger(len(accepted))
     assert sorted(e["submission_id"] for e in entries) == accepted
-    assert {e["entry_id"] for e in entries} == {ledger_entry_id(sid, "base_reward") for sid in accepted}
+    assert {e["entry_id"] for e in entries} == {ledger_entry_id(sid, "reward") for sid in accepted}
+    # the balance is the sum of the accepted reports' rewards, each counted once
     assert warehouse.balances(pipeline.client) == [
-        {"miner_id": MINER, "points": R_BASE * len(accepted), "entries": len(accepted)}]
+        {"miner_id": MINER, "points": pytest.approx(sum(reports[sid]["scores"]["reward"] for sid in accepted)),
+         "entries": len(accepted)}]
+    assert sum(reports[sid]["scores"]["reward"] for sid in accepted) == pytest.approx(REWARD * len(accepted))
     # every entry ever published (duplicates included) belongs to an accepted submission
     published = read_topic(pipeline.bootstrap, pipeline.catalogue.ledger_entries, idle_s=1.0,
                            until=lambda recs: set(accepted) <= set(ids(recs)))
     assert {e["submission_id"] for e in published} == set(accepted)
-    assert {e["entry_id"] for e in published} == {ledger_entry_id(sid, "base_reward") for sid in accepted}
+    assert {e["entry_id"] for e in published} == {ledger_entry_id(sid, "reward") for sid in accepted}
 
 
 def test_killed_worker_is_replaced_without_losing_or_double_paying(pipeline, bundles):

@@ -105,7 +105,11 @@ def test_stack_serves_reports_ledger_and_verdicts_and_persists_after_stop(settin
             assert time.monotonic() < deadline, f"no reports after 120s: {reports}\n{worker_logs(settings.home)}"
             time.sleep(0.3)
         assert {sid: (r["verdict"], r["reason_code"]) for sid, r in reports.items()} == sids
-        assert balances == [{"miner_id": MINER, "points": settings.r_base, "entries": 1}]
+        # paid the scored reward of its report (novelty ran in the stack: S_novel scored)
+        reward = reports[genuine.submission_id]["scores"]["reward"]
+        novel = {c["name"]: c for c in reports[genuine.submission_id]["scores"]["components"]}["novel"]
+        assert novel["value"] is not None and reward == reports[genuine.submission_id]["points"] > 0
+        assert balances == [{"miner_id": MINER, "points": pytest.approx(reward), "entries": 1}]
 
         # Prometheus: the worker processes' metrics, summed on the stack's read API
         metrics = metric_samples(urllib.request.urlopen(f"{stack.query.url}/metrics", timeout=10).read().decode())
@@ -138,12 +142,12 @@ def test_stack_serves_reports_ledger_and_verdicts_and_persists_after_stop(settin
 
             out = subprocess.run([*cli, "ledger", "--json"], env=env, capture_output=True, text=True, timeout=60)
             assert out.returncode == 0, out.stderr
-            assert json.loads(out.stdout) == [{"miner_id": MINER, "points": settings.r_base, "entries": 1}]
+            assert json.loads(out.stdout) == [{"miner_id": MINER, "points": pytest.approx(reward), "entries": 1}]
             out = subprocess.run([*cli, "ledger", "--miner", MINER, "--json"], env=env, capture_output=True,
                                  text=True, timeout=60)
             assert out.returncode == 0, out.stderr
             [entry] = json.loads(out.stdout)
-            assert entry["entry_id"] == ledger_entry_id(genuine.submission_id, "base_reward")
+            assert entry["entry_id"] == ledger_entry_id(genuine.submission_id, "reward")
 
             out = subprocess.run([*cli, "report", str(uuid.uuid4()), "--json"], env=env, capture_output=True,
                                  text=True, timeout=60)
@@ -173,7 +177,7 @@ def test_stack_serves_reports_ledger_and_verdicts_and_persists_after_stop(settin
     for sid, (verdict, reason) in sids.items():
         report = reads.get_report(settings, sid)
         assert (report["verdict"], report["reason_code"]) == (verdict, reason)
-    assert reads.balances(settings) == [{"miner_id": MINER, "points": settings.r_base, "entries": 1}]
+    assert reads.balances(settings) == [{"miner_id": MINER, "points": pytest.approx(reward), "entries": 1}]
     out = subprocess.run([kibotos_exe(), "report", genuine.submission_id, "--json"], capture_output=True, text=True,
                          env=clean_env(KIBOTOS_HOME=str(settings.home), KIBOTOS_TOPIC_PREFIX=settings.topic_prefix),
                          timeout=60)

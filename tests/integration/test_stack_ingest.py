@@ -44,6 +44,7 @@ def test_signed_uploads_through_the_stack(tansu, tmp_path, monkeypatch):
                                   "--timeout", "120"], catch_exceptions=False)
         assert out.exit_code == 1, out.stdout  # one bundle was rejected
         assert "verdict accepted" in out.stdout and "bundle_unreadable" in out.stdout
+        submitted = out.stdout
         assert sidecar_path(good_path).exists() is False  # signed on the fly, nothing written
         out = runner.invoke(app, ["report", truncated_sid, "--json"], catch_exceptions=False)
         rep = json.loads(out.stdout)
@@ -51,4 +52,7 @@ def test_signed_uploads_through_the_stack(tansu, tmp_path, monkeypatch):
             "rejected", "bundle_unreadable", "ingest_integrity")
         assert rep["miner_id"] == pair.miner_id
         ledger = runner.invoke(app, ["miner", "ledger", "-k", str(key), "--json"], catch_exceptions=False)
-        assert json.loads(ledger.stdout)["balance"] == settings.r_base
+        good_sid = next(line.split()[0] for line in submitted.splitlines() if "verdict accepted" in line)
+        good_report = json.loads(runner.invoke(app, ["report", good_sid, "--json"], catch_exceptions=False).stdout)
+        assert good_report["scores"]["reward"] > 0
+        assert json.loads(ledger.stdout)["balance"] == pytest.approx(good_report["scores"]["reward"])

@@ -11,7 +11,7 @@ from gpu_consumers.jobs import make_handler
 from kibotos.errors import ConfigError, ServiceError
 from kibotos.report import GateResult
 from streams.stages import JobStage, Record, build_stages, evidence_route, run_in_process
-from tests.streams.test_stages import CONFIG, GATE_IDS, R_BASE, UR5, bundles, parsed_report, run  # noqa: F401
+from tests.streams.test_stages import CONFIG, GATE_IDS, SCORING, UR5, bundles, parsed_report, run  # noqa: F401
 from topics.catalogue import Catalogue
 
 
@@ -29,15 +29,15 @@ def test_evidence_route_chains_the_jobs_in_order_then_completes(catalogue):
 
 def test_an_unknown_or_reserved_job_kind_is_a_config_error():
     with pytest.raises(ConfigError, match="reserved"):
-        make_handler("vlm", CONFIG, None)
-    with pytest.raises(ConfigError, match="available: ik, playback, pose"):
+        make_handler("train", CONFIG, None)
+    with pytest.raises(ConfigError, match="available: align, ik, playback, pose"):
         make_handler("nope", CONFIG, None)
 
 
 @pytest.fixture
 def ik_chain(catalogue, bundles):
     plan = ("ik",)
-    stages = build_stages(catalogue, bundles.store, CONFIG, R_BASE, plan)
+    stages = build_stages(catalogue, bundles.store, CONFIG, SCORING, plan)
     stages.append(JobStage("ik", make_handler("ik", CONFIG, bundles.store), catalogue, bundles.store, plan))
     return stages
 

@@ -18,10 +18,13 @@ from kibotos.samples import EXPECTED, make_episode
 from processors.base import gates
 from streams.stages import (DecisionStage, GateStage, Output, Record, build_stages, ledger_entry_id, run_in_process,
                             stage_inputs)
+from kibotos.scoring import load_scoring_config, score_submission
 from topics.catalogue import Catalogue
 
 CONFIG = load_config()
-R_BASE = 10.0
+SCORING = load_scoring_config()
+# the cheap chain alone: every soft component is missing, scored neutral by the policy
+CHEAP_CHAIN_REWARD = score_submission({}, SCORING, passed=True).reward
 GATE_IDS = [g.gate_id for g in gates()]
 REVISIONS = dict(list_robots())
 UR5, G1 = "ur5", "unitree_g1"
@@ -73,7 +76,7 @@ def catalogue() -> Catalogue:
 
 @pytest.fixture
 def stages(catalogue, bundles):
-    return build_stages(catalogue, bundles.store, CONFIG, R_BASE)
+    return build_stages(catalogue, bundles.store, CONFIG, SCORING)
 
 
 class Tap:
@@ -140,16 +143,21 @@ def test_genuine_bundle_is_accepted_with_one_ledger_entry(stages, catalogue, bun
     assert (verdict["submission_id"], verdict["miner_id"], verdict["bundle_uri"]) == (sid, event["miner_id"],
                                                                                       event["bundle_uri"])
     assert (verdict["verdict"], verdict["reason_code"], verdict["failed_gate"]) == ("accepted", None, None)
-    assert verdict["points"] == R_BASE and verdict["config_version"] == CONFIG.config_version
+    assert verdict["points"] == CHEAP_CHAIN_REWARD and verdict["config_version"] == CONFIG.config_version
     [entry] = out["ledger.entries"]
-    assert entry["entry_id"] == ledger_entry_id(sid, "base_reward")
+    assert entry["entry_id"] == ledger_entry_id(sid, "reward")
     assert (entry["submission_id"], entry["miner_id"], entry["kind"], entry["points"]) == (
-        sid, event["miner_id"], "base_reward", 10.0)
-    assert entry["config_version"] == CONFIG.config_version
+        sid, event["miner_id"], "reward", CHEAP_CHAIN_REWARD)
+    # the ledger records what the reward came from: S, components, weights, scoring config
+    assert entry["config_version"] == SCORING.config_version and entry["score"] == 0.5
+    assert {c["name"]: c["missing"] for c in json.loads(entry["components_json"])} == {
+        n: True for n in ("pose", "retarget", "align", "task", "object", "novel")}
+    assert sum(json.loads(entry["weights_json"]).values()) == pytest.approx(1.0)
 
     report = parsed_report(verdict)
     assert [g.gate for g in report.gates] == GATE_IDS and all(g.passed for g in report.gates)
-    assert report.config_version == CONFIG.config_version and report.points == R_BASE
+    assert report.config_version == CONFIG.config_version and report.points == CHEAP_CHAIN_REWARD
+    assert report.scores["reward"] == CHEAP_CHAIN_REWARD and report.scores["config_version"] == SCORING.config_version
     assert (report.robot_model_id, report.robot_model_revision) == (robot, REVISIONS[robot])
     assert report.sync.claimed_offset_ms is not None and report.sync.estimated_offset_ms is not None
     assert report.sync.sync_confidence is not None
@@ -284,7 +292,7 @@ def test_same_received_event_twice_gives_identical_ids(stages, catalogue, bundle
     assert drop_wall[0] == drop_wall[1]
     entries = out["ledger.entries"]
     assert len(entries) == 2
-    assert {e["entry_id"] for e in entries} == {ledger_entry_id(event["submission_id"], "base_reward")}
+    assert {e["entry_id"] for e in entries} == {ledger_entry_id(event["submission_id"], "reward")}
 
 
 def test_replayed_in_flight_record_keeps_one_result_per_gate(stages, catalogue, bundles):
@@ -302,7 +310,7 @@ def test_replayed_in_flight_record_keeps_one_result_per_gate(stages, catalogue, 
 
 
 def test_ledger_entry_id_is_deterministic_per_submission_and_kind():
-    assert ledger_entry_id("s-1", "base_reward") == ledger_entry_id("s-1", "base_reward")
-    assert len({ledger_entry_id("s-1", "base_reward"), ledger_entry_id("s-2", "base_reward"),
+    assert ledger_entry_id("s-1", "reward") == ledger_entry_id("s-1", "reward")
+    assert len({ledger_entry_id("s-1", "reward"), ledger_entry_id("s-2", "reward"),
                 ledger_entry_id("s-1", "bonus")}) == 3
-    uuid.UUID(ledger_entry_id("s-1", "base_reward"))
+    uuid.UUID(ledger_entry_id("s-1", "reward"))

@@ -1,0 +1,86 @@
+"""The novelty stage as a process of its own: ``python -m streams.novelty_worker``.
+
+``evidence.completed`` → ``novelty.completed`` (or ``verification.rejected`` for a
+same-miner duplicate / extreme synthetic artifacts), judged against the novelty index in
+ClickHouse (``kibotos.novelty``). It needs a ClickHouse client, so it does not run in the
+faust gate workers: in the embedded stack a thread of the stack process runs it on the
+stack's own (locked) chdb client (``start_novelty_thread``); a deployment runs one or a
+few of these processes with ``KIBOTOS_CLICKHOUSE_DSN`` pointing at the server — they
+share the input partitions through one consumer group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+from kibotos.objectstore import store_from_settings
+from kibotos.settings import Settings
+from streams.stage_consumer import StageConsumer
+from streams.stages import NoveltyStage
+from topics.catalogue import Catalogue
+
+log = logging.getLogger("kibotos.streams")
+
+
+def novelty_group(settings: Settings) -> str:
+    return f"{settings.consumer_group_prefix}-{settings.topic_prefix}novelty"
+
+
+def build_novelty_consumer(settings: Settings, client, bootstrap: str, store=None) -> StageConsumer:
+    """The novelty stage on ``client`` (a clickhouse-connect client on a migrated
+    database) as a consumer of ``evidence.completed``."""
+    from kibotos.novelty.checker import NoveltyChecker
+    from kibotos.novelty.config import load_novelty_config
+
+    catalogue = Catalogue.from_settings(settings)
+    checker = NoveltyChecker(client, load_novelty_config(settings.novelty_config_path))
+    stage = NoveltyStage(catalogue, store or store_from_settings(settings), checker)
+    return StageConsumer(stage, catalogue, bootstrap, novelty_group(settings))
+
+
+def start_novelty_thread(settings: Settings, client, bootstrap: str, stop: threading.Event,
+                         store=None) -> tuple[threading.Thread, StageConsumer]:
+    """Run the novelty consumer in a daemon thread until ``stop`` is set (the embedded
+    stack). The caller closes the returned consumer after joining the thread."""
+    consumer = build_novelty_consumer(settings, client, bootstrap, store)
+    thread = threading.Thread(target=consumer.run, args=(stop,), name="novelty", daemon=True)
+    thread.start()
+    return thread, consumer
+
+
+def main(argv: list[str] | None = None) -> None:
+    from kibotos.logs import setup_logging
+    from kibotos.metrics import serve as serve_metrics
+    from kibotos.warehouse import open_client
+
+    parser = argparse.ArgumentParser(description="Novelty stage: evidence.completed -> novelty.completed")
+    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: settings)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="address /metrics binds (0.0.0.0 in a container)")
+    parser.add_argument("--loglevel", help="log level (default: KIBOTOS_LOG_LEVEL)")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    bootstrap = args.bootstrap or settings.bootstrap_servers
+    if not bootstrap:
+        parser.error("no bootstrap servers: pass --bootstrap or set KIBOTOS_BOOTSTRAP_SERVERS")
+    setup_logging(settings.log_format, args.loglevel or settings.log_level)
+    if args.metrics_port:
+        serve_metrics(args.metrics_port, args.metrics_host)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    client = open_client(settings.chdb_dsn)
+    consumer = build_novelty_consumer(settings, client, bootstrap)
+    log.info("novelty: consuming as %s", novelty_group(settings))
+    try:
+        consumer.run(stop)
+    finally:
+        consumer.close()
+        client.close()
+
+
+if __name__ == "__main__":
+    main()
