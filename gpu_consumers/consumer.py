@@ -141,6 +141,7 @@ class JobConsumer:
         self.consumer = Consumer({
             "bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
             "enable.auto.commit": False, "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000,
+            "fetch.wait.max.ms": 100,  # the broker may hold a fetch for its whole wait: keep hops short
             # a cold Genesis scene build can take minutes inside one job
             "max.poll.interval.ms": 900_000,
         })

@@ -25,6 +25,29 @@ from topics.catalogue import Catalogue
 log = logging.getLogger("kibotos.streams")
 
 
+# faust's aiokafka driver has every fetch wait up to 1.5 s for data (hard-coded). A
+# broker that answers a waiting fetch only when the wait ends (Tansu, measured: ~0.65 s
+# per topic hop) then adds that much latency to every hop of the chain. Capped here.
+FETCH_MAX_WAIT_MS = 100
+
+
+def _cap_fetch_wait() -> None:
+    from faust.transport.drivers import aiokafka as driver
+
+    base = driver.aiokafka.AIOKafkaConsumer
+    if getattr(base, "kibotos_fetch_cap", False):
+        return
+
+    class CappedFetchConsumer(base):
+        kibotos_fetch_cap = True
+
+        def __init__(self, *args, **kwargs):
+            kwargs["fetch_max_wait_ms"] = min(int(kwargs.get("fetch_max_wait_ms", 500)), FETCH_MAX_WAIT_MS)
+            super().__init__(*args, **kwargs)
+
+    driver.aiokafka.AIOKafkaConsumer = CappedFetchConsumer
+
+
 def app_id(settings: Settings) -> str:
     """The consumer group of the gate workers (namespaced like the topics)."""
     return f"{settings.consumer_group_prefix}-{settings.topic_prefix}gates".replace(".", "-")
@@ -34,12 +57,15 @@ def create_app(settings: Settings, bootstrap: str, config: GateConfig, web_port:
                web_bind: str = "127.0.0.1") -> faust.App:
     catalogue = Catalogue.from_settings(settings)
     store = store_from_settings(settings)
+    _cap_fetch_wait()
+    datadir = settings.home.resolve() / "faust"
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         app_id(settings),
         broker=f"kafka://{bootstrap}",
         store="memory://",
         # faust keeps per-app state in a folder (default: the current directory)
-        datadir=str(settings.home.resolve() / "faust" / "{conf.name}-data"),
+        datadir=str(datadir / "{conf.name}-data"),
         autodiscover=False,
         web_enabled=True,
         web_port=web_port,

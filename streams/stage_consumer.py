@@ -31,6 +31,7 @@ class StageConsumer:
         self.consumer = Consumer({
             "bootstrap.servers": bootstrap, "group.id": group_id, "auto.offset.reset": "earliest",
             "enable.auto.commit": False, "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000,
+            "fetch.wait.max.ms": 100,  # the broker may hold a fetch for its whole wait: keep hops short
             "client.id": stage.processor_id,
         })
         self.producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0,

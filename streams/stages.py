@@ -247,7 +247,11 @@ class NoveltyStage:
         t0 = time.perf_counter()
         try:
             with open_bundle(self.store.local_path(event["bundle_uri"]), self.limits) as view:
-                res = self.checker.check(view, event["submission_id"], event["miner_id"], event["received_at"])
+                # the index's order is the order of first checks, not of uploads: of two
+                # copies racing through the chain, whichever is checked first is the
+                # original and the other is compared with it (by upload time, both could
+                # be checked before the other is in the index and both escape)
+                res = self.checker.check(view, event["submission_id"], event["miner_id"], now_ms())
         except ServiceError:
             raise
         except KibotosError as exc:

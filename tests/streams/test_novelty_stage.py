@@ -145,3 +145,19 @@ def test_ledger_pays_each_accepted_submission_once_after_redelivery(pipeline, ch
     [balance] = [b for b in warehouse.balances(chdb_client) if b["miner_id"] == HONEST]
     accepted_rewards = [json.loads(v["report_json"])["scores"]["reward"] for v in out["verdicts"][:2]]
     assert balance == {"miner_id": HONEST, "points": pytest.approx(sum(accepted_rewards)), "entries": 2}
+
+
+def test_copies_checked_out_of_upload_order_do_not_both_escape(pipeline):
+    """Two uploads of the same episode can reach the novelty stage in either order (other
+    partitions, other workers): whichever is checked first is the original, the other is
+    judged against it — never both as new."""
+    received, run = pipeline
+    original = episode(151, FARMER)
+    uploaded_first = received(original)
+    uploaded_second = received(perturb.copy_of(original, FARMER, crf=35))
+    assert uploaded_first["received_at"] < uploaded_second["received_at"]
+    out = run(uploaded_second, uploaded_first)  # the later upload is checked first
+    verdicts = {v["submission_id"]: v for v in out["verdicts"]}
+    second, first = verdicts[uploaded_second["submission_id"]], verdicts[uploaded_first["submission_id"]]
+    assert second["verdict"] == "accepted" and novel(second)["metrics"]["s_novel"] > 0.9
+    assert first["verdict"] == "rejected" or novel(first)["metrics"]["s_novel"] < 0.2
