@@ -64,6 +64,26 @@ call keeps its record (status, error, excerpt) and adds nothing to the score. A 
 answer also gives the task component ``vlm_task_success``, ``vlm_task_confidence`` (the
 confidence ``c``) and ``vlm_phases_observed``.
 
+**Secondary cameras** (``video/secondary_<name>``, design §7.4: the reward's multi-angle
+multiplier reads their sum, ``metrics["angle_quality_sum"]``). Each is measured on the
+primary video's clock (the same sync offset: the cameras share one) and gets
+``metrics["secondary_cameras"][name]`` with ``quality`` in [0, 1]::
+
+    quality = ramp(motion_corr, corr_lo, corr_hi) * ramp(view_match, view_lo, view_hi) * coverage
+
+``motion_corr`` is the motion term's correlation on that camera's video; alone it cannot
+tell this episode from another of the same task, whose rhythm it shares. ``view_match``
+draws the kinematics through the camera's declared pose (the links' origins joined in
+kinematic order) and compares change maps ``|frame(t + lag) - frame(t)|`` of the drawing
+and the video: each real map's cosine with its own drawn map, ranked against the drawn
+maps of frames ``min_separation_ms`` away (``pair_auc``); it is the fraction of frames
+whose AUC reaches ``frame_auc_min``. ``coverage`` is the fraction of the kinematic span
+that decoded frames cover. A camera is never a reason to reject: one that cannot be
+measured (missing manifest entry or stream, undecodable, declared frame count off, too
+little motion), repeats a viewpoint (optical axis within ``min_view_angle_deg`` of the
+primary's or an earlier secondary's) or shows other motion gets quality 0 and a flag.
+Mono bundles: ``{}`` and a sum of 0.
+
 Hard reject: alignment is a noisy label and passes, except in one extreme case
 (``video_kinematics_misaligned``): the video's motion is anti-correlated with the joint
 speed (``corr <= reject.max_motion_corr``) AND every image measure puts the true pairs no
@@ -82,10 +102,13 @@ import numpy as np
 
 from gpu_consumers.keyframes import joint_speed
 from gpu_consumers.playback import foreground_masks, joints_at
-from kibotos.alignment_config import AlignmentConfig, ImagesConfig, MotionConfig, RejectConfig
-from kibotos.bundle.reader import JOINT_POS, TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES, BundleView
+from kibotos.alignment_config import AlignmentConfig, ImagesConfig, MotionConfig, RejectConfig, SecondaryConfig
+from kibotos.bundle.reader import JOINT_POS, SECONDARY_PREFIX, TIMESTAMPS, BundleView, video_paths
+from kibotos.camera import project_points
 from kibotos.errors import KibotosError, ServiceError
 from kibotos.report import GateResult
+from kibotos.robots import get_robot
+from kibotos.robots.kinematics import kinematics_for
 from kibotos.video import decode_luma, luma_from_frames
 
 GATE_ID = "alignment"
@@ -277,10 +300,11 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
     return float((xs * ys).sum() / den) if den > 0 else None
 
 
-def _video_luma(view: BundleView, width: int) -> np.ndarray:
-    if view.has(VIDEO_ENCODED):
-        return decode_luma(view.read(VIDEO_ENCODED).tobytes(), target_width=width).frames
-    return luma_from_frames(view.read(VIDEO_FRAMES), target_width=width)
+def _video_luma(view: BundleView, width: int, camera: str = "primary") -> np.ndarray:
+    encoded, frames = video_paths(camera)
+    if view.has(encoded):
+        return decode_luma(view.read(encoded).tobytes(), target_width=width).frames
+    return luma_from_frames(view.read(frames), target_width=width)
 
 
 def motion_evidence(view: BundleView, sync_offset_ms: float, cfg: MotionConfig) -> dict[str, Any]:
@@ -290,10 +314,16 @@ def motion_evidence(view: BundleView, sync_offset_ms: float, cfg: MotionConfig) 
         ``term`` None with a ``reason`` when there is too little overlap or motion.
     """
     fps = float(view.manifest.video["primary"].fps)
-    out: dict[str, Any] = {"sync_offset_ms": round(float(sync_offset_ms), 3), "term": None}
     luma = _video_luma(view, cfg.decode_width)
     ts = view.read(TIMESTAMPS).astype(np.float64)
-    q = view.read(JOINT_POS).astype(np.float64)
+    return motion_correlation(luma, fps, ts, view.read(JOINT_POS).astype(np.float64), sync_offset_ms, cfg)
+
+
+def motion_correlation(luma: np.ndarray, fps: float, ts: np.ndarray, q: np.ndarray, sync_offset_ms: float,
+                       cfg: MotionConfig) -> dict[str, Any]:
+    """``motion_evidence`` of grey frames ``luma`` (N, h, w) at ``fps`` against the joint
+    positions ``q`` (T, J) at kinematic times ``ts`` (ms), ``sync_offset_ms`` apart."""
+    out: dict[str, Any] = {"sync_offset_ms": round(float(sync_offset_ms), 3), "term": None}
     if luma.shape[0] < 3 or ts.size < 3:
         out["reason"] = f"too short: {luma.shape[0]} video frames, {ts.size} kinematic samples"
         return out
@@ -343,6 +373,188 @@ def motion_evidence(view: BundleView, sync_offset_ms: float, cfg: MotionConfig) 
         out["reason"] = "no correlation: one of the series is constant"
         return out
     out["term"] = _r(_ramp(corr0, cfg.corr_lo, cfg.corr_hi))
+    return out
+
+
+# --- secondary cameras ---------------------------------------------------------------------
+
+def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
+    cos = float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
+    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+
+
+def link_pixels(view: BundleView, camera: str, kin_t_ms: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(N, L, 2) pixel positions, in a ``width`` x ``height`` image, of the robot's links at
+    kinematic times ``kin_t_ms`` (submitted joints interpolated, the others at home) seen
+    through the manifest camera ``camera``."""
+    m = view.manifest
+    robot = get_robot(m.robot_model_id, m.robot_model_revision)
+    q = joints_at(view.read(TIMESTAMPS).astype(np.float64), view.read(JOINT_POS).astype(np.float64), kin_t_ms)
+    full = np.tile(robot.home_qpos, (len(kin_t_ms), 1))
+    full[:, [robot.joint_names.index(n) for n in m.joint_names]] = q
+    cam = m.camera[camera]
+    pix = project_points(kinematics_for(robot.model_id, robot.revision).link_positions(full),
+                         cam.intrinsics.model_dump(), np.asarray(cam.extrinsics, dtype=np.float64))
+    pix = pix * np.array([width / cam.intrinsics.width, height / cam.intrinsics.height])
+    # points behind the camera project far away: keep them off the canvas and inside int32
+    return np.clip(pix, -4.0 * max(width, height), 5.0 * max(width, height))
+
+
+def skeleton_masks(pixels: np.ndarray, width: int, height: int, line_px: int) -> np.ndarray:
+    """(N, height, width) uint8 images of the links at ``pixels`` (N, L, 2), joined in order."""
+    pts = np.round(pixels * 4).astype(np.int32)  # two fractional bits (cv2's ``shift``)
+    out = np.zeros((len(pts), height, width), np.uint8)
+    for i in range(len(pts)):  # one polyline per frame: drawing is cv2's, not numpy's
+        cv2.polylines(out[i], [pts[i].reshape(-1, 1, 2)], False, 255, line_px, cv2.LINE_AA, shift=2)
+    return out
+
+
+def _changes(frames: np.ndarray, idx: np.ndarray, lag: int, blur_px: float) -> np.ndarray:
+    """(len(idx), h * w) ``|frames[i + lag] - frames[i]|`` for i in ``idx``, blurred."""
+    d = np.abs(frames[idx + lag].astype(np.float32) - frames[idx].astype(np.float32))
+    if blur_px > 0:
+        d = np.stack([cv2.GaussianBlur(x, (0, 0), blur_px) for x in d])
+    return d.reshape(len(idx), -1)
+
+
+def view_match(luma: np.ndarray, drawn: np.ndarray, fps: float, inside: np.ndarray,
+               cfg: SecondaryConfig) -> dict[str, Any]:
+    """Does the video change where the kinematics drawn through its camera say it should?
+
+    Change maps ``|frame(t + lag) - frame(t)|`` of the video (``luma``) and of the drawn
+    links (``drawn``), both (N, h, w) on the video's frames; ``inside`` (N,) marks the frames
+    inside the kinematic span. Frames where the drawing changes (``active_fraction``) are
+    compared: each real map's cosine with its own drawn map against those of frames at least
+    ``min_separation_ms`` away (``pair_auc``).
+
+    :returns: ``{"term", "view_match", "view_auc", "compared_frames"}``: the fraction of
+        frames whose AUC reaches ``frame_auc_min``, its ramp, the mean AUC; ``term`` None
+        with a ``reason`` when fewer than ``min_frames`` frames can be compared.
+    """
+    out: dict[str, Any] = {"term": None, "view_match": None, "view_auc": None, "compared_frames": 0}
+    lag = max(1, int(round(cfg.change_lag_ms * fps / 1000.0)))
+    n = min(luma.shape[0], drawn.shape[0])
+    idx = np.flatnonzero(inside[: max(n - lag, 0)] & inside[lag:n])
+    if idx.size:
+        idx = idx[np.unique(np.linspace(0, idx.size - 1, min(idx.size, 4 * cfg.max_frames)).astype(int))]
+        change = np.abs(drawn[idx + lag].astype(np.float32) - drawn[idx].astype(np.float32)).sum(axis=(1, 2))
+        p95 = float(np.percentile(change, 95))
+        idx = idx[change > cfg.active_fraction * p95] if p95 > 0 else idx[:0]
+        idx = idx[np.unique(np.linspace(0, idx.size - 1, min(idx.size, cfg.max_frames)).astype(int))] \
+            if idx.size else idx
+    if idx.size < cfg.min_frames:
+        out["reason"] = (f"{idx.size} frames where the drawn links move inside the kinematic span, "
+                         f"fewer than {cfg.min_frames}")
+        return out
+    real, pred = (_changes(x, idx, lag, cfg.blur_px) for x in (luma, drawn))
+    real /= np.maximum(np.linalg.norm(real, axis=1, keepdims=True), 1e-9)
+    pred /= np.maximum(np.linalg.norm(pred, axis=1, keepdims=True), 1e-9)
+    t = idx * 1000.0 / fps
+    auc, _, count = pair_auc(real @ pred.T, np.abs(t[:, None] - t[None, :]) >= cfg.min_separation_ms)
+    ok = count > 0
+    if ok.sum() < cfg.min_frames:
+        out["reason"] = (f"{int(ok.sum())} frames with a mismatch {cfg.min_separation_ms:g} ms away, "
+                         f"fewer than {cfg.min_frames}")
+        return out
+    match = float(np.mean(auc[ok] >= cfg.frame_auc_min))
+    return out | {"term": _r(_ramp(match, cfg.view_lo, cfg.view_hi)), "view_match": _r(match),
+                  "view_auc": _r(_overall_auc(auc, count)), "compared_frames": int(ok.sum())}
+
+
+def _coverage(frames: int, fps: float, span_start_ms: float, span_ms: float) -> float:
+    """Fraction of the kinematic span (on the video clock) that decoded frames cover."""
+    if span_ms <= 0:
+        return float(frames > 0)
+    # each frame shows the scene for 1 / fps after its time
+    covered = min(span_start_ms + span_ms, frames * 1000.0 / fps) - max(span_start_ms, 0.0)
+    return float(np.clip(covered / span_ms, 0.0, 1.0))
+
+
+def measure_secondary(view: BundleView, camera: str, sync_offset_ms: float, config: AlignmentConfig,
+                      seen_axes: dict[str, np.ndarray]) -> dict[str, Any]:
+    """One secondary camera's entry of ``metrics["secondary_cameras"]`` (see
+    ``secondary_evidence``); ``seen_axes`` holds the optical axes of the views measured
+    before it (camera key -> axis), and gets this one's when it earns a quality."""
+    cfg = config.secondary
+    m = view.manifest
+    entry: dict[str, Any] = {"quality": 0.0, "stream": f"video/{camera}", "motion_corr": None, "view_match": None,
+                             "coverage": None, "frames": None, "flags": []}
+    video, cam = m.video.get(camera), m.camera.get(camera)
+    encoded, raw = video_paths(camera)
+    if video is None or cam is None:
+        missing = [f"{part}.{camera}" for part, v in (("video", video), ("camera", cam)) if v is None]
+        return entry | {"flags": ["secondary_manifest_missing"], "reason": f"the manifest has no {', '.join(missing)}"}
+    if not (view.has(encoded) or view.has(raw)):
+        return entry | {"flags": ["secondary_video_missing"], "reason": f"no {encoded} or {raw}"}
+    fps = float(video.fps)
+    ts = view.read(TIMESTAMPS).astype(np.float64)
+    try:
+        luma = _video_luma(view, cfg.decode_width, camera)
+        motion_luma = _video_luma(view, config.motion.decode_width, camera)
+    except KibotosError as exc:  # unreadable, wrong dtype or shape: no bonus, never a reject
+        return entry | {"flags": ["secondary_video_unreadable"], "reason": str(exc)[:300]}
+    n = int(luma.shape[0])
+    entry |= {"frames": n, "frame_count_declared": video.frame_count, "fps": fps,
+              "coverage": _r(_coverage(n, fps, sync_offset_ms, float(ts[-1] - ts[0])))}
+
+    motion = motion_correlation(motion_luma, fps, ts, view.read(JOINT_POS).astype(np.float64), sync_offset_ms,
+                                config.motion)
+    entry["motion_corr"] = motion.get("corr")
+    kin_t = np.arange(n) * 1000.0 / fps - sync_offset_ms + ts[0]  # the frames' kinematic times
+    inside = (kin_t >= ts[0]) & (kin_t <= ts[-1])
+    h, w = luma.shape[1:]
+    drawn = skeleton_masks(link_pixels(view, camera, kin_t, w, h), w, h, cfg.line_px) if n else luma
+    vm = view_match(luma, drawn, fps, inside, cfg)
+    entry |= {k: vm[k] for k in ("view_match", "view_auc", "compared_frames")}
+
+    axis = np.asarray(cam.extrinsics, dtype=np.float64)[:3, 2]
+    angles = {k: _angle_deg(axis, a) for k, a in seen_axes.items()}
+    entry["view_angle_deg"] = {k: _r(a, 1) for k, a in angles.items()}
+    terms = {"motion": None if entry["motion_corr"] is None else _ramp(entry["motion_corr"], cfg.corr_lo, cfg.corr_hi),
+             "view": vm["term"]}
+    entry["terms"] = {k: _r(v) for k, v in terms.items()}
+    problems: list[tuple[str, str]] = []
+    if abs(n - video.frame_count) > max(2, cfg.frame_count_tolerance * video.frame_count):
+        problems.append(("secondary_frame_count_mismatch", f"{n} frames decoded, {video.frame_count} declared"))
+    same = [k for k, a in angles.items() if a < cfg.min_view_angle_deg]
+    if same:
+        problems.append(("secondary_same_viewpoint",
+                         f"optical axis within {cfg.min_view_angle_deg:g} degrees of {', '.join(same)}"))
+    for name, term, part in (("motion", terms["motion"], motion), ("view", terms["view"], vm)):
+        if term is None:
+            problems.append((f"secondary_{name}_evidence_missing", part.get("reason", "unavailable")))
+    if problems:
+        return entry | {"flags": [code for code, _ in problems], "reason": "; ".join(why for _, why in problems)}
+    quality = terms["motion"] * terms["view"] * entry["coverage"]
+    if quality > 0:
+        seen_axes[camera] = axis
+    # a term at 0: this video does not show these kinematics (another episode, another robot)
+    entry["flags"] = [f"secondary_{k}_mismatch" for k, v in terms.items() if v == 0]
+    return entry | {"quality": _r(quality)}
+
+
+def secondary_evidence(view: BundleView, sync_offset_ms: float, config: AlignmentConfig) -> dict[str, dict]:
+    """``{name: entry}`` for the bundle's secondary cameras (``secondary_<name>``; ``{}`` for a
+    mono bundle), at most ``secondary.max_cameras`` measured, by name. Each entry holds
+    ``quality`` in [0, 1] (0 with ``flags`` and a ``reason`` when the camera cannot be
+    measured, repeats a viewpoint, or shows something else), ``motion_corr``, ``view_match``,
+    ``coverage``, ``frames`` and the terms (see the module docstring)."""
+    out: dict[str, dict] = {}
+    primary = view.manifest.camera["primary"]
+    seen = {"primary": np.asarray(primary.extrinsics, dtype=np.float64)[:3, 2]}
+    for k, camera in enumerate(view.secondary_cameras()):
+        name = camera[len(SECONDARY_PREFIX):]
+        if k >= config.secondary.max_cameras:
+            out[name] = {"quality": 0.0, "stream": f"video/{camera}", "flags": ["secondary_cameras_capped"],
+                         "reason": f"only {config.secondary.max_cameras} secondary cameras are measured"}
+            continue
+        try:
+            out[name] = measure_secondary(view, camera, sync_offset_ms, config, seen)
+        except ServiceError:
+            raise
+        except Exception as exc:  # an optional camera never fails the job: it earns nothing
+            out[name] = {"quality": 0.0, "stream": f"video/{camera}", "flags": ["secondary_camera_error"],
+                         "reason": f"{type(exc).__name__}: {exc}"[:300]}
     return out
 
 
@@ -431,10 +643,14 @@ def check_alignment(view: BundleView, event: dict, store, config: AlignmentConfi
             image = {"term": None, "reason": "playback stored no keyframe pair with a real frame", **info}
         image["mean_playback_silhouette_iou"] = playback.metrics.get("mean_silhouette_iou")
     motion = motion_evidence(view, _sync_offset(event), config.motion)
+    secondary = secondary_evidence(view, _sync_offset(event), config)
     vlm_out = vlm_evidence(vlm, pairs, view, config) if pairs else (
         {"status": "not_configured"} if vlm is None else {"status": "skipped", "reason": "no keyframe pairs"})
 
-    metrics |= {"image": {k: v for k, v in image.items() if k != "keyframes"}, "motion": motion, "vlm": vlm_out}
+    metrics |= {"image": {k: v for k, v in image.items() if k != "keyframes"}, "motion": motion, "vlm": vlm_out,
+                "secondary_cameras": secondary,
+                "angle_quality_sum": _r(sum(cam["quality"] for cam in secondary.values()))}
+    flags += sorted({flag for cam in secondary.values() for flag in cam["flags"]})
     if image.get("keyframes"):
         metrics["keyframes"] = image["keyframes"]
     for name, part in (("image", image), ("motion", motion)):

@@ -1,5 +1,6 @@
 """Versioned alignment evidence config (``kibotos/config/alignment.yaml``): thresholds and
-weights of the align job (``gpu_consumers.alignment``) and the VLM calibration table."""
+weights of the align job (``gpu_consumers.alignment``), its secondary camera measurement
+and the VLM calibration table."""
 
 from __future__ import annotations
 
@@ -73,12 +74,44 @@ class RejectConfig(_Frozen):
     min_pairs: int = Field(ge=2)
 
 
+class SecondaryConfig(_Frozen):
+    """Secondary cameras (``gpu_consumers.alignment.secondary_evidence``)."""
+
+    max_cameras: int = Field(ge=0)
+    frame_count_tolerance: float = Field(ge=0)
+    min_view_angle_deg: float = Field(ge=0, le=180)
+    corr_lo: float = Field(ge=-1, le=1)
+    corr_hi: float = Field(ge=-1, le=1)
+    decode_width: int = Field(ge=16)
+    change_lag_ms: float = Field(gt=0)
+    blur_px: float = Field(ge=0)
+    line_px: int = Field(ge=1)
+    active_fraction: float = Field(ge=0, le=1)
+    max_frames: int = Field(ge=2)
+    min_frames: int = Field(ge=2)
+    min_separation_ms: float = Field(ge=0)
+    frame_auc_min: float = Field(ge=0, le=1)
+    view_lo: float = Field(ge=0, le=1)
+    view_hi: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "SecondaryConfig":
+        if self.corr_hi <= self.corr_lo:
+            raise ValueError("secondary.corr_hi must exceed secondary.corr_lo")
+        if self.view_hi <= self.view_lo:
+            raise ValueError("secondary.view_hi must exceed secondary.view_lo")
+        if self.min_frames > self.max_frames:
+            raise ValueError("secondary.min_frames must not exceed secondary.max_frames")
+        return self
+
+
 class AlignmentConfig(_Frozen):
     config_version: str
     images: ImagesConfig
     motion: MotionConfig
     combine: CombineConfig
     reject: RejectConfig
+    secondary: SecondaryConfig
     vlm: VLMConfig
 
 

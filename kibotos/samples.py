@@ -32,6 +32,12 @@ Each failure class of gates A–E and of the evidence stages (IK residual, task
 completion) has a variant (``VARIANTS``) with the gate or stage and reason code that must
 catch it (``EXPECTED``). ``task_failed`` moves exactly like the genuine episode, but the
 hand misses: the object never leaves its rest pose and no contact is recorded.
+
+``secondary_cameras`` (names of ``SECONDARY_VIEWS``) adds secondary cameras: the same
+episode filmed from the primary camera's position turned about the vertical axis through
+the robot's centre, over its own background, on the primary video's clock
+(``video/secondary_<name>/encoded``, manifest ``camera`` / ``video`` ``secondary_<name>``).
+Without them the episode is exactly the one generated before secondary cameras existed.
 """
 
 from __future__ import annotations
@@ -101,6 +107,9 @@ TASK_REFERENCE_MOVE_MS = 700.0  # shorter moves get proportionally smaller (cube
 TASK_MIN_DURATION_MS = 4000.0  # shorter episodes do not declare the task they cannot complete
 
 WIDTH, HEIGHT, FOCAL = 320, 240, 260.0
+# secondary camera name -> its turn (degrees, about the vertical axis through the robot's
+# centre) from the primary camera's position
+SECONDARY_VIEWS = {"side": 75.0, "far_side": -75.0}
 
 
 @dataclass(frozen=True)
@@ -245,12 +254,18 @@ def task_trajectory(robot: RobotModel, duration_ms: float, rng: np.random.Genera
     return Trajectory(t_ms, q)
 
 
-def default_camera(robot: RobotModel) -> tuple[dict, np.ndarray]:
+def default_camera(robot: RobotModel, yaw_deg: float = 0.0) -> tuple[dict, np.ndarray]:
+    """``(intrinsics, camera-to-world)`` of the sample camera; ``yaw_deg`` turns its position
+    about the vertical axis through the robot's centre (home pose), still looking at it."""
     pts = kinematics_for(robot.model_id, robot.revision).link_positions(robot.home_qpos[None])[0]
     center = (pts.min(0) + pts.max(0)) / 2
     extent = float(np.max(pts.max(0) - pts.min(0)))
     distance = max(1.0, 1.6 * extent * FOCAL / HEIGHT * 1.6)
-    eye = center + np.array([distance * 0.9, distance * 0.35, 0.25 * extent])
+    offset = np.array([distance * 0.9, distance * 0.35, 0.25 * extent])
+    if yaw_deg:
+        c, s = np.cos(np.radians(yaw_deg)), np.sin(np.radians(yaw_deg))
+        offset = np.array([c * offset[0] - s * offset[1], s * offset[0] + c * offset[1], offset[2]])
+    eye = center + offset
     intrinsics = {"fx": FOCAL, "fy": FOCAL, "cx": WIDTH / 2, "cy": HEIGHT / 2, "width": WIDTH, "height": HEIGHT}
     return intrinsics, look_at(eye, center)
 
@@ -354,11 +369,12 @@ class Episode:
     true_offset_ms: float
     extra_arrays: dict[str, np.ndarray] = field(default_factory=dict)  # objects/*, contacts/*
     array_attributes: dict[str, dict] = field(default_factory=dict)
+    secondary_mp4: dict[str, bytes] = field(default_factory=dict)  # "secondary_<name>" -> mp4
 
     def write(self, path: str | Path) -> Path:
         return write_bundle(path, self.manifest, timestamps_ms=self.timestamps_ms, joint_pos=self.joint_pos,
                             joint_vel=self.joint_vel, video_mp4=self.video_mp4, extra_arrays=self.extra_arrays,
-                            array_attributes=self.array_attributes)
+                            array_attributes=self.array_attributes, secondary_mp4=self.secondary_mp4)
 
 
 _SAMPLE_NS = uuid.UUID("0d6e6c2e-3f55-4b0c-8d1e-6a4a3b0f7c11")
@@ -381,11 +397,16 @@ def make_episode(
     fps: float = 30.0,
     offset_ms: float | None = None,
     with_object: bool = True,
+    secondary_cameras: tuple[str, ...] = (),
 ) -> Episode:
     """One sample episode of ``robot``; ``with_object`` adds the object pose stream (robots
-    with an end effector; the IK variants need it)."""
+    with an end effector; the IK variants need it); ``secondary_cameras`` (names of
+    ``SECONDARY_VIEWS``) films it from those viewpoints too."""
     if variant not in EXPECTED:
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    unknown = [n for n in secondary_cameras if n not in SECONDARY_VIEWS]
+    if unknown or len(set(secondary_cameras)) != len(secondary_cameras):
+        raise ValueError(f"secondary cameras {list(secondary_cameras)}: distinct names of {', '.join(SECONDARY_VIEWS)}")
     with_object = with_object and grasp_link(robot) is not None
     if (variant.startswith("ik_") or variant == "task_failed") and not with_object:
         raise ValueError(f"variant {variant!r} needs the object stream (with_object=True, a robot with an end effector)")
@@ -434,6 +455,18 @@ def make_episode(
     frames = render_video(robot, traj.at(frame_kin_t), intrinsics, extrinsics, rng)
     mp4 = encode_mp4(frames, fps)
     claimed = offset - (400.0 if variant == "sync_lie" else 0.0)
+    cameras = {"primary": {"intrinsics": intrinsics, "extrinsics": extrinsics.round(6).tolist()}}
+    videos = {"primary": {"fps": fps, "frame_count": n_frames, "subject": "robot"}}
+    secondary_mp4: dict[str, bytes] = {}
+    for name in secondary_cameras:
+        # its own generator (its own background): the other streams stay those of a mono bundle
+        cam_rng = np.random.default_rng([seed, 0x5EC0, list(SECONDARY_VIEWS).index(name)])
+        intr, pose = default_camera(robot, SECONDARY_VIEWS[name])
+        key = f"secondary_{name}"
+        secondary_mp4[key] = encode_mp4(render_video(robot, traj.at(frame_kin_t), intr, pose, cam_rng), fps)
+        cameras[key] = {"intrinsics": intr, "extrinsics": pose.round(6).tolist()}
+        videos[key] = {"fps": fps, "frame_count": n_frames, "subject": "robot"}
+    views = tuple(f"secondary_{name}" for name in secondary_cameras)  # distinct ids for distinct samples
 
     extra_arrays: dict[str, np.ndarray] = {}
     array_attributes: dict[str, dict] = {}
@@ -477,8 +510,8 @@ def make_episode(
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "bundle_version": "1.0.0",
-        "submission_id": _uuid(robot.model_id, variant, seed, miner_id, "submission"),
-        "episode_id": _uuid(robot.model_id, variant, seed, miner_id, "episode"),
+        "submission_id": _uuid(robot.model_id, variant, seed, miner_id, "submission", *views),
+        "episode_id": _uuid(robot.model_id, variant, seed, miner_id, "episode", *views),
         "miner_id": miner_id,
         "created_at": dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc).isoformat(),
         "robot_model_id": robot.model_id,
@@ -488,8 +521,8 @@ def make_episode(
         "time_base": "relative",
         "time_units": "ms",
         "units": {"joint_pos": "rad", "joint_vel": "rad/s"},
-        "camera": {"primary": {"intrinsics": intrinsics, "extrinsics": extrinsics.round(6).tolist()}},
-        "video": {"primary": {"fps": fps, "frame_count": n_frames, "subject": "robot"}},
+        "camera": cameras,
+        "video": videos,
         "sync": {"sync_offset_ms_claimed": round(claimed, 1)},
         "sample_variant": variant,
     }
@@ -497,7 +530,7 @@ def make_episode(
     if task is not None:
         manifest["task"] = {"task_id": task[0], "task_version": task[1]}
     return Episode(manifest, ts, q.astype(np.float32), None if v is None else v.astype(np.float32), mp4, offset,
-                   extra_arrays, array_attributes)
+                   extra_arrays, array_attributes, secondary_mp4)
 
 
 def write_samples(out_dir: str | Path, robots: list[tuple[str, str]], variants: list[str], *, seed: int = 0,

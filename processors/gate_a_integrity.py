@@ -4,6 +4,11 @@ Required datasets exist with the contract's dtypes; shapes match ``(T, J)`` and
 ``len(joint_names)``; declared units are the required ones; no NaN/Inf in any float
 array; the joint stream is not frozen (flatline); ```joint_vel`` agrees with
 d(joint_pos)/dt when present (both smoothed by the same Savitzky-Golay window), and is flagged as computed when absent.
+
+Secondary cameras (``video/secondary_<name>``) are optional and never a reason to reject:
+each one's stream is checked against its manifest entries (present, uint8, decodable, the
+declared frame count within gate C's tolerance) and reported in
+``metrics["secondary_videos"]``; a problem is a flag. The align job measures their quality.
 """
 
 from __future__ import annotations
@@ -11,21 +16,27 @@ from __future__ import annotations
 import numpy as np
 
 from kibotos.bundle.manifest import REQUIRED_UNITS, unit_mismatches
-from kibotos.bundle.reader import JOINT_POS, JOINT_VEL, TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES, BundleView
+from kibotos.bundle.reader import (JOINT_POS, JOINT_VEL, SECONDARY_PREFIX, TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES,
+                                   BundleView, video_paths)
+from kibotos.errors import BundleError
 from kibotos.gate_config import GateConfig
 from kibotos.report import GateResult
 from kibotos.robots import get_robot
+from kibotos.video import decode_luma
 from processors.base import register_gate, result
 from processors.signals import savgol, window_samples
 
 GATE_ID = "gate_a_integrity"
 MIN_SAMPLES = 10
+MAX_SECONDARY_CAMERAS = 8  # decoded at most (a cheap gate); the others are flagged unchecked
 
 
 @register_gate(GATE_ID, letter="a", order=1, title="integrity, shapes, units, NaN/Inf, flatline")
 def check(view: BundleView, config: GateConfig) -> GateResult:
     cfg = config.gate_a
-    thresholds = cfg.model_dump() | {"required_units": REQUIRED_UNITS, "min_samples": MIN_SAMPLES}
+    thresholds = cfg.model_dump() | {"required_units": REQUIRED_UNITS, "min_samples": MIN_SAMPLES,
+                                     "max_secondary_cameras": MAX_SECONDARY_CAMERAS,
+                                     "secondary_frame_count_tolerance": config.gate_c.frame_count_tolerance}
     m = view.manifest
     get_robot(m.robot_model_id, m.robot_model_revision)  # unknown model => reason code
     metrics: dict = {"robot_model": f"{m.robot_model_id}@{m.robot_model_revision}"}
@@ -83,7 +94,54 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
             metrics |= {"joint_vel_rms_diff": round(rms_diff, 5), "joint_vel_nrmse": round(nrmse, 4)}
             if rms_diff > cfg.vel_consistency_abs_tol and nrmse > cfg.vel_consistency_max_nrmse:
                 return fail("joint_vel_inconsistent")
+    secondary = secondary_videos(view, m, config.gate_c.frame_count_tolerance)
+    if secondary:
+        metrics["secondary_videos"] = secondary
+        flags += sorted({s["problem"] for s in secondary.values() if s["problem"]})
     return result(GATE_ID, True, metrics, thresholds, flags=flags)
+
+
+def secondary_videos(view: BundleView, m, tolerance: float) -> dict[str, dict]:
+    """``{name: {"frame_count_declared", "frame_count_decoded", "problem"}}`` for each
+    secondary camera ``secondary_<name>`` (``{}`` for a mono bundle). ``problem``: None or
+    ``secondary_manifest_missing`` (no ``video`` / ``camera`` entry), ``secondary_video_missing``
+    (no stream), ``secondary_video_malformed`` (dtype or shape), ``secondary_video_unreadable``,
+    ``secondary_frame_count_mismatch`` (off by more than ``tolerance`` of the declared
+    count, and more than 2 frames) or ``secondary_video_unchecked`` (past ``MAX_SECONDARY_CAMERAS``)."""
+    out: dict[str, dict] = {}
+    for k, camera in enumerate(view.secondary_cameras()):
+        video = m.video.get(camera)
+        declared = None if video is None else video.frame_count
+        decoded, problem = None, None
+        if k >= MAX_SECONDARY_CAMERAS:
+            problem = "secondary_video_unchecked"
+        elif video is None or camera not in m.camera:
+            problem = "secondary_manifest_missing"
+        else:
+            decoded, problem = _decodable_frames(view, camera)
+            if problem is None and abs(decoded - declared) > max(2, tolerance * declared):
+                problem = "secondary_frame_count_mismatch"
+        out[camera[len(SECONDARY_PREFIX):]] = {"frame_count_declared": declared, "frame_count_decoded": decoded,
+                                               "problem": problem}
+    return out
+
+
+def _decodable_frames(view: BundleView, camera: str) -> tuple[int | None, str | None]:
+    """``(frames, None)`` for a secondary camera's stream, or ``(None, problem)``."""
+    encoded, frames = video_paths(camera)
+    path = encoded if view.has(encoded) else frames if view.has(frames) else None
+    if path is None:
+        return None, "secondary_video_missing"
+    try:
+        info = view.info(path)
+        shape_ok = len(info.shape) == 1 if path == encoded else len(info.shape) == 4 and info.shape[3] in (1, 3)
+        if info.dtype != "uint8" or not shape_ok:
+            return None, "secondary_video_malformed"
+        if path == frames:
+            return info.shape[0], None
+        return decode_luma(view.read(path).tobytes(), target_width=16).frames.shape[0], None
+    except BundleError:  # unreadable node, too large, undecodable: the camera is optional
+        return None, "secondary_video_unreadable"
 
 
 def structure_problem(view: BundleView, m) -> tuple[str | None, dict]:

@@ -337,7 +337,8 @@ class DecisionStage:
 
 def _angle_quality_sum(results: list[GateResult]) -> float:
     """The multi-angle quality the reward multiplier reads: the sum, over secondary
-    cameras, of their quality in [0, 1] as gate A measured it (0 with a single camera)."""
+    cameras, of their quality in [0, 1] as the align job measured it
+    (``gpu_consumers.alignment``, ``metrics["secondary_cameras"]``; 0 with a single camera)."""
     total = 0.0
     for res in results:
         for cam in (res.metrics.get("secondary_cameras") or {}).values() if isinstance(

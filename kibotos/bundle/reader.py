@@ -29,6 +29,12 @@ JOINT_POS = "kinematics/joint_pos"
 JOINT_VEL = "kinematics/joint_vel"
 VIDEO_ENCODED = "video/primary/encoded"
 VIDEO_FRAMES = "video/primary/frames"
+SECONDARY_PREFIX = "secondary_"  # video/secondary_<name>/..., manifest camera/video "secondary_<name>"
+
+
+def video_paths(camera: str) -> tuple[str, str]:
+    """``(encoded, frames)`` array paths of ``camera`` ("primary" or "secondary_<name>")."""
+    return f"video/{camera}/encoded", f"video/{camera}/frames"
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,20 @@ class BundleView:
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:10])
             raise _reject("manifest_invalid", problems) from exc
+
+    def secondary_cameras(self) -> list[str]:
+        """The optional secondary cameras, ``secondary_<name>`` keys, sorted: every group
+        ``video/secondary_<name>`` and every such entry of the manifest's ``video`` or
+        ``camera`` (a stream without its manifest entry, or the reverse, is still listed:
+        the checks that read them report what is missing)."""
+        names = set(self.manifest.video) | set(self.manifest.camera)
+        try:
+            video = self._root["video"]
+            if isinstance(video, zarr.Group):
+                names |= {name for name, node in video.members() if isinstance(node, zarr.Group)}
+        except (KeyError, ValueError, OSError):
+            pass
+        return sorted(n for n in names if n.startswith(SECONDARY_PREFIX) and len(n) > len(SECONDARY_PREFIX))
 
     def has(self, path: str) -> bool:
         try:

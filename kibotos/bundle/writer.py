@@ -9,7 +9,8 @@ import numpy as np
 import zarr
 import zarr.storage
 
-from kibotos.bundle.reader import JOINT_POS, JOINT_VEL, TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES
+from kibotos.bundle.reader import (JOINT_POS, JOINT_VEL, SECONDARY_PREFIX, TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES,
+                                   video_paths)
 
 
 def write_bundle(
@@ -23,6 +24,7 @@ def write_bundle(
     video_frames: np.ndarray | None = None,
     extra_arrays: Mapping[str, np.ndarray] | None = None,
     array_attributes: Mapping[str, Mapping[str, Any]] | None = None,
+    secondary_mp4: Mapping[str, bytes] | None = None,
 ) -> Path:
     """Write one episode. ``path`` ending in ``.zip`` gives a zip store, else a directory.
 
@@ -30,7 +32,12 @@ def write_bundle(
     float32 joints; callers that want a faulty bundle may pass anything). Attributes are
     set at creation time because zip stores cannot rewrite ``zarr.json`` in place:
     ``array_attributes`` maps an array path (e.g. ``objects/cube/pose``) to its attributes.
+    ``secondary_mp4`` maps a secondary camera's key (``secondary_<name>``, as in the
+    manifest) to its mp4 file, written as ``video/secondary_<name>/encoded``.
     """
+    for camera in secondary_mp4 or {}:
+        if not camera.startswith(SECONDARY_PREFIX) or camera == SECONDARY_PREFIX:
+            raise ValueError(f"secondary camera keys are '{SECONDARY_PREFIX}<name>', got {camera!r}")
     path = Path(path)
     if path.exists():
         raise FileExistsError(path)
@@ -49,9 +56,11 @@ def write_bundle(
         for name, data in arrays.items():
             data = np.asarray(data)
             root.create_array(name, data=data, chunks=data.shape or "auto", attributes=attributes.get(name))
-        if video_mp4 is not None:
-            buf = np.frombuffer(video_mp4, dtype=np.uint8)
-            root.create_array(VIDEO_ENCODED, data=buf, chunks=(max(len(buf), 1),),
+        encoded = {VIDEO_ENCODED: video_mp4} if video_mp4 is not None else {}
+        encoded |= {video_paths(camera)[0]: data for camera, data in (secondary_mp4 or {}).items()}
+        for name, mp4 in encoded.items():
+            buf = np.frombuffer(mp4, dtype=np.uint8)
+            root.create_array(name, data=buf, chunks=(max(len(buf), 1),),
                               attributes={"container": "mp4", "codec": "h264"})
     finally:
         store.close()

@@ -8,8 +8,8 @@ import pytest
 
 from kibotos.bundle.manifest import Manifest, unit_mismatches
 from kibotos.robots import get_robot
-from kibotos.samples import (EXPECTED, NOISE, OBJECT_NAME, TASK_CARRY_M, TASK_LIFT_M, VARIANTS, grasp_link,
-                             make_episode, task_for, write_samples)
+from kibotos.samples import (EXPECTED, NOISE, OBJECT_NAME, SECONDARY_VIEWS, TASK_CARRY_M, TASK_LIFT_M, VARIANTS,
+                             grasp_link, make_episode, task_for, write_samples)
 from kibotos.video import decode_luma
 from gpu_consumers.ik import GATE_ID as IK_STAGE
 from kibotos.tasks import GATE_ID as TASK_STAGE
@@ -192,3 +192,28 @@ def test_task_failed_moves_like_genuine_but_the_object_stays(samples, key):  # n
     assert not failed.extra_arrays[f"contacts/{grasp_link(get_robot(*key))}"].any()
     with pytest.raises(ValueError, match="needs the object stream"):
         make_episode(get_robot(*key), "task_failed", duration_ms=2000, with_object=False)
+
+
+def test_a_secondary_camera_films_the_same_episode_from_another_side():
+    robot = get_robot(*PANDA)
+    mono = make_episode(robot, seed=3, duration_ms=2000)
+    multi = make_episode(robot, seed=3, duration_ms=2000, secondary_cameras=("side",))
+    # the primary streams are those of the mono episode
+    np.testing.assert_array_equal(multi.joint_pos, mono.joint_pos)
+    assert multi.video_mp4 == mono.video_mp4 and mono.secondary_mp4 == {}
+    assert {k: multi.manifest[k] for k in ("camera", "video")} != {k: mono.manifest[k] for k in ("camera", "video")}
+    assert multi.manifest["camera"]["primary"] == mono.manifest["camera"]["primary"]
+    assert multi.manifest["submission_id"] != mono.manifest["submission_id"]
+    video, cam = multi.manifest["video"]["secondary_side"], multi.manifest["camera"]["secondary_side"]
+    decoded = decode_luma(multi.secondary_mp4["secondary_side"])
+    assert decoded.frames.shape[0] == video["frame_count"] == mono.manifest["video"]["primary"]["frame_count"]
+    assert decoded.fps == pytest.approx(video["fps"])
+    # turned SECONDARY_VIEWS["side"] degrees about the vertical: the optical axes differ by about that
+    axis = [np.asarray(m["extrinsics"])[:3, 2] for m in (multi.manifest["camera"]["primary"], cam)]
+    heading = [np.degrees(np.arctan2(a[1], a[0])) for a in axis]
+    assert (heading[1] - heading[0]) % 360 == pytest.approx(SECONDARY_VIEWS["side"], abs=1.0)
+    # another picture (its own background), not the primary's
+    assert np.corrcoef(decoded.frames.ravel(), decode_luma(multi.video_mp4).frames.ravel())[0, 1] < 0.3
+    Manifest.model_validate(multi.manifest)
+    with pytest.raises(ValueError, match="secondary cameras"):
+        make_episode(robot, seed=3, duration_ms=2000, secondary_cameras=("top",))

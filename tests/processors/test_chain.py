@@ -169,3 +169,18 @@ def test_build_report_accepts_only_a_complete_passing_chain():
                                                                        "gate_b_timestamps")
     assert failed.sync.claimed_offset_ms is None
     assert sync_from_results(_results(True, True, True)).sync_confidence == 0.9
+
+
+@pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
+def test_a_bundle_with_secondary_cameras_passes_every_gate(key, tmp_path):
+    from kibotos.robots import get_robot
+    from kibotos.samples import make_episode
+
+    ep = make_episode(get_robot(*key), seed=2, secondary_cameras=("side", "far_side"))
+    out = verify_path(ep.write(tmp_path / "multi.zarr.zip"))
+    assert out.report.verdict == "accepted", [(g.gate, g.reason_code, g.metrics) for g in out.report.gates]
+    assert [g.gate for g in out.report.gates] == GATE_IDS and all(g.flags == [] for g in out.report.gates)
+    frames = ep.manifest["video"]["primary"]["frame_count"]
+    assert out.report.gates[0].metrics["secondary_videos"] == {
+        name: {"frame_count_declared": frames, "frame_count_decoded": frames, "problem": None}
+        for name in ("far_side", "side")}

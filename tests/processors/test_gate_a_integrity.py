@@ -221,3 +221,47 @@ def test_non_finite_values_anywhere(tmp_path, where, value):
     assert (res.passed, res.reason_code) == (False, "non_finite_values")
     key = where if "/" in where else f"kinematics/{where}"
     assert res.metrics["non_finite"] == {key: 1}
+
+
+# --- secondary cameras: optional, checked, never a reason to reject ------------------------
+
+SECONDARY_CAMERA = {"intrinsics": {"fx": 10.0, "fy": 10.0, "cx": 4.0, "cy": 4.0, "width": 8, "height": 8},
+                    "extrinsics": np.eye(4).tolist()}
+
+
+def _with_secondary(path, *, frames=None, declared: int | None = 4, encoded: bytes | None = None):
+    robot = get_robot(*PANDA)
+    manifest = manifest_for(robot)
+    if declared is not None:
+        manifest["camera"]["secondary_side"] = SECONDARY_CAMERA
+        manifest["video"]["secondary_side"] = {"fps": 10.0, "frame_count": declared}
+    extra = {}
+    if frames is not None:
+        extra["video/secondary_side/frames"] = frames
+    if encoded is not None:
+        extra["video/secondary_side/encoded"] = np.frombuffer(encoded, np.uint8)
+    return small_bundle(path, robot, manifest=manifest, extra_arrays=extra)
+
+
+@pytest.mark.parametrize("kwargs, problem", [
+    (dict(frames=np.zeros((4, 8, 8, 3), np.uint8)), None),
+    (dict(frames=np.zeros((4, 8, 8, 3), np.uint8), declared=9), "secondary_frame_count_mismatch"),
+    (dict(frames=np.zeros((4, 8, 8, 3), np.int16)), "secondary_video_malformed"),
+    (dict(frames=np.zeros((4, 8, 8), np.uint8)), "secondary_video_malformed"),
+    (dict(encoded=b"not an mp4 file" * 20), "secondary_video_unreadable"),
+    (dict(), "secondary_video_missing"),
+    (dict(frames=np.zeros((4, 8, 8, 3), np.uint8), declared=None), "secondary_manifest_missing"),
+], ids=["ok", "frame_count", "dtype", "shape", "unreadable", "missing", "undeclared"])
+def test_a_secondary_camera_is_checked_and_flagged_never_rejected(tmp_path, kwargs, problem):
+    res = run_gate_on(GATE_ID, _with_secondary(tmp_path / "b.zarr.zip", **kwargs))
+    assert res.passed, (res.reason_code, res.metrics)
+    [(name, entry)] = res.metrics["secondary_videos"].items()
+    assert name == "side" and entry["problem"] == problem
+    assert [f for f in res.flags if f.startswith("secondary_")] == ([problem] if problem else [])
+    if problem is None:
+        assert entry["frame_count_declared"] == entry["frame_count_decoded"] == 4
+
+
+def test_a_mono_bundle_reports_no_secondary_videos(tmp_path):
+    res = run_gate_on(GATE_ID, small_bundle(tmp_path / "b.zarr.zip", get_robot(*PANDA)))
+    assert res.passed and "secondary_videos" not in res.metrics

@@ -314,3 +314,52 @@ def test_ledger_entry_id_is_deterministic_per_submission_and_kind():
     assert len({ledger_entry_id("s-1", "reward"), ledger_entry_id("s-2", "reward"),
                 ledger_entry_id("s-1", "bonus")}) == 3
     uuid.UUID(ledger_entry_id("s-1", "reward"))
+
+
+def test_a_measured_secondary_camera_multiplies_the_reward(stages, catalogue, bundles):
+    """The align job's secondary camera quality q reaches the decision: a Panda episode
+    filmed from a second side, through gates A-E, then the real align job on the bundle;
+    the decision pays ``reward(S) * (1 + k q)``, and the same evidence without the camera
+    pays ``reward(S)``."""
+    from gpu_consumers.alignment import check_alignment
+    from kibotos.alignment_config import load_alignment_config
+    from kibotos.bundle import open_bundle
+    from kibotos.scoring import reward
+    from streams.stages import _gate_result, advance
+
+    ep = make_episode(get_robot("franka_panda", REVISIONS["franka_panda"]), seed=0, miner_id="miner-multi",
+                      secondary_cameras=("side",))
+    sid = ep.manifest["submission_id"]
+    stored = bundles.store.put_file(ep.write(bundles.root / "written" / "multi.zarr.zip"), f"bundles/{sid}.zarr.zip")
+    completed = Tap(catalogue.evidence_completed)
+    run(stages, catalogue, received_event(sid, stored.uri, miner_id="miner-multi", robot="franka_panda"),
+        taps={"completed": completed})
+    [event] = completed.seen
+    with open_bundle(bundles.store.local_path(stored.uri)) as view:
+        align = check_alignment(view, event, bundles.store, load_alignment_config(), None)
+    q = align.metrics["angle_quality_sum"]
+    assert align.passed and q == align.metrics["secondary_cameras"]["side"]["quality"] > 0.5
+    mono_align = align.model_copy(update={"metrics": {**align.metrics, "secondary_cameras": {},
+                                                      "angle_quality_sum": 0.0}})
+
+    decision = stages[-1]
+    paid = {}
+    for name, res in (("multi", align), ("mono", mono_align)):
+        [out] = advance(catalogue, dict(event), res, catalogue.evidence_completed)
+        outputs = decision.handle(Record(out.topic.name, out.value(), out.key()))
+        verdict = next(o.record for o in outputs if o.topic.id == "verdicts")
+        [entry] = [o.record for o in outputs if o.topic.id == "ledger.entries"]
+        assert verdict["verdict"] == "accepted" and entry["points"] == verdict["points"]
+        results = [_gate_result(r) for r in out.record["gate_results"]]
+        assert [r.gate for r in results] == [*GATE_IDS, "alignment"]
+        paid[name] = (verdict["points"], parsed_report(verdict).scores, results)
+
+    points, scores, results = paid["multi"]
+    k = SCORING.reward.multi_angle_k
+    assert scores["angle_quality_sum"] == q and scores["angle_multiplier"] == pytest.approx(1 + k * q, abs=1e-6)
+    assert points == score_submission({r.gate: r for r in results}, SCORING, passed=True, angle_quality_sum=q).reward
+    assert points == pytest.approx(reward(True, scores["score"], SCORING) * (1 + k * q), abs=1e-5)
+    mono_points, mono_scores, _ = paid["mono"]
+    assert mono_scores["score"] == scores["score"] and mono_scores["angle_multiplier"] == 1.0
+    assert mono_points == pytest.approx(reward(True, scores["score"], SCORING), abs=1e-5)
+    assert points == pytest.approx(mono_points * (1 + k * q), abs=1e-4) and points > mono_points
