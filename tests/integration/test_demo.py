@@ -60,7 +60,7 @@ def test_demo_runs_the_evidence_jobs_and_pays_only_the_genuine_submission(tmp_pa
     assert set(by_variant) == {"genuine", "ik_target_shift", "nan", "copy"}, reports
 
     genuine = {g["gate"]: g for g in by_variant["genuine"]["gates"]}
-    assert list(genuine)[-5:] == ["gate_f_pose", "ik_residual", "playback", "task_completion", "novelty"]
+    assert list(genuine)[-6:] == ["gate_f_pose", "ik_residual", "playback", "alignment", "task_completion", "novelty"]
     assert genuine["task_completion"]["passed"] and genuine["task_completion"]["metrics"]["checklist_fraction"] == 1.0
     assert genuine["gate_f_pose"]["metrics"]["applicable"] is False  # the sample video shows a robot
     assert genuine["ik_residual"]["metrics"]["rms_pos_error_m"] < 0.02
