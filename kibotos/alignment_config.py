@@ -4,14 +4,13 @@ and the VLM calibration table."""
 
 from __future__ import annotations
 
-import copy
 import functools
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from kibotos.config_files import read_yaml, validate
 from kibotos.errors import ConfigError
 from kibotos.vlm.config import VLMConfig
 
@@ -116,20 +115,14 @@ class AlignmentConfig(_Frozen):
 
 
 def parse_alignment_config(raw: dict[str, Any]) -> AlignmentConfig:
-    try:
-        return AlignmentConfig.model_validate(copy.deepcopy(raw))
-    except Exception as exc:
-        raise ConfigError(f"invalid alignment config: {exc}") from exc
+    return validate(AlignmentConfig, raw, "alignment")
 
 
 @functools.lru_cache(maxsize=8)
 def load_alignment_config(path: Path | None = None) -> AlignmentConfig:
     """The alignment config at ``path`` (default: the packaged ``config/alignment.yaml``)."""
     path = Path(path) if path else DEFAULT_PATH
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read alignment config {path}: {exc}") from exc
+    raw = read_yaml(path, "alignment")
     if not isinstance(raw, dict):
         raise ConfigError(f"alignment config {path} is not a mapping")
     return parse_alignment_config(raw)

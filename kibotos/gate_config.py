@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict
 
+from kibotos.config_files import read_yaml, validate
 from kibotos.errors import ConfigError
 
 DEFAULT_PATH = Path(__file__).parent / "config" / "gates.yaml"
@@ -139,17 +138,11 @@ class GateConfig(_Frozen):
 
 
 def parse_config(raw: dict[str, Any]) -> GateConfig:
-    try:
-        return GateConfig.model_validate(copy.deepcopy(raw))
-    except Exception as exc:
-        raise ConfigError(f"invalid gate config: {exc}") from exc
+    return validate(GateConfig, raw, "gate")
 
 
 @functools.lru_cache(maxsize=8)
 def load_config(path: Path | None = None) -> GateConfig:
     path = Path(path) if path else DEFAULT_PATH
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read gate config {path}: {exc}") from exc
+    raw = read_yaml(path, "gate")
     return parse_config(raw)

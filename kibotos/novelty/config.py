@@ -3,14 +3,13 @@ fingerprint parameters, similarity ramps and the synthetic-artifact heuristics."
 
 from __future__ import annotations
 
-import copy
 import functools
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from kibotos.config_files import read_yaml, validate
 from kibotos.errors import ConfigError
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "config" / "novelty.yaml"
@@ -175,18 +174,12 @@ class NoveltyConfig(_Frozen):
 
 
 def parse_novelty_config(raw: dict[str, Any]) -> NoveltyConfig:
-    try:
-        return NoveltyConfig.model_validate(copy.deepcopy(raw))
-    except Exception as exc:
-        raise ConfigError(f"invalid novelty config: {exc}") from exc
+    return validate(NoveltyConfig, raw, "novelty")
 
 
 @functools.lru_cache(maxsize=8)
 def load_novelty_config(path: Path | None = None) -> NoveltyConfig:
     """The novelty config at ``path`` (default: the packaged ``config/novelty.yaml``)."""
     path = Path(path) if path else DEFAULT_PATH
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read novelty config {path}: {exc}") from exc
+    raw = read_yaml(path, "novelty")
     return parse_novelty_config(raw)

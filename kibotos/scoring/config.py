@@ -3,15 +3,14 @@ weights, the missing-evidence policy, the reward curve and each component's own 
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from kibotos.config_files import read_yaml, validate
 from kibotos.errors import ConfigError
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "config" / "scoring.yaml"
@@ -100,18 +99,12 @@ class ScoringConfig(_Frozen):
 
 
 def parse_scoring_config(raw: dict[str, Any]) -> ScoringConfig:
-    try:
-        return ScoringConfig.model_validate(copy.deepcopy(raw))
-    except Exception as exc:
-        raise ConfigError(f"invalid scoring config: {exc}") from exc
+    return validate(ScoringConfig, raw, "scoring")
 
 
 @functools.lru_cache(maxsize=8)
 def load_scoring_config(path: Path | None = None) -> ScoringConfig:
     """The scoring config at ``path`` (default: the packaged ``config/scoring.yaml``)."""
     path = Path(path) if path else DEFAULT_PATH
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read scoring config {path}: {exc}") from exc
+    raw = read_yaml(path, "scoring")
     return parse_scoring_config(raw)
