@@ -38,11 +38,9 @@ Reason codes, first failing check wins (``failed_checks`` lists all of them):
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Iterator
 
-import av
 import cv2
 import numpy as np
 
@@ -50,6 +48,7 @@ from kibotos.bundle.reader import VIDEO_ENCODED, VIDEO_FRAMES, BundleView
 from kibotos.errors import BundleError, ConfigError
 from kibotos.gate_config import GateConfig, GateFConfig
 from kibotos.report import GateResult
+from kibotos.video import open_video
 from gpu_consumers.pose import PoseEstimator, PoseTrack, concat_tracks
 from processors.base import result
 
@@ -99,18 +98,8 @@ def sampled_rgb_chunks(view: BundleView, stride: int, max_side: int, chunk: int 
             yield _resize(raw[idx[k:k + chunk]], size), idx[k:k + chunk], (w, h)
         return
     data = view.read(VIDEO_ENCODED).tobytes()
-    try:
-        container = av.open(io.BytesIO(data), mode="r")
-    except Exception as exc:  # av.error.* for garbage / truncated containers
-        raise BundleError(f"video cannot be opened: {exc}", reason_code="video_unreadable") from exc
-    with container:
-        if not container.streams.video:
-            raise BundleError("video has no video stream", reason_code="video_unreadable")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+    with open_video(data, check_size=True) as (container, stream):
         w, h = stream.codec_context.width, stream.codec_context.height
-        if not (0 < w <= 8192 and 0 < h <= 8192):
-            raise BundleError(f"video size {w}x{h} out of range", reason_code="video_unreadable")
         tw, th = _target_size(w, h, max_side)
         out, idx, decoded = [], [], 0
         try:

@@ -8,7 +8,9 @@ several times faster than asking PyAV for rgb24.
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 from fractions import Fraction
 
 import av
@@ -39,6 +41,34 @@ def encode_mp4(frames: np.ndarray, fps: float, crf: int = 23) -> bytes:
     return buf.getvalue()
 
 
+MAX_SIDE = 8192
+
+
+@contextmanager
+def open_video(data: bytes, *, check_size: bool = False) -> Iterator[tuple[av.container.InputContainer, av.VideoStream]]:
+    """The container of an encoded video (an mp4 file's bytes) and its first video
+    stream, set to decode with threads; closed on exit. ``check_size`` also refuses
+    frames wider or taller than ``MAX_SIDE``.
+
+    :raises BundleError: ``video_unreadable`` when the container cannot be opened or
+        holds no (sane) video stream.
+    """
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except Exception as exc:  # av.error.* for garbage / truncated containers
+        raise BundleError(f"video cannot be opened: {exc}", reason_code="video_unreadable") from exc
+    with container:
+        if not container.streams.video:
+            raise BundleError("video has no video stream", reason_code="video_unreadable")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if check_size:
+            w, h = stream.codec_context.width, stream.codec_context.height
+            if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
+                raise BundleError(f"video size {w}x{h} out of range", reason_code="video_unreadable")
+        yield container, stream
+
+
 @dataclass(frozen=True)
 class DecodedLuma:
     frames: np.ndarray  # (N, h, w) uint8
@@ -50,19 +80,9 @@ class DecodedLuma:
 
 def decode_luma(data: bytes, target_width: int = 96, max_frames: int = 100_000) -> DecodedLuma:
     """Decode every frame's Y plane, downsized to ``target_width`` (aspect kept)."""
-    try:
-        container = av.open(io.BytesIO(data), mode="r")
-    except Exception as exc:  # av.error.* for garbage / truncated containers
-        raise BundleError(f"video cannot be opened: {exc}", reason_code="video_unreadable") from exc
-    with container:
-        if not container.streams.video:
-            raise BundleError("video has no video stream", reason_code="video_unreadable")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+    with open_video(data, check_size=True) as (container, stream):
         fps = float(stream.average_rate or stream.base_rate or 0) or 0.0
         w, h = stream.codec_context.width, stream.codec_context.height
-        if not (0 < w <= 8192 and 0 < h <= 8192):
-            raise BundleError(f"video size {w}x{h} out of range", reason_code="video_unreadable")
         tw = min(target_width, w)
         th = max(1, round(h * tw / w))
         out = []
@@ -110,15 +130,7 @@ def decode_rgb_frames(data: bytes, indices, seek_gap_frames: int | None = None) 
     out: dict[int, np.ndarray] = {}
     if not wanted:
         return out
-    try:
-        container = av.open(io.BytesIO(data), mode="r")
-    except Exception as exc:
-        raise BundleError(f"video cannot be opened: {exc}", reason_code="video_unreadable") from exc
-    with container:
-        if not container.streams.video:
-            raise BundleError("video has no video stream", reason_code="video_unreadable")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+    with open_video(data) as (container, stream):
         fps = float(stream.average_rate or stream.base_rate or 0)
         if fps <= 0 or stream.time_base is None:
             raise BundleError("video has no frame rate", reason_code="video_unreadable")

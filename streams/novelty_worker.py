@@ -11,13 +11,12 @@ share the input partitions through one consumer group.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import signal
 import threading
 
 from kibotos.objectstore import store_from_settings
 from kibotos.settings import Settings
+from kibotos.process import process_parser, start_process
 from streams.stage_consumer import StageConsumer
 from streams.stages import NoveltyStage
 from topics.catalogue import Catalogue
@@ -52,31 +51,15 @@ def start_novelty_thread(settings: Settings, client, bootstrap: str, stop: threa
 
 
 def main(argv: list[str] | None = None) -> None:
-    from kibotos.logs import setup_logging
-    from kibotos.metrics import serve as serve_metrics
     from kibotos.warehouse import open_client
 
-    parser = argparse.ArgumentParser(description="Novelty stage: evidence.completed -> novelty.completed")
-    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: settings)")
-    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
-    parser.add_argument("--metrics-host", default="127.0.0.1", help="address /metrics binds (0.0.0.0 in a container)")
-    parser.add_argument("--loglevel", help="log level (default: KIBOTOS_LOG_LEVEL)")
-    args = parser.parse_args(argv)
-    settings = Settings()
-    bootstrap = args.bootstrap or settings.bootstrap_servers
-    if not bootstrap:
-        parser.error("no bootstrap servers: pass --bootstrap or set KIBOTOS_BOOTSTRAP_SERVERS")
-    setup_logging(settings.log_format, args.loglevel or settings.log_level)
-    if args.metrics_port:
-        serve_metrics(args.metrics_port, args.metrics_host)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    client = open_client(settings.chdb_dsn)
-    consumer = build_novelty_consumer(settings, client, bootstrap)
-    log.info("novelty: consuming as %s", novelty_group(settings))
+    parser = process_parser("Novelty stage: evidence.completed -> novelty.completed")
+    proc = start_process(parser, argv)
+    client = open_client(proc.settings.chdb_dsn)
+    consumer = build_novelty_consumer(proc.settings, client, proc.bootstrap)
+    log.info("novelty: consuming as %s", novelty_group(proc.settings))
     try:
-        consumer.run(stop)
+        consumer.run(proc.stop)
     finally:
         consumer.close()
         client.close()

@@ -210,32 +210,14 @@ def main(argv: list[str] | None = None) -> None:
     server). Sink processes share the warehouse topics' partitions through one consumer
     group; run one or a few. SIGTERM finishes the batch in hand, then leaves the group.
     """
-    import argparse
-    import signal
-
-    from kibotos.logs import setup_logging
-    from kibotos.metrics import serve as serve_metrics
-    from kibotos.settings import Settings
     from kibotos.warehouse import open_client
+    from kibotos.process import process_parser, start_process
 
-    parser = argparse.ArgumentParser(description="ClickHouse sink: warehouse topics into ClickHouse tables")
-    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: settings)")
+    parser = process_parser("ClickHouse sink: warehouse topics into ClickHouse tables")
     parser.add_argument("--batch-size", type=int, default=500, help="most records per insert")
     parser.add_argument("--flush-interval", type=float, default=0.5, help="longest wait for a batch (s)")
-    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
-    parser.add_argument("--metrics-host", default="127.0.0.1", help="address /metrics binds (0.0.0.0 in a container)")
-    parser.add_argument("--loglevel", help="log level (default: KIBOTOS_LOG_LEVEL)")
-    args = parser.parse_args(argv)
-    settings = Settings()
-    bootstrap = args.bootstrap or settings.bootstrap_servers
-    if not bootstrap:
-        parser.error("no bootstrap servers: pass --bootstrap or set KIBOTOS_BOOTSTRAP_SERVERS")
-    setup_logging(settings.log_format, args.loglevel or settings.log_level)
-    if args.metrics_port:
-        serve_metrics(args.metrics_port, args.metrics_host)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    proc = start_process(parser, argv)
+    args, settings, bootstrap, stop = proc.args, proc.settings, proc.bootstrap, proc.stop
     client = open_client(settings.chdb_dsn)
     group = f"{settings.consumer_group_prefix}-{settings.topic_prefix}sink"
     try:

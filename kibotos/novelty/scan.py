@@ -10,7 +10,6 @@ full-resolution grey frames (spectral recapture cues). Decoding stops after
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 
 import av
@@ -20,6 +19,7 @@ import numpy as np
 from kibotos.bundle.reader import VIDEO_ENCODED, VIDEO_FRAMES, BundleView
 from kibotos.errors import BundleError
 from kibotos.novelty.config import NoveltySection
+from kibotos.video import open_video
 
 
 @dataclass(frozen=True)
@@ -128,15 +128,7 @@ def scan_encoded(data: bytes, cfg: NoveltySection, declared_fps: float | None = 
 
     :raises BundleError: ``video_unreadable`` when the container or stream cannot be read.
     """
-    try:
-        container = av.open(io.BytesIO(data), mode="r")
-    except Exception as exc:
-        raise BundleError(f"video cannot be opened: {exc}", reason_code="video_unreadable") from exc
-    with container:
-        if not container.streams.video:
-            raise BundleError("video has no video stream", reason_code="video_unreadable")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+    with open_video(data) as (container, stream):
         ctx = stream.codec_context
         fps = float(stream.average_rate or stream.base_rate or 0) or float(declared_fps or 0)
         if fps <= 0:

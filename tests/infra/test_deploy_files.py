@@ -363,3 +363,55 @@ def test_sink_process_writes_the_warehouse_and_stops_on_sigterm(tansu, catalogue
         assert balances(client) == [{"miner_id": "alice", "points": 7.0, "entries": 1}]
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("module", ["streams.novelty_worker", "gpu_consumers.worker"])
+def test_consumer_processes_need_a_broker(clean_env, module):
+    import importlib
+
+    with pytest.raises(SystemExit) as info:
+        importlib.import_module(module).main([])
+    assert info.value.code == 2
+
+
+@pytest.mark.integration
+def test_novelty_process_serves_metrics_and_stops_on_sigterm(tansu, catalogue, tmp_path):
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    from infra.migrate import apply_migrations
+    from kibotos.warehouse import open_client
+
+    dsn = f"chdb://{tmp_path / 'chdb'}"
+    client = open_client(dsn)
+    apply_migrations(client)
+    client.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIBOTOS_")} | {
+        "KIBOTOS_BOOTSTRAP_SERVERS": tansu.bootstrap, "KIBOTOS_TOPIC_PREFIX": catalogue.prefix,
+        "KIBOTOS_CLICKHOUSE_DSN": dsn, "KIBOTOS_LOG_FORMAT": "text", "KIBOTOS_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen([sys.executable, "-m", "streams.novelty_worker", "--metrics-port", str(port),
+                             "--loglevel", "INFO"],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, seen = time.monotonic() + 60, ""
+        while "python_info" not in seen:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else seen
+            time.sleep(0.3)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                    seen = resp.read().decode()
+            except OSError:
+                pass
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert f"consuming as kibotos-{catalogue.prefix}novelty" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
