@@ -149,11 +149,37 @@ def s_align(evidence: Evidence, cfg: ScoringConfig) -> Component:
     return _single_metric("align", ALIGN_GATE, "s_align", evidence)
 
 
+def _vlm_task(evidence: Evidence, cfg: ScoringConfig) -> tuple[float | None, float, dict[str, Any]]:
+    """The VLM's task verdict from the alignment stage: ``(v, w, inputs)`` with
+    ``v = neutral + c * (success - neutral)`` (c: the confidence the stage used) and ``w``
+    its blend weight (calibrated or not); ``v`` is None when the VLM gave no verdict (not
+    configured, failed, or said the frames do not tell) — never an invented answer."""
+    res = evidence.get(ALIGN_GATE)
+    vlm = res.metrics.get("vlm") if res is not None else None
+    status = vlm.get("status") if isinstance(vlm, dict) else None
+    success = res.metrics.get("vlm_task_success") if res is not None else None
+    c = _number(res.metrics.get("vlm_task_confidence")) if res is not None else None
+    if not isinstance(success, bool) or c is None:
+        return None, 0.0, {"vlm": status or "no alignment result"}
+    p = cfg.components.task
+    calibrated = (vlm.get("calibration") or {}).get("status") == "calibrated"
+    w = p.vlm_weight if calibrated else p.vlm_uncalibrated_weight
+    neutral = cfg.missing.neutral_value
+    v = neutral + _unit(c) * ((1.0 if success else 0.0) - neutral)
+    return v, w, {"vlm": status, "vlm_task_success": success, "vlm_confidence": c, "vlm_calibrated": calibrated,
+                  "vlm_weight": w, "vlm_term": round(v, 6)}
+
+
 def s_task(evidence: Evidence, cfg: ScoringConfig) -> Component:
-    """S_task: ``raw = checklist_fraction * (1 if phase_order_ok else phase_order_penalty)``
-    shrunk towards neutral by the evidence confidence: ``neutral + c * (raw - neutral)``.
-    No task declared, or no object evidence: missing. A declared task that cannot be
-    judged (unknown, or not for this robot) earns 0: declaring one must not dodge it."""
+    """S_task from the kinematic checklist and, when a VLM judged the task, its verdict.
+
+    Kinematic: ``k = neutral + c * (checklist * order - neutral)`` with ``order`` 1, or
+    ``phase_order_penalty`` when the phases are out of order, and ``c = s_task_evidence``.
+    VLM (the alignment stage's ``vlm_task_success``, see :func:`_vlm_task`): ``S_task =
+    (1 - w) * k + w * v``, or ``v`` alone when the checklist has no evidence. No task
+    declared: missing (the VLM is told to answer null then). A declared task that cannot
+    be judged (unknown, or not for this robot) earns 0: declaring one must not dodge it;
+    neither does a hard task failure, whatever the VLM says."""
     res = evidence.get(TASK_GATE)
     if res is None:
         return _missing("task", f"no {TASK_GATE} result")
@@ -171,13 +197,20 @@ def s_task(evidence: Evidence, cfg: ScoringConfig) -> Component:
               "failed_checks": m.get("failed_checks"), "gate_passed": res.passed}
     if not res.passed:  # the only hard reject: the task unambiguously failed
         return Component(name="task", value=0.0, inputs=inputs | {"reason_code": res.reason_code})
+    v, w, vlm_inputs = _vlm_task(evidence, cfg)
+    inputs |= vlm_inputs
     if checklist is None or confidence is None:
+        if v is not None:
+            return Component(name="task", value=_unit(v), inputs=inputs | {"basis": ["vlm"]})
         return _missing("task", m.get("reason", "no checklist evidence"), **inputs)
     order = 1.0 if m.get("phase_order_ok") is True else cfg.components.task.phase_order_penalty
     neutral = cfg.missing.neutral_value
     raw = checklist * order
-    c = _unit(confidence)
-    return Component(name="task", value=_unit(neutral + c * (raw - neutral)), inputs=inputs | {"raw": round(raw, 6)})
+    k = neutral + _unit(confidence) * (raw - neutral)
+    value = k if v is None else (1.0 - w) * k + w * v
+    return Component(name="task", value=_unit(value),
+                     inputs=inputs | {"raw": round(raw, 6), "kinematic": round(k, 6),
+                                      "basis": ["kinematic"] + (["vlm"] if v is not None else [])})
 
 
 def s_object(evidence: Evidence, cfg: ScoringConfig) -> Component:

@@ -67,6 +67,8 @@ class RetargetParams(_Frozen):
 
 class TaskParams(_Frozen):
     phase_order_penalty: float = Field(ge=0, le=1)
+    vlm_weight: float = Field(ge=0, le=1)
+    vlm_uncalibrated_weight: float = Field(ge=0, le=1)
 
 
 class ObjectParams(_Frozen):

@@ -323,6 +323,15 @@ def test_vlm_answer_is_blended_through_the_job_handler(played, results, vlm_env)
     assert len(req.images()) == 2 * CONFIG.vlm.max_pairs == vlm["images_sent"]
     assert req.headers["X-Kibotos-Prompt-Version"] == PROMPT_VERSION
     assert '"task_id": "pick_place"' in req.text() and "franka_panda@fer-v1" in req.text()
+    # the scorer reads this very result: S_task blends the VLM's task verdict in
+    from kibotos.scoring import load_scoring_config, s_task
+
+    cfg = load_scoring_config()
+    task = GateResult(gate="task_completion", passed=True, metrics={"applicable": True, "checklist_fraction": 0.5,
+                                                                     "phase_order_ok": True, "s_task_evidence": 1.0})
+    comp = s_task({"task_completion": task, GATE_ID: res}, cfg)
+    assert comp.inputs["basis"] == ["kinematic", "vlm"] and comp.inputs["vlm_calibrated"] is True
+    assert comp.value == pytest.approx(0.5 + cfg.components.task.vlm_weight * c * 0.5, abs=1e-4)
 
 
 def test_a_failed_vlm_call_is_recorded_never_invented(played, results, vlm_env):

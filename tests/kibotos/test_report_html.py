@@ -71,7 +71,7 @@ def test_page_carries_verdict_gates_thresholds_scores_and_keyframes(store):
     page = render_report_html(accepted_report(store), store)
     assert "<h1>accepted</h1>" in page and VERDICT_COLOURS["accepted"] in page
     for text in ("gate_a_integrity", "gate_c_sync", "playback", "joint_vel_computed", "max_missing_fraction",
-                 "S_pose", "S = 0.8", "reward <b>17.5</b>", "scoring-2026.11.1", "silhouette IoU 0.55"):
+                 "S_pose", "S = 0.8", "reward <b>17.5</b>", "scoring-2026.12.1", "silhouette IoU 0.55"):
         assert text in page, text
     # every keyframe pair embedded, byte for byte what the store holds
     images = _images(page)

@@ -93,6 +93,46 @@ def test_task_component_cases():
     assert blind.missing and "no usable object" in blind.inputs["missing"]
 
 
+def _vlm(success, confidence=0.8, status="calibrated"):
+    return _res("alignment", applicable=True, s_align=0.9, vlm_task_success=success, vlm_task_confidence=confidence,
+                vlm={"status": "ok", "calibration": {"status": status}})
+
+
+def test_task_component_blends_the_vlm_verdict_only_when_there_is_one():
+    p, neutral = CFG.components.task, CFG.missing.neutral_value
+    kin = _res("task_completion", applicable=True, checklist_fraction=1.0, phase_order_ok=True, s_task_evidence=1.0)
+    alone = s_task({"task_completion": kin}, CFG)
+    assert alone.value == 1.0 and alone.inputs["basis"] == ["kinematic"]
+    # no VLM configured: the alignment stage says so and S_task is the kinematic value
+    quiet = s_task({"task_completion": kin, "alignment": _res("alignment", applicable=True, s_align=0.9,
+                                                              vlm={"status": "not_configured"},
+                                                              vlm_task_success=None, vlm_task_confidence=None)}, CFG)
+    assert quiet.value == 1.0 and quiet.inputs["vlm"] == "not_configured" and "vlm_weight" not in quiet.inputs
+    # a calibrated VLM that says the task failed pulls the score down by its weight
+    doubt = s_task({"task_completion": kin, "alignment": _vlm(False)}, CFG)
+    v = neutral + 0.8 * (0.0 - neutral)
+    assert doubt.value == pytest.approx((1 - p.vlm_weight) * 1.0 + p.vlm_weight * v, abs=1e-6)
+    assert doubt.inputs["basis"] == ["kinematic", "vlm"] and doubt.inputs["vlm_task_success"] is False
+    # an uncalibrated one counts less
+    weak = s_task({"task_completion": kin, "alignment": _vlm(False, status="uncalibrated")}, CFG)
+    assert doubt.value < weak.value < 1.0
+    assert weak.inputs["vlm_weight"] == p.vlm_uncalibrated_weight
+    # "the frames do not tell" (null) is no verdict
+    unsure = s_task({"task_completion": kin, "alignment": _vlm(None)}, CFG)
+    assert unsure.value == 1.0 and unsure.inputs["basis"] == ["kinematic"]
+    # no checklist evidence: the VLM alone decides instead of neutral
+    blind = _res("task_completion", applicable=True, checklist_fraction=None, s_task_evidence=0.0, reason="no object")
+    assert s_task({"task_completion": blind}, CFG).missing
+    seen = s_task({"task_completion": blind, "alignment": _vlm(True)}, CFG)
+    assert seen.value == pytest.approx(neutral + 0.8 * (1 - neutral)) and seen.inputs["basis"] == ["vlm"]
+    # a hard task failure stays 0 whatever the VLM says; no task declared stays missing
+    failed = _res("task_completion", passed=False, reason_code="task_object_not_moved", applicable=True,
+                  checklist_fraction=0.2, s_task_evidence=1.0)
+    assert s_task({"task_completion": failed, "alignment": _vlm(True)}, CFG).value == 0.0
+    none = _res("task_completion", flags=("task_not_declared",), applicable=False, reason="no task declared")
+    assert s_task({"task_completion": none, "alignment": _vlm(True)}, CFG).missing
+
+
 def _object(**state):
     good = {"tracking_noise_m": 0.002, "unexplained_motion_fraction": 0.0, "hold_drift_m": 0.004,
             "max_step_speed_m_s": 0.3}
