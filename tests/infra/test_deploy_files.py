@@ -313,13 +313,42 @@ def test_sink_process_needs_a_broker(clean_env):
     assert info.value.code == 2
 
 
-@pytest.mark.integration
-def test_sink_process_writes_the_warehouse_and_stops_on_sigterm(tansu, catalogue, tmp_path):
+def _serve_until_metric(module: str, args: list[str], env: dict[str, str], needle: str) -> str:
+    """Run ``python -m module --metrics-port P *args`` until its /metrics shows ``needle``,
+    then SIGTERM it; asserts a clean exit and returns what it printed."""
     import signal
     import socket
     import time
     import urllib.request
 
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIBOTOS_")} | {"KIBOTOS_LOG_FORMAT": "text"} | env
+    proc = subprocess.Popen([sys.executable, "-m", module, "--metrics-port", str(port), *args], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, seen = time.monotonic() + 60, ""
+        while needle not in seen:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else seen
+            time.sleep(0.3)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                    seen = resp.read().decode()
+            except OSError:
+                pass
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        return proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.integration
+def test_sink_process_writes_the_warehouse_and_stops_on_sigterm(tansu, catalogue, tmp_path):
     from confluent_kafka import Producer
 
     from infra.migrate import apply_migrations
@@ -334,30 +363,10 @@ def test_sink_process_writes_the_warehouse_and_stops_on_sigterm(tansu, catalogue
     producer = Producer({"bootstrap.servers": tansu.bootstrap})
     producer.produce(spec.name, key=b"sub-1", value=spec.serialize(ledger_entry("sub-1", "alice", 7.0)))
     assert producer.flush(10) == 0
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KIBOTOS_")} | {
-        "KIBOTOS_BOOTSTRAP_SERVERS": tansu.bootstrap, "KIBOTOS_TOPIC_PREFIX": catalogue.prefix,
-        "KIBOTOS_CLICKHOUSE_DSN": dsn, "KIBOTOS_LOG_FORMAT": "text"}
-    proc = subprocess.Popen([sys.executable, "-m", "streams.sink", "--flush-interval", "0.2", "--metrics-port",
-                             str(port)], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline, seen = time.monotonic() + 60, ""
-        while 'processor="clickhouse-sink",topic="ledger.entries"} 1.0' not in seen:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else seen
-            time.sleep(0.3)
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-                    seen = resp.read().decode()
-            except OSError:
-                pass
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    env = {"KIBOTOS_BOOTSTRAP_SERVERS": tansu.bootstrap, "KIBOTOS_TOPIC_PREFIX": catalogue.prefix,
+           "KIBOTOS_CLICKHOUSE_DSN": dsn}
+    _serve_until_metric("streams.sink", ["--flush-interval", "0.2"], env,
+                        'processor="clickhouse-sink",topic="ledger.entries"} 1.0')
     client = open_client(dsn)
     try:
         assert balances(client) == [{"miner_id": "alice", "points": 7.0, "entries": 1}]
@@ -376,11 +385,6 @@ def test_consumer_processes_need_a_broker(clean_env, module):
 
 @pytest.mark.integration
 def test_novelty_process_serves_metrics_and_stops_on_sigterm(tansu, catalogue, tmp_path):
-    import signal
-    import socket
-    import time
-    import urllib.request
-
     from infra.migrate import apply_migrations
     from kibotos.warehouse import open_client
 
@@ -388,30 +392,7 @@ def test_novelty_process_serves_metrics_and_stops_on_sigterm(tansu, catalogue, t
     client = open_client(dsn)
     apply_migrations(client)
     client.close()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KIBOTOS_")} | {
-        "KIBOTOS_BOOTSTRAP_SERVERS": tansu.bootstrap, "KIBOTOS_TOPIC_PREFIX": catalogue.prefix,
-        "KIBOTOS_CLICKHOUSE_DSN": dsn, "KIBOTOS_LOG_FORMAT": "text", "KIBOTOS_HOME": str(tmp_path / "home")}
-    proc = subprocess.Popen([sys.executable, "-m", "streams.novelty_worker", "--metrics-port", str(port),
-                             "--loglevel", "INFO"],
-                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline, seen = time.monotonic() + 60, ""
-        while "python_info" not in seen:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else seen
-            time.sleep(0.3)
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-                    seen = resp.read().decode()
-            except OSError:
-                pass
-        time.sleep(1.0)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-        assert f"consuming as kibotos-{catalogue.prefix}novelty" in proc.stdout.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    env = {"KIBOTOS_BOOTSTRAP_SERVERS": tansu.bootstrap, "KIBOTOS_TOPIC_PREFIX": catalogue.prefix,
+           "KIBOTOS_CLICKHOUSE_DSN": dsn, "KIBOTOS_HOME": str(tmp_path / "home")}
+    out = _serve_until_metric("streams.novelty_worker", ["--loglevel", "INFO"], env, "python_info")
+    assert f"consuming as kibotos-{catalogue.prefix}novelty" in out
