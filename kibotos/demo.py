@@ -216,6 +216,8 @@ def evidence_summary(report: dict) -> str:
             parts.append("copy of own earlier upload")
         elif "cross_miner_near_duplicate" in flags:
             parts.append("copy of another miner's upload")
+        elif "cross_miner_later_copy" in flags:
+            parts.append("copied by another miner's later upload")
     return " · ".join(parts)
 
 
@@ -232,22 +234,40 @@ def run_demo(settings: Settings, console: Console, workers: int = 1, timeout_s: 
                   "(a cold Genesis scene build per robot takes ~20 s on CPU)")
     with Stack(settings, workers=workers, log=lambda m: console.print(f"[dim]{m}[/dim]")) as stack, \
             IngestClient(stack.ingest.url) as client:
-        variants, refused = upload_all(client, items)
+        # copies go up once the originals are judged: a copier works from published
+        # uploads, so in this story the copy never races its original (kibotos.novelty
+        # says what happens when it does)
+        originals = [item for item in items if not item[1].startswith("copy:")]
+        copies = [item for item in items if item[1].startswith("copy:")]
+        variants, refused = upload_all(client, originals)
         # a replay: alice uploads her first bundle again after it was accepted
-        first = next(item for item in items if item[0] == "miner-alice")
-        refused.extend(upload_all(client, [(first[0], "replay", first[2])])[1])
-        console.print(f"uploaded {len(items) + 1} bundles through the ingest API {stack.ingest.url}")
+        first = next((item for item in items if item[0] == "miner-alice"), None)
+        if first is not None:
+            refused.extend(upload_all(client, [(first[0], "replay", first[2])])[1])
+        console.print(f"uploaded {len(originals) + (first is not None)} bundles through the ingest API "
+                      f"{stack.ingest.url}" + (f"; {len(copies)} copies follow once they are judged" if copies else ""))
         verdicts: dict[str, dict] = {}
         deadline = time.monotonic() + timeout_s
         with Progress(TextColumn("waiting for verdicts"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as progress:
-            task = progress.add_task("verdicts", total=len(variants))
+            task = progress.add_task("verdicts", total=len(variants) + len(copies))
+
+            def upload_copies() -> None:
+                nonlocal copies
+                more, more_refused = upload_all(client, copies)
+                variants.update(more)
+                refused.extend(more_refused)
+                progress.update(task, total=len(variants))
+                progress.console.print(f"uploaded {len(copies)} copies")
+                copies = []
 
             def done() -> bool:
                 stack.check_workers()
                 if time.monotonic() > deadline:
                     raise ServiceError(f"timed out after {timeout_s:.0f}s with {len(verdicts)}/{len(variants)} verdicts")
-                return len(verdicts) >= len(variants)
+                if copies and len(verdicts) >= len(variants):
+                    upload_copies()
+                return not copies and len(verdicts) >= len(variants)
 
             for verdict in follow_verdicts(stack.bootstrap, stack.catalogue, stop=done):
                 if verdict["submission_id"] in variants and verdict["submission_id"] not in verdicts:

@@ -31,6 +31,15 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _epoch_ms(value: Any) -> int | None:
+    """Epoch milliseconds of an Avro ``timestamp-millis`` field (a datetime once decoded)."""
+    if value is None:
+        return None
+    if hasattr(value, "timestamp"):
+        return int(round(value.timestamp() * 1000))
+    return int(value)
+
+
 def ledger_entry_id(submission_id: str, kind: str) -> str:
     """Deterministic: the same submission and kind always give the same entry id."""
     return str(uuid.uuid5(LEDGER_NAMESPACE, f"{submission_id}:{kind}"))
@@ -247,11 +256,11 @@ class NoveltyStage:
         t0 = time.perf_counter()
         try:
             with open_bundle(self.store.local_path(event["bundle_uri"]), self.limits) as view:
-                # the index's order is the order of first checks, not of uploads: of two
-                # copies racing through the chain, whichever is checked first is the
-                # original and the other is compared with it (by upload time, both could
-                # be checked before the other is in the index and both escape)
-                res = self.checker.check(view, event["submission_id"], event["miner_id"], now_ms())
+                # the index is compared in the order of first checks (two racing copies
+                # never both pass as new); between miners the upload time says which is
+                # the original (kibotos.novelty.checker)
+                res = self.checker.check(view, event["submission_id"], event["miner_id"], now_ms(),
+                                         received_at_ms=_epoch_ms(event.get("received_at")))
         except ServiceError:
             raise
         except KibotosError as exc:

@@ -7,6 +7,12 @@ index, record it, and turn the evidence into ``s_novel``.
                   1 - cross_miner_penalty * match(best other-miner candidate))
     s_novel = s_match * (1 - artifact_penalty * artifact_score)
 
+Between miners the earlier *upload* is the original: a cross-miner match with a later
+upload that happened to be checked first (a copy racing ahead through other partitions)
+does not lower ``s_novel``; it is reported (``cross_miner_later_match``, flag
+``cross_miner_later_copy``) for the auditors. Within one miner the order of first checks
+decides, so of two racing copies one is always judged against the other.
+
 Hard rejects are reserved for the extremes: a near-exact copy of an earlier submission of
 the same miner (``duplicate_submission``: ``s_novel`` 0) and an ``artifact_score`` at or
 above ``artifacts.reject_score`` (``synthetic_artifacts``).
@@ -52,11 +58,14 @@ class NoveltyChecker:
         self.client = client
         self.config = config or load_novelty_config()
 
-    def check(self, view: BundleView, submission_id: str, miner_id: str, now_ms: int) -> GateResult:
+    def check(self, view: BundleView, submission_id: str, miner_id: str, now_ms: int,
+              received_at_ms: int | None = None) -> GateResult:
         """The novelty ``GateResult`` of one submission (see the module docstring).
 
         :param now_ms: epoch milliseconds of this (first) check: the submission's place in
             the index's order and the end of its windows.
+        :param received_at_ms: when it was uploaded (default: ``now_ms``), which orders
+            matches between miners.
         :raises ServiceError: ClickHouse failed (the caller retries; nothing is half-judged).
         """
         t0 = time.perf_counter()
@@ -70,7 +79,8 @@ class NoveltyChecker:
             info = self._fingerprint_info(fingerprint)
             index.record(self.client, submission_id=submission_id, miner_id=miner_id,
                          robot_model_id=_robot_model(view), created_at_ms=created_at_ms, fingerprint=fingerprint,
-                         embedding_model=EMBEDDING_MODEL_ID, artifacts=artifacts, fingerprint_info=info)
+                         embedding_model=EMBEDDING_MODEL_ID, artifacts=artifacts, fingerprint_info=info,
+                         received_at_ms=received_at_ms)
         else:
             created_at_ms, artifacts, info = stored.created_at_ms, stored.artifacts, stored.fingerprint
         best = index.find_candidates(self.client, submission_id, created_at_ms, info.get("motion_variants", []), cfg)
@@ -99,7 +109,7 @@ class NoveltyChecker:
                 created_at_ms: int, t0: float) -> GateResult:
         cfg = self.config.novelty
         pen = cfg.penalties
-        same, cross = best["same_miner"], best["cross_miner"]
+        same, cross, later = best["same_miner"], best["cross_miner"], best.get("cross_miner_later")
         s_same = 1.0 - pen.same_miner * same.match if same is not None else 1.0
         s_cross = 1.0 - pen.cross_miner * cross.match if cross is not None else 1.0
         s_match = min(s_same, s_cross)
@@ -118,6 +128,8 @@ class NoveltyChecker:
                 flags.append(f"{scope}_trajectory_reuse")
             if cand.visual >= report and cand.motion_variant and cand.motion_variant != "identity":
                 flags.append(f"{scope}_{cand.motion_variant.split(':')[0]}_copy")
+        if later is not None and later.match >= report:
+            flags.append("cross_miner_later_copy")  # a later upload by another miner copies this one
         flags += artifacts.get("flags", [])
 
         passed, reason = True, None
@@ -137,6 +149,8 @@ class NoveltyChecker:
             "same_miner_matches": same.matches if same is not None else 0,
             "cross_miner_candidates": cross.candidates if cross is not None else 0,
             "cross_miner_matches": cross.matches if cross is not None else 0,
+            "cross_miner_later_match": later.as_metrics(created_at_ms) if later is not None and later.match > 0
+            else None,
             "artifact_score": round(artifact_score, 4),
             "artifacts": artifacts,
             "fingerprint": info,

@@ -18,7 +18,8 @@ its windows and computes, per candidate,
 
 maps motion and trajectory through the config's ramps to ``visual`` and ``trajectory`` in
 [0, 1], combines them as ``match = 1 - (1 - visual) * (1 - trajectory)`` and returns the
-best candidate of each scope (same miner / other miners) with counts.
+best candidate of each scope (same miner / other miners' earlier uploads / other miners'
+later uploads) with counts.
 
 Rows are compared only with rows checked *before* them (``(created_at, submission_id)``
 order), so adding later submissions never changes an earlier submission's answer.
@@ -41,7 +42,7 @@ from kibotos.novelty.fingerprint import Fingerprint
 TABLE = "kibotos.novelty_index"
 DAY_MS = 86_400_000
 
-_COLUMNS = ["submission_id", "miner_id", "robot_model_id", "created_at", "sample_fps", "frame_hashes",
+_COLUMNS = ["submission_id", "miner_id", "robot_model_id", "created_at", "received_at", "sample_fps", "frame_hashes",
             "mirror_hashes", "motion_variants", "motion_channels", "motion_len", "motion", "embedding_model",
             "embedding", "traj_rate_hz", "traj_joints", "traj_len", "traj_fingerprint", "artifacts_json",
             "fingerprint_json", "revision"]
@@ -88,12 +89,14 @@ def get_entry(client, submission_id: str) -> StoredEntry | None:
 
 def record(client, *, submission_id: str, miner_id: str, robot_model_id: str, created_at_ms: int,
            fingerprint: Fingerprint, embedding_model: str, artifacts: dict[str, Any],
-           fingerprint_info: dict[str, Any]) -> None:
-    """Insert the fingerprint row (revision 0). Re-inserting the same row is harmless."""
+           fingerprint_info: dict[str, Any], received_at_ms: int | None = None) -> None:
+    """Insert the fingerprint row (revision 0). Re-inserting the same row is harmless.
+    ``received_at_ms``: the upload time (default: the check time)."""
     traj = fingerprint.trajectory
     motion = fingerprint.motion
     row = [
-        submission_id, miner_id, robot_model_id, _utc(created_at_ms), float(fingerprint.sample_fps),
+        submission_id, miner_id, robot_model_id, _utc(created_at_ms),
+        _utc(created_at_ms if received_at_ms is None else received_at_ms), float(fingerprint.sample_fps),
         [int(h) for h in fingerprint.hashes], [int(h) for h in fingerprint.mirror_hashes],
         list(fingerprint.motion_variants), int(motion[0].shape[1]) if motion else 0,
         int(motion[0].shape[0]) if motion else 0, [m.ravel().tolist() for m in motion],
@@ -253,6 +256,8 @@ def _candidates_sql(cfg: NoveltySection, pairs: list[tuple[int, int, str]]) -> s
         c.miner_id AS miner_id,
         toUnixTimestamp64Milli(c.created_at) AS created_at_ms,
         c.miner_id = q.miner_id AS same_miner,
+        multiIf(same_miner, 'same_miner', c.received_at > q.received_at, 'cross_miner_later', 'cross_miner')
+            AS scope,
         {hashes_ok} AS hashes_compared,
         if(hashes_compared, greatest({identity}, {mirrored}), 0.) AS hash_fraction,
         if(hashes_compared, {exact}, 0.) AS exact_fraction,
@@ -286,12 +291,12 @@ def _candidates_sql(cfg: NoveltySection, pairs: list[tuple[int, int, str]]) -> s
     """
     return f"""
     SELECT * FROM (
-        SELECT *, count() OVER scope AS candidates, countIf(match >= {{report:Float64}}) OVER scope AS matches
+        SELECT *, count() OVER w AS candidates, countIf(match >= {{report:Float64}}) OVER w AS matches
         FROM ({inner})
-        WINDOW scope AS (PARTITION BY same_miner)
+        WINDOW w AS (PARTITION BY scope)
     )
-    ORDER BY same_miner, match DESC, created_at_ms, submission_id
-    LIMIT 1 BY same_miner
+    ORDER BY scope, match DESC, created_at_ms, submission_id
+    LIMIT 1 BY scope
     """
 
 
@@ -341,7 +346,10 @@ def _finite(x: float) -> float:
 
 def find_candidates(client, submission_id: str, created_at_ms: int, motion_variants: list[str],
                     cfg: NoveltySection) -> dict[str, Candidate | None]:
-    """``{"same_miner": ..., "cross_miner": ...}``: the best earlier match of each scope."""
+    """The best match of each scope among the rows checked before ``submission_id``:
+    ``same_miner``, ``cross_miner`` (other miners' earlier uploads) and
+    ``cross_miner_later`` (other miners' *later* uploads that were checked first: copies
+    of this submission that raced ahead of it, which must not count against it)."""
     w = cfg.windows
     miner_ms, global_ms = round(w.same_miner_days * DAY_MS), round(w.global_days * DAY_MS)
     params = {
@@ -369,10 +377,10 @@ def find_candidates(client, submission_id: str, created_at_ms: int, motion_varia
     }
     pairs = _motion_pairs(motion_variants) if motion_variants else [(1, 1, "identity")]
     res = _query(client, _candidates_sql(cfg, pairs), params)
-    out: dict[str, Candidate | None] = {"same_miner": None, "cross_miner": None}
+    out: dict[str, Candidate | None] = {"same_miner": None, "cross_miner": None, "cross_miner_later": None}
     for row in res.result_rows:
         r = dict(zip(res.column_names, row))
-        scope = "same_miner" if r["same_miner"] else "cross_miner"
+        scope = r["scope"]
         out[scope] = Candidate(
             submission_id=r["submission_id"],
             miner_id=r["miner_id"],

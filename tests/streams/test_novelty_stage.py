@@ -147,6 +147,31 @@ def test_ledger_pays_each_accepted_submission_once_after_redelivery(pipeline, ch
     assert balance == {"miner_id": HONEST, "points": pytest.approx(sum(accepted_rewards)), "entries": 2}
 
 
+def test_an_earlier_upload_is_not_penalized_for_another_miners_copy_checked_first(pipeline):
+    """Between miners the upload order says who is the original: an honest miner whose
+    episode is checked after a copy of it (which raced ahead through other partitions)
+    keeps its full S_novel; the copy is reported on the original's result."""
+    received, run = pipeline
+    original = episode(161, HONEST)
+    honest = received(original)
+    copy = received(perturb.copy_of(original, FARMER, crf=35))
+    out = run(copy, honest)  # the copy is checked first
+    verdicts = {v["submission_id"]: v for v in out["verdicts"]}
+    first = novel(verdicts[honest["submission_id"]])
+    assert verdicts[honest["submission_id"]]["verdict"] == "accepted"
+    assert first["metrics"]["s_novel"] > 0.9, first["metrics"]
+    assert "cross_miner_later_copy" in first["flags"] and first["metrics"]["cross_miner_match"] is None
+    assert first["metrics"]["cross_miner_later_match"]["submission_id"] == copy["submission_id"]
+    # in upload order the copy is the one downweighted
+    original2 = episode(162, HONEST)
+    honest2, copy2 = received(original2), received(perturb.copy_of(original2, FARMER, crf=35))
+    out = run(honest2, copy2)
+    verdicts = {v["submission_id"]: v for v in out["verdicts"]}
+    assert novel(verdicts[honest2["submission_id"]])["metrics"]["s_novel"] > 0.9
+    later = novel(verdicts[copy2["submission_id"]])
+    assert later["metrics"]["s_novel"] < 0.7 and "cross_miner_near_duplicate" in later["flags"]
+
+
 def test_copies_checked_out_of_upload_order_do_not_both_escape(pipeline):
     """Two uploads of the same episode can reach the novelty stage in either order (other
     partitions, other workers): whichever is checked first is the original, the other is
