@@ -109,7 +109,7 @@ from kibotos.errors import KibotosError, ServiceError
 from kibotos.report import GateResult
 from kibotos.robots import get_robot
 from kibotos.robots.kinematics import kinematics_for
-from kibotos.video import decode_luma, luma_from_frames
+from kibotos.video import decode_luma_widths, luma_from_frames
 
 GATE_ID = "alignment"
 PLAYBACK_GATE = "playback"
@@ -301,10 +301,16 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
 
 
 def _video_luma(view: BundleView, width: int, camera: str = "primary") -> np.ndarray:
+    return _video_lumas(view, (width,), camera)[0]
+
+
+def _video_lumas(view: BundleView, widths: tuple[int, ...], camera: str) -> list[np.ndarray]:
+    """Grey frames of ``camera`` at each of ``widths``, from one decode."""
     encoded, frames = video_paths(camera)
     if view.has(encoded):
-        return decode_luma(view.read(encoded).tobytes(), target_width=width).frames
-    return luma_from_frames(view.read(frames), target_width=width)
+        return [d.frames for d in decode_luma_widths(view.read(encoded).tobytes(), widths)]
+    raw = view.read(frames)
+    return [luma_from_frames(raw, target_width=width) for width in widths]
 
 
 def motion_evidence(view: BundleView, sync_offset_ms: float, cfg: MotionConfig) -> dict[str, Any]:
@@ -437,7 +443,7 @@ def view_match(luma: np.ndarray, drawn: np.ndarray, fps: float, inside: np.ndarr
     idx = np.flatnonzero(inside[: max(n - lag, 0)] & inside[lag:n])
     if idx.size:
         idx = idx[np.unique(np.linspace(0, idx.size - 1, min(idx.size, 4 * cfg.max_frames)).astype(int))]
-        change = np.abs(drawn[idx + lag].astype(np.float32) - drawn[idx].astype(np.float32)).sum(axis=(1, 2))
+        change = _changes(drawn, idx, lag, 0.0).sum(axis=1)
         p95 = float(np.percentile(change, 95))
         idx = idx[change > cfg.active_fraction * p95] if p95 > 0 else idx[:0]
         idx = idx[np.unique(np.linspace(0, idx.size - 1, min(idx.size, cfg.max_frames)).astype(int))] \
@@ -489,8 +495,7 @@ def measure_secondary(view: BundleView, camera: str, sync_offset_ms: float, conf
     fps = float(video.fps)
     ts = view.read(TIMESTAMPS).astype(np.float64)
     try:
-        luma = _video_luma(view, cfg.decode_width, camera)
-        motion_luma = _video_luma(view, config.motion.decode_width, camera)
+        luma, motion_luma = _video_lumas(view, (cfg.decode_width, config.motion.decode_width), camera)
     except KibotosError as exc:  # unreadable, wrong dtype or shape: no bonus, never a reject
         return entry | {"flags": ["secondary_video_unreadable"], "reason": str(exc)[:300]}
     n = int(luma.shape[0])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 from fractions import Fraction
 
 import av
@@ -80,26 +80,32 @@ class DecodedLuma:
 
 def decode_luma(data: bytes, target_width: int = 96, max_frames: int = 100_000) -> DecodedLuma:
     """Decode every frame's Y plane, downsized to ``target_width`` (aspect kept)."""
+    return decode_luma_widths(data, (target_width,), max_frames)[0]
+
+
+def decode_luma_widths(data: bytes, widths: Sequence[int], max_frames: int = 100_000) -> list[DecodedLuma]:
+    """``decode_luma`` at each of ``widths`` from one decode of the video: each frame's Y
+    plane is resized to every width, so each result equals its own ``decode_luma``."""
     with open_video(data, check_size=True) as (container, stream):
         fps = float(stream.average_rate or stream.base_rate or 0) or 0.0
         w, h = stream.codec_context.width, stream.codec_context.height
-        tw = min(target_width, w)
-        th = max(1, round(h * tw / w))
-        out = []
+        sizes = [(tw, max(1, round(h * tw / w))) for tw in (min(width, w) for width in widths)]
+        out: list[list[np.ndarray]] = [[] for _ in sizes]
         try:
             for frame in container.decode(stream):
-                if len(out) >= max_frames:
+                if len(out[0]) >= max_frames:
                     raise BundleError(f"video has more than {max_frames} frames", reason_code="video_too_long")
                 y = frame.to_ndarray(format="yuv420p")[: frame.height]
-                out.append(cv2.resize(y, (tw, th), interpolation=cv2.INTER_AREA))
+                for frames, size in zip(out, sizes):
+                    frames.append(cv2.resize(y, size, interpolation=cv2.INTER_AREA))
         except BundleError:
             raise
         except Exception as exc:
-            if not out:
+            if not out[0]:
                 raise BundleError(f"video cannot be decoded: {exc}", reason_code="video_unreadable") from exc
             # a damaged tail: keep what decoded, the frame count check will notice
-        frames = np.stack(out) if out else np.zeros((0, th, tw), np.uint8)
-        return DecodedLuma(frames, fps, w, h, stream.codec_context.name)
+        return [DecodedLuma(np.stack(frames) if frames else np.zeros((0, th, tw), np.uint8), fps, w, h,
+                            stream.codec_context.name) for frames, (tw, th) in zip(out, sizes)]
 
 
 def luma_from_frames(frames: np.ndarray, target_width: int = 96) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kibotos.errors import BundleError
-from kibotos.video import decode_rgb_frames, encode_mp4
+from kibotos.video import decode_luma, decode_luma_widths, decode_rgb_frames, encode_mp4
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +49,12 @@ def test_garbage_is_unreadable():
         decode_rgb_frames(b"not a video", [0])
     assert err.value.reason_code == "video_unreadable"
     assert decode_rgb_frames(b"not a video", []) == {}
+
+
+def test_one_decode_at_several_widths_equals_a_decode_per_width(video):
+    data, _ = video
+    both = decode_luma_widths(data, (64, 32))
+    for width, got in zip((64, 32), both):
+        alone = decode_luma(data, target_width=width)
+        assert got.frames.shape[2] == width and got.frames.shape[0] == alone.frames.shape[0] > 0
+        assert np.array_equal(got.frames, alone.frames) and got.fps == alone.fps
