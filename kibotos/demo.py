@@ -252,21 +252,17 @@ def run_demo(settings: Settings, console: Console, workers: int = 1, timeout_s: 
                       console=console) as progress:
             task = progress.add_task("verdicts", total=len(variants) + len(copies))
 
-            def upload_copies() -> None:
-                nonlocal copies
-                more, more_refused = upload_all(client, copies)
-                variants.update(more)
-                refused.extend(more_refused)
-                progress.update(task, total=len(variants))
-                progress.console.print(f"uploaded {len(copies)} copies")
-                copies = []
-
             def done() -> bool:
                 stack.check_workers()
                 if time.monotonic() > deadline:
                     raise ServiceError(f"timed out after {timeout_s:.0f}s with {len(verdicts)}/{len(variants)} verdicts")
-                if copies and len(verdicts) >= len(variants):
-                    upload_copies()
+                if copies and len(verdicts) >= len(variants):  # the originals are judged: the copies go up
+                    more, more_refused = upload_all(client, copies)
+                    variants.update(more)
+                    refused.extend(more_refused)
+                    progress.update(task, total=len(variants))
+                    progress.console.print(f"uploaded {len(copies)} copies")
+                    copies.clear()
                 return not copies and len(verdicts) >= len(variants)
 
             for verdict in follow_verdicts(stack.bootstrap, stack.catalogue, stop=done):

@@ -109,7 +109,7 @@ class NoveltyChecker:
                 created_at_ms: int, t0: float) -> GateResult:
         cfg = self.config.novelty
         pen = cfg.penalties
-        same, cross, later = best["same_miner"], best["cross_miner"], best.get("cross_miner_later")
+        same, cross, later = best["same_miner"], best["cross_miner"], best["cross_miner_later"]
         s_same = 1.0 - pen.same_miner * same.match if same is not None else 1.0
         s_cross = 1.0 - pen.cross_miner * cross.match if cross is not None else 1.0
         s_match = min(s_same, s_cross)

@@ -155,10 +155,10 @@ def _vlm_task(evidence: Evidence, cfg: ScoringConfig) -> tuple[float | None, flo
     its blend weight (calibrated or not); ``v`` is None when the VLM gave no verdict (not
     configured, failed, or said the frames do not tell) — never an invented answer."""
     res = evidence.get(ALIGN_GATE)
-    vlm = res.metrics.get("vlm") if res is not None else None
-    status = vlm.get("status") if isinstance(vlm, dict) else None
-    success = res.metrics.get("vlm_task_success") if res is not None else None
-    c = _number(res.metrics.get("vlm_task_confidence")) if res is not None else None
+    m = res.metrics if res is not None else {}
+    vlm = m.get("vlm") if isinstance(m.get("vlm"), dict) else {}
+    status = vlm.get("status")
+    success, c = m.get("vlm_task_success"), _number(m.get("vlm_task_confidence"))
     if not isinstance(success, bool) or c is None:
         return None, 0.0, {"vlm": status or "no alignment result"}
     p = cfg.components.task
