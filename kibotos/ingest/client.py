@@ -44,6 +44,7 @@ class IngestClient:
     def __init__(self, base_url: str, timeout_s: float = 120.0):
         self.base_url = base_url.rstrip("/")
         self.http = httpx.Client(timeout=timeout_s)
+        self._last_request_ms = 0
 
     def close(self) -> None:
         self.http.close()
@@ -73,7 +74,10 @@ class IngestClient:
         return self._call("GET", "/v1/health")
 
     def request_upload(self, keypair: Keypair, path: Path, submission_id: str) -> dict[str, Any]:
-        size, digest, now = path.stat().st_size, sha256_file(path), int(time.time() * 1000)
+        size, digest = path.stat().st_size, sha256_file(path)
+        # a signed request is single-use (the API refuses a repeat as request_replayed):
+        # two requests for the same bundle must differ, even within one millisecond
+        now = self._last_request_ms = max(int(time.time() * 1000), self._last_request_ms + 1)
         sig = keypair.sign(upload_request_message(keypair.miner_id, submission_id, size, digest, now))
         return self._call("POST", "/v1/uploads", json={
             "miner_id": keypair.miner_id, "submission_id": submission_id, "size_bytes": size, "sha256": digest,

@@ -20,7 +20,6 @@ import os
 import secrets
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from kibotos.bundle.reader import Limits
 from kibotos.errors import ConfigError, KibotosError, ServiceError
 from kibotos.identity import IdentityError, upload_request_message, verify
 from kibotos.ingest.checks import INGEST_GATE, IngestRejection, VerifiedBundle, verify_upload
+from kibotos.ingest.nonces import RequestLog, SpentRequest, request_id, upload_id_for
 from kibotos.ingest.ratelimit import RateLimiter
 from kibotos.ingest.receipts import Receipt, Receipts
 from kibotos.ingest.tickets import TicketError, UploadTicket
@@ -128,6 +128,7 @@ class IngestService:
         s = self.settings
         self.client = LockedClient(self.client)
         self.receipts = Receipts(self.client)
+        self.requests = RequestLog(self.client)
         self.rate = RateLimiter(s.ingest_rate_per_minute, s.ingest_rate_burst, s.ingest_global_rate_per_minute,
                                 s.ingest_global_burst)
         self._verifying = threading.BoundedSemaphore(s.ingest_max_concurrent_verifications)
@@ -150,6 +151,18 @@ class IngestService:
         if req["size_bytes"] > self.settings.ingest_max_upload_bytes:
             raise ApiError(413, "bundle_too_large", f"{req['size_bytes']} bytes > the upload limit "
                            f"{self.settings.ingest_max_upload_bytes}", details={"max_bytes": self.settings.ingest_max_upload_bytes})
+        # single use: recorded before any rate-limit token is spent or ticket issued, so a
+        # captured request sent again gets neither (clients sign a fresh request per try)
+        rid = request_id(message)
+        upload_id = upload_id_for(rid)
+        try:
+            earlier = self.requests.spend(SpentRequest(rid, miner, sid, upload_id, req["requested_at_ms"]))
+        except ServiceError as exc:
+            raise ApiError(503, "service_unavailable", str(exc), headers={"Retry-After": "5"}) from exc
+        if earlier is not None:
+            raise ApiError(409, "request_replayed", "this signed upload request was already used; sign a new one "
+                           "(a fresh requested_at_ms) to upload again", submission_id=sid,
+                           details={"upload_id": earlier.upload_id})
         wait, scope = self.rate.acquire(miner)
         if wait > 0:
             retry = max(1, int(wait + 0.999))
@@ -158,7 +171,6 @@ class IngestService:
         if self.receipts.accepted(submission_id=sid) is not None:
             raise ApiError(409, "bundle_replayed", f"submission {sid} was already accepted", submission_id=sid)
         self._maybe_sweep()
-        upload_id = str(uuid.uuid4())
         key = f"incoming/{sid}/{upload_id}.zarr.zip"  # the URL signs the key: bound to this submission
         base = (self.settings.ingest_public_url or base_url).rstrip("/")
         put = self.store.presign_put(key, size=req["size_bytes"], sha256=req["sha256"],
