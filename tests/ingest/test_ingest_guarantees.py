@@ -57,3 +57,22 @@ def test_a_captured_signed_request_is_single_use(ingest, signed, chdb_client, ta
         assert (again.status_code, again.json()["reason_code"]) == (409, "request_replayed")
     finally:
         close_env(restarted)
+
+
+def test_a_v1_verdict_already_on_a_topic_reads_with_no_upload_id(tmp_path):
+    """verdict v2 appended upload_id: records written by v1 writers stay readable (and v1
+    readers skip the new field)."""
+    import shutil
+
+    from schemas_avro import SCHEMA_DIR
+    from tests.fixtures.events import EVENT_FACTORIES
+    from topics.serializers import AvroSerializer
+
+    (tmp_path / "history").mkdir()
+    shutil.copy(SCHEMA_DIR / "history" / "verdict.v1.avsc", tmp_path / "verdict.avsc")
+    v1, current = AvroSerializer("verdict", schema_root=tmp_path), AvroSerializer("verdict")
+    assert v1.version == 1 and current.version >= 2
+    old = {k: v for k, v in EVENT_FACTORIES["verdict"]().items() if k in {f["name"] for f in v1.schema["fields"]}}
+    assert current.loads(v1.dumps(old))["upload_id"] is None
+    new = {**EVENT_FACTORIES["verdict"](), "upload_id": "u-1"}
+    assert v1.loads(current.dumps(new))["submission_id"] == new["submission_id"]
