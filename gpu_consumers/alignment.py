@@ -114,6 +114,7 @@ from kibotos.video import decode_luma_widths, luma_from_frames
 GATE_ID = "alignment"
 PLAYBACK_GATE = "playback"
 REJECT_CODE = "video_kinematics_misaligned"
+MISMATCH_CODE = "video_kinematics_mismatch"
 
 
 def _ramp(x: float, lo: float, hi: float) -> float:
@@ -563,6 +564,153 @@ def secondary_evidence(view: BundleView, sync_offset_ms: float, config: Alignmen
     return out
 
 
+# --- does the video show this trajectory at all? -------------------------------------------
+
+def video_flow(luma: np.ndarray, min_px: float) -> np.ndarray:
+    """(N - 1, 2) mean optical flow (Farneback, pixels per frame) of the pixels that move
+    at least ``min_px`` between consecutive grey frames (0 where none does)."""
+    out = np.zeros((max(luma.shape[0] - 1, 0), 2))
+    for i in range(out.shape[0]):  # one flow field per frame pair: cv2's loop, not numpy's
+        f = cv2.calcOpticalFlowFarneback(luma[i], luma[i + 1], None, 0.5, 2, 9, 2, 5, 1.1, 0)
+        moving = np.linalg.norm(f, axis=-1) > min_px
+        if moving.sum() > 3:
+            out[i] = f[moving].mean(axis=0)
+    return out
+
+
+def hand_pixels_at(view: BundleView, kin_t_ms: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(N, E, 2) pixels of the robot's end effectors (the demonstrator's hands once
+    retargeted; the keypoint centroid without one) at kinematic times ``kin_t_ms`` through
+    the primary camera, in a ``width`` x ``height`` image."""
+    m = view.manifest
+    robot = get_robot(m.robot_model_id, m.robot_model_revision)
+    q = joints_at(view.read(TIMESTAMPS).astype(np.float64), view.read(JOINT_POS).astype(np.float64), kin_t_ms)
+    full = np.tile(robot.home_qpos, (len(kin_t_ms), 1))
+    full[:, [robot.joint_names.index(n) for n in m.joint_names]] = q
+    kin = kinematics_for(robot.model_id, robot.revision)
+    links = tuple(robot.end_effector_links)
+    pts = kin.link_positions(full, links) if links else kin.link_positions(full).mean(axis=1, keepdims=True)
+    cam = m.camera["primary"]
+    pix = project_points(pts, cam.intrinsics.model_dump(), np.asarray(cam.extrinsics, dtype=np.float64))
+    return pix * np.array([width / cam.intrinsics.width, height / cam.intrinsics.height])
+
+
+def _cosine_at_lags(a: np.ndarray, b: np.ndarray, max_steps: int, min_n: int) -> tuple[float | None, float | None, int]:
+    """Uncentred cosine of two (N, 2) velocity series at lag 0, and its best over lags
+    ``-max_steps..max_steps`` (``a`` shifted by k against ``b``): ``(at0, best, best_k)``."""
+    def cos(x, y):
+        den = float(np.sqrt((x * x).sum() * (y * y).sum()))
+        return float((x * y).sum() / den) if den > 0 and len(x) >= min_n else None
+
+    at0, best, best_k = cos(a, b), None, 0
+    for k in range(-max_steps, max_steps + 1):
+        x, y = (a[k:], b[: len(b) - k]) if k >= 0 else (a[:k], b[-k:])
+        c = cos(x, y)
+        if c is not None and (best is None or c > best):
+            best, best_k = c, k
+    return at0, best, best_k
+
+
+def hand_path(view: BundleView, sync_offset_ms: float, config: AlignmentConfig) -> dict[str, Any]:
+    """Does the direction of the video's motion follow the hand? The mean optical flow of
+    the moving pixels (``video_flow``) against the image velocity of each end effector
+    through the primary camera (``hand_pixels_at``), both smoothed by ``motion.smooth_ms``:
+    their uncentred cosine at the sync offset (``corr``) and the best over lags within
+    ``motion.max_lag_ms`` (``best_corr``), for the end effector that matches best. Another
+    episode's motion of the same rhythm moves in other directions; a still video has none."""
+    mc, cfg = config.motion, config.mismatch
+    fps = float(view.manifest.video["primary"].fps)
+    luma = _video_luma(view, cfg.hand_decode_width)
+    n, h, w = luma.shape
+    out: dict[str, Any] = {"corr": None, "best_corr": None, "best_lag_ms": None}
+    if n < 3:
+        return out | {"reason": f"{n} video frames"}
+    flow = video_flow(luma, cfg.flow_min_px)
+    ts = view.read(TIMESTAMPS).astype(np.float64)
+    kin_t = np.arange(n) * 1000.0 / fps - sync_offset_ms + ts[0]
+    inside = (kin_t[1:] >= ts[0]) & (kin_t[:-1] <= ts[-1])
+    hands = np.diff(hand_pixels_at(view, kin_t, w, h), axis=0)  # (n - 1, E, 2) per frame
+    width = max(1, int(round(mc.smooth_ms * fps / 1000.0)))
+    smooth = lambda x: np.stack([np.convolve(x[:, j], np.ones(width) / width, mode="same")  # noqa: E731
+                                 for j in range(x.shape[1])], axis=1)
+    a = smooth(flow)[inside]
+    steps = int(mc.max_lag_ms * fps / 1000.0)
+    min_n = int(np.ceil(mc.min_overlap_ms * fps / 1000.0))
+    for e in range(hands.shape[1]):
+        at0, best, k = _cosine_at_lags(a, smooth(hands[:, e])[inside], steps, min_n)
+        if best is not None and (out["best_corr"] is None or best > out["best_corr"]):
+            out = {"corr": _r(at0), "best_corr": _r(best), "best_lag_ms": round(k * 1000.0 / fps, 1),
+                   "end_effector": e}
+    if out["best_corr"] is None:
+        out["reason"] = "no hand motion or video motion to compare"
+    return out
+
+
+def primary_view(view: BundleView, sync_offset_ms: float, config: AlignmentConfig) -> dict[str, Any]:
+    """``view_match`` of the primary camera: the robot's links drawn through the declared
+    camera against the video's change maps, each frame ranked against frames at least
+    ``secondary.min_separation_ms`` away (the secondary cameras' measure, on the primary)."""
+    cfg = config.secondary
+    fps = float(view.manifest.video["primary"].fps)
+    luma = _video_luma(view, cfg.decode_width)
+    ts = view.read(TIMESTAMPS).astype(np.float64)
+    n, h, w = luma.shape
+    kin_t = np.arange(n) * 1000.0 / fps - sync_offset_ms + ts[0]
+    inside = (kin_t >= ts[0]) & (kin_t <= ts[-1])
+    drawn = skeleton_masks(link_pixels(view, "primary", kin_t, w, h), w, h, cfg.line_px)
+    return view_match(luma, drawn, fps, inside, cfg)
+
+
+def mismatch_findings(view: BundleView, motion: dict[str, Any], sync_offset_ms: float,
+                      config: AlignmentConfig) -> tuple[list[str], dict[str, Any]]:
+    """The findings that confidently say the video does not show this trajectory (see
+    ``mismatch`` in ``kibotos/config/alignment.yaml``) and the metrics they were decided on.
+    None while the trajectory is still or the two series overlap too little."""
+    from processors.gate_c_sync import video_motion_energy
+
+    cfg = config.mismatch
+    subject = view.manifest.video["primary"].subject
+    metrics: dict[str, Any] = {"subject": subject, "applicable": False}
+    p95, overlap = motion.get("p95_joint_speed"), motion.get("overlap_ms")
+    if p95 is None or overlap is None or p95 < config.motion.min_joint_speed or overlap < config.motion.min_overlap_ms:
+        metrics["reason"] = "the trajectory is still or overlaps the video too little"
+        return [], metrics
+    metrics["applicable"] = True
+    fps = float(view.manifest.video["primary"].fps)
+    luma = _video_luma(view, config.motion.decode_width)
+    _, changed = video_motion_energy(luma, fps)
+    metrics["video_max_changed_fraction"] = _r(float(changed.max()) if changed.size else 0.0, 6)
+    findings: list[str] = []
+    if metrics["video_max_changed_fraction"] <= cfg.static_max_changed_fraction:
+        findings.append("video_static")
+    best, corr = motion.get("best_corr"), motion.get("corr")
+    if best is None or best <= cfg.max_best_corr:
+        findings.append("motion_uncorrelated")
+    reversed_motion = motion_correlation(luma[::-1], fps, view.read(TIMESTAMPS).astype(np.float64),
+                                         view.read(JOINT_POS).astype(np.float64), sync_offset_ms, config.motion)
+    rev = reversed_motion.get("best_corr")
+    metrics["reversed_best_corr"] = rev
+    if rev is not None and rev >= cfg.min_reversed_corr and rev >= (best if best is not None else -1.0) + cfg.reversed_margin:
+        findings.append("time_reversed")
+    if subject == "robot":
+        pv = primary_view(view, sync_offset_ms, config)
+        metrics["primary_view"] = {k: pv.get(k) for k in ("view_match", "view_auc", "compared_frames", "reason")
+                                   if k in pv}
+        if pv.get("view_match") is not None and pv["view_match"] <= cfg.max_view_match:
+            findings.append("frames_at_baseline")
+    else:
+        hp = hand_path(view, sync_offset_ms, config)
+        metrics["hand_path"] = hp
+        if hp.get("best_corr") is None or hp["best_corr"] <= cfg.max_hand_corr:
+            findings.append("hand_path_mismatch")
+    lag = motion.get("best_lag_ms")
+    if (best is not None and corr is not None and lag is not None and best >= cfg.min_elsewhere_corr
+            and abs(lag) >= cfg.min_elsewhere_ms and corr <= best - cfg.elsewhere_margin):
+        findings.append("offset_elsewhere")
+    metrics["findings"] = findings
+    return findings, metrics
+
+
 # --- the VLM -------------------------------------------------------------------------------
 
 def _spread(items: list, limit: int) -> list:
@@ -691,6 +839,11 @@ def check_alignment(view: BundleView, event: dict, store, config: AlignmentConfi
     if s_align is None:
         metrics["reason"] = "no alignment evidence: " + "; ".join(f"{k}: {v}" for k, v in reasons.items())
 
+    findings, mismatch = mismatch_findings(view, motion, _sync_offset(event), config)
+    metrics["mismatch"] = mismatch
+    if findings:
+        return GateResult(gate=GATE_ID, passed=False, metrics=metrics, thresholds=thresholds, flags=flags,
+                          reason_code=MISMATCH_CODE)
     if misaligned(image, motion, config.reject):
         return GateResult(gate=GATE_ID, passed=False, metrics=metrics, thresholds=thresholds, flags=flags,
                           reason_code=REJECT_CODE)

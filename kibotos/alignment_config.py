@@ -73,6 +73,23 @@ class RejectConfig(_Frozen):
     min_pairs: int = Field(ge=2)
 
 
+class MismatchConfig(_Frozen):
+    """When the evidence confidently says the video does not show the trajectory
+    (``gpu_consumers.alignment.mismatch_findings``, reason ``video_kinematics_mismatch``)."""
+
+    static_max_changed_fraction: float = Field(ge=0, le=1)
+    max_best_corr: float = Field(ge=-1, le=1)
+    reversed_margin: float = Field(ge=0)
+    min_reversed_corr: float = Field(ge=-1, le=1)
+    max_view_match: float = Field(ge=0, le=1)
+    max_hand_corr: float = Field(ge=-1, le=1)
+    hand_decode_width: int = Field(ge=16)
+    flow_min_px: float = Field(ge=0)
+    min_elsewhere_corr: float = Field(ge=-1, le=1)
+    min_elsewhere_ms: float = Field(ge=0)
+    elsewhere_margin: float = Field(ge=0)
+
+
 class SecondaryConfig(_Frozen):
     """Secondary cameras (``gpu_consumers.alignment.secondary_evidence``)."""
 
@@ -110,6 +127,7 @@ class AlignmentConfig(_Frozen):
     motion: MotionConfig
     combine: CombineConfig
     reject: RejectConfig
+    mismatch: MismatchConfig
     secondary: SecondaryConfig
     vlm: VLMConfig
 

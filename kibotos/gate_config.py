@@ -41,6 +41,9 @@ class GateCConfig(_Frozen):
     grid_ms: float
     decode_width: int
     frame_count_tolerance: float
+    # a still video against a moving trajectory (reason video_kinematics_mismatch)
+    static_max_changed_fraction: float = 0.001
+    static_min_image_speed_px_s: float = 20.0
 
 
 class GateDConfig(_Frozen):

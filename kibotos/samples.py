@@ -82,8 +82,30 @@ EXPECTED: dict[str, tuple[str, str] | None] = {
     "ik_target_shift": ("ik_residual", "ik_rms_exceeded"),
     # ... and the task completion stage rejects this one (kibotos.tasks)
     "task_failed": ("task_completion", "task_object_not_moved"),
+    # the same subject filmed by a person instead of the robot: genuine (gate F applies)
+    "human_video": None,
+    # a genuine trajectory paired with a video that does not show it (``VIDEO_MISMATCH``):
+    # a still or blank video fails gate C, the others the align job
+    "video_static": ("gate_c_sync", "video_kinematics_mismatch"),
+    "video_blank": ("gate_c_sync", "video_kinematics_mismatch"),
+    "video_swapped": ("alignment", "video_kinematics_mismatch"),
+    "video_reversed": ("alignment", "video_kinematics_mismatch"),
+    # a confident sync estimate locks onto the late motion: too little of it overlaps
+    "video_delayed": ("gate_c_sync", "insufficient_overlap"),
 }
 VARIANTS = tuple(EXPECTED)
+# The video variants: each pairs the genuine trajectory with a video that does not show it.
+# Any of them may also be filmed by a person (``make_episode(subject="human")``).
+VIDEO_MISMATCH = ("video_static", "video_blank", "video_swapped", "video_reversed", "video_delayed")
+VIDEO_DELAY_MS = 1500.0  # "video_delayed": the video shows the motion this much later, claim 0
+# Another stage may catch a video variant before the one ``EXPECTED`` names (gate C's sync
+# estimate can lock onto a reversed video's motion, which then overlaps too little): every
+# (gate, reason) that counts as catching it.
+ALSO_CAUGHT_BY: dict[str, tuple[tuple[str, str], ...]] = {
+    "video_swapped": (("gate_c_sync", "insufficient_overlap"), ("gate_c_sync", "sync_offset_mismatch")),
+    "video_reversed": (("gate_c_sync", "insufficient_overlap"), ("gate_c_sync", "sync_offset_mismatch")),
+    "video_delayed": (("gate_c_sync", "sync_offset_mismatch"), ("alignment", "video_kinematics_mismatch")),
+}
 
 # The object: its name, the link that grasps it, its pose in that link's frame while held
 # (10 cm out along the link's z axis, turned 15 degrees about it), the grasp window.
@@ -288,6 +310,43 @@ def render_video(robot: RobotModel, qs: np.ndarray, intrinsics: dict, cam_to_wor
     return frames
 
 
+HUMAN_PHOTO = "grace_hopper"  # ``kibotos.human_video.person_photos``: always installed
+HUMAN_HEIGHT = 0.6  # the person's height as a fraction of the frame
+
+
+def hand_pixels(robot: RobotModel, qs: np.ndarray, intrinsics: dict, cam_to_world: np.ndarray) -> np.ndarray:
+    """(N, 2) pixel position of the demonstrator's hand for configurations ``qs``: the
+    grasping link (the robot's end effector) projected through the camera; the robot's
+    keypoint centroid when it has no end effector."""
+    kin = kinematics_for(robot.model_id, robot.revision)
+    link = grasp_link(robot)
+    pts = kin.link_positions(qs, (link,)) if link else kin.link_positions(qs).mean(axis=1, keepdims=True)
+    return project_points(pts, intrinsics, cam_to_world)[:, 0]
+
+
+def render_human_video(robot: RobotModel, qs: np.ndarray, intrinsics: dict, cam_to_world: np.ndarray,
+                       rng: np.random.Generator) -> np.ndarray:
+    """(N, H, W, 3) frames of a person demonstrating configurations ``qs`` (N, J): a photo of
+    a person (``HUMAN_PHOTO``) over a textured background, moved with the demonstrator's
+    hand, i.e. the retargeted end effector seen through the declared camera
+    (``hand_pixels``, relative to the first frame; kept inside the frame)."""
+    from kibotos.human_video import person_photos
+
+    photo = person_photos()[HUMAN_PHOTO]
+    ph = int(HUMAN_HEIGHT * HEIGHT)
+    pw = int(round(photo.shape[1] * ph / photo.shape[0]))
+    person = cv2.resize(photo, (pw, ph), interpolation=cv2.INTER_AREA)
+    texture = cv2.GaussianBlur(rng.integers(60, 200, (HEIGHT, WIDTH, 3), dtype=np.uint8), (0, 0), 3)
+    hand = hand_pixels(robot, qs, intrinsics, cam_to_world)
+    centre = np.array([WIDTH / 2, HEIGHT / 2]) + (hand - hand[0])
+    x0 = np.clip(np.round(centre[:, 0] - pw / 2), 0, WIDTH - pw).astype(int)
+    y0 = np.clip(np.round(centre[:, 1] - ph / 2), 0, HEIGHT - ph).astype(int)
+    frames = np.repeat(texture[None], len(qs), axis=0)
+    for i in range(len(qs)):
+        frames[i, y0[i]: y0[i] + ph, x0[i]: x0[i] + pw] = person
+    return frames
+
+
 def grasp_link(robot: RobotModel) -> str | None:
     """The link that holds the sample object (None: the robot has no end effector)."""
     if not robot.end_effector_links:
@@ -359,6 +418,18 @@ def ik_perturbation(robot: RobotModel, traj: Trajectory, ts_ms: np.ndarray, dura
     return bump[:, None] * lo * direction, dbump[:, None] * lo * direction
 
 
+def video_variant(frames: np.ndarray, variant: str) -> np.ndarray:
+    """The frames a ``VIDEO_MISMATCH`` variant shows instead of the rendered ``frames``
+    (the others: ``frames`` unchanged): played backwards, the middle frame held, blank."""
+    if variant == "video_reversed":
+        return np.ascontiguousarray(frames[::-1])
+    if variant == "video_static":
+        return np.repeat(frames[len(frames) // 2][None], len(frames), axis=0)
+    if variant == "video_blank":
+        return np.full_like(frames, 16)
+    return frames
+
+
 @dataclass(frozen=True)
 class Episode:
     manifest: dict
@@ -398,10 +469,19 @@ def make_episode(
     offset_ms: float | None = None,
     with_object: bool = True,
     secondary_cameras: tuple[str, ...] = (),
+    scene_seed: int | None = None,
+    subject: str = "robot",
 ) -> Episode:
     """One sample episode of ``robot``; ``with_object`` adds the object pose stream (robots
     with an end effector; the IK variants need it); ``secondary_cameras`` (names of
-    ``SECONDARY_VIEWS``) films it from those viewpoints too."""
+    ``SECONDARY_VIEWS``) films it from those viewpoints too. ``scene_seed`` fixes the
+    background (one place, one fixed camera, whatever the motion); by default it follows
+    ``seed``. ``subject`` ``"human"`` films a person demonstrating it
+    (``render_human_video``; the variant ``human_video`` is the genuine one)."""
+    if variant == "human_video":
+        subject = "human"
+    if subject not in ("robot", "human"):
+        raise ValueError(f"subject {subject!r}: robot or human")
     if variant not in EXPECTED:
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
     unknown = [n for n in secondary_cameras if n not in SECONDARY_VIEWS]
@@ -452,11 +532,18 @@ def make_episode(
     n_frames = int(np.floor(video_ms * fps / 1000.0)) + 1
     frame_kin_t = np.arange(n_frames) * 1000.0 / fps - offset
     intrinsics, extrinsics = default_camera(robot)
-    frames = render_video(robot, traj.at(frame_kin_t), intrinsics, extrinsics, rng)
+    scene_rng = rng if scene_seed is None else np.random.default_rng([scene_seed, 0x5CE7E])
+    render = render_human_video if subject == "human" else render_video
+    shown_t = frame_kin_t - (VIDEO_DELAY_MS if variant == "video_delayed" else 0.0)
+    if variant == "video_swapped":  # another episode's motion (its own generator), same camera
+        shown = task_trajectory(robot, duration_ms, np.random.default_rng([seed, 0x5A4B])).at(shown_t)
+    else:
+        shown = traj.at(shown_t)
+    frames = video_variant(render(robot, shown, intrinsics, extrinsics, scene_rng), variant)
     mp4 = encode_mp4(frames, fps)
-    claimed = offset - (400.0 if variant == "sync_lie" else 0.0)
+    claimed = 0.0 if variant == "video_delayed" else offset - (400.0 if variant == "sync_lie" else 0.0)
     cameras = {"primary": {"intrinsics": intrinsics, "extrinsics": extrinsics.round(6).tolist()}}
-    videos = {"primary": {"fps": fps, "frame_count": n_frames, "subject": "robot"}}
+    videos = {"primary": {"fps": fps, "frame_count": n_frames, "subject": subject}}
     secondary_mp4: dict[str, bytes] = {}
     for name in secondary_cameras:
         # its own generator (its own background): the other streams stay those of a mono bundle
@@ -467,6 +554,7 @@ def make_episode(
         cameras[key] = {"intrinsics": intr, "extrinsics": pose.round(6).tolist()}
         videos[key] = {"fps": fps, "frame_count": n_frames, "subject": "robot"}
     views = tuple(f"secondary_{name}" for name in secondary_cameras)  # distinct ids for distinct samples
+    human = ("human",) if subject == "human" and variant != "human_video" else ()
 
     extra_arrays: dict[str, np.ndarray] = {}
     array_attributes: dict[str, dict] = {}
@@ -510,8 +598,8 @@ def make_episode(
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "bundle_version": "1.0.0",
-        "submission_id": _uuid(robot.model_id, variant, seed, miner_id, "submission", *views),
-        "episode_id": _uuid(robot.model_id, variant, seed, miner_id, "episode", *views),
+        "submission_id": _uuid(robot.model_id, variant, seed, miner_id, "submission", *views, *human),
+        "episode_id": _uuid(robot.model_id, variant, seed, miner_id, "episode", *views, *human),
         "miner_id": miner_id,
         "created_at": dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc).isoformat(),
         "robot_model_id": robot.model_id,

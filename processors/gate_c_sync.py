@@ -9,7 +9,11 @@ is high only when that peak is both strong and distinct from the best correlatio
 any lag more than 150 ms away (periodic motion is ambiguous and gets low confidence).
 
 Reject when the streams overlap by less than 90 % of either duration, or when the
-claimed offset is more than 250 ms away from a high-confidence estimate.
+claimed offset is more than 250 ms away from a high-confidence estimate. A video that
+never changes (a frame held, a blank screen: at most ``static_max_changed_fraction`` of
+the pixels change between any two frames) while the robot's links move in the declared
+camera (p95 ``static_min_image_speed_px_s``) is rejected as ``video_kinematics_mismatch``:
+such a video has no sync confidence, and low confidence must not wave it through.
 """
 
 from __future__ import annotations
@@ -48,9 +52,15 @@ def video_motion_energy(luma: np.ndarray, fps: float) -> tuple[np.ndarray, np.nd
 
 
 def image_speed(view: BundleView, ts_ms: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """What the camera should see move: the robot's keypoint links (forward kinematics of
-    the submitted joints) projected through the declared camera, summed pixel speed,
-    log-compressed because changed-pixel energy saturates for fast motion."""
+    """What the camera should see move: ``pixel_speed`` log-compressed (relative to its
+    median) because changed-pixel energy saturates for fast motion."""
+    speed = pixel_speed(view, ts_ms, q)
+    return np.log1p(speed / max(float(np.median(speed)), 1e-6))
+
+
+def pixel_speed(view: BundleView, ts_ms: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """The robot's keypoint links (forward kinematics of the submitted joints) projected
+    through the declared camera: their summed pixel speed (px/s) at each sample."""
     m = view.manifest
     robot = get_robot(m.robot_model_id, m.robot_model_revision)
     full = np.tile(robot.home_qpos, (q.shape[0], 1))
@@ -59,8 +69,7 @@ def image_speed(view: BundleView, ts_ms: np.ndarray, q: np.ndarray) -> np.ndarra
     cam = m.camera["primary"]
     pix = project_points(points, cam.intrinsics.model_dump(), np.asarray(cam.extrinsics, dtype=np.float64))
     t = (ts_ms - ts_ms[0]).astype(np.float64) / 1000.0
-    speed = np.linalg.norm(np.gradient(pix, t, axis=0), axis=-1).sum(axis=1)
-    return np.log1p(speed / max(float(np.median(speed)), 1e-6))
+    return np.linalg.norm(np.gradient(pix, t, axis=0), axis=-1).sum(axis=1)
 
 
 def _smooth(x: np.ndarray, n: int) -> np.ndarray:
@@ -144,7 +153,17 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
     kin_duration = float(kin_t[-1])
     video_duration = frame_count / fps * 1000.0
     vt, energy = video_motion_energy(luma, fps)
-    estimated, confidence, details = estimate_offset(kin_t, image_speed(view, ts, view.read(JOINT_POS).astype(np.float64)), vt, energy, cfg)
+    speed = pixel_speed(view, ts, view.read(JOINT_POS).astype(np.float64))
+    # a still (one frame held) or blank video against a moving robot shows nothing of it;
+    # its sync estimate has no confidence, so nothing below would catch it
+    metrics["video_max_changed_fraction"] = round(float(energy.max()), 6)
+    metrics["image_speed_p95_px_s"] = round(float(np.percentile(speed, 95)), 3)
+    if (metrics["video_max_changed_fraction"] <= cfg.static_max_changed_fraction
+            and metrics["image_speed_p95_px_s"] >= cfg.static_min_image_speed_px_s):
+        metrics["mismatch"] = ["video_static"]
+        return result(GATE_ID, False, metrics, thresholds, "video_kinematics_mismatch")
+    estimated, confidence, details = estimate_offset(
+        kin_t, np.log1p(speed / max(float(np.median(speed)), 1e-6)), vt, energy, cfg)
     high = confidence >= cfg.high_confidence
     used = estimated if high else claimed
     overlap = max(0.0, min(kin_duration, video_duration - used) - max(0.0, -used))
