@@ -84,12 +84,20 @@ little motion), repeats a viewpoint (optical axis within ``min_view_angle_deg`` 
 primary's or an earlier secondary's) or shows other motion gets quality 0 and a flag.
 Mono bundles: ``{}`` and a sum of 0.
 
-Hard reject: alignment is a noisy label and passes, except in one extreme case
-(``video_kinematics_misaligned``): the video's motion is anti-correlated with the joint
-speed (``corr <= reject.max_motion_corr``) AND every image measure puts the true pairs no
-closer than the mismatched ones (``auc <= reject.max_image_auc``) on at least
-``reject.min_pairs`` pairs. Both independent measurements then say that the trajectory
-is not the one filmed.
+Hard rejects: alignment is a noisy label and passes, except when the evidence is
+confident. ``video_kinematics_misaligned``: the video's motion is anti-correlated with the
+joint speed (``corr <= reject.max_motion_corr``) AND every image measure puts the true
+pairs no closer than the mismatched ones (``auc <= reject.max_image_auc``) on at least
+``reject.min_pairs`` pairs. ``video_kinematics_mismatch`` (``mismatch_findings``,
+thresholds under ``mismatch``; ``metrics["mismatch"]`` holds every measure and the
+``findings``): while the trajectory moves, any one of: the video never changes; its
+motion is uncorrelated with the joint speed at every lag; played backwards it matches
+better; for a video of the robot, the links drawn through the declared primary camera
+match its change maps in few frames (each frame ranked against frames far away: the
+shuffled baseline); for a video of a person, the direction of its motion does not follow
+the hand (the end effector through the declared camera) at any lag; the motion matches
+far from the sync offset and clearly worse at it. Everything short of that stays soft
+(``s_align``).
 """
 
 from __future__ import annotations
@@ -841,10 +849,10 @@ def check_alignment(view: BundleView, event: dict, store, config: AlignmentConfi
 
     findings, mismatch = mismatch_findings(view, motion, _sync_offset(event), config)
     metrics["mismatch"] = mismatch
-    if findings:
-        return GateResult(gate=GATE_ID, passed=False, metrics=metrics, thresholds=thresholds, flags=flags,
-                          reason_code=MISMATCH_CODE)
     if misaligned(image, motion, config.reject):
         return GateResult(gate=GATE_ID, passed=False, metrics=metrics, thresholds=thresholds, flags=flags,
                           reason_code=REJECT_CODE)
+    if findings:
+        return GateResult(gate=GATE_ID, passed=False, metrics=metrics, thresholds=thresholds, flags=flags,
+                          reason_code=MISMATCH_CODE)
     return GateResult(gate=GATE_ID, passed=True, metrics=metrics, thresholds=thresholds, flags=flags)

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from kibotos.bundle.limits import Limits
 from kibotos.config_files import read_yaml, validate
 from kibotos.errors import ConfigError
 
@@ -42,7 +43,7 @@ class GateCConfig(_Frozen):
     decode_width: int
     frame_count_tolerance: float
     # a still video against a moving trajectory (reason video_kinematics_mismatch)
-    static_max_changed_fraction: float = 0.001
+    static_max_changed_fraction: float = 0.0002
     static_min_image_speed_px_s: float = 20.0
 
 
@@ -125,6 +126,7 @@ class GateConfig(_Frozen):
     gate_e: GateEConfig
     gate_f: GateFConfig
     ik: IKConfig
+    limits: Limits = Limits()  # resource budgets per submission (kibotos.bundle.limits)
     robots: dict[str, dict[str, dict[str, Any]]] = {}
 
     def for_robot(self, model_id: str, revision: str) -> "GateConfig":

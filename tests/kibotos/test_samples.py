@@ -11,6 +11,7 @@ from kibotos.robots import get_robot
 from kibotos.samples import (EXPECTED, NOISE, OBJECT_NAME, SECONDARY_VIEWS, TASK_CARRY_M, TASK_LIFT_M, VARIANTS,
                              grasp_link, make_episode, task_for, write_samples)
 from kibotos.video import decode_luma
+from gpu_consumers.alignment import GATE_ID as ALIGN_STAGE
 from gpu_consumers.ik import GATE_ID as IK_STAGE
 from kibotos.tasks import GATE_ID as TASK_STAGE
 from processors.base import gates
@@ -22,7 +23,7 @@ def test_every_variant_names_a_registered_gate():
     gate_ids = {g.gate_id for g in gates()}
     named = {gate for gate, _ in filter(None, EXPECTED.values())}
     assert gate_ids <= named, "every gate has a failure class"
-    assert named <= gate_ids | {IK_STAGE, TASK_STAGE}, "every other variant is caught by an evidence stage"
+    assert named <= gate_ids | {IK_STAGE, TASK_STAGE, ALIGN_STAGE}, "every other variant is caught by an evidence stage"
 
 
 def test_unknown_variant_lists_the_known_ones():
