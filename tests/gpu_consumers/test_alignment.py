@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from gpu_consumers.alignment import (
-    GATE_ID, REJECT_CODE, Pair, check_alignment, misaligned, pair_auc, vlm_evidence,
+    GATE_ID, MISMATCH_CODE, REJECT_CODE, Pair, check_alignment, misaligned, pair_auc, vlm_evidence,
 )
 from gpu_consumers.jobs import make_handler, prior_result
 from gpu_consumers.playback import PlaybackRenderer, run_playback
@@ -179,7 +179,11 @@ def results(played) -> dict[str, GateResult]:
 
 def test_genuine_scores_higher_than_every_misaligned_pairing(results):
     s = {name: res.metrics["s_align"] for name, res in results.items()}
-    assert all(res.gate == GATE_ID and res.passed for res in results.values())
+    assert all(res.gate == GATE_ID for res in results.values()) and results["genuine"].passed
+    # the misaligned pairings are confidently not this trajectory: rejected, their score still reported
+    for name in MISALIGNED:
+        assert (results[name].passed, results[name].reason_code) == (False, MISMATCH_CODE), results[name].metrics
+        assert results[name].metrics["mismatch"]["findings"], name
     assert s["genuine"] >= 0.75, results["genuine"].metrics
     for name in MISALIGNED:
         assert s[name] <= 0.6 and s["genuine"] - s[name] >= 0.3, (name, s)
@@ -269,7 +273,8 @@ def test_the_extreme_case_rejects_and_genuine_does_not(played, results):
         res = check_alignment(view, bundles["shifted"].event, store, strict, None)
     assert not res.passed and res.reason_code == REJECT_CODE
     assert res.metrics["s_align"] == sh["s_align"]  # the score is still reported
-    assert results["shifted"].passed  # under the packaged thresholds
+    # under the packaged thresholds: not anti-correlated, but confidently not this video
+    assert results["shifted"].reason_code == MISMATCH_CODE
 
 
 # --- through the job handler, with the VLM stand-in ----------------------------------------
