@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from infra.tansu import LOOPBACK, free_loopback_port
+from infra.tansu import LOOPBACK, die_with_parent, free_loopback_port
 from kibotos.errors import ServiceError
 
 
@@ -47,16 +47,20 @@ class SeaweedS3:
 
     :param data_dir: where volumes and metadata go (created; a temp dir when None).
     :param startup_timeout: seconds to wait until a bucket can be created and written.
+    :param ports: the ports of an earlier run (``.ports``) and ``credentials`` its
+        ``(access_key, secret_key)``: a supervisor restarting a dead server passes both so
+        that its clients (a Tansu broker's ``AWS_*`` settings) reach it again.
     """
 
     def __init__(self, data_dir: str | Path | None = None, *, startup_timeout: float = 90.0,
-                 binary: Path | None = None):
+                 binary: Path | None = None, ports: dict[str, int] | None = None,
+                 credentials: tuple[str, str] | None = None):
         self._tmp = None if data_dir is not None else tempfile.TemporaryDirectory(prefix="seaweedfs-")
         self.data_dir = Path(data_dir if data_dir is not None else self._tmp.name)
         self.startup_timeout = startup_timeout
         self.binary = binary
-        self.access_key = "kibotos" + secrets.token_hex(6)
-        self.secret_key = secrets.token_hex(20)
+        self.access_key, self.secret_key = credentials or ("kibotos" + secrets.token_hex(6), secrets.token_hex(20))
+        self.ports: dict[str, int] = dict(ports or {})
         self.region = "us-east-1"
         self.port: int | None = None
         self._proc: subprocess.Popen | None = None
@@ -76,9 +80,10 @@ class SeaweedS3:
             "name": "kibotos", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
         config.chmod(0o600)
-        ports = {name: free_loopback_port() for name in (
-            "s3", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
-            "filer.port", "filer.port.grpc")}
+        names = ("s3", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+                 "filer.port", "filer.port.grpc")
+        self.ports = {name: self.ports.get(name) or free_loopback_port() for name in names}
+        ports = dict(self.ports)
         self.port = ports.pop("s3")
         args = [str(binary), "server", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}", f"-dir={self.data_dir}",
                 "-s3", f"-s3.port={self.port}", f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
@@ -86,13 +91,20 @@ class SeaweedS3:
                 *(f"-{name}={port}" for name, port in ports.items())]
         self._log = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+                                      start_new_session=True, preexec_fn=die_with_parent)
         try:
             self._wait_until_ready()
         except BaseException:
             self.stop()
             raise
         return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
 
     def client(self):
         from minio import Minio

@@ -14,6 +14,7 @@ Usage::
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -40,6 +41,18 @@ def find_tansu_binary() -> Path:
     return binary
 
 
+def die_with_parent() -> None:
+    """``preexec_fn`` for children of a stack: the kernel sends them SIGTERM when the
+    process (thread) that started them dies, even by SIGKILL, so that a killed
+    ``kibotos up`` leaves no broker or worker behind to hold its ports and data."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: children outlive a killed parent
+        pass
+
+
 def free_loopback_port() -> int:
     """Ask the kernel for an unused loopback port (it may be taken again before use)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -54,6 +67,8 @@ class TansuBroker:
     :param storage_engine: Tansu storage URL; ``memory://tansu/`` loses everything on exit.
     :param startup_timeout: seconds to wait for the broker to answer a metadata request.
     :param env: extra environment for the child (e.g. ``AWS_*`` for an ``s3://`` engine).
+    :param port: loopback port to listen on; default: a free one. A supervisor restarting a
+        dead broker passes the old port so that running clients find it again.
     """
 
     def __init__(
@@ -63,14 +78,24 @@ class TansuBroker:
         storage_engine: str = "memory://tansu/",
         startup_timeout: float = 20.0,
         env: dict[str, str] | None = None,
+        port: int | None = None,
     ):
         self.binary = Path(binary) if binary is not None else None
         self.storage_engine = storage_engine
         self.startup_timeout = startup_timeout
         self.env = env or {}
-        self.port: int | None = None
+        self.port: int | None = port
+        self._fixed_port = port
         self._proc: subprocess.Popen | None = None
         self._log = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def alive(self) -> bool:
+        """Whether the broker process is still running (False once it died or stopped)."""
+        return self._proc is not None and self._proc.poll() is None
 
     @property
     def bootstrap(self) -> str:
@@ -83,7 +108,7 @@ class TansuBroker:
         binary = self.binary or find_tansu_binary()
         if not binary.is_file() or not os.access(binary, os.X_OK):
             raise ServiceError(f"tansu binary missing or not executable: {binary}")
-        self.port = free_loopback_port()
+        self.port = self._fixed_port or free_loopback_port()
         url = f"tcp://{LOOPBACK}:{self.port}"
         # A file, not a pipe: nobody drains the child's output while it runs, and a full
         # pipe would block the broker.
@@ -100,6 +125,7 @@ class TansuBroker:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
+            preexec_fn=die_with_parent,
         )
         try:
             self._wait_until_ready()

@@ -138,8 +138,19 @@ def _settings():
 
 
 @app.command()
-def up(workers: int = typer.Option(1, help="gate worker processes (<= topic partitions)")) -> None:
+def up(workers: int = typer.Option(1, help="gate worker processes (<= topic partitions)"),
+       ephemeral: bool = typer.Option(False, "--ephemeral",
+                                      help="keep the broker's log in memory (fast start; a restart loses in-flight work)"),
+       reconcile_every: float = typer.Option(60.0, "--reconcile-every", min=1,
+                                             help="seconds between reconciliation passes"),
+       stuck_after: float = typer.Option(900.0, "--stuck-after", min=1,
+                                         help="seconds after which an accepted submission without a verdict is "
+                                              "emitted again")) -> None:
     """Start the embedded stack (Tansu, topics, ClickHouse, sink, gate workers) until Ctrl-C.
+
+    The broker keeps its log on disk under the home (SeaweedFS; 10-20 s to start), so a
+    restart after any crash resumes every in-flight submission; dead workers, consumers
+    and threads are restarted with back-off; stuck submissions are emitted again.
 
     Example: kibotos up --workers 2
     """
@@ -152,11 +163,12 @@ def up(workers: int = typer.Option(1, help="gate worker processes (<= topic part
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        with Stack(settings, workers=workers, log=console.print) as stack:
+        with Stack(settings, workers=workers, log=console.print, ephemeral=ephemeral,
+                   reconcile_every_s=reconcile_every, stuck_after_s=stuck_after) as stack:
             console.print(f"[green]up[/green]  bootstrap {stack.bootstrap}  home {settings.home}  (Ctrl-C to stop)")
             try:
                 while not stop.wait(1.0):
-                    stack.check_workers()
+                    stack.supervise()
             except KeyboardInterrupt:
                 pass
             console.print("stopping…")
@@ -306,6 +318,58 @@ def demo(workers: int = typer.Option(1, help="gate worker processes")) -> None:
     except KibotosError as exc:
         _fail(exc)
     raise typer.Exit(code)
+
+
+admin_app = typer.Typer(help="Operator commands.", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
+
+
+@admin_app.command("reconcile")
+def admin_reconcile(
+    stuck_after: float = typer.Option(900.0, "--stuck-after", min=0,
+                                      help="seconds without a verdict after which a submission is emitted again "
+                                           "(deployment only; the embedded stack uses its own --stuck-after)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Find submissions accepted at ingest that have no verdict after a bound and emit
+    them again (kibotos.reconcile). Against the running embedded stack, or, with
+    KIBOTOS_CLICKHOUSE_DSN and KIBOTOS_BOOTSTRAP_SERVERS set, against a deployment.
+
+    Example: kibotos admin reconcile --json
+    """
+    from kibotos.errors import ServiceError
+    from kibotos.stack import request_reconcile, running_stack
+
+    settings = _settings()
+    try:
+        if running_stack(settings) is not None:
+            result = request_reconcile(settings)
+        elif settings.bootstrap_servers and settings.clickhouse_dsn and not settings.clickhouse_dsn.startswith("chdb"):
+            from kibotos.reconcile import Reconciler
+            from kibotos.submit import producer
+            from kibotos.warehouse import open_client
+            from topics.catalogue import Catalogue
+
+            client = open_client(settings.clickhouse_dsn)
+            try:
+                result = Reconciler(client, producer(settings.bootstrap_servers), Catalogue.from_settings(settings),
+                                    stuck_after_s=stuck_after).run_once().as_dict()
+            finally:
+                client.close()
+        else:
+            raise ServiceError(f"no stack is running under {settings.home} and no deployment is configured "
+                               "(KIBOTOS_CLICKHOUSE_DSN, KIBOTOS_BOOTSTRAP_SERVERS); `kibotos up` reconciles at start")
+    except KibotosError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(result))
+        return
+    console.print(f"{len(result['reemitted'])} stuck submission(s) emitted again, {len(result['waiting'])} emitted "
+                  f"recently, {len(result['given_up'])} given up; {result['pending']} in flight")
+    for sid in result["reemitted"]:
+        console.print(f"  re-emitted {sid}")
+    for sid in result["given_up"]:
+        console.print(f"  [red]given up[/red] {sid} (emitted again several times without a verdict)")
 
 
 bench_app = typer.Typer(help="Benchmarks: stage costs as ratios measured in one run, results as JSON.",

@@ -85,7 +85,7 @@ def settings(tmp_path, monkeypatch) -> Settings:
 
 
 def test_stack_serves_reports_ledger_and_verdicts_and_persists_after_stop(settings, bundle_paths):
-    stack = Stack(settings, workers=1, log=lambda message: None)
+    stack = Stack(settings, workers=1, log=lambda message: None, ephemeral=True)  # durability: test_faults.py
     stack.start()
     try:
         bootstrap = stack.bootstrap

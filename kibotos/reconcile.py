@@ -1,0 +1,186 @@
+"""Reconciliation: every submission accepted at ingest reaches a final verdict.
+
+The warehouse is the outbox. A submission is *owed a verdict* once ingest issued its
+receipt (``ingest_receipts`` with status ``accepted``) or once the sink recorded its
+``submissions.received`` event (the operator's ``kibotos submit`` path); it is *done*
+once ``verification_reports`` holds its report. A submission owed a verdict for longer
+than ``stuck_after_s`` (counted from its ``received_at``) is *stuck*: whatever held it —
+a broker that lost its log, a stage that dropped it, a crash between two commits — the
+reconciler emits its ``submissions.received`` event again, rebuilt from the warehouse
+row, and the chain runs it from gate A.
+
+Why that is safe: every effect downstream is idempotent by ``submission_id``
+(replacing tables for reports and gate results, the novelty result stored per
+submission, the ledger entry id derived from the submission), so a submission that was
+merely slow and is emitted again still gets one report and is paid once. A bundle that
+has vanished from the object store is rejected by gate A (``bundle_unreadable``): that is
+still its one final verdict.
+
+A submission is emitted again at most ``max_attempts`` times by one reconciler (then it
+is reported as ``given_up`` so that an operator looks at it), and not again before
+another ``stuck_after_s`` has passed.
+
+Run it by hand: ``kibotos admin reconcile`` (asks the running embedded stack, or works
+directly against a production ClickHouse and Kafka); ``kibotos up`` runs it every
+``--reconcile-every`` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import Counter
+
+from kibotos.errors import ServiceError
+from topics.catalogue import Catalogue
+
+log = logging.getLogger(__name__)
+
+RECONCILED = Counter("kibotos_reconciled", "stuck submissions emitted again by the reconciler", ["outcome"])
+
+DB = "kibotos"
+
+# One row per submission owed a verdict and without a report: from accepted receipts
+# (ingest) and from recorded submissions.received events (operator path). Receipts win
+# for their fields: they are written before the sink has seen anything.
+STUCK_SQL = f"""
+WITH owed AS (
+    SELECT submission_id, miner_id, bundle_uri, bundle_sha256, bundle_size_bytes,
+           toUnixTimestamp64Milli(received_at) AS received_ms, manifest_json, 1 AS from_receipt
+    FROM {DB}.ingest_receipts FINAL WHERE status = 'accepted'
+    UNION ALL
+    SELECT submission_id, miner_id, bundle_uri, bundle_sha256, bundle_size_bytes,
+           toUnixTimestamp64Milli(received_at) AS received_ms,
+           toJSONString(map('robot_model_id', ifNull(robot_model_id, ''), 'task_id', ifNull(task_id, ''))),
+           0 AS from_receipt
+    FROM {DB}.submissions FINAL
+)
+SELECT submission_id,
+       argMax(miner_id, from_receipt), argMax(bundle_uri, from_receipt), argMax(bundle_sha256, from_receipt),
+       argMax(bundle_size_bytes, from_receipt), min(received_ms), argMax(manifest_json, from_receipt)
+FROM owed
+WHERE submission_id NOT IN (SELECT submission_id FROM {DB}.verification_reports)
+GROUP BY submission_id
+HAVING min(received_ms) <= {{before:Int64}}
+ORDER BY min(received_ms)
+LIMIT {{limit:UInt32}}
+"""
+
+OWED_SQL = f"""
+SELECT count() FROM (
+    SELECT submission_id FROM {DB}.ingest_receipts FINAL WHERE status = 'accepted'
+    UNION DISTINCT SELECT submission_id FROM {DB}.submissions FINAL
+) WHERE submission_id NOT IN (SELECT submission_id FROM {DB}.verification_reports)
+"""
+
+
+@dataclass
+class ReconcileResult:
+    checked_at_ms: int
+    pending: int = 0  # owed a verdict, not yet stuck
+    reemitted: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)  # emitted again recently: give it time
+    given_up: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"checked_at_ms": self.checked_at_ms, "pending": self.pending, "reemitted": self.reemitted,
+                "waiting": self.waiting, "given_up": self.given_up}
+
+
+def _manifest_field(manifest_json: str, *path: str) -> str | None:
+    try:
+        value: Any = json.loads(manifest_json or "null")
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+    except ValueError:
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def received_event(row: tuple) -> dict[str, Any]:
+    """The ``submissions.received`` record of one ``STUCK_SQL`` row."""
+    sid, miner, uri, sha, size, received_ms, manifest_json = row
+    robot = _manifest_field(manifest_json, "robot_model_id") or _manifest_field(manifest_json, "robot", "model_id")
+    task = _manifest_field(manifest_json, "task_id") or _manifest_field(manifest_json, "task", "task_id")
+    return {"schema_version": 1, "submission_id": sid, "miner_id": miner, "bundle_uri": uri, "bundle_sha256": sha,
+            "bundle_size_bytes": int(size), "received_at": int(received_ms), "robot_model_id": robot,
+            "task_id": task}
+
+
+class Reconciler:
+    """:param client: clickhouse-connect client on the warehouse (the stack's own, locked).
+    :param producer: a confluent-kafka ``Producer`` on the pipeline's broker.
+    :param stuck_after_s: a submission without a report this long after ``received_at``
+        is emitted again.
+    """
+
+    def __init__(self, client, producer, catalogue: Catalogue, *, stuck_after_s: float = 900.0,
+                 max_attempts: int = 3, batch: int = 1000):
+        self.client = client
+        self.producer = producer
+        self.catalogue = catalogue
+        self.stuck_after_s = stuck_after_s
+        self.max_attempts = max_attempts
+        self.batch = batch
+        self._attempts: dict[str, tuple[int, float]] = {}  # sid -> (emissions, monotonic time of the last)
+        self._lock = threading.Lock()  # one pass at a time (periodic thread and by hand)
+
+    def run_once(self, now_ms: int | None = None) -> ReconcileResult:
+        with self._lock:
+            return self._run(int(time.time() * 1000) if now_ms is None else now_ms)
+
+    def _run(self, now_ms: int) -> ReconcileResult:
+        result = ReconcileResult(checked_at_ms=now_ms)
+        before = now_ms - int(self.stuck_after_s * 1000)
+        try:
+            owed = int(self.client.query(OWED_SQL).result_rows[0][0])
+            rows = self.client.query(STUCK_SQL, parameters={"before": before, "limit": self.batch}).result_rows
+        except Exception as exc:
+            raise ServiceError(f"reconcile: cannot read the warehouse: {exc}") from exc
+        result.pending = max(0, owed - len(rows))
+        spec = self.catalogue.submissions_received
+        due = []
+        for row in rows:
+            sid = row[0]
+            emitted, last = self._attempts.get(sid, (0, float("-inf")))
+            if emitted >= self.max_attempts:
+                result.given_up.append(sid)
+            elif time.monotonic() - last < self.stuck_after_s:
+                result.waiting.append(sid)
+            else:
+                due.append((sid, received_event(row), emitted))
+        errors = []
+        for sid, event, _ in due:
+            try:
+                self.producer.produce(spec.name, key=spec.key(event), value=spec.serialize(event),
+                                      on_delivery=lambda err, msg: err and errors.append(err))
+            except Exception as exc:  # BufferError, KafkaException: the next pass tries again
+                errors.append(exc)
+        if due and (self.producer.flush(30) or errors):
+            raise ServiceError(f"reconcile: {len(errors) or 'some'} re-emissions not acknowledged: "
+                               f"{errors[:1]}")
+        for sid, _, emitted in due:
+            self._attempts[sid] = (emitted + 1, time.monotonic())
+            result.reemitted.append(sid)
+        RECONCILED.labels("reemitted").inc(len(result.reemitted))
+        RECONCILED.labels("given_up").inc(len(result.given_up))
+        if result.reemitted or result.given_up:
+            log.warning("reconcile: emitted %d stuck submission(s) again, gave up on %d",
+                        len(result.reemitted), len(result.given_up),
+                        extra={"reemitted": result.reemitted[:20], "given_up": result.given_up[:20]})
+        return result
+
+    def run(self, stop: threading.Event, every_s: float, on_result=None) -> None:
+        """Reconcile every ``every_s`` seconds until ``stop`` is set (the stack's thread)."""
+        while not stop.wait(every_s):
+            try:
+                result = self.run_once()
+                if on_result is not None:
+                    on_result(result)
+            except ServiceError:
+                log.exception("reconcile pass failed; next pass in %.0fs", every_s)
