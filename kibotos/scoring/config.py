@@ -48,11 +48,16 @@ class RewardConfig(_Frozen):
     multi_angle_k: float = Field(ge=0)
     max_angle_quality_sum: float = Field(ge=0)
     rejected_earns_quality_reward: bool
+    copy_match_lo: float = Field(ge=0, le=1)
+    copy_match_hi: float = Field(ge=0, le=1)
+    copy_min_factor: float = Field(ge=0, le=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> "RewardConfig":
         if not self.floor < self.knee:
             raise ValueError(f"reward.floor {self.floor} must be below reward.knee {self.knee}")
+        if not self.copy_match_lo < self.copy_match_hi:
+            raise ValueError(f"reward.copy_match_lo {self.copy_match_lo} must be below copy_match_hi {self.copy_match_hi}")
         return self
 
 

@@ -10,6 +10,10 @@
   ``R *= 1 + k min(angle_quality_sum, max_angle_quality_sum)`` for secondary cameras
   (mono: ``angle_quality_sum = 0``, no penalty). A submission that failed a hard gate
   earns 0 unless ``rejected_earns_quality_reward`` (the formula as written).
+* ``copy_factor``: ``R *= 1 - (1 - copy_min_factor) ramp(copy_match)``, ``copy_match``
+  the novelty stage's best match with an earlier upload (``metrics["copy"]["match"]``):
+  1 for new data, ``copy_min_factor`` for a near-duplicate, whatever ``S`` is. ``S_novel``
+  alone (weight 0.1 in ``S``) cannot make a copy unprofitable; this multiplier does.
 * ``score_submission``: all of it as a ``ScoreBreakdown`` for reports and ledger entries.
 """
 
@@ -45,6 +49,8 @@ class ScoreBreakdown(BaseModel):
     angle_quality_sum: float
     angle_multiplier: float
     reward: float
+    copy_match: float | None = None  # novelty's best match with an earlier upload (None: none)
+    copy_factor: float = 1.0
 
 
 def _unit_score(s: float) -> float:
@@ -94,10 +100,30 @@ def angle_multiplier(angle_quality_sum: float, cfg: ScoringConfig) -> float:
     return 1.0 + r.multi_angle_k * min(float(angle_quality_sum), r.max_angle_quality_sum)
 
 
-def reward(passed_all_hard_gates: bool, s: float, cfg: ScoringConfig, angle_quality_sum: float = 0.0) -> float:
+def copy_factor(copy_match: float | None, cfg: ScoringConfig) -> float:
+    """``1 - (1 - copy_min_factor) ramp(copy_match)``; 1 without a match."""
+    if copy_match is None:
+        return 1.0
+    if isinstance(copy_match, bool) or not isinstance(copy_match, (int, float)) or not math.isfinite(copy_match):
+        raise ScoringError(f"copy_match must be a finite number, got {copy_match!r}")
+    r = cfg.reward
+    ramp = min(1.0, max(0.0, (float(copy_match) - r.copy_match_lo) / (r.copy_match_hi - r.copy_match_lo)))
+    return 1.0 - (1.0 - r.copy_min_factor) * ramp
+
+
+def copy_match_of(evidence: Mapping[str, GateResult]) -> float | None:
+    """The novelty stage's ``copy.match`` in ``evidence`` (None: no novelty result, or no match)."""
+    res = evidence.get("novelty")
+    copy = res.metrics.get("copy") if res is not None else None
+    value = copy.get("match") if isinstance(copy, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def reward(passed_all_hard_gates: bool, s: float, cfg: ScoringConfig, angle_quality_sum: float = 0.0,
+           copy_match: float | None = None) -> float:
     """``R`` for final score ``s`` (see the module docstring)."""
     f = curve(s, cfg)
-    multiplier = angle_multiplier(angle_quality_sum, cfg)
+    multiplier = angle_multiplier(angle_quality_sum, cfg) * copy_factor(copy_match, cfg)
     r = cfg.reward
     if not passed_all_hard_gates and not r.rejected_earns_quality_reward:
         return 0.0
@@ -106,8 +132,11 @@ def reward(passed_all_hard_gates: bool, s: float, cfg: ScoringConfig, angle_qual
 
 def score_submission(evidence: Mapping[str, GateResult], cfg: ScoringConfig, passed: bool,
                      angle_quality_sum: float = 0.0) -> ScoreBreakdown:
-    """Components from ``evidence`` (gate id -> result), S, f(S) and the reward."""
+    """Components from ``evidence`` (gate id -> result), S, f(S), the copy factor (from the
+    novelty result) and the reward."""
     multiplier = angle_multiplier(angle_quality_sum, cfg)  # refuses a bad sum first
+    copy_match = copy_match_of(evidence)
+    factor = copy_factor(copy_match, cfg)
     components = compute_components(evidence, cfg)
     s, weights, values = final_score(components, cfg)
     return ScoreBreakdown(
@@ -120,5 +149,7 @@ def score_submission(evidence: Mapping[str, GateResult], cfg: ScoringConfig, pas
         passed_hard_gates=bool(passed),
         angle_quality_sum=float(angle_quality_sum),
         angle_multiplier=round(multiplier, 6),
-        reward=round(reward(passed, s, cfg, angle_quality_sum), 6),
+        reward=round(reward(passed, s, cfg, angle_quality_sum, copy_match), 6),
+        copy_match=None if copy_match is None else round(copy_match, 6),
+        copy_factor=round(factor, 6),
     )

@@ -173,3 +173,35 @@ def test_score_submission_breakdown_is_complete_and_json_safe():
 def test_score_submission_refuses_a_bad_angle_quality_sum(bad):
     with pytest.raises(ScoringError, match="angle_quality_sum"):
         score_submission({}, CFG, passed=True, angle_quality_sum=bad)
+
+
+def test_copy_factor_is_one_without_a_match_and_the_minimum_for_a_near_duplicate():
+    from kibotos.scoring import copy_factor
+
+    r = CFG.reward
+    assert copy_factor(None, CFG) == 1.0 and copy_factor(0.0, CFG) == 1.0 and copy_factor(r.copy_match_lo, CFG) == 1.0
+    assert copy_factor(r.copy_match_hi, CFG) == pytest.approx(r.copy_min_factor)
+    assert copy_factor(1.0, CFG) == pytest.approx(r.copy_min_factor) and r.copy_min_factor <= 0.1
+    ladder = [copy_factor(m, CFG) for m in np.linspace(0, 1, 41)]
+    assert all(a >= b for a, b in zip(ladder, ladder[1:]))  # more similar never pays more
+    mid = (r.copy_match_lo + r.copy_match_hi) / 2
+    assert copy_factor(mid, CFG) == pytest.approx(1 - (1 - r.copy_min_factor) / 2)
+    for bad in (float("nan"), True, "0.5"):
+        with pytest.raises(ScoringError, match="copy_match"):
+            copy_factor(bad, CFG)
+
+
+@pytest.mark.parametrize("s_novel", [1.0, 0.5, 0.0])
+def test_a_near_duplicate_earns_at_most_a_tenth_of_the_original_whatever_its_score(s_novel):
+    """The copy factor multiplies R itself: S_novel (weight 0.1) alone barely moves it."""
+    def evidence(novel, copy):
+        return {"alignment": GateResult(gate="alignment", passed=True, metrics={"s_align": 0.95}),
+                "novelty": GateResult(gate="novelty", passed=True, metrics={"s_novel": novel, "copy": copy})}
+
+    original = score_submission(evidence(1.0, None), CFG, passed=True)
+    copy = score_submission(evidence(s_novel, {"match": 1.0, "scope": "cross_miner"}), CFG, passed=True)
+    assert original.copy_factor == 1.0 and original.copy_match is None
+    assert copy.copy_match == 1.0 and copy.copy_factor == pytest.approx(CFG.reward.copy_min_factor)
+    assert copy.reward <= 0.1 * original.reward
+    # without the multiplier the same S would have paid most of the original's reward
+    assert reward(True, copy.score, CFG) > 0.5 * original.reward
