@@ -41,15 +41,20 @@ def verify_path(path: str | Path, config: GateConfig | None = None, limits: Limi
     config = config or load_config()
     first = gates()[0]
     try:
-        view = open_bundle(path, limits)
+        view = open_bundle(path, limits or Limits.from_config(config))
         with view:
             sid, miner, robot, rev = _ids(view)
             results = run_chain(view, config)
     except BundleError as exc:
+        extra = getattr(exc, "metrics", None)
         failed = GateResult(gate=first.gate_id, passed=False, reason_code=exc.reason_code,
-                            metrics={"error": str(exc)[:500]})
+                            metrics={"error": str(exc)[:500], **(extra if isinstance(extra, dict) else {})})
         report = build_report("unknown", [failed], config.config_version)
         return VerifyOutcome(report, unreadable=True)
+    except (Exception, RecursionError, MemoryError) as exc:  # never a traceback for any input
+        failed = GateResult(gate=first.gate_id, passed=False, reason_code="bundle_unreadable",
+                            metrics={"error": f"{type(exc).__name__}: {str(exc)[:400]}"})
+        return VerifyOutcome(build_report("unknown", [failed], config.config_version), unreadable=True)
     report = build_report(sid, results, config.config_version, miner_id=miner,
                           robot_model_id=robot, robot_model_revision=rev)
     unreadable = report.reason_code in UNREADABLE_REASONS

@@ -8,6 +8,7 @@ several times faster than asking PyAV for rgb24.
 from __future__ import annotations
 
 import io
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -17,6 +18,7 @@ import av
 import cv2
 import numpy as np
 
+from kibotos.bundle.limits import Limits, ResourceLimitExceeded, active_limits, check, check_deadline
 from kibotos.errors import BundleError
 
 
@@ -41,7 +43,81 @@ def encode_mp4(frames: np.ndarray, fps: float, crf: int = 23) -> bytes:
     return buf.getvalue()
 
 
-MAX_SIDE = 8192
+MAX_SIDE = 8192  # open_video(check_size=True) refuses larger frames; decoders apply ``Limits``
+
+
+@dataclass(frozen=True)
+class VideoProbe:
+    """What a container declares about its first video stream (nothing decoded)."""
+
+    width: int
+    height: int
+    fps: float
+    frames: int  # declared frame count (from the container's index, else duration x rate)
+    codec: str
+
+
+def check_video_dims(width: int, height: int, fps: float, frames: int, limits: Limits | None = None,
+                     what: str = "video") -> None:
+    """The video budgets on declared dimensions: side, pixels per frame, pixels per second,
+    frames, frames x pixels. Raises ``ResourceLimitExceeded`` naming the first exceeded."""
+    lim = limits or active_limits()
+    check("max_video_side", max(width, height), lim.max_video_side, f"{what} side")
+    check("max_frame_pixels", width * height, lim.max_frame_pixels, f"{what} pixels per frame")
+    check("max_video_pixels_per_second", round(width * height * max(fps, 0.0)), lim.max_video_pixels_per_second,
+          f"{what} pixels per second")
+    check("max_video_frames", frames, lim.max_video_frames, f"{what} frames")
+    check("max_video_total_pixels", frames * width * height, lim.max_video_total_pixels, f"{what} frames x pixels")
+
+
+def probe_video(data: bytes, limits: Limits | None = None) -> VideoProbe:
+    """Open the container, read its first video stream's declared size, rate and frame
+    count, and check them against the video budgets — before any frame is decoded.
+
+    :raises BundleError: ``video_unreadable`` (no container, no video stream, no size) or
+        ``resource_limit_exceeded`` (a budget, named in ``metrics``).
+    """
+    with open_video(data) as (container, stream):
+        width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+        if width <= 0 or height <= 0:
+            raise BundleError(f"video stream declares no frame size ({width}x{height})", reason_code="video_unreadable")
+        fps = float(stream.average_rate or stream.base_rate or 0) or 0.0
+        frames = int(stream.frames or 0)
+        if frames <= 0 and stream.duration is not None and stream.time_base is not None and fps > 0:
+            frames = int(round(float(stream.duration * stream.time_base) * fps))
+        if frames <= 0 and container.duration:
+            frames = int(round(container.duration / 1_000_000 * max(fps, 1.0)))
+        probe = VideoProbe(width, height, fps, max(frames, 0), stream.codec_context.name)
+    check_video_dims(probe.width, probe.height, probe.fps, probe.frames, limits)
+    return probe
+
+
+class DecodeBudget:
+    """Per-frame checks while decoding: the decoded frame's size (a stream may switch to a
+    larger resolution than its header declares), frames, pixels, decode wall time and the
+    gate's deadline."""
+
+    def __init__(self, limits: Limits | None = None):
+        self.limits = limits or active_limits()
+        self.t0 = time.monotonic()
+        self.frames = 0
+        self.pixels = 0
+
+    def frame(self, width: int, height: int) -> None:
+        lim = self.limits
+        self.frames += 1
+        self.pixels += width * height
+        check("max_video_side", max(width, height), lim.max_video_side, "decoded frame side")
+        check("max_frame_pixels", width * height, lim.max_frame_pixels, "decoded frame pixels")
+        check("max_video_frames", self.frames, lim.max_video_frames, "decoded frames")
+        check("max_video_total_pixels", self.pixels, lim.max_video_total_pixels, "decoded pixels")
+        elapsed = time.monotonic() - self.t0
+        if elapsed > lim.max_decode_seconds:
+            raise ResourceLimitExceeded("max_decode_seconds", round(elapsed, 1), lim.max_decode_seconds,
+                                        f"decoding took more than {lim.max_decode_seconds} s "
+                                        f"({self.frames} frames)")
+        if self.frames % 16 == 0:
+            check_deadline("decoding video")
 
 
 @contextmanager
@@ -85,7 +161,12 @@ def decode_luma(data: bytes, target_width: int = 96, max_frames: int = 100_000) 
 
 def decode_luma_widths(data: bytes, widths: Sequence[int], max_frames: int = 100_000) -> list[DecodedLuma]:
     """``decode_luma`` at each of ``widths`` from one decode of the video: each frame's Y
-    plane is resized to every width, so each result equals its own ``decode_luma``."""
+    plane is resized to every width, so each result equals its own ``decode_luma``.
+
+    The container's declared stream is checked against the video budgets first
+    (``probe_video``), every decoded frame again (``DecodeBudget``)."""
+    probe_video(data)
+    budget = DecodeBudget()
     with open_video(data, check_size=True) as (container, stream):
         fps = float(stream.average_rate or stream.base_rate or 0) or 0.0
         w, h = stream.codec_context.width, stream.codec_context.height
@@ -95,6 +176,7 @@ def decode_luma_widths(data: bytes, widths: Sequence[int], max_frames: int = 100
             for frame in container.decode(stream):
                 if len(out[0]) >= max_frames:
                     raise BundleError(f"video has more than {max_frames} frames", reason_code="video_too_long")
+                budget.frame(frame.width, frame.height)
                 y = frame.to_ndarray(format="yuv420p")[: frame.height]
                 for frames, size in zip(out, sizes):
                     frames.append(cv2.resize(y, size, interpolation=cv2.INTER_AREA))
@@ -112,14 +194,21 @@ def luma_from_frames(frames: np.ndarray, target_width: int = 96) -> np.ndarray:
     """Downsized luma for raw (N, H, W, C) frames, vectorized over frames: BT.601 weights,
     then an integer-factor box downscale (the area average cv2 would do)."""
     n, h, w = frames.shape[:3]
-    if frames.ndim == 4 and frames.shape[3] >= 3:
-        gray = frames[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    else:
-        gray = frames.reshape(n, h, w, -1)[..., 0].astype(np.float32)
     k = max(1, w // max(target_width, 1))
     hh, ww = (h // k) * k, (w // k) * k
-    small = gray[:, :hh, :ww].reshape(n, hh // k, k, ww // k, k).mean(axis=(2, 4))
-    return np.clip(np.rint(small), 0, 255).astype(np.uint8)
+    out = np.empty((n, hh // k, ww // k), np.uint8)
+    # a batch of frames at a time: float32 working copies of every frame at once would
+    # cost 12 bytes per pixel of the whole video
+    step = max(1, (32 << 20) // max(h * w * 12, 1))
+    for a in range(0, n, step):
+        part = frames[a:a + step]
+        if part.ndim == 4 and part.shape[3] >= 3:
+            gray = part[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        else:
+            gray = part.reshape(part.shape[0], h, w, -1)[..., 0].astype(np.float32)
+        small = gray[:, :hh, :ww].reshape(part.shape[0], hh // k, k, ww // k, k).mean(axis=(2, 4))
+        out[a:a + step] = np.clip(np.rint(small), 0, 255).astype(np.uint8)
+    return out
 
 
 def decode_rgb_frames(data: bytes, indices, seek_gap_frames: int | None = None) -> dict[int, np.ndarray]:
@@ -136,6 +225,8 @@ def decode_rgb_frames(data: bytes, indices, seek_gap_frames: int | None = None) 
     out: dict[int, np.ndarray] = {}
     if not wanted:
         return out
+    probe_video(data)
+    budget = DecodeBudget()
     with open_video(data) as (container, stream):
         fps = float(stream.average_rate or stream.base_rate or 0)
         if fps <= 0 or stream.time_base is None:
@@ -149,6 +240,7 @@ def decode_rgb_frames(data: bytes, indices, seek_gap_frames: int | None = None) 
                 if last is None or wanted[k] - last > gap:
                     container.seek(start + int(wanted[k] / fps / tb), stream=stream, backward=True)
                 for frame in container.decode(stream):
+                    budget.frame(frame.width, frame.height)
                     if frame.pts is None:
                         raise BundleError("video frames carry no timestamps", reason_code="video_unreadable")
                     idx = int(round((frame.pts - start) * tb * fps))

@@ -13,6 +13,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable
 
+from kibotos.bundle.limits import RESOURCE_LIMIT, Limits, gate_deadline
 from kibotos.bundle.reader import BundleView
 from kibotos.errors import KibotosError
 from kibotos.gate_config import GateConfig
@@ -63,16 +64,29 @@ def result(gate: str, passed: bool, metrics: dict, thresholds: dict, reason: str
                       reason_code=None if passed else reason, flags=flags or [])
 
 
+def _limit_metrics(exc: Exception) -> dict:
+    """What a resource error says about the limit it hit (``limit``, ``limit_value``, ...)."""
+    found = getattr(exc, "metrics", None)
+    return {k: v for k, v in found.items() if isinstance(v, (str, int, float, bool)) or v is None} \
+        if isinstance(found, dict) else {}
+
+
 def run_gate(gate: Gate, view: BundleView, config: GateConfig) -> GateResult:
     """Run one gate; errors become a failed result with a reason code and wall time."""
     t0 = time.perf_counter()
+    # the limits the view was opened with (the config's, unless a caller chose others)
+    limits = getattr(view, "limits", None) or Limits.from_config(config)
     try:
-        res = gate.check(view, config)
+        with gate_deadline(limits.gate_time_budget_s, limits):
+            res = gate.check(view, config)
     except KibotosError as exc:
         res = GateResult(gate=gate.gate_id, passed=False, reason_code=exc.reason_code,
-                         metrics={"error": str(exc)[:500]})
+                         metrics={"error": str(exc)[:500], **_limit_metrics(exc)})
     except MemoryError:
-        res = GateResult(gate=gate.gate_id, passed=False, reason_code="resource_exhausted", metrics={})
+        # the worker's memory ceiling (RLIMIT_AS, streams.worker) refused an allocation:
+        # what the gate held is garbage now, the worker goes on
+        res = GateResult(gate=gate.gate_id, passed=False, reason_code=RESOURCE_LIMIT,
+                         metrics={"limit": "worker_memory_bytes", "error": "memory ceiling reached"})
     except Exception as exc:  # a bug or an input we did not foresee: never crash the worker
         res = GateResult(gate=gate.gate_id, passed=False, reason_code="gate_internal_error",
                          metrics={"error": f"{type(exc).__name__}: {exc}"[:500],

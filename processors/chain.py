@@ -22,7 +22,7 @@ UNREADABLE_REASONS = frozenset({
 def gate_on_path(gate: Gate, path: str | Path, config: GateConfig, limits: Limits | None = None) -> GateResult:
     """Open the bundle and run one gate: what a stream processor does per record."""
     try:
-        view = open_bundle(path, limits)
+        view = open_bundle(path, limits or Limits.from_config(config))
     except BundleError as exc:
         return GateResult(gate=gate.gate_id, passed=False, reason_code=exc.reason_code,
                           metrics={"error": str(exc)[:500], "wall_ms": 0.0})

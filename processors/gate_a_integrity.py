@@ -22,7 +22,8 @@ from kibotos.errors import BundleError
 from kibotos.gate_config import GateConfig
 from kibotos.report import GateResult
 from kibotos.robots import get_robot
-from kibotos.video import decode_luma
+from kibotos.bundle.limits import RESOURCE_LIMIT, ResourceLimitExceeded
+from kibotos.video import check_video_dims, decode_luma, probe_video
 from processors.base import register_gate, result
 from processors.signals import savgol, window_samples
 
@@ -38,11 +39,16 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
                                      "max_secondary_cameras": MAX_SECONDARY_CAMERAS,
                                      "secondary_frame_count_tolerance": config.gate_c.frame_count_tolerance}
     m = view.manifest
-    get_robot(m.robot_model_id, m.robot_model_revision)  # unknown model => reason code
+    robot = get_robot(m.robot_model_id, m.robot_model_revision)  # unknown model => reason code
     metrics: dict = {"robot_model": f"{m.robot_model_id}@{m.robot_model_revision}"}
 
     def fail(reason: str, **extra) -> GateResult:
         return result(GATE_ID, False, metrics | extra, thresholds, reason)
+
+    # every later gate indexes the model by these names: refuse any it does not have here
+    unknown = [n for n in m.joint_names if n not in robot.joint_names]
+    if unknown:
+        return fail("unknown_joint_names", unknown_joints=[ascii(n)[1:-1][:64] for n in unknown[:20]])
 
     bad_units = unit_mismatches(m)
     if bad_units:
@@ -55,6 +61,10 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
     T = found["T"]
     if T < MIN_SAMPLES:
         return fail("too_few_samples")
+    try:
+        metrics["primary_video"] = primary_video_budget(view, m)
+    except ResourceLimitExceeded as exc:
+        return fail(exc.reason_code, error=str(exc)[:300], **exc.metrics)
 
     # NaN/Inf in every float array of the bundle (optional streams included)
     nonfinite = {}
@@ -68,6 +78,11 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
         return fail("non_finite_values", non_finite=nonfinite)
 
     ts = view.read(TIMESTAMPS).astype(np.int64)
+    span_s = float(ts[-1] - ts[0]) / 1000.0 if ts.size else 0.0
+    limits = view.limits
+    if span_s > limits.max_episode_seconds:
+        return fail(RESOURCE_LIMIT, limit="max_episode_seconds", limit_value=limits.max_episode_seconds,
+                    observed=round(span_s, 3))
     q = view.read(JOINT_POS).astype(np.float64)
     step = np.abs(np.diff(q, axis=0)).max(axis=1)
     frozen = float(np.mean(step < cfg.flatline_eps))
@@ -99,6 +114,25 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
         metrics["secondary_videos"] = secondary
         flags += sorted({s["problem"] for s in secondary.values() if s["problem"]})
     return result(GATE_ID, True, metrics, thresholds, flags=flags)
+
+
+def primary_video_budget(view: BundleView, m) -> dict:
+    """The primary video's declared size against the video budgets, before gate C decodes
+    it: an encoded stream's container is probed (nothing decoded), raw frames are sized
+    from their array shape and the manifest's fps. Raises ``ResourceLimitExceeded``."""
+    fps = m.video["primary"].fps
+    if view.has(VIDEO_ENCODED):
+        try:
+            probe = probe_video(view.read(VIDEO_ENCODED).tobytes(), view.limits)
+        except ResourceLimitExceeded:
+            raise
+        except BundleError as exc:  # unreadable: gate C reports it with its own reason
+            return {"probe": exc.reason_code}
+        return {"width": probe.width, "height": probe.height, "fps": round(probe.fps, 3),
+                "frames": probe.frames, "codec": probe.codec}
+    n, h, w = view.info(VIDEO_FRAMES).shape[:3]
+    check_video_dims(w, h, fps, n, view.limits, "raw frames")
+    return {"width": w, "height": h, "fps": fps, "frames": n, "codec": "raw"}
 
 
 def secondary_videos(view: BundleView, m, tolerance: float) -> dict[str, dict]:

@@ -163,6 +163,16 @@ def _digest(stream: IO[bytes]) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
+def _read_all(stream: IO[bytes]) -> bytes:
+    """An entry's bytes in 1 MiB steps: one ``read()`` would inflate the whole compressed
+    entry before zipfile cuts it to the declared size (an entry can claim 1 KiB and
+    inflate to 1 GiB)."""
+    out = bytearray()
+    while block := stream.read(_BLOCK):
+        out += block
+    return bytes(out)
+
+
 def _zip_entries(path: Path) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
     with zipfile.ZipFile(path) as zf:
         for info in zf.infolist():
@@ -213,7 +223,7 @@ def hash_bundle(path: str | Path, limits: Limits | None = None) -> HashTree:
             for key, opener in entries:
                 with opener() as stream:
                     if key == METADATA or key.endswith("/" + METADATA):
-                        raw = stream.read()  # bounded by check_archive (max_metadata_bytes)
+                        raw = _read_all(stream)  # bounded by check_archive (max_metadata_bytes)
                         digests[key] = (len(raw), hashlib.sha256(raw).hexdigest())
                         metadata[key] = _parse_metadata(raw)
                         if key == MANIFEST_KEY:

@@ -3,19 +3,57 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kibotos.errors import BundleError
 
 SCHEMA_VERSION = "1.0.0"
 
+# Sane ranges of the numeric manifest fields (documented in README "Manifest ranges"):
+# outside them a manifest is `manifest_invalid`. They bound what the gates compute from the
+# declarations (a 1e-4 fps video "lasts" 10^7 s on the sync grid) and refuse absurd cameras.
+RANGES: dict[str, tuple[float, float]] = {
+    "sampling_rate_hz": (1.0, 10_000.0),
+    "video.*.fps": (1.0, 1000.0),
+    "video.*.frame_count": (0, 1_000_000),
+    "camera.*.intrinsics.fx|fy": (1e-3, 1e6),  # pixels
+    "camera.*.intrinsics.cx|cy": (-1e6, 1e6),  # pixels
+    "camera.*.intrinsics.width|height": (1, 16_384),  # pixels
+    "camera.*.intrinsics.distortion[k]": (-1e3, 1e3),  # at most 16 coefficients
+    "camera.*.extrinsics[i][j]": (-1e4, 1e4),  # metres (translation) and rotation entries
+    "sync.sync_offset_ms_claimed": (-3_600_000.0, 3_600_000.0),
+}
+MAX_NAME_CHARS = 128  # a joint name, a camera / video key
+
+
+def _printable(name: str) -> str:
+    """Names end up in reports, logs, paths and terminals: no control, format (bidi
+    overrides, zero-width), surrogate, private-use, unassigned or line-separator characters."""
+    if not 1 <= len(name) <= MAX_NAME_CHARS:
+        raise ValueError(f"names have 1 to {MAX_NAME_CHARS} characters, got {len(name)}")
+    bad = sorted({f"U+{ord(c):04X}" for c in name if unicodedata.category(c)[0] == "C"
+                  or unicodedata.category(c) in ("Zl", "Zp")})
+    if bad:
+        raise ValueError(f"name contains control or formatting characters {bad[:5]}")
+    return name
+
+
+Name = Annotated[str, AfterValidator(_printable)]
+
+
+def _range(key: str) -> dict:
+    lo, hi = RANGES[key]
+    return {"ge": lo, "le": hi}
+
 
 class _Model(BaseModel):
-    # extra keys are kept: newer writers may add optional metadata
-    model_config = ConfigDict(extra="allow", frozen=True)
+    # extra keys are kept: newer writers may add optional metadata; NaN / Infinity never
+    # validate as a number (zarr's JSON reader accepts them)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
 
 class Units(_Model):
@@ -23,19 +61,23 @@ class Units(_Model):
     joint_vel: str = "rad/s"
 
 
+Coefficient = Annotated[float, Field(**_range("camera.*.intrinsics.distortion[k]"))]
+MatrixEntry = Annotated[float, Field(**_range("camera.*.extrinsics[i][j]"))]
+
+
 class Intrinsics(_Model):
-    fx: float = Field(gt=0)
-    fy: float = Field(gt=0)
-    cx: float
-    cy: float
-    width: int = Field(gt=0)
-    height: int = Field(gt=0)
-    distortion: list[float] | None = None
+    fx: float = Field(**_range("camera.*.intrinsics.fx|fy"))
+    fy: float = Field(**_range("camera.*.intrinsics.fx|fy"))
+    cx: float = Field(**_range("camera.*.intrinsics.cx|cy"))
+    cy: float = Field(**_range("camera.*.intrinsics.cx|cy"))
+    width: int = Field(**_range("camera.*.intrinsics.width|height"))
+    height: int = Field(**_range("camera.*.intrinsics.width|height"))
+    distortion: list[Coefficient] | None = Field(default=None, max_length=16)
 
 
 class Camera(_Model):
     intrinsics: Intrinsics
-    extrinsics: list[list[float]]
+    extrinsics: list[list[MatrixEntry]]
 
     @field_validator("extrinsics")
     @classmethod
@@ -46,15 +88,15 @@ class Camera(_Model):
 
 
 class VideoInfo(_Model):
-    fps: float = Field(gt=0)
-    frame_count: int = Field(ge=0)
+    fps: float = Field(**_range("video.*.fps"))
+    frame_count: int = Field(**_range("video.*.frame_count"))
     # what the video shows: a human demonstrator (the design's capture: human video,
     # retargeted) or the robot itself; gate F estimates human pose only for "human"
     subject: Literal["human", "robot"] = "human"
 
 
 class Sync(_Model):
-    sync_offset_ms_claimed: float
+    sync_offset_ms_claimed: float = Field(**_range("sync.sync_offset_ms_claimed"))
 
 
 class Task(_Model):
@@ -71,13 +113,13 @@ class Manifest(_Model):
     created_at: str
     robot_model_id: str
     robot_model_revision: str
-    joint_names: list[str] = Field(min_length=1, max_length=256)
-    sampling_rate_hz: float = Field(gt=0, le=10_000)
+    joint_names: list[Name] = Field(min_length=1, max_length=256)
+    sampling_rate_hz: float = Field(**_range("sampling_rate_hz"))
     time_base: str
     time_units: str
     units: Units
-    camera: dict[str, Camera]
-    video: dict[str, VideoInfo]
+    camera: dict[Name, Camera]
+    video: dict[Name, VideoInfo]
     sync: Sync
     task: Task | None = None
 

@@ -20,6 +20,8 @@ import numpy as np
 import zarr
 import zarr.storage
 
+from kibotos.bundle import codecs as _codecs  # noqa: F401  (bounded zstd/gzip decoding)
+from kibotos.bundle.limits import Limits, ResourceLimitExceeded, check, check_deadline
 from kibotos.bundle.manifest import Manifest
 from kibotos.errors import BundleError
 
@@ -37,25 +39,12 @@ def video_paths(camera: str) -> tuple[str, str]:
     return f"video/{camera}/encoded", f"video/{camera}/frames"
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Upper bounds applied before anything is read."""
-
-    max_archive_bytes: int = 2 << 30  # sum of uncompressed entry sizes
-    max_entries: int = 20_000
-    max_compression_ratio: float = 200.0  # per entry over 1 MiB
-    max_metadata_bytes: int = 1 << 20  # any zarr.json (manifest attributes included)
-    max_array_bytes: int = 1 << 30  # one array, declared shape x itemsize
-    max_chunks: int = 100_000  # per array
-    max_key_length: int = 1024  # characters in one entry name
-    max_key_depth: int = 64  # path segments in one entry name
-
-
 def _reject(reason: str, message: str) -> BundleError:
     return BundleError(message, reason_code=reason)
 
 
-def _check_zip(path: Path, limits: Limits) -> None:
+def _check_zip(path: Path, limits: Limits) -> dict[str, int]:
+    """The archive's entries ``{name: declared uncompressed size}`` after the safety checks."""
     try:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
@@ -86,11 +75,13 @@ def _check_zip(path: Path, limits: Limits) -> None:
         names = [i.filename for i in infos]
         if len(names) != len(set(names)):
             raise _reject("bundle_duplicate_entries", "archive holds duplicate entry names")
+        return {i.filename: i.file_size for i in infos}
 
 
-def _check_dir(path: Path, limits: Limits) -> None:
+def _check_dir(path: Path, limits: Limits) -> dict[str, int]:
     root = path.resolve()
     total = count = 0
+    entries: dict[str, int] = {}
     for item in root.rglob("*"):
         if item.is_symlink():
             raise _reject("bundle_unsafe_path", f"symlink {item.relative_to(root)}")
@@ -107,6 +98,8 @@ def _check_dir(path: Path, limits: Limits) -> None:
                 raise _reject("bundle_too_large", f"size exceeds {limits.max_archive_bytes} bytes")
             if item.name == "zarr.json" and size > limits.max_metadata_bytes:
                 raise _reject("bundle_metadata_too_large", f"{item.relative_to(root)} is {size} bytes")
+            entries[rel] = size
+    return entries
 
 
 def check_archive(path: str | Path, limits: Limits | None = None) -> None:
@@ -123,6 +116,42 @@ def check_archive(path: str | Path, limits: Limits | None = None) -> None:
         _check_zip(path, limits)
 
 
+class BoundedZipStore(zarr.storage.ZipStore):
+    """A read-only zip store that never decompresses more than an entry's declared size:
+    zipfile inflates a whole compressed block at once on ``read()``, so an entry whose
+    header claims 1 MiB but which inflates to 1 GiB would cost 1 GiB before the CRC check
+    fails. Reading in 1 MiB blocks bounds each step; zipfile stops at the declared size."""
+
+    _BLOCK = 1 << 20
+
+    def _get(self, key, prototype, byte_range=None):
+        if not self._is_open:
+            self._sync_open()
+        try:
+            info = self._zf.getinfo(key)
+        except KeyError:
+            return None
+        start, end = 0, info.file_size
+        if byte_range is not None:
+            from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
+
+            if isinstance(byte_range, RangeByteRequest):
+                start, end = byte_range.start, min(byte_range.end, info.file_size)
+            elif isinstance(byte_range, OffsetByteRequest):
+                start = byte_range.offset
+            elif isinstance(byte_range, SuffixByteRequest):
+                start = max(0, info.file_size - byte_range.suffix)
+            else:
+                raise TypeError(f"Unexpected byte_range, got {byte_range}.")
+        out = bytearray()
+        with self._zf.open(info) as f:
+            if start:
+                f.seek(start)
+            while len(out) < end - start and (block := f.read(min(self._BLOCK, end - start - len(out)))):
+                out += block
+        return prototype.buffer.from_bytes(bytes(out))
+
+
 @dataclass(frozen=True)
 class ArrayInfo:
     path: str
@@ -130,17 +159,21 @@ class ArrayInfo:
     dtype: str
     nbytes: int
     chunks: int
+    chunk_bytes: int = 0  # one chunk decoded (the declared chunk shape x itemsize)
+    codecs: tuple[str, ...] = ()
 
 
 class BundleView:
     """Read-only, size-bounded access to one bundle. Use ``open_bundle``."""
 
-    def __init__(self, path: Path, root: zarr.Group, store, limits: Limits):
+    def __init__(self, path: Path, root: zarr.Group, store, limits: Limits, entries: dict[str, int] | None = None):
         self.path = path
         self._root = root
         self._store = store
         self.limits = limits
+        self._entries = entries if entries is not None else {}  # stored keys -> declared size
         self._cache: dict[str, np.ndarray] = {}
+        self.decoded_bytes = 0  # what ``read`` has decoded, against ``max_total_decoded_bytes``
 
     def close(self) -> None:
         close = getattr(self._store, "close", None)
@@ -159,6 +192,11 @@ class BundleView:
             group = self._root[MANIFEST_GROUP]
         except KeyError as exc:
             raise _reject("manifest_missing", "bundle has no 'manifest' group") from exc
+        except BundleError:
+            raise
+        except Exception as exc:  # not JSON, nested too deep, not a Zarr node document
+            raise _reject("manifest_invalid", f"manifest/zarr.json cannot be parsed: {type(exc).__name__}: "
+                                              f"{str(exc)[:200]}") from exc
         if not isinstance(group, zarr.Group):
             raise _reject("manifest_missing", "'manifest' is not a group")
         return dict(group.attrs.asdict())
@@ -204,25 +242,62 @@ class BundleView:
             raise _reject("bundle_malformed", f"cannot open {path}: {exc}") from exc
         if not isinstance(arr, zarr.Array):
             raise _reject("missing_dataset", f"{path} is not an array")
-        shape = tuple(int(s) for s in arr.shape)
-        dtype = np.dtype(arr.dtype) if not hasattr(arr.dtype, "to_native_dtype") else arr.dtype.to_native_dtype()
-        nbytes = prod(shape) * np.dtype(dtype).itemsize
-        chunks = prod(-(-s // max(c, 1)) for s, c in zip(shape, arr.chunks)) if shape else 1
-        return ArrayInfo(path, shape, str(np.dtype(dtype)), nbytes, chunks)
+        try:
+            shape = tuple(int(s) for s in arr.shape)
+            dtype = np.dtype(arr.dtype) if not hasattr(arr.dtype, "to_native_dtype") else arr.dtype.to_native_dtype()
+            itemsize = np.dtype(dtype).itemsize
+            nbytes = prod(shape) * itemsize
+            chunk_shape = tuple(int(c) for c in arr.metadata.chunk_grid.chunk_shape) if shape else ()
+            chunks = prod(-(-s // max(c, 1)) for s, c in zip(shape, chunk_shape)) if shape else 1
+            codecs = tuple(str(c.get("name")) if isinstance(c, dict) else str(c)
+                           for c in arr.metadata.to_dict().get("codecs", []))
+        except BundleError:
+            raise
+        except Exception as exc:  # a chunk grid or dtype zarr opens but cannot size
+            raise _reject("bundle_malformed", f"cannot size {path}: {type(exc).__name__}: {exc}") from exc
+        return ArrayInfo(path, shape, str(np.dtype(dtype)), nbytes, chunks, prod(chunk_shape) * itemsize, codecs)
+
+    def stored_chunks(self, path: str) -> int:
+        """How many chunk entries of array ``path`` the bundle stores."""
+        prefix = path.rstrip("/") + "/"
+        return sum(1 for k in self._entries if k.startswith(prefix) and not k.endswith("zarr.json"))
+
+    def check_readable(self, info: ArrayInfo) -> None:
+        """Every bound a read of ``info`` must fit, from its metadata alone (nothing is
+        read): declared bytes, chunks, chunk bytes, codecs, fill-value bytes, the view's
+        total decoded bytes. Raises ``BundleError`` with the reason code."""
+        lim, path = self.limits, info.path
+        if info.nbytes > lim.max_array_bytes:
+            raise _too_large(path, info.nbytes, lim)
+        if info.chunks > lim.max_chunks:
+            raise _reject("dataset_too_many_chunks", f"{path} declares {info.chunks} chunks > {lim.max_chunks}")
+        check("max_chunk_bytes", info.chunk_bytes, lim.max_chunk_bytes, f"{path} chunk bytes", dataset=path)
+        bad = [c for c in info.codecs if c not in lim.allowed_codecs]
+        if bad:
+            raise _reject("codec_not_allowed", f"{path} uses codec(s) {bad[:5]}; allowed: {list(lim.allowed_codecs)}")
+        missing = max(0, info.chunks - self.stored_chunks(path))
+        check("max_fill_value_bytes", min(missing * info.chunk_bytes, info.nbytes), lim.max_fill_value_bytes,
+              f"{path}: bytes backed only by the fill value ({missing} of {info.chunks} chunks absent)", dataset=path)
 
     def read(self, path: str) -> np.ndarray:
         """Load one array after checking its declared size and chunk count."""
         if path in self._cache:
             return self._cache[path]
+        check_deadline(f"reading {path}")
         info = self.info(path)
-        if info.nbytes > self.limits.max_array_bytes:
-            raise _reject("dataset_too_large", f"{path} declares {info.nbytes} bytes > {self.limits.max_array_bytes}")
-        if info.chunks > self.limits.max_chunks:
-            raise _reject("dataset_too_many_chunks", f"{path} declares {info.chunks} chunks")
+        self.check_readable(info)
+        check("max_total_decoded_bytes", self.decoded_bytes + info.nbytes, self.limits.max_total_decoded_bytes,
+              f"decoded bytes with {path}", dataset=path)
         try:
             data = np.asarray(self._root[path][...])
+        except ResourceLimitExceeded:
+            raise
         except Exception as exc:  # corrupt chunk, codec error, truncated member
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, ResourceLimitExceeded):
+                raise cause from exc
             raise _reject("dataset_unreadable", f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
+        self.decoded_bytes += info.nbytes
         self._cache[path] = data
         return data
 
@@ -253,17 +328,24 @@ def open_bundle(path: str | Path, limits: Limits | None = None) -> BundleView:
         raise _reject("bundle_not_found", f"no such bundle: {path}")
     try:
         if path.is_dir():
-            _check_dir(path, limits)
+            entries = _check_dir(path, limits)
             store = zarr.storage.LocalStore(path, read_only=True)
         else:
-            _check_zip(path, limits)
-            store = zarr.storage.ZipStore(path, mode="r")
+            entries = _check_zip(path, limits)
+            store = BoundedZipStore(path, mode="r")
         root = zarr.open_group(store=store, mode="r")
     except BundleError:
         raise
     except Exception as exc:
         raise _reject("bundle_unreadable", f"not a readable Zarr v3 bundle: {type(exc).__name__}: {exc}") from exc
-    return BundleView(path, root, store, limits)
+    return BundleView(path, root, store, limits, entries)
+
+
+def _too_large(path: str, nbytes: int, limits: Limits) -> BundleError:
+    exc = _reject("dataset_too_large", f"{path} declares {nbytes} bytes > max_array_bytes {limits.max_array_bytes}")
+    exc.metrics = {"limit": "max_array_bytes", "limit_value": limits.max_array_bytes, "observed": nbytes,
+                   "dataset": path}
+    return exc
 
 
 def metadata_json(view: BundleView) -> str:
