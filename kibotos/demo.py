@@ -1,7 +1,8 @@
 """``kibotos demo``: the whole pipeline on the embedded stack, end to end.
 
 Generates a realistic mix of submissions from several miners (genuine and faulty,
-three robot models, and a duplicate farmer re-submitting perturbed copies), each miner with its own Ed25519 keypair; every bundle is signed
+three robot models, a duplicate farmer re-submitting perturbed copies, and a video
+swapper pairing a genuine trajectory with another episode's video), each miner with its own Ed25519 keypair; every bundle is signed
 (``<bundle>.sig.json``) and uploaded through the stack's ingest API (presigned PUT, then
 complete). The demo waits for every verdict, then prints each submission's verdict, its
 soft score components, S and the reward it earned, and the miners' balances — read back from ClickHouse. Uploads the ingest edge refuses
@@ -57,6 +58,9 @@ MIX = [
     ("miner-erin", "franka_panda", "copy:reencoded", 21),
     ("miner-erin", "franka_panda", "copy:mirrored", 21),
     ("miner-erin", "franka_panda", "copy:brightened", 21),
+    # a video swapper: a genuine trajectory paired with another episode's video of the same
+    # task; the align job finds its frames at the shuffled baseline (video_kinematics_mismatch)
+    ("miner-frank", "ur5", "video_swapped", 22),
 ]
 
 # "copy:<name>" variants: the miner's genuine episode of the same robot and seed,
