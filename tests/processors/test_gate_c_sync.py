@@ -173,3 +173,27 @@ def test_sync_estimator_accuracy_on_genuine_samples(samples):  # noqa: F811
     assert np.median(errors) <= 35.0
     assert within >= 0.85
     assert high.mean() >= 0.80
+
+
+@pytest.mark.parametrize("variant", ["video_static", "video_blank"])
+def test_a_still_video_of_a_person_fails_too(tmp_path, variant):
+    """Low sync confidence never waves a video through that shows nothing moving while the
+    robot's links move: whatever the video's subject."""
+    from kibotos.robots import get_robot
+    from kibotos.samples import make_episode
+
+    ep = make_episode(get_robot(*PANDA), variant, seed=0, subject="human")
+    res = run_gate_on(GATE_ID, ep.write(tmp_path / "v.zarr.zip"))
+    assert (res.passed, res.reason_code) == (False, "video_kinematics_mismatch"), res.metrics
+    assert res.metrics["mismatch"] == ["video_static"] and res.metrics["video_max_changed_fraction"] == 0.0
+    # the thresholds decide: a robot barely moving in the camera would not be a mismatch
+    lenient = CONFIG.model_copy(update={"gate_c": CONFIG.gate_c.model_copy(
+        update={"static_min_image_speed_px_s": res.metrics["image_speed_p95_px_s"] + 1.0})})
+    again = run_gate_on(GATE_ID, tmp_path / "v.zarr.zip", lenient)
+    assert again.reason_code != "video_kinematics_mismatch", again.metrics
+
+
+def test_a_genuine_video_changes_well_above_the_still_threshold(samples):  # noqa: F811
+    for key in ROBOTS:
+        res = run_gate_on(GATE_ID, samples.path(key))
+        assert res.metrics["video_max_changed_fraction"] > 5 * CONFIG.gate_c.static_max_changed_fraction, key
