@@ -139,7 +139,9 @@ def submit(
                 out = client.submit(path, pair, max_wait_s=timeout)  # rate limited: wait, then go on
                 outcomes.append(out)
                 if out.accepted:
-                    console.print(f"{out.submission_id}  [green]accepted for verification[/green]  {path}")
+                    how = "resumed (stuck without a verdict): sent to verification again" if out.resumed \
+                        else "accepted for verification"
+                    console.print(f"{out.submission_id}  [green]{how}[/green]  {path}")
                 else:
                     rejected += 1
                     console.print(f"{out.submission_id}  [red]refused[/red] "
@@ -148,13 +150,14 @@ def submit(
                 for out in outcomes:
                     if not out.accepted:
                         continue
-                    rep = client.wait_report(out.submission_id, timeout)
+                    # this upload's own verdict: not another upload's under the same submission id
+                    rep = client.wait_upload(out.upload_id, timeout)
                     ok = rep.get("verdict") == "accepted"
                     rejected += 0 if ok else 1
                     colour = "green" if ok else "red"
-                    console.print(f"{out.submission_id}  verdict [{colour}]{rep.get('verdict')}[/{colour}] "
-                                  f"{rep.get('reason_code') or ''} {rep.get('failed_gate') or ''} "
-                                  f"points {rep.get('points', 0):g}")
+                    console.print(f"{out.submission_id}  verdict [{colour}]{rep.get('verdict') or rep['status']}"
+                                  f"[/{colour}] {rep.get('reason_code') or ''} {rep.get('failed_gate') or ''} "
+                                  f"points {rep.get('points') or 0:g}")
     except KibotosError as exc:
         _fail(exc)
     raise typer.Exit(1 if rejected else 0)
@@ -167,16 +170,22 @@ def report(submission_id: str, api: Optional[str] = API_OPTION,
 
     Example: kibotos miner report 0787f2c0-bf31-5b9d-8dbd-f197dfa63fe4 --json
     """
-    from kibotos.ingest.client import IngestClient
+    from kibotos.ingest.client import IngestClient, IngestRefused
 
     try:
         with IngestClient(_api(api)) as client:
-            rep = client.report(submission_id)
+            rep = client.fetch_report(submission_id)
+    except IngestRefused as exc:
+        if exc.status != 404:
+            _fail(exc)
+        err.print(escape(f"no verdict for {submission_id} [{exc.reason_code}]: {exc}"))
+        for attempt in exc.body.get("details", {}).get("rejected_uploads", []):
+            # attempts are not the submission's verdict: anyone may upload under any id
+            err.print(escape(f"  upload {attempt['upload_id']} by {attempt['miner_id']} rejected at ingestion: "
+                             f"[{attempt['reason_code']}]"))
+        raise typer.Exit(1)
     except KibotosError as exc:
         _fail(exc)
-    if rep is None:
-        err.print(f"no report for {submission_id} yet")
-        raise typer.Exit(1)
     if as_json:
         print(json.dumps(rep, indent=2, default=str))
         return

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     ingest_max_concurrent_verifications: int = Field(default=4, ge=1)  # busy beyond: 503 + Retry-After
     ingest_request_max_skew_s: int = Field(default=300, ge=1)  # signed upload requests must be this fresh
     ingest_keep_rejected: bool = False  # keep bundles rejected at ingestion (audit) or delete them
+    # an accepted submission with no final verdict this long after it was (last) sent to
+    # verification is stuck: its owner's re-upload of the same bundle resumes it
+    ingest_resume_after_s: int = Field(default=900, ge=0)
 
     # Evidence jobs after gate E, in order, run by the GPU consumer group (gpu_consumers/):
     # gate F pose quality, IK residual, Genesis playback, sim-vs-real alignment (after

@@ -59,25 +59,68 @@ def _rows(client, sql: str, parameters: dict[str, Any] | None = None) -> list[di
     return [dict(zip(result.column_names, row)) for row in result.result_rows]
 
 
-def get_report(client, submission_id: str) -> dict[str, Any] | None:
+ATTEMPT_GATE = "ingest_integrity"  # its verdicts judge one upload attempt (streams/sink_rows.py)
+
+
+def get_report(client, submission_id: str, *, attempts: bool = True) -> dict[str, Any] | None:
     """The latest verification report of a submission, or ``None`` if there is none.
 
     Returns the full report as the deciding processor wrote it (``report_json``), plus
-    ``decided_at`` and ``bundle_uri`` from the verdict.
+    ``decided_at`` and ``bundle_uri`` from the verdict, and ``final``: ``True`` for the
+    submission's verdict. Without one, and with ``attempts``, the latest upload attempt
+    rejected by the ingest checks stands in, marked ``final: False`` with its
+    ``upload_id``: the attempt's uploader (``miner_id``) may be anyone, and another upload
+    of the submission may still be accepted — an attempt never replaces or pre-empts the
+    submission's verdict, whatever the order of the decisions.
     """
     rows = _rows(
         client,
-        f"""SELECT report_json, bundle_uri, toUnixTimestamp64Milli(decided_at) AS decided_at_ms
+        f"""SELECT report_json, bundle_uri, toUnixTimestamp64Milli(decided_at) AS decided_at_ms,
+               ifNull(failed_gate, '') = '{ATTEMPT_GATE}' AS attempt
         FROM {DB}.verification_reports FINAL WHERE submission_id = {{sid:String}}""",
         {"sid": submission_id},
     )
-    if not rows:
+    # rows written before upload_verdicts existed held ingest rejections too: not final
+    if rows and not rows[0]["attempt"]:
+        return _report(rows[0], final=True)
+    if not attempts:
         return None
-    row = rows[0]
+    latest = upload_verdicts(client, submission_id)
+    if latest:
+        return latest[-1]
+    return _report(rows[0], final=False) if rows else None
+
+
+def _report(row: dict[str, Any], *, final: bool) -> dict[str, Any]:
     report = json.loads(row["report_json"])
     report.setdefault("bundle_uri", row["bundle_uri"])
     report["decided_at"] = iso_ms(row["decided_at_ms"])
+    report["final"] = final
     return report
+
+
+def upload_verdicts(client, submission_id: str | None = None, *,
+                    upload_id: str | None = None) -> list[dict[str, Any]]:
+    """Upload attempts rejected by the ingest checks (``upload_verdicts``), oldest first:
+    of one submission, or the one ``upload_id``. Each is its report with ``upload_id``,
+    ``decided_at`` and ``final: False`` (an attempt is never a submission's verdict)."""
+    clauses, params = [], {}
+    if submission_id is not None:
+        clauses.append("submission_id = {sid:String}")
+        params["sid"] = submission_id
+    if upload_id is not None:
+        clauses.append("upload_id = {uid:String}")
+        params["uid"] = upload_id
+    if not clauses:
+        raise ValueError("upload_verdicts needs a submission_id or an upload_id")
+    rows = _rows(
+        client,
+        f"""SELECT upload_id, report_json, bundle_uri, toUnixTimestamp64Milli(decided_at) AS decided_at_ms
+        FROM {DB}.upload_verdicts FINAL WHERE {' AND '.join(clauses)}
+        ORDER BY decided_at, upload_id""",
+        params,
+    )
+    return [_report(r, final=False) | {"upload_id": r["upload_id"]} for r in rows]
 
 
 def gate_results(client, submission_id: str) -> list[dict[str, Any]]:

@@ -2,7 +2,8 @@
 
 It consumes ``submissions.received``, ``verdicts``, ``ledger.entries`` and
 ``dead.letters`` and writes ``submissions``, ``verification_reports`` + ``gate_results``,
-``points_ledger`` and ``dead_letters``. Why a sink rather than processors writing
+``points_ledger`` and ``dead_letters``; a verdict of the ingest checks (one upload
+attempt, not the submission) goes to ``upload_verdicts`` instead. Why a sink rather than processors writing
 directly: the embedded ClickHouse (chdb) is locked to one process, and ClickHouse wants
 few large inserts rather than many small ones.
 

@@ -33,6 +33,10 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
         "entry_id", "miner_id", "submission_id", "kind", "points", "config_version", "created_at",
         "score", "components_json", "weights_json",
     ),
+    "upload_verdicts": (
+        "submission_id", "upload_id", "miner_id", "verdict", "reason_code", "failed_gate", "config_version",
+        "bundle_uri", "report_json", "decided_at",
+    ),
     "dead_letters": (
         "source_topic", "source_partition", "source_offset", "processor_id", "key", "payload",
         "error_code", "error_message", "failed_at",
@@ -171,11 +175,34 @@ def verdict_rows(event: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, 
     return report_row, gate_rows
 
 
+# A rejection by the ingest checks judges one upload attempt, not the submission (anyone
+# can upload bytes under any submission_id): same value as kibotos.ingest.checks.INGEST_GATE,
+# which is not imported to keep the sink free of the bundle reader.
+ATTEMPT_GATE = "ingest_integrity"
+
+
+def is_attempt_verdict(event: dict[str, Any]) -> bool:
+    """True for a verdict on one upload attempt (never the submission's final verdict)."""
+    return event.get("failed_gate") == ATTEMPT_GATE
+
+
+def upload_verdict_row(event: dict[str, Any]) -> dict[str, Any]:
+    """An ingest rejection → its ``upload_verdicts`` row, keyed by (submission_id, upload_id).
+
+    Records written before verdict v2 carry no ``upload_id``; their upload id is the stem
+    of the object key the ingest API stored them under (``.../<upload_id>.zarr.zip``)."""
+    _parse_report(event)
+    upload_id = event.get("upload_id") or event["bundle_uri"].rsplit("/", 1)[-1].split(".", 1)[0]
+    return {**{column: event.get(column) for column in TABLE_COLUMNS["upload_verdicts"]}, "upload_id": upload_id}
+
+
 def rows_for(topic_id: str, event: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """``[(table, row), ...]`` for a decoded event from topic ``topic_id``."""
     if topic_id == "submissions.received":
         return [("submissions", submission_row(event))]
     if topic_id == "verdicts":
+        if is_attempt_verdict(event):  # kept per attempt: never replaces or pre-empts a submission's verdict
+            return [("upload_verdicts", upload_verdict_row(event))]
         report_row, gate_rows = verdict_rows(event)
         return [("verification_reports", report_row), *(("gate_results", row) for row in gate_rows)]
     if topic_id == "ledger.entries":

@@ -76,6 +76,8 @@ class Accepted(BaseModel):
     upload_id: str
     miner_id: str
     status: str = Field(description="accepted: verified at ingestion and sent to the gates")
+    resumed: bool = Field(default=False, description="true: a re-upload of a submission accepted earlier and "
+                                                      "stuck without a verdict, sent to the gates again")
     merkle_root: str
     manifest_sha256: str
     bundle_uri: str
@@ -104,6 +106,26 @@ class Report(BaseModel):
     reason_code: str | None = None
     failed_gate: str | None = None
     ingest: dict[str, Any] | None = None
+
+
+class UploadStatus(BaseModel):
+    """One upload and the verdict that is its own. ``status``: ``requested`` (ticket
+    issued, not completed), ``rejected`` (this attempt failed the ingest checks: a verdict
+    on the attempt, never on the submission), ``verification_pending``, ``decided`` (the
+    submission's final verdict, judged on this upload's bundle), ``superseded`` (the
+    submission was decided on another upload)."""
+
+    upload_id: str
+    submission_id: str
+    miner_id: str
+    status: str
+    decided: bool
+    bundle_sha256: str | None = None
+    verdict: str | None = None
+    reason_code: str | None = None
+    failed_gate: str | None = None
+    points: float | None = None
+    report: dict[str, Any] | None = None
 
 
 class LedgerEntry(BaseModel):
@@ -184,8 +206,9 @@ def create_app(service: IngestService) -> FastAPI:
     def request_upload(body: UploadRequest, request: Request) -> dict[str, Any]:
         """Request a presigned, expiring, size- and content-bound upload URL for one bundle.
 
-        401 unsigned/forged request or stale clock, 409 submission already accepted,
-        413 over the global size limit, 429 rate limited (with ``Retry-After``).
+        401 unsigned/forged request or stale clock, 409 ``request_replayed`` (a signed
+        request is single-use) or ``bundle_replayed`` (submission already accepted and
+        not stuck), 413 over the global size limit, 429 rate limited (with ``Retry-After``).
         """
         return service.request_upload(body.model_dump(), str(request.base_url))
 
@@ -230,16 +253,29 @@ def create_app(service: IngestService) -> FastAPI:
         passes, emit ``submissions.received``.
 
         422: rejected at ingestion — the body's ``reason_code`` says why, and a verdict
-        with that reason is recorded for the submission. 409: a replay of an accepted
-        bundle. 404: nothing uploaded yet. 410: the ticket expired.
+        with that reason is recorded for this upload attempt (not for the submission,
+        which its owner may still upload). 409: a replay of an accepted bundle. 404:
+        nothing uploaded yet. 410: the ticket expired. A re-upload of a submission
+        accepted earlier but stuck without a verdict is sent to the gates again
+        (``resumed: true``).
         """
         return service.complete(upload_id, body.ticket, body.signature)
+
+    @app.get("/v1/uploads/{upload_id}", response_model=UploadStatus, tags=["miners"],
+             responses=_errors(404, 422))
+    def get_upload(upload_id: str = PathParam(max_length=64)) -> dict[str, Any]:
+        """One upload's status and its own verdict: what ``kibotos miner submit --wait``
+        waits for. 404 ``upload_not_found``."""
+        return service.upload_status(upload_id)
 
     @app.get("/v1/reports/{submission_id}", response_model=Report, tags=["miners", "validators"],
              responses=_errors(404, 422))
     def get_report(submission_id: str = PathParam(max_length=64)) -> dict[str, Any]:
-        """The full verification report, with the ingestion receipt under ``ingest``.
-        404 ``verification_pending`` while the gates are still judging."""
+        """The submission's final verification report, with the accepted upload's
+        ingestion receipt under ``ingest``. 404 ``verification_pending`` while the gates
+        are still judging; 404 ``report_not_found`` otherwise — upload attempts rejected
+        at ingestion are not the submission's verdict (``details.rejected_uploads``
+        lists them; see ``GET /v1/uploads/{upload_id}``)."""
         return service.report(submission_id)
 
     @app.get("/v1/miners/{miner_id}/ledger", response_model=Ledger, tags=["miners"], responses=_errors(422))

@@ -36,6 +36,8 @@ class SubmitOutcome:
     reason_code: str | None = None
     detail: str = ""
     status: int = 200
+    upload_id: str | None = None  # this upload: its own verdict is GET /v1/uploads/{upload_id}
+    resumed: bool = False  # a stuck submission accepted earlier, sent to verification again
 
 
 class IngestClient:
@@ -98,13 +100,36 @@ class IngestClient:
         doc = signature.model_dump(mode="json") if isinstance(signature, BundleSignature) else signature
         return self._call("POST", grant["complete_url"], json={"ticket": grant["ticket"], "signature": doc})
 
+    def fetch_report(self, submission_id: str) -> dict[str, Any]:
+        """The submission's final report; :raises IngestRefused: none (404 with the reason:
+        ``verification_pending``, or ``report_not_found`` listing rejected upload attempts)."""
+        return self._call("GET", f"/v1/reports/{submission_id}")
+
     def report(self, submission_id: str) -> dict[str, Any] | None:
         try:
-            return self._call("GET", f"/v1/reports/{submission_id}")
+            return self.fetch_report(submission_id)
         except IngestRefused as exc:
             if exc.status == 404:
                 return None
             raise
+
+    def upload_status(self, upload_id: str) -> dict[str, Any]:
+        """One upload's status and its own verdict (``GET /v1/uploads/{upload_id}``)."""
+        return self._call("GET", f"/v1/uploads/{upload_id}")
+
+    def wait_upload(self, upload_id: str, timeout_s: float = 300.0, poll_s: float = 0.5) -> dict[str, Any]:
+        """Wait for the verdict of this upload — never another upload's: not an
+        attacker's rejected attempt under the same submission id, not a verdict judged on
+        another bundle. Returns the upload status once ``decided``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self.upload_status(upload_id)
+            if status.get("decided"):
+                return status
+            if time.monotonic() > deadline:
+                raise ServiceError(f"no verdict for upload {upload_id} after {timeout_s:.0f}s "
+                                   f"(status {status.get('status')})")
+            time.sleep(poll_s)
 
     def wait_report(self, submission_id: str, timeout_s: float = 300.0, poll_s: float = 0.5) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
@@ -140,6 +165,7 @@ class IngestClient:
         sid = str(signature.submission_id)
         deadline = time.monotonic() + max_wait_s
         while True:
+            grant: dict[str, Any] = {}
             try:
                 grant = self.request_upload(keypair, path, sid)
                 self.put(grant, path)
@@ -149,8 +175,10 @@ class IngestClient:
                 if exc.status in (429, 503) and time.monotonic() + wait <= deadline:
                     time.sleep(wait)
                     continue
-                return SubmitOutcome(path, sid, False, exc.reason_code, str(exc), exc.status)
-            return SubmitOutcome(path, done["submission_id"], True, None, done.get("merkle_root", ""))
+                return SubmitOutcome(path, sid, False, exc.reason_code, str(exc), exc.status,
+                                     upload_id=grant.get("upload_id"))
+            return SubmitOutcome(path, done["submission_id"], True, None, done.get("merkle_root", ""),
+                                 upload_id=done.get("upload_id"), resumed=bool(done.get("resumed")))
 
 
 def _error_body(resp: httpx.Response) -> dict[str, Any]:

@@ -20,7 +20,7 @@ class Receipt:
     submission_id: str
     upload_id: str
     miner_id: str
-    status: str  # "accepted" (sent to verification) | "rejected"
+    status: str  # "accepted" (sent to verification) | "rejected" | "resumed" (a stuck accepted one re-sent)
     reason_code: str | None
     merkle_root: str
     manifest_sha256: str
@@ -79,3 +79,12 @@ class Receipts:
 
     def for_submission(self, submission_id: str) -> list[Receipt]:
         return self._query("submission_id = {sid:String}", {"sid": submission_id})
+
+    def for_upload(self, upload_id: str) -> Receipt | None:
+        rows = self._query("upload_id = {uid:String}", {"uid": upload_id})
+        return rows[-1] if rows else None
+
+    def last_emitted_ms(self, submission_id: str) -> int | None:
+        """When the submission was last sent to verification: accepted, or resumed since."""
+        rows = self._query("submission_id = {sid:String} AND status IN ('accepted', 'resumed')", {"sid": submission_id})
+        return max((r.received_at for r in rows), default=None)

@@ -20,7 +20,7 @@ import os
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -168,8 +168,9 @@ class IngestService:
             retry = max(1, int(wait + 0.999))
             raise ApiError(429, "rate_limited", f"{scope} upload rate limit reached; retry in {retry}s",
                            details={"scope": scope, "retry_after_s": retry}, headers={"Retry-After": str(retry)})
-        if self.receipts.accepted(submission_id=sid) is not None:
-            raise ApiError(409, "bundle_replayed", f"submission {sid} was already accepted", submission_id=sid)
+        done = self.receipts.accepted(submission_id=sid)
+        if done is not None:
+            self._check_resumable(done, miner, req["sha256"])  # a stuck submission's owner may resume it
         self._maybe_sweep()
         key = f"incoming/{sid}/{upload_id}.zarr.zip"  # the URL signs the key: bound to this submission
         base = (self.settings.ingest_public_url or base_url).rstrip("/")
@@ -197,8 +198,15 @@ class IngestService:
         if done is not None:
             if done.upload_id == upload_id:  # a retried completion: same answer, no new event
                 return self._accepted_body(done)
-            self.store.delete(ticket.key)  # the duplicate's bytes are not kept
-            raise ApiError(409, "bundle_replayed", f"submission {sid} was already accepted", submission_id=sid)
+            resumed = self.receipts.for_upload(upload_id)
+            if resumed is not None and resumed.status == "resumed":  # a retried resume: same answer
+                return self._accepted_body(done) | {"upload_id": upload_id, "resumed": True}
+            try:
+                self._check_resumable(done, ticket.miner_id, ticket.sha256)
+            except ApiError:
+                self.store.delete(ticket.key)  # the duplicate's bytes are not kept
+                raise
+            return self._resume(ticket, done)
         if not self._verifying.acquire(timeout=10):
             raise ApiError(503, "ingest_busy", "too many uploads being verified; retry shortly",
                            headers={"Retry-After": "5"})
@@ -206,6 +214,72 @@ class IngestService:
             return self._verify_and_commit(ticket, signature_doc)
         finally:
             self._verifying.release()
+
+    # --- resume a stuck submission -------------------------------------------------------
+
+    def _check_resumable(self, done: Receipt, miner_id: str, sha256: str) -> None:
+        """Pass when a re-upload may resume the accepted submission ``done``: same miner,
+        same bytes, no final verdict, and nothing sent to verification for
+        ``ingest_resume_after_s``. Otherwise the replay answer, 409 ``bundle_replayed``.
+
+        :raises ApiError: not resumable.
+        """
+        sid = done.submission_id
+        if miner_id != done.miner_id or sha256 != done.bundle_sha256:
+            raise ApiError(409, "bundle_replayed", f"submission {sid} was already accepted", submission_id=sid)
+        if warehouse.get_report(self.client, sid, attempts=False) is not None:
+            raise ApiError(409, "bundle_replayed", f"submission {sid} was already accepted and judged",
+                           submission_id=sid, details={"decided": True})
+        last = self.receipts.last_emitted_ms(sid) or done.received_at
+        wait_s = self.settings.ingest_resume_after_s - (now_ms() - last) / 1000
+        if wait_s > 0:
+            retry = max(1, int(wait_s + 0.999))
+            raise ApiError(409, "bundle_replayed", f"submission {sid} was already accepted and is being verified; "
+                           f"a re-upload resumes it if it has no verdict in {retry}s", submission_id=sid,
+                           details={"decided": False, "resume_after_s": retry})
+
+    def _resume(self, ticket: UploadTicket, done: Receipt) -> dict[str, Any]:
+        """Send the stuck submission ``done`` to verification again: its stored
+        claim-check event (the accepted bundle's URI, hashes and metadata) is emitted
+        once more; every downstream effect absorbs a redelivery idempotently. The new
+        upload's bytes are kept only if the stored copy is gone."""
+        sid = ticket.submission_id
+        with self._commit:
+            self._check_resumable(done, ticket.miner_id, ticket.sha256)  # not resumed meanwhile
+            key = ticket.key if self.store.stat(ticket.key) is not None else None
+            if key is None:
+                raise ApiError(404, "upload_missing", "nothing was uploaded with this ticket (PUT the bundle "
+                               "to put_url first)", submission_id=sid)
+            try:
+                with self.store.open_local(key, max_bytes=ticket.size_bytes) as path:
+                    self._check_transport(path, ticket)
+            except IngestRejection as rej:
+                self.store.delete(key)
+                raise ApiError(422, rej.reason_code, str(rej), submission_id=sid, details=_json_safe(rej.metrics)) \
+                    from rej
+            except ObjectStoreError as exc:
+                raise ApiError(503, "service_unavailable", str(exc)) from exc
+            original = f"bundles/{sid}/{done.upload_id}.zarr.zip"
+            try:
+                if self.store.stat(original) is None:  # the accepted copy was lost: these bytes are the same
+                    self.store.move(key, original)
+                else:
+                    self.store.delete(key)
+            except (ObjectStoreError, OSError) as exc:
+                raise ApiError(503, "service_unavailable", f"cannot store the bundle: {exc}") from exc
+            manifest = json.loads(done.manifest_json or "{}")
+            task = manifest.get("task") if isinstance(manifest.get("task"), dict) else {}
+            event = {"submission_id": sid, "miner_id": done.miner_id, "bundle_uri": done.bundle_uri,
+                     "bundle_sha256": done.bundle_sha256, "bundle_size_bytes": done.bundle_size_bytes,
+                     "received_at": done.received_at, "robot_model_id": manifest.get("robot_model_id"),
+                     "task_id": task.get("task_id")}
+            try:
+                self.emitter.emit(self.catalogue.submissions_received, event)
+                self.receipts.insert(replace(done, upload_id=ticket.upload_id, status="resumed",
+                                             received_at=now_ms()))
+            except ServiceError as exc:
+                raise ApiError(503, "service_unavailable", f"{exc}; complete the upload again") from exc
+        return self._accepted_body(done) | {"upload_id": ticket.upload_id, "resumed": True}
 
     def _final_key(self, ticket: UploadTicket) -> str:
         return f"bundles/{ticket.submission_id}/{ticket.upload_id}.zarr.zip"
@@ -310,7 +384,8 @@ class IngestService:
             verdict = {"submission_id": sid, "miner_id": ticket.miner_id, "verdict": "rejected",
                        "reason_code": rej.reason_code, "failed_gate": INGEST_GATE,
                        "config_version": self.config_version, "decided_at": now_ms(), "points": 0.0,
-                       "report_json": report.model_dump_json(), "bundle_uri": uri}
+                       "report_json": report.model_dump_json(), "bundle_uri": uri,
+                       "upload_id": ticket.upload_id}  # judges this attempt, not the submission
             try:
                 self.emitter.emit(self.catalogue.verdicts, verdict)
                 self.receipts.insert(Receipt(
@@ -334,15 +409,53 @@ class IngestService:
     # --- reads ---------------------------------------------------------------------------
 
     def report(self, submission_id: str) -> dict[str, Any]:
-        report = warehouse.get_report(self.client, submission_id)
-        receipts = self.receipts.for_submission(submission_id)
+        """The submission's final verdict only: an upload attempt rejected by the ingest
+        checks is not one (anyone may upload under any submission id), so without a
+        final verdict the answer is 404 and the rejected attempts are listed in its
+        details (``GET /v1/uploads/{upload_id}`` has each one's report)."""
+        report = warehouse.get_report(self.client, submission_id, attempts=False)
+        accepted = self.receipts.accepted(submission_id=submission_id)
         if report is None:
-            if receipts and receipts[-1].status == "accepted":
+            if accepted is not None:
                 raise ApiError(404, "verification_pending", "accepted at ingestion; no verdict yet",
-                               submission_id=submission_id)
-            raise ApiError(404, "report_not_found", f"no report for {submission_id}", submission_id=submission_id)
-        report["ingest"] = receipts[-1].public() if receipts else None
+                               submission_id=submission_id, details={"upload_id": accepted.upload_id})
+            rejected = [{"upload_id": r.upload_id, "miner_id": r.miner_id, "reason_code": r.reason_code,
+                         "received_at": warehouse.iso_ms(r.received_at)}
+                        for r in self.receipts.for_submission(submission_id) if r.status == "rejected"]
+            raise ApiError(404, "report_not_found", f"no verdict for {submission_id}" +
+                           (f" ({len(rejected)} upload attempt(s) rejected at ingestion)" if rejected else ""),
+                           submission_id=submission_id, details={"rejected_uploads": rejected} if rejected else None)
+        report["ingest"] = accepted.public() if accepted else None
+        report["upload_id"] = accepted.upload_id if accepted else None
         return report
+
+    def upload_status(self, upload_id: str) -> dict[str, Any]:
+        """Where one upload stands, and the verdict that is its own: the attempt's own
+        rejection, or the submission's final verdict when it was judged on this upload's
+        bundle (its accepted or resumed receipt names the same stored object)."""
+        receipt = self.receipts.for_upload(upload_id)
+        if receipt is None:
+            spent = self.requests.find_upload(upload_id)
+            if spent is None:
+                raise ApiError(404, "upload_not_found", f"no upload {upload_id}")
+            return {"upload_id": upload_id, "submission_id": spent.submission_id, "miner_id": spent.miner_id,
+                    "status": "requested", "decided": False}
+        out: dict[str, Any] = {"upload_id": upload_id, "submission_id": receipt.submission_id,
+                               "miner_id": receipt.miner_id, "bundle_sha256": receipt.bundle_sha256}
+        if receipt.status == "rejected":
+            own = warehouse.upload_verdicts(self.client, receipt.submission_id, upload_id=upload_id)
+            return out | {"status": "rejected", "decided": True, "verdict": "rejected",
+                          "reason_code": receipt.reason_code, "failed_gate": INGEST_GATE, "points": 0.0,
+                          "report": own[-1] if own else None}
+        report = warehouse.get_report(self.client, receipt.submission_id, attempts=False)
+        if report is None:
+            return out | {"status": "verification_pending", "decided": False}
+        if report.get("bundle_uri") != receipt.bundle_uri:
+            # decided on another upload's bundle (only one upload of a submission is accepted)
+            return out | {"status": "superseded", "decided": True}
+        return out | {"status": "decided", "decided": True, "verdict": report.get("verdict"),
+                      "reason_code": report.get("reason_code"), "failed_gate": report.get("failed_gate"),
+                      "points": report.get("points"), "report": report}
 
     def ledger(self, miner_id: str) -> dict[str, Any]:
         entries = warehouse.ledger_entries(self.client, miner_id)

@@ -217,9 +217,18 @@ def test_report_and_ledger_endpoints(ingest, signed, chdb_client):
     for table, row in rows_for("verdicts", verdict):
         cols = list(row)
         chdb_client.insert(f"kibotos.{table}", [[row[c] for c in cols]], column_names=cols)
-    rep = ingest.client.report(sid)
-    assert rep["verdict"] == "rejected" and rep["reason_code"] == "signature_missing"
-    assert rep["failed_gate"] == "ingest_integrity" and rep["ingest"]["status"] == "rejected"
+    # a rejected upload attempt is not the submission's verdict: the report says so and
+    # names the attempt; the attempt's own status carries its verdict and report
+    assert ingest.client.report(sid) is None
+    with pytest.raises(IngestRefused) as exc:
+        ingest.client.fetch_report(sid)
+    assert (exc.value.status, exc.value.reason_code) == (404, "report_not_found")
+    [attempt] = exc.value.body["details"]["rejected_uploads"]
+    assert attempt["reason_code"] == "signature_missing" and attempt["miner_id"] == ALICE.miner_id
+    own = ingest.client.upload_status(attempt["upload_id"])
+    assert (own["status"], own["verdict"], own["reason_code"], own["failed_gate"]) == (
+        "rejected", "rejected", "signature_missing", "ingest_integrity")
+    assert own["report"]["upload_id"] == attempt["upload_id"] and own["report"]["final"] is False
     assert ingest.client.report(str(uuid.uuid4())) is None
     led = ingest.client.ledger(ALICE.miner_id)
     assert led == {"miner_id": ALICE.miner_id, "balance": 0.0, "entries": []}

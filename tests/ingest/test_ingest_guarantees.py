@@ -76,3 +76,135 @@ def test_a_v1_verdict_already_on_a_topic_reads_with_no_upload_id(tmp_path):
     assert current.loads(v1.dumps(old))["upload_id"] is None
     new = {**EVENT_FACTORIES["verdict"](), "upload_id": "u-1"}
     assert v1.loads(current.dumps(new))["submission_id"] == new["submission_id"]
+
+
+# --- a rejected upload attempt is not the submission's verdict --------------------------
+
+def _forged(path) -> dict:
+    """Alice's sidecar with eve's signature over it: what eve can make of a captured bundle."""
+    doc = _sidecar(path)
+    doc["signature"] = EVE.sign(BundleSignature.model_validate(doc).message())
+    return doc
+
+
+def _final_verdict(sid: str, miner: str, bundle_uri: str, verdict: str = "accepted") -> dict:
+    """The verdict the gates would publish on a submission (the gate workers do not run here)."""
+    from kibotos.report import VerificationReport
+
+    rep = VerificationReport(submission_id=sid, miner_id=miner, verdict=verdict, gates=[], points=7.0,
+                             config_version="gates-test")
+    return {"submission_id": sid, "miner_id": miner, "verdict": verdict, "reason_code": None, "failed_gate": None,
+            "config_version": "gates-test", "decided_at": int(time.time() * 1000), "points": 7.0,
+            "report_json": rep.model_dump_json(), "bundle_uri": bundle_uri}
+
+
+class Sink:
+    """The real ClickHouse sink over the test's topics and store, polled on demand."""
+
+    def __init__(self, env):
+        import uuid
+
+        from streams.sink import ClickHouseSink
+
+        self.env = env
+        self.sink = ClickHouseSink(env.service.client, env.catalogue, env.bootstrap, f"t-sink-{uuid.uuid4().hex[:8]}",
+                                   flush_interval_s=0.2)
+
+    def until(self, done, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert time.monotonic() < deadline, "the sink did not write the expected rows"
+            self.sink.poll_once()
+
+    def count(self, table: str, sid: str) -> int:
+        return self.env.service.client.query(f"SELECT count() FROM kibotos.{table} FINAL WHERE submission_id = "
+                                             "{sid:String}", parameters={"sid": sid}).result_rows[0][0]
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+def test_an_attackers_rejected_uploads_never_become_the_victims_verdict(ingest, signed):
+    from kibotos import warehouse
+    from kibotos.errors import ServiceError
+    from kibotos.ingest.client import IngestRefused
+
+    path = signed.write(ALICE)
+    sid = _sidecar(path)["submission_id"]
+    # eve captured alice's bundle and submission id: two uploads under it, refused at ingestion
+    eve_uploads = []
+    for _ in range(2):
+        grant, refused = ingest.submit(path, EVE, _forged(path))
+        assert isinstance(refused, IngestRefused) and refused.status == 422, refused
+        eve_uploads.append(grant["upload_id"])
+    # ... and published as verdicts on those attempts, keyed by their upload ids
+    attempts = ingest.verdicts(2)
+    assert sorted(v["upload_id"] for v in attempts) == sorted(eve_uploads)
+    assert all(v["submission_id"] == sid and v["failed_gate"] == "ingest_integrity" for v in attempts)
+    # alice's own upload of her submission is accepted all the same
+    mine = ingest.client.submit(path, ALICE)
+    assert mine.accepted and mine.upload_id not in eve_uploads
+    sink = Sink(ingest)
+    try:
+        sink.until(lambda: sink.count("upload_verdicts", sid) == 2)
+        assert sink.count("verification_reports", sid) == 0 and sink.count("gate_results", sid) == 0
+        # alice sees her submission pending, never eve's rejection
+        assert ingest.client.upload_status(mine.upload_id)["status"] == "verification_pending"
+        with pytest.raises(IngestRefused) as exc:
+            ingest.client.fetch_report(sid)
+        assert (exc.value.status, exc.value.reason_code) == (404, "verification_pending")
+        with pytest.raises(ServiceError, match="no verdict for upload"):
+            ingest.client.wait_upload(mine.upload_id, timeout_s=1.0, poll_s=0.2)
+        # the gates decide: that verdict is alice's, whatever the order of the decisions
+        [received] = ingest.received(1)
+        ingest.service.emitter.emit(ingest.catalogue.verdicts, _final_verdict(sid, ALICE.miner_id,
+                                                                              received["bundle_uri"]))
+        sink.until(lambda: sink.count("verification_reports", sid) == 1)
+    finally:
+        sink.close()
+    own = ingest.client.wait_upload(mine.upload_id, timeout_s=10)
+    assert (own["status"], own["verdict"], own["points"]) == ("decided", "accepted", 7.0)
+    rep = ingest.client.report(sid)
+    assert rep["verdict"] == "accepted" and rep["upload_id"] == mine.upload_id and rep["final"] is True
+    assert rep["ingest"]["upload_id"] == mine.upload_id and rep["ingest"]["status"] == "accepted"
+    assert warehouse.get_report(ingest.service.client, sid)["verdict"] == "accepted"
+    # eve's attempts keep their own verdicts, as attempts
+    for upload_id in eve_uploads:
+        theirs = ingest.client.upload_status(upload_id)
+        assert (theirs["status"], theirs["miner_id"]) == ("rejected", EVE.miner_id)
+        assert theirs["report"]["final"] is False and theirs["report"]["upload_id"] == upload_id
+
+
+def test_attempt_verdicts_are_stored_apart_from_submission_verdicts(chdb_client):
+    """Pure routing and read precedence (no broker): an attempt rejection, even decided
+    after the submission's verdict, never replaces it; alone it reads as not final."""
+    from kibotos import warehouse
+    from kibotos.report import GateResult, VerificationReport
+    from streams.sink_rows import TABLE_COLUMNS, rows_for
+
+    def store(event):
+        for table, row in rows_for("verdicts", event):
+            cols = list(TABLE_COLUMNS[table])
+            chdb_client.insert(f"kibotos.{table}", [[row[c] for c in cols]], column_names=cols)
+
+    sid, now = "11111111-2222-4333-8444-555555555555", int(time.time() * 1000)
+    attempt_rep = VerificationReport(submission_id=sid, miner_id="eve", verdict="rejected",
+                                     reason_code="signature_invalid", failed_gate="ingest_integrity",
+                                     config_version="gates-test", gates=[GateResult(gate="ingest_integrity", passed=False,
+                                                       reason_code="signature_invalid")])
+    attempt = {**_final_verdict(sid, "eve", f"file:///x/incoming/{sid}/up-1.zarr.zip", "rejected"),
+               "reason_code": "signature_invalid", "failed_gate": "ingest_integrity", "points": 0.0,
+               "report_json": attempt_rep.model_dump_json(), "upload_id": "up-1", "decided_at": now}
+    assert [t for t, _ in rows_for("verdicts", attempt)] == ["upload_verdicts"]
+    store(attempt)
+    alone = warehouse.get_report(chdb_client, sid)
+    assert (alone["final"], alone["upload_id"], alone["reason_code"]) == (False, "up-1", "signature_invalid")
+    assert warehouse.get_report(chdb_client, sid, attempts=False) is None
+    store(_final_verdict(sid, "alice", f"file:///x/bundles/{sid}/up-2.zarr.zip") | {"decided_at": now - 5000})
+    # a verdict written before v2 (no upload_id) is still an attempt, keyed by its object's name
+    store({k: v for k, v in attempt.items() if k != "upload_id"} | {
+        "bundle_uri": f"file:///x/incoming/{sid}/up-3.zarr.zip", "decided_at": now + 5000})
+    final = warehouse.get_report(chdb_client, sid)
+    assert (final["final"], final["verdict"], final["miner_id"]) == (True, "accepted", "alice")
+    assert [a["upload_id"] for a in warehouse.upload_verdicts(chdb_client, sid)] == ["up-1", "up-3"]
+    assert warehouse.gate_results(chdb_client, sid) == []  # attempts add no gate rows to the submission
