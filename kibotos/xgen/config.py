@@ -1,0 +1,118 @@
+"""Versioned XGen config (``kibotos/config/xgen.yaml``), read with the project's one YAML
+loader (``kibotos.config_files``)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kibotos.config_files import read_yaml, validate
+from kibotos.errors import ConfigError
+
+DEFAULT_PATH = Path(__file__).resolve().parent.parent / "config" / "xgen.yaml"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PoseConfig(_Frozen):
+    estimator: str
+    min_detection_rate: float = Field(ge=0, le=1)
+    min_confidence: float = Field(ge=0, le=1)
+    max_gap_s: float = Field(ge=0)
+    smooth_sigma_s: float = Field(ge=0)
+
+
+class RetargetWeights(_Frozen):
+    pelvis_position: float = Field(ge=0)
+    pelvis_orientation: float = Field(ge=0)
+    torso_orientation: float = Field(ge=0)
+    foot_orientation: float = Field(ge=0)
+    knee: float = Field(ge=0)
+    ankle: float = Field(ge=0)
+    elbow: float = Field(ge=0)
+    wrist: float = Field(ge=0)
+    palm: float = Field(ge=0)
+    posture: float = Field(gt=0)
+
+
+class RetargetConfig(_Frozen):
+    iterations: int = Field(ge=1)
+    first_frame_iterations: int = Field(ge=1)
+    damping: float = Field(ge=0)
+    stance_hysteresis_m: float = Field(ge=0)
+    planted_height_m: float = Field(gt=0)
+    planted_speed_m_per_frame: float = Field(gt=0)
+    max_mean_residual_m: float = Field(gt=0)
+    weights: RetargetWeights
+
+
+class InteractionConfig(_Frozen):
+    hold_width_tolerance_m: float = Field(gt=0)
+    min_hold_s: float = Field(gt=0)
+    min_forward_m: float
+    max_hold_width_m: float = Field(gt=0)
+    min_hold_width_m: float = Field(gt=0)
+    lift_threshold_m: float = Field(gt=0)
+    box_depth_m: float = Field(gt=0)
+    min_box_depth_m: float = Field(gt=0)
+    torso_clearance_m: float = Field(ge=0)
+    refine_iterations: int = Field(ge=1)
+    contact_tolerance_m: float = Field(gt=0)
+    max_face_distance_m: float = Field(gt=0)
+    gravity_m_s2: float = Field(gt=0)
+    default_mass_kg: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "InteractionConfig":
+        if self.max_hold_width_m <= self.min_hold_width_m:
+            raise ValueError("interaction.max_hold_width_m must exceed min_hold_width_m")
+        return self
+
+
+class AugmentConfig(_Frozen):
+    seed: int
+    size_scales: tuple[float, ...]
+    yaw_offsets_deg: tuple[float, ...]
+    masses_kg: tuple[float, ...]
+    speeds: tuple[float, ...]
+    mirror: bool
+    base_offsets_m: tuple[tuple[float, float, float], ...]
+    min_clips: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _positive(self) -> "AugmentConfig":
+        if any(v <= 0 for v in (*self.size_scales, *self.masses_kg, *self.speeds)):
+            raise ValueError("augment size_scales, masses_kg and speeds must be positive")
+        return self
+
+
+class ExportConfig(_Frozen):
+    float_dtype: str = Field(pattern="^(float32|float64)$")
+
+
+class XGenConfig(_Frozen):
+    config_version: str
+    pose: PoseConfig
+    retarget: RetargetConfig
+    interaction: InteractionConfig
+    augment: AugmentConfig
+    export: ExportConfig
+
+
+def parse_xgen_config(raw: dict[str, Any]) -> XGenConfig:
+    return validate(XGenConfig, raw, "xgen")
+
+
+@functools.lru_cache(maxsize=8)
+def load_xgen_config(path: Path | None = None) -> XGenConfig:
+    """The XGen config at ``path`` (default: the packaged ``config/xgen.yaml``)."""
+    path = Path(path) if path else DEFAULT_PATH
+    raw = read_yaml(path, "xgen")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"xgen config {path} is not a mapping")
+    return parse_xgen_config(raw)
