@@ -208,3 +208,97 @@ def test_attempt_verdicts_are_stored_apart_from_submission_verdicts(chdb_client)
     assert (final["final"], final["verdict"], final["miner_id"]) == (True, "accepted", "alice")
     assert [a["upload_id"] for a in warehouse.upload_verdicts(chdb_client, sid)] == ["up-1", "up-3"]
     assert warehouse.gate_results(chdb_client, sid) == []  # attempts add no gate rows to the submission
+
+
+# --- --wait waits for its own upload's verdict ----------------------------------------------
+
+def test_miner_submit_wait_prints_its_own_verdict_not_an_attackers(ingest, signed, tmp_path):
+    import threading
+
+    from typer.testing import CliRunner
+
+    from kibotos.cli import app
+
+    key = ALICE.save(tmp_path / "alice.json")
+    path = signed.write(ALICE)
+    sid = _sidecar(path)["submission_id"]
+    _, refused = ingest.submit(path, EVE, _forged(path))  # eve got there first
+    assert refused.status == 422
+    sink = Sink(ingest)
+    failures: list[BaseException] = []
+
+    def gates() -> None:  # stands in for the gate workers: alice's verdict comes a while later
+        try:
+            [received] = ingest.received(1, timeout=60)
+            sink.until(lambda: sink.count("upload_verdicts", sid) == 1)  # eve's rejection is readable first
+            time.sleep(1.5)
+            ingest.service.emitter.emit(ingest.catalogue.verdicts,
+                                        _final_verdict(sid, ALICE.miner_id, received["bundle_uri"]))
+            sink.until(lambda: sink.count("verification_reports", sid) == 1)
+        except BaseException as exc:  # reported by the test thread
+            failures.append(exc)
+
+    worker = threading.Thread(target=gates)
+    worker.start()
+    try:
+        out = CliRunner().invoke(app, ["miner", "submit", str(path), "-k", str(key), "--api", ingest.url, "--wait",
+                                       "--timeout", "60"], catch_exceptions=False)
+    finally:
+        worker.join(90)
+        sink.close()
+    assert not failures, failures
+    assert out.exit_code == 0, out.stdout
+    assert f"{sid}  verdict accepted" in out.stdout and "points 7" in out.stdout
+    assert "signature_invalid" not in out.stdout and "rejected" not in out.stdout
+
+
+# --- a stuck submission is resumed by its re-upload --------------------------------------
+
+@pytest.mark.ingest_settings(ingest_resume_after_s=3)
+def test_reupload_of_a_stuck_submission_resumes_it_and_a_decided_one_is_refused(ingest, signed):
+    path = signed.write(ALICE)
+    sid = _sidecar(path)["submission_id"]
+    first = ingest.client.submit(path, ALICE)
+    assert first.accepted and not first.resumed
+    # still within the bound: a re-upload is a replay
+    again = ingest.client.submit(path, ALICE)
+    assert (again.status, again.reason_code) == (409, "bundle_replayed") and "resumes it" in again.detail
+    time.sleep(3.2)
+    # stuck: nothing decided it. Only its owner's upload of the same bytes resumes it
+    eve = ingest.client.submit(path, EVE, signature=BundleSignature.model_validate(_sidecar(path)))
+    assert (eve.status, eve.reason_code) == (409, "bundle_replayed")
+    other = signed.write(ALICE, manifest={"submission_id": sid})
+    assert (ingest.client.submit(other, ALICE).reason_code) == "bundle_replayed"
+    # the accepted copy was lost from the store: the re-upload's bytes take its place
+    store = ingest.service.store
+    [stored] = [o.key for o in store.list("bundles/")]
+    store.delete(stored)
+    resumed = ingest.client.submit(path, ALICE)
+    assert resumed.accepted and resumed.resumed and resumed.upload_id != first.upload_id
+    # the bound starts again from the resume
+    assert ingest.client.submit(path, ALICE).reason_code == "bundle_replayed"
+    assert [o.key for o in store.list("bundles/")] == [stored] and list(store.list("incoming/")) == []
+    # the stored claim-check event went out again, unchanged: the same submission, bundle and time
+    assert ingest.received_count() == 2
+    original, repeat = ingest.received(2)
+    assert repeat == original
+    assert original["robot_model_id"] == signed.base.manifest["robot_model_id"]
+    # stuck again, the stored copy in place: resumed again, the new bytes are not kept
+    time.sleep(3.2)
+    assert ingest.client.submit(path, ALICE).resumed
+    assert [o.key for o in store.list("bundles/")] == [stored] and list(store.list("incoming/")) == []
+    assert ingest.received_count() == 3
+    # decided: a re-upload is refused for good, and both uploads point at that verdict
+    sink = Sink(ingest)
+    try:
+        ingest.service.emitter.emit(ingest.catalogue.verdicts,
+                                    _final_verdict(sid, ALICE.miner_id, original["bundle_uri"]))
+        sink.until(lambda: sink.count("verification_reports", sid) == 1)
+    finally:
+        sink.close()
+    time.sleep(3.2)
+    decided = ingest.client.submit(path, ALICE)
+    assert (decided.status, decided.reason_code) == (409, "bundle_replayed")
+    assert ingest.received_count() == 3
+    for upload_id in (first.upload_id, resumed.upload_id):
+        assert ingest.client.upload_status(upload_id)["verdict"] == "accepted"
