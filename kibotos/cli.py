@@ -449,6 +449,49 @@ def bench_pipeline(
         console.print(f"wrote {write_json(result, json_out)}")
 
 
+@bench_app.command("faults")
+def bench_faults(
+    scenarios: str = typer.Option("gate_worker,broker,broker_store,up,sink,sink_down,novelty",
+                                  help="comma-separated: gate_worker, broker, broker_store, up, sink, sink_down, "
+                                       "novelty, gpu_consumer (Ray + IK)"),
+    submissions: int = typer.Option(8, min=2, help="episodes per scenario (half before the fault, half after)"),
+    workers: int = typer.Option(2, min=1, help="gate worker processes"),
+    sink_down: float = typer.Option(60.0, "--sink-down", min=1, help="seconds the sink stays down in sink_down"),
+    timeout_s: float = typer.Option(600.0, "--timeout", min=10, help="seconds to wait for the verdicts per scenario"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the result here"),
+) -> None:
+    """Fault drills through the real stack (`kibotos up` in a process of its own): SIGKILL a
+    gate worker, the broker, its SeaweedFS, `kibotos up` itself, a GPU consumer; stop the sink
+    or the novelty thread; then count submitted / verdicts / duplicates / lost / paid twice
+    and the recovery time.
+
+    Example: kibotos bench faults --scenarios gate_worker,up --submissions 6 --sink-down 20
+    """
+    from benchmarks.faults import run_faults_bench, write_json
+
+    try:
+        result = run_faults_bench([s.strip() for s in scenarios.split(",") if s.strip()], submissions,
+                                  workers=workers, sink_down_s=sink_down, timeout_s=timeout_s,
+                                  progress=lambda m: console.print(f"[dim]{escape(m)}[/dim]"))
+    except ValueError as exc:
+        err.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(2)
+    except KibotosError as exc:
+        _fail(exc)
+    table = Table(title=f"fault drills: {submissions} submissions each, {workers} gate workers")
+    for col in ("scenario", "submitted", "verdicts", "duplicates", "lost", "paid twice", "unpaid", "recovery s",
+                "startup s"):
+        table.add_column(col)
+    for r in result["results"]:
+        table.add_row(r["scenario"], str(r["submitted"]), str(r["verdicts"]), str(r["duplicates"]), str(r["lost"]),
+                      str(r["paid_twice"]), str(r["unpaid"]), f"{r['recovery_s']:g}", f"{r['startup_s']:g}")
+    console.print(table)
+    if json_out:
+        console.print(f"wrote {write_json(result, json_out)}")
+    if any(r["lost"] or r["paid_twice"] for r in result["results"]):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

@@ -84,9 +84,13 @@ class Slot:
         self.restarts = 0
         self.backoff = BACKOFF_FIRST_S
         self.due_at: float | None = None  # when a restart of a dead handle is due
+        self.paused = False  # stopped on request (``pause``): restarted when due, no back-off
+        self.event = threading.Event()  # a thread's stop signal
 
     def start(self) -> None:
-        self.handle = self._start()
+        self.event = threading.Event()
+        self.handle = self._start(self.event)
+        self.paused = False
         self.started_at = time.monotonic()
         self.due_at = None
 
@@ -202,12 +206,12 @@ class Stack:
                                    self.settings.ingest_port).start()
         self.log(f"ingest   API {self.ingest.url} (presigned uploads, signatures, rate limits)")
         for i in range(self.workers):
-            self._add_slot("worker", f"worker-{i}", lambda i=i: self._spawn_worker(i))
+            self._add_slot("worker", f"worker-{i}", lambda _, i=i: self._spawn_worker(i))
         self.log(f"workers  {self.workers} gate worker process(es); read API {self.query.url}, "
                  f"Prometheus {self.query.url}/metrics")
         if self.settings.evidence_jobs:
             for i in range(self.gpu_consumers):
-                self._add_slot("gpu", f"gpu-{i}", lambda i=i: self._spawn_gpu_consumer(i))
+                self._add_slot("gpu", f"gpu-{i}", lambda _, i=i: self._spawn_gpu_consumer(i))
             self.log(f"evidence {self.gpu_consumers} GPU consumer process(es), Ray actors for "
                      f"{', '.join(self.settings.evidence_jobs)} ({self.settings.gpu_actors_per_kind} per kind)")
         else:
@@ -229,8 +233,8 @@ class Stack:
         except ServiceError as exc:
             self.log(f"reconcile first pass failed: {exc}")
         if self.reconcile_every_s:
-            self._add_slot("reconciler", "reconciler", lambda: self._thread(
-                "reconciler", self.reconciler.run, self._stop, self.reconcile_every_s))
+            self._add_slot("reconciler", "reconciler", lambda stop: self._thread(
+                "reconciler", self.reconciler.run, stop, self.reconcile_every_s))
 
     def reconcile_now(self) -> dict:
         """One reconciliation pass (``kibotos admin reconcile`` against this stack)."""
@@ -241,17 +245,17 @@ class Stack:
         thread.start()
         return thread
 
-    def _start_sink(self) -> threading.Thread:
+    def _start_sink(self, stop: threading.Event) -> threading.Thread:
         if self.sink is not None:
             self.sink.close()
         self.sink = ClickHouseSink(self.client, self.catalogue, self.bootstrap,
                                    f"{self.settings.consumer_group_prefix}-{self.settings.topic_prefix}sink")
-        return self._thread("sink", self.sink.run, self._stop)
+        return self._thread("sink", self.sink.run, stop)
 
-    def _start_novelty(self) -> threading.Thread:
+    def _start_novelty(self, stop: threading.Event) -> threading.Thread:
         if self.novelty is not None:
             self.novelty.close()
-        thread, self.novelty = start_novelty_thread(self.settings, self.client, self.bootstrap, self._stop, self.store)
+        thread, self.novelty = start_novelty_thread(self.settings, self.client, self.bootstrap, stop, self.store)
         return thread
 
     def _add_slot(self, kind: str, name: str, start) -> Slot:
@@ -326,7 +330,7 @@ class Stack:
                 if now - slot.started_at > HEALTHY_AFTER_S:
                     slot.backoff = BACKOFF_FIRST_S
                 continue
-            if slot.due_at is None:
+            if slot.due_at is None and not slot.paused:
                 code = slot.handle.returncode if isinstance(slot.handle, subprocess.Popen) else None
                 slot.due_at = now + slot.backoff
                 self.log(f"[yellow]down[/yellow]     {slot.name} ({'exit code ' + str(code) if code is not None else 'ended'})"
@@ -350,9 +354,42 @@ class Stack:
             self._write_state()
         return restarted
 
+    def pause(self, name: str, seconds: float) -> None:
+        """Take one component down for ``seconds`` (fault drills, ``kibotos bench
+        faults``): a process is SIGKILLed, a thread is stopped and its consumer closed
+        without a goodbye commit beyond what it had done; the supervisor starts it again
+        when the time is up."""
+        slot = next((s for s in self.slots if s.name == name), None)
+        if slot is None:
+            raise ServiceError(f"no component {name!r}; known: {', '.join(s.name for s in self.slots)}")
+        if isinstance(slot.handle, subprocess.Popen):
+            slot.handle.kill()
+            slot.handle.wait(10)
+        else:
+            slot.event.set()
+            slot.handle.join(30)
+            # its consumer leaves the group, so its partitions wait for the restart
+            if name == "sink" and self.sink is not None:
+                self.sink.close()
+                self.sink = None
+            if name == "novelty" and self.novelty is not None:
+                self.novelty.close()
+                self.novelty = None
+        slot.paused, slot.due_at = True, time.monotonic() + seconds
+        self.log(f"[yellow]paused[/yellow]   {name} for {seconds:.0f}s")
+
     def _answer_requests(self) -> None:
-        """``kibotos admin reconcile`` from another shell: it cannot open the locked chdb
-        store, so it leaves a request file here and reads the answer next to it."""
+        """``kibotos admin reconcile`` (and fault drills) from another shell: it cannot
+        open the locked chdb store, so it leaves a request file here and reads the answer
+        next to it."""
+        for request in self.settings.home.glob("pause-*.request"):
+            try:
+                body = json.loads(request.read_text())
+                request.unlink()
+                self.pause(str(body["name"]), float(body["seconds"]))
+            except (OSError, ValueError, KeyError, ServiceError) as exc:
+                self.log(f"pause request {request.name} refused: {exc}")
+                request.unlink(missing_ok=True)
         for request in self.settings.home.glob("reconcile-*.request"):
             answer = request.with_suffix(".json")
             try:
@@ -388,6 +425,8 @@ class Stack:
                 proc.kill()
                 proc.wait(5)
         self._stop.set()
+        for slot in self.slots:
+            slot.event.set()
         for slot in self.slots:
             if isinstance(slot.handle, threading.Thread):
                 slot.handle.join(30)
@@ -452,6 +491,18 @@ def request_reconcile(settings: Settings, timeout_s: float = 60.0) -> dict:
         time.sleep(0.2)
     request.unlink(missing_ok=True)
     raise ServiceError(f"the stack under {settings.home} did not answer within {timeout_s:.0f}s")
+
+
+def request_pause(settings: Settings, name: str, seconds: float) -> None:
+    """Ask the stack running under ``settings.home`` to take ``name`` (``sink``,
+    ``novelty``, ``worker-0``, ``gpu-0``, ...) down for ``seconds`` (``Stack.pause``)."""
+    import uuid
+
+    if running_stack(settings) is None:
+        raise ServiceError(f"no stack is running under {settings.home}")
+    tmp = settings.home / f"pause-{uuid.uuid4().hex}.tmp"
+    tmp.write_text(json.dumps({"name": name, "seconds": seconds}))
+    tmp.replace(tmp.with_suffix(".request"))
 
 
 def _is_our_child(pid: int) -> bool:

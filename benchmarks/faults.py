@@ -1,0 +1,229 @@
+"""``kibotos bench faults``: fault drills through the real embedded stack.
+
+Each scenario starts ``kibotos up`` (a process of its own, default durable broker) in a
+fresh home, submits half of its episodes, injects one fault, submits the other half and
+waits until every submission has a final verdict. Then it counts, from the warehouse (the
+stack's read API) and the ``verdicts`` topic:
+
+* ``verdicts``: submissions with a final report; ``lost``: submitted, no report;
+* ``duplicates``: verdict events on the topic beyond one per submission (validators see
+  them; the warehouse keeps one report per submission);
+* ``paid_twice``: submissions with more than one ledger entry; ``unpaid``: accepted ones
+  with none;
+* ``recovery_s``: from the fault until the last verdict arrived.
+
+Faults: SIGKILL of a gate worker, a GPU consumer (``--evidence``: needs Ray), the
+broker, SeaweedFS under it, ``kibotos up`` itself (started again at once); the sink
+and the novelty thread stopped (``pause``: a thread cannot be SIGKILLed) for a moment
+or for ``--sink-down`` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from kibotos.errors import ServiceError
+
+SCENARIOS = ("gate_worker", "broker", "broker_store", "up", "sink", "sink_down", "novelty", "gpu_consumer")
+
+
+def _kibotos() -> list[str]:
+    return [sys.executable, "-m", "kibotos.cli"]
+
+
+class UpProcess:
+    """``kibotos up`` as a user runs it, in its own home."""
+
+    def __init__(self, home: Path, env: dict[str, str], workers: int):
+        self.home, self.env, self.workers = home, env, workers
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 240.0) -> dict:
+        state = self.home / "stack.json"
+        log = open(self.home / "up.log", "ab")
+        self.proc = subprocess.Popen([*_kibotos(), "up", "--workers", str(self.workers), "--reconcile-every", "10",
+                                      "--stuck-after", "90"], env=self.env, cwd=self.home, stdout=log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServiceError(f"kibotos up exited with {self.proc.returncode}: see {self.home / 'up.log'}")
+            try:
+                body = json.loads(state.read_text())
+                if body.get("pid") == self.proc.pid:
+                    return body
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.3)
+        raise ServiceError(f"kibotos up not ready within {timeout_s:.0f}s")
+
+    def state(self) -> dict:
+        return json.loads((self.home / "stack.json").read_text())
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(90)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _episodes(root: Path, count: int) -> list[Path]:
+    from kibotos.robots import get_robot, list_robots
+    from kibotos.samples import make_episode
+
+    robot = get_robot("ur5", dict(list_robots())["ur5"])
+    return [make_episode(robot, "genuine", seed=100 + i, miner_id=f"miner-fault-{i % 3}", duration_ms=3000)
+            .write(root / f"ep{i}.zarr.zip") for i in range(count)]
+
+
+def _fault(name: str, up: UpProcess, settings, sink_down_s: float) -> None:
+    from kibotos.stack import request_pause
+
+    children = up.state().get("children", {})
+    if name in ("gate_worker", "gpu_consumer", "broker", "broker_store"):
+        child = {"gate_worker": "worker-0", "gpu_consumer": "gpu-0", "broker": "broker",
+                 "broker_store": "broker-s3"}[name]
+        os.kill(int(children[child]), signal.SIGKILL)
+    elif name == "up":
+        up.proc.send_signal(signal.SIGKILL)
+        up.proc.wait(30)
+        up.start()
+    elif name in ("sink", "novelty"):
+        request_pause(settings, name, 1.0)
+    elif name == "sink_down":
+        request_pause(settings, "sink", sink_down_s)
+    else:
+        raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+
+
+def _verdict_events(bootstrap: str, topic: str, expect: int) -> dict[str, int]:
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000})
+    consumer.subscribe([topic])
+    counts: dict[str, int] = {}
+    deadline, quiet_until = time.monotonic() + 60, None
+    try:
+        while time.monotonic() < deadline:
+            msgs = [m for m in consumer.consume(200, 1.0) if not m.error()]
+            for m in msgs:
+                key = (m.key() or b"").decode()
+                counts[key] = counts.get(key, 0) + 1
+            if sum(counts.values()) >= expect:
+                quiet_until = quiet_until or time.monotonic() + 3  # a few seconds more for duplicates
+                if time.monotonic() > quiet_until:
+                    break
+    finally:
+        consumer.close()
+    return counts
+
+
+def run_scenario(name: str, episodes: list[Path], root: Path, *, workers: int = 2, sink_down_s: float = 60.0,
+                 timeout_s: float = 600.0, evidence: bool = False, progress=lambda m: None) -> dict:
+    from kibotos import reads
+    from kibotos.objectstore import store_from_settings
+    from kibotos.settings import Settings
+    from kibotos.submit import submit_paths
+    from topics.catalogue import Catalogue
+
+    home = root / name
+    home.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIBOTOS_")}
+    jobs = ["ik"] if evidence or name == "gpu_consumer" else []
+    env.update({"KIBOTOS_HOME": str(home), "KIBOTOS_EVIDENCE_JOBS": json.dumps(jobs), "KIBOTOS_LOG_LEVEL": "WARNING"})
+    settings = Settings(home=home, evidence_jobs=tuple(jobs))
+    catalogue = Catalogue.from_settings(settings)
+    up = UpProcess(home, env, workers)
+    t0 = time.monotonic()
+    state = up.start()
+    startup_s = time.monotonic() - t0
+    progress(f"{name}: stack up in {startup_s:.1f}s")
+    try:
+        store = store_from_settings(settings)
+        half = len(episodes) // 2
+        subs = submit_paths(episodes[:half], bootstrap=state["bootstrap"], store=store, catalogue=catalogue)
+        time.sleep(1.0)  # mid-stream: the first half is being worked on
+        t_fault = time.monotonic()
+        _fault(name, up, settings, sink_down_s)
+        progress(f"{name}: fault injected")
+        state = up.state()
+        deadline = time.monotonic() + 60
+        while True:  # the broker may be on its way back: submitting waits for it
+            try:
+                subs += submit_paths(episodes[half:], bootstrap=state["bootstrap"], store=store, catalogue=catalogue)
+                break
+            except ServiceError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+        sids = [s.submission_id for s in subs]
+        reports: dict[str, dict] = {}
+        deadline = t_fault + timeout_s
+        while len(reports) < len(sids) and time.monotonic() < deadline:
+            for sid in sids:
+                if sid not in reports:
+                    try:
+                        rep = reads.get_report(settings, sid)
+                    except ServiceError:  # the read API is restarting with the stack
+                        rep = None
+                    if rep:
+                        reports[sid] = rep
+            time.sleep(1.0)
+        recovery_s = time.monotonic() - t_fault
+        time.sleep(3.0)  # late ledger rows land before they are counted
+        entries = reads.ledger(settings, None) if hasattr(reads, "ledger") else []
+        paid: dict[str, int] = {}
+        for entry in entries:
+            paid[entry["submission_id"]] = paid.get(entry["submission_id"], 0) + 1
+        events = _verdict_events(up.state()["bootstrap"], catalogue.verdicts.name, len(sids))
+        accepted = [sid for sid, rep in reports.items() if rep["verdict"] == "accepted" and rep.get("points", 0) > 0]
+        return {
+            "scenario": name, "submitted": len(sids), "verdicts": len(reports), "lost": len(sids) - len(reports),
+            "duplicates": sum(max(0, events.get(sid, 0) - 1) for sid in sids),
+            "verdict_events": sum(events.get(sid, 0) for sid in sids),
+            "paid_twice": sum(1 for sid in sids if paid.get(sid, 0) > 1),
+            "unpaid": sum(1 for sid in accepted if paid.get(sid, 0) == 0),
+            "recovery_s": round(recovery_s, 1), "startup_s": round(startup_s, 1),
+            "verdict_counts": {v: sum(1 for r in reports.values() if r["verdict"] == v)
+                               for v in sorted({r["verdict"] for r in reports.values()})},
+        }
+    finally:
+        up.stop()
+
+
+def run_faults_bench(scenarios: list[str], submissions: int = 8, *, workers: int = 2, sink_down_s: float = 60.0,
+                     timeout_s: float = 600.0, evidence: bool = False, progress=lambda m: None) -> dict:
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        raise ValueError(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
+    with tempfile.TemporaryDirectory(prefix="kibotos-faults-") as tmp:
+        root = Path(tmp)
+        (root / "episodes").mkdir()
+        episodes = _episodes(root / "episodes", submissions)
+        results = []
+        for name in scenarios:
+            results.append(run_scenario(name, episodes, root, workers=workers, sink_down_s=sink_down_s,
+                                        timeout_s=timeout_s, evidence=evidence, progress=progress))
+            progress(json.dumps(results[-1]))
+    return {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.processor()},
+            "submissions": submissions, "workers": workers, "sink_down_s": sink_down_s, "results": results}
+
+
+def write_json(result: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    return path
