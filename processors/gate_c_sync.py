@@ -158,10 +158,8 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
     # its sync estimate has no confidence, so nothing below would catch it
     metrics["video_max_changed_fraction"] = round(float(energy.max()), 6)
     metrics["image_speed_p95_px_s"] = round(float(np.percentile(speed, 95)), 3)
-    if (metrics["video_max_changed_fraction"] <= cfg.static_max_changed_fraction
-            and metrics["image_speed_p95_px_s"] >= cfg.static_min_image_speed_px_s):
-        metrics["mismatch"] = ["video_static"]
-        return result(GATE_ID, False, metrics, thresholds, "video_kinematics_mismatch")
+    still = (metrics["video_max_changed_fraction"] <= cfg.static_max_changed_fraction
+             and metrics["image_speed_p95_px_s"] >= cfg.static_min_image_speed_px_s)
     estimated, confidence, details = estimate_offset(
         kin_t, np.log1p(speed / max(float(np.median(speed)), 1e-6)), vt, energy, cfg)
     high = confidence >= cfg.high_confidence
@@ -178,6 +176,9 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
         "overlap_fraction_video": round(overlap / max(video_duration, 1e-9), 4),
         "sync_disagreement_ms": round(abs(claimed - estimated), 1),
     }
+    if still:
+        metrics["mismatch"] = ["video_static"]
+        return result(GATE_ID, False, metrics, thresholds, "video_kinematics_mismatch")
     if min(metrics["overlap_fraction_kin"], metrics["overlap_fraction_video"]) < cfg.min_overlap_fraction:
         return result(GATE_ID, False, metrics, thresholds, "insufficient_overlap")
     if high and abs(claimed - estimated) > cfg.max_sync_disagreement_ms:
