@@ -247,6 +247,9 @@ def report(submission_id: str, as_json: bool = typer.Option(False, "--json"),
 
     print_report(console, VerificationReport.model_validate({k: v for k, v in rep.items()
                                                               if k in VerificationReport.model_fields}))
+    if rep.get("final") is False:  # anyone may upload under any submission id
+        console.print(f"[yellow]not the submission's verdict[/yellow]: upload {rep.get('upload_id')} was rejected "
+                      "at ingestion; the submission has no final verdict and may still be uploaded")
 
 
 @app.command()
