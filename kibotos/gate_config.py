@@ -62,6 +62,12 @@ class GateEConfig(_Frozen):
     max_exceed_fraction: float
     teleport_min_rad: float
     teleport_vel_factor: float
+    teleport_acc_factor: float = 5.0  # a splice: a step departing from its neighbours' motion
+    # noise tolerance (processors.derivatives): a bound counts as exceeded only beyond
+    # noise_z x the noise the estimate carries; noise above these levels is a reject
+    noise_z: float = 4.0
+    max_noise_rad: float = 0.1
+    max_noise_span_fraction: float = 0.016
 
 
 class GateFConfig(_Frozen):

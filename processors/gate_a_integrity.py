@@ -2,8 +2,10 @@
 
 Required datasets exist with the contract's dtypes; shapes match ``(T, J)`` and
 ``len(joint_names)``; declared units are the required ones; no NaN/Inf in any float
-array; the joint stream is not frozen (flatline); ```joint_vel`` agrees with
-d(joint_pos)/dt when present (both smoothed by the same Savitzky-Golay window), and is flagged as computed when absent.
+array; the joint stream is not frozen (flatline); ``joint_vel`` agrees with
+d(joint_pos)/dt when present (both through the same local fit on the real timestamps,
+beyond what the streams' white noise explains: ``_vel_consistency``), and is flagged as
+computed when absent.
 
 Secondary cameras (``video/secondary_<name>``) are optional and never a reason to reject:
 each one's stream is checked against its manifest entries (present, uint8, decodable, the
@@ -25,7 +27,7 @@ from kibotos.robots import get_robot
 from kibotos.bundle.limits import RESOURCE_LIMIT, ResourceLimitExceeded
 from kibotos.video import check_video_dims, decode_luma, probe_video
 from processors.base import register_gate, result
-from processors.signals import savgol, window_samples
+from processors.derivatives import local_derivatives, noise_sigma, window_samples
 
 GATE_ID = "gate_a_integrity"
 MIN_SAMPLES = 10
@@ -63,8 +65,10 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
         return fail("too_few_samples")
     try:
         metrics["primary_video"] = primary_video_budget(view, m)
-    except ResourceLimitExceeded as exc:
-        return fail(exc.reason_code, error=str(exc)[:300], **exc.metrics)
+        for info in view.arrays():  # metadata only: sizes, codecs, fill-value bytes
+            view.check_readable(info)
+    except BundleError as exc:
+        return fail(exc.reason_code, error=str(exc)[:300], **getattr(exc, "metrics", {}))
 
     # NaN/Inf in every float array of the bundle (optional streams included)
     nonfinite = {}
@@ -97,17 +101,10 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
     else:
         dts = np.diff(ts)
         if np.all(dts > 0):  # gate B judges timestamps; only compare when usable
-            # both streams through the same Savitzky-Golay window: sensor noise on
-            # joint_pos, differentiated raw, would swamp the comparison at high rates
-            dt_ms = float(np.median(dts))
-            window = window_samples(cfg.vel_consistency_window_ms, dt_ms)
-            dq = savgol(q, dt_ms / 1000.0, window, deriv=1)
-            v = savgol(view.read(JOINT_VEL).astype(np.float64), dt_ms / 1000.0, window, deriv=0)
-            rms_diff = float(np.sqrt(np.mean((v - dq) ** 2)))
-            rms_ref = float(np.sqrt(np.mean(dq**2)))
-            nrmse = rms_diff / max(rms_ref, 1e-9)
-            metrics |= {"joint_vel_rms_diff": round(rms_diff, 5), "joint_vel_nrmse": round(nrmse, 4)}
-            if rms_diff > cfg.vel_consistency_abs_tol and nrmse > cfg.vel_consistency_max_nrmse:
+            rms_diff, rms_excess, nrmse, noise_rms = _vel_consistency(ts, q, view.read(JOINT_VEL), cfg)
+            metrics |= {"joint_vel_rms_diff": round(rms_diff, 5), "joint_vel_noise_rms": round(noise_rms, 5),
+                        "joint_vel_rms_excess": round(rms_excess, 5), "joint_vel_nrmse": round(nrmse, 4)}
+            if rms_excess > cfg.vel_consistency_abs_tol and nrmse > cfg.vel_consistency_max_nrmse:
                 return fail("joint_vel_inconsistent")
     secondary = secondary_videos(view, m, config.gate_c.frame_count_tolerance)
     if secondary:
@@ -133,6 +130,27 @@ def primary_video_budget(view: BundleView, m) -> dict:
     n, h, w = view.info(VIDEO_FRAMES).shape[:3]
     check_video_dims(w, h, fps, n, view.limits, "raw frames")
     return {"width": w, "height": h, "fps": fps, "frames": n, "codec": "raw"}
+
+
+def _vel_consistency(ts: np.ndarray, q: np.ndarray, v: np.ndarray, cfg) -> tuple[float, float, float, float]:
+    """``(rms_diff, rms_excess, nrmse, noise_rms)`` of the recorded velocity against
+    d(joint_pos)/dt, both through the same local cubic fit on the real timestamps
+    (``processors.derivatives``: dropped samples and jitter change nothing). White noise on
+    either stream adds a known amount to the mean squared difference (each joint's noise
+    level times the fit's gain): ``rms_excess`` is what remains once that is taken out, the
+    disagreement noise cannot explain; ``nrmse`` is it over the RMS speed without the noise."""
+    window = window_samples(cfg.vel_consistency_window_ms, float(np.median(np.diff(ts))))
+    dq = local_derivatives(ts, q, window)
+    vs = local_derivatives(ts, np.asarray(v, dtype=np.float64), window)
+    if dq.vel.shape[0] == 0:
+        return 0.0, 0.0, 0.0, 0.0
+    sq = np.mean((vs.smooth - dq.vel) ** 2)
+    q_noise = (noise_sigma(ts, q)[None, :] * dq.gain[:, 1, None]) ** 2  # (N, J) variance
+    v_noise = (noise_sigma(ts, v)[None, :] * vs.gain[:, 0, None]) ** 2
+    noise_var = float(np.mean(q_noise + v_noise))
+    excess = float(np.sqrt(max(0.0, sq - noise_var)))
+    signal = float(np.sqrt(max(float(np.mean(dq.vel**2)) - float(np.mean(q_noise)), 0.0)))
+    return float(np.sqrt(sq)), excess, excess / max(signal, 1e-9), float(np.sqrt(noise_var))
 
 
 def secondary_videos(view: BundleView, m, tolerance: float) -> dict[str, dict]:

@@ -1,11 +1,29 @@
-"""Gate E — physical plausibility (design §5.2 E; moderate).
+"""Gate E — physical plausibility (design §5.2 E; moderate). Rejects extreme implausibility
+only: sensor noise is a soft matter (it lowers S_retarget), never a reason by itself until
+it swamps the signal.
 
-Derivatives come from a Savitzky-Golay fit over ``smoothing_window_ms`` so that sensor
-noise does not masquerade as jerk. A frame "exceeds" a bound when any joint's speed,
-acceleration or jerk is above the registry bound times the config factor; more than
-``max_exceed_fraction`` of frames exceeding is a rejection (reason: the first of speed,
-acceleration, jerk that trips). A teleport is a single-sample jump larger than both
-``teleport_min_rad`` and ``teleport_vel_factor`` x the velocity limit x dt; one is enough.
+**Derivatives on the real timestamps.** Speed, acceleration and jerk come from a local
+cubic fit over ``smoothing_window_ms`` on each window's own sample times
+(``processors.derivatives``): dropped samples and timestamp jitter change nothing.
+
+**Noise is not motion.** Each joint's white-noise level ``sigma`` is estimated robustly
+(fourth-order divided differences, median absolute value). White noise on the positions
+puts noise of ``sigma * gain`` on a derivative (``gain`` known for every window), so a
+frame "exceeds" a bound only when some joint's ``|derivative| - noise_z * sigma * gain`` is
+above the registry bound times the config factor; more than ``max_exceed_fraction`` of
+frames exceeding is a rejection (reason: the first of speed, acceleration, jerk that
+trips). A sustained violation of the model's limits shows above the noise; a 0.03 rad
+jitter on a motion within them does not. ``*_peak_ratio`` / ``*_p95_ratio`` report the raw
+derivatives, noise included.
+
+**Noise that swamps the signal** — a joint's ``sigma`` above ``max_noise_rad`` (revolute)
+or ``max_noise_span_fraction`` of its range (prismatic) — is ``joint_noise_exceeded``.
+
+**Teleports** (``_teleports``). A single-sample jump larger than both ``teleport_min_rad``
+and ``teleport_vel_factor`` x the velocity limit x the sample gap, or one that departs from
+the motion on either side of it by more than ``teleport_min_rad`` and
+``teleport_acc_factor`` x the acceleration limit x gap^2 (a splice), each plus ``noise_z``
+x its noise; one is enough.
 """
 
 from __future__ import annotations
@@ -17,12 +35,12 @@ from kibotos.gate_config import GateConfig
 from kibotos.report import GateResult
 from kibotos.robots import get_robot
 from processors.base import register_gate, result
-from processors.signals import savgol_derivatives, window_samples
+from processors.derivatives import local_derivatives, noise_sigma, window_samples
 
 GATE_ID = "gate_e_plausibility"
 
 
-@register_gate(GATE_ID, letter="e", order=5, title="speed, acceleration, jerk, teleports")
+@register_gate(GATE_ID, letter="e", order=5, title="speed, acceleration, jerk, teleports, noise")
 def check(view: BundleView, config: GateConfig) -> GateResult:
     m = view.manifest
     robot = get_robot(m.robot_model_id, m.robot_model_revision)
@@ -31,35 +49,78 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
     vmax = robot.vel_limit[idx] * cfg.speed_factor
     amax = robot.acc_limit[idx] * cfg.acc_factor
     jmax = robot.jerk_limit[idx] * cfg.jerk_factor
+    prismatic = np.array([robot.joint_types[i] == "prismatic" for i in idx])
+    span = robot.pos_upper[idx] - robot.pos_lower[idx]
     ts = view.read(TIMESTAMPS).astype(np.int64)
     q = view.read(JOINT_POS).astype(np.float64)
     dt_ms = float(np.median(np.diff(ts)))
-    dt = dt_ms / 1000.0
     window = window_samples(cfg.smoothing_window_ms, dt_ms)
     thresholds = cfg.model_dump() | {"window_samples": window}
 
-    step = np.abs(np.diff(q, axis=0))
-    gap_dt = np.diff(ts).astype(np.float64)[:, None] / 1000.0
-    teleport = (step > cfg.teleport_min_rad) & (step > cfg.teleport_vel_factor * vmax * gap_dt)
-    metrics: dict = {"teleports": int(teleport.any(axis=1).sum()), "max_step": round(float(step.max()), 4)}
+    sigma = noise_sigma(ts, q)
+    noise_ratio = sigma / np.where(prismatic, cfg.max_noise_span_fraction * span, cfg.max_noise_rad)
+    noisiest = int(np.argmax(noise_ratio))
+    metrics: dict = {"noise_max": round(float(sigma[noisiest]), 5), "noise_joint": m.joint_names[noisiest],
+                     "noise_ratio": round(float(noise_ratio[noisiest]), 4),
+                     "noise_median_rad": round(float(np.median(sigma[~prismatic])), 5) if (~prismatic).any() else 0.0}
+    if noise_ratio[noisiest] > 1.0:
+        return result(GATE_ID, False, metrics, thresholds, "joint_noise_exceeded")
+
+    teleport, jump = _teleports(ts, q, sigma, vmax, amax, cfg)
+    metrics |= {"teleports": int(teleport.any(axis=1).sum()), "max_step": round(float(np.abs(np.diff(q, axis=0)).max()), 4),
+                "max_jump_residual": round(float(np.abs(jump).max()), 4) if jump.size else 0.0}
     if metrics["teleports"]:
         frame, joint = np.argwhere(teleport)[0]
         metrics |= {"first_teleport_frame": int(frame) + 1, "first_teleport_joint": m.joint_names[joint]}
         return result(GATE_ID, False, metrics, thresholds, "teleport_detected")
 
-    vel, acc, jerk = savgol_derivatives(q, dt, window)
-    if vel.shape[0] == 0:
+    d = local_derivatives(ts, q, window)
+    if d.vel.shape[0] == 0:
         return result(GATE_ID, False, metrics | {"window_samples": window}, thresholds, "too_few_samples")
-    checks = (("speed", vel, vmax), ("acceleration", acc, amax), ("jerk", jerk, jmax))
+    checks = (("speed", 1, vmax), ("acceleration", 2, amax), ("jerk", 3, jmax))
     reason = None
-    for name, values, bound in checks:
-        ratio = np.abs(values) / bound
-        frac = float((ratio > 1.0).any(axis=1).mean())
+    for name, order, bound in checks:
+        ratio = np.abs(d.of(order)) / bound
+        noise = cfg.noise_z * sigma[None, :] * d.gain[:, order, None] / bound  # (N, J) in bound units
+        frac = float((ratio - noise > 1.0).any(axis=1).mean())
         metrics[f"{name}_exceed_fraction"] = round(frac, 4)
         metrics[f"{name}_peak_ratio"] = round(float(ratio.max()), 3)
         metrics[f"{name}_p95_ratio"] = round(float(np.percentile(ratio.max(axis=1), 95)), 3)
+        metrics[f"{name}_noise_allowance_p50"] = round(float(np.median(noise.max(axis=1))), 3)
         if reason is None and frac > cfg.max_exceed_fraction:
             reason = f"{name}_exceeded"
     if reason:
         return result(GATE_ID, False, metrics, thresholds, reason)
     return result(GATE_ID, True, metrics, thresholds)
+
+
+def _teleports(ts: np.ndarray, q: np.ndarray, sigma: np.ndarray, vmax: np.ndarray, amax: np.ndarray,
+               cfg) -> tuple[np.ndarray, np.ndarray]:
+    """``(teleport, jump)``: (T-1, J) steps judged teleports, and each step's departure
+    from the motion on either side of it (its residual against the mean speed of the
+    neighbouring steps; 0 at the ends).
+
+    A step is a teleport when it is larger than ``teleport_min_rad`` and than
+    ``teleport_vel_factor`` x the velocity limit x its gap — faster than the joint can move —
+    or when its residual is larger than ``teleport_min_rad`` and than
+    ``teleport_acc_factor`` x the acceleration limit x gap^2 — a change of speed no
+    acceleration within reach explains (a splice of two recordings on a joint whose velocity
+    limit allows the jump). Both take ``noise_z`` x the noise of the quantity on top
+    (``sqrt(2) sigma`` for a step, ``sqrt(5) sigma`` for a residual). A residual counts once,
+    at its peak (a jump leaves half of itself on each neighbour)."""
+    step = np.diff(q, axis=0)  # (T-1, J)
+    gap = np.diff(ts).astype(np.float64)[:, None] / 1000.0
+    z = cfg.noise_z * sigma[None, :]
+    by_speed = (np.abs(step) > cfg.teleport_min_rad + np.sqrt(2.0) * z) & \
+               (np.abs(step) > cfg.teleport_vel_factor * vmax * gap + np.sqrt(2.0) * z)
+    jump = np.zeros_like(step)
+    if step.shape[0] >= 3:
+        speed = step / gap
+        jump[1:-1] = step[1:-1] - gap[1:-1] * 0.5 * (speed[:-2] + speed[2:])
+    a = np.abs(jump)
+    peak = np.ones_like(a, dtype=bool)
+    peak[1:] &= a[1:] >= a[:-1]
+    peak[:-1] &= a[:-1] >= a[1:]
+    by_acc = peak & (a > cfg.teleport_min_rad + np.sqrt(5.0) * z) & \
+        (a > cfg.teleport_acc_factor * amax * gap**2 + np.sqrt(5.0) * z)
+    return by_speed | by_acc, jump

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from kibotos import perturb
 from kibotos.gate_config import load_config
 from kibotos.robots import get_robot, list_robots
 from kibotos.samples import EXPECTED, make_episode
@@ -42,13 +43,20 @@ def test_rejects_its_failure_classes(samples, key, variant):  # noqa: F811
     assert res.reason_code == EXPECTED[variant][1], res.metrics
 
 
-def test_tighter_config_rejects_a_genuine_sample(samples):  # noqa: F811
-    """The thresholds come from the config: no velocity tolerance => noise is inconsistency."""
+def test_tighter_config_rejects_a_genuine_sample(samples, tmp_path):  # noqa: F811
+    """The thresholds come from the config: with no velocity tolerance, a velocity stream 5 %
+    off scale is inconsistent (the default tolerates it). Sensor noise never is: its share
+    of the difference is taken out (``joint_vel_noise_rms``)."""
     strict = CONFIG.model_copy(update={"gate_a": CONFIG.gate_a.model_copy(
         update={"vel_consistency_abs_tol": 0.0, "vel_consistency_max_nrmse": 0.01})})
-    res = run_gate_on(GATE_ID, samples.path(PANDA), strict)
+    ep = samples.episode(PANDA)
+    path = perturb.copy_of(ep, "miner-test", joint_vel=ep.joint_vel * 1.05).write(tmp_path / "v.zarr.zip")
+    assert run_gate_on(GATE_ID, path).passed
+    res = run_gate_on(GATE_ID, path, strict)
     assert (res.passed, res.reason_code) == (False, "joint_vel_inconsistent")
+    assert res.metrics["joint_vel_nrmse"] == pytest.approx(0.05, abs=0.01)
     assert res.thresholds["vel_consistency_max_nrmse"] == 0.01
+    assert run_gate_on(GATE_ID, samples.path(PANDA), strict).metrics["joint_vel_noise_rms"] > 0
 
 
 # --- joint_vel -------------------------------------------------------------------

@@ -117,7 +117,10 @@ def test_too_short_for_the_smoothing_window(tmp_path):
 
 
 def test_tighter_config_rejects_a_genuine_sample(samples):  # noqa: F811
-    strict = CONFIG.model_copy(update={"gate_e": CONFIG.gate_e.model_copy(update={"jerk_factor": 0.01})})
+    """Jerk bounds at 1 % and no noise tolerance (``noise_z`` 0: the raw derivatives judge):
+    the 0.001 rad sensor noise of a genuine sample alone carries jerk past them."""
+    strict = CONFIG.model_copy(update={"gate_e": CONFIG.gate_e.model_copy(update={"jerk_factor": 0.01,
+                                                                                 "noise_z": 0.0})})
     res = run_gate_on(GATE_ID, samples.path(UR5), strict)
     assert (res.passed, res.reason_code) == (False, "jerk_exceeded"), res.metrics
     assert res.thresholds["jerk_factor"] == 0.01
