@@ -52,7 +52,14 @@ def model() -> mujoco.MjModel:
         ankle = spec.body(f"{side}_ankle_roll_link")
         ankle.add_site(name=f"{side}_heel", pos=HEEL_OFFSET, size=[0.01] * 3)
         ankle.add_site(name=f"{side}_toe", pos=TOE_OFFSET, size=[0.01] * 3)
+    # the cargo box as a mocap body: only for distance queries (it collides with nothing);
+    # its size is set per query (``Kin.box_distance``)
+    box = spec.worldbody.add_body(name="xgen_box", mocap=True)
+    box.add_geom(name="xgen_box", type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.1, 0.1, 0.1], contype=0, conaffinity=0)
     return spec.compile()
+
+
+TORSO_BODIES = ("pelvis", "torso_link")
 
 
 @functools.lru_cache(maxsize=1)
@@ -96,8 +103,13 @@ class Kin:
     """Forward kinematics over a trajectory (one ``MjData`` reused)."""
 
     def __init__(self):
-        self.m = model()
+        import copy
+
+        self.m = copy.copy(model())  # box distance queries resize the box geom: own copy
         self.d = mujoco.MjData(self.m)
+        self._box = self.m.geom("xgen_box").id
+        self._torso = [g for g in range(self.m.ngeom) if self.m.geom_bodyid[g] in
+                       {self.m.body(b).id for b in TORSO_BODIES} and self.m.geom_contype[g]]
 
     def forward(self, qpos: np.ndarray) -> mujoco.MjData:
         self.d.qpos[:] = qpos
@@ -140,4 +152,16 @@ class Kin:
         out = np.empty((len(qpos), len(ids), 3))
         for t, q in enumerate(qpos):
             out[t] = self.forward(q).xpos[ids]
+        return out
+
+    def box_torso_distance(self, qpos: np.ndarray, box_pose: np.ndarray, size: np.ndarray) -> np.ndarray:
+        """(T,) signed distance (m, negative = penetration) from the box (pose (T, 7),
+        full extents ``size``) to the pelvis and torso collision meshes."""
+        self.m.geom_size[self._box] = np.asarray(size) / 2
+        out = np.empty(len(qpos))
+        fromto = np.zeros(6)
+        for t, q in enumerate(qpos):
+            self.d.mocap_pos[0], self.d.mocap_quat[0] = box_pose[t, :3], box_pose[t, 3:]
+            self.forward(q)
+            out[t] = min(mujoco.mj_geomDistance(self.m, self.d, self._box, g, 1.0, fromto) for g in self._torso)
         return out

@@ -24,3 +24,11 @@ def pickup():
 def robot_motion(pickup, xcfg):
     motion, metrics = retarget(pickup.motion, xcfg)
     return motion
+
+
+@pytest.fixture(scope="session")
+def clip(robot_motion, xcfg):
+    from kibotos.xgen.interaction import interact
+
+    clip, _ = interact(robot_motion, xcfg)
+    return clip

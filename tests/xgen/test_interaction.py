@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from kibotos.xgen import g1
+from kibotos.xgen.interaction import (CONTACT_PAIRS, Hold, box_bottom, box_trajectory, face_distances, interact,
+                                      run)
+from kibotos.xgen.phases import PHASE_ID, PHASES
+from kibotos.xgen.retarget import RobotMotion
+
+HELD = [PHASE_ID[p] for p in ("grasp", "lift", "carry", "place")]
+
+
+def test_phases_follow_the_ground_truth(pickup, clip):
+    order = [p for i, p in enumerate(clip.phase) if i == 0 or p != clip.phase[i - 1]]
+    assert order == list(range(len(PHASES)))
+    for pid in range(1, len(PHASES)):
+        first = lambda ph: int(np.nonzero(ph == pid)[0][0])  # noqa: E731
+        assert abs(first(clip.phase) - first(pickup.phase)) <= 5  # 0.17 s at 30 fps
+
+
+def test_palms_on_the_box_faces_while_grasping(clip):
+    held = np.isin(clip.phase, HELD)
+    dist = face_distances(g1.Kin(), clip.qpos, clip.object_pose, clip.anchors)
+    assert dist[held].max() < 0.02
+    # opposite faces, palms facing into the box
+    _, normals = g1.Kin().palms(clip.qpos[held])
+    assert (np.sum(normals[:, 0] * normals[:, 1], axis=1) < -0.9).all()
+    assert clip.contact[held][:, :2].all() and not clip.contact[~held][:, :2].any()
+
+
+def test_box_never_in_the_ground_or_the_torso(clip):
+    assert box_bottom(clip.object_pose, clip.box_size).min() >= -0.01
+    clearance = g1.Kin().box_torso_distance(clip.qpos, clip.object_pose, clip.box_size)
+    assert clearance.min() >= 0.0
+
+
+def test_box_moves_only_while_held_or_falling(clip):
+    held = np.isin(clip.phase, HELD)
+    step = np.linalg.norm(np.diff(clip.object_pose, axis=0), axis=1)
+    airborne = box_bottom(clip.object_pose, clip.box_size) > 1e-3
+    free = ~held[1:] & ~held[:-1]
+    assert (step[free & ~airborne[:-1]] < 1e-9).all()
+    assert clip.object_pose[:, 2].max() - clip.object_pose[0, 2] > 0.3  # it was lifted
+    assert clip.contact[~held, CONTACT_PAIRS.index(("box", "ground"))].all()
+
+
+def test_box_released_in_the_air_falls_and_lands_flat():
+    n, fps = 40, 30.0
+    palms = np.zeros((n, 2, 3))
+    palms[:, 0, 1], palms[:, 1, 1] = 0.1, -0.1
+    palms[:, :, 2] = np.linspace(0.1, 0.6, n)[:, None]
+    size = np.array([0.2, 0.2, 0.2])
+    rest = np.array([0.0, 0.0, 0.1, 1.0, 0.0, 0.0, 0.0])
+    box = box_trajectory(palms, Hold(start=0, lift=1, carry=10, place=15, end=19), rest, size, fps, 9.81)
+    z = box[:, 2]
+    assert z[19] > 0.3
+    fall = z[20:]
+    assert (np.diff(fall) <= 0).all() and fall[-1] == pytest.approx(0.1)
+    k = 3  # free fall: z drops by g t^2 / 2
+    assert z[19] - z[19 + k] == pytest.approx(0.5 * 9.81 * (k / fps) ** 2, abs=1e-6)
+
+
+def test_annotation_sets_the_hold(robot_motion, xcfg, clip):
+    ts, te = clip.hold.start / robot_motion.fps, clip.hold.end / robot_motion.fps
+    annotated, _ = interact(robot_motion, xcfg, {"ts": ts, "te": te, "anchor": "palms"})
+    assert annotated.hold.start == clip.hold.start and annotated.hold.end == clip.hold.end
+    assert annotated.annotation["anchor"] == "palms"
+
+
+def test_no_hold_is_a_reason_code(robot_motion, xcfg):
+    walking = RobotMotion(qpos=robot_motion.qpos[:20], fps=robot_motion.fps, residual=robot_motion.residual[:20],
+                          planted=robot_motion.planted[:20])
+    result = run(walking, xcfg)
+    assert not result.ok and result.reason_code == "xgen_no_grasp"
