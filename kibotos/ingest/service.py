@@ -7,9 +7,16 @@ complete an upload (verify, record, emit), read reports and ledgers.
 The ``submissions.received`` event is emitted only after the object is fully stored,
 moved to its final key and has passed every pre-verification check. A bundle refused by
 a check still gets a verdict: a ``verdicts`` record (rejected, ``failed_gate =
-ingest_integrity``, the reason code and metrics) that the sink stores like any other,
-so reports, the demo table and dashboards show it. Replays get no verdict (a verdict
-would overwrite the accepted submission's report): the API answers 409.
+ingest_integrity``, the reason code and metrics) keyed to the upload attempt
+(``upload_id``): anyone may upload under any submission id, so the sink stores it per
+attempt (``upload_verdicts``), never as the submission's verdict. Replays get no
+verdict: the API answers 409.
+
+Guarantees against an adversarial client: a signed upload request is single-use
+(``kibotos.ingest.nonces``); ``upload_status`` gives an upload its own verdict; an
+accepted submission stuck without a final verdict for ``ingest_resume_after_s`` is
+resumed by its owner's re-upload of the same bytes (its stored claim-check event is
+emitted again) instead of being refused as a replay.
 """
 
 from __future__ import annotations
