@@ -14,9 +14,9 @@ whole stage; ``fingerprint`` / ``index`` / ``artifacts`` are its parts.
 """
 
 from kibotos.novelty.artifacts import analyze_artifacts
-from kibotos.novelty.checker import GATE_ID, REASON_ARTIFACTS, REASON_DUPLICATE, NoveltyChecker
+from kibotos.novelty.checker import GATE_ID, REASON_ARTIFACTS, REASON_COPIED, REASON_DUPLICATE, NoveltyChecker
 from kibotos.novelty.config import NoveltyConfig, load_novelty_config, parse_novelty_config
 from kibotos.novelty.fingerprint import Fingerprint, fingerprint_bundle
 
-__all__ = ["GATE_ID", "REASON_ARTIFACTS", "REASON_DUPLICATE", "Fingerprint", "NoveltyChecker", "NoveltyConfig",
+__all__ = ["GATE_ID", "REASON_ARTIFACTS", "REASON_COPIED", "REASON_DUPLICATE", "Fingerprint", "NoveltyChecker", "NoveltyConfig",
            "analyze_artifacts", "fingerprint_bundle", "load_novelty_config", "parse_novelty_config"]

@@ -14,8 +14,21 @@ does not lower ``s_novel``; it is reported (``cross_miner_later_match``, flag
 decides, so of two racing copies one is always judged against the other.
 
 Hard rejects are reserved for the extremes: a near-exact copy of an earlier submission of
-the same miner (``duplicate_submission``: ``s_novel`` 0) and an ``artifact_score`` at or
-above ``artifacts.reject_score`` (``synthetic_artifacts``).
+the same miner (``duplicate_submission``: ``s_novel`` 0) or of another miner's earlier
+upload (``copied_submission``, ``match.reject_cross_miner_near_exact``) and an
+``artifact_score`` at or above ``artifacts.reject_score`` (``synthetic_artifacts``).
+Every other match is summarised as ``metrics["copy"]`` (the best earlier candidate of
+either scope); the decision turns ``copy.match`` into the reward's copy factor
+(``kibotos.scoring.reward``), so a perturbed copy earns a small fraction of a reward
+however little ``S_novel`` weighs in ``S``.
+
+Clawbacks: a copy that raced ahead of its original (checked first, so judged new, and
+possibly already paid) is revised when the original is checked and finds it
+(``cross_miner_later_match``): ``revise_later_copy`` stores the copy's revised result
+(what it would have been, judged after its original) with the previous one under
+``metrics["revision"]``, and the novelty stage sends the copy's stored input event on
+with it; the decision then publishes a ``revised`` verdict and a compensating ledger
+entry (``streams.stages.DecisionStage``).
 
 Idempotency: the fingerprint row is recorded first (keyed by ``submission_id``), the
 candidates are those checked before it, and the assessment is stored with the row. A
@@ -38,6 +51,8 @@ from kibotos.report import GateResult
 
 GATE_ID = "novelty"
 REASON_DUPLICATE = "duplicate_submission"
+REASON_COPIED = "copied_submission"
+FLAG_REVISED = "revised_after_original"
 REASON_ARTIFACTS = "synthetic_artifacts"
 
 
@@ -59,13 +74,15 @@ class NoveltyChecker:
         self.config = config or load_novelty_config()
 
     def check(self, view: BundleView, submission_id: str, miner_id: str, now_ms: int,
-              received_at_ms: int | None = None) -> GateResult:
+              received_at_ms: int | None = None, event_payload: bytes | None = None) -> GateResult:
         """The novelty ``GateResult`` of one submission (see the module docstring).
 
         :param now_ms: epoch milliseconds of this (first) check: the submission's place in
             the index's order and the end of its windows.
         :param received_at_ms: when it was uploaded (default: ``now_ms``), which orders
             matches between miners.
+        :param event_payload: the stage's input record, stored with the row so that a
+            later revision (``revise_later_copy``) can send the submission on again.
         :raises ServiceError: ClickHouse failed (the caller retries; nothing is half-judged).
         """
         t0 = time.perf_counter()
@@ -80,7 +97,7 @@ class NoveltyChecker:
             index.record(self.client, submission_id=submission_id, miner_id=miner_id,
                          robot_model_id=_robot_model(view), created_at_ms=created_at_ms, fingerprint=fingerprint,
                          embedding_model=EMBEDDING_MODEL_ID, artifacts=artifacts, fingerprint_info=info,
-                         received_at_ms=received_at_ms)
+                         received_at_ms=received_at_ms, event_payload=event_payload)
         else:
             created_at_ms, artifacts, info = stored.created_at_ms, stored.artifacts, stored.fingerprint
         best = index.find_candidates(self.client, submission_id, created_at_ms, info.get("motion_variants", []), cfg)
@@ -136,8 +153,13 @@ class NoveltyChecker:
         if same is not None and same.near_exact:
             passed, reason, s_novel = False, REASON_DUPLICATE, 0.0
             flags.append("exact_duplicate")
+        elif cross is not None and cross.near_exact and cfg.match.reject_cross_miner_near_exact:
+            passed, reason, s_novel = False, REASON_COPIED, 0.0
+            flags.append("exact_copy")
         elif artifact_score >= cfg.artifacts.reject_score:
             passed, reason = False, REASON_ARTIFACTS
+        # the copy evidence the reward rule reads: the best earlier candidate of either scope
+        copy = max((c for c in (same, cross) if c is not None and c.match > 0), key=lambda c: c.match, default=None)
         applicable = not info.get("empty", False)
         metrics: dict[str, Any] = {
             "applicable": applicable,
@@ -150,6 +172,8 @@ class NoveltyChecker:
             "cross_miner_candidates": cross.candidates if cross is not None else 0,
             "cross_miner_matches": cross.matches if cross is not None else 0,
             "cross_miner_later_match": later.as_metrics(created_at_ms) if later is not None and later.match > 0
+            else None,
+            "copy": _copy_metrics(copy, "same_miner" if copy is same else "cross_miner") if copy is not None
             else None,
             "artifact_score": round(artifact_score, 4),
             "artifacts": artifacts,
@@ -174,3 +198,79 @@ class NoveltyChecker:
         }
         return GateResult(gate=GATE_ID, passed=passed, metrics=metrics, thresholds=thresholds, reason_code=reason,
                           flags=sorted(set(flags)))
+
+    def revise_later_copy(self, original_id: str, original_miner: str, later: dict[str, Any],
+                          now_ms: int) -> tuple[GateResult, bytes] | None:
+        """The revised result of a later upload by another miner that was checked before
+        ``original_id`` and matches it (``later``: the original's ``cross_miner_later_match``),
+        stored with the copy's row, and the copy's stored input event (see the module
+        docstring). The revision is what the copy's result would have been had the
+        original been checked first: ``cross_miner_match`` = the original, ``s_novel``
+        lowered by the cross-miner penalty, ``copy`` = the match, and a near-exact copy
+        rejected as ``copied_submission``; ``metrics["revision"]`` keeps the previous
+        (paid) values. One revision per copy; asking again returns the same one.
+
+        None when there is nothing to revise: the copy's row, result or input event is not
+        stored (still being checked elsewhere, or indexed before events were stored), or
+        it was already revised for another original.
+        """
+        cfg = self.config.novelty
+        stored = index.get_entry(self.client, later["submission_id"])
+        if stored is None or stored.result is None or not stored.event_payload:
+            return None
+        previous = GateResult.model_validate(stored.result)
+        done = previous.metrics.get("revision")
+        if isinstance(done, dict):
+            return (previous, stored.event_payload) if done.get("original_submission_id") == original_id else None
+        m = dict(previous.metrics)
+        pen = cfg.penalties
+        match = float(later.get("match") or 0.0)
+        artifact_factor = 1.0 - pen.artifact * float(m.get("artifact_score") or 0.0)
+        original = dict(later, submission_id=original_id, miner_id=original_miner)
+        original.pop("age_s", None)  # the original is the earlier upload, checked later
+        flags = set(previous.flags) | {FLAG_REVISED}
+        passed, reason = previous.passed, previous.reason_code
+        old_novel = m.get("s_novel")
+        new_novel = old_novel
+        if isinstance(old_novel, (int, float)):
+            new_novel = round(min(float(old_novel), (1.0 - pen.cross_miner * match) * artifact_factor), 6)
+        if match >= cfg.match.report_threshold:
+            flags.add("cross_miner_near_duplicate")
+        if passed and later.get("near_exact") and cfg.match.reject_cross_miner_near_exact:
+            passed, reason, new_novel = False, REASON_COPIED, 0.0 if new_novel is not None else None
+            flags.add("exact_copy")
+        old_copy = m.get("copy")
+        new_copy = _copy_metrics_dict(original, "cross_miner")
+        if isinstance(old_copy, dict) and float(old_copy.get("match") or 0.0) >= match:
+            new_copy = old_copy
+        m.update({
+            "s_novel": new_novel,
+            "cross_miner_match": original if match > float((m.get("cross_miner_match") or {}).get("match") or 0.0)
+            else m.get("cross_miner_match"),
+            "copy": new_copy,
+            "flags": sorted(flags),
+            "revision": {
+                "number": 1,
+                "original_submission_id": original_id,
+                "original_miner_id": original_miner,
+                "revised_at_ms": int(now_ms),
+                "config_version": self.config.config_version,
+                "previous": {"passed": previous.passed, "reason_code": previous.reason_code,
+                             "s_novel": old_novel, "copy": old_copy, "flags": list(previous.flags)},
+            },
+        })
+        revised = GateResult(gate=GATE_ID, passed=passed, reason_code=reason, metrics=m,
+                             thresholds=previous.thresholds, flags=sorted(flags))
+        index.store_result(self.client, later["submission_id"], revised.model_dump(mode="json"),
+                           stored.result_config_version, revision=2)
+        return revised, stored.event_payload
+
+
+def _copy_metrics(cand: index.Candidate, scope: str) -> dict[str, Any]:
+    return {"scope": scope, "submission_id": cand.submission_id, "miner_id": cand.miner_id,
+            "match": round(cand.match, 4), "near_exact": cand.near_exact}
+
+
+def _copy_metrics_dict(match: dict[str, Any], scope: str) -> dict[str, Any]:
+    return {"scope": scope, "submission_id": match["submission_id"], "miner_id": match["miner_id"],
+            "match": round(float(match.get("match") or 0.0), 4), "near_exact": bool(match.get("near_exact"))}

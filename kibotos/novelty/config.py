@@ -99,6 +99,7 @@ class TrajectoryConfig(_Frozen):
 
 class MatchConfig(_Frozen):
     report_threshold: float = Field(ge=0, le=1)
+    reject_cross_miner_near_exact: bool = True
 
 
 class OverlayConfig(_Frozen):

@@ -27,6 +27,7 @@ order), so adding later submissions never changes an earlier submission's answer
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import math
@@ -45,7 +46,7 @@ DAY_MS = 86_400_000
 _COLUMNS = ["submission_id", "miner_id", "robot_model_id", "created_at", "received_at", "sample_fps", "frame_hashes",
             "mirror_hashes", "motion_variants", "motion_channels", "motion_len", "motion", "embedding_model",
             "embedding", "traj_rate_hz", "traj_joints", "traj_len", "traj_fingerprint", "artifacts_json",
-            "fingerprint_json", "revision"]
+            "fingerprint_json", "revision", "event_payload"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class StoredEntry:
     revision: int
     result: dict[str, Any] | None
     result_config_version: str
+    event_payload: bytes = b""  # the novelty stage's input record (migration 0006), for revisions
 
 
 def _utc(ms: int) -> dt.datetime:
@@ -76,22 +78,25 @@ def get_entry(client, submission_id: str) -> StoredEntry | None:
     res = _query(
         client,
         f"""SELECT submission_id, miner_id, toUnixTimestamp64Milli(created_at), artifacts_json, fingerprint_json,
-               revision, result_json, result_config_version
+               revision, result_json, result_config_version, event_payload
         FROM {TABLE} FINAL WHERE submission_id = {{sid:String}} LIMIT 1""",
         {"sid": submission_id},
     )
     if not res.result_rows:
         return None
-    sid, miner, created, artifacts, fingerprint, revision, result, result_version = res.result_rows[0]
+    sid, miner, created, artifacts, fingerprint, revision, result, result_version, payload = res.result_rows[0]
     return StoredEntry(sid, miner, int(created), json.loads(artifacts or "{}"), json.loads(fingerprint or "{}"),
-                       int(revision), json.loads(result) if result else None, result_version)
+                       int(revision), json.loads(result) if result else None, result_version,
+                       base64.b64decode(payload) if payload else b"")
 
 
 def record(client, *, submission_id: str, miner_id: str, robot_model_id: str, created_at_ms: int,
            fingerprint: Fingerprint, embedding_model: str, artifacts: dict[str, Any],
-           fingerprint_info: dict[str, Any], received_at_ms: int | None = None) -> None:
+           fingerprint_info: dict[str, Any], received_at_ms: int | None = None,
+           event_payload: bytes | None = None) -> None:
     """Insert the fingerprint row (revision 0). Re-inserting the same row is harmless.
-    ``received_at_ms``: the upload time (default: the check time)."""
+    ``received_at_ms``: the upload time (default: the check time); ``event_payload``: the
+    input record to keep for a later revision (stored base64)."""
     traj = fingerprint.trajectory
     motion = fingerprint.motion
     row = [
@@ -105,6 +110,7 @@ def record(client, *, submission_id: str, miner_id: str, robot_model_id: str, cr
         float(fingerprint.trajectory_rate_hz), int(traj.shape[0]) if traj.size else 0,
         int(traj.shape[1]) if traj.size else 0, traj.ravel().astype(np.float32).tolist(),
         json.dumps(artifacts, sort_keys=True), json.dumps(fingerprint_info, sort_keys=True), 0,
+        base64.b64encode(event_payload).decode("ascii") if event_payload else "",
     ]
     try:
         client.insert(TABLE, [row], column_names=_COLUMNS)
@@ -112,12 +118,14 @@ def record(client, *, submission_id: str, miner_id: str, robot_model_id: str, cr
         raise ServiceError(f"cannot record novelty fingerprint: {exc}") from exc
 
 
-def store_result(client, submission_id: str, result: dict[str, Any], config_version: str) -> None:
-    """Store the assessment with the row (revision 1), copying the fingerprint in SQL."""
+def store_result(client, submission_id: str, result: dict[str, Any], config_version: str,
+                 revision: int = 1) -> None:
+    """Store the assessment with the row (``revision`` 1; 2: a clawback revision, which
+    replaces the first assessment whatever the merge order), copying the fingerprint in SQL."""
     try:
         client.command(
             f"""INSERT INTO {TABLE}
-            SELECT * REPLACE (toUInt8(1) AS revision, {{result:String}} AS result_json,
+            SELECT * REPLACE (toUInt8({int(revision)}) AS revision, {{result:String}} AS result_json,
                               {{version:String}} AS result_config_version, now64(3) AS inserted_at)
             FROM {TABLE} FINAL WHERE submission_id = {{sid:String}}""",
             parameters={"sid": submission_id, "result": json.dumps(result, sort_keys=True),

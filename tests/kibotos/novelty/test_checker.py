@@ -16,7 +16,7 @@ import pytest
 
 from infra.migrate import apply_migrations
 from kibotos.bundle import open_bundle
-from kibotos.novelty import GATE_ID, REASON_DUPLICATE, NoveltyChecker, load_novelty_config
+from kibotos.novelty import GATE_ID, REASON_COPIED, REASON_DUPLICATE, NoveltyChecker, load_novelty_config
 from kibotos.novelty.index import _motion_pairs, _spatial_offsets
 from kibotos.robots import get_robot
 from kibotos.samples import Episode, make_episode
@@ -163,22 +163,97 @@ def test_perturbed_kinematics_with_another_video_is_caught_by_the_trajectory(sub
     assert "same_miner_trajectory_reuse" in result.flags
 
 
-def test_copy_by_another_miner_is_downweighted_not_rejected(submit):
+def test_copy_by_another_miner_is_rejected_when_near_exact_and_a_full_copy_match_otherwise(submit):
     base = episode(1400)
     submit(base)
     # an exact copy and a cropped one, each by a miner of its own
     for miner, video in ((BOB, None), ("miner-carol", perturb.crop(0.9))):
         result = submit(perturb.copy_of(base, miner, video=video))
         m = result.metrics
-        assert result.passed and result.reason_code is None
         assert m["same_miner_match"] is None
         assert m["cross_miner_match"]["miner_id"] == ALICE and m["cross_miner_match"]["match"] == 1.0
         assert m["cross_miner_match"]["near_exact"] == (video is None)
+        assert m["copy"] == {"scope": "cross_miner", "submission_id": sid(base), "miner_id": ALICE, "match": 1.0,
+                             "near_exact": video is None}
+        assert "cross_miner_near_duplicate" in result.flags
+        if video is None:
+            assert not result.passed and result.reason_code == REASON_COPIED and m["s_novel"] == 0.0
+            assert "exact_copy" in result.flags
+            continue
+        assert result.passed and result.reason_code is None
         # the cross-miner downweight, times the (small) synthetic-artifact factor
         pen = CFG.novelty.penalties
         assert m["artifact_score"] < 0.1
         assert m["s_novel"] == pytest.approx((1 - pen.cross_miner) * (1 - pen.artifact * m["artifact_score"]), abs=1e-4)
-        assert "cross_miner_near_duplicate" in result.flags
+
+
+# A copier's perturbations of a whole episode (video and kinematics together), as issue
+# "copies do not pay" lists them. Each must come out as a copy: rejected as near-exact, or
+# a copy match at which the reward keeps only its minimum factor.
+def _noisy_brighter(ep, miner):  # measured before the copy rule: paid 89 % of the original
+    return perturb.copy_of(ep, miner, video=perturb.brightness(12), joint_pos=perturb.noisy_trajectory(ep, 0.002),
+                           joint_vel=None)
+
+
+WHOLE_COPIES = {
+    "noise_reencode_brightness": _noisy_brighter,
+    "joint_noise_0.01": lambda ep, m: perturb.copy_of(ep, m, joint_pos=perturb.noisy_trajectory(ep, 0.01),
+                                                      joint_vel=None),
+    "reencode_crf35": lambda ep, m: perturb.copy_of(ep, m, video=perturb.identity, crf=35),
+    "contrast_1.3": lambda ep, m: perturb.copy_of(ep, m, video=perturb.contrast(1.3)),
+    "contrast_0.75_brightness": lambda ep, m: perturb.copy_of(
+        ep, m, video=lambda f: perturb.brightness(-15)(perturb.contrast(0.75)(f))),
+    "mirrored": lambda ep, m: perturb.copy_of(ep, m, video=perturb.mirror),
+    "crop_85": lambda ep, m: perturb.copy_of(ep, m, video=perturb.crop(0.85)),
+    "speed_1.1": lambda ep, m: perturb.speed_changed(ep, m, 1.1),
+    "speed_0.9": lambda ep, m: perturb.speed_changed(ep, m, 0.9),
+    "speed_1.25": lambda ep, m: perturb.speed_changed(ep, m, 1.25),
+    "trimmed_ends": lambda ep, m: perturb.trimmed(ep, m, 1000, 800),
+}
+
+
+@pytest.mark.parametrize("scope", ["cross_miner", "same_miner"])
+def test_every_whole_episode_perturbation_is_caught_as_a_copy(submit, scope):
+    from kibotos.scoring import copy_factor, load_scoring_config
+
+    scoring = load_scoring_config()
+    base = episode(2000 if scope == "cross_miner" else 2001)
+    assert submit(base).passed
+    seen = {sid(base)}
+    for i, (name, make) in enumerate(WHOLE_COPIES.items()):
+        # across miners a copier of its own for each perturbation; the best match may be
+        # an earlier copy of the same original (a copy of a copy is a copy)
+        miner = f"copier-{scope}-{i}" if scope == "cross_miner" else ALICE
+        ep = make(base, miner)
+        result = submit(ep)
+        m = result.metrics
+        copy = m["copy"]
+        assert copy is not None and copy["scope"] == scope and copy["submission_id"] in seen, (name, m)
+        seen.add(sid(ep))
+        rejected = {"cross_miner": REASON_COPIED, "same_miner": REASON_DUPLICATE}[scope]
+        if not result.passed:
+            assert result.reason_code == rejected and copy["near_exact"], (name, m)
+        else:
+            assert copy_factor(copy["match"], scoring) == pytest.approx(scoring.reward.copy_min_factor), (name, copy)
+
+
+def test_episodes_that_only_look_alike_keep_full_novelty(submit):
+    """One place, one fixed camera, the same robot and task, different motions: an honest
+    miner's 20 episodes are not copies of each other, nor of another miner's there."""
+    from kibotos.scoring import copy_factor, load_scoring_config
+
+    scoring = load_scoring_config()
+    for i in range(20):
+        result = submit(make_episode(get_robot(*PANDA), seed=2100 + i, miner_id="miner-fixed-cam", scene_seed=77))
+        m = result.metrics
+        assert result.passed, (i, m)
+        assert copy_factor((m["copy"] or {}).get("match"), scoring) == 1.0, (i, m["copy"])
+        assert m["s_novel"] >= 0.95 and m["same_miner_matches"] == 0, (i, m)
+        if i:
+            assert m["same_miner_candidates"] >= i  # every earlier one was compared
+    other = submit(make_episode(get_robot(*PANDA), seed=2150, miner_id="miner-same-place", scene_seed=77))
+    assert other.passed and other.metrics["copy"] is None and other.metrics["cross_miner_matches"] == 0
+    assert other.metrics["s_novel"] >= 0.95
 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
