@@ -15,11 +15,13 @@ from rich.table import Table
 
 from kibotos.cli_miner import miner_app
 from kibotos.errors import KibotosError
+from kibotos.xgen.cli import xgen_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Kibotos: verify, score and reward robot demonstrations.")
 bundle_app = typer.Typer(no_args_is_help=True, help="Inspect submission bundles.")
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(miner_app, name="miner")
+app.add_typer(xgen_app, name="xgen")
 # wide tables when piped or captured (CI logs): rich would otherwise assume 80 columns
 console = Console() if Console().is_terminal else Console(width=160)
 err = Console(stderr=True)
@@ -482,16 +484,17 @@ def bench_faults(
     except KibotosError as exc:
         _fail(exc)
     table = Table(title=f"fault drills: {submissions} submissions each, {workers} gate workers")
-    for col in ("scenario", "submitted", "verdicts", "duplicates", "lost", "paid twice", "unpaid", "recovery s",
-                "startup s"):
+    for col in ("scenario", "submitted", "verdicts", "duplicates", "revisions", "lost", "paid twice",
+                "ledger ≠ report", "unpaid", "recovery s", "startup s"):
         table.add_column(col)
     for r in result["results"]:
-        table.add_row(r["scenario"], str(r["submitted"]), str(r["verdicts"]), str(r["duplicates"]), str(r["lost"]),
-                      str(r["paid_twice"]), str(r["unpaid"]), f"{r['recovery_s']:g}", f"{r['startup_s']:g}")
+        table.add_row(r["scenario"], str(r["submitted"]), str(r["verdicts"]), str(r["duplicates"]),
+                      str(r["revisions"]), str(r["lost"]), str(r["paid_twice"]), str(r["ledger_mismatch"]),
+                      str(r["unpaid"]), f"{r['recovery_s']:g}", f"{r['startup_s']:g}")
     console.print(table)
     if json_out:
         console.print(f"wrote {write_json(result, json_out)}")
-    if any(r["lost"] or r["paid_twice"] for r in result["results"]):
+    if any(r["lost"] or r["paid_twice"] or r["ledger_mismatch"] for r in result["results"]):
         raise typer.Exit(1)
 
 
