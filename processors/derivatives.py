@@ -6,8 +6,8 @@ assumes one fixed ``dt`` reads every late or missing sample as motion (a dropped
 any bound). Here every window is fitted on its own time offsets:
 
 - :func:`local_derivatives` — a local polynomial (cubic by default) least-squares fit over
-  a window of ``window_samples`` consecutive samples centred on each sample, on the sample
-  times themselves (Savitzky–Golay when the spacing is uniform). For every window it also
+  the time span of ``window_samples`` samples centred on each sample, on the sample times
+  themselves (Savitzky–Golay when the spacing is uniform). For every window it also
   returns the *noise gain* of each derivative, ``||h_d||`` of that window's estimator row
   ``h_d``: white noise of standard deviation ``sigma`` on the positions becomes noise of
   standard deviation ``sigma * ||h_d||`` on the ``d``-th derivative.
@@ -55,9 +55,12 @@ def window_samples(window_ms: float, dt_ms: float) -> int:
 
 
 def local_derivatives(t_ms: np.ndarray, q: np.ndarray, window: int, order: int = 3) -> Derivatives:
-    """Local polynomial fit of degree ``order`` over ``window`` samples around each sample,
-    on the real times ``t_ms`` (strictly increasing, ms) of (T, J) ``q``. Only full windows
-    (no edge extrapolation): ``T - window + 1`` rows, empty when ``T < window``."""
+    """Local polynomial fit of degree ``order`` around each sample on the real times
+    ``t_ms`` (strictly increasing, ms) of (T, J) ``q``. A window spans the *time* of
+    ``window`` samples at the median spacing (``±(window // 2 + 1/2) x dt``): a dropped
+    sample leaves one sample fewer in the same span, not a longer window, and a jittered
+    one stays in. Rows for centres ``window // 2 .. T - 1 - window // 2`` (no extrapolation
+    at the ends): ``T - window + 1`` rows, empty when ``T < window``."""
     window = max(order + 2, window | 1)
     q = np.asarray(q, dtype=np.float64)
     if q.ndim == 1:
@@ -69,17 +72,26 @@ def local_derivatives(t_ms: np.ndarray, q: np.ndarray, window: int, order: int =
         return Derivatives(window, np.zeros(0, np.int64), empty, empty, empty, empty, np.zeros((0, 4)))
     t = (np.asarray(t_ms, dtype=np.float64) - float(t_ms[0])) / 1000.0
     m = window // 2
-    tw = np.lib.stride_tricks.sliding_window_view(t, window)  # (n, w)
-    qw = np.lib.stride_tricks.sliding_window_view(q, window, axis=0)  # (n, J, w)
+    dt = float(np.median(np.diff(t)))
+    span = (m + 0.5) * dt  # half-span of a window, seconds
+    extra = max(2, m // 2)  # room for the samples a dropped one lets in
+    half = m + extra
+    K = 2 * half + 1
+    far = 1e6 + abs(float(t[-1]))  # padding: never inside a window
+    tp = np.concatenate([np.full(half, -far), t, np.full(half, far)])
+    qp = np.concatenate([np.zeros((half, J)), q, np.zeros((half, J))])
+    # row r: centre sample m + r, i.e. padded index m + r + half, window starting at m + r
+    tw = np.lib.stride_tricks.sliding_window_view(tp, K)[m:m + n]  # (n, K)
+    qw = np.lib.stride_tricks.sliding_window_view(qp, K, axis=0)[m:m + n]  # (n, J, K)
+    off = tw - tw[:, half:half + 1]
     out = np.zeros((4, n, J))
     gain = np.zeros((n, 4))
     nd = min(3, order) + 1
     # windows spaced exactly like the typical one share one estimator (one matrix product);
-    # the others (around a dropped or jittered sample) get their own
-    dt = float(np.median(np.diff(t)))
-    typical = (np.arange(window) - m) * dt
-    shared = np.all(np.abs((tw - tw[:, m:m + 1]) - typical) < 1e-7, axis=1)
-    H0 = _estimators(typical[None], order, nd)[0]  # (w, nd)
+    # the others (around a dropped or jittered sample, at the ends) get their own
+    typical = (np.arange(K) - half) * dt
+    shared = np.all(np.abs(off - typical) < 1e-7, axis=1)
+    H0 = _estimators(typical[None], span, order, nd)[0]  # (K, nd)
     rows = np.flatnonzero(shared)
     for a in range(0, rows.size, _CHUNK):
         r = rows[a:a + _CHUNK]
@@ -88,19 +100,22 @@ def local_derivatives(t_ms: np.ndarray, q: np.ndarray, window: int, order: int =
     rows = np.flatnonzero(~shared)
     for a in range(0, rows.size, _CHUNK):
         r = rows[a:a + _CHUNK]
-        H = _estimators(tw[r] - tw[r, m:m + 1], order, nd)  # (c, w, nd)
+        H = _estimators(off[r], span, order, nd)  # (c, K, nd)
         out[:nd, r] = np.moveaxis(qw[r] @ H, 2, 0)  # (c, J, nd) -> (nd, c, J)
         gain[r, :nd] = np.sqrt((H**2).sum(axis=1))
     return Derivatives(window, np.arange(m, m + n), out[0], out[1], out[2], out[3], gain)
 
 
-def _estimators(off: np.ndarray, order: int, nd: int) -> np.ndarray:
-    """(c, w, nd): for windows with time offsets ``off`` (c, w) from their centre (s), the
-    least-squares estimators of derivatives 0..nd-1 at the centre (polynomial of ``order``)."""
-    scale = np.maximum(np.abs(off).max(axis=1), 1e-9)  # offsets to [-1, 1]: well conditioned
-    V = (off / scale[:, None])[:, :, None] ** np.arange(order + 1)  # (c, w, order+1)
+def _estimators(off: np.ndarray, span: float, order: int, nd: int) -> np.ndarray:
+    """(c, K, nd): for windows with time offsets ``off`` (c, K) from their centre (s), the
+    least-squares estimators of derivatives 0..nd-1 at the centre (polynomial of ``order``)
+    from the samples within ``±span`` (zero weight on the others)."""
+    inside = np.abs(off) <= span * (1 + 1e-9)
+    scale = np.maximum(np.where(inside, np.abs(off), 0.0).max(axis=1), 1e-9)  # to [-1, 1]: well conditioned
+    V = np.where(inside, off / scale[:, None], 0.0)[:, :, None] ** np.arange(order + 1) * inside[:, :, None]
     Vt = np.swapaxes(V, 1, 2)
-    coef = np.linalg.solve(Vt @ V, Vt)[:, :nd, :]  # (c, nd, w)
+    gram = Vt @ V + 1e-12 * np.eye(order + 1)  # a window too sparse to fit stays finite
+    coef = np.linalg.solve(gram, Vt)[:, :nd, :]  # (c, nd, K)
     fact = np.array([math.factorial(d) for d in range(nd)], dtype=np.float64)
     return np.swapaxes(coef * (fact[:, None] / scale[:, None, None] ** np.arange(nd)[:, None]), 1, 2)
 
