@@ -302,3 +302,19 @@ def test_reupload_of_a_stuck_submission_resumes_it_and_a_decided_one_is_refused(
     assert ingest.received_count() == 3
     for upload_id in (first.upload_id, resumed.upload_id):
         assert ingest.client.upload_status(upload_id)["verdict"] == "accepted"
+
+
+def test_miner_report_lists_rejected_attempts_without_calling_them_a_verdict(ingest, signed):
+    from typer.testing import CliRunner
+
+    from kibotos.cli import app
+
+    path = signed.write(ALICE)
+    sid = _sidecar(path)["submission_id"]
+    grant, refused = ingest.submit(path, EVE, _forged(path))
+    assert refused.status == 422
+    out = CliRunner().invoke(app, ["miner", "report", sid, "--api", ingest.url], catch_exceptions=False)
+    said = " ".join(out.stderr.split())  # the console wraps long lines
+    assert out.exit_code == 1 and "report_not_found" in said
+    assert f"upload {grant['upload_id']} by {EVE.miner_id} rejected at ingestion: [signature_invalid]" in said
+    assert "verdict" not in out.stdout
