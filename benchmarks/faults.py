@@ -6,10 +6,12 @@ waits until every submission has a final verdict. Then it counts, from the wareh
 stack's read API) and the ``verdicts`` topic:
 
 * ``verdicts``: submissions with a final report; ``lost``: submitted, no report;
-* ``duplicates``: verdict events on the topic beyond one per submission (validators see
-  them; the warehouse keeps one report per submission);
-* ``paid_twice``: submissions with more than one ledger entry; ``unpaid``: accepted ones
-  with none;
+* ``duplicates``: verdict events published more than once (same event id: validators
+  drop them by it; the warehouse keeps one report per submission); ``revisions``:
+  further decisions of a submission (a copy revised once its original was checked);
+* ``paid_twice``: submissions with more than one reward entry; ``ledger_mismatch``: the
+  ledger's sum for a submission differs from its report's points; ``unpaid``: accepted
+  ones with points and no entry;
 * ``recovery_s``: from the fault until the last verdict arrived.
 
 Faults: SIGKILL of a gate worker, a GPU consumer (``--evidence``: needs Ray), the
@@ -31,6 +33,7 @@ import time
 import uuid
 from pathlib import Path
 
+from infra.tansu import die_with_parent
 from kibotos.errors import ServiceError
 
 SCENARIOS = ("gate_worker", "broker", "broker_store", "up", "sink", "sink_down", "novelty", "gpu_consumer")
@@ -52,7 +55,7 @@ class UpProcess:
         log = open(self.home / "up.log", "ab")
         self.proc = subprocess.Popen([*_kibotos(), "up", "--workers", str(self.workers), "--reconcile-every", "10",
                                       "--stuck-after", "90"], env=self.env, cwd=self.home, stdout=log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -108,22 +111,29 @@ def _fault(name: str, up: UpProcess, settings, sink_down_s: float) -> None:
         raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
 
 
-def _verdict_events(bootstrap: str, topic: str, expect: int) -> dict[str, int]:
+def _verdict_events(bootstrap: str, spec, expect: int) -> dict[str, dict[str, int]]:
+    """``{submission_id: {event id: publications}}`` from the verdicts topic (the event id
+    is the same on every publication of one decision; a record without one counts by its
+    decision type)."""
     from confluent_kafka import Consumer
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False,
                          "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000})
-    consumer.subscribe([topic])
-    counts: dict[str, int] = {}
+    consumer.subscribe([spec.name])
+    counts: dict[str, dict[str, int]] = {}
+    total = 0
     deadline, quiet_until = time.monotonic() + 60, None
     try:
         while time.monotonic() < deadline:
             msgs = [m for m in consumer.consume(200, 1.0) if not m.error()]
             for m in msgs:
-                key = (m.key() or b"").decode()
-                counts[key] = counts.get(key, 0) + 1
-            if sum(counts.values()) >= expect:
+                event = spec.deserialize(m.value())
+                ids = counts.setdefault(event["submission_id"], {})
+                eid = event.get("event_id") or f"{event.get('event_type', 'decision')}:{event.get('revision', 0)}"
+                ids[eid] = ids.get(eid, 0) + 1
+                total += 1
+            if total >= expect:
                 quiet_until = quiet_until or time.monotonic() + 3  # a few seconds more for duplicates
                 if time.monotonic() > quiet_until:
                     break
@@ -144,8 +154,12 @@ def run_scenario(name: str, episodes: list[Path], root: Path, *, workers: int = 
     home.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIBOTOS_")}
     jobs = ["ik"] if evidence or name == "gpu_consumer" else []
-    env.update({"KIBOTOS_HOME": str(home), "KIBOTOS_EVIDENCE_JOBS": json.dumps(jobs), "KIBOTOS_LOG_LEVEL": "WARNING"})
-    settings = Settings(home=home, evidence_jobs=tuple(jobs))
+    # the novelty stage only where it is the fault: elsewhere its copy verdicts between
+    # the generated episodes (revisions, clawbacks) would blur what the fault did
+    novelty = name == "novelty"
+    env.update({"KIBOTOS_HOME": str(home), "KIBOTOS_EVIDENCE_JOBS": json.dumps(jobs), "KIBOTOS_LOG_LEVEL": "WARNING",
+                "KIBOTOS_NOVELTY": "true" if novelty else "false"})
+    settings = Settings(home=home, evidence_jobs=tuple(jobs), novelty=novelty)
     catalogue = Catalogue.from_settings(settings)
     up = UpProcess(home, env, workers)
     t0 = time.monotonic()
@@ -186,16 +200,23 @@ def run_scenario(name: str, episodes: list[Path], root: Path, *, workers: int = 
         recovery_s = time.monotonic() - t_fault
         time.sleep(3.0)  # late ledger rows land before they are counted
         entries = reads.ledger(settings, None) if hasattr(reads, "ledger") else []
-        paid: dict[str, int] = {}
+        paid: dict[str, int] = {}  # reward entries per submission (clawbacks of revised copies apart)
+        balance: dict[str, float] = {}
         for entry in entries:
-            paid[entry["submission_id"]] = paid.get(entry["submission_id"], 0) + 1
-        events = _verdict_events(up.state()["bootstrap"], catalogue.verdicts.name, len(sids))
+            sid = entry["submission_id"]
+            paid[sid] = paid.get(sid, 0) + (entry.get("kind", "reward") == "reward")
+            balance[sid] = balance.get(sid, 0.0) + float(entry["points"])
+        events = _verdict_events(up.state()["bootstrap"], catalogue.verdicts, len(sids))
         accepted = [sid for sid, rep in reports.items() if rep["verdict"] == "accepted" and rep.get("points", 0) > 0]
         return {
             "scenario": name, "submitted": len(sids), "verdicts": len(reports), "lost": len(sids) - len(reports),
-            "duplicates": sum(max(0, events.get(sid, 0) - 1) for sid in sids),
-            "verdict_events": sum(events.get(sid, 0) for sid in sids),
+            "duplicates": sum(n - 1 for sid in sids for n in events.get(sid, {}).values()),
+            "revisions": sum(max(0, len(events.get(sid, {})) - 1) for sid in sids),
+            "verdict_events": sum(n for sid in sids for n in events.get(sid, {}).values()),
             "paid_twice": sum(1 for sid in sids if paid.get(sid, 0) > 1),
+            # the ledger's sum for a submission is what its (latest) report says it earned
+            "ledger_mismatch": sum(1 for sid, rep in reports.items()
+                                   if abs(balance.get(sid, 0.0) - float(rep.get("points") or 0.0)) > 1e-6),
             "unpaid": sum(1 for sid in accepted if paid.get(sid, 0) == 0),
             "recovery_s": round(recovery_s, 1), "startup_s": round(startup_s, 1),
             "verdict_counts": {v: sum(1 for r in reports.values() if r["verdict"] == v)

@@ -383,7 +383,9 @@ def bench_stack(episodes: list[BenchEpisode], warmup: list[Path], workers: int, 
     # its own home (chdb, object store) and topics; nothing from a developer's environment
     settings = Settings(home=home, topic_prefix=f"bench{uuid.uuid4().hex[:10]}.", evidence_jobs=(), novelty=False,
                         bootstrap_servers=None, clickhouse_dsn=None, object_store_url=None, log_level="WARNING")
-    stack = Stack(settings, workers=workers, log=lambda m: progress(f"{label}: {m}"))
+    # the broker's log in memory, as in the reference runs: the cost of the durable log
+    # is measured on its own (benchmarks/broker_storage.py, RESULTS.md)
+    stack = Stack(settings, workers=workers, log=lambda m: progress(f"{label}: {m}"), ephemeral=True)
     with PeakRSS() as mem:
         t_start = time.perf_counter()
         # faust workers keep a data directory in their working directory: in the stack's
