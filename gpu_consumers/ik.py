@@ -51,8 +51,9 @@ capped at the neutral 0.5.
 smoothness and joint-limit margins of the submitted joints of the retargeted chains (base
 to every end-effector link; all joints for a robot without one), the other two inputs of
 the scoring component ``S_retarget`` (``kibotos.scoring``): ``jerk_ratio`` — per frame
-the largest ``|jerk| / bound`` over those joints (Savitzky–Golay over gate E's window,
-gate E's bounds), its p50 / p95 / max — and ``limit_margin_fraction`` — per frame the
+the largest ``|jerk| / bound`` over those joints (gate E's local fit on the real timestamps
+over gate E's window, gate E's bounds; raw, sensor noise included: the noise gate E
+tolerates lowers the smoothness term instead), its p50 / p95 / max — and ``limit_margin_fraction`` — per frame the
 smallest distance to a position limit as a fraction of that joint's span, its min / p5.
 They are measurements, not verdicts: gates D and E judge the limits and bounds.
 """
@@ -76,7 +77,7 @@ from kibotos.report import GateResult
 from kibotos.robots import RobotModel
 from kibotos.robots.kinematics import SerialKinematics
 from processors.base import result
-from processors.signals import savgol_derivatives, window_samples
+from processors.derivatives import local_derivatives, window_samples
 
 GATE_ID = "ik_residual"
 
@@ -416,7 +417,9 @@ def trajectory_quality(kin_t: np.ndarray, q: np.ndarray, robot: RobotModel, join
     idx = np.asarray(joint_index, dtype=np.int64)
     dt_ms = float(np.median(np.diff(kin_t)))
     window = window_samples(gate_e.smoothing_window_ms, dt_ms)
-    _, _, jerk = savgol_derivatives(q[:, idx], dt_ms / 1000.0, window)
+    # on the real timestamps (dropped samples and jitter are not jerk); the raw jerk, sensor
+    # noise included: noise gate E tolerates shows here, in S_retarget's smoothness term
+    jerk = local_derivatives(kin_t, q[:, idx], window).jerk
     out: dict = {"joints": int(idx.size), "window_samples": window, "jerk_ratio": None}
     if jerk.shape[0]:
         ratio = (np.abs(jerk) / (robot.jerk_limit[idx] * gate_e.jerk_factor)).max(axis=1)
