@@ -63,7 +63,7 @@ class Limits:
     gate_time_budget_s: float = 300.0  # wall time of one gate on one bundle
     max_episode_seconds: float = 3600.0  # kinematic duration (timestamps) of one episode
     # process
-    worker_memory_bytes: int = 0  # RLIMIT_AS of a gate worker process (0: none; see streams.worker)
+    worker_memory_bytes: int = 0  # RLIMIT_AS of a gate worker process (0: its loaded size + 3 GiB; streams.worker)
 
     @classmethod
     def from_config(cls, config: Any) -> "Limits":

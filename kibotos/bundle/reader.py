@@ -290,8 +290,8 @@ class BundleView:
               f"decoded bytes with {path}", dataset=path)
         try:
             data = np.asarray(self._root[path][...])
-        except ResourceLimitExceeded:
-            raise
+        except (ResourceLimitExceeded, MemoryError):
+            raise  # MemoryError: the worker's memory ceiling (run_gate names it)
         except Exception as exc:  # corrupt chunk, codec error, truncated member
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, ResourceLimitExceeded):

@@ -16,7 +16,11 @@ functions of a local file and the upload's claims, no broker, no database, no HT
    declared sizes and chunk counts within ``Limits``
    (``dataset_too_large``, ``dataset_too_many_chunks``), required datasets, dtypes and
    shapes against the manifest (``missing_dataset``, ``wrong_dtype``, ``shape_mismatch``;
-   the same function gate A uses) — from metadata only, no array is loaded.
+   the same function gate A uses) — from metadata only, no array is loaded;
+5. the resource budgets (``kibotos.bundle.limits``): codecs allowed (``codec_not_allowed``),
+   chunk sizes, bytes backed only by the fill value, and the primary video's container
+   probed for resolution, pixel rate and frame count (``resource_limit_exceeded``, the
+   limit named in the metrics) — the encoded video's bytes are read, no frame is decoded.
 
 Semantic checks (units, robot registry, NaN, timestamps, physics) stay with the gates.
 """
@@ -120,6 +124,23 @@ def verify_upload(path: str | Path, signature_doc: Any, *, miner_id: str, submis
     return VerifiedBundle(tree, manifest, attrs, sig, arrays)
 
 
+def _check_budgets(view, infos, manifest: Manifest) -> None:
+    """The resource budgets a bundle must fit before it enters the pipeline, from metadata
+    and the video container's header (nothing decoded): per array the chunk size, codecs
+    allowed and bytes backed only by the fill value; the primary video's resolution, rate
+    and frame count (``primary_video_budget``, the check gate A repeats)."""
+    from processors.gate_a_integrity import primary_video_budget
+
+    for a in infos:
+        view.check_readable(a)
+    primary_video_budget(view, manifest)
+
+
+def _metrics(exc: BaseException) -> dict:
+    found = getattr(exc, "metrics", None)
+    return dict(found) if isinstance(found, dict) else {}
+
+
 def _check_datasets(path: str | Path, manifest: Manifest, limits: Limits) -> dict[str, dict]:
     from processors.gate_a_integrity import structure_problem
 
@@ -136,10 +157,12 @@ def _check_datasets(path: str | Path, manifest: Manifest, limits: Limits) -> dic
                     raise IngestRejection("dataset_too_many_chunks", f"{a.path} declares {a.chunks} chunks "
                                           f"> {limits.max_chunks}", dataset=a.path, shape=list(a.shape))
             problem, details = structure_problem(view, manifest)
+            if problem is None:
+                _check_budgets(view, infos, manifest)
     except IngestRejection:
         raise
     except BundleError as exc:
-        raise IngestRejection(exc.reason_code, str(exc)) from exc
+        raise IngestRejection(exc.reason_code, str(exc), **_metrics(exc)) from exc
     except Exception as exc:  # zarr refusing hostile metadata (codecs, dtypes, shapes)
         raise IngestRejection("bundle_malformed", f"{type(exc).__name__}: {str(exc)[:300]}") from exc
     if problem is not None:

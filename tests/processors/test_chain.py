@@ -123,7 +123,7 @@ def _raise(exc):
     [
         (BundleError("declared too big", reason_code="dataset_too_large"), "dataset_too_large"),
         (KibotosError("plain"), "internal_error"),
-        (MemoryError(), "resource_exhausted"),
+        (MemoryError(), "resource_limit_exceeded"),  # the worker's memory ceiling (streams.worker)
         (ZeroDivisionError("bug"), "gate_internal_error"),
     ],
 )
