@@ -112,7 +112,9 @@ def s_retarget(evidence: Evidence, cfg: ScoringConfig) -> Component:
     """S_retarget: weighted geometric mean of the IK residual confidence (the config's
     ``missing_residual_value`` when the IK stage had no independent target), smoothness
     ``1 / (1 + (jerk p95 / jerk_ratio_scale)^2)`` and margins
-    ``min(1, margin p5 / limit_margin_scale)``."""
+    ``min(1, margin p5 / limit_margin_scale)``. The jerk ratio is the IK stage's raw jerk on
+    the real timestamps, sensor noise included: the joint noise gate E tolerates (up to
+    0.03 rad passes it) lowers this term instead, monotonically."""
     p = cfg.components.retarget
     res = evidence.get(IK_GATE)
     if res is None:
