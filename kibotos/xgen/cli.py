@@ -61,15 +61,25 @@ def run_cmd(
 @xgen_app.command("synth")
 def synth_cmd(
     out: Path = typer.Option(Path("pickup_keypoints.npz"), help="keypoints file to write"),
+    video: Optional[Path] = typer.Option(None, help="also render it as an H.264 video (MuJoCo offscreen)"),
     duration: float = typer.Option(6.0, help="seconds"),
     fps: float = typer.Option(30.0),
+    camera_yaw: float = typer.Option(0.6, help="camera turn in radians (0: side view)"),
 ) -> None:
-    """Write a procedural human cargo pickup as a keypoints file (test data).
+    """Write a procedural human cargo pickup as a keypoints file (test data), and
+    optionally as a video a pose estimator can read.
 
-    Example: kibotos xgen synth --out pickup.npz && kibotos xgen run --keypoints pickup.npz --out clips/
+    Example: kibotos xgen synth --out pickup.npz --video pickup.mp4 && kibotos xgen run --video pickup.mp4 --out clips/
     """
     from kibotos.xgen.skeleton import write_keypoints
     from kibotos.xgen.synth import cargo_pickup
 
-    write_keypoints(out, cargo_pickup(duration, fps).motion)
+    pickup = cargo_pickup(duration, fps, camera_yaw=camera_yaw)
+    write_keypoints(out, pickup.motion)
     print(str(out))
+    if video is not None:
+        from kibotos.video import encode_mp4
+        from kibotos.xgen.render import render_pickup
+
+        video.write_bytes(encode_mp4(render_pickup(pickup), fps))
+        print(str(video))
