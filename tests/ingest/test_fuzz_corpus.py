@@ -24,6 +24,7 @@ from kibotos.bundle.hashtree import hash_bundle
 from kibotos.errors import BundleError
 from kibotos.identity import BundleSignature, sidecar_path, sign_tree
 from kibotos.ingest.client import IngestRefused
+from tests.fixtures import hostile
 from tests.fixtures.episodes import edit_json, rewrite_zip
 from tests.fixtures.ingest import ingest, keypair, s3_ingest, signed  # noqa: F401
 
@@ -165,6 +166,19 @@ CORPUS: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
                        "shape_mismatch"),
     "missing_joint_pos": (lambda s, d: rewrite_zip(s, d, edit={"kinematics/joint_pos/zarr.json": None,
                                                                 "kinematics/joint_pos/c/0/0": None}), "missing_dataset"),
+    # resource budgets checked before the pipeline (kibotos.bundle.limits; codec bombs are
+    # caught by gate A's bounded decoding: tests/kibotos/bundle/test_resource_budgets.py)
+    "fill_value_only_array": (hostile.fill_value_array(1_000_000), "resource_limit_exceeded"),
+    "fill_value_1gib": (hostile.fill_value_array(30_000_000), "dataset_too_large"),
+    "codec_not_allowed": (lambda s, d: rewrite_zip(s, d, edit={"kinematics/joint_pos/zarr.json": edit_json(
+        lambda doc: doc.update(codecs=[{"name": "bytes", "configuration": {"endian": "little"}},
+                                       {"name": "numcodecs.zlib", "configuration": {}}]))}), "codec_not_allowed"),
+    "video_8192_square": (hostile.with_video(lambda: hostile.big_black_mp4(8192, 8192, 2)), "resource_limit_exceeded"),
+    "manifest_fps_1e-4": (hostile.edit_manifest(lambda a: a["video"]["primary"].update(fps=1e-4)), "manifest_invalid"),
+    "manifest_fx_1e300": (hostile.intrinsics(fx=1e300), "manifest_invalid"),
+    "joint_name_nul": (hostile.joint_name("panda_joint1\x00"), "manifest_invalid"),
+    "joint_name_rtl": (hostile.joint_name("panda_\u202ejoint1"), "manifest_invalid"),
+    "manifest_nested_300k": (hostile.raw_manifest(hostile.deep_manifest(300_000)), "manifest_invalid"),
 }
 
 
@@ -222,6 +236,7 @@ def _files_left(store) -> list[str]:
 def test_every_malformed_bundle_is_rejected_with_its_reason_code(backend, request, signed, tmp_path):
     env = request.getfixturevalue("ingest" if backend == "local" else "s3_ingest")
     outcomes: dict[str, tuple[int, str]] = {}
+    hostile.big_black_mp4(8192, 8192, 2)  # encoded before memory is sampled: the encoder is not the API
     with RssSampler() as rss:
         for case, (build, _) in CORPUS.items():
             base = signed.write(MALLORY)

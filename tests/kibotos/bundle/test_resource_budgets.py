@@ -8,20 +8,15 @@ named), the whole corpus runs in a subprocess whose peak RSS stays bounded, and
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
-import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import av
 import numpy as np
 import pytest
-import zstandard
 from typer.testing import CliRunner
 
 from kibotos.bundle import Limits, open_bundle
@@ -30,167 +25,13 @@ from kibotos.bundle.limits import ResourceLimitExceeded, gate_deadline
 from kibotos.cli import app
 from kibotos.errors import BundleError
 from kibotos.gate_config import load_config
-from kibotos.robots import get_robot
 from kibotos.video import decode_luma, encode_mp4, probe_video
-from kibotos.verify import verify_path
-from tests.fixtures.episodes import PANDA, edit_json, manifest_for, rewrite_zip, samples, small_bundle  # noqa: F401
+from tests.fixtures.episodes import PANDA, edit_json, rewrite_zip, samples  # noqa: F401
+from tests.fixtures.hostile import (GiB, META, MiB, intrinsics, joint_name, edit_manifest, raw_manifest, replace_chunk,
+                                    with_video, big_black_mp4, deep_manifest, fill_value_array, gzip_zeros, long_episode,
+                                    raw_frames, zip_header_lie, zstd_zeros)
 
-MiB, GiB = 1 << 20, 1 << 30
-CHUNK = "kinematics/joint_pos/c/0/0"
-META = "kinematics/joint_pos/zarr.json"
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def _zeros_stream(total: int, compress: Callable[[bytes], bytes], flush: Callable[[], bytes]) -> bytes:
-    block, out = bytes(MiB), bytearray()
-    for _ in range(total // MiB):
-        out += compress(block)
-    return bytes(out + flush())
-
-
-def zstd_zeros(total: int, content_size: bool) -> bytes:
-    cctx = zstandard.ZstdCompressor(level=3, write_content_size=content_size)
-    cobj = cctx.compressobj(size=total if content_size else -1)
-    return _zeros_stream(total, cobj.compress, cobj.flush)
-
-
-def gzip_zeros(total: int) -> bytes:
-    c = zlib.compressobj(9, zlib.DEFLATED, 31)
-    return _zeros_stream(total, c.compress, c.flush)
-
-
-def _replace_chunk(src: Path, dst: Path, data: bytes, codecs: list | None = None) -> Path:
-    edit = {CHUNK: None}
-    if codecs is not None:
-        edit[META] = edit_json(lambda doc: doc.update(codecs=codecs))
-    rewrite_zip(src, dst, edit=edit)
-    with zipfile.ZipFile(dst, "a") as zf:
-        zf.writestr(CHUNK, data)
-    return dst
-
-
-def zip_header_lie(src: Path, dst: Path) -> Path:
-    """The joint_pos chunk inflates to 1 GiB; its zip headers claim 1 MiB."""
-    rewrite_zip(src, dst, edit={CHUNK: None})
-    with zipfile.ZipFile(dst, "a", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        with zf.open(CHUNK, "w") as fh:
-            block = bytes(MiB)
-            for _ in range(1024):
-                fh.write(block)
-    data = bytearray(dst.read_bytes())
-    with zipfile.ZipFile(dst) as zf:
-        start, pos = zf.getinfo(CHUNK).header_offset, zf.start_dir
-    claim = MiB.to_bytes(4, "little")
-    data[start + 22:start + 26] = claim  # local header: uncompressed size
-    while data[pos:pos + 4] == b"PK\x01\x02":
-        n, m, k = (int.from_bytes(data[pos + o:pos + o + 2], "little") for o in (28, 30, 32))
-        if data[pos + 46:pos + 46 + n] == CHUNK.encode():
-            data[pos + 24:pos + 28] = claim  # central directory: uncompressed size
-        pos += 46 + n + m + k
-    dst.write_bytes(bytes(data))
-    return dst
-
-
-def _array_meta(shape: list[int], chunks: list[int], dtype: str = "float32") -> bytes:
-    return json.dumps({"zarr_format": 3, "node_type": "array", "shape": shape, "data_type": dtype,
-                       "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunks}},
-                       "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-                       "fill_value": 0.0, "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
-                       "attributes": {}}).encode()
-
-
-def fill_value_array(rows: int) -> Callable[[Path, Path], Path]:
-    """An optional float stream declaring ``rows`` x 9 float32 and storing no chunk."""
-
-    def build(src: Path, dst: Path) -> Path:
-        return rewrite_zip(src, dst, add={"imu/zarr.json": b'{"zarr_format":3,"node_type":"group","attributes":{}}',
-                                          "imu/accel/zarr.json": _array_meta([rows, 9], [100_000, 9])})
-
-    return build
-
-
-def _manifest(update: Callable[[dict], None]) -> Callable[[Path, Path], Path]:
-    def build(src: Path, dst: Path) -> Path:
-        return rewrite_zip(src, dst, edit={"manifest/zarr.json": edit_json(lambda doc: update(doc["attributes"]))})
-
-    return build
-
-
-def _raw_manifest(text: str) -> Callable[[Path, Path], Path]:
-    return lambda src, dst: rewrite_zip(src, dst, edit={"manifest/zarr.json": lambda raw: text.encode()})
-
-
-def _intrinsics(**values) -> Callable[[Path, Path], Path]:
-    return _manifest(lambda a: a["camera"]["primary"]["intrinsics"].update(values))
-
-
-def _joint_name(name: str) -> Callable[[Path, Path], Path]:
-    return _manifest(lambda a: a["joint_names"].__setitem__(0, name))
-
-
-def big_black_mp4(width: int, height: int, frames: int, fps: int = 30) -> bytes:
-    """H.264 of one black frame repeated (skip frames): tiny on disk, huge to decode."""
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "ultrafast", "crf": "51"}
-        frame = av.VideoFrame(width, height, "yuv420p")
-        for plane in frame.planes:
-            plane.update(bytes(plane.buffer_size))
-        for i in range(frames):
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buf.getvalue()
-
-
-def _video(make: Callable[[], bytes]) -> Callable[[Path, Path], Path]:
-    def build(src: Path, dst: Path) -> Path:
-        mp4 = make()
-        meta = zipfile.ZipFile(src).read("video/primary/encoded/zarr.json")
-
-        def resize(doc):
-            doc["shape"] = [len(mp4)]
-            doc["chunk_grid"]["configuration"]["chunk_shape"] = [len(mp4)]
-            doc["codecs"] = [{"name": "bytes"}]
-
-        rewrite_zip(src, dst, edit={"video/primary/encoded/c/0": None,
-                                    "video/primary/encoded/zarr.json": lambda raw: edit_json(resize)(meta)})
-        with zipfile.ZipFile(dst, "a") as zf:
-            zf.writestr("video/primary/encoded/c/0", mp4)
-        return dst
-
-    return build
-
-
-def _small(tmp: Path, name: str, **kw) -> Path:
-    return small_bundle(tmp / f"{name}-base.zarr.zip", get_robot(*PANDA), **kw)
-
-
-def raw_frames(shape: list[int]) -> Callable[[Path, Path], Path]:
-    """Raw frames declaring ``shape`` (no chunk stored) on a small bundle whose manifest
-    declares ``shape[0]`` frames."""
-
-    def build(src: Path, dst: Path) -> Path:
-        base = _small(dst.parent, dst.stem, manifest=manifest_for(get_robot(*PANDA), video={
-            "primary": {"fps": 10.0, "frame_count": shape[0]}}))
-        return rewrite_zip(base, dst, edit={"video/primary/frames/c/0/0/0/0": None, "video/primary/frames/zarr.json":
-                                            lambda raw: _array_meta(shape, shape, "uint8")})
-
-    return build
-
-
-def long_episode(src: Path, dst: Path) -> Path:
-    """100 samples 40 s apart: an episode of more than an hour."""
-    base = _small(dst.parent, dst.stem, timestamps_ms=np.arange(100, dtype=np.int64) * 40_000)
-    return rewrite_zip(base, dst)
-
-
-def deep_manifest(depth: int) -> str:
-    return '{"zarr_format":3,"node_type":"group","attributes":{"x":' + "[" * depth + "]" * depth + "}}"
 
 
 @dataclass(frozen=True)
@@ -206,10 +47,10 @@ RLE = "resource_limit_exceeded"
 CASES: dict[str, Case] = {
     # decompressed size per chunk, whatever the zip header or the codec frame claims
     "zip_header_claims_1mib_of_1gib": Case(zip_header_lie, "dataset_unreadable"),
-    "zstd_bomb_no_content_size": Case(lambda s, d: _replace_chunk(s, d, zstd_zeros(GiB, False)), RLE,
+    "zstd_bomb_no_content_size": Case(lambda s, d: replace_chunk(s, d, zstd_zeros(GiB, False)), RLE,
                                       "chunk_decoded_bytes"),
-    "zstd_bomb_claims_1gib": Case(lambda s, d: _replace_chunk(s, d, zstd_zeros(GiB, True)), RLE, "chunk_decoded_bytes"),
-    "gzip_bomb": Case(lambda s, d: _replace_chunk(s, d, gzip_zeros(512 * MiB), codecs=[
+    "zstd_bomb_claims_1gib": Case(lambda s, d: replace_chunk(s, d, zstd_zeros(GiB, True)), RLE, "chunk_decoded_bytes"),
+    "gzip_bomb": Case(lambda s, d: replace_chunk(s, d, gzip_zeros(512 * MiB), codecs=[
         {"name": "bytes", "configuration": {"endian": "little"}}, {"name": "gzip", "configuration": {"level": 5}}]),
         RLE, "chunk_decoded_bytes"),
     "codec_not_allowed": Case(lambda s, d: rewrite_zip(s, d, edit={META: edit_json(lambda doc: doc.update(codecs=[
@@ -222,10 +63,10 @@ CASES: dict[str, Case] = {
     "raw_frames_4096_square": Case(raw_frames([4, 4096, 4096, 3]), RLE, "max_frame_pixels"),
     "raw_frames_1gb": Case(raw_frames([400, 720, 1280, 3]), "dataset_too_large", "max_array_bytes"),
     # encoded video: probed before decoding
-    "mp4_8192_square_skip_frames": Case(_video(lambda: big_black_mp4(8192, 8192, 3)), RLE, "max_video_side"),
-    "mp4_frames_x_pixels": Case(_video(lambda: big_black_mp4(64, 64, 240)), RLE, "max_video_total_pixels",
+    "mp4_8192_square_skip_frames": Case(with_video(lambda: big_black_mp4(8192, 8192, 3)), RLE, "max_video_side"),
+    "mp4_frames_x_pixels": Case(with_video(lambda: big_black_mp4(64, 64, 240)), RLE, "max_video_total_pixels",
                                 {"max_video_total_pixels": 64 * 64 * 100}),
-    "mp4_pixels_per_second": Case(_video(lambda: big_black_mp4(64, 64, 10, fps=240)), RLE, "max_video_pixels_per_second",
+    "mp4_pixels_per_second": Case(with_video(lambda: big_black_mp4(64, 64, 10, fps=240)), RLE, "max_video_pixels_per_second",
                                   {"max_video_pixels_per_second": 64 * 64 * 100}),
     "decode_wall_time": Case(lambda s, d: rewrite_zip(s, d), RLE, "max_decode_seconds", {"max_decode_seconds": 0.0}),
     # totals and time
@@ -234,21 +75,21 @@ CASES: dict[str, Case] = {
     "gate_time_budget": Case(lambda s, d: rewrite_zip(s, d), RLE, "gate_time_budget_s", {"gate_time_budget_s": 0.0}),
     "episode_over_an_hour": Case(long_episode, RLE, "max_episode_seconds"),
     # manifest numbers out of their ranges
-    "fps_1e-4": Case(_manifest(lambda a: a["video"]["primary"].update(fps=1e-4)), "manifest_invalid"),
-    "fps_1e-300": Case(_manifest(lambda a: a["video"]["primary"].update(fps=1e-300)), "manifest_invalid"),
-    "sampling_rate_1e-300": Case(_manifest(lambda a: a.update(sampling_rate_hz=1e-300)), "manifest_invalid"),
-    "fx_1e300": Case(_intrinsics(fx=1e300), "manifest_invalid"),
-    "width_2_31": Case(_intrinsics(width=2**31 - 1, height=2**31 - 1), "manifest_invalid"),
-    "manifest_nan": Case(_raw_manifest(json.dumps({"zarr_format": 3, "node_type": "group"})[:-1] +
+    "fps_1e-4": Case(edit_manifest(lambda a: a["video"]["primary"].update(fps=1e-4)), "manifest_invalid"),
+    "fps_1e-300": Case(edit_manifest(lambda a: a["video"]["primary"].update(fps=1e-300)), "manifest_invalid"),
+    "sampling_rate_1e-300": Case(edit_manifest(lambda a: a.update(sampling_rate_hz=1e-300)), "manifest_invalid"),
+    "fx_1e300": Case(intrinsics(fx=1e300), "manifest_invalid"),
+    "width_2_31": Case(intrinsics(width=2**31 - 1, height=2**31 - 1), "manifest_invalid"),
+    "manifest_nan": Case(raw_manifest(json.dumps({"zarr_format": 3, "node_type": "group"})[:-1] +
                                          ',"attributes":{"sampling_rate_hz":NaN}}'), "manifest_invalid"),
     # names
-    "joint_name_nul": Case(_joint_name("panda_joint1\x00"), "manifest_invalid"),
-    "joint_name_rtl_override": Case(_joint_name("panda_\u202ejoint1"), "manifest_invalid"),
-    "joint_name_zero_width": Case(_joint_name("panda_joint1\u200b"), "manifest_invalid"),
-    "joint_name_unknown": Case(_joint_name("panda_joint1_x"), "unknown_joint_names"),
+    "joint_name_nul": Case(joint_name("panda_joint1\x00"), "manifest_invalid"),
+    "joint_name_rtl_override": Case(joint_name("panda_\u202ejoint1"), "manifest_invalid"),
+    "joint_name_zero_width": Case(joint_name("panda_joint1\u200b"), "manifest_invalid"),
+    "joint_name_unknown": Case(joint_name("panda_joint1_x"), "unknown_joint_names"),
     # manifests that do not parse
-    "manifest_not_json": Case(_raw_manifest("{'not': json"), "manifest_invalid", exit_code=2),
-    "manifest_nested_300k": Case(_raw_manifest(deep_manifest(300_000)), "manifest_invalid", exit_code=2),
+    "manifest_not_json": Case(raw_manifest("{'not': json"), "manifest_invalid", exit_code=2),
+    "manifest_nested_300k": Case(raw_manifest(deep_manifest(300_000)), "manifest_invalid", exit_code=2),
 }
 
 
