@@ -115,3 +115,18 @@ def test_velocity_limit_violations_are_rejected(samples, tmp_path, key, factor, 
     res = run_gate_on(GATE_ID, path, speed_only)
     assert (res.passed, res.reason_code) == (False, "speed_exceeded"), res.metrics
     assert res.metrics["speed_exceed_fraction"] > 0.2
+
+
+@pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
+def test_noise_neither_blinds_nor_fools_the_sync_check(samples, tmp_path, key):  # noqa: F811
+    """Gate C predicts image speed from the joints by a local fit, not a raw gradient: with
+    0.03 rad of noise the genuine episode's sync estimate stays confident and right, and a
+    false claim (``sync_lie``: 400 ms off) is still caught — noise cannot hide it."""
+    cfg = CONFIG.gate_c
+    genuine = run_gate_on("gate_c_sync", _write(perturb.with_joint_noise(samples.episode(key), 0.03), tmp_path, "g"))
+    assert genuine.passed, genuine.metrics
+    assert genuine.metrics["sync_confidence"] >= cfg.high_confidence, genuine.metrics
+    assert genuine.metrics["sync_disagreement_ms"] <= cfg.max_sync_disagreement_ms
+    lie = run_gate_on("gate_c_sync", _write(perturb.with_joint_noise(samples.episode(key, "sync_lie"), 0.03),
+                                            tmp_path, "lie"))
+    assert (lie.passed, lie.reason_code) == (False, "sync_offset_mismatch"), lie.metrics
