@@ -603,18 +603,24 @@ def hand_pixels_at(view: BundleView, kin_t_ms: np.ndarray, width: int, height: i
     return pix * np.array([width / cam.intrinsics.width, height / cam.intrinsics.height])
 
 
-def _cosine_at_lags(a: np.ndarray, b: np.ndarray, max_steps: int, min_n: int) -> tuple[float | None, float | None, int]:
-    """Uncentred cosine of two (N, 2) velocity series at lag 0, and its best over lags
-    ``-max_steps..max_steps`` (``a`` shifted by k against ``b``): ``(at0, best, best_k)``."""
-    def cos(x, y):
-        den = float(np.sqrt((x * x).sum() * (y * y).sum()))
-        return float((x * y).sum() / den) if den > 0 and len(x) >= min_n else None
-
-    at0, best, best_k = cos(a, b), None, 0
+def _direction_agreement(flow: np.ndarray, hand: np.ndarray, active: np.ndarray, max_steps: int,
+                         min_n: int) -> tuple[float | None, float | None, int]:
+    """Mean cosine between the video's flow and the hand's image velocity over the frames
+    where the hand moves (``active``), every such frame weighing the same (a frame whose
+    video does not move scores 0): at lag 0 and the best over lags ``-max_steps..max_steps``
+    (the flow shifted by k frames). ``(at0, best, best_k)``; None with fewer than ``min_n``."""
+    fn = flow / np.maximum(np.linalg.norm(flow, axis=1, keepdims=True), 1e-9)
+    hn = hand / np.maximum(np.linalg.norm(hand, axis=1, keepdims=True), 1e-9)
+    idx = np.flatnonzero(active)
+    at0, best, best_k = None, None, 0
     for k in range(-max_steps, max_steps + 1):
-        x, y = (a[k:], b[: len(b) - k]) if k >= 0 else (a[:k], b[-k:])
-        c = cos(x, y)
-        if c is not None and (best is None or c > best):
+        ok = idx[(idx + k >= 0) & (idx + k < len(fn))]
+        if ok.size < min_n:
+            continue
+        c = float(np.mean((fn[ok + k] * hn[ok]).sum(axis=1)))
+        if k == 0:
+            at0 = c
+        if best is None or c > best:
             best, best_k = c, k
     return at0, best, best_k
 
@@ -622,10 +628,13 @@ def _cosine_at_lags(a: np.ndarray, b: np.ndarray, max_steps: int, min_n: int) ->
 def hand_path(view: BundleView, sync_offset_ms: float, config: AlignmentConfig) -> dict[str, Any]:
     """Does the direction of the video's motion follow the hand? The mean optical flow of
     the moving pixels (``video_flow``) against the image velocity of each end effector
-    through the primary camera (``hand_pixels_at``), both smoothed by ``motion.smooth_ms``:
-    their uncentred cosine at the sync offset (``corr``) and the best over lags within
-    ``motion.max_lag_ms`` (``best_corr``), for the end effector that matches best. Another
-    episode's motion of the same rhythm moves in other directions; a still video has none."""
+    through the primary camera (``hand_pixels_at``), both smoothed by ``motion.smooth_ms``,
+    compared on the frames where that hand moves (at least ``mismatch.hand_active_fraction``
+    of its p95 image speed) by their mean cosine (``_direction_agreement``): at the sync
+    offset (``corr``) and the best over lags within ``motion.max_lag_ms`` (``best_corr``),
+    for the end effector that agrees best. Every move counts alike, so another episode of
+    the same task, whose big task moves go the same way, still disagrees on the others;
+    a still video has no direction at all."""
     mc, cfg = config.motion, config.mismatch
     fps = float(view.manifest.video["primary"].fps)
     luma = _video_luma(view, cfg.hand_decode_width)
@@ -641,16 +650,20 @@ def hand_path(view: BundleView, sync_offset_ms: float, config: AlignmentConfig) 
     width = max(1, int(round(mc.smooth_ms * fps / 1000.0)))
     smooth = lambda x: np.stack([np.convolve(x[:, j], np.ones(width) / width, mode="same")  # noqa: E731
                                  for j in range(x.shape[1])], axis=1)
-    a = smooth(flow)[inside]
+    a = smooth(flow)
     steps = int(mc.max_lag_ms * fps / 1000.0)
-    min_n = int(np.ceil(mc.min_overlap_ms * fps / 1000.0))
+    min_n = int(np.ceil(mc.min_overlap_ms * fps / 1000.0 * cfg.hand_active_fraction))
     for e in range(hands.shape[1]):
-        at0, best, k = _cosine_at_lags(a, smooth(hands[:, e])[inside], steps, min_n)
+        v = smooth(hands[:, e])
+        speed = np.linalg.norm(v, axis=1)
+        p95 = float(np.percentile(speed[inside], 95)) if inside.any() else 0.0
+        active = inside & (speed >= cfg.hand_active_fraction * p95) & (p95 > 0)
+        at0, best, k = _direction_agreement(a, v, active, steps, min_n)
         if best is not None and (out["best_corr"] is None or best > out["best_corr"]):
             out = {"corr": _r(at0), "best_corr": _r(best), "best_lag_ms": round(k * 1000.0 / fps, 1),
-                   "end_effector": e}
+                   "end_effector": e, "active_frames": int(active.sum())}
     if out["best_corr"] is None:
-        out["reason"] = "no hand motion or video motion to compare"
+        out["reason"] = "no hand motion to compare"
     return out
 
 

@@ -329,7 +329,8 @@ def render_human_video(robot: RobotModel, qs: np.ndarray, intrinsics: dict, cam_
     """(N, H, W, 3) frames of a person demonstrating configurations ``qs`` (N, J): a photo of
     a person (``HUMAN_PHOTO``) over a textured background, moved with the demonstrator's
     hand, i.e. the retargeted end effector seen through the declared camera
-    (``hand_pixels``, relative to the first frame; kept inside the frame)."""
+    (``hand_pixels``, relative to the first frame), its path scaled down as a whole where
+    it would leave the frame (the direction of every move is kept)."""
     from kibotos.human_video import person_photos
 
     photo = person_photos()[HUMAN_PHOTO]
@@ -338,7 +339,10 @@ def render_human_video(robot: RobotModel, qs: np.ndarray, intrinsics: dict, cam_
     person = cv2.resize(photo, (pw, ph), interpolation=cv2.INTER_AREA)
     texture = cv2.GaussianBlur(rng.integers(60, 200, (HEIGHT, WIDTH, 3), dtype=np.uint8), (0, 0), 3)
     hand = hand_pixels(robot, qs, intrinsics, cam_to_world)
-    centre = np.array([WIDTH / 2, HEIGHT / 2]) + (hand - hand[0])
+    path = hand - (hand.min(axis=0) + hand.max(axis=0)) / 2
+    room = np.array([WIDTH - pw, HEIGHT - ph]) / 2
+    gain = min(1.0, float(np.min(room / np.maximum(np.abs(path).max(axis=0), 1e-9))))
+    centre = np.array([WIDTH / 2, HEIGHT / 2]) + gain * path
     x0 = np.clip(np.round(centre[:, 0] - pw / 2), 0, WIDTH - pw).astype(int)
     y0 = np.clip(np.round(centre[:, 1] - ph / 2), 0, HEIGHT - ph).astype(int)
     frames = np.repeat(texture[None], len(qs), axis=0)
