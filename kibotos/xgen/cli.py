@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 xgen_app = typer.Typer(no_args_is_help=True, help="XGen: human demonstration -> G1 interaction clips.")
 _err = Console(stderr=True)
@@ -38,13 +39,13 @@ def run_cmd(
         _err.print("[red]error[/red] give exactly one of --video or --keypoints")
         raise typer.Exit(2)
     if task != "cargo_pickup":
-        _err.print(f"[red]error[/red] [xgen_unknown_task] XGen knows the task cargo_pickup, not {task!r}")
+        _err.print(f"[red]error[/red] {escape(f'[xgen_unknown_task] XGen knows the task cargo_pickup, not {task!r}')}")
         raise typer.Exit(2)
     try:
         cfg = load_xgen_config(config)
         ann = json.loads(annotation.read_text()) if annotation else None
     except (KibotosError, OSError, ValueError) as exc:
-        _err.print(f"[red]error[/red] {exc}")
+        _err.print(f"[red]error[/red] {escape(str(exc))}")
         raise typer.Exit(2)
     source = video or keypoints
     outcome = run_pipeline(source=source, source_kind="video" if video else "keypoints", out_dir=out, cfg=cfg,
@@ -52,7 +53,7 @@ def run_cmd(
                            progress=lambda name: _err.print(f"[dim]xgen[/dim] {name} ..."))
     for r in outcome.results:
         status = "ok" if r.ok else f"refused [{r.reason_code}] {r.message}"
-        _err.print(f"  {r.stage}: {status}")
+        _err.print(f"  {r.stage}: {escape(status)}")
     if not outcome.ok:
         raise typer.Exit(1)
     print(json.dumps({"clips": [str(p) for p in outcome.clips]}, indent=2))

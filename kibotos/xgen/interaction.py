@@ -15,8 +15,9 @@ Sub-steps (the seed's interaction/ boundaries):
   -y), fixed in the box frame.
 - **box motion while held**: rigidly attached to the palms' frame from lift to place,
   never below the floor.
-- **force_closure_refine**: per held frame, a small IK correction (legs and pelvis held)
-  puts each palm on its anchor with its palm normal opposing the face normal.
+- **force_closure_refine**: per held frame, a small IK correction (feet held, the pelvis
+  may give a little) puts each palm on its anchor with its palm normal opposing the
+  face normal.
 - **noncontact_sim**: where no hand holds the box it rests; released above the floor it
   falls freely (analytic, g from config) and settles flat on landing. An analytic model,
   not a physics engine: enough for a rigid box on flat ground.
@@ -247,14 +248,15 @@ def anchors_for(size: np.ndarray) -> np.ndarray:
 def refine(qpos: np.ndarray, box: np.ndarray, anchors: np.ndarray, frames: range, cfg: InteractionConfig,
            fps: float) -> np.ndarray:
     """Force-closure refine: palms onto their anchors, palm normals opposing the face
-    normals, legs and pelvis held where they are, the rest near the retargeted pose."""
+    normals, feet held where they are, the pelvis and the rest near the retargeted pose."""
     m = g1.model()
     config = mink.Configuration(m)
     palm_tasks = [mink.FrameTask(f"{s}_palm", "site", position_cost=50.0, orientation_cost=0.0) for s in g1.SIDES]
     # only the palm normal is constrained (rotation about it stays free for the reach)
     normal_tasks = [mink.AxisAlignTask(f"{s}_palm", "site", axis=g1.PALM_NORMAL[s], cost=2.0) for s in g1.SIDES]
-    hold_tasks = [mink.FrameTask(name, "body", position_cost=50.0, orientation_cost=20.0)
-                  for name in ("pelvis", "left_ankle_roll_link", "right_ankle_roll_link")]
+    # feet stay where they are; the pelvis may give a little (a lower box needs a deeper squat)
+    hold_tasks = [mink.FrameTask(name, "body", position_cost=cost, orientation_cost=cost)
+                  for name, cost in (("pelvis", 2.0), ("left_ankle_roll_link", 50.0), ("right_ankle_roll_link", 50.0))]
     posture = mink.PostureTask(m, cost=0.5)
     limits = [mink.ConfigurationLimit(m)]
     tasks = [*palm_tasks, *normal_tasks, *hold_tasks, posture]

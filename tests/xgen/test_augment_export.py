@@ -100,3 +100,27 @@ def test_cli_refuses_two_sources(tmp_path):
 
     result = CliRunner().invoke(app, ["xgen", "run", "--video", "a.mp4", "--keypoints", "b.npz", "--out", str(tmp_path)])
     assert result.exit_code == 2
+
+
+def test_cli_runs_every_stage_from_a_keypoints_file(tmp_path, pickup):
+    from kibotos.cli import app
+    from kibotos.xgen.skeleton import write_keypoints
+
+    kp = write_keypoints(tmp_path / "kp.npz", pickup.motion)
+    result = CliRunner().invoke(app, ["xgen", "run", "--keypoints", str(kp), "--out", str(tmp_path / "clips"),
+                                      "--uploader", "miner-7"])
+    assert result.exit_code == 0, result.output
+    folders = sorted((tmp_path / "clips").iterdir())
+    assert len(folders) >= 10
+    meta = json.loads((folders[0] / "metadata.json").read_text())
+    assert meta["uploader"] == "miner-7" and set(meta["stage_metrics"]) == {"pose", "retarget", "interaction", "augment"}
+    assert sorted(np.load(folders[-1] / "clip.npz").files) == sorted(CLIP_KEYS)
+
+
+def test_cli_reports_a_refusal_with_its_reason_code(tmp_path):
+    from kibotos.cli import app
+
+    bad = tmp_path / "kp.npz"
+    np.savez(bad, keypoints=np.zeros((5, 10, 3)), fps=30.0)
+    result = CliRunner().invoke(app, ["xgen", "run", "--keypoints", str(bad), "--out", str(tmp_path / "clips")])
+    assert result.exit_code == 1 and "xgen_keypoints_invalid" in result.output

@@ -72,3 +72,12 @@ def test_no_hold_is_a_reason_code(robot_motion, xcfg):
                           planted=robot_motion.planted[:20])
     result = run(walking, xcfg)
     assert not result.ok and result.reason_code == "xgen_no_grasp"
+
+
+def test_refining_the_grasp_keeps_the_feet_planted(robot_motion, clip):
+    from tests.xgen.helpers import planted_drift
+
+    soles = g1.Kin().sole_points(clip.qpos)
+    assert soles[..., 2].min() > -1e-3
+    assert np.abs(soles[..., 2].min(axis=(1, 2))).max() < 5e-3
+    assert planted_drift(soles.mean(axis=2)[..., :2], robot_motion.planted) < 0.02
