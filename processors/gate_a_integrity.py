@@ -25,6 +25,7 @@ from kibotos.gate_config import GateConfig
 from kibotos.report import GateResult
 from kibotos.robots import get_robot
 from kibotos.bundle.limits import RESOURCE_LIMIT, ResourceLimitExceeded
+from kibotos.bundle.limits import check as check_limit
 from kibotos.video import check_video_dims, decode_luma, probe_video
 from processors.base import register_gate, result
 from processors.derivatives import local_derivatives, noise_sigma, window_samples
@@ -64,6 +65,7 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
     if T < MIN_SAMPLES:
         return fail("too_few_samples")
     try:
+        check_limit("max_kinematic_samples", T, view.limits.max_kinematic_samples, "kinematic samples")
         metrics["primary_video"] = primary_video_budget(view, m)
         for info in view.arrays():  # metadata only: sizes, codecs, fill-value bytes
             view.check_readable(info)

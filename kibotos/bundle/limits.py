@@ -61,7 +61,10 @@ class Limits:
     max_decode_seconds: float = 120.0  # wall time of one decode of one video
     # time
     gate_time_budget_s: float = 300.0  # wall time of one gate on one bundle
-    max_episode_seconds: float = 3600.0  # kinematic duration (timestamps) of one episode
+    # kinematics: the gates' derivative windows and gate C's sync search grow with these
+    # (gate C: about 1.3 MiB per second of episode)
+    max_episode_seconds: float = 600.0  # kinematic duration (timestamps) of one episode
+    max_kinematic_samples: int = 600_000  # T (1 kHz for 10 minutes)
     # process
     worker_memory_bytes: int = 0  # RLIMIT_AS of a gate worker process (0: its loaded size + 3 GiB; streams.worker)
 

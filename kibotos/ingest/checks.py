@@ -129,8 +129,12 @@ def _check_budgets(view, infos, manifest: Manifest) -> None:
     and the video container's header (nothing decoded): per array the chunk size, codecs
     allowed and bytes backed only by the fill value; the primary video's resolution, rate
     and frame count (``primary_video_budget``, the check gate A repeats)."""
+    from kibotos.bundle.limits import check
+    from kibotos.bundle.reader import TIMESTAMPS
     from processors.gate_a_integrity import primary_video_budget
 
+    check("max_kinematic_samples", view.info(TIMESTAMPS).shape[0], view.limits.max_kinematic_samples,
+          "kinematic samples")
     for a in infos:
         view.check_readable(a)
     primary_video_budget(view, manifest)

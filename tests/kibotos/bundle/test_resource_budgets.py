@@ -27,9 +27,9 @@ from kibotos.errors import BundleError
 from kibotos.gate_config import load_config
 from kibotos.video import decode_luma, encode_mp4, probe_video
 from tests.fixtures.episodes import PANDA, edit_json, rewrite_zip, samples  # noqa: F401
-from tests.fixtures.hostile import (GiB, META, MiB, intrinsics, joint_name, edit_manifest, raw_manifest, replace_chunk,
-                                    with_video, big_black_mp4, deep_manifest, fill_value_array, gzip_zeros, long_episode,
-                                    raw_frames, zip_header_lie, zstd_zeros)
+from tests.fixtures.hostile import (GiB, META, MiB, big_black_mp4, deep_manifest, edit_manifest, fill_value_array,
+                                    gzip_zeros, intrinsics, joint_name, long_episode, many_samples, raw_frames,
+                                    raw_manifest, replace_chunk, with_video, zip_header_lie, zstd_zeros)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -74,6 +74,7 @@ CASES: dict[str, Case] = {
                                 {"max_total_decoded_bytes": 20_000}),
     "gate_time_budget": Case(lambda s, d: rewrite_zip(s, d), RLE, "gate_time_budget_s", {"gate_time_budget_s": 0.0}),
     "episode_over_an_hour": Case(long_episode, RLE, "max_episode_seconds"),
+    "kinematic_samples_700k": Case(many_samples(700_000), RLE, "max_kinematic_samples"),
     # manifest numbers out of their ranges
     "fps_1e-4": Case(edit_manifest(lambda a: a["video"]["primary"].update(fps=1e-4)), "manifest_invalid"),
     "fps_1e-300": Case(edit_manifest(lambda a: a["video"]["primary"].update(fps=1e-300)), "manifest_invalid"),
