@@ -23,7 +23,7 @@ import numpy as np
 
 from kibotos.xgen import g1
 from kibotos.xgen.config import XGenConfig
-from kibotos.xgen.interaction import (InteractionClip, Hold, _mat, _quat, anchors_for, box_bottom, contact_graph,
+from kibotos.xgen.interaction import (Hold, InteractionClip, _mat, anchors_for, box_bottom, contact_graph,
                                       face_distances, refine)
 from kibotos.xgen.result import StageResult, XGenError, run_stage
 
@@ -166,6 +166,3 @@ def augment(clip: InteractionClip, cfg: XGenConfig) -> tuple[list[Variant], dict
 
 def run(clip: InteractionClip, config: XGenConfig) -> StageResult[list[Variant]]:
     return run_stage("augment", lambda: augment(clip, config))
-
-
-__all__ = ["Variant", "augment", "run", "mirror", "change_speed", "offset_base", "scale_box", "turn_box", "_quat"]

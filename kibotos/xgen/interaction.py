@@ -30,7 +30,7 @@ the floor), ``xgen_box_collides_robot`` (no box depth clears the torso),
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import mink
@@ -358,5 +358,3 @@ def interact(robot: RobotMotion, cfg: XGenConfig, annotation: dict[str, Any] | N
 def run(robot: RobotMotion, config: XGenConfig, annotation: dict[str, Any] | None = None) -> StageResult[InteractionClip]:
     return run_stage("interaction", lambda: interact(robot, config, annotation))
 
-
-__all__ = ["CONTACT_PAIRS", "Hold", "InteractionClip", "interact", "run", "replace"]

@@ -66,6 +66,14 @@ def read_video(path: Path) -> tuple[np.ndarray, float]:
     """(frames (T, H, W, 3) uint8 RGB, fps)."""
     import av
 
+    from kibotos.video import probe_video
+
+    try:
+        probe_video(Path(path).read_bytes())  # the project's video budgets (size, frames, rate)
+    except KibotosError as exc:
+        raise XGenError(f"video {path}: {exc}", reason_code="xgen_video_unreadable", metrics={"cause": exc.reason_code}) from exc
+    except OSError as exc:
+        raise XGenError(f"cannot read video {path}: {exc}", reason_code="xgen_video_unreadable") from exc
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]

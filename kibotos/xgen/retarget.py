@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mink
+import mujoco
 import numpy as np
 
 from kibotos.xgen import g1
@@ -117,8 +118,6 @@ def _frame(x: np.ndarray, y_hint: np.ndarray) -> np.ndarray:
 
 
 def _rot_to_quat(r: np.ndarray) -> np.ndarray:
-    import mujoco
-
     q = np.empty(4)
     mujoco.mju_mat2Quat(q, np.ascontiguousarray(r).reshape(9))
     return q

@@ -124,3 +124,12 @@ def test_cli_reports_a_refusal_with_its_reason_code(tmp_path):
     np.savez(bad, keypoints=np.zeros((5, 10, 3)), fps=30.0)
     result = CliRunner().invoke(app, ["xgen", "run", "--keypoints", str(bad), "--out", str(tmp_path / "clips")])
     assert result.exit_code == 1 and "xgen_keypoints_invalid" in result.output
+
+
+def test_unreadable_video_is_a_reason_code_not_a_crash(tmp_path):
+    from kibotos.cli import app
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all" * 10)
+    result = CliRunner().invoke(app, ["xgen", "run", "--video", str(bad), "--out", str(tmp_path / "clips")])
+    assert result.exit_code == 1 and "xgen_video_unreadable" in result.output
