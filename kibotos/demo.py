@@ -40,6 +40,9 @@ MIX = [
     ("miner-alice", "unitree_g1", "genuine", 2),
     ("miner-alice", "ur5", "genuine", 3),
     ("miner-alice", "franka_panda", "genuine", 4),
+    # honest but noisy: 0.02 rad (about 1 degree) of white joint noise passes every hard
+    # gate and costs S_retarget instead (kibotos.perturb.with_joint_noise)
+    ("miner-alice", "unitree_g1", "noisy:0.02", 23),
     ("miner-bob", "ur5", "genuine", 5),
     ("miner-bob", "franka_panda", "nan", 6),
     ("miner-bob", "unitree_g1", "gap", 7),
@@ -113,6 +116,9 @@ def _episode(out: Path, miner: str, model_id: str, variant: str, seed: int, *, m
     if variant.startswith("copy:"):
         original = make_episode(get_robot(model_id, _revision(model_id)), "genuine", seed=seed, miner_id=miner_id)
         ep = perturb.copy_of(original, miner_id, **COPIES[variant.split(":", 1)[1]])
+    elif variant.startswith("noisy:"):  # "noisy:<rad>": a genuine episode with that joint noise
+        genuine = make_episode(get_robot(model_id, _revision(model_id)), "genuine", seed=seed, miner_id=miner_id)
+        ep = perturb.with_joint_noise(genuine, float(variant.split(":", 1)[1]))
     else:
         ep = make_episode(get_robot(model_id, _revision(model_id)), variant, seed=seed, miner_id=miner_id)
     if submission_id:
