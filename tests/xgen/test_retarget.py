@@ -103,3 +103,21 @@ def test_gaps_and_wrong_units_get_reason_codes(pickup, xcfg):
     with pytest.raises(XGenError) as exc:
         validate_motion(pickup.motion.keypoints * 100.0, None, 30.0, source="test")
     assert exc.value.reason_code == "xgen_keypoints_units"
+
+
+def test_jittery_keypoints_still_give_planted_feet_and_a_grasp(pickup, xcfg):
+    """MediaPipe-like jitter (1 cm per landmark and frame), cleaned by the pose stage."""
+    from kibotos.xgen.interaction import interact
+    from kibotos.xgen.pose import clean
+
+    noisy = pickup.motion.keypoints + np.random.default_rng(0).normal(0.0, 0.01, pickup.motion.keypoints.shape)
+    motion, _ = clean(validate_motion(noisy, None, pickup.fps, source="test"), xcfg.pose)
+    robot, _ = retarget(motion, xcfg)
+    soles = g1.Kin().sole_points(robot.qpos)
+    assert soles[..., 2].min() > -1e-3
+    assert planted_drift(soles.mean(axis=2)[..., :2], robot.planted) < 0.02
+    dq = np.diff(robot.qpos[:, 7:], axis=0)
+    big = np.abs(dq) > 0.1
+    assert not ((dq[2:] * dq[1:-1] < 0) & (dq[1:-1] * dq[:-2] < 0) & big[2:] & big[1:-1] & big[:-2]).any()
+    clip, metrics = interact(robot, xcfg)
+    assert metrics["max_face_distance_m"] < 0.02 and metrics["box_lift_m"] > 0.3
