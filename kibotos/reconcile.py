@@ -20,6 +20,13 @@ A submission is emitted again at most ``max_attempts`` times by one reconciler (
 is reported as ``given_up`` so that an operator looks at it), and not again before
 another ``stuck_after_s`` has passed.
 
+The object store is the outbox of the operator's path (``kibotos submit`` stores
+``bundles/<submission_id>.zarr.zip`` first, then emits the event; it issues no receipt):
+a bundle stored there longer than ``stuck_after_s`` ago that neither the warehouse's
+tables nor a report know of had its event lost, and it is emitted again, rebuilt from the
+object and its manifest. (Ingest's uploads, ``bundles/<sid>/<upload_id>.zarr.zip``, are
+owed a verdict only once their receipt exists: those come from the receipts.)
+
 Run it by hand: ``kibotos admin reconcile`` (asks the running embedded stack, or works
 directly against a production ClickHouse and Kafka); ``kibotos up`` runs it every
 ``--reconcile-every`` seconds.
@@ -120,8 +127,9 @@ class Reconciler:
     """
 
     def __init__(self, client, producer, catalogue: Catalogue, *, stuck_after_s: float = 900.0,
-                 max_attempts: int = 3, batch: int = 1000):
+                 max_attempts: int = 3, batch: int = 1000, store=None):
         self.client = client
+        self.store = store  # the object store, for the operator path's outbox (None: not scanned)
         self.producer = producer
         self.catalogue = catalogue
         self.stuck_after_s = stuck_after_s
@@ -145,15 +153,20 @@ class Reconciler:
         result.pending = max(0, owed - len(rows))
         spec = self.catalogue.submissions_received
         due = []
-        for row in rows:
-            sid = row[0]
+        events = [(row[0], lambda row=row: received_event(row)) for row in rows]
+        if self.store is not None:
+            events += self._orphan_bundles(before)
+        for sid, build in events:
             emitted, last = self._attempts.get(sid, (0, float("-inf")))
             if emitted >= self.max_attempts:
                 result.given_up.append(sid)
             elif time.monotonic() - last < self.stuck_after_s:
                 result.waiting.append(sid)
             else:
-                due.append((sid, received_event(row), emitted))
+                try:
+                    due.append((sid, build(), emitted))
+                except Exception as exc:  # an object that vanished or cannot be read: next pass
+                    log.warning("reconcile: cannot rebuild the event of %s: %s", sid, exc)
         errors = []
         for sid, event, _ in due:
             try:
@@ -174,6 +187,40 @@ class Reconciler:
                         len(result.reemitted), len(result.given_up),
                         extra={"reemitted": result.reemitted[:20], "given_up": result.given_up[:20]})
         return result
+
+    def _orphan_bundles(self, before_ms: int) -> list[tuple[str, Any]]:
+        """Operator-path bundles stored before ``before_ms`` that no table knows of."""
+        found: dict[str, Any] = {}
+        for info in self.store.list("bundles/"):
+            name = info.key[len("bundles/"):]
+            if "/" in name or not name.endswith(".zarr.zip") or info.modified_at * 1000 > before_ms:
+                continue
+            found[name[: -len(".zarr.zip")]] = info
+            if len(found) >= self.batch:
+                break
+        if not found:
+            return []
+        try:
+            known = {r[0] for r in self.client.query(
+                f"""SELECT submission_id FROM {DB}.submissions WHERE submission_id IN {{sids:Array(String)}}
+                UNION DISTINCT SELECT submission_id FROM {DB}.ingest_receipts WHERE submission_id IN {{sids:Array(String)}}
+                UNION DISTINCT SELECT submission_id FROM {DB}.verification_reports
+                WHERE submission_id IN {{sids:Array(String)}}""", parameters={"sids": list(found)}).result_rows}
+        except Exception as exc:
+            raise ServiceError(f"reconcile: cannot read the warehouse: {exc}") from exc
+        return [(sid, lambda sid=sid, info=info: self._bundle_event(sid, info))
+                for sid, info in found.items() if sid not in known]
+
+    def _bundle_event(self, sid: str, info) -> dict[str, Any]:
+        from kibotos.objectstore import sha256_file
+        from kibotos.submit import _identify
+
+        with self.store.open_local(info.key, info.size_bytes) as path:
+            _, miner, robot, _ = _identify(path, "anonymous")
+            sha = sha256_file(path)
+        return {"schema_version": 1, "submission_id": sid, "miner_id": miner, "bundle_uri": self.store.uri_for(info.key),
+                "bundle_sha256": sha, "bundle_size_bytes": int(info.size_bytes),
+                "received_at": int(info.modified_at * 1000), "robot_model_id": robot, "task_id": None}
 
     def run(self, stop: threading.Event, every_s: float, on_result=None) -> None:
         """Reconcile every ``every_s`` seconds until ``stop`` is set (the stack's thread)."""

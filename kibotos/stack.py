@@ -225,7 +225,7 @@ class Stack:
 
         self._reconcile_producer = producer(self.bootstrap)
         self.reconciler = Reconciler(self.client, self._reconcile_producer, self.catalogue,
-                                     stuck_after_s=self.stuck_after_s)
+                                     stuck_after_s=self.stuck_after_s, store=self.store)
         try:  # what a killed stack left stuck goes again at once
             first = self.reconciler.run_once()
             self.log(f"reconcile {first.pending} submission(s) in flight, {len(first.reemitted)} stuck ones "

@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 import uuid
 
 import pytest
 from confluent_kafka import Consumer
+from typer.testing import CliRunner
 
+from kibotos.cli import app
 from kibotos.reconcile import Reconciler
 from kibotos.robots import get_robot, list_robots
 from kibotos.samples import make_episode
@@ -96,6 +99,35 @@ def test_reconciler_reemits_only_stuck_submissions(chdb_client, tansu, catalogue
     assert sorted(reconciler.run_once(now_ms=NOW_MS).given_up) == sorted([stuck, operator])
 
 
+def test_reconciler_finds_operator_bundles_whose_event_was_lost(chdb_client, tansu, catalogue, tmp_path):
+    """The object store is the outbox of `kibotos submit`: a bundle stored without any
+    warehouse row is emitted again, rebuilt from the object and its manifest."""
+    from kibotos.objectstore import LocalObjectStore
+
+    store = LocalObjectStore(tmp_path / "objects")
+    episode = make_episode(get_robot("ur5", dict(list_robots())["ur5"]), "genuine", seed=7, miner_id="miner-o",
+                           duration_ms=2000).write(tmp_path / "e.zarr.zip")
+    orphan, known, fresh, ingest_upload = (str(uuid.uuid4()) for _ in range(4))
+    for sid in (orphan, known, fresh):
+        store.put_file(episode, f"bundles/{sid}.zarr.zip")
+    store.put_file(episode, f"bundles/{ingest_upload}/u1.zarr.zip")  # ingest's: owed only with a receipt
+    old = (NOW_MS - 3_600_000) / 1000
+    for key in (f"bundles/{orphan}.zarr.zip", f"bundles/{known}.zarr.zip", f"bundles/{ingest_upload}/u1.zarr.zip"):
+        os.utime(store.root / key, (old, old))
+    os.utime(store.root / f"bundles/{fresh}.zarr.zip", (NOW_MS / 1000, NOW_MS / 1000))
+    chdb_client.insert("kibotos.ingest_receipts", [_receipt(known, NOW_MS - 1000)], column_names=list(RECEIPT_COLUMNS))
+
+    result = Reconciler(chdb_client, producer(tansu.bootstrap), catalogue, stuck_after_s=600,
+                        store=store).run_once(now_ms=NOW_MS)
+    assert result.reemitted == [orphan]
+    spec = catalogue.submissions_received
+    [msg] = _read_all(tansu.bootstrap, spec.name, expect=1)
+    event = spec.deserialize(msg.value())
+    assert (event["submission_id"], event["miner_id"], event["robot_model_id"]) == (orphan, "miner-o", "ur5")
+    assert event["bundle_uri"] == store.uri_for(f"bundles/{orphan}.zarr.zip")
+    assert event["bundle_size_bytes"] == episode.stat().st_size and event["received_at"] == NOW_MS - 3_600_000
+
+
 def _wait(predicate, timeout_s: float, stack: Stack, what: str):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -122,7 +154,7 @@ def settings(tmp_path, monkeypatch) -> Settings:
                     novelty=False, log_level="INFO")
 
 
-def test_worker_and_broker_killed_mid_stream_nothing_lost_nothing_paid_twice(settings, tmp_path):
+def test_worker_and_broker_killed_mid_stream_nothing_lost_nothing_paid_twice(settings, tmp_path, monkeypatch):
     robot = get_robot("ur5", dict(list_robots())["ur5"])
     paths = [make_episode(robot, "genuine", seed=20 + i, miner_id="miner-f", duration_ms=3000)
              .write(tmp_path / f"b{i}.zarr.zip") for i in range(4)]
@@ -148,7 +180,10 @@ def test_worker_and_broker_killed_mid_stream_nothing_lost_nothing_paid_twice(set
                             column_names=["submission_id", "miner_id", "bundle_uri", "bundle_sha256",
                                           "bundle_size_bytes", "received_at", "robot_model_id", "task_id",
                                           "schema_version"])
-        sids = {s.submission_id for s in first + second} | {lost}
+        # and one `kibotos submit` stored whose event was lost: only the object store knows it
+        orphan = str(uuid.uuid4())
+        stack.store.put_file(paths[1], f"bundles/{orphan}.zarr.zip")
+        sids = {s.submission_id for s in first + second} | {lost, orphan}
 
         def all_final():
             final = _final(stack)
@@ -163,4 +198,20 @@ def test_worker_and_broker_killed_mid_stream_nothing_lost_nothing_paid_twice(set
         entries = stack.client.query("SELECT entry_id, submission_id FROM kibotos.points_ledger FINAL").result_rows
         assert sorted(e for e, _ in entries) == sorted(ledger_entry_id(s, "reward") for s in sids)
         assert stack.restarts()["worker-0"] >= 1
+
+        # the sink thread taken down and started again by the supervisor
+        stack.pause("sink", 0.5)
+        _wait(lambda: stack.restarts()["sink"] == 1 and stack.sink is not None, 20, stack, "the sink's restart")
+
+        # `kibotos admin reconcile` from another shell: the stack answers from its supervision loop
+        monkeypatch.setenv("KIBOTOS_HOME", str(settings.home))
+        monkeypatch.setenv("KIBOTOS_TOPIC_PREFIX", settings.topic_prefix)
+        done: list = []
+        shell = threading.Thread(target=lambda: done.append(
+            CliRunner().invoke(app, ["admin", "reconcile", "--json"], catch_exceptions=False)))
+        shell.start()
+        _wait(lambda: not shell.is_alive(), 60, stack, "kibotos admin reconcile")
+        assert done[0].exit_code == 0, done[0].output
+        answer = json.loads(done[0].stdout)
+        assert answer["reemitted"] == [] and answer["pending"] == 0  # nothing is owed a verdict any more
     assert PROCESS_RESTARTS.labels("worker")._value.get() >= restarts_before + 1
