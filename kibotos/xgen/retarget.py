@@ -144,9 +144,9 @@ def root_trajectory(skel: dict[str, np.ndarray], cfg: RetargetConfig) -> tuple[n
     speed = np.zeros((n, 2))
     speed[1:] = np.linalg.norm(np.diff(world_feet[..., :2], axis=0), axis=2)
     near = (low + root[:, 2:3]) < cfg.planted_height_m
-    planted = near & (speed < cfg.planted_speed_m_per_frame)
-    planted[np.arange(n), stance] &= near[np.arange(n), stance]
-    return root, planted
+    # (the odometry's stance foot is not forced planted: locking a foot that already lifts
+    # would pull the root back)
+    return root, near & (speed < cfg.planted_speed_m_per_frame)
 
 
 def _solve(skel, root, cfg: RetargetConfig, fps: float) -> np.ndarray:
