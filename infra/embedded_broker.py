@@ -78,13 +78,17 @@ class EmbeddedBroker:
     def revive(self) -> list[str]:
         """Start again whatever part died, on its old ports; returns what was restarted."""
         restarted = []
+        port = self.tansu.port if self.tansu is not None else None  # stop() clears it
         if self.s3 is not None and not self.s3.alive():
             ports, creds = self.s3.ports, (self.s3.access_key, self.s3.secret_key)
             self.s3.stop(grace_s=0.5)
             self._start_s3(ports, creds)
             restarted.append("broker-s3")
+            if self.tansu is not None and self.tansu.alive():
+                # what it remembers of the store (object versions, watermarks) may be
+                # stale: it starts again from what the store holds
+                self.tansu.stop(grace_s=2.0)
         if self.tansu is not None and not self.tansu.alive():
-            port = self.tansu.port  # still set: only stop() clears it
             self.tansu.stop(grace_s=0.5)
             self._start_tansu(port)
             restarted.append("broker")

@@ -81,3 +81,17 @@ def test_ephemeral_broker_keeps_nothing(tmp_path):
         broker.revive()
         admin = AdminClient({"bootstrap.servers": broker.bootstrap})
         assert topic not in admin.list_topics(timeout=10).topics
+
+
+def test_a_killed_object_store_comes_back_under_the_broker(tmp_path):
+    topic = f"store-{uuid.uuid4().hex[:8]}"
+    values = [f"s{i}".encode() for i in range(6)]
+    with EmbeddedBroker(tmp_path / "broker") as broker:
+        _produce(broker.bootstrap, topic, values[:3])
+        port, endpoint = broker.tansu.port, broker.s3.endpoint
+        os.kill(broker.s3.pid, signal.SIGKILL)
+        broker.s3._proc.wait(10)
+        assert broker.revive() == ["broker-s3", "broker"]
+        assert (broker.tansu.port, broker.s3.endpoint) == (port, endpoint)
+        _produce(broker.bootstrap, topic, values[3:])
+        assert sorted(_consume(broker.bootstrap, topic, "g2", 6)) == sorted(values)
