@@ -139,27 +139,29 @@ def segment(qpos: np.ndarray, palms: np.ndarray, fps: float, cfg: InteractionCon
     if (he - hs + 1) / fps < cfg.min_hold_s:
         raise XGenError(f"hold of {(he - hs + 1) / fps:.2f} s is shorter than {cfg.min_hold_s} s",
                         reason_code="xgen_no_grasp", metrics={"hold_s": (he - hs + 1) / fps})
-    z = mid[hs:he + 1, 2]
+    base = hs  # every index into z below is relative to the hold window's first frame
+    z = mid[base:he + 1, 2]
+    top_i = int(np.argmax(z))
     # the grasp height: the lowest the palms get before their highest point (at the hold's
     # first frame they may still be closing in from above)
-    z0 = z[:int(np.argmax(z)) + 1].min()
-    low = int(np.argmin(z[:int(np.argmax(z)) + 1]))
+    low = int(np.argmin(z[:top_i + 1]))
+    z0 = z[low]
     up = low + np.nonzero(z[low:] > z0 + cfg.lift_threshold_m)[0]
     if len(up) == 0:
         raise XGenError("the palms never rise while holding: the box is not lifted", reason_code="xgen_no_lift")
-    lift = hs + int(up[0])
+    lift = base + int(up[0])
     # contact starts when the palms have come down to the grasp height, and ends when
     # they leave the height at which they put the box down
-    top_i = int(np.argmax(z))
-    start = hs + int(np.nonzero(z[:low + 1] <= z0 + cfg.lift_threshold_m)[0][0])
+    hs = base + int(np.nonzero(z[:low + 1] <= z0 + cfg.lift_threshold_m)[0][0])
     z1 = z[top_i:].min()
-    he = hs + top_i + int(np.nonzero(z[top_i:] <= z1 + cfg.lift_threshold_m)[0][-1])
-    hs = start
-    top = z.max()
-    high = np.nonzero(z >= top - cfg.lift_threshold_m)[0]
-    carry = max(hs + int(high[0]), lift + 1)
-    place = max(hs + int(high[-1]) + 1, carry)
-    return Hold(start=hs, lift=lift, carry=carry, place=min(place, he), end=he)
+    he = base + top_i + int(np.nonzero(z[top_i:] <= z1 + cfg.lift_threshold_m)[0][-1])
+    high = np.nonzero(z >= z[top_i] - cfg.lift_threshold_m)[0]
+    carry = max(base + int(high[0]), lift + 1)
+    place = max(base + int(high[-1]) + 1, carry)
+    # a hold that ends while the box is still up (released mid-carry) ends every phase there
+    lift = min(lift, he)
+    carry = min(carry, he)
+    return Hold(start=hs, lift=lift, carry=carry, place=min(max(place, carry), he), end=he)
 
 
 def phases(n: int, hold: Hold) -> np.ndarray:

@@ -15,7 +15,7 @@ def test_phases_follow_the_ground_truth(pickup, clip):
     assert order == list(range(len(PHASES)))
     for pid in range(1, len(PHASES)):
         first = lambda ph: int(np.nonzero(ph == pid)[0][0])  # noqa: E731
-        assert abs(first(clip.phase) - first(pickup.phase)) <= 5  # 0.17 s at 30 fps
+        assert abs(first(clip.phase) - first(pickup.phase)) <= 3  # 0.1 s at 30 fps
 
 
 def test_palms_on_the_box_faces_while_grasping(clip):
@@ -81,3 +81,23 @@ def test_refining_the_grasp_keeps_the_feet_planted(robot_motion, clip):
     assert soles[..., 2].min() > -1e-3
     assert np.abs(soles[..., 2].min(axis=(1, 2))).max() < 5e-3
     assert planted_drift(soles.mean(axis=2)[..., :2], robot_motion.planted) < 0.02
+
+
+def test_a_hold_released_mid_carry_keeps_its_phases_in_order(xcfg):
+    from kibotos.xgen.interaction import phases, segment
+
+    n, fps = 60, 30.0
+    qpos = np.tile(g1.home_qpos(), (n, 1))
+    palms = np.zeros((n, 2, 3))
+    palms[:, :, 0] = 0.35  # ahead of the pelvis
+    palms[:, 0, 1], palms[:, 1, 1] = 0.12, -0.12
+    # the palms close in from above (trimmed from the hold), grasp, lift, and the left hand
+    # lets go three frames after the box reached its top
+    palms[:, :, 2] = np.concatenate([np.linspace(0.3, 0.2, 6), np.full(14, 0.2), np.linspace(0.2, 0.7, 15),
+                                     np.full(25, 0.7)])[:, None]
+    palms[37:, 0, 1] = 0.5
+    hold = segment(qpos, palms, fps, xcfg.interaction)
+    assert 0 < hold.start <= hold.lift <= hold.carry <= hold.place <= hold.end < 37
+    assert hold.carry == 34  # the first frame within lift_threshold of the top
+    ph = phases(n, hold)
+    assert (np.diff(ph) >= 0).all()
