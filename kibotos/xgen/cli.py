@@ -42,10 +42,14 @@ def run_cmd(
         _err.print(f"[red]error[/red] {escape(f'[xgen_unknown_task] XGen knows the task cargo_pickup, not {task!r}')}")
         raise typer.Exit(2)
     try:
+        from kibotos.tasks.registry import get_task
+
+        get_task(task, task_version)  # the clip names a registered task schema
         cfg = load_xgen_config(config)
         ann = json.loads(annotation.read_text()) if annotation else None
     except (KibotosError, OSError, ValueError) as exc:
-        _err.print(f"[red]error[/red] {escape(str(exc))}")
+        code = getattr(exc, "reason_code", "xgen_arguments_invalid")
+        _err.print(f"[red]error[/red] {escape(f'[{code}] {exc}')}")
         raise typer.Exit(2)
     source = video or keypoints
     outcome = run_pipeline(source=source, source_kind="video" if video else "keypoints", out_dir=out, cfg=cfg,

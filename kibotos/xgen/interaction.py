@@ -23,7 +23,8 @@ Sub-steps (the seed's interaction/ boundaries):
   not a physics engine: enough for a rigid box on flat ground.
 - **contact_synth**: a per-frame contact graph over ``CONTACT_PAIRS``.
 
-Reason codes: ``xgen_no_grasp`` (no hold found), ``xgen_no_lift`` (the box never leaves
+Reason codes: ``xgen_annotation_invalid`` (ts/te missing, not numbers, or out of
+order), ``xgen_no_grasp`` (no hold found), ``xgen_no_lift`` (the box never leaves
 the floor), ``xgen_box_collides_robot`` (no box depth clears the torso),
 ``xgen_grasp_unreachable`` (palms stay off their faces after refining).
 """
@@ -121,9 +122,16 @@ def segment(qpos: np.ndarray, palms: np.ndarray, fps: float, cfg: InteractionCon
     n = len(qpos)
     width = np.linalg.norm(palms[:, 0] - palms[:, 1], axis=1)
     mid = palms.mean(axis=1)
-    if annotation and "ts" in annotation and "te" in annotation:
-        hs = int(np.clip(round(float(annotation["ts"]) * fps), 0, n - 1))
-        he = int(np.clip(round(float(annotation["te"]) * fps), hs, n - 1))
+    if annotation and ("ts" in annotation or "te" in annotation):
+        try:
+            ts, te = float(annotation["ts"]), float(annotation["te"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise XGenError(f"annotation needs numeric ts and te (seconds): {exc}",
+                            reason_code="xgen_annotation_invalid") from exc
+        if not (np.isfinite(ts) and np.isfinite(te) and 0 <= ts < te):
+            raise XGenError(f"annotation ts={ts}, te={te}: need 0 <= ts < te", reason_code="xgen_annotation_invalid")
+        hs = int(np.clip(round(ts * fps), 0, n - 1))
+        he = int(np.clip(round(te * fps), hs, n - 1))
     else:
         forward = np.sum((mid[:, :2] - qpos[:, :2]) * _heading(qpos), axis=1)
         cand = (forward > cfg.min_forward_m) & (width > cfg.min_hold_width_m) & (width < cfg.max_hold_width_m)

@@ -133,3 +133,13 @@ def test_unreadable_video_is_a_reason_code_not_a_crash(tmp_path):
     bad.write_bytes(b"not a video at all" * 10)
     result = CliRunner().invoke(app, ["xgen", "run", "--video", str(bad), "--out", str(tmp_path / "clips")])
     assert result.exit_code == 1 and "xgen_video_unreadable" in result.output
+
+
+def test_cli_refuses_an_unregistered_task_version(tmp_path, pickup):
+    from kibotos.cli import app
+    from kibotos.xgen.skeleton import write_keypoints
+
+    kp = write_keypoints(tmp_path / "kp.npz", pickup.motion)
+    result = CliRunner().invoke(app, ["xgen", "run", "--keypoints", str(kp), "--task-version", "99",
+                                      "--out", str(tmp_path / "clips")])
+    assert result.exit_code == 2 and "unknown_task" in result.output

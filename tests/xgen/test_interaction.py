@@ -101,3 +101,10 @@ def test_a_hold_released_mid_carry_keeps_its_phases_in_order(xcfg):
     assert hold.carry == 34  # the first frame within lift_threshold of the top
     ph = phases(n, hold)
     assert (np.diff(ph) >= 0).all()
+
+
+@pytest.mark.parametrize("annotation", [{"ts": "soon", "te": 2.0}, {"ts": 2.0}, {"ts": 2.0, "te": 1.0},
+                                        {"ts": float("nan"), "te": 1.0}])
+def test_bad_annotation_is_a_reason_code(robot_motion, xcfg, annotation):
+    result = run(robot_motion, xcfg, annotation)
+    assert not result.ok and result.reason_code == "xgen_annotation_invalid"
