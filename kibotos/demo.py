@@ -1,7 +1,7 @@
 """``kibotos demo``: the whole pipeline on the embedded stack, end to end.
 
 Generates a realistic mix of submissions from several miners (genuine and faulty,
-three robot models, a duplicate farmer re-submitting perturbed copies, and a video
+three robot models, a copy farmer re-submitting perturbed copies of other miners' episodes, and a video
 swapper pairing a genuine trajectory with another episode's video), each miner with its own Ed25519 keypair; every bundle is signed
 (``<bundle>.sig.json``) and uploaded through the stack's ingest API (presigned PUT, then
 complete). The demo waits for every verdict, then prints each submission's verdict, its
@@ -56,18 +56,20 @@ MIX = [
     ("miner-carol", "franka_panda", "ik_target_shift", 19),
     # moves like a genuine episode, but the object never leaves the table: task rejects it
     ("miner-carol", "franka_panda", "task_failed", 20),
-    # a duplicate farmer: one genuine episode, then "slightly perturbed" copies of it
-    ("miner-erin", "franka_panda", "genuine", 21),
-    ("miner-erin", "franka_panda", "copy:reencoded", 21),
-    ("miner-erin", "franka_panda", "copy:mirrored", 21),
-    ("miner-erin", "franka_panda", "copy:brightened", 21),
+    # a copy farmer: other miners' accepted episodes (same robot and seed), "slightly
+    # perturbed" and re-submitted as new: rejected (copied_submission) or paid the copy
+    # factor (at most a tenth of the original's reward), so it ends with near-zero points
+    ("miner-erin", "franka_panda", "copy:reencoded", 4),   # alice's Panda episode
+    ("miner-erin", "franka_panda", "copy:mirrored", 4),
+    ("miner-erin", "ur5", "copy:brightened", 5),           # bob's UR5 episode
     # a video swapper: a genuine trajectory paired with another episode's video of the same
     # task; the align job finds its frames at the shuffled baseline (video_kinematics_mismatch)
     ("miner-frank", "ur5", "video_swapped", 22),
 ]
 
-# "copy:<name>" variants: the miner's genuine episode of the same robot and seed,
-# re-submitted as new after one of these (kibotos.perturb)
+# "copy:<name>" variants: the genuine episode of the same robot and seed (whoever uploaded
+# it: the sample depends on robot and seed only), re-submitted as new after one of these
+# (kibotos.perturb)
 COPIES = {
     "reencoded": dict(crf=35),
     "mirrored": dict(video=perturb.mirror),
@@ -228,6 +230,8 @@ def evidence_summary(report: dict) -> str:
             parts.append("copy of another miner's upload")
         elif "cross_miner_later_copy" in flags:
             parts.append("copied by another miner's later upload")
+        if "revised_after_original" in flags:
+            parts.append("revised once its original was checked")
     return " · ".join(parts)
 
 

@@ -260,7 +260,8 @@ class NoveltyStage:
                 # never both pass as new); between miners the upload time says which is
                 # the original (kibotos.novelty.checker)
                 res = self.checker.check(view, event["submission_id"], event["miner_id"], now_ms(),
-                                         received_at_ms=_epoch_ms(event.get("received_at")))
+                                         received_at_ms=_epoch_ms(event.get("received_at")),
+                                         event_payload=record.value)
         except ServiceError:
             raise
         except KibotosError as exc:
@@ -268,7 +269,26 @@ class NoveltyStage:
                              metrics={"error": str(exc)[:500]})
         metrics = dict(res.metrics)
         metrics.setdefault("wall_ms", round((time.perf_counter() - t0) * 1000.0, 3))
-        return advance(self.catalogue, event, res.model_copy(update={"metrics": metrics}), self.next)
+        outputs = advance(self.catalogue, event, res.model_copy(update={"metrics": metrics}), self.next)
+        return outputs + self._revise_later_copy(event, res)
+
+    def _revise_later_copy(self, event: dict, res: GateResult) -> list[Output]:
+        """This submission is the original of another miner's copy that was checked (and
+        maybe paid) first: send the copy on again with its revised novelty result, so the
+        decision publishes a ``revised`` verdict and a compensating ledger entry. The same
+        outputs on a redelivery (the revision is stored once)."""
+        later = res.metrics.get("cross_miner_later_match")
+        revise = getattr(self.checker, "revise_later_copy", None)
+        if not isinstance(later, dict) or revise is None or not float(later.get("match") or 0.0) > 0:
+            return []
+        revised = revise(event["submission_id"], event["miner_id"], later, now_ms())
+        if revised is None:
+            return []
+        result, payload = revised
+        copy_event = decode_in_flight(self.input, Record(self.input.name, payload), self.catalogue, self.processor_id)
+        if isinstance(copy_event, Output):  # a stored event this code can no longer read
+            return [copy_event]
+        return advance(self.catalogue, copy_event, result, self.next)
 
 
 class DecisionStage:
@@ -277,9 +297,17 @@ class DecisionStage:
     Consumes the last accepted topic (``novelty.completed`` when the novelty stage runs,
     else ``evidence.completed``: every gate and evidence job passed) and
     ``verification.rejected``. An accepted submission is scored (``kibotos.scoring``:
-    soft components from the evidence results, S, the reward curve) and earns
-    ``reward`` points in one ledger entry whose id is derived from the submission, so a
-    redelivered record never pays twice. A rejected one earns nothing.
+    soft components from the evidence results, S, the reward curve, the copy factor) and
+    earns ``reward`` points in one ledger entry whose id is derived from the submission,
+    so a redelivered record never pays twice. A rejected one earns nothing.
+
+    A novelty result carrying ``metrics["revision"]`` (a copy revised once its original
+    was checked, ``NoveltyStage``) is judged twice from the same event: as it was paid
+    (the previous novelty values) and as revised. The outputs are a ``revised`` verdict
+    (``event_type``, ``revision``), the reward entry as paid (the same id and points as the
+    first decision's) and a compensating ``clawback`` entry of the difference, with ids
+    derived from the submission and the revision number: replays never double them, and
+    a balance is the sum of its entries.
     """
 
     processor_id = "decision"
@@ -293,16 +321,9 @@ class DecisionStage:
         self.rejected_input = catalogue.verification_rejected
         self.outputs = (catalogue.verdicts, catalogue.ledger_entries, catalogue.dead_letters)
 
-    def handle(self, record: Record) -> list[Output]:
+    def _judge(self, event: dict, results: list[GateResult]):
         from kibotos.scoring import score_submission
 
-        spec = self.accepted_input if record.topic == self.accepted_input.name else self.rejected_input
-        try:
-            event = spec.deserialize(record.value or b"")
-            results = [_gate_result(r) for r in event["gate_results"]]
-        except (SerializationError, KeyError, ValueError, TypeError) as exc:
-            code = exc.reason_code if isinstance(exc, KibotosError) else "invalid_event"
-            return [dead_letter(self.catalogue, record, self.processor_id, code, str(exc))]
         common = dict(miner_id=event["miner_id"], robot_model_id=event.get("robot_model_id"),
                       robot_model_revision=event.get("robot_model_revision"))
         config_version = event.get("config_version") or "unknown"
@@ -314,8 +335,39 @@ class DecisionStage:
                                          angle_quality_sum=_angle_quality_sum(results))
             report = build_report(event["submission_id"], results, config_version, **common,
                                   points=breakdown.reward, scores=breakdown.model_dump(mode="json"))
+        return report, breakdown
+
+    def handle(self, record: Record) -> list[Output]:
+        spec = self.accepted_input if record.topic == self.accepted_input.name else self.rejected_input
+        try:
+            event = spec.deserialize(record.value or b"")
+            results = [_gate_result(r) for r in event["gate_results"]]
+            revision = _revision(results)
+        except (SerializationError, KeyError, ValueError, TypeError) as exc:
+            code = exc.reason_code if isinstance(exc, KibotosError) else "invalid_event"
+            return [dead_letter(self.catalogue, record, self.processor_id, code, str(exc))]
+        report, breakdown = self._judge(event, results)
         decided = now_ms()
-        outputs = [Output(self.catalogue.verdicts, {
+        sid = report.submission_id
+        if revision is None:
+            outputs = [self._verdict(event, report, decided, "decision", 0)]
+            if breakdown is not None:
+                outputs.append(self._ledger(event, breakdown, "reward", breakdown.reward, decided))
+            return outputs
+        number, previous = revision
+        _, paid = self._judge(event, previous)
+        outputs = [self._verdict(event, report, decided, "revised", number)]
+        if paid is not None:
+            outputs.append(self._ledger(event, paid, "reward", paid.reward, decided))
+        delta = round((breakdown.reward if breakdown else 0.0) - (paid.reward if paid else 0.0), 6)
+        if delta != 0:
+            outputs.append(self._ledger(event, breakdown or paid, f"clawback:{number}", delta, decided,
+                                        kind="clawback"))
+        log.info("verdict revised", extra={"submission_id": sid, "revision": number, "points_delta": delta})
+        return outputs
+
+    def _verdict(self, event: dict, report, decided: int, event_type: str, revision: int) -> Output:
+        return Output(self.catalogue.verdicts, {
             "submission_id": report.submission_id,
             "miner_id": event["miner_id"],
             "verdict": report.verdict,
@@ -326,22 +378,48 @@ class DecisionStage:
             "points": report.points,
             "report_json": report.model_dump_json(),
             "bundle_uri": event["bundle_uri"],
-        })]
-        if breakdown is not None:
-            outputs.append(Output(self.catalogue.ledger_entries, {
-                "entry_id": ledger_entry_id(report.submission_id, "reward"),
-                "miner_id": event["miner_id"],
-                "submission_id": report.submission_id,
-                "kind": "reward",
-                "points": breakdown.reward,
-                "config_version": breakdown.config_version,
-                "created_at": decided,
-                "score": breakdown.score,
-                "components_json": json.dumps([c.model_dump(mode="json") for c in breakdown.components],
-                                              sort_keys=True),
-                "weights_json": json.dumps(breakdown.weights_used, sort_keys=True),
-            }))
-        return outputs
+            "event_id": verdict_event_id(report.submission_id, event_type, revision),
+            "event_type": event_type,
+            "revision": revision,
+        })
+
+    def _ledger(self, event: dict, breakdown, id_kind: str, points: float, decided: int,
+                kind: str = "reward") -> Output:
+        return Output(self.catalogue.ledger_entries, {
+            "entry_id": ledger_entry_id(event["submission_id"], id_kind),
+            "miner_id": event["miner_id"],
+            "submission_id": event["submission_id"],
+            "kind": kind,
+            "points": points,
+            "config_version": breakdown.config_version,
+            "created_at": decided,
+            "score": breakdown.score,
+            "components_json": json.dumps([c.model_dump(mode="json") for c in breakdown.components], sort_keys=True),
+            "weights_json": json.dumps(breakdown.weights_used, sort_keys=True),
+        })
+
+
+def verdict_event_id(submission_id: str, event_type: str = "decision", revision: int = 0) -> str:
+    """Deterministic: every publication of the same decision (or revision) of a submission
+    carries the same id, so a validator deduplicates redelivered verdicts by it."""
+    return str(uuid.uuid5(LEDGER_NAMESPACE, f"{submission_id}:verdict:{event_type}:{revision}"))
+
+
+def _revision(results: list[GateResult]) -> tuple[int, list[GateResult]] | None:
+    """``(number, results as previously judged)`` when the novelty result is a revision
+    (``kibotos.novelty.NoveltyChecker.revise_later_copy``), else None."""
+    novelty = next((r for r in results if r.gate == "novelty"), None)
+    revision = novelty.metrics.get("revision") if novelty is not None else None
+    if not isinstance(revision, dict):
+        return None
+    prev = revision.get("previous")
+    if not isinstance(prev, dict):
+        raise ValueError("novelty revision without its previous values")
+    metrics = {k: v for k, v in novelty.metrics.items() if k != "revision"}
+    metrics.update(s_novel=prev.get("s_novel"), copy=prev.get("copy"))
+    before = GateResult(gate=novelty.gate, passed=bool(prev.get("passed")), reason_code=prev.get("reason_code"),
+                        metrics=metrics, thresholds=novelty.thresholds, flags=list(prev.get("flags") or []))
+    return int(revision.get("number") or 1), [before if r is novelty else r for r in results]
 
 
 def _angle_quality_sum(results: list[GateResult]) -> float:

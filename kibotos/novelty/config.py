@@ -54,6 +54,8 @@ class MotionConfig(_Frozen):
     shift_y: int = Field(ge=0)
     corr_lo: float = Field(ge=-1, le=1)
     corr_hi: float = Field(ge=-1, le=1)
+    corr_lo_other_motion: float = Field(ge=-1, le=1)
+    corr_hi_other_motion: float = Field(ge=-1, le=1)
     max_lag_s: float = Field(ge=0)
     min_overlap_fraction: float = Field(gt=0, le=1)
     min_overlap_samples: int = Field(ge=1)
@@ -61,6 +63,7 @@ class MotionConfig(_Frozen):
     @model_validator(mode="after")
     def _valid(self) -> "MotionConfig":
         _check_ramp(self.corr_lo, self.corr_hi, "motion.corr")
+        _check_ramp(self.corr_lo_other_motion, self.corr_hi_other_motion, "motion.corr_*_other_motion")
         if any(not 0.3 <= c < 1.0 for c in self.crop_variants):
             raise ValueError(f"motion.crop_variants must lie in [0.3, 1): {self.crop_variants}")
         return self
@@ -90,10 +93,13 @@ class TrajectoryConfig(_Frozen):
     exact_corr: float = Field(ge=-1, le=1)
     max_lag_s: float = Field(ge=0)
     min_overlap_fraction: float = Field(gt=0, le=1)
+    time_scales: tuple[float, ...] = ()
 
     @model_validator(mode="after")
     def _ramp(self) -> "TrajectoryConfig":
         _check_ramp(self.corr_lo, self.corr_hi, "trajectory.corr")
+        if any(not 0.5 <= t <= 2.0 or t == 1.0 for t in self.time_scales):
+            raise ValueError(f"trajectory.time_scales must lie in [0.5, 2] without 1: {self.time_scales}")
         return self
 
 

@@ -208,10 +208,23 @@ def _motion_similarity(pairs: list[tuple[int, int, str]], max_lag: int, offsets:
             f"arrayConcat([0], {offsets_sql})))), arrayMap(pr -> (pr, {by_lag}), {literal}))")
 
 
-def _trajectory_correlations(max_lag: int) -> str:
+def scaled_trajectory(fingerprint: np.ndarray, scale: float) -> np.ndarray:
+    """A ``(J, L)`` trajectory fingerprint replayed ``scale`` times as fast (linear
+    interpolation): a copy played faster or slower lines up with its original at one of
+    the config's ``trajectory.time_scales``."""
+    if fingerprint.size == 0 or fingerprint.shape[1] < 2:
+        return np.zeros((0, 0), np.float32)
+    length = fingerprint.shape[1]
+    x = np.arange(int(np.floor((length - 1) / scale)) + 1) * scale
+    grid = np.arange(length)
+    return np.stack([np.interp(x, grid, row) for row in fingerprint]).astype(np.float32)
+
+
+def _trajectory_correlations(max_lag: int, qf: str = "q.traj_fingerprint", ql: str = "q.traj_len") -> str:
     """Per-lag locally centred correlation of q.traj and c.traj (joint-major, J x L):
-    an array of (corr, lag) over the lags whose overlap is long enough."""
-    qf, cf, ql, cl, j = "q.traj_fingerprint", "c.traj_fingerprint", "q.traj_len", "c.traj_len", "q.traj_joints"
+    an array of (corr, lag) over the lags whose overlap is long enough. ``qf`` / ``ql``:
+    another version of the query's fingerprint (a time-scaled one)."""
+    cf, cl, j = "c.traj_fingerprint", "c.traj_len", "q.traj_joints"
     # (query offset, candidate offset, overlap, lag)
     spans = (f"arrayFilter(s -> tupleElement(s, 3) >= greatest({{traj_min_samples:Int64}}, "
              f"toInt64(ceil({{traj_min_overlap:Float64}} * least({ql}, {cl})))), "
@@ -246,6 +259,15 @@ def _candidates_sql(cfg: NoveltySection, pairs: list[tuple[int, int, str]]) -> s
     motion_lag = max(0, round(cfg.motion.max_lag_s * fps))
     offsets = _spatial_offsets(cfg.motion.width, cfg.motion.shift_x, cfg.motion.shift_y)
     traj_lag = max(0, round(cfg.trajectory.max_lag_s * cfg.trajectory.rate_hz))
+    # (corr, lag, time scale) at every lag of the stored fingerprint and of each time-scaled one
+    # (the time-scaled fingerprints come as parameters, computed once in numpy)
+    scaled_cols = ""
+    traj_parts = [f"arrayMap(x -> (tupleElement(x, 1), tupleElement(x, 2), 1.), {_trajectory_correlations(traj_lag)})"]
+    for k, scale in enumerate(cfg.trajectory.time_scales):
+        scaled_cols += f", {{traj_s{k}:Array(Float32)}} AS traj_s{k}, {{traj_len_s{k}:Int64}} AS traj_len_s{k}"
+        traj_parts.append(f"arrayMap(x -> (tupleElement(x, 1), tupleElement(x, 2), {float(scale)!r}), "
+                          f"{_trajectory_correlations(traj_lag, f'q.traj_s{k}', f'q.traj_len_s{k}')})")
+    traj_all = f"arrayConcat({', '.join(traj_parts)})" if len(traj_parts) > 1 else traj_parts[0]
     identity = _hash_similarity("q.frame_hashes", "c.frame_hashes", "{hamming:UInt8}", hash_lag)
     mirrored = _hash_similarity("q.frame_hashes", "c.mirror_hashes", "{hamming:UInt8}", hash_lag)
     exact = _hash_similarity("q.frame_hashes", "c.frame_hashes", "{exact_hamming:UInt8}", hash_lag)
@@ -277,18 +299,25 @@ def _candidates_sql(cfg: NoveltySection, pairs: list[tuple[int, int, str]]) -> s
         if(motion_compared, {_motion_similarity(pairs, motion_lag, offsets)}, []) AS motion_by_pair,
         if(length(motion_by_pair) > 0, arrayMax(motion_by_pair), 0.) AS motion_corr,
         {traj_ok} AS trajectory_compared,
-        if(trajectory_compared, {_trajectory_correlations(traj_lag)}, []) AS traj_by_lag,
+        if(trajectory_compared, {traj_all}, []) AS traj_by_lag,
         if(length(traj_by_lag) > 0, arrayMax(arrayMap(x -> tupleElement(x, 1), traj_by_lag)), 0.) AS trajectory_corr,
         if(length(traj_by_lag) > 0,
-           tupleElement(traj_by_lag[indexOf(arrayMap(x -> tupleElement(x, 1), traj_by_lag), trajectory_corr)], 2),
-           0) AS trajectory_lag,
-        if(motion_compared, {_ramp('motion_corr', '{motion_lo:Float64}', '{motion_hi:Float64}')}, 0.) AS visual,
+           traj_by_lag[indexOf(arrayMap(x -> tupleElement(x, 1), traj_by_lag), trajectory_corr)],
+           (0., 0, 1.)) AS trajectory_best,
+        tupleElement(trajectory_best, 2) AS trajectory_lag,
+        tupleElement(trajectory_best, 3) AS trajectory_scale,
+        -- the same task in the same place moves alike on video; when the trajectories were
+        -- compared and differ, only a near-identical video counts as the same footage
+        if(motion_compared,
+           if(length(traj_by_lag) > 0 AND trajectory_corr < {{traj_lo:Float64}},
+              {_ramp('motion_corr', '{motion_other_lo:Float64}', '{motion_other_hi:Float64}')},
+              {_ramp('motion_corr', '{motion_lo:Float64}', '{motion_hi:Float64}')}), 0.) AS visual,
         if(length(traj_by_lag) > 0, {_ramp('trajectory_corr', '{traj_lo:Float64}', '{traj_hi:Float64}')}, 0.)
             AS trajectory,
         1. - (1. - visual) * (1. - trajectory) AS match,
         hashes_compared AND exact_fraction >= {{exact_fraction:Float64}}
             AND (trajectory_corr >= {{exact_corr:Float64}} OR (q.traj_len = 0 AND c.traj_len = 0)) AS near_exact
-    FROM (SELECT * FROM {TABLE} FINAL WHERE submission_id = {{sid:String}} LIMIT 1) AS q
+    FROM (SELECT *{scaled_cols} FROM {TABLE} FINAL WHERE submission_id = {{sid:String}} LIMIT 1) AS q
     CROSS JOIN (
         SELECT * FROM {TABLE} FINAL
         WHERE created_at >= fromUnixTimestamp64Milli({{since_ms:Int64}}, 'UTC') AND submission_id != {{sid:String}}
@@ -325,6 +354,7 @@ class Candidate:
     embedding_cos: float | None
     trajectory_corr: float | None
     trajectory_lag_s: float | None
+    trajectory_scale: float | None
     near_exact: bool
     candidates: int  # rows in this scope's window
     matches: int  # ... at or above report_threshold
@@ -344,6 +374,7 @@ class Candidate:
             "embedding_cos": None if self.embedding_cos is None else round(self.embedding_cos, 4),
             "trajectory_corr": None if self.trajectory_corr is None else round(self.trajectory_corr, 4),
             "trajectory_lag_s": self.trajectory_lag_s,
+            "trajectory_time_scale": self.trajectory_scale,
             "near_exact": self.near_exact,
         }
 
@@ -373,6 +404,8 @@ def find_candidates(client, submission_id: str, created_at_ms: int, motion_varia
         "motion_min_overlap": cfg.motion.min_overlap_fraction,
         "motion_lo": cfg.motion.corr_lo,
         "motion_hi": cfg.motion.corr_hi,
+        "motion_other_lo": cfg.motion.corr_lo_other_motion,
+        "motion_other_hi": cfg.motion.corr_hi_other_motion,
         "pre_emb": cfg.prefilter.embedding_cos,
         "pre_hash": cfg.prefilter.hash_fraction,
         "traj_lo": cfg.trajectory.corr_lo,
@@ -383,6 +416,15 @@ def find_candidates(client, submission_id: str, created_at_ms: int, motion_varia
         "exact_corr": cfg.trajectory.exact_corr,
         "report": cfg.match.report_threshold,
     }
+    own = _query(client, f"SELECT traj_fingerprint, traj_joints, traj_len FROM {TABLE} FINAL "
+                         "WHERE submission_id = {sid:String} LIMIT 1", {"sid": submission_id}).result_rows
+    traj = np.zeros((0, 0), np.float32)
+    if own and own[0][1] and own[0][2]:
+        traj = np.asarray(own[0][0], np.float32).reshape(int(own[0][1]), int(own[0][2]))
+    for k, scale in enumerate(cfg.trajectory.time_scales):
+        scaled = scaled_trajectory(traj, float(scale))
+        params[f"traj_s{k}"] = scaled.ravel().tolist()
+        params[f"traj_len_s{k}"] = int(scaled.shape[1]) if scaled.size else 0
     pairs = _motion_pairs(motion_variants) if motion_variants else [(1, 1, "identity")]
     res = _query(client, _candidates_sql(cfg, pairs), params)
     out: dict[str, Candidate | None] = {"same_miner": None, "cross_miner": None, "cross_miner_later": None}
@@ -404,6 +446,7 @@ def find_candidates(client, submission_id: str, created_at_ms: int, motion_varia
             trajectory_corr=_finite(r["trajectory_corr"]) if r["trajectory_compared"] else None,
             trajectory_lag_s=round(int(r["trajectory_lag"]) / cfg.trajectory.rate_hz, 3)
             if r["trajectory_compared"] else None,
+            trajectory_scale=float(r["trajectory_scale"]) if r["trajectory_compared"] else None,
             near_exact=bool(r["near_exact"]),
             candidates=int(r["candidates"]),
             matches=int(r["matches"]),
