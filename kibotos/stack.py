@@ -366,6 +366,19 @@ class Stack:
             slot.handle.kill()
             slot.handle.wait(10)
         else:
+            # Tansu wedges a consumer group for good when a member leaves before its first
+            # join completed (the next member never gets an assignment; Kafka does not):
+            # let the consumer finish joining before it goes
+            consumer = {"sink": getattr(self.sink, "_consumer", None),
+                        "novelty": getattr(self.novelty, "consumer", None)}.get(name)
+            deadline = time.monotonic() + 30
+            while consumer is not None and slot.alive() and time.monotonic() < deadline:
+                try:
+                    if consumer.assignment():
+                        break
+                except Exception:  # closed or failed: nothing to wait for
+                    break
+                time.sleep(0.2)
             slot.event.set()
             slot.handle.join(30)
             # its consumer leaves the group, so its partitions wait for the restart
