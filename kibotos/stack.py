@@ -324,6 +324,15 @@ class Stack:
                     restarted.append(name)
             except ServiceError as exc:  # the next call tries again
                 self.log(f"broker restart failed: {exc}")
+            if "broker" in restarted:
+                # a faust worker that lost its broker mid-join may hang alive forever
+                # (seen in the drills): the broker's child processes start afresh with it.
+                # SIGKILL, not SIGTERM: a member leaving mid-join wedges a Tansu group
+                for slot in self.slots:
+                    if isinstance(slot.handle, subprocess.Popen) and slot.handle.poll() is None:
+                        slot.handle.kill()
+                        slot.handle.wait(10)
+                        slot.paused, slot.due_at = True, 0.0
         now = time.monotonic()
         for slot in self.slots:
             if slot.alive():
