@@ -335,9 +335,10 @@ def motion_evidence(view: BundleView, sync_offset_ms: float, cfg: MotionConfig) 
 
 
 def motion_correlation(luma: np.ndarray, fps: float, ts: np.ndarray, q: np.ndarray, sync_offset_ms: float,
-                       cfg: MotionConfig) -> dict[str, Any]:
+                       cfg: MotionConfig, energy_extra_ms: float = 0.0) -> dict[str, Any]:
     """``motion_evidence`` of grey frames ``luma`` (N, h, w) at ``fps`` against the joint
-    positions ``q`` (T, J) at kinematic times ``ts`` (ms), ``sync_offset_ms`` apart."""
+    positions ``q`` (T, J) at kinematic times ``ts`` (ms), ``sync_offset_ms`` apart;
+    ``energy_extra_ms`` averages the motion energy once more (the filter ``q`` had)."""
     out: dict[str, Any] = {"sync_offset_ms": round(float(sync_offset_ms), 3), "term": None}
     if luma.shape[0] < 3 or ts.size < 3:
         out["reason"] = f"too short: {luma.shape[0]} video frames, {ts.size} kinematic samples"
@@ -354,6 +355,8 @@ def motion_correlation(luma: np.ndarray, fps: float, ts: np.ndarray, q: np.ndarr
     s = np.where((grid >= t_kin[0]) & (grid <= t_kin[-1]), np.interp(grid, t_kin, speed), np.nan)
     width = max(1, int(round(cfg.smooth_ms / g)))
     e, s = _box(e, width), _box(s, width)
+    if energy_extra_ms > 0:
+        e = _box(e, max(1, int(round(energy_extra_ms / g))))
 
     both = np.isfinite(e) & np.isfinite(s)
     overlap_ms = float(both.sum() * g)
@@ -398,13 +401,15 @@ def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
 
 
-def link_pixels(view: BundleView, camera: str, kin_t_ms: np.ndarray, width: int, height: int) -> np.ndarray:
+def link_pixels(view: BundleView, camera: str, kin_t_ms: np.ndarray, width: int, height: int,
+                joints: np.ndarray | None = None) -> np.ndarray:
     """(N, L, 2) pixel positions, in a ``width`` x ``height`` image, of the robot's links at
-    kinematic times ``kin_t_ms`` (submitted joints interpolated, the others at home) seen
-    through the manifest camera ``camera``."""
+    kinematic times ``kin_t_ms`` (submitted joints, or ``joints`` at the submitted
+    timestamps, interpolated; the others at home) seen through the manifest camera ``camera``."""
     m = view.manifest
     robot = get_robot(m.robot_model_id, m.robot_model_revision)
-    q = joints_at(view.read(TIMESTAMPS).astype(np.float64), view.read(JOINT_POS).astype(np.float64), kin_t_ms)
+    q = view.read(JOINT_POS).astype(np.float64) if joints is None else joints
+    q = joints_at(view.read(TIMESTAMPS).astype(np.float64), q, kin_t_ms)
     full = np.tile(robot.home_qpos, (len(kin_t_ms), 1))
     full[:, [robot.joint_names.index(n) for n in m.joint_names]] = q
     cam = m.camera[camera]
@@ -586,13 +591,30 @@ def video_flow(luma: np.ndarray, min_px: float) -> np.ndarray:
     return out
 
 
-def hand_pixels_at(view: BundleView, kin_t_ms: np.ndarray, width: int, height: int) -> np.ndarray:
+def smoothed_joints(view: BundleView, smooth_ms: float) -> np.ndarray:
+    """(T, J) the submitted joint positions, each averaged over the samples within
+    ``smooth_ms / 2`` of it on the real timestamps: an honest recording's sensor noise
+    (white, up to the 0.03 rad gate E tolerates) would otherwise swamp the frame-to-frame
+    motion these measures compare; moves of a second or more pass unchanged."""
+    t = view.read(TIMESTAMPS).astype(np.float64)
+    q = view.read(JOINT_POS).astype(np.float64)
+    if smooth_ms <= 0 or t.size < 3:
+        return q
+    lo = np.searchsorted(t, t - smooth_ms / 2, side="left")
+    hi = np.searchsorted(t, t + smooth_ms / 2, side="right")
+    cs = np.vstack([np.zeros((1, q.shape[1])), np.cumsum(q, axis=0)])
+    return (cs[hi] - cs[lo]) / (hi - lo)[:, None]
+
+
+def hand_pixels_at(view: BundleView, kin_t_ms: np.ndarray, width: int, height: int,
+                   joints: np.ndarray | None = None) -> np.ndarray:
     """(N, E, 2) pixels of the robot's end effectors (the demonstrator's hands once
     retargeted; the keypoint centroid without one) at kinematic times ``kin_t_ms`` through
     the primary camera, in a ``width`` x ``height`` image."""
     m = view.manifest
     robot = get_robot(m.robot_model_id, m.robot_model_revision)
-    q = joints_at(view.read(TIMESTAMPS).astype(np.float64), view.read(JOINT_POS).astype(np.float64), kin_t_ms)
+    q = view.read(JOINT_POS).astype(np.float64) if joints is None else joints
+    q = joints_at(view.read(TIMESTAMPS).astype(np.float64), q, kin_t_ms)
     full = np.tile(robot.home_qpos, (len(kin_t_ms), 1))
     full[:, [robot.joint_names.index(n) for n in m.joint_names]] = q
     kin = kinematics_for(robot.model_id, robot.revision)
@@ -646,10 +668,14 @@ def hand_path(view: BundleView, sync_offset_ms: float, config: AlignmentConfig) 
     ts = view.read(TIMESTAMPS).astype(np.float64)
     kin_t = np.arange(n) * 1000.0 / fps - sync_offset_ms + ts[0]
     inside = (kin_t[1:] >= ts[0]) & (kin_t[:-1] <= ts[-1])
-    hands = np.diff(hand_pixels_at(view, kin_t, w, h), axis=0)  # (n - 1, E, 2) per frame
+    hands = np.diff(hand_pixels_at(view, kin_t, w, h, smoothed_joints(view, cfg.hand_smooth_ms)), axis=0)
     width = max(1, int(round(mc.smooth_ms * fps / 1000.0)))
     smooth = lambda x: np.stack([np.convolve(x[:, j], np.ones(width) / width, mode="same")  # noqa: E731
                                  for j in range(x.shape[1])], axis=1)
+    # the flow gets the joints' averaging too (as a box over the frames), so both series pass
+    # the same filter and no phase lag between them looks like a disagreement
+    extra = max(1, int(round(cfg.hand_smooth_ms * fps / 1000.0)))
+    flow = np.stack([np.convolve(flow[:, j], np.ones(extra) / extra, mode="same") for j in range(2)], axis=1)
     a = smooth(flow)
     steps = int(mc.max_lag_ms * fps / 1000.0)
     min_n = int(np.ceil(mc.min_overlap_ms * fps / 1000.0 * cfg.hand_active_fraction))
@@ -678,27 +704,38 @@ def primary_view(view: BundleView, sync_offset_ms: float, config: AlignmentConfi
     n, h, w = luma.shape
     kin_t = np.arange(n) * 1000.0 / fps - sync_offset_ms + ts[0]
     inside = (kin_t >= ts[0]) & (kin_t <= ts[-1])
-    drawn = skeleton_masks(link_pixels(view, "primary", kin_t, w, h), w, h, cfg.line_px)
+    joints = smoothed_joints(view, config.mismatch.kin_smooth_ms)
+    drawn = skeleton_masks(link_pixels(view, "primary", kin_t, w, h, joints), w, h, cfg.line_px)
     return view_match(luma, drawn, fps, inside, cfg)
 
 
-def mismatch_findings(view: BundleView, motion: dict[str, Any], sync_offset_ms: float,
+def mismatch_findings(view: BundleView, sync_offset_ms: float,
                       config: AlignmentConfig) -> tuple[list[str], dict[str, Any]]:
     """The findings that confidently say the video does not show this trajectory (see
     ``mismatch`` in ``kibotos/config/alignment.yaml``) and the metrics they were decided on.
-    None while the trajectory is still or the two series overlap too little."""
+    None while the trajectory is still or the two series overlap too little.
+
+    The motion correlations here are ``motion_correlation`` on the joints averaged over
+    ``mismatch.kin_smooth_ms`` (``smoothed_joints``) and the video's motion energy averaged
+    alike (the same filter on both series): honest sensor noise must not make a genuine
+    video look uncorrelated (the soft ``motion`` term keeps the raw joints, so noise still
+    costs S_align)."""
     from processors.gate_c_sync import video_motion_energy
 
     cfg = config.mismatch
     subject = view.manifest.video["primary"].subject
-    metrics: dict[str, Any] = {"subject": subject, "applicable": False}
+    fps = float(view.manifest.video["primary"].fps)
+    ts = view.read(TIMESTAMPS).astype(np.float64)
+    q = smoothed_joints(view, cfg.kin_smooth_ms)
+    luma = _video_luma(view, config.motion.decode_width)
+    motion = motion_correlation(luma, fps, ts, q, sync_offset_ms, config.motion, cfg.kin_smooth_ms)
+    metrics: dict[str, Any] = {"subject": subject, "applicable": False, "motion": {
+        k: motion.get(k) for k in ("corr", "best_corr", "best_lag_ms", "p95_joint_speed", "overlap_ms")}}
     p95, overlap = motion.get("p95_joint_speed"), motion.get("overlap_ms")
     if p95 is None or overlap is None or p95 < config.motion.min_joint_speed or overlap < config.motion.min_overlap_ms:
         metrics["reason"] = "the trajectory is still or overlaps the video too little"
         return [], metrics
     metrics["applicable"] = True
-    fps = float(view.manifest.video["primary"].fps)
-    luma = _video_luma(view, config.motion.decode_width)
     _, changed = video_motion_energy(luma, fps)
     metrics["video_max_changed_fraction"] = _r(float(changed.max()) if changed.size else 0.0, 6)
     findings: list[str] = []
@@ -707,9 +744,7 @@ def mismatch_findings(view: BundleView, motion: dict[str, Any], sync_offset_ms: 
     best, corr = motion.get("best_corr"), motion.get("corr")
     if best is None or best <= cfg.max_best_corr:
         findings.append("motion_uncorrelated")
-    reversed_motion = motion_correlation(luma[::-1], fps, view.read(TIMESTAMPS).astype(np.float64),
-                                         view.read(JOINT_POS).astype(np.float64), sync_offset_ms, config.motion)
-    rev = reversed_motion.get("best_corr")
+    rev = motion_correlation(luma[::-1], fps, ts, q, sync_offset_ms, config.motion, cfg.kin_smooth_ms).get("best_corr")
     metrics["reversed_best_corr"] = rev
     if rev is not None and rev >= cfg.min_reversed_corr and rev >= (best if best is not None else -1.0) + cfg.reversed_margin:
         findings.append("time_reversed")
@@ -860,7 +895,7 @@ def check_alignment(view: BundleView, event: dict, store, config: AlignmentConfi
     if s_align is None:
         metrics["reason"] = "no alignment evidence: " + "; ".join(f"{k}: {v}" for k, v in reasons.items())
 
-    findings, mismatch = mismatch_findings(view, motion, _sync_offset(event), config)
+    findings, mismatch = mismatch_findings(view, _sync_offset(event), config)
     metrics["mismatch"] = mismatch
     if misaligned(image, motion, config.reject):
         return GateResult(gate=GATE_ID, passed=False, metrics=metrics, thresholds=thresholds, flags=flags,

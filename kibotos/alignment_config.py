@@ -86,6 +86,8 @@ class MismatchConfig(_Frozen):
     hand_decode_width: int = Field(ge=16)
     flow_min_px: float = Field(ge=0)
     hand_active_fraction: float = Field(ge=0, le=1)
+    kin_smooth_ms: float = Field(ge=0)
+    hand_smooth_ms: float = Field(ge=0)
     min_elsewhere_corr: float = Field(ge=-1, le=1)
     min_elsewhere_ms: float = Field(ge=0)
     elsewhere_margin: float = Field(ge=0)

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from gpu_consumers.alignment import GATE_ID as ALIGN, MISMATCH_CODE, mismatch_findings, motion_evidence
+from gpu_consumers.alignment import GATE_ID as ALIGN, MISMATCH_CODE, mismatch_findings
 from gpu_consumers.jobs import make_handler
 from kibotos.alignment_config import load_alignment_config
 from kibotos.bundle import open_bundle
@@ -86,11 +86,11 @@ def test_video_that_does_not_show_the_trajectory_earns_nothing(chain, key, subje
         assert mismatch["findings"] and mismatch["subject"] == subject
         assert failed.thresholds["mismatch"] == ALIGN_CONFIG.mismatch.model_dump()
         # the finding of the class, and the metric that decided it
-        if variant == "video_swapped":
+        # (motion energy alone cannot tell them: another episode of the task shares its rhythm,
+        # and the energy of a move played backwards looks much the same)
+        if variant in ("video_swapped", "video_reversed"):
             assert ("frames_at_baseline" if subject == "robot" else "hand_path_mismatch") in mismatch["findings"]
-        if variant == "video_reversed":
-            assert "time_reversed" in mismatch["findings"]
-            assert mismatch["reversed_best_corr"] >= ALIGN_CONFIG.mismatch.min_reversed_corr
+            assert mismatch["reversed_best_corr"] is not None and mismatch["motion"]["best_corr"] is not None
         assert failed.metrics["s_align"] is not None  # the soft score is still reported
     elif caught[1] == MISMATCH_CODE:  # gate C: a video that never changes
         assert failed.metrics["mismatch"] == ["video_static"]
@@ -109,9 +109,8 @@ def test_every_finding_can_be_switched_off_and_then_passes(tmp_path, subject):
         "min_elsewhere_corr": 1.0, "static_max_changed_fraction": 0.0})})
     with open_bundle(path) as view:
         offset = float(view.manifest.sync.sync_offset_ms_claimed)
-        motion = motion_evidence(view, offset, ALIGN_CONFIG.motion)
-        strict, metrics = mismatch_findings(view, motion, offset, ALIGN_CONFIG)
-        relaxed, _ = mismatch_findings(view, motion, offset, loose)
+        strict, metrics = mismatch_findings(view, offset, ALIGN_CONFIG)
+        relaxed, _ = mismatch_findings(view, offset, loose)
     assert strict and relaxed == [], (strict, metrics)
 
 
@@ -139,10 +138,26 @@ def test_over_seeds_genuine_is_never_flagged_and_swaps_mostly_are(tmp_path, subj
                 offset = _sync_offset({"sync": {k: c.metrics.get(k) for k in
                                                 ("claimed_offset_ms", "estimated_offset_ms", "sync_confidence")}})
                 with open_bundle(path) as view:
-                    findings, metrics = mismatch_findings(
-                        view, motion_evidence(view, offset, ALIGN_CONFIG.motion), offset, ALIGN_CONFIG)
+                    findings, metrics = mismatch_findings(view, offset, ALIGN_CONFIG)
                 if variant == "genuine":
                     assert findings == [], (key, seed, metrics)
                 else:
                     flagged, total = flagged + int(bool(findings)), total + 1
     assert flagged >= total - 1, (flagged, total)
+
+
+@pytest.mark.parametrize("subject", SUBJECTS)
+def test_honest_sensor_noise_is_no_mismatch(tmp_path, subject):
+    """White joint noise of 0.03 rad (what gate E tolerates) on a genuine episode of every
+    robot: the video still shows the trajectory (the joints are averaged over
+    ``mismatch.kin_smooth_ms`` before they are compared)."""
+    from dataclasses import replace
+
+    from kibotos.perturb import noisy_trajectory
+
+    for key in ROBOTS:
+        ep = make_episode(get_robot(*key), "genuine", seed=0, subject=subject)
+        noisy = replace(ep, joint_pos=noisy_trajectory(ep, 0.03, seed=3))
+        with open_bundle(noisy.write(tmp_path / f"{key[0]}.zarr.zip")) as view:
+            findings, metrics = mismatch_findings(view, ep.true_offset_ms, ALIGN_CONFIG)
+        assert metrics["applicable"] and findings == [], (key, metrics)
