@@ -650,7 +650,8 @@ def _direction_agreement(flow: np.ndarray, hand: np.ndarray, active: np.ndarray,
 def hand_path(view: BundleView, sync_offset_ms: float, config: AlignmentConfig) -> dict[str, Any]:
     """Does the direction of the video's motion follow the hand? The mean optical flow of
     the moving pixels (``video_flow``) against the image velocity of each end effector
-    through the primary camera (``hand_pixels_at``), both smoothed by ``motion.smooth_ms``,
+    through the primary camera (``hand_pixels_at``; the joints averaged over
+    ``mismatch.hand_smooth_ms``, the flow alike), both smoothed by ``motion.smooth_ms``,
     compared on the frames where that hand moves (at least ``mismatch.hand_active_fraction``
     of its p95 image speed) by their mean cosine (``_direction_agreement``): at the sync
     offset (``corr``) and the best over lags within ``motion.max_lag_ms`` (``best_corr``),

@@ -33,6 +33,13 @@ completion) has a variant (``VARIANTS``) with the gate or stage and reason code 
 catch it (``EXPECTED``). ``task_failed`` moves exactly like the genuine episode, but the
 hand misses: the object never leaves its rest pose and no contact is recorded.
 
+``subject="human"`` (and the variant ``human_video``) films a person instead of the robot:
+a photo of a person moved with the end effector as the declared camera sees it (the
+demonstrator's hand, once retargeted). The ``VIDEO_MISMATCH`` variants pair the genuine
+trajectory with a video that does not show it (another episode's motion, the own video
+backwards, one frame held, blank, ``VIDEO_DELAY_MS`` late with a claimed offset of 0), for
+either subject; ``ALSO_CAUGHT_BY`` lists the cheaper gates that may catch one first.
+
 ``secondary_cameras`` (names of ``SECONDARY_VIEWS``) adds secondary cameras: the same
 episode filmed from the primary camera's position turned about the vertical axis through
 the robot's centre, over its own background, on the primary video's clock
