@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -207,6 +208,12 @@ def run_scenario(name: str, episodes: list[Path], root: Path, *, workers: int = 
             paid[sid] = paid.get(sid, 0) + (entry.get("kind", "reward") == "reward")
             balance[sid] = balance.get(sid, 0.0) + float(entry["points"])
         events = _verdict_events(up.state()["bootstrap"], catalogue.verdicts, len(sids))
+        # what the reconciler had to emit again (it logs each pass that did) and what the
+        # supervisor restarted, from the stack's own output
+        log_text = (home / "up.log").read_text("utf-8", "replace")
+        reemitted = sum(int(m) for m in re.findall(r"reconcile: emitted (\d+) stuck", log_text))
+        reemitted += sum(int(m) for m in re.findall(r"(\d+) stuck ones emitted again", log_text))
+        restarts = re.findall(r"restarted (.+?) \(restarts so far", log_text)
         accepted = [sid for sid, rep in reports.items() if rep["verdict"] == "accepted" and rep.get("points", 0) > 0]
         return {
             "scenario": name, "submitted": len(sids), "verdicts": len(reports), "lost": len(sids) - len(reports),
@@ -219,6 +226,7 @@ def run_scenario(name: str, episodes: list[Path], root: Path, *, workers: int = 
                                    if abs(balance.get(sid, 0.0) - float(rep.get("points") or 0.0)) > 1e-6),
             "unpaid": sum(1 for sid in accepted if paid.get(sid, 0) == 0),
             "recovery_s": round(recovery_s, 1), "startup_s": round(startup_s, 1),
+            "reemitted_by_reconciler": reemitted, "restarted": restarts,
             "verdict_counts": {v: sum(1 for r in reports.values() if r["verdict"] == v)
                                for v in sorted({r["verdict"] for r in reports.values()})},
         }
