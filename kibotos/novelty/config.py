@@ -94,10 +94,13 @@ class TrajectoryConfig(_Frozen):
     max_lag_s: float = Field(ge=0)
     min_overlap_fraction: float = Field(gt=0, le=1)
     time_scales: tuple[float, ...] = ()
+    scaled_corr_lo: float = Field(default=0.985, ge=-1, le=1)
+    scaled_corr_hi: float = Field(default=0.995, ge=-1, le=1)
 
     @model_validator(mode="after")
     def _ramp(self) -> "TrajectoryConfig":
         _check_ramp(self.corr_lo, self.corr_hi, "trajectory.corr")
+        _check_ramp(self.scaled_corr_lo, self.scaled_corr_hi, "trajectory.scaled_corr")
         if any(not 0.5 <= t <= 2.0 or t == 1.0 for t in self.time_scales):
             raise ValueError(f"trajectory.time_scales must lie in [0.5, 2] without 1: {self.time_scales}")
         return self

@@ -300,20 +300,27 @@ def _candidates_sql(cfg: NoveltySection, pairs: list[tuple[int, int, str]]) -> s
         if(length(motion_by_pair) > 0, arrayMax(motion_by_pair), 0.) AS motion_corr,
         {traj_ok} AS trajectory_compared,
         if(trajectory_compared, {traj_all}, []) AS traj_by_lag,
-        if(length(traj_by_lag) > 0, arrayMax(arrayMap(x -> tupleElement(x, 1), traj_by_lag)), 0.) AS trajectory_corr,
-        if(length(traj_by_lag) > 0,
-           traj_by_lag[indexOf(arrayMap(x -> tupleElement(x, 1), traj_by_lag), trajectory_corr)],
-           (0., 0, 1.)) AS trajectory_best,
+        -- a time-scaled comparison searches more alignments, so unrelated motions of one
+        -- task reach higher correlations there: it has a stricter ramp of its own
+        arrayMap(x -> if(tupleElement(x, 3) = 1.,
+                         {_ramp('tupleElement(x, 1)', '{traj_lo:Float64}', '{traj_hi:Float64}')},
+                         {_ramp('tupleElement(x, 1)', '{traj_scaled_lo:Float64}', '{traj_scaled_hi:Float64}')}),
+                 traj_by_lag) AS traj_scores,
+        -- the best by ramp value; among equals (or none) the unscaled comparison, by correlation
+        arrayMap((x, sc) -> sc * 10. + if(tupleElement(x, 3) = 1., (tupleElement(x, 1) + 1.) / 2., 0.),
+                 traj_by_lag, traj_scores) AS traj_keys,
+        if(length(traj_by_lag) > 0, traj_by_lag[indexOf(traj_keys, arrayMax(traj_keys))], (0., 0, 1.))
+            AS trajectory_best,
+        tupleElement(trajectory_best, 1) AS trajectory_corr,
         tupleElement(trajectory_best, 2) AS trajectory_lag,
         tupleElement(trajectory_best, 3) AS trajectory_scale,
+        if(length(traj_by_lag) > 0, arrayMax(traj_scores), 0.) AS trajectory,
         -- the same task in the same place moves alike on video; when the trajectories were
         -- compared and differ, only a near-identical video counts as the same footage
         if(motion_compared,
-           if(length(traj_by_lag) > 0 AND trajectory_corr < {{traj_lo:Float64}},
+           if(length(traj_by_lag) > 0 AND trajectory = 0.,
               {_ramp('motion_corr', '{motion_other_lo:Float64}', '{motion_other_hi:Float64}')},
               {_ramp('motion_corr', '{motion_lo:Float64}', '{motion_hi:Float64}')}), 0.) AS visual,
-        if(length(traj_by_lag) > 0, {_ramp('trajectory_corr', '{traj_lo:Float64}', '{traj_hi:Float64}')}, 0.)
-            AS trajectory,
         1. - (1. - visual) * (1. - trajectory) AS match,
         hashes_compared AND exact_fraction >= {{exact_fraction:Float64}}
             AND (trajectory_corr >= {{exact_corr:Float64}} OR (q.traj_len = 0 AND c.traj_len = 0)) AS near_exact
@@ -410,6 +417,8 @@ def find_candidates(client, submission_id: str, created_at_ms: int, motion_varia
         "pre_hash": cfg.prefilter.hash_fraction,
         "traj_lo": cfg.trajectory.corr_lo,
         "traj_hi": cfg.trajectory.corr_hi,
+        "traj_scaled_lo": cfg.trajectory.scaled_corr_lo,
+        "traj_scaled_hi": cfg.trajectory.scaled_corr_hi,
         "traj_min_samples": cfg.trajectory.min_samples,
         "traj_min_overlap": cfg.trajectory.min_overlap_fraction,
         "exact_fraction": cfg.hash.exact_fraction,
