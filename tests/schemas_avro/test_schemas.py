@@ -173,3 +173,17 @@ def test_a_version_without_history_file_is_unknown(v2_schemas):
     new = AvroSerializer("submission_received", schema_root=v2_schemas)
     with pytest.raises(SerializationError, match="unknown schema version 1"):
         new.loads(GOOD_BYTES)
+
+
+def test_a_v2_verdict_reads_as_a_first_decision_without_an_event_id(tmp_path):
+    """verdict v3 appended event_id / event_type / revision: v2 records stay readable."""
+    (tmp_path / "history").mkdir()
+    shutil.copy(SCHEMA_DIR / "history" / "verdict.v2.avsc", tmp_path / "verdict.avsc")
+    shutil.copy(SCHEMA_DIR / "history" / "verdict.v1.avsc", tmp_path / "history" / "verdict.v1.avsc")
+    v2, current = AvroSerializer("verdict", schema_root=tmp_path), AvroSerializer("verdict")
+    assert (v2.version, current.version) == (2, 3)
+    old = {k: v for k, v in EVENT_FACTORIES["verdict"]().items() if k not in ("event_id", "event_type", "revision")}
+    decoded = current.loads(v2.dumps(old))
+    assert decoded == {**old, "schema_version": 2, "event_id": None, "event_type": "decision", "revision": 0}
+    # and a v2 reader reads a v3 record's prefix
+    assert v2.loads(current.dumps(EVENT_FACTORIES["verdict"]()))["submission_id"] == old["submission_id"]
