@@ -276,6 +276,21 @@ def rejections() -> dict:
             WHERE {rejected}
             ORDER BY decided_at DESC LIMIT 100
         """, w=24, h=10),
+        # an upload refused at the ingest edge judges that attempt, not the submission
+        # (anyone may upload under any submission_id): its own table, its own panels
+        ts("Uploads refused at ingestion", """
+            SELECT $__timeInterval(decided_at) AS time, ifNull(reason_code, 'unknown') AS reason_code, count() AS uploads
+            FROM kibotos.upload_verdicts FINAL
+            WHERE $__timeFilter(decided_at)
+            GROUP BY time, reason_code ORDER BY time
+        """, stacked=True, bars=True, description="Upload attempts the ingest checks refused (signature, hash "
+                                                  "tree, manifest, limits); never a submission's verdict."),
+        table("Recent uploads refused at ingestion", """
+            SELECT decided_at, submission_id, upload_id, miner_id, reason_code
+            FROM kibotos.upload_verdicts FINAL
+            WHERE $__timeFilter(decided_at)
+            ORDER BY decided_at DESC LIMIT 100
+        """, w=12, h=10),
     ], [GATE_VAR_FAILED])
 
 

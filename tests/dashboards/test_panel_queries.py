@@ -149,6 +149,8 @@ def test_headline_numbers_match_the_data(warehouse):
     assert duplicates and w.value("kibotos-novelty", "Duplicates rejected") == len(duplicates)
 
     assert sum(n for _, n in w.panel("kibotos-rejections", "Top reason codes")) == len(rejected)
+    refused = w.panel("kibotos-rejections", "Recent uploads refused at ingestion")
+    assert {row[2] for row in refused} == {a["upload_id"] for a in w.loaded.attempts.values()} != set()
     expected: dict[str, int] = {}
     for r in reports:
         for g in r["gates"]:
