@@ -377,15 +377,13 @@ class Stack:
         else:
             # Tansu wedges a consumer group for good when a member leaves before its first
             # join completed (the next member never gets an assignment; Kafka does not):
-            # let the consumer finish joining before it goes
-            consumer = {"sink": getattr(self.sink, "_consumer", None),
-                        "novelty": getattr(self.novelty, "consumer", None)}.get(name)
+            # let the consumer finish joining before it goes. Its own thread records the
+            # assignment: calling into a confluent consumer from this thread while that one
+            # blocks in a watermark query hung here for good
+            component = {"sink": self.sink, "novelty": self.novelty}.get(name)
             deadline = time.monotonic() + 30
-            while consumer is not None and slot.alive() and time.monotonic() < deadline:
-                try:
-                    if consumer.assignment():
-                        break
-                except Exception:  # closed or failed: nothing to wait for
+            while component is not None and slot.alive() and time.monotonic() < deadline:
+                if getattr(component, "assigned", True):
                     break
                 time.sleep(0.2)
             slot.event.set()

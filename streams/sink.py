@@ -77,6 +77,7 @@ class ClickHouseSink:
         self.insert_failures = 0
         self.commit_failures = 0
         self._lag_at = 0.0
+        self.assigned = False  # set by this consumer's own thread once the group gave it partitions
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
@@ -89,7 +90,10 @@ class ClickHouseSink:
                 "heartbeat.interval.ms": 1000,
             }
         )
-        self._consumer.subscribe(list(self._specs))
+        self._consumer.subscribe(list(self._specs), on_assign=self._on_assign)
+
+    def _on_assign(self, consumer, partitions) -> None:
+        self.assigned = True
 
     def poll_once(self) -> int:
         """Consume one batch, write it, commit it; returns the number of records handled.

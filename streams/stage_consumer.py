@@ -28,6 +28,7 @@ class StageConsumer:
         self.catalogue = catalogue
         self.handled = 0
         self._lag_at = 0.0
+        self.assigned = False  # set by this consumer's own thread once the group gave it partitions
         self.consumer = Consumer({
             "bootstrap.servers": bootstrap, "group.id": group_id, "auto.offset.reset": "earliest",
             "enable.auto.commit": False, "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000,
@@ -36,7 +37,10 @@ class StageConsumer:
         })
         self.producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0,
                                   "batch.num.messages": 1, "enable.idempotence": False})
-        self.consumer.subscribe([spec.name for spec in stage_inputs(stage)])
+        self.consumer.subscribe([spec.name for spec in stage_inputs(stage)], on_assign=self._on_assign)
+
+    def _on_assign(self, consumer, partitions) -> None:
+        self.assigned = True
 
     def poll_once(self, timeout: float = 0.5) -> int:
         if time.monotonic() - self._lag_at > 5.0:
