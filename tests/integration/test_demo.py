@@ -1,7 +1,8 @@
 """``kibotos demo`` end to end on the embedded stack with the default plan: gate workers,
 a GPU consumer process (Ray actors: pose, IK, playback, task), the novelty stage, the
 sink, the ingest API. Accepted submissions carry that evidence and are paid their scored
-reward; another miner's re-submitted copy earns near zero."""
+reward, an honest noisy one too; another miner's re-submitted copy earns near zero and a
+swapped video nothing."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ MIX = [
     ("miner-carol", "franka_panda", "ik_target_shift", 19),
     ("miner-carol", "ur5", "nan", 6),
     ("miner-erin", "franka_panda", "copy:mirrored", 1),  # alice's episode, mirrored, by another miner
+    ("miner-dave", "ur5", "noisy:0.02", 23),  # honest, with 0.02 rad of joint noise: paid, less smooth
+    ("miner-frank", "ur5", "video_swapped", 22),  # a genuine trajectory with another episode's video
 ]
 
 
@@ -51,13 +54,17 @@ def test_demo_runs_the_evidence_jobs_and_pays_only_the_genuine_submission(tmp_pa
         gates = [g["gate"] for g in rep["gates"]]
         if rep["miner_id"] == demo_keypair("miner-erin").miner_id:
             by_variant["copy"] = rep
+        elif rep["miner_id"] == demo_keypair("miner-dave").miner_id:
+            by_variant["noisy"] = rep
+        elif rep["miner_id"] == demo_keypair("miner-frank").miner_id:
+            by_variant["swapped"] = rep
         elif rep["verdict"] == "accepted":
             by_variant["genuine"] = rep
         elif "ik_residual" in gates:
             by_variant["ik_target_shift"] = rep
         else:
             by_variant["nan"] = rep
-    assert set(by_variant) == {"genuine", "ik_target_shift", "nan", "copy"}, reports
+    assert set(by_variant) == {"genuine", "ik_target_shift", "nan", "copy", "noisy", "swapped"}, reports
 
     genuine = {g["gate"]: g for g in by_variant["genuine"]["gates"]}
     assert list(genuine)[-6:] == ["gate_f_pose", "ik_residual", "playback", "alignment", "task_completion", "novelty"]
@@ -82,12 +89,26 @@ def test_demo_runs_the_evidence_jobs_and_pays_only_the_genuine_submission(tmp_pa
     assert balances[demo_keypair("miner-alice").miner_id] == pytest.approx(scores["reward"])
     # the mirrored copy by another miner: a copy of alice's episode, paid the copy factor
     # (at most a tenth of the original's reward) or rejected: near-zero points
+    # (a mirrored video no longer shows the trajectory it came with, so the align job may
+    # reject it as a video/kinematics mismatch before novelty sees it)
     copy = by_variant["copy"]
-    copy_novelty = {g["gate"]: g for g in copy["gates"]}["novelty"]
-    assert copy_novelty["metrics"]["copy"]["miner_id"] == demo_keypair("miner-alice").miner_id
+    copy_gates = {g["gate"]: g for g in copy["gates"]}
     if copy["verdict"] == "accepted":
+        assert copy_gates["novelty"]["metrics"]["copy"]["miner_id"] == demo_keypair("miner-alice").miner_id
         assert copy["scores"]["copy_factor"] <= 0.1
     else:
-        assert copy["reason_code"] == "copied_submission"
+        assert copy["reason_code"] in {"copied_submission", "video_kinematics_mismatch"}, copy["gates"]
+        if copy["reason_code"] == "copied_submission":
+            assert copy_gates["novelty"]["metrics"]["copy"]["miner_id"] == demo_keypair("miner-alice").miner_id
     assert balances.get(demo_keypair("miner-erin").miner_id, 0.0) <= 0.1 * scores["reward"]
-    assert len(balances) <= 2
+    # honest noise passes every hard gate and is paid; it shows as a lower S_retarget
+    noisy = by_variant["noisy"]
+    assert noisy["verdict"] == "accepted", (noisy["reason_code"], noisy["failed_gate"])
+    noisy_comps = {c["name"]: c for c in noisy["scores"]["components"]}
+    assert noisy_comps["retarget"]["value"] < comps["retarget"]["value"], (noisy_comps["retarget"], comps["retarget"])
+    assert balances[demo_keypair("miner-dave").miner_id] == pytest.approx(noisy["scores"]["reward"])
+    # the video swapper: its video does not show its trajectory, so it earns nothing
+    swapped = by_variant["swapped"]
+    assert (swapped["verdict"], swapped["reason_code"]) == ("rejected", "video_kinematics_mismatch"), swapped["gates"]
+    assert demo_keypair("miner-frank").miner_id not in balances
+    assert len(balances) <= 3
