@@ -401,17 +401,25 @@ def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
 
 
-def link_pixels(view: BundleView, camera: str, kin_t_ms: np.ndarray, width: int, height: int,
-                joints: np.ndarray | None = None) -> np.ndarray:
-    """(N, L, 2) pixel positions, in a ``width`` x ``height`` image, of the robot's links at
-    kinematic times ``kin_t_ms`` (submitted joints, or ``joints`` at the submitted
-    timestamps, interpolated; the others at home) seen through the manifest camera ``camera``."""
+def _full_qpos(view: BundleView, kin_t_ms: np.ndarray, joints: np.ndarray | None):
+    """The robot and its full joint vector at kinematic times ``kin_t_ms``: the submitted
+    joints (or ``joints`` at the submitted timestamps), interpolated; the others at home."""
     m = view.manifest
     robot = get_robot(m.robot_model_id, m.robot_model_revision)
     q = view.read(JOINT_POS).astype(np.float64) if joints is None else joints
     q = joints_at(view.read(TIMESTAMPS).astype(np.float64), q, kin_t_ms)
     full = np.tile(robot.home_qpos, (len(kin_t_ms), 1))
     full[:, [robot.joint_names.index(n) for n in m.joint_names]] = q
+    return robot, full
+
+
+def link_pixels(view: BundleView, camera: str, kin_t_ms: np.ndarray, width: int, height: int,
+                joints: np.ndarray | None = None) -> np.ndarray:
+    """(N, L, 2) pixel positions, in a ``width`` x ``height`` image, of the robot's links at
+    kinematic times ``kin_t_ms`` (submitted joints, or ``joints`` at the submitted
+    timestamps, interpolated; the others at home) seen through the manifest camera ``camera``."""
+    m = view.manifest
+    robot, full = _full_qpos(view, kin_t_ms, joints)
     cam = m.camera[camera]
     pix = project_points(kinematics_for(robot.model_id, robot.revision).link_positions(full),
                          cam.intrinsics.model_dump(), np.asarray(cam.extrinsics, dtype=np.float64))
@@ -612,11 +620,7 @@ def hand_pixels_at(view: BundleView, kin_t_ms: np.ndarray, width: int, height: i
     retargeted; the keypoint centroid without one) at kinematic times ``kin_t_ms`` through
     the primary camera, in a ``width`` x ``height`` image."""
     m = view.manifest
-    robot = get_robot(m.robot_model_id, m.robot_model_revision)
-    q = view.read(JOINT_POS).astype(np.float64) if joints is None else joints
-    q = joints_at(view.read(TIMESTAMPS).astype(np.float64), q, kin_t_ms)
-    full = np.tile(robot.home_qpos, (len(kin_t_ms), 1))
-    full[:, [robot.joint_names.index(n) for n in m.joint_names]] = q
+    robot, full = _full_qpos(view, kin_t_ms, joints)
     kin = kinematics_for(robot.model_id, robot.revision)
     links = tuple(robot.end_effector_links)
     pts = kin.link_positions(full, links) if links else kin.link_positions(full).mean(axis=1, keepdims=True)

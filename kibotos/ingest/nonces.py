@@ -56,20 +56,16 @@ class RequestLog:
         self._lock = threading.Lock()
 
     def find(self, req_id: str) -> SpentRequest | None:
-        try:
-            rows = self.client.query(
-                f"SELECT request_id, miner_id, submission_id, upload_id, toUnixTimestamp64Milli(requested_at) "
-                f"FROM {TABLE} FINAL WHERE request_id = {{rid:String}} LIMIT 1", parameters={"rid": req_id},
-            ).result_rows
-        except Exception as exc:
-            raise ServiceError(f"cannot read spent upload requests: {exc}") from exc
-        return SpentRequest(*rows[0]) if rows else None
+        return self._find_by("request_id", req_id)
 
     def find_upload(self, upload_id: str) -> SpentRequest | None:
+        return self._find_by("upload_id", upload_id)
+
+    def _find_by(self, column: str, value: str) -> SpentRequest | None:
         try:
             rows = self.client.query(
                 f"SELECT request_id, miner_id, submission_id, upload_id, toUnixTimestamp64Milli(requested_at) "
-                f"FROM {TABLE} FINAL WHERE upload_id = {{uid:String}} LIMIT 1", parameters={"uid": upload_id},
+                f"FROM {TABLE} FINAL WHERE {column} = {{value:String}} LIMIT 1", parameters={"value": value},
             ).result_rows
         except Exception as exc:
             raise ServiceError(f"cannot read spent upload requests: {exc}") from exc
