@@ -16,6 +16,10 @@ from kibotos.warehouse import open_client
 from topics.admin import ensure_topics
 from topics.catalogue import Catalogue
 
+# Fixture modules shared by the whole suite, registered once (session-scoped fixtures such
+# as ``samples`` are then built once per run, not once per importing module).
+pytest_plugins = ("tests.fixtures.episodes", "tests.fixtures.ingest", "tests.fixtures.vlm_stub")
+
 
 @pytest.fixture(scope="session")
 def tansu():

@@ -38,8 +38,8 @@ from kibotos.samples import Episode
 from kibotos.vlm import PROMPT_VERSION
 from kibotos.vlm.openai_compat import OpenAICompatProvider
 from streams.stages import JobStage, Record, advance
-from tests.fixtures.episodes import PANDA, samples, small_bundle  # noqa: F401
-from tests.fixtures.vlm_stub import keyframe_pairs, vlm_stub  # noqa: F401
+from tests.fixtures.episodes import PANDA, small_bundle
+from tests.fixtures.vlm_stub import keyframe_pairs
 from topics.catalogue import Catalogue
 
 CONFIG = load_alignment_config()
@@ -90,7 +90,7 @@ def test_packaged_config_is_versioned_and_uncalibrated():
         parse_alignment_config(raw)
 
 
-def test_an_uncalibrated_vlm_answer_gets_the_smaller_weight(vlm_stub, tmp_path):  # noqa: F811
+def test_an_uncalibrated_vlm_answer_gets_the_smaller_weight(vlm_stub, tmp_path):
     path = small_bundle(tmp_path / "b.zarr.zip", get_robot(*PANDA))  # declares no task
     pngs = keyframe_pairs(10)
     pairs = [Pair(p.frame, p.kin_time_ms, "uniform", np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1, 3), np.uint8),
@@ -150,7 +150,7 @@ class Played:
 
 
 @pytest.fixture(scope="module")
-def played(renderer, samples, tmp_path_factory):  # noqa: F811
+def played(renderer, samples, tmp_path_factory):
     root = tmp_path_factory.mktemp("align")
     store = LocalObjectStore(root / "store")
     cat = Catalogue()
@@ -206,7 +206,7 @@ def test_image_pairs_beat_the_shuffled_baseline_only_when_aligned(played, result
     assert np.mean([k["silhouette_iou"] > k["silhouette_iou_shuffled"] for k in keyframes]) >= 0.9
 
 
-def test_motion_follows_the_kinematics_at_the_sync_offset(results, samples):  # noqa: F811
+def test_motion_follows_the_kinematics_at_the_sync_offset(results, samples):
     offset = samples.episode(PANDA).true_offset_ms
     m = {name: res.metrics["motion"] for name, res in results.items()}
     g = m["genuine"]
@@ -280,7 +280,7 @@ def test_the_extreme_case_rejects_and_genuine_does_not(played, results):
 # --- through the job handler, with the VLM stand-in ----------------------------------------
 
 @pytest.fixture
-def vlm_env(monkeypatch, vlm_stub, tmp_path):  # noqa: F811
+def vlm_env(monkeypatch, vlm_stub, tmp_path):
     """KIBOTOS_VLM_* pointing at the stub; an alignment config whose table calibrates
     (MODEL, PROMPT_VERSION)."""
     raw = yaml.safe_load(DEFAULT_PATH.read_text())

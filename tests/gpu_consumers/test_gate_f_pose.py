@@ -19,7 +19,7 @@ from gpu_consumers.gate_f_pose import GATE_ID, check_pose, sample_indices, sampl
 from gpu_consumers.pose import (
     MediaPipePoseEstimator, PoseTrack, get_pose_estimator, list_pose_estimators, register_pose_estimator,
 )
-from tests.fixtures.episodes import PANDA, manifest_for, samples  # noqa: F401
+from tests.fixtures.episodes import PANDA, manifest_for
 from kibotos.human_video import camera_motion_video, human_video_bundle, person_photos, scramble_blocks
 
 pytest.importorskip("mediapipe", reason="gate F needs mediapipe==0.10.21 (installed --no-deps)")
@@ -181,7 +181,7 @@ def test_tighter_thresholds_from_config_fail_the_good_video(bundles, estimator, 
         assert res.metrics["mean_reprojection_px_720p"] > 5.0
 
 
-def test_robot_subject_is_not_applicable(bundles, samples):  # noqa: F811
+def test_robot_subject_is_not_applicable(bundles, samples):
     res, _ = _check(bundles("robot_subject"), None)
     assert (res.passed, res.reason_code) == (True, None)
     assert res.metrics == {"applicable": False, "reason": "video subject is robot"}

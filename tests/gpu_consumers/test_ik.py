@@ -17,7 +17,7 @@ from kibotos.robots import get_robot
 from kibotos.robots.kinematics import serial_kinematics_for
 from kibotos.samples import EXPECTED, NOISE, OBJECT_NAME, grasp_link, make_episode, random_trajectory
 from gpu_consumers.ik import GATE_ID, IKSolver, check_ik
-from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS, samples  # noqa: F401
+from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS
 
 CONFIG = load_config()
 IK_VARIANTS = [v for v, exp in EXPECTED.items() if exp is not None and exp[0] == GATE_ID]
@@ -52,7 +52,7 @@ def test_ik_variants_are_declared():
 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
-def test_consistent_target_passes_with_a_noise_level_residual(samples, solvers, key):  # noqa: F811
+def test_consistent_target_passes_with_a_noise_level_residual(samples, solvers, key):
     res = _check(samples.path(key), solvers(key))
     m = res.metrics
     assert (res.gate, res.passed, res.reason_code, res.flags) == (GATE_ID, True, None, []), m
@@ -77,7 +77,7 @@ def test_consistent_target_passes_with_a_noise_level_residual(samples, solvers, 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
 @pytest.mark.parametrize("variant", IK_VARIANTS)
-def test_ik_variants_are_rejected_with_their_reason(samples, solvers, key, variant):  # noqa: F811
+def test_ik_variants_are_rejected_with_their_reason(samples, solvers, key, variant):
     res = _check(samples.path(key, variant), solvers(key))
     m = res.metrics
     assert (res.gate, res.passed, res.reason_code) == (GATE_ID, False, EXPECTED[variant][1]), m
@@ -93,12 +93,12 @@ def test_ik_variants_are_rejected_with_their_reason(samples, solvers, key, varia
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
 @pytest.mark.parametrize("variant", IK_VARIANTS)
-def test_gates_a_to_e_accept_the_ik_variants(samples, key, variant):  # noqa: F811
+def test_gates_a_to_e_accept_the_ik_variants(samples, key, variant):
     report = samples.outcome(key, variant).report
     assert report.verdict == "accepted", (report.failed_gate, report.reason_code, report.gates[-1].metrics)
 
 
-def test_residual_is_not_trivially_zero(samples, solvers, tmp_path):  # noqa: F811
+def test_residual_is_not_trivially_zero(samples, solvers, tmp_path):
     """The genuine target agrees with the joints by construction (both come from one
     trajectory) but is measured independently: its residual is the tracking noise. A
     target computed from the submitted joints themselves gives ~0 — the stage never
@@ -124,7 +124,7 @@ def test_residual_is_not_trivially_zero(samples, solvers, tmp_path):  # noqa: F8
     assert res.passed and res.flags == ["ik_target_matches_joints"] and m["s_retarget"] <= 0.5
 
 
-def test_the_solver_never_sees_the_submitted_joints(samples, solvers):  # noqa: F811
+def test_the_solver_never_sees_the_submitted_joints(samples, solvers):
     """Genuine and ik_perturbed share their object stream but not their joints: the IK
     solution (and its residual) is the same, only the comparison with the joints differs."""
     a = _check(samples.path(PANDA), solvers(PANDA)).metrics
@@ -156,7 +156,7 @@ def test_solver_is_batched_over_1000_frames(solvers):
     assert ms < 30_000
 
 
-def test_a_target_out_of_reach_is_infeasible(samples, solvers, tmp_path):  # noqa: F811
+def test_a_target_out_of_reach_is_infeasible(samples, solvers, tmp_path):
     ep = samples.episode(PANDA)
     pose = ep.extra_arrays[POSE].copy()
     pose[:, 0] += 3.0  # three metres further than the arm reaches
@@ -165,7 +165,7 @@ def test_a_target_out_of_reach_is_infeasible(samples, solvers, tmp_path):  # noq
     assert res.metrics["ik_feasibility"]["rms_pos_error_m"] > CONFIG.ik.max_rms_pos_error_m
 
 
-def test_orientation_alone_can_exceed(samples, solvers, tmp_path):  # noqa: F811
+def test_orientation_alone_can_exceed(samples, solvers, tmp_path):
     """A grasp offset turned 60 degrees about its own origin: same positions, wrong orientation."""
     ep = samples.episode(PANDA)
     attrs = {k: dict(v) for k, v in ep.array_attributes.items()}
@@ -180,7 +180,7 @@ def test_orientation_alone_can_exceed(samples, solvers, tmp_path):  # noqa: F811
     assert m["rms_pos_error_m"] < 0.005 and m["orientation_error_deg"]["fraction_above_limit"] > 0.9
 
 
-def test_no_independent_target_is_not_applicable(samples, solvers, tmp_path):  # noqa: F811
+def test_no_independent_target_is_not_applicable(samples, solvers, tmp_path):
     robot = get_robot(*PANDA)
     bare = make_episode(robot, seed=0, duration_ms=2000, with_object=False)
     assert bare.extra_arrays == {}
@@ -200,7 +200,7 @@ def test_no_independent_target_is_not_applicable(samples, solvers, tmp_path):  #
     ("kinematics_clock", "contacts_on_kinematics_timestamps"),
     ("wrong_length", "object_motion (contacts/panda_hand [7] uint8 fits neither timestamps)"),
 ])
-def test_grasped_frames_from_contacts_or_object_motion(samples, solvers, tmp_path, edit, expected):  # noqa: F811
+def test_grasped_frames_from_contacts_or_object_motion(samples, solvers, tmp_path, edit, expected):
     ep = samples.episode(PANDA)
     link = grasp_link(get_robot(*PANDA))
     arrays = dict(ep.extra_arrays)
@@ -219,7 +219,7 @@ def test_grasped_frames_from_contacts_or_object_motion(samples, solvers, tmp_pat
         assert 10 <= target["grasped_frames"] < int(contacts.sum())
 
 
-def test_task_waypoints_are_the_fallback_target(samples, solvers, tmp_path):  # noqa: F811
+def test_task_waypoints_are_the_fallback_target(samples, solvers, tmp_path):
     ep = samples.episode(PANDA)
     grasp = ep.array_attributes[POSE]["grasp"]
     sel = np.flatnonzero(ep.extra_arrays[f"contacts/{grasp['link']}"])[::8]
@@ -244,7 +244,7 @@ def test_task_waypoints_are_the_fallback_target(samples, solvers, tmp_path):  # 
     (None, {"grasp": {"link": "tail_link", "offset": [0, 0, 0, 1, 0, 0, 0]}}, "is not a link"),
     (None, {"grasp": {"link": "panda_hand", "offset": [0, 0, 0]}}, "invalid grasp"),
 ])
-def test_malformed_object_streams_are_noted_never_a_crash(samples, solvers, tmp_path, arrays, attrs, unused):  # noqa: F811
+def test_malformed_object_streams_are_noted_never_a_crash(samples, solvers, tmp_path, arrays, attrs, unused):
     ep = samples.episode(PANDA)
     extra = ep.extra_arrays | (arrays or {})
     if arrays and arrays[POSE].shape[0] != len(ep.extra_arrays[TIMES]):
@@ -255,7 +255,7 @@ def test_malformed_object_streams_are_noted_never_a_crash(samples, solvers, tmp_
     assert unused in res.metrics["unused_streams"][0]["unused"]
 
 
-def test_thresholds_come_from_config(samples, solvers):  # noqa: F811
+def test_thresholds_come_from_config(samples, solvers):
     # between the solver's own residual (~1 mm) and the tracking noise the submission shows (~2.7 mm)
     strict = CONFIG.model_copy(update={"ik": CONFIG.ik.model_copy(update={"max_rms_pos_error_m": 0.002})})
     res = _check(samples.path(PANDA), solvers(PANDA), strict)
@@ -265,14 +265,14 @@ def test_thresholds_come_from_config(samples, solvers):  # noqa: F811
     assert _check(samples.path(PANDA, "ik_perturbed"), solvers(PANDA), relaxed).passed
 
 
-def test_a_solver_judges_only_its_robot(samples, solvers):  # noqa: F811
+def test_a_solver_judges_only_its_robot(samples, solvers):
     with pytest.raises(ConfigError):
         _check(samples.path(("ur5", "joint-limited-v1")), solvers(PANDA))
 
 
 @pytest.mark.parametrize("variant, reason", [("nan", "non_finite_values"), ("non_monotonic", "timestamps_not_increasing"),
                                              ("shape_mismatch", "shape_mismatch")])
-def test_inputs_the_chain_rejects_are_reason_codes_here_too(samples, solvers, variant, reason):  # noqa: F811
+def test_inputs_the_chain_rejects_are_reason_codes_here_too(samples, solvers, variant, reason):
     with pytest.raises(BundleError) as info:
         _check(samples.path(PANDA, variant), solvers(PANDA))
     assert info.value.reason_code == reason

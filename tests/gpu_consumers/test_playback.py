@@ -29,7 +29,7 @@ from kibotos.objectstore import LocalObjectStore
 from kibotos.robots import get_robot
 from kibotos.robots.kinematics import kinematics_for
 from kibotos.samples import default_camera
-from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS, samples  # noqa: F401
+from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS
 
 W, H = 320, 240
 
@@ -211,7 +211,7 @@ def _run(renderer, path: Path, offset_ms: float, store_root: Path):
         return run_playback(view, offset_ms, renderer, store, "keyframes/sub-1"), store
 
 
-def test_run_playback_stores_pairs_and_reports_keyframes(panda_renderer, samples, tmp_path):  # noqa: F811
+def test_run_playback_stores_pairs_and_reports_keyframes(panda_renderer, samples, tmp_path):
     ep = samples.episode(PANDA)
     res, store = _run(panda_renderer, samples.path(PANDA), ep.true_offset_ms, tmp_path / "store")
     assert res.gate == GATE_ID and res.passed and res.reason_code is None, res.metrics
@@ -237,7 +237,7 @@ def test_run_playback_stores_pairs_and_reports_keyframes(panda_renderer, samples
     assert np.median([e["real_foreground_in_sim"] for e in m["keyframes"]]) > 0.6
 
 
-def test_run_playback_camera_looking_away_is_an_empty_render(panda_renderer, samples, tmp_path):  # noqa: F811
+def test_run_playback_camera_looking_away_is_an_empty_render(panda_renderer, samples, tmp_path):
     ep = samples.episode(PANDA)
     pose = np.asarray(ep.manifest["camera"]["primary"]["extrinsics"])
     away = pose.copy()
@@ -249,7 +249,7 @@ def test_run_playback_camera_looking_away_is_an_empty_render(panda_renderer, sam
     assert res.metrics["empty_render_frames"] == len(res.metrics["keyframe_indices"])
 
 
-def test_run_playback_unknown_joint_is_playback_failed(panda_renderer, samples, tmp_path):  # noqa: F811
+def test_run_playback_unknown_joint_is_playback_failed(panda_renderer, samples, tmp_path):
     ep = samples.episode(PANDA)
     names = list(ep.manifest["joint_names"])
     names[0] = "not_a_panda_joint"

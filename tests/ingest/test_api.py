@@ -17,7 +17,7 @@ import pytest
 from kibotos.identity import BundleSignature, sidecar_path, sign_tree, upload_request_message
 from kibotos.bundle.hashtree import hash_bundle
 from kibotos.ingest.client import IngestRefused
-from tests.fixtures.ingest import ingest, keypair, signed  # noqa: F401
+from tests.fixtures.ingest import keypair
 
 ALICE, EVE = keypair("alice"), keypair("eve")
 

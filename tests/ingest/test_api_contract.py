@@ -16,7 +16,6 @@ from schemathesis.checks import (content_type_conformance, negative_data_rejecti
                                  response_headers_conformance, response_schema_conformance, status_code_conformance)
 from schemathesis.generation import GenerationMode
 
-from tests.fixtures.ingest import ingest  # noqa: F401
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance, negative_data_rejection]

@@ -8,7 +8,6 @@ from typer.testing import CliRunner
 
 from kibotos.cli import app
 from kibotos.identity import Keypair, sidecar_path
-from tests.fixtures.ingest import ingest, signed  # noqa: F401
 
 runner = CliRunner()
 

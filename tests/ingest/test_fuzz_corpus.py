@@ -26,7 +26,7 @@ from kibotos.identity import BundleSignature, sidecar_path, sign_tree
 from kibotos.ingest.client import IngestRefused
 from tests.fixtures import hostile
 from tests.fixtures.episodes import edit_json, rewrite_zip
-from tests.fixtures.ingest import ingest, keypair, s3_ingest, signed  # noqa: F401
+from tests.fixtures.ingest import keypair
 
 MiB = 1 << 20
 MALLORY = keypair("mallory")

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from kibotos.bundle.hashtree import EntryHash, hash_bundle, merkle_root, node_hash, root_of_leaves
 from kibotos.errors import BundleError
-from tests.fixtures.ingest import keypair, signed  # noqa: F401
+from tests.fixtures.ingest import keypair
 
 H = hashlib.sha256
 

@@ -12,7 +12,7 @@ import pytest
 from kibotos.errors import KibotosError
 from kibotos.identity import (BundleSignature, IdentityError, Keypair, bundle_message, decode_miner_id, sidecar_path,
                               sign_bundle, upload_request_message, verify)
-from tests.fixtures.ingest import keypair, signed  # noqa: F401
+from tests.fixtures.ingest import keypair
 
 # RFC 8032 §7.1, TEST 1
 RFC_SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from kibotos.identity import BundleSignature, sidecar_path, upload_request_message
-from tests.fixtures.ingest import close_env, ingest, keypair, make_env, signed  # noqa: F401
+from tests.fixtures.ingest import close_env, keypair, make_env
 
 ALICE, EVE = keypair("alice"), keypair("eve")
 

@@ -34,7 +34,7 @@ def _vm_hwm_mib(pid: int) -> float:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
 
 
-def test_hostile_bundles_are_rejected_and_the_worker_stays_healthy(pipeline, bundles, tmp_path):  # noqa: F811
+def test_hostile_bundles_are_rejected_and_the_worker_stays_healthy(pipeline, bundles, tmp_path):
     worker = pipeline.start_worker()
     genuine = bundles.path("genuine", seed=3)
     paths: dict[str, Path] = {}

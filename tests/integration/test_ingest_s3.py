@@ -21,7 +21,7 @@ from kibotos.identity import BundleSignature, sidecar_path
 from kibotos.ingest.client import IngestRefused
 from kibotos.objectstore import S3ObjectStore
 from streams.stages import Record, build_stages, run_in_process
-from tests.fixtures.ingest import keypair, s3_ingest, signed  # noqa: F401
+from tests.fixtures.ingest import keypair
 
 pytestmark = pytest.mark.integration
 DATA = b"a bundle" * 2000

@@ -22,7 +22,7 @@ def value(name: str, **labels) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def test_a_handled_record_is_counted_in_out_and_by_rejection_reason(bundles):  # noqa: F811
+def test_a_handled_record_is_counted_in_out_and_by_rejection_reason(bundles):
     cat = Catalogue(prefix=f"t{uuid.uuid4().hex[:8]}.")
     gate_a = build_stages(cat, bundles.store, CONFIG, SCORING)[0]
     event = bundles.received("ur5", "nan")

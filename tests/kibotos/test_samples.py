@@ -15,7 +15,7 @@ from gpu_consumers.alignment import GATE_ID as ALIGN_STAGE
 from gpu_consumers.ik import GATE_ID as IK_STAGE
 from kibotos.tasks import GATE_ID as TASK_STAGE
 from processors.base import gates
-from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS, samples  # noqa: F401
+from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS
 
 
 def test_every_variant_names_a_registered_gate():
@@ -34,7 +34,7 @@ def test_unknown_variant_lists_the_known_ones():
 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
-def test_genuine_episode_is_well_formed(samples, key):  # noqa: F811
+def test_genuine_episode_is_well_formed(samples, key):
     robot = get_robot(*key)
     ep = samples.episode(key)
     T = len(ep.timestamps_ms)
@@ -53,7 +53,7 @@ def test_genuine_episode_is_well_formed(samples, key):  # noqa: F811
 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
-def test_video_covers_the_kinematics_and_matches_the_manifest(samples, key):  # noqa: F811
+def test_video_covers_the_kinematics_and_matches_the_manifest(samples, key):
     ep = samples.episode(key)
     decoded = decode_luma(ep.video_mp4)
     video = ep.manifest["video"]["primary"]
@@ -67,7 +67,7 @@ def test_video_covers_the_kinematics_and_matches_the_manifest(samples, key):  # 
 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
-def test_sensor_noise_is_the_documented_noise(samples, key):  # noqa: F811
+def test_sensor_noise_is_the_documented_noise(samples, key):
     """Second differences of q at 50 Hz are noise-dominated: sigma = MAD * 1.4826 / sqrt(6)."""
     robot = get_robot(*key)
     q = samples.episode(key).joint_pos.astype(np.float64)
@@ -98,7 +98,7 @@ def test_injected_offset_is_the_true_and_claimed_offset(offset_ms):
 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
-def test_variants_carry_their_fault(samples, key):  # noqa: F811
+def test_variants_carry_their_fault(samples, key):
     robot = get_robot(*key)
     genuine = samples.episode(key)
     assert samples.episode(key, "shape_mismatch").joint_pos.shape[1] == robot.dof - 1
@@ -121,7 +121,7 @@ def test_write_samples_names_files_by_robot_variant_and_seed(tmp_path):
 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
-def test_genuine_episode_carries_an_object_held_during_the_grasp(samples, key):  # noqa: F811
+def test_genuine_episode_carries_an_object_held_during_the_grasp(samples, key):
     robot = get_robot(*key)
     ep = samples.episode(key)
     link = grasp_link(robot)
@@ -150,7 +150,7 @@ def test_the_object_stream_leaves_joints_and_video_alone():
 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
-def test_ik_variants_carry_their_fault(samples, key):  # noqa: F811
+def test_ik_variants_carry_their_fault(samples, key):
     genuine = samples.episode(key)
     pose = f"objects/{OBJECT_NAME}/pose"
     shift = samples.episode(key, "ik_target_shift")
@@ -168,7 +168,7 @@ def test_ik_variants_carry_their_fault(samples, key):  # noqa: F811
 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
-def test_genuine_episode_demonstrates_its_task(samples, key):  # noqa: F811
+def test_genuine_episode_demonstrates_its_task(samples, key):
     """Lifted, carried and set down inside the grasp window (the task schema judges it:
     tests/kibotos/tasks)."""
     robot = get_robot(*key)
@@ -184,7 +184,7 @@ def test_genuine_episode_demonstrates_its_task(samples, key):  # noqa: F811
 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
-def test_task_failed_moves_like_genuine_but_the_object_stays(samples, key):  # noqa: F811
+def test_task_failed_moves_like_genuine_but_the_object_stays(samples, key):
     genuine, failed = samples.episode(key), samples.episode(key, "task_failed")
     np.testing.assert_array_equal(failed.joint_pos, genuine.joint_pos)
     assert failed.manifest["task"] == genuine.manifest["task"]

@@ -16,7 +16,7 @@ from kibotos.gate_config import DEFAULT_PATH, load_config
 from kibotos.robots import get_robot, list_robots
 from kibotos.samples import EXPECTED
 from processors.base import gates
-from tests.fixtures.episodes import PANDA, ROBOTS, samples  # noqa: F401
+from tests.fixtures.episodes import PANDA, ROBOTS
 
 CONFIG = load_config()
 
@@ -30,7 +30,7 @@ def _json(result) -> dict:
     return json.loads(result.stdout)
 
 
-def test_genuine_bundle_exits_0_with_a_complete_json_report(runner, samples):  # noqa: F811
+def test_genuine_bundle_exits_0_with_a_complete_json_report(runner, samples):
     ep = samples.episode(PANDA)
     result = runner.invoke(app, ["verify", str(samples.path(PANDA)), "--json"])
     assert result.exit_code == 0, result.output
@@ -51,7 +51,7 @@ def test_genuine_bundle_exits_0_with_a_complete_json_report(runner, samples):  #
 
 
 @pytest.mark.parametrize("variant", ["nan", "gap", "sync_lie", "limit_violation", "teleport"])
-def test_rejected_bundle_exits_1(runner, samples, variant):  # noqa: F811
+def test_rejected_bundle_exits_1(runner, samples, variant):
     result = runner.invoke(app, ["verify", str(samples.path(PANDA, variant)), "--json"])
     assert result.exit_code == 1, result.output
     report = _json(result)
@@ -72,14 +72,14 @@ def test_unreadable_input_exits_2(runner, tmp_path):
     assert missing.exit_code == 2 and "Traceback" not in missing.output
 
 
-def test_human_readable_report(runner, samples):  # noqa: F811
+def test_human_readable_report(runner, samples):
     result = runner.invoke(app, ["verify", str(samples.path(PANDA, "gap"))])
     assert result.exit_code == 1
     for text in ("rejected", "timestamp_gap", "gate_b_timestamps", CONFIG.config_version):
         assert text in result.stdout
 
 
-def test_config_option_changes_thresholds_and_version(runner, samples, tmp_path):  # noqa: F811
+def test_config_option_changes_thresholds_and_version(runner, samples, tmp_path):
     raw = yaml.safe_load(DEFAULT_PATH.read_text())
     raw["config_version"] = "gates-test-strict"
     raw["gate_b"]["max_gap_ms"] = 10
@@ -92,7 +92,7 @@ def test_config_option_changes_thresholds_and_version(runner, samples, tmp_path)
     assert report["gates"][-1]["thresholds"]["max_gap_ms"] == 10
 
 
-def test_invalid_config_is_a_domain_error(runner, samples, tmp_path):  # noqa: F811
+def test_invalid_config_is_a_domain_error(runner, samples, tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("config_version: x\ngate_a: {}\n")
     result = runner.invoke(app, ["verify", str(samples.path(PANDA)), "--config", str(path)])
@@ -107,7 +107,7 @@ def test_error_line_names_the_reason_code(runner, tmp_path):
     assert "bundle_not_found" in result.output
 
 
-def test_bundle_inspect_prints_manifest_and_shapes(runner, samples):  # noqa: F811
+def test_bundle_inspect_prints_manifest_and_shapes(runner, samples):
     ep = samples.episode(PANDA)
     T, J = ep.joint_pos.shape
     result = runner.invoke(app, ["bundle", "inspect", str(samples.path(PANDA))])
@@ -156,7 +156,7 @@ def test_robots_lists_every_robot(runner):
         assert revision in line and f" {get_robot(model_id, revision).dof} " in line
 
 
-def test_installed_entry_point(samples):  # noqa: F811
+def test_installed_entry_point(samples):
     """The console script of the package, in a fresh process."""
     exe = Path(sys.executable).with_name("kibotos")
     assert exe.is_file(), exe

@@ -13,7 +13,7 @@ from kibotos.samples import ALSO_CAUGHT_BY, EXPECTED, VARIANTS
 from kibotos.verify import verify_path
 from processors.base import Gate, gates, get_gate, register_gate, run_gate
 from processors.chain import build_report, gate_on_path, run_chain, sync_from_results
-from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS, samples, sync_set  # noqa: F401
+from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS, sync_set
 
 CONFIG = load_config()
 GATE_IDS = ["gate_a_integrity", "gate_b_timestamps", "gate_c_sync", "gate_d_limits", "gate_e_plausibility"]
@@ -49,7 +49,7 @@ def test_a_gate_id_registers_once():
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
 @pytest.mark.parametrize("gate", GATE_IDS)
-def test_every_gate_passes_every_genuine_robot(samples, key, gate):  # noqa: F811
+def test_every_gate_passes_every_genuine_robot(samples, key, gate):
     res = gate_on_path(get_gate(gate), samples.path(key), CONFIG)
     assert res.passed and res.reason_code is None, res.metrics
     assert res.metrics["wall_ms"] > 0
@@ -57,7 +57,7 @@ def test_every_gate_passes_every_genuine_robot(samples, key, gate):  # noqa: F81
 
 
 @pytest.mark.parametrize("key, variant", list(_matrix()))
-def test_each_variant_is_rejected_by_exactly_its_gate(samples, key, variant):  # noqa: F811
+def test_each_variant_is_rejected_by_exactly_its_gate(samples, key, variant):
     outcome = samples.outcome(key, variant)
     report = outcome.report
     ran = [g.gate for g in report.gates]
@@ -81,7 +81,7 @@ def test_each_variant_is_rejected_by_exactly_its_gate(samples, key, variant):  #
 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
-def test_genuine_noisy_samples_are_accepted_over_seeds_and_offsets(samples, key):  # noqa: F811
+def test_genuine_noisy_samples_are_accepted_over_seeds_and_offsets(samples, key):
     rejected = {}
     for k, seed, offset in sync_set():
         if k == key:
@@ -91,14 +91,14 @@ def test_genuine_noisy_samples_are_accepted_over_seeds_and_offsets(samples, key)
     assert rejected == {}
 
 
-def test_config_version_is_recorded(samples):  # noqa: F811
+def test_config_version_is_recorded(samples):
     config = CONFIG.model_copy(update={"config_version": "gates-test-1"})
     report = verify_path(samples.path(PANDA), config).report
     assert report.config_version == "gates-test-1"
     assert report.verdict == "accepted"
 
 
-def test_run_chain_stops_at_the_first_failure(samples):  # noqa: F811
+def test_run_chain_stops_at_the_first_failure(samples):
     from kibotos.bundle import open_bundle
 
     with open_bundle(samples.path(PANDA, "gap")) as view:

@@ -10,9 +10,7 @@ from kibotos.gate_config import load_config
 from kibotos.robots import get_robot, list_robots
 from kibotos.samples import EXPECTED, make_episode
 from processors.gate_a_integrity import GATE_ID, MIN_SAMPLES
-from tests.fixtures.episodes import (  # noqa: F401
-    PANDA, ROBOT_IDS, ROBOTS, manifest_for, run_gate_on, samples, small_bundle, variants_of,
-)
+from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS, manifest_for, run_gate_on, small_bundle, variants_of
 
 UR5 = ("ur5", "joint-limited-v1")
 CONFIG = load_config()
@@ -23,7 +21,7 @@ def _t(n: int, dt_ms: int = 20) -> np.ndarray:
 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
-def test_genuine_passes(samples, key):  # noqa: F811
+def test_genuine_passes(samples, key):
     res = run_gate_on(GATE_ID, samples.path(key))
     assert res.passed, (res.reason_code, res.metrics)
     assert res.flags == []  # joint_vel present and consistent
@@ -37,13 +35,13 @@ def test_genuine_passes(samples, key):  # noqa: F811
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
 @pytest.mark.parametrize("variant", variants_of(GATE_ID))
-def test_rejects_its_failure_classes(samples, key, variant):  # noqa: F811
+def test_rejects_its_failure_classes(samples, key, variant):
     res = run_gate_on(GATE_ID, samples.path(key, variant))
     assert not res.passed
     assert res.reason_code == EXPECTED[variant][1], res.metrics
 
 
-def test_tighter_config_rejects_a_genuine_sample(samples, tmp_path):  # noqa: F811
+def test_tighter_config_rejects_a_genuine_sample(samples, tmp_path):
     """The thresholds come from the config: with no velocity tolerance, a velocity stream 5 %
     off scale is inconsistent (the default tolerates it). Sensor noise never is: its share
     of the difference is taken out (``joint_vel_noise_rms``)."""

@@ -9,9 +9,7 @@ from kibotos.gate_config import load_config
 from kibotos.robots import get_robot
 from kibotos.samples import EXPECTED
 from processors.gate_b_timestamps import GATE_ID
-from tests.fixtures.episodes import (  # noqa: F401
-    PANDA, ROBOT_IDS, ROBOTS, manifest_for, run_gate_on, samples, small_bundle, variants_of,
-)
+from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS, manifest_for, run_gate_on, small_bundle, variants_of
 
 CONFIG = load_config()
 
@@ -29,7 +27,7 @@ def _regular(n: int, dt_ms: int = 20) -> np.ndarray:
 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
-def test_genuine_passes(samples, key):  # noqa: F811
+def test_genuine_passes(samples, key):
     res = run_gate_on(GATE_ID, samples.path(key))
     assert res.passed, (res.reason_code, res.metrics)
     assert res.metrics["missing_fraction"] == 0.0 and res.metrics["median_dt_ms"] == 20.0
@@ -39,7 +37,7 @@ def test_genuine_passes(samples, key):  # noqa: F811
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
 @pytest.mark.parametrize("variant", variants_of(GATE_ID))
-def test_rejects_its_failure_classes(samples, key, variant):  # noqa: F811
+def test_rejects_its_failure_classes(samples, key, variant):
     res = run_gate_on(GATE_ID, samples.path(key, variant))
     assert (res.passed, res.reason_code) == (False, EXPECTED[variant][1]), res.metrics
 
@@ -103,7 +101,7 @@ def test_not_strictly_increasing(tmp_path, edit):
     assert res.metrics["non_positive_dt"] == 1
 
 
-def test_tighter_config_rejects_a_genuine_sample(samples):  # noqa: F811
+def test_tighter_config_rejects_a_genuine_sample(samples):
     strict = CONFIG.model_copy(update={"gate_b": CONFIG.gate_b.model_copy(update={"max_gap_ms": 19})})
     res = run_gate_on(GATE_ID, samples.path(PANDA), strict)
     assert (res.passed, res.reason_code) == (False, "timestamp_gap")

@@ -14,15 +14,13 @@ from kibotos.bundle import write_bundle
 from kibotos.gate_config import load_config
 from kibotos.samples import EXPECTED
 from processors.gate_c_sync import GATE_ID, estimate_offset
-from tests.fixtures.episodes import (  # noqa: F401
-    PANDA, ROBOT_IDS, ROBOTS, run_gate_on, samples, sync_set, variants_of,
-)
+from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS, run_gate_on, sync_set, variants_of
 
 CONFIG = load_config()
 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
-def test_genuine_passes(samples, key):  # noqa: F811
+def test_genuine_passes(samples, key):
     ep = samples.episode(key)
     res = run_gate_on(GATE_ID, samples.path(key))
     assert res.passed, (res.reason_code, res.metrics)
@@ -37,13 +35,13 @@ def test_genuine_passes(samples, key):  # noqa: F811
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
 @pytest.mark.parametrize("variant", variants_of(GATE_ID))
-def test_rejects_its_failure_classes(samples, key, variant):  # noqa: F811
+def test_rejects_its_failure_classes(samples, key, variant):
     res = run_gate_on(GATE_ID, samples.path(key, variant))
     assert (res.passed, res.reason_code) == (False, EXPECTED[variant][1]), res.metrics
 
 
 @pytest.fixture(scope="module")
-def confident(samples):  # noqa: F811
+def confident(samples):
     """A genuine episode whose estimate is high-confidence, and that estimate."""
     res = run_gate_on(GATE_ID, samples.path(PANDA))
     assert res.metrics["sync_confidence"] >= CONFIG.gate_c.high_confidence, res.metrics
@@ -51,7 +49,7 @@ def confident(samples):  # noqa: F811
 
 
 @pytest.mark.parametrize("delta_ms, passes", [(-251, False), (-249, True), (249, True), (251, False)])
-def test_claim_disagreement_boundary(samples, tmp_path, confident, delta_ms, passes):  # noqa: F811
+def test_claim_disagreement_boundary(samples, tmp_path, confident, delta_ms, passes):
     """A claim within 250 ms of a confident estimate is believed; beyond, it is a lie."""
     ep = samples.episode(PANDA)
     claimed = round(confident + delta_ms, 1)
@@ -62,7 +60,7 @@ def test_claim_disagreement_boundary(samples, tmp_path, confident, delta_ms, pas
     assert passes or res.reason_code == "sync_offset_mismatch"
 
 
-def test_low_confidence_estimates_never_reject_a_claim(samples):  # noqa: F811
+def test_low_confidence_estimates_never_reject_a_claim(samples):
     never_confident = CONFIG.model_copy(update={"gate_c": CONFIG.gate_c.model_copy(update={"high_confidence": 1.01})})
     res = run_gate_on(GATE_ID, samples.path(PANDA, "sync_lie"), never_confident)
     assert res.passed, res.metrics
@@ -72,7 +70,7 @@ def test_low_confidence_estimates_never_reject_a_claim(samples):  # noqa: F811
 
 @pytest.mark.parametrize("update, reason", [({"max_sync_disagreement_ms": 0.0}, "sync_offset_mismatch"),
                                             ({"min_overlap_fraction": 0.999}, "insufficient_overlap")])
-def test_tighter_config_rejects_a_genuine_sample(samples, update, reason):  # noqa: F811
+def test_tighter_config_rejects_a_genuine_sample(samples, update, reason):
     strict = CONFIG.model_copy(update={"gate_c": CONFIG.gate_c.model_copy(update=update)})
     res = run_gate_on(GATE_ID, samples.path(PANDA), strict)
     assert (res.passed, res.reason_code) == (False, reason), res.metrics
@@ -80,7 +78,7 @@ def test_tighter_config_rejects_a_genuine_sample(samples, update, reason):  # no
 
 
 @pytest.mark.parametrize("extra_frames, passes", [(2, True), (12, False), (-12, False)])
-def test_declared_frame_count_must_match_the_video(samples, tmp_path, extra_frames, passes):  # noqa: F811
+def test_declared_frame_count_must_match_the_video(samples, tmp_path, extra_frames, passes):
     ep = samples.episode(PANDA)
     video = ep.manifest["video"]["primary"]
     manifest = ep.manifest | {"video": {"primary": video | {"frame_count": video["frame_count"] + extra_frames}}}
@@ -89,7 +87,7 @@ def test_declared_frame_count_must_match_the_video(samples, tmp_path, extra_fram
     assert passes or res.reason_code == "video_frame_count_mismatch"
 
 
-def test_raw_frames_give_the_same_estimate_as_the_mp4(samples, tmp_path):  # noqa: F811
+def test_raw_frames_give_the_same_estimate_as_the_mp4(samples, tmp_path):
     """``video/primary/frames`` is the contract's alternative to ``encoded``."""
     ep = samples.episode(PANDA)
     with av.open(io.BytesIO(ep.video_mp4)) as container:
@@ -148,7 +146,7 @@ def test_estimator_with_no_overlap_has_no_confidence():
 # --- accuracy on genuine samples ----------------------------------------------------------
 
 
-def test_sync_estimator_accuracy_on_genuine_samples(samples):  # noqa: F811
+def test_sync_estimator_accuracy_on_genuine_samples(samples):
     """Genuine samples with known injected offsets: how far is the estimate from the truth?
 
     Bounds (measured: see the printed figures with ``pytest -s``): median |error| <= 35 ms,
@@ -193,7 +191,7 @@ def test_a_still_video_of_a_person_fails_too(tmp_path, variant):
     assert again.reason_code != "video_kinematics_mismatch", again.metrics
 
 
-def test_a_genuine_video_changes_well_above_the_still_threshold(samples):  # noqa: F811
+def test_a_genuine_video_changes_well_above_the_still_threshold(samples):
     for key in ROBOTS:
         res = run_gate_on(GATE_ID, samples.path(key))
         assert res.metrics["video_max_changed_fraction"] > 5 * CONFIG.gate_c.static_max_changed_fraction, key

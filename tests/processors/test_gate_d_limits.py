@@ -10,9 +10,7 @@ from kibotos.gate_config import load_config
 from kibotos.robots import get_robot
 from kibotos.samples import EXPECTED
 from processors.gate_d_limits import GATE_ID
-from tests.fixtures.episodes import (  # noqa: F401
-    PANDA, ROBOT_IDS, ROBOTS, manifest_for, run_gate_on, samples, small_bundle, variants_of,
-)
+from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS, manifest_for, run_gate_on, small_bundle, variants_of
 
 CONFIG = load_config()
 UR5 = ("ur5", "joint-limited-v1")
@@ -29,7 +27,7 @@ def _run(tmp_path, robot, q, config=None, manifest=None):
 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
-def test_genuine_passes(samples, key):  # noqa: F811
+def test_genuine_passes(samples, key):
     res = run_gate_on(GATE_ID, samples.path(key))
     assert res.passed, (res.reason_code, res.metrics)
     assert res.metrics["violation_fraction"] == 0.0
@@ -40,7 +38,7 @@ def test_genuine_passes(samples, key):  # noqa: F811
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
 @pytest.mark.parametrize("variant", variants_of(GATE_ID))
-def test_rejects_its_failure_classes(samples, key, variant):  # noqa: F811
+def test_rejects_its_failure_classes(samples, key, variant):
     res = run_gate_on(GATE_ID, samples.path(key, variant))
     assert (res.passed, res.reason_code) == (False, EXPECTED[variant][1]), res.metrics
 
@@ -111,14 +109,14 @@ def test_unknown_joint_names(tmp_path):
     assert res.metrics["unknown_joints"] == ["tail_joint"]
 
 
-def test_tighter_config_rejects_a_genuine_sample(samples):  # noqa: F811
+def test_tighter_config_rejects_a_genuine_sample(samples):
     strict = CONFIG.model_copy(update={"gate_d": CONFIG.gate_d.model_copy(update={"limit_margin_rad": -1.5})})
     res = run_gate_on(GATE_ID, samples.path(UR5), strict)
     assert (res.passed, res.reason_code) == (False, "joint_limit_violation"), res.metrics
     assert res.thresholds["limit_margin_rad"] == -1.5
 
 
-def test_per_robot_overrides_apply_to_that_robot_only(samples, tmp_path):  # noqa: F811
+def test_per_robot_overrides_apply_to_that_robot_only(samples, tmp_path):
     robot = get_robot(*PANDA)
     q = _home(robot)
     q[:3, 0] = robot.pos_upper[0] + 0.2  # 3 % of samples beyond

@@ -19,7 +19,7 @@ from kibotos.robots import get_robot
 from processors.base import gates
 from processors.chain import gate_on_path
 from processors.gate_e_plausibility import GATE_ID
-from tests.fixtures.episodes import ROBOT_IDS, ROBOTS, run_gate_on, samples  # noqa: F401
+from tests.fixtures.episodes import ROBOT_IDS, ROBOTS, run_gate_on
 
 CONFIG = load_config()
 HARD_GATES = [g for g in gates() if g.letter in "abcde"]
@@ -42,7 +42,7 @@ def _write(ep, tmp_path, name: str):
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
 @pytest.mark.parametrize("case", list(HONEST))
-def test_honest_imperfections_pass_every_hard_gate(samples, tmp_path, key, case):  # noqa: F811
+def test_honest_imperfections_pass_every_hard_gate(samples, tmp_path, key, case):
     path = _write(HONEST[case](samples.episode(key)), tmp_path, case)
     results = {g.gate_id: gate_on_path(g, path, CONFIG) for g in HARD_GATES}
     failed = {gid: (r.reason_code, r.metrics) for gid, r in results.items() if not r.passed}
@@ -52,7 +52,7 @@ def test_honest_imperfections_pass_every_hard_gate(samples, tmp_path, key, case)
 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
-def test_dropped_samples_and_jitter_change_no_derivative(samples, tmp_path, key):  # noqa: F811
+def test_dropped_samples_and_jitter_change_no_derivative(samples, tmp_path, key):
     """Gate E's speed, acceleration and jerk figures (in units of the bounds) of the same
     motion, clean and with 5 % dropped plus ±3 ms jitter, agree within 10 % or 0.05 of a
     bound (the genuine 0.001 rad sensor noise differentiates a little differently where a
@@ -70,7 +70,7 @@ def test_dropped_samples_and_jitter_change_no_derivative(samples, tmp_path, key)
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
 @pytest.mark.parametrize("level", [0.12, 0.25])
-def test_extreme_noise_is_rejected(samples, tmp_path, key, level):  # noqa: F811
+def test_extreme_noise_is_rejected(samples, tmp_path, key, level):
     res = run_gate_on(GATE_ID, _write(perturb.with_joint_noise(samples.episode(key), level), tmp_path, "noisy"))
     assert (res.passed, res.reason_code) == (False, "joint_noise_exceeded"), res.metrics
     assert res.metrics["noise_ratio"] > 1.0
@@ -78,7 +78,7 @@ def test_extreme_noise_is_rejected(samples, tmp_path, key, level):  # noqa: F811
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
 @pytest.mark.parametrize("noise", [0.0, 0.03])
-def test_teleports_and_splices_are_rejected_noisy_or_not(samples, tmp_path, key, noise):  # noqa: F811
+def test_teleports_and_splices_are_rejected_noisy_or_not(samples, tmp_path, key, noise):
     def noisy(ep):
         return perturb.with_joint_noise(ep, noise) if noise else ep
 
@@ -94,7 +94,7 @@ def test_teleports_and_splices_are_rejected_noisy_or_not(samples, tmp_path, key,
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
 @pytest.mark.parametrize("factor, noise", [(1.5, 0.0), (1.5, 0.01), (2.0, 0.03)])
-def test_velocity_limit_violations_are_rejected(samples, tmp_path, key, factor, noise):  # noqa: F811
+def test_velocity_limit_violations_are_rejected(samples, tmp_path, key, factor, noise):
     """A sustained 0.5 Hz swing on the first joint peaking at ``factor`` x its velocity
     limit, on top of the genuine motion (noisy or not): rejected, by the speed bound alone
     as well (the other bounds out of reach)."""
@@ -118,7 +118,7 @@ def test_velocity_limit_violations_are_rejected(samples, tmp_path, key, factor, 
 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
-def test_noise_neither_blinds_nor_fools_the_sync_check(samples, tmp_path, key):  # noqa: F811
+def test_noise_neither_blinds_nor_fools_the_sync_check(samples, tmp_path, key):
     """Gate C predicts image speed from the joints by a local fit, not a raw gradient: with
     0.03 rad of noise the genuine episode's sync estimate stays confident and right, and a
     false claim (``sync_lie``: 400 ms off) is still caught — noise cannot hide it."""

@@ -9,9 +9,7 @@ from kibotos.gate_config import load_config
 from kibotos.robots import get_robot
 from kibotos.samples import EXPECTED
 from processors.gate_e_plausibility import GATE_ID
-from tests.fixtures.episodes import (  # noqa: F401
-    ROBOT_IDS, ROBOTS, run_gate_on, samples, small_bundle, variants_of,
-)
+from tests.fixtures.episodes import ROBOT_IDS, ROBOTS, run_gate_on, small_bundle, variants_of
 
 CONFIG = load_config()
 UR5 = ("ur5", "joint-limited-v1")
@@ -31,7 +29,7 @@ def _only(bound: str):
 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
-def test_genuine_passes(samples, key):  # noqa: F811
+def test_genuine_passes(samples, key):
     res = run_gate_on(GATE_ID, samples.path(key))
     assert res.passed, (res.reason_code, res.metrics)
     assert res.metrics["teleports"] == 0
@@ -43,7 +41,7 @@ def test_genuine_passes(samples, key):  # noqa: F811
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
 @pytest.mark.parametrize("variant", variants_of(GATE_ID))
-def test_rejects_its_failure_classes(samples, key, variant):  # noqa: F811
+def test_rejects_its_failure_classes(samples, key, variant):
     res = run_gate_on(GATE_ID, samples.path(key, variant))
     assert (res.passed, res.reason_code) == (False, EXPECTED[variant][1]), res.metrics
 
@@ -116,7 +114,7 @@ def test_too_short_for_the_smoothing_window(tmp_path):
     assert (res.passed, res.reason_code) == (False, "too_few_samples")
 
 
-def test_tighter_config_rejects_a_genuine_sample(samples):  # noqa: F811
+def test_tighter_config_rejects_a_genuine_sample(samples):
     """Jerk bounds at 1 % and no noise tolerance (``noise_z`` 0: the raw derivatives judge):
     the 0.001 rad sensor noise of a genuine sample alone carries jerk past them."""
     strict = CONFIG.model_copy(update={"gate_e": CONFIG.gate_e.model_copy(update={"jerk_factor": 0.01,
@@ -126,7 +124,7 @@ def test_tighter_config_rejects_a_genuine_sample(samples):  # noqa: F811
     assert res.thresholds["jerk_factor"] == 0.01
 
 
-def test_per_robot_override_relaxes_one_robot(samples):  # noqa: F811
+def test_per_robot_override_relaxes_one_robot(samples):
     relaxed = CONFIG.model_copy(update={"robots": {"ur5@joint-limited-v1": {"gate_e": {"jerk_factor": 100.0}}}})
     res = run_gate_on(GATE_ID, samples.path(UR5, "jerk"), relaxed)
     assert res.passed, res.metrics

@@ -21,7 +21,7 @@ from kibotos.bundle import Limits, write_bundle
 from kibotos.cli import app
 from kibotos.samples import Episode
 from kibotos.verify import verify_path
-from tests.fixtures.episodes import PANDA, edit_json, rewrite_zip, samples  # noqa: F401
+from tests.fixtures.episodes import PANDA, edit_json, rewrite_zip
 
 MiB = 1 << 20
 
@@ -184,7 +184,7 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def hostile(samples, tmp_path_factory):  # noqa: F811
+def hostile(samples, tmp_path_factory):
     """Every case's bundle, built once."""
     src, ep = samples.path(PANDA), samples.episode(PANDA)
     d = tmp_path_factory.mktemp("hostile")
@@ -254,7 +254,7 @@ def test_inspect_of_an_absurd_declaration_reads_metadata_only(hostile):
     assert arrays["kinematics/joint_pos"]["shape"][0] == 10**12
 
 
-def test_directory_store_with_an_escaping_symlink(samples, tmp_path):  # noqa: F811
+def test_directory_store_with_an_escaping_symlink(samples, tmp_path):
     ep = samples.episode(PANDA)
     path = _rewrite(ep, tmp_path / "e.zarr")
     target = tmp_path / "secret"

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from kibotos.cli import app
 from kibotos.samples import Episode
 from kibotos.verify import verify_path
-from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS, samples  # noqa: F401
+from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS
 
 
 def write_with_plain_zarr(store: zarr.abc.store.Store, ep: Episode) -> None:
@@ -46,7 +46,7 @@ def write_with_plain_zarr(store: zarr.abc.store.Store, ep: Episode) -> None:
 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
-def test_zip_store_written_by_plain_zarr_is_accepted(samples, tmp_path, key):  # noqa: F811
+def test_zip_store_written_by_plain_zarr_is_accepted(samples, tmp_path, key):
     ep = samples.episode(key)
     path = tmp_path / "independent.zarr.zip"
     write_with_plain_zarr(zarr.storage.ZipStore(path, mode="w"), ep)
@@ -59,7 +59,7 @@ def test_zip_store_written_by_plain_zarr_is_accepted(samples, tmp_path, key):  #
     assert [g.gate for g in outcome.report.gates] == [g.gate for g in own.gates]
 
 
-def test_directory_store_written_by_plain_zarr_is_accepted_by_the_cli(samples, tmp_path):  # noqa: F811
+def test_directory_store_written_by_plain_zarr_is_accepted_by_the_cli(samples, tmp_path):
     ep = samples.episode(PANDA)
     path = tmp_path / "independent.zarr"
     write_with_plain_zarr(zarr.storage.LocalStore(path), ep)
@@ -71,7 +71,7 @@ def test_directory_store_written_by_plain_zarr_is_accepted_by_the_cli(samples, t
     assert report["submission_id"] == ep.manifest["submission_id"]
 
 
-def test_plain_zarr_bundle_without_joint_vel_is_accepted_and_flagged(samples, tmp_path):  # noqa: F811
+def test_plain_zarr_bundle_without_joint_vel_is_accepted_and_flagged(samples, tmp_path):
     from dataclasses import replace
 
     ep = replace(samples.episode(PANDA), joint_vel=None)

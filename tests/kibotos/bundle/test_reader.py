@@ -12,15 +12,15 @@ from kibotos.bundle.manifest import Manifest, unit_mismatches
 from kibotos.bundle.reader import JOINT_POS, JOINT_VEL, TIMESTAMPS, VIDEO_ENCODED, metadata_json
 from kibotos.errors import BundleError
 from kibotos.robots import get_robot
-from tests.fixtures.episodes import PANDA, manifest_for, rewrite_zip, samples, small_bundle  # noqa: F401
+from tests.fixtures.episodes import PANDA, manifest_for, rewrite_zip, small_bundle
 
 
 @pytest.fixture(scope="module")
-def genuine(samples):  # noqa: F811
+def genuine(samples):
     return samples.path(PANDA)
 
 
-def test_view_exposes_manifest_and_array_metadata(genuine, samples):  # noqa: F811
+def test_view_exposes_manifest_and_array_metadata(genuine, samples):
     ep = samples.episode(PANDA)
     T, J = ep.joint_pos.shape
     with open_bundle(genuine) as view:

@@ -26,7 +26,7 @@ from kibotos.cli import app
 from kibotos.errors import BundleError
 from kibotos.gate_config import load_config
 from kibotos.video import decode_luma, encode_mp4, probe_video
-from tests.fixtures.episodes import PANDA, edit_json, rewrite_zip, samples  # noqa: F401
+from tests.fixtures.episodes import PANDA, edit_json, rewrite_zip
 from tests.fixtures.hostile import (GiB, META, MiB, big_black_mp4, deep_manifest, edit_manifest, fill_value_array,
                                     gzip_zeros, intrinsics, joint_name, long_episode, many_samples, raw_frames,
                                     raw_manifest, replace_chunk, with_video, zip_header_lie, zstd_zeros)
@@ -95,7 +95,7 @@ CASES: dict[str, Case] = {
 
 
 @pytest.fixture(scope="module")
-def corpus(samples, tmp_path_factory):  # noqa: F811
+def corpus(samples, tmp_path_factory):
     src = samples.path(PANDA)
     d = tmp_path_factory.mktemp("budgets")
     return {name: case.build(src, d / f"{name}.zarr.zip") for name, case in CASES.items()}
@@ -217,7 +217,7 @@ def test_gate_config_limits_are_the_defaults_and_versioned():
         type(config).model_validate(config.model_dump() | {"limits": {"max_video_sides": 1}})
 
 
-def test_memory_ceiling_rejects_and_the_worker_goes_on(corpus, samples):  # noqa: F811
+def test_memory_ceiling_rejects_and_the_worker_goes_on(corpus, samples):
     """A worker process under its RLIMIT_AS ceiling (``streams.worker``): a bundle whose
     read the configured budgets allow but memory does not is rejected with
     ``resource_limit_exceeded`` (worker_memory_bytes), and the next, genuine bundle is

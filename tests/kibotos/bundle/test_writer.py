@@ -11,11 +11,11 @@ import pytest
 from kibotos.bundle import open_bundle, write_bundle
 from kibotos.bundle.reader import JOINT_POS, JOINT_VEL, TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES
 from kibotos.robots import get_robot
-from tests.fixtures.episodes import PANDA, manifest_for, samples  # noqa: F401
+from tests.fixtures.episodes import PANDA, manifest_for
 
 
 @pytest.fixture(scope="module")
-def episode(samples):  # noqa: F811
+def episode(samples):
     return samples.episode(PANDA)
 
 

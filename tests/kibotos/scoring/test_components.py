@@ -16,7 +16,7 @@ from kibotos.robots import get_robot
 from kibotos.scoring import (COMPONENTS, compute_components, load_scoring_config, s_align, s_novel, s_object, s_pose,
                              s_retarget, s_task, score_submission)
 from kibotos.tasks import evaluate_task
-from tests.fixtures.episodes import PANDA, samples  # noqa: F401
+from tests.fixtures.episodes import PANDA
 
 CFG = load_scoring_config()
 GATES = load_config()
@@ -164,7 +164,7 @@ def _tremor(ep, robot, level: float, noise_rad: float, seed: int = 1):
     return replace(ep, joint_pos=q.astype(np.float32), joint_vel=None)
 
 
-def test_jerk_and_noise_lower_s_retarget_on_the_real_ik_stage(samples, tmp_path):  # noqa: F811
+def test_jerk_and_noise_lower_s_retarget_on_the_real_ik_stage(samples, tmp_path):
     robot = get_robot(*PANDA)
     solver = IKSolver(robot)
     genuine = samples.episode(PANDA)
@@ -179,7 +179,7 @@ def test_jerk_and_noise_lower_s_retarget_on_the_real_ik_stage(samples, tmp_path)
     assert scores[0] > 0.95 and scores[-1] < scores[0] - 0.1, scores
 
 
-def test_genuine_and_task_failed_scores_from_real_evidence(samples):  # noqa: F811
+def test_genuine_and_task_failed_scores_from_real_evidence(samples):
     solver = IKSolver(get_robot(*PANDA))
     out = {}
     for variant in ("genuine", "task_failed"):

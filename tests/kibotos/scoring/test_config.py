@@ -16,9 +16,11 @@ RAW = yaml.safe_load(DEFAULT_PATH.read_text())
 
 def test_packaged_config_is_the_documented_one():
     cfg = load_scoring_config()
-    assert cfg.config_version == "scoring-2026.12.2"
+    assert cfg.config_version == "scoring-2026.12.3"
     assert (cfg.reward.copy_match_lo, cfg.reward.copy_match_hi, cfg.reward.copy_min_factor) == (0.25, 0.5, 0.05)
-    assert cfg.weights == {"pose": 0.25, "retarget": 0.20, "align": 0.20, "task": 0.15, "object": 0.10, "novel": 0.10}
+    # the verification design's base weights (§7.2: align .25, task .20, retarget .20,
+    # pose .15, object .10, novel .10)
+    assert cfg.weights == {"pose": 0.15, "retarget": 0.20, "align": 0.25, "task": 0.20, "object": 0.10, "novel": 0.10}
     assert tuple(cfg.weights) == COMPONENTS
     assert cfg.missing.policy["object"] == "neutral" and cfg.missing.neutral_value == 0.5
     assert (cfg.reward.floor, cfg.reward.knee) == (0.30, 0.80)

@@ -15,7 +15,7 @@ from kibotos.bundle import open_bundle
 from kibotos.gate_config import load_config
 from kibotos.robots import get_robot
 from kibotos.scoring import load_scoring_config, s_retarget
-from tests.fixtures.episodes import ROBOT_IDS, ROBOTS, samples  # noqa: F401
+from tests.fixtures.episodes import ROBOT_IDS, ROBOTS
 
 LEVELS = (0.0, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03)
 
@@ -40,7 +40,7 @@ def test_spearman_helper():
 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
-def test_s_retarget_falls_monotonically_with_noise(samples, tmp_path, key):  # noqa: F811
+def test_s_retarget_falls_monotonically_with_noise(samples, tmp_path, key):
     solver = IKSolver(get_robot(*key))
     gates, scoring = load_config(), load_scoring_config()
     ep = samples.episode(key)

@@ -13,7 +13,7 @@ from kibotos.bundle import open_bundle
 from kibotos.robots import get_robot
 from kibotos.samples import OBJECT_NAME, grasp_link, make_episode
 from kibotos.tasks import GATE_ID, evaluate_task, get_task, list_tasks
-from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS, samples  # noqa: F401
+from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS
 
 POSE = f"objects/{OBJECT_NAME}/pose"
 TIMES = f"objects/{OBJECT_NAME}/timestamps_ms"
@@ -33,7 +33,7 @@ def _predicates(res) -> dict:
 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
-def test_genuine_samples_complete_their_task(samples, key):  # noqa: F811
+def test_genuine_samples_complete_their_task(samples, key):
     ep = samples.episode(key)
     res = _judge(samples.path(key))
     m = res.metrics
@@ -51,7 +51,7 @@ def test_genuine_samples_complete_their_task(samples, key):  # noqa: F811
 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
-def test_task_failed_is_the_hard_reject(samples, key):  # noqa: F811
+def test_task_failed_is_the_hard_reject(samples, key):
     res = _judge(samples.path(key, "task_failed"))
     m = res.metrics
     assert (res.passed, res.reason_code) == (False, "task_object_not_moved"), m
@@ -61,7 +61,7 @@ def test_task_failed_is_the_hard_reject(samples, key):  # noqa: F811
     assert res.thresholds["tolerances"]["never_moved_m"] == never
 
 
-def test_no_task_declared_is_not_applicable(samples, tmp_path):  # noqa: F811
+def test_no_task_declared_is_not_applicable(samples, tmp_path):
     ep = samples.episode(PANDA)
     manifest = {k: v for k, v in ep.manifest.items() if k != "task"}
     res = _judge(_edited(tmp_path, ep, manifest=manifest))
@@ -76,7 +76,7 @@ def test_no_task_declared_is_not_applicable(samples, tmp_path):  # noqa: F811
     ({"task_id": "juggling", "task_version": "1"}, "task_unknown", "known: cargo_pickup v1"),
     ({"task_id": "cargo_pickup", "task_version": "1"}, "task_robot_mismatch", "does not apply to franka_panda"),
 ])
-def test_undeclarable_tasks_are_not_applicable_and_say_why(samples, tmp_path, task, flag, words):  # noqa: F811
+def test_undeclarable_tasks_are_not_applicable_and_say_why(samples, tmp_path, task, flag, words):
     ep = samples.episode(PANDA)
     res = _judge(_edited(tmp_path, ep, manifest=ep.manifest | {"task": task}))
     assert (res.passed, res.flags, res.metrics["applicable"]) == (True, [flag], False)
@@ -92,7 +92,7 @@ def test_without_an_object_stream_the_task_is_unjudged_not_failed(tmp_path):
     assert m["object_state"] is None and all(p["passed"] is None for p in m["predicates"])
 
 
-def test_without_contacts_the_grasp_is_inferred_from_kinematics(samples, tmp_path):  # noqa: F811
+def test_without_contacts_the_grasp_is_inferred_from_kinematics(samples, tmp_path):
     ep = samples.episode(PANDA)
     arrays = {k: v for k, v in ep.extra_arrays.items() if not k.startswith("contacts/")}
     res = _judge(_edited(tmp_path, ep, extra_arrays=arrays))
@@ -103,7 +103,7 @@ def test_without_contacts_the_grasp_is_inferred_from_kinematics(samples, tmp_pat
     assert _predicates(res)["grasped"]["value"]["near_fraction"] == 1.0
 
 
-def test_an_object_slid_but_never_lifted_is_a_soft_failure(samples, tmp_path):  # noqa: F811
+def test_an_object_slid_but_never_lifted_is_a_soft_failure(samples, tmp_path):
     ep = samples.episode(PANDA)
     pose = ep.extra_arrays[POSE].copy()
     pose[:, 2] = pose[0, 2]
@@ -116,7 +116,7 @@ def test_an_object_slid_but_never_lifted_is_a_soft_failure(samples, tmp_path):  
     assert m["phase_order_ok"] is False  # no lift event was observed
 
 
-def test_a_static_object_seen_only_briefly_is_not_an_unambiguous_failure(samples, tmp_path):  # noqa: F811
+def test_a_static_object_seen_only_briefly_is_not_an_unambiguous_failure(samples, tmp_path):
     ep = samples.episode(PANDA, "task_failed")
     keep = ep.extra_arrays[TIMES] < 0.3 * ep.timestamps_ms[-1]
     arrays = {k: v[keep] for k, v in ep.extra_arrays.items()}
@@ -124,7 +124,7 @@ def test_a_static_object_seen_only_briefly_is_not_an_unambiguous_failure(samples
     assert res.passed and res.metrics["coverage_fraction"] < 0.5 and res.metrics["checklist_fraction"] < 1
 
 
-def test_a_contact_that_starts_after_the_lift_breaks_the_phase_order(samples, tmp_path):  # noqa: F811
+def test_a_contact_that_starts_after_the_lift_breaks_the_phase_order(samples, tmp_path):
     ep = samples.episode(PANDA)
     link = grasp_link(get_robot(*PANDA))
     contacts = ep.extra_arrays[f"contacts/{link}"].copy()
@@ -137,7 +137,7 @@ def test_a_contact_that_starts_after_the_lift_breaks_the_phase_order(samples, tm
     assert m["object_state"]["unexplained_motion_fraction"] > 0.2  # carried without a contact
 
 
-def test_an_object_far_from_the_hand_is_not_grasped_and_its_motion_unexplained(samples, tmp_path):  # noqa: F811
+def test_an_object_far_from_the_hand_is_not_grasped_and_its_motion_unexplained(samples, tmp_path):
     ep = samples.episode(PANDA)
     pose = ep.extra_arrays[POSE].copy()
     pose[:, 0] += 0.5
@@ -152,7 +152,7 @@ def test_an_object_far_from_the_hand_is_not_grasped_and_its_motion_unexplained(s
     {POSE: np.full((240, 7), np.nan)},
     {POSE: np.ones((240, 3))},  # wrong width
 ])
-def test_malformed_object_streams_are_noted_never_a_crash(samples, tmp_path, arrays):  # noqa: F811
+def test_malformed_object_streams_are_noted_never_a_crash(samples, tmp_path, arrays):
     ep = samples.episode(PANDA)
     res = _judge(_edited(tmp_path, ep, extra_arrays=ep.extra_arrays | arrays))
     assert res.passed and res.flags == ["task_no_object_evidence"]

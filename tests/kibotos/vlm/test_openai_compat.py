@@ -13,7 +13,7 @@ import pytest
 from kibotos.tasks import get_task
 from kibotos.vlm import PROMPT_VERSION, Calibration, VLMConfig
 from kibotos.vlm.openai_compat import PROMPT_HEADER, OpenAICompatProvider, parse_reply
-from tests.fixtures.vlm_stub import VLMStub, recorded, vlm_stub  # noqa: F401
+from tests.fixtures.vlm_stub import VLMStub, recorded
 from tests.fixtures.vlm_stub import keyframe_pairs as pairs
 
 MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
@@ -32,7 +32,7 @@ def client(stub: VLMStub, **kw) -> OpenAICompatProvider:
     return OpenAICompatProvider(stub.url, MODEL, **opts)
 
 
-def test_valid_answer_and_what_was_sent(vlm_stub):  # noqa: F811
+def test_valid_answer_and_what_was_sent(vlm_stub):
     sent = pairs(3)
     record = client(vlm_stub).evaluate(sent, PICK_PLACE, ROBOT)
     assert record.status == "ok" and record.ok and record.error is None
@@ -67,7 +67,7 @@ def test_valid_answer_and_what_was_sent(vlm_stub):  # noqa: F811
     assert ROBOT in text and "Pair 2 (video frame 10" in text
 
 
-def test_without_a_task_schema_the_prompt_says_so(vlm_stub):  # noqa: F811
+def test_without_a_task_schema_the_prompt_says_so(vlm_stub):
     vlm_stub.mode = "valid_misaligned"
     record = client(vlm_stub).evaluate(pairs(2), None, ROBOT)
     assert record.ok and record.answer.aligned is False and record.answer.task_success is None
@@ -75,7 +75,7 @@ def test_without_a_task_schema_the_prompt_says_so(vlm_stub):  # noqa: F811
     assert "No task schema is declared" in text and "Task schema (JSON)" not in text
 
 
-def test_malformed_content_is_a_structured_failure(vlm_stub):  # noqa: F811
+def test_malformed_content_is_a_structured_failure(vlm_stub):
     vlm_stub.mode = "malformed"
     record = client(vlm_stub, max_retries=2).evaluate(pairs(2), PICK_PLACE, ROBOT)
     assert record.status == "malformed" and record.answer is None and not record.ok
@@ -85,7 +85,7 @@ def test_malformed_content_is_a_structured_failure(vlm_stub):  # noqa: F811
     assert record.attempts == 1 and len(vlm_stub.requests) == 1  # an answer that arrived is not retried
 
 
-def test_schema_invalid_json_is_a_structured_failure(vlm_stub):  # noqa: F811
+def test_schema_invalid_json_is_a_structured_failure(vlm_stub):
     vlm_stub.mode = "invalid"
     record = client(vlm_stub).evaluate(pairs(2), PICK_PLACE, ROBOT)
     assert record.status == "invalid" and record.answer is None
@@ -93,13 +93,13 @@ def test_schema_invalid_json_is_a_structured_failure(vlm_stub):  # noqa: F811
         assert field in record.error
 
 
-def test_phases_outside_the_task_schema_are_invalid(vlm_stub):  # noqa: F811
+def test_phases_outside_the_task_schema_are_invalid(vlm_stub):
     record = client(vlm_stub).evaluate(pairs(2), get_task("cargo_pickup", "1"), "unitree_g1@v1")
     assert record.status == "invalid" and record.answer is None
     assert "place" in record.error and "transport" in record.error
 
 
-def test_http_500_is_a_structured_failure_after_the_retries(vlm_stub):  # noqa: F811
+def test_http_500_is_a_structured_failure_after_the_retries(vlm_stub):
     vlm_stub.mode = "http_500"
     record = client(vlm_stub, max_retries=2).evaluate(pairs(2), PICK_PLACE, ROBOT)
     assert record.status == "http_error" and record.http_status == 500 and record.answer is None
@@ -107,7 +107,7 @@ def test_http_500_is_a_structured_failure_after_the_retries(vlm_stub):  # noqa: 
     assert "CUDA out of memory" in record.response_excerpt
 
 
-def test_a_slow_endpoint_times_out(vlm_stub):  # noqa: F811
+def test_a_slow_endpoint_times_out(vlm_stub):
     vlm_stub.mode, vlm_stub.slow_s = "slow", 2.0
     record = client(vlm_stub, timeout_s=0.3).evaluate(pairs(2), PICK_PLACE, ROBOT)
     assert record.status == "timeout" and record.answer is None and record.http_status is None
@@ -115,13 +115,13 @@ def test_a_slow_endpoint_times_out(vlm_stub):  # noqa: F811
 
 
 @pytest.mark.parametrize("first", ["http_500", "slow"])
-def test_a_transient_failure_is_retried(vlm_stub, first):  # noqa: F811
+def test_a_transient_failure_is_retried(vlm_stub, first):
     vlm_stub.queue, vlm_stub.slow_s = [first, "valid"], 1.5
     record = client(vlm_stub, timeout_s=0.3, max_retries=1).evaluate(pairs(2), PICK_PLACE, ROBOT)
     assert record.status == "ok" and record.attempts == 2 and len(vlm_stub.requests) == 2
 
 
-def test_no_retry_when_none_configured(vlm_stub):  # noqa: F811
+def test_no_retry_when_none_configured(vlm_stub):
     vlm_stub.queue = ["http_500", "valid"]
     record = client(vlm_stub, max_retries=0).evaluate(pairs(2), PICK_PLACE, ROBOT)
     assert record.status == "http_error" and record.attempts == 1
@@ -143,7 +143,7 @@ def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
-def test_platt_scaling_is_applied_for_a_calibrated_model_and_prompt(vlm_stub):  # noqa: F811
+def test_platt_scaling_is_applied_for_a_calibrated_model_and_prompt(vlm_stub):
     entry = Calibration(model=MODEL, prompt_version=PROMPT_VERSION, samples=400, accuracy=0.86, ece=0.07,
                         platt_a=0.6, platt_b=-0.3, measured_on="labelled-set-A")
     other = Calibration(model=MODEL, prompt_version="align-v0", samples=100, accuracy=0.7, ece=0.2,
@@ -154,7 +154,7 @@ def test_platt_scaling_is_applied_for_a_calibrated_model_and_prompt(vlm_stub):  
     assert record.calibrated_confidence < record.answer.confidence  # this model is overconfident
 
 
-def test_another_prompt_version_is_uncalibrated(vlm_stub):  # noqa: F811
+def test_another_prompt_version_is_uncalibrated(vlm_stub):
     other = Calibration(model=MODEL, prompt_version="align-v0", platt_a=2.0, platt_b=1.0)
     record = client(vlm_stub, config=config(calibration=(other,))).evaluate(pairs(2), PICK_PLACE, ROBOT)
     assert record.calibration.status == "uncalibrated" and record.calibration.prompt_version == PROMPT_VERSION

@@ -10,7 +10,7 @@ from kibotos.settings import Settings
 from kibotos.tasks import get_task
 from kibotos.vlm import PROVIDERS, VLMConfig, get_provider, list_providers, register_provider
 from kibotos.vlm.openai_compat import OpenAICompatProvider
-from tests.fixtures.vlm_stub import keyframe_pairs, vlm_stub  # noqa: F401
+from tests.fixtures.vlm_stub import keyframe_pairs
 
 VLM = load_alignment_config().vlm
 
@@ -52,7 +52,7 @@ def test_registering_a_provider(monkeypatch):
     assert built == [("x", VLM.max_pairs)]
 
 
-def test_provider_from_environment_sends_its_key(monkeypatch, vlm_stub):  # noqa: F811
+def test_provider_from_environment_sends_its_key(monkeypatch, vlm_stub):
     monkeypatch.setenv("KIBOTOS_VLM_PROVIDER", "openai")
     monkeypatch.setenv("KIBOTOS_VLM_BASE_URL", vlm_stub.url)
     monkeypatch.setenv("KIBOTOS_VLM_MODEL", "Qwen/Qwen2.5-VL-7B-Instruct")
