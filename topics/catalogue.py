@@ -26,6 +26,8 @@ GATES_WITH_PASS_TOPIC = ("a", "b", "c", "d", "e")
 # kind; task/train are declared so producers and dashboards can rely on them. The VLM is
 # no job kind of its own: it is a provider used inside the ``align`` job (kibotos.vlm).
 JOB_KINDS = ("pose", "ik", "playback", "align", "task", "train")
+# XGen stages in order, each a job kind ``xgen_<stage>`` on the same consumer group
+XGEN_STAGES = ("pose", "retarget", "interaction", "augment", "export")
 
 # (id, event, key_field). The dead-letter key is the failed record's original key, which
 # the dead_letter event carries in its ``key`` field.
@@ -39,6 +41,13 @@ _DECLARATIONS: tuple[tuple[str, str, str], ...] = (
     ("verdicts", "verdict", "submission_id"),
     ("ledger.entries", "ledger_entry", "submission_id"),
     ("dead.letters", "dead_letter", "key"),
+    # XGen, the data factory (gpu_consumers/xgen_jobs.py): a request is the pose job's
+    # input; each later stage has its own job topic (export: one record per clip)
+    ("xgen.requests", "xgen_request", "request_id"),
+    *((f"xgen.jobs.{stage}", "xgen_in_flight", "request_id") for stage in XGEN_STAGES[1:]),
+    ("xgen.progress", "xgen_progress", "request_id"),
+    ("xgen.clips", "xgen_clip", "request_id"),
+    ("xgen.rejected", "xgen_in_flight", "request_id"),
 )
 
 
@@ -166,3 +175,10 @@ class Catalogue:
     @property
     def dead_letters(self) -> TopicSpec:
         return self._specs["dead.letters"]
+
+    def xgen_input(self, stage: str) -> TopicSpec:
+        """The input topic of XGen stage ``stage``: ``xgen.requests`` for pose, else
+        ``xgen.jobs.<stage>``."""
+        if stage not in XGEN_STAGES:
+            raise KibotosError(f"no XGen stage {stage!r}; stages: {', '.join(XGEN_STAGES)}", reason_code="unknown_topic")
+        return self._specs["xgen.requests" if stage == XGEN_STAGES[0] else f"xgen.jobs.{stage}"]

@@ -47,6 +47,7 @@ class ExportRequest:
     task_version: str
     annotation: dict[str, Any]
     stage_metrics: dict[str, Any]
+    first_index: int = 0  # index of variants[0] among the request's variants (export jobs run one clip each)
 
 
 def qvel(qpos: np.ndarray, fps: float) -> np.ndarray:
@@ -69,7 +70,7 @@ def clip_arrays(variant: Variant, dtype: str) -> dict[str, np.ndarray]:
 
 def export(req: ExportRequest, cfg: XGenConfig) -> tuple[list[Path], dict]:
     paths = []
-    for i, variant in enumerate(req.variants):
+    for i, variant in enumerate(req.variants, start=req.first_index):
         clip_id = f"{req.source_sha256[:12]}-{i:02d}-{variant.params['kind']}"
         folder = Path(req.out_dir) / clip_id
         folder.mkdir(parents=True, exist_ok=True)

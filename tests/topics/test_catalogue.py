@@ -29,6 +29,14 @@ EXPECTED = {
     "verdicts": "verdict",
     "ledger.entries": "ledger_entry",
     "dead.letters": "dead_letter",
+    "xgen.requests": "xgen_request",
+    "xgen.jobs.retarget": "xgen_in_flight",
+    "xgen.jobs.interaction": "xgen_in_flight",
+    "xgen.jobs.augment": "xgen_in_flight",
+    "xgen.jobs.export": "xgen_in_flight",
+    "xgen.progress": "xgen_progress",
+    "xgen.clips": "xgen_clip",
+    "xgen.rejected": "xgen_in_flight",
 }
 
 
