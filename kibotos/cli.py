@@ -335,10 +335,15 @@ def admin_reconcile(
                                       help="seconds without a verdict after which a submission is emitted again "
                                            "(deployment only; the embedded stack uses its own --stuck-after)"),
     as_json: bool = typer.Option(False, "--json"),
+    retry: Optional[list[str]] = typer.Option(None, "--retry", metavar="SUBMISSION_ID",
+                                              help="a given-up submission to give another round of re-emissions "
+                                                   "(repeatable)"),
 ) -> None:
     """Find submissions accepted at ingest that have no verdict after a bound and emit
     them again (kibotos.reconcile). Against the running embedded stack, or, with
     KIBOTOS_CLICKHOUSE_DSN and KIBOTOS_BOOTSTRAP_SERVERS set, against a deployment.
+    Attempt counts are kept in the warehouse; one over the limit is given up and
+    dead-lettered (reconcile_attempts_exhausted) until --retry.
 
     Example: kibotos admin reconcile --json
     """
@@ -348,7 +353,7 @@ def admin_reconcile(
     settings = _settings()
     try:
         if running_stack(settings) is not None:
-            result = request_reconcile(settings)
+            result = request_reconcile(settings, retry=retry)
         elif settings.bootstrap_servers and settings.clickhouse_dsn and not settings.clickhouse_dsn.startswith("chdb"):
             from kibotos.reconcile import Reconciler
             from kibotos.submit import producer
@@ -357,8 +362,10 @@ def admin_reconcile(
 
             client = open_client(settings.clickhouse_dsn)
             try:
-                result = Reconciler(client, producer(settings.bootstrap_servers), Catalogue.from_settings(settings),
-                                    stuck_after_s=stuck_after).run_once().as_dict()
+                reconciler = Reconciler(client, producer(settings.bootstrap_servers), Catalogue.from_settings(settings),
+                                        stuck_after_s=stuck_after)
+                reset = reconciler.reset(list(retry)) if retry else []
+                result = {**reconciler.run_once().as_dict(), "reset": reset}
             finally:
                 client.close()
         else:
@@ -373,8 +380,11 @@ def admin_reconcile(
                   f"recently, {len(result['given_up'])} given up; {result['pending']} in flight")
     for sid in result["reemitted"]:
         console.print(f"  re-emitted {sid}")
+    for sid in result.get("reset", []):
+        console.print(f"  retry {sid}: attempts reset")
     for sid in result["given_up"]:
-        console.print(f"  [red]given up[/red] {sid} (emitted again several times without a verdict)")
+        console.print(f"  [red]given up[/red] {sid} (emitted again several times without a verdict; dead-lettered as "
+                      "reconcile_attempts_exhausted; --retry to try again)")
 
 
 bench_app = typer.Typer(help="Benchmarks: stage costs as ratios measured in one run, results as JSON.",

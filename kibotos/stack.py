@@ -236,9 +236,11 @@ class Stack:
             self._add_slot("reconciler", "reconciler", lambda stop: self._thread(
                 "reconciler", self.reconciler.run, stop, self.reconcile_every_s))
 
-    def reconcile_now(self) -> dict:
-        """One reconciliation pass (``kibotos admin reconcile`` against this stack)."""
-        return self.reconciler.run_once().as_dict()
+    def reconcile_now(self, retry: list[str] | None = None) -> dict:
+        """One reconciliation pass (``kibotos admin reconcile`` against this stack);
+        ``retry``: given-up submissions to give another round first (``--retry``)."""
+        reset = self.reconciler.reset(retry) if retry else []
+        return {**self.reconciler.run_once().as_dict(), "reset": reset}
 
     def _thread(self, name: str, target, *args) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -413,11 +415,13 @@ class Stack:
         for request in self.settings.home.glob("reconcile-*.request"):
             answer = request.with_suffix(".json")
             try:
+                text = request.read_text()
                 request.unlink()
-                body = {"ok": True, **self.reconcile_now()}
+                retry = json.loads(text).get("retry") if text.strip() else None
+                body = {"ok": True, **self.reconcile_now([str(s) for s in retry or []])}
             except FileNotFoundError:
                 continue
-            except ServiceError as exc:
+            except (ServiceError, ValueError, AttributeError) as exc:
                 body = {"ok": False, "error": str(exc)}
             tmp = answer.with_suffix(".tmp")
             tmp.write_text(json.dumps(body))
@@ -489,9 +493,9 @@ class Stack:
         self.stop()
 
 
-def request_reconcile(settings: Settings, timeout_s: float = 60.0) -> dict:
-    """Ask the stack running under ``settings.home`` for one reconciliation pass; its
-    supervision loop answers within a second or two."""
+def request_reconcile(settings: Settings, timeout_s: float = 60.0, retry: list[str] | None = None) -> dict:
+    """Ask the stack running under ``settings.home`` for one reconciliation pass (after
+    resetting the attempts of ``retry``); its supervision loop answers within a second or two."""
     import uuid
 
     if running_stack(settings) is None:
@@ -499,7 +503,9 @@ def request_reconcile(settings: Settings, timeout_s: float = 60.0) -> dict:
     nonce = uuid.uuid4().hex
     request = settings.home / f"reconcile-{nonce}.request"
     answer = request.with_suffix(".json")
-    request.write_text("")
+    tmp = request.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"retry": list(retry or [])}))
+    tmp.replace(request)  # whole or not at all: the stack may look at any moment
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if answer.exists():

@@ -96,7 +96,50 @@ def test_reconciler_reemits_only_stuck_submissions(chdb_client, tansu, catalogue
     assert again.reemitted == [] and sorted(again.waiting) == sorted([stuck, operator])
     reconciler.stuck_after_s = 0
     assert sorted(reconciler.run_once(now_ms=NOW_MS).reemitted) == sorted([stuck, operator, recent])
-    assert sorted(reconciler.run_once(now_ms=NOW_MS).given_up) == sorted([stuck, operator])
+    last = reconciler.run_once(now_ms=NOW_MS)
+    assert sorted(last.given_up) == sorted(last.dead_lettered) == sorted([stuck, operator])
+    assert last.reemitted == [recent]
+
+
+def test_reconciler_attempts_survive_a_restart_and_the_given_up_go_to_dead_letters(chdb_client, tansu, catalogue):
+    """The attempt counts live in the warehouse: reconcilers started afresh (a restarted
+    stack) count on instead of re-driving a submission forever; over the limit it is
+    dead-lettered once with its reason and payload, listed as given up on every pass, and
+    an operator's reset gives it another round."""
+    sid = str(uuid.uuid4())
+    old = NOW_MS - 3_600_000
+    chdb_client.insert("kibotos.ingest_receipts", [_receipt(sid, old)], column_names=list(RECEIPT_COLUMNS))
+
+    def fresh():  # a reconciler as a restarted stack builds it: nothing in memory
+        return Reconciler(chdb_client, producer(tansu.bootstrap), catalogue, stuck_after_s=600, max_attempts=2)
+
+    assert fresh().run_once(now_ms=NOW_MS).reemitted == [sid]
+    assert fresh().run_once(now_ms=NOW_MS + 1000).waiting == [sid]  # its bound counts across restarts too
+    assert fresh().run_once(now_ms=NOW_MS + 601_000).reemitted == [sid]
+    assert fresh().attempts([sid])[sid].attempts == 2
+    gave_up = fresh().run_once(now_ms=NOW_MS + 1_202_000)
+    assert gave_up.reemitted == [] and gave_up.given_up == gave_up.dead_lettered == [sid]
+    for at in (NOW_MS + 1_900_000, NOW_MS + 9_000_000):  # later passes list it, never emit or dead-letter again
+        again = fresh().run_once(now_ms=at)
+        assert (again.reemitted, again.given_up, again.dead_lettered, again.pending) == ([], [sid], [], 0)
+    state, reason = chdb_client.query("SELECT state, reason FROM kibotos.reconcile_attempts FINAL "
+                                      "WHERE submission_id = {s:String}", parameters={"s": sid}).result_rows[0]
+    assert state == "given_up" and "2 time(s)" in reason and "--retry" in reason
+
+    received = [m for m in _read_all(tansu.bootstrap, catalogue.submissions_received.name, expect=2)
+                if catalogue.submissions_received.deserialize(m.value())["submission_id"] == sid]
+    assert len(received) == 2  # max_attempts, not one more
+    dead_spec = catalogue.dead_letters
+    [dead] = [dead_spec.deserialize(m.value()) for m in _read_all(tansu.bootstrap, dead_spec.name, expect=1)]
+    assert (dead["error_code"], dead["processor_id"], dead["key"]) == ("reconcile_attempts_exhausted", "reconciler",
+                                                                       sid.encode())
+    replay = catalogue.submissions_received.deserialize(dead["payload"])  # verbatim: an operator can replay it
+    assert replay["submission_id"] == sid and replay["bundle_uri"].endswith(f"{sid}.zarr.zip")
+
+    # the operator's retry: another round of max_attempts
+    assert fresh().reset([sid, str(uuid.uuid4())], now_ms=NOW_MS + 9_100_000) == [sid]
+    assert fresh().run_once(now_ms=NOW_MS + 9_200_000).reemitted == [sid]
+    assert fresh().attempts([sid])[sid].attempts == 1
 
 
 def test_reconciler_finds_operator_bundles_whose_event_was_lost(chdb_client, tansu, catalogue, tmp_path):
@@ -208,10 +251,11 @@ def test_worker_and_broker_killed_mid_stream_nothing_lost_nothing_paid_twice(set
         monkeypatch.setenv("KIBOTOS_TOPIC_PREFIX", settings.topic_prefix)
         done: list = []
         shell = threading.Thread(target=lambda: done.append(
-            CliRunner().invoke(app, ["admin", "reconcile", "--json"], catch_exceptions=False)))
+            CliRunner().invoke(app, ["admin", "reconcile", "--json", "--retry", lost], catch_exceptions=False)))
         shell.start()
         _wait(lambda: not shell.is_alive(), 60, stack, "kibotos admin reconcile")
         assert done[0].exit_code == 0, done[0].output
         answer = json.loads(done[0].stdout)
         assert answer["reemitted"] == [] and answer["pending"] == 0  # nothing is owed a verdict any more
+        assert answer["reset"] == [lost]  # it had been emitted again: its count starts afresh (it has its verdict)
     assert PROCESS_RESTARTS.labels("worker")._value.get() >= restarts_before + 1
