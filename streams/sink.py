@@ -2,7 +2,9 @@
 
 It consumes ``submissions.received``, ``verdicts``, ``ledger.entries`` and
 ``dead.letters`` and writes ``submissions``, ``verification_reports`` + ``gate_results``,
-``points_ledger`` and ``dead_letters``; a verdict of the ingest checks (one upload
+``points_ledger`` and ``dead_letters`` (and the XGen tables ``xgen_requests``,
+``xgen_stage_results``, ``xgen_clips`` from ``xgen.requests``, ``xgen.progress``,
+``xgen.clips``); a verdict of the ingest checks (one upload
 attempt, not the submission) goes to ``upload_verdicts`` instead. Why a sink rather than processors writing
 directly: the embedded ClickHouse (chdb) is locked to one process, and ClickHouse wants
 few large inserts rather than many small ones.
@@ -39,7 +41,9 @@ from topics.catalogue import Catalogue
 log = logging.getLogger(__name__)
 
 PROCESSOR_ID = "clickhouse-sink"
-SOURCE_TOPIC_IDS = ("submissions.received", "verdicts", "ledger.entries", "dead.letters")
+SOURCE_TOPIC_IDS = ("submissions.received", "verdicts", "ledger.entries", "dead.letters",
+                    "xgen.requests", "xgen.progress", "xgen.clips",
+                    "datasets.versions", "datasets.episodes", "datasets.attributions")
 DATABASE = "kibotos"
 
 

@@ -41,7 +41,24 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
         "source_topic", "source_partition", "source_offset", "processor_id", "key", "payload",
         "error_code", "error_message", "failed_at",
     ),
+    # XGen (migration 0009): one row per event, columns named like the event's fields
+    "xgen_requests": (
+        "request_id", "uploader", "task_id", "task_version", "source_kind", "source_uri", "source_sha256",
+        "source_size_bytes", "annotation_json", "upload_id", "requested_at",
+    ),
+    "xgen_stage_results": (
+        "request_id", "uploader", "stage", "clip_index", "passed", "reason_code", "metrics_json", "artifact_uri",
+        "wall_ms", "clip_count", "at",
+    ),
+    "xgen_clips": (
+        "clip_id", "request_id", "uploader", "source_sha256", "task_id", "task_version", "clip_index",
+        "variant_kind", "variant_json", "clip_uri", "metadata_uri", "preview_uri", "frames", "fps",
+        "quality_score", "quality_verdict", "quality_reason_code", "quality_json", "verified", "config_version",
+        "created_at",
+    ),
 }
+# XGen topics and the table each one fills, column for field
+XGEN_TABLES = {"xgen.requests": "xgen_requests", "xgen.progress": "xgen_stage_results", "xgen.clips": "xgen_clips"}
 
 
 class InvalidReport(SerializationError):
@@ -196,6 +213,39 @@ def upload_verdict_row(event: dict[str, Any]) -> dict[str, Any]:
     return {**{column: event.get(column) for column in TABLE_COLUMNS["upload_verdicts"]}, "upload_id": upload_id}
 
 
+# Datasets (migration 0010, kibotos.datasets.events): a version also updates its dataset's row
+DATASET_TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "datasets": ("dataset", "spec_json", "spec_hash", "latest_version", "episodes", "content_hash", "updated_at"),
+    "dataset_versions": (
+        "dataset", "version", "content_hash", "parent_hash", "episodes", "added", "removed", "spec_hash",
+        "rule_version", "attribution_points", "card_json", "created_at",
+    ),
+    "dataset_episodes": (
+        "dataset", "submission_id", "miner_id", "source", "robot_model_id", "task_id", "score", "reward",
+        "attribution_points", "components_json", "soft_flags", "evidence_uris", "bundle_uri", "decided_at",
+        "added_in_version", "removed_in_version", "changed_in_version",
+    ),
+    "attributions": (
+        "entry_id", "dataset", "version", "policy_id", "miner_id", "kind", "episodes", "score_sum", "share",
+        "points", "rule_version", "created_at",
+    ),
+}
+TABLE_COLUMNS.update(DATASET_TABLE_COLUMNS)
+DATASET_TOPICS = {"datasets.versions": "dataset_versions", "datasets.episodes": "dataset_episodes",
+                  "datasets.attributions": "attributions"}
+
+
+def dataset_rows(topic_id: str, event: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    table = DATASET_TOPICS[topic_id]
+    rows = [(table, {column: event.get(column) for column in TABLE_COLUMNS[table]})]
+    if topic_id == "datasets.versions":
+        rows.append(("datasets", {"dataset": event["dataset"], "spec_json": event["spec_json"],
+                                  "spec_hash": event["spec_hash"], "latest_version": event["version"],
+                                  "episodes": event["episodes"], "content_hash": event["content_hash"],
+                                  "updated_at": event["created_at"]}))
+    return rows
+
+
 def rows_for(topic_id: str, event: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """``[(table, row), ...]`` for a decoded event from topic ``topic_id``."""
     if topic_id == "submissions.received":
@@ -209,4 +259,9 @@ def rows_for(topic_id: str, event: dict[str, Any]) -> list[tuple[str, dict[str, 
         return [("points_ledger", ledger_row(event))]
     if topic_id == "dead.letters":
         return [("dead_letters", dead_letter_row(event))]
+    if topic_id in XGEN_TABLES:
+        table = XGEN_TABLES[topic_id]
+        return [(table, {column: event.get(column) for column in TABLE_COLUMNS[table]})]
+    if topic_id in DATASET_TOPICS:
+        return dataset_rows(topic_id, event)
     raise ValueError(f"the sink does not store topic {topic_id!r}")
