@@ -14,7 +14,10 @@ produced it, and reports record it.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
+import os
+import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +53,13 @@ class RobotSpec:
     jerk_bound: float | tuple[float, ...]
     # a neutral pose inside the limits, by joint name (missing joints: mid-range)
     home: dict[str, float] = field(default_factory=dict)
+    # a derived floating-base model: the file's root link hangs from a fixed ``world`` link
+    # by six virtual joints (``FLOATING_JOINTS``), so joint rows carry the base pose and
+    # every pose is in the world frame (``floating_urdf``)
+    floating_base: bool = False
+    # offered by ``list_robots`` (sample generators, demos, tests that iterate every model);
+    # an unlisted model is still known to ``get_robot``
+    listed: bool = True
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,6 +92,69 @@ class RobotModel:
         return len(self.joint_names)
 
 
+# A humanoid's floating base as six virtual joints, outermost first: translation along the
+# world axes (m), then yaw (about world z), pitch, roll (intrinsic z-y-x Euler angles, rad).
+# Yaw is unwrapped by whoever writes the rows, hence its +-4 turns.
+FLOATING_JOINTS = (
+    ("floating_base_x", "prismatic", (1, 0, 0), -100.0, 100.0, 10.0),
+    ("floating_base_y", "prismatic", (0, 1, 0), -100.0, 100.0, 10.0),
+    ("floating_base_z", "prismatic", (0, 0, 1), -1.0, 3.0, 10.0),
+    ("floating_base_yaw", "revolute", (0, 0, 1), -8 * 3.141592653589793, 8 * 3.141592653589793, 20.0),
+    ("floating_base_pitch", "revolute", (0, 1, 0), -1.5707963267948966, 1.5707963267948966, 20.0),
+    ("floating_base_roll", "revolute", (1, 0, 0), -3.141592653589793, 3.141592653589793, 20.0),
+)
+FLOATING_ROOT = "world"
+
+
+def floating_urdf(source: Path) -> Path:
+    """A copy of ``source`` whose root link hangs from ``world`` by ``FLOATING_JOINTS``
+    (massless virtual links between them), mesh paths made absolute; written once per
+    content hash under ``$XDG_CACHE_HOME/kibotos/robots`` (a temp folder if unwritable)."""
+    data = source.read_bytes()
+    root = ET.fromstring(data)
+    children = {j.find("child").get("link") for j in root.findall("joint")}
+    base = next(link.get("name") for link in root.findall("link") if link.get("name") not in children)
+    folder = source.parent
+    for mesh in root.iter("mesh"):
+        name = mesh.get("filename", "")
+        if name.startswith("package://"):
+            package, _, rest = name[len("package://"):].partition("/")
+            anchor = next((p for p in folder.parents if p.name == package), None)
+            mesh.set("filename", str(((anchor / rest) if anchor is not None else folder / rest).resolve()))
+        elif name and not os.path.isabs(name):
+            mesh.set("filename", str((folder / name).resolve()))
+    parent = FLOATING_ROOT
+    links = [ET.Element("link", name=FLOATING_ROOT)]
+    joints = []
+    for k, (name, kind, axis, lo, hi, vel) in enumerate(FLOATING_JOINTS):
+        child = base if k == len(FLOATING_JOINTS) - 1 else f"{name}_link"
+        if child != base:
+            links.append(ET.Element("link", name=child))
+        joint = ET.Element("joint", name=name, type=kind)
+        ET.SubElement(joint, "origin", xyz="0 0 0", rpy="0 0 0")
+        ET.SubElement(joint, "parent", link=parent)
+        ET.SubElement(joint, "child", link=child)
+        ET.SubElement(joint, "axis", xyz=" ".join(str(a) for a in axis))
+        ET.SubElement(joint, "limit", lower=repr(lo), upper=repr(hi), effort="1000", velocity=repr(vel))
+        joints.append(joint)
+        parent = child
+    for k, el in enumerate(links + joints):
+        root.insert(k, el)
+    text = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kibotos" / "robots"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        cache = Path(tempfile.gettempdir()) / "kibotos-robots"
+        cache.mkdir(parents=True, exist_ok=True)
+    dest = cache / f"{source.stem}-floating-{hashlib.sha256(text).hexdigest()[:16]}.urdf"
+    if not dest.is_file():
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+        tmp.write_bytes(text)
+        os.replace(tmp, dest)
+    return dest
+
+
 _SPECS: dict[tuple[str, str], RobotSpec] = {}
 
 
@@ -112,6 +185,26 @@ register(
         jerk_bound=200.0,
         home={"left_knee_joint": 0.3, "right_knee_joint": 0.3, "left_elbow_joint": 0.6,
               "right_elbow_joint": 0.6, "left_hip_pitch_joint": -0.2, "right_hip_pitch_joint": -0.2},
+    )
+)
+# The same G1 with its floating base (``FLOATING_JOINTS`` before the 29 joints, world
+# frame): what XGen clips are judged as (``kibotos.xgen.quality``), since a humanoid that
+# walks and squats has no fixed base frame for its object and camera streams. Unlisted:
+# sample generators and demos keep the fixed-base G1.
+register(
+    RobotSpec(
+        model_id="unitree_g1",
+        revision="29dof-rev1.0-floating",
+        model_file="g1_description/urdf/g1_29dof_rev_1_0.urdf",
+        description="Unitree G1 humanoid, 29 DoF, with its floating base as 6 virtual joints (world frame)",
+        end_effector_links=("left_wrist_yaw_link", "right_wrist_yaw_link"),
+        base_frame=FLOATING_ROOT,
+        keypoint_links=_SPECS[("unitree_g1", "29dof-rev1.0")].keypoint_links,
+        acc_bound=40.0,
+        jerk_bound=200.0,
+        home={**_SPECS[("unitree_g1", "29dof-rev1.0")].home, "floating_base_z": 0.76},
+        floating_base=True,
+        listed=False,
     )
 )
 register(
@@ -178,6 +271,8 @@ def _parse_urdf_joints(path: Path):
 def _load(model_id: str, revision: str) -> RobotModel:
     spec = _SPECS[(model_id, revision)]
     path = _example_robot_data_file(spec.model_file)
+    if spec.floating_base:
+        path = floating_urdf(path)
     names, types, lower, upper, vel = _parse_urdf_joints(path)
     n = len(names)
     home = (lower + upper) / 2.0
@@ -205,8 +300,8 @@ def _load(model_id: str, revision: str) -> RobotModel:
 
 
 def list_robots() -> list[tuple[str, str]]:
-    """Every registered ``(robot_model_id, revision)``, sorted."""
-    return sorted(_SPECS)
+    """Every listed ``(robot_model_id, revision)``, sorted (unlisted ones: ``RobotSpec.listed``)."""
+    return sorted(k for k, spec in _SPECS.items() if spec.listed)
 
 
 def get_robot(model_id: str, revision: str) -> RobotModel:

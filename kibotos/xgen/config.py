@@ -95,6 +95,15 @@ class ExportConfig(_Frozen):
     float_dtype: str = Field(pattern="^(float32|float64)$")
 
 
+class QualityConfig(_Frozen):
+    """The clip quality check (``kibotos.xgen.quality``): what an accepted clip also needs."""
+
+    min_score: float = Field(default=0.5, ge=0, le=1)  # S of the verifier's score breakdown
+    require_task_complete: bool = True  # every task predicate passed, phases in order
+    video_width: int = Field(default=320, ge=64, le=1920)  # the bundle's rendered video
+    video_height: int = Field(default=240, ge=48, le=1080)
+
+
 class XGenConfig(_Frozen):
     config_version: str
     pose: PoseConfig
@@ -102,6 +111,7 @@ class XGenConfig(_Frozen):
     interaction: InteractionConfig
     augment: AugmentConfig
     export: ExportConfig
+    quality: QualityConfig = QualityConfig()
 
 
 def parse_xgen_config(raw: dict[str, Any]) -> XGenConfig:
