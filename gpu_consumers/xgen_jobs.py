@@ -15,7 +15,7 @@ same rows (replacing tables). A ``ServiceError`` (object store, renderer) propag
 the consumer retries the job on a fresh actor; anything a stage refuses is a reason code.
 
 Prometheus: ``kibotos_xgen_stage_results_total{stage,outcome,reason_code}`` and
-``kibotos_xgen_clips_total{verdict}``, next to the consumer's per-kind counters.
+``kibotos_xgen_clips_total{outcome}``, next to the consumer's per-kind counters.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import json
 import logging
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,7 +39,7 @@ from topics.catalogue import XGEN_STAGES, Catalogue
 log = logging.getLogger("kibotos.xgen")
 
 STAGE_RESULTS = Counter("kibotos_xgen_stage_results", "XGen stage results", ["stage", "outcome", "reason_code"])
-CLIPS = Counter("kibotos_xgen_clips", "XGen clips exported, by quality verdict", ["verdict"])
+CLIPS = Counter("kibotos_xgen_clips", "XGen clips exported: verified, or the quality reason code", ["outcome"])
 
 JOB_KINDS = tuple(f"xgen_{stage}" for stage in XGEN_STAGES)
 
@@ -65,8 +66,8 @@ class XGenStage:
     (``kibotos.xgen.<stage>``), store its output, route the event on.
 
     :param stage: one of ``topics.catalogue.XGEN_STAGES``.
-    :param quality: export only: ``quality(clip_dir, clip_id, event) -> (score, verdict,
-        reason_code, details, preview_path | None)``; default ``judge_and_preview``.
+    :param quality: export only: ``quality(clip_dir, cfg) -> Judgement`` (the verifier's
+        judgement and the preview); default ``judge_and_preview``.
     """
 
     def __init__(self, stage: str, catalogue: Catalogue, store, cfg: XGenConfig,
@@ -264,15 +265,18 @@ class XGenStage:
             clip_id = folder.name
             base = self._key(event, f"clips/{clip_id}")
             clip_uri = self._put((folder / "clip.npz").read_bytes(), f"{base}/clip.npz")
-            score, verdict, reason, details, preview = self.quality(folder, clip_id, event)
-            preview_uri = self._put(Path(preview).read_bytes(), f"{base}/{Path(preview).name}") if preview else None
+            judged = self.quality(folder, self.cfg)
+            score, verdict, reason, details = judged.score, judged.verdict, judged.reason_code, judged.details
+            stored = {name: self._put(Path(path).read_bytes(), f"{base}/{Path(path).name}")
+                      for name, path in judged.files.items() if path and Path(path).is_file()}
+            preview_uri = stored.get("preview")
             meta = json.loads((folder / "metadata.json").read_text())
-            meta["quality"] = {"score": score, "verdict": verdict, "reason_code": reason, "details": details,
-                               "preview": preview_uri}
+            meta["quality"] = {"score": score, "verdict": verdict, "reason_code": reason, "verified": judged.passed,
+                               "files": stored, "details": details}
             meta_uri = self._put(json.dumps(meta, indent=2, sort_keys=True, default=str).encode(),
                                  f"{base}/metadata.json")
-        verified = verdict == "accepted"
-        CLIPS.labels(verdict).inc()
+        verified = judged.passed
+        CLIPS.labels("verified" if verified else (reason or verdict)).inc()
         record = {
             "clip_id": clip_id, "request_id": event["request_id"], "uploader": event["uploader"],
             "source_sha256": event["source_sha256"], "task_id": event["task_id"],
@@ -288,16 +292,39 @@ class XGenStage:
         return [Output(self.next, record)], metrics, clip_uri
 
 
-def judge_and_preview(folder: Path, clip_id: str, event: dict) -> tuple[float | None, str, str | None, dict,
-                                                                         Path | None]:
-    """The clip's quality by the verifier's chain and its Genesis preview, from
-    ``kibotos.xgen.quality`` / ``kibotos.xgen.preview``. Where those modules are not
-    installed the clip is ``unjudged`` (never verified) and has no preview."""
+@dataclass(frozen=True)
+class Judgement:
+    """A clip's quality: ``passed`` (it joins the dataset as verified), the verifier's
+    ``verdict`` and ``score`` S, why not (``reason_code``), the report as ``details``, and
+    files to store with the clip (``{"preview": path, "bundle": path}``)."""
+
+    passed: bool
+    verdict: str
+    score: float | None
+    reason_code: str | None
+    details: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, Path | None] = field(default_factory=dict)
+
+
+def judge_and_preview(folder: Path, cfg: XGenConfig) -> Judgement:
+    """The clip judged by the verifier's chain as a submission bundle
+    (``kibotos.xgen.quality.judge_clip``: gates A-E, IK against the object stream, task
+    ``cargo_pickup``) and its Genesis preview (``kibotos.xgen.preview``, when installed)."""
+    from kibotos.xgen.quality import judge_clip
+
+    res = judge_clip(folder, cfg=cfg, write_result=False)
+    files: dict[str, Path | None] = {"bundle": Path(res.bundle_path) if res.bundle_path else None}
+    files["preview"] = _preview(folder, cfg)
+    return Judgement(passed=res.passed, verdict=res.verdict, score=res.score, reason_code=res.reason_code,
+                     details={"report": res.report, "metrics": res.metrics}, files=files)
+
+
+def _preview(folder: Path, cfg: XGenConfig) -> Path | None:
     try:
-        from kibotos.xgen import quality
-    except ImportError:
-        return None, "unjudged", "xgen_quality_unavailable", {}, None
-    return quality.judge_for_job(folder, clip_id, event)
+        from kibotos.xgen import preview
+    except ImportError:  # the preview renderer is not part of this installation
+        return None
+    return preview.render_clip_preview(folder, cfg=cfg)
 
 
 def build_xgen_stage(stage: str) -> Callable:

@@ -8,7 +8,7 @@ message, details) and a documented status; the OpenAPI spec is served at
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -143,6 +143,64 @@ class Ledger(BaseModel):
     miner_id: str
     balance: float
     entries: list[LedgerEntry]
+
+
+class XGenUploadRequest(BaseModel):
+    """Ask for an upload URL for an XGen source (a human demonstration). ``signature``:
+    the uploader's Ed25519 signature (base58) of ``kibotos.ingest.xgen.xgen_request_message``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    miner_id: str = Field(min_length=32, max_length=44, pattern=_B58, description="base58 Ed25519 public key")
+    request_id: str = Field(pattern=_UUID, description="the XGen request id the uploader chose")
+    size_bytes: int = Field(ge=1, le=1 << 40)
+    sha256: str = Field(pattern=_HEX64)
+    requested_at_ms: int = Field(ge=0, le=1 << 53)
+    task_id: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")
+    task_version: str = Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")
+    source_kind: Literal["video", "keypoints"]
+    annotation: dict[str, Any] | None = Field(default=None, description="ts/te (s), anchor type, key bodies")
+    signature: str = Field(min_length=64, max_length=100, pattern=_B58)
+
+
+class XGenGrant(BaseModel):
+    upload_id: str
+    request_id: str
+    miner_id: str
+    ticket: str
+    method: str
+    put_url: str
+    headers: dict[str, str]
+    expires_at: int
+    max_bytes: int
+    complete_url: str
+
+
+class XGenCompleteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ticket: str = Field(min_length=1, max_length=8192)
+
+
+class XGenAccepted(BaseModel):
+    request_id: str
+    upload_id: str
+    uploader: str
+    status: str
+    source_uri: str
+    source_sha256: str
+    requested_at: int
+
+
+class XGenStatus(BaseModel):
+    """``kibotos.xgen.status``: state (queued | running | rejected | done), progress in
+    [0, 1], the stage results and the clips with their quality."""
+
+    model_config = ConfigDict(extra="allow")
+
+    request_id: str
+    state: str
+    progress: float
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -282,5 +340,27 @@ def create_app(service: IngestService) -> FastAPI:
     def get_ledger(miner_id: str = PathParam(max_length=128)) -> dict[str, Any]:
         """A miner's points ledger: every entry and the balance."""
         return service.ledger(miner_id)
+
+    from kibotos.ingest.xgen import XGenUploads
+
+    xgen = XGenUploads(service)
+
+    @app.post("/v1/xgen/uploads", status_code=201, response_model=XGenGrant, tags=["xgen"],
+              responses=_errors(401, 409, 413, 422, 429, 503))
+    def xgen_request_upload(body: XGenUploadRequest, request: Request) -> dict[str, Any]:
+        """Request a presigned upload URL for an XGen source (video .mp4 or keypoints .npz);
+        signed and rate limited like bundle uploads. 409 ``xgen_request_exists``."""
+        return xgen.request_upload(body.model_dump(), str(request.base_url))
+
+    @app.post("/v1/xgen/uploads/{upload_id}/complete", response_model=XGenAccepted, tags=["xgen"],
+              responses=_errors(401, 404, 409, 410, 422, 503))
+    def xgen_complete(body: XGenCompleteRequest, upload_id: str = PathParam(max_length=64)) -> dict[str, Any]:
+        """Check the stored source (size, SHA-256) and emit ``xgen.requests``."""
+        return xgen.complete(upload_id, body.ticket)
+
+    @app.get("/v1/xgen/{request_id}", response_model=XGenStatus, tags=["xgen"], responses=_errors(404, 422))
+    def xgen_status(request_id: str = PathParam(max_length=64)) -> dict[str, Any]:
+        """An XGen request's state, progress, stage results and clips. 404 ``xgen_request_not_found``."""
+        return xgen.status(request_id)
 
     return app

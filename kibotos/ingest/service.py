@@ -196,7 +196,7 @@ class IngestService:
             ticket = UploadTicket.decode(token, self.secret)
         except TicketError as exc:
             raise ApiError(401, exc.reason_code, str(exc)) from exc
-        if ticket.upload_id != upload_id:
+        if ticket.upload_id != upload_id or ticket.key.startswith("incoming/xgen/"):  # an XGen ticket is no bundle's
             raise ApiError(401, "ticket_invalid", "the ticket belongs to another upload")
         if time.time() > ticket.expires_at + self.settings.ingest_complete_grace_s:
             raise ApiError(410, "ticket_expired", "the upload ticket has expired; request a new upload")

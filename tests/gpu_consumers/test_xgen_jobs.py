@@ -15,7 +15,7 @@ import uuid
 import numpy as np
 import pytest
 
-from gpu_consumers.xgen_jobs import JOB_KINDS, XGenStage
+from gpu_consumers.xgen_jobs import JOB_KINDS, Judgement, XGenStage
 from kibotos.objectstore import LocalObjectStore
 from kibotos.xgen.config import load_xgen_config
 from kibotos.xgen.export import CLIP_KEYS
@@ -43,11 +43,14 @@ def keypoints_bytes(tmp_path_factory):
 
 
 def judged(calls):
-    def quality(folder, clip_id, event):
-        calls.append(clip_id)
+    def quality(folder, cfg):
+        calls.append(folder.name)
         arrays = np.load(folder / "clip.npz")
         ok = set(arrays.files) == set(CLIP_KEYS)
-        return (0.9 if ok else 0.0), ("accepted" if ok else "rejected"), None if ok else "keys", {"keys": arrays.files}, None
+        (folder / "preview.mp4").write_bytes(b"preview of " + folder.name.encode())
+        return Judgement(passed=ok, verdict="accepted" if ok else "rejected", score=0.9 if ok else None,
+                         reason_code=None if ok else "keys", details={"keys": arrays.files},
+                         files={"preview": folder / "preview.mp4"})
     return quality
 
 
@@ -94,6 +97,7 @@ def test_request_becomes_one_clip_per_variant(tmp_path, small_cfg, keypoints_byt
         assert c["verified"] and c["quality_verdict"] == "accepted" and c["uploader"] == "miner-x"
         arrays = np.load(io.BytesIO(store.read_bytes(c["clip_uri"], 1 << 26)))
         assert set(arrays.files) == set(CLIP_KEYS) and len(arrays["robot_qpos"]) == c["frames"]
+        assert store.read_bytes(c["preview_uri"], 1 << 10) == b"preview of " + c["clip_id"].encode()
         meta = json.loads(store.read_bytes(c["metadata_uri"], 1 << 20))
         assert meta["uploader"] == "miner-x" and meta["quality"]["verdict"] == "accepted"
         assert set(meta["stage_metrics"]) == {"pose", "retarget", "interaction", "augment"}

@@ -24,7 +24,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 def test_api_conforms_to_its_openapi_spec(ingest):
     schema = schemathesis.openapi.from_url(ingest.url + "/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 7
+    assert len(operations) == 10
     for operation in operations:
         # /v1/health takes no input at all: no invalid request can be made of it
         modes = [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if operation.path != "/v1/health" else [])
@@ -41,7 +41,8 @@ def test_api_conforms_to_its_openapi_spec(ingest):
 def test_spec_documents_every_route_and_error_body(ingest):
     spec = httpx.get(ingest.url + "/openapi.json").json()
     assert set(spec["paths"]) == {"/v1/health", "/v1/uploads", "/v1/objects/{key}", "/v1/uploads/{upload_id}/complete",
-                                  "/v1/uploads/{upload_id}", "/v1/reports/{submission_id}", "/v1/miners/{miner_id}/ledger"}
+                                  "/v1/uploads/{upload_id}", "/v1/reports/{submission_id}", "/v1/miners/{miner_id}/ledger",
+                                  "/v1/xgen/uploads", "/v1/xgen/uploads/{upload_id}/complete", "/v1/xgen/{request_id}"}
     upload = spec["paths"]["/v1/uploads"]["post"]["responses"]
     assert {"201", "401", "409", "413", "422", "429"} <= set(upload)
     assert upload["429"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
