@@ -1,6 +1,14 @@
 """The GPU consumer group: job topics in, Ray actors do the work, results out.
 
-One consumer process subscribes to the job topics of the kinds it serves (consumer
+The contract with job families: a kind is a ``JobSpec`` in the job registry
+(``gpu_consumers.registry``: ``kind``, ``input_topic``, ``build_stage(settings, catalogue,
+store) -> Stage``, ``gate``, ``family``). This module knows no kind and no family: a Ray
+actor of kind K builds ``get_job(K).build_stage(...)`` once (warm models, scenes) and
+returns the ``Output``s of the stage's ``handle(record)`` (``streams.stage``), which the
+consumer publishes whatever their topics. The evidence jobs (``gpu_consumers.jobs``) and
+other families (XGen) plug in by registering their specs; nothing here changes.
+
+One consumer process subscribes to the input topics of the kinds it serves (consumer
 group ``<prefix>-gpu-jobs``: more processes, on more nodes, share the partitions) and
 dispatches each record to a Ray actor of that kind. Actors hold their models/scenes
 warm and declare the accelerator they need: ``num_gpus`` where CUDA exists, otherwise a
@@ -28,7 +36,7 @@ from kibotos.errors import ServiceError
 from kibotos.logs import submission_context
 from kibotos.metrics import JOBS_IN_FLIGHT, observe, update_lag
 from kibotos.settings import Settings
-from streams.stages import Record, dead_letter
+from streams.stage import Record, dead_letter
 from topics.catalogue import Catalogue
 
 log = logging.getLogger("kibotos.gpu")
@@ -48,23 +56,18 @@ def accelerator_options(per_actor_share: float = 1.0) -> dict:
 
 
 class JobActorImpl:
-    """Body of the Ray actor: builds the job stage once (warm), then handles records."""
+    """Body of the Ray actor: builds the stage of its job kind once (warm), then handles
+    records and returns the outputs as ``(topic name, key, value)``."""
 
     def __init__(self, kind: str, settings_json: str):
-        from gpu_consumers.jobs import make_handler
-        from kibotos.gate_config import load_config
+        from gpu_consumers.registry import get_job
         from kibotos.objectstore import store_from_settings
-        from streams.stages import JobStage
 
         settings = Settings.model_validate_json(settings_json)
-        config = load_config(settings.gate_config_path)
         store = store_from_settings(settings)
-        handler = make_handler(kind, config, store)
-        self.stage = JobStage(kind, handler, Catalogue.from_settings(settings), store, settings.evidence_jobs)
+        self.stage = get_job(kind).build_stage(settings, Catalogue.from_settings(settings), store)
 
     def handle(self, topic: str, value: bytes, key: bytes | None, partition: int, offset: int):
-        from streams.stages import Record
-
         outs = self.stage.handle(Record(topic, value, key, partition, offset))
         return [(o.topic.name, o.key(), o.value()) for o in outs]
 
@@ -119,12 +122,13 @@ class JobConsumer:
                  max_job_attempts: int = 3):
         import ray
 
-        from gpu_consumers.jobs import check_plan
+        from gpu_consumers.registry import get_job
 
         self.settings = settings
         self.kinds = tuple(kinds if kinds is not None else settings.evidence_jobs)
-        check_plan(self.kinds)
         self.catalogue = Catalogue.from_settings(settings)
+        # the input topic of each kind (raises ConfigError for an unregistered kind)
+        self.inputs = {kind: self.catalogue.get(get_job(kind).input_topic) for kind in self.kinds}
         n = actors_per_kind or settings.gpu_actors_per_kind
         if not ray.is_initialized():
             if ray_address:
@@ -136,7 +140,7 @@ class JobConsumer:
         self._payload = settings.model_dump_json()
         self.max_attempts = max_job_attempts
         self.free = {kind: [self._new_actor(kind) for _ in range(n)] for kind in self.kinds}
-        self.topic_kind = {self.catalogue.job(kind).name: kind for kind in self.kinds}
+        self.topic_kind = {spec.name: kind for kind, spec in self.inputs.items()}
         group = f"{settings.consumer_group_prefix}-{settings.topic_prefix}gpu-jobs".replace(".", "-")
         self.consumer = Consumer({
             "bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
@@ -164,7 +168,7 @@ class JobConsumer:
         self.tracker.forget((p.topic, p.partition) for p in partitions)
 
     def _set_paused(self, kind: str, paused: bool) -> None:
-        topic = self.catalogue.job(kind).name
+        topic = self.inputs[kind].name
         parts = [tp for tp in self.consumer.assignment() if tp.topic == topic]
         if not parts:
             return
@@ -210,7 +214,7 @@ class JobConsumer:
         record = Record(job.topic, job.value, job.key, job.partition, job.offset)
         out = dead_letter(self.catalogue, record, f"job_{job.kind}", "job_service_unavailable", str(exc))
         self._publish([(out.topic.name, out.key(), out.value())])
-        observe(f"job_{job.kind}", self.catalogue.job(job.kind).id, [(out.topic.id, out.record)],
+        observe(f"job_{job.kind}", self.inputs[job.kind].id, [(out.topic.id, out.record)],
                 time.perf_counter() - job.started)
         self._finish(job)
 
@@ -229,7 +233,7 @@ class JobConsumer:
             except Exception:  # accounting never fails a job
                 record = {}
             outs.append((spec.id, record))
-        observe(f"job_{job.kind}", self.catalogue.job(job.kind).id, outs, time.perf_counter() - job.started)
+        observe(f"job_{job.kind}", self.inputs[job.kind].id, outs, time.perf_counter() - job.started)
 
     def _finish(self, job: "Job") -> None:
         with submission_context(job.key):

@@ -1,46 +1,68 @@
 """The evidence job kinds and their handlers: ``handler(view, event) -> GateResult``.
 
 A handler object is built once per Ray actor and keeps its expensive state warm (the
-pose model, IK solvers per robot, Genesis scenes per robot). ``JOB_HANDLERS`` is the
-registry; kinds with a topic but no handler yet (train) are listed in ``RESERVED``
-so a misconfigured plan fails loudly instead of stalling. The VLM is not a job kind: it
-is a provider (``kibotos.vlm``) used by the ``align`` job.
+pose model, IK solvers per robot, Genesis scenes per robot). Each kind is registered
+once (``evidence_job``): its handler factory ``(config, store, settings) -> handler`` in
+``JOB_HANDLERS`` and a ``JobSpec`` in the job registry (``gpu_consumers.registry``) whose
+stage is a ``streams.stages.JobStage`` around the handler, consuming ``jobs.<kind>``.
+Kinds with a topic but no handler yet (train) are ``RESERVED`` so a misconfigured plan
+fails loudly instead of stalling. The VLM is not a job kind: it is a provider
+(``kibotos.vlm``) used by the ``align`` job.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Callable
 
+from gpu_consumers.registry import RESERVED, JobSpec, get_job, job_specs, register_job  # noqa: F401
 from kibotos.errors import ConfigError
 from kibotos.gate_config import GateConfig
 from kibotos.report import GateResult
 
 HandlerFactory = Callable[..., Callable]
 JOB_HANDLERS: dict[str, HandlerFactory] = {}
-RESERVED = ("train",)
 
 
-def register_job(kind: str):
+def _evidence_stage(kind: str, settings, catalogue, store):
+    """The ``JobSpec.build_stage`` of an evidence kind: its handler in a ``JobStage``."""
+    from kibotos.gate_config import load_config
+    from streams.stages import JobStage
+
+    handler = make_handler(kind, load_config(settings.gate_config_path), store, settings)
+    return JobStage(kind, handler, catalogue, store, settings.evidence_jobs)
+
+
+def evidence_job(kind: str, gate: str):
+    """Register the handler factory of evidence kind ``kind``, whose result is ``gate``."""
+
     def deco(factory: HandlerFactory) -> HandlerFactory:
         JOB_HANDLERS[kind] = factory
+        register_job(JobSpec(kind=kind, input_topic=f"jobs.{kind}", gate=gate,
+                             build_stage=functools.partial(_evidence_stage, kind)))
         return factory
 
     return deco
 
 
-def make_handler(kind: str, config: GateConfig, store):
+def make_handler(kind: str, config: GateConfig, store, settings=None):
+    """The handler of evidence kind ``kind``; ``settings`` defaults to ``Settings()``."""
     if kind not in JOB_HANDLERS:
         known = ", ".join(sorted(JOB_HANDLERS))
         extra = f" ({kind} is reserved for a later release)" if kind in RESERVED else ""
         raise ConfigError(f"no evidence job handler {kind!r}{extra}; available: {known}")
-    return JOB_HANDLERS[kind](config, store)
+    if settings is None:
+        from kibotos.settings import Settings
+
+        settings = Settings()
+    return JOB_HANDLERS[kind](config, store, settings)
 
 
-def check_plan(evidence_jobs: tuple[str, ...]) -> None:
-    for kind in evidence_jobs:
-        if kind not in JOB_HANDLERS:
-            make_handler(kind, None, None)  # raises with the list of kinds
+def check_plan(kinds: tuple[str, ...]) -> None:
+    """Every kind of a plan is registered (raises ``ConfigError`` naming the known kinds)."""
+    for kind in kinds:
+        get_job(kind)
 
 
 def _sync_offset(event: dict) -> float:
@@ -71,8 +93,8 @@ def prior_result(event: dict, gate: str) -> GateResult | None:
     return None
 
 
-@register_job("pose")
-def pose_handler(config: GateConfig, store):
+@evidence_job("pose", gate="gate_f_pose")
+def pose_handler(config: GateConfig, store, settings):
     from gpu_consumers.gate_f_pose import check_pose, video_subject
     from gpu_consumers.pose import get_pose_estimator
 
@@ -87,8 +109,8 @@ def pose_handler(config: GateConfig, store):
     return handle
 
 
-@register_job("ik")
-def ik_handler(config: GateConfig, store):
+@evidence_job("ik", gate="ik_residual")
+def ik_handler(config: GateConfig, store, settings):
     from gpu_consumers.ik import IKSolver, check_ik
     from kibotos.robots import get_robot
 
@@ -104,8 +126,8 @@ def ik_handler(config: GateConfig, store):
     return handle
 
 
-@register_job("playback")
-def playback_handler(config: GateConfig, store):
+@evidence_job("playback", gate="playback")
+def playback_handler(config: GateConfig, store, settings):
     from gpu_consumers.playback import PlaybackRenderer, run_playback
     from kibotos.robots import get_robot
 
@@ -121,8 +143,8 @@ def playback_handler(config: GateConfig, store):
     return handle
 
 
-@register_job("task")
-def task_handler(config: GateConfig, store):
+@evidence_job("task", gate="task_completion")
+def task_handler(config: GateConfig, store, settings):
     """Task completion (``kibotos.tasks``): the declared task's phases and success
     predicates judged from the kinematics and object streams. CPU only; it runs with the
     evidence jobs because it reads the same bundle and feeds S_task / S_object."""
@@ -134,17 +156,15 @@ def task_handler(config: GateConfig, store):
     return handle
 
 
-@register_job("align")
-def align_handler(config: GateConfig, store):
+@evidence_job("align", gate="alignment")
+def align_handler(config: GateConfig, store, settings):
     """Alignment evidence (``gpu_consumers.alignment``) after playback. Its thresholds and
     the VLM calibration table come from the alignment config, the VLM provider from
-    ``KIBOTOS_VLM_*`` (none configured: non-VLM evidence only); both built once."""
+    the settings (``vlm_*``; none configured: non-VLM evidence only); both built once."""
     from gpu_consumers.alignment import check_alignment
     from kibotos.alignment_config import load_alignment_config
-    from kibotos.settings import Settings
     from kibotos.vlm import get_provider
 
-    settings = Settings()
     align_config = load_alignment_config(settings.alignment_config_path)
     vlm = get_provider(settings, align_config.vlm)
 

@@ -3,21 +3,21 @@
 A gate is a pure function ``check(view, config) -> GateResult`` registered under a
 stable id with its position in the cheapest-first order. Stream adapters and
 ``kibotos verify`` both run gates through ``run_gate``, which turns any error raised by
-hostile input into a failed result with a reason code — a gate never crashes a worker.
+hostile input into a failed result with a reason code (``streams.stage.contained``, the
+one error wrapper of every stage) — a gate never crashes a worker.
 """
 
 from __future__ import annotations
 
-import time
-import traceback
 from dataclasses import dataclass
 from typing import Callable
 
-from kibotos.bundle.limits import RESOURCE_LIMIT, Limits, gate_deadline
+from kibotos.bundle.limits import Limits, gate_deadline
 from kibotos.bundle.reader import BundleView
 from kibotos.errors import KibotosError
 from kibotos.gate_config import GateConfig
 from kibotos.report import GateResult
+from streams.stage import contained
 
 CheckFn = Callable[[BundleView, GateConfig], GateResult]
 
@@ -64,33 +64,15 @@ def result(gate: str, passed: bool, metrics: dict, thresholds: dict, reason: str
                       reason_code=None if passed else reason, flags=flags or [])
 
 
-def _limit_metrics(exc: Exception) -> dict:
-    """What a resource error says about the limit it hit (``limit``, ``limit_value``, ...)."""
-    found = getattr(exc, "metrics", None)
-    return {k: v for k, v in found.items() if isinstance(v, (str, int, float, bool)) or v is None} \
-        if isinstance(found, dict) else {}
-
-
 def run_gate(gate: Gate, view: BundleView, config: GateConfig) -> GateResult:
-    """Run one gate; errors become a failed result with a reason code and wall time."""
-    t0 = time.perf_counter()
+    """Run one gate within its time budget; errors become a failed result with a reason
+    code (``gate_internal_error`` for a bug), and the wall time is recorded
+    (``streams.stage.contained``)."""
     # the limits the view was opened with (the config's, unless a caller chose others)
     limits = getattr(view, "limits", None) or Limits.from_config(config)
-    try:
+
+    def check() -> GateResult:
         with gate_deadline(limits.gate_time_budget_s, limits):
-            res = gate.check(view, config)
-    except KibotosError as exc:
-        res = GateResult(gate=gate.gate_id, passed=False, reason_code=exc.reason_code,
-                         metrics={"error": str(exc)[:500], **_limit_metrics(exc)})
-    except MemoryError:
-        # the worker's memory ceiling (RLIMIT_AS, streams.worker) refused an allocation:
-        # what the gate held is garbage now, the worker goes on
-        res = GateResult(gate=gate.gate_id, passed=False, reason_code=RESOURCE_LIMIT,
-                         metrics={"limit": "worker_memory_bytes", "error": "memory ceiling reached"})
-    except Exception as exc:  # a bug or an input we did not foresee: never crash the worker
-        res = GateResult(gate=gate.gate_id, passed=False, reason_code="gate_internal_error",
-                         metrics={"error": f"{type(exc).__name__}: {exc}"[:500],
-                                  "trace": traceback.format_exc(limit=3)[-800:]})
-    metrics = dict(res.metrics)
-    metrics["wall_ms"] = round((time.perf_counter() - t0) * 1000.0, 3)
-    return res.model_copy(update={"metrics": metrics})
+            return gate.check(view, config)
+
+    return contained(gate.gate_id, check, internal_code="gate_internal_error")

@@ -12,23 +12,19 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
-from kibotos.errors import KibotosError, SerializationError, ServiceError
+from kibotos.errors import KibotosError, SerializationError
 from kibotos.gate_config import GateConfig
 from kibotos.objectstore import LocalObjectStore
 from kibotos.report import GateResult
 from processors.base import Gate, gates
 from processors.chain import build_report, gate_on_path
+from streams.stage import Output, Record, Stage, contained, dead_letter, now_ms  # noqa: F401  (re-exported)
 from topics.catalogue import Catalogue, TopicSpec
 
 log = logging.getLogger("kibotos.streams")
 LEDGER_NAMESPACE = uuid.UUID("6f1d3c52-7a0e-4b8e-9a57-0c1f9d8e2b41")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _epoch_ms(value: Any) -> int | None:
@@ -43,43 +39,6 @@ def _epoch_ms(value: Any) -> int | None:
 def ledger_entry_id(submission_id: str, kind: str) -> str:
     """Deterministic: the same submission and kind always give the same entry id."""
     return str(uuid.uuid5(LEDGER_NAMESPACE, f"{submission_id}:{kind}"))
-
-
-@dataclass(frozen=True)
-class Record:
-    """An input record as a stage sees it."""
-
-    topic: str
-    value: bytes | None
-    key: bytes | None = None
-    partition: int = -1
-    offset: int = -1
-
-
-@dataclass(frozen=True)
-class Output:
-    topic: TopicSpec
-    record: dict[str, Any]
-
-    def key(self) -> bytes | None:
-        return self.topic.key(self.record)
-
-    def value(self) -> bytes:
-        return self.topic.serialize(self.record)
-
-
-def dead_letter(catalogue: Catalogue, record: Record, processor_id: str, error_code: str, message: str) -> Output:
-    return Output(catalogue.dead_letters, {
-        "source_topic": record.topic,
-        "source_partition": record.partition,
-        "source_offset": record.offset,
-        "key": record.key,
-        "payload": record.value or b"",
-        "error_code": error_code,
-        "error_message": message[:2000],
-        "processor_id": processor_id,
-        "failed_at": now_ms(),
-    })
 
 
 def _result_record(res: GateResult) -> dict[str, Any]:
@@ -114,17 +73,21 @@ class GateStage:
         self.passed = catalogue.gate_passed(gate.letter)
         self.outputs = (self.passed, catalogue.verification_rejected, catalogue.dead_letters)
 
+    @property
+    def id(self) -> str:
+        return self.processor_id
+
+    @property
+    def inputs(self) -> tuple[TopicSpec, ...]:
+        return (self.input,)
+
     def handle(self, record: Record) -> list[Output]:
         event = decode_in_flight(self.input, record, self.catalogue, self.processor_id)
         if isinstance(event, Output):
             return [event]
-        try:
-            path = self.store.local_path(event["bundle_uri"])
-        except KibotosError as exc:
-            res = GateResult(gate=self.gate.gate_id, passed=False, reason_code=exc.reason_code,
-                             metrics={"error": str(exc)[:500], "wall_ms": 0.0})
-        else:
-            res = gate_on_path(self.gate, path, self.config)
+        res = contained(self.gate.gate_id, lambda: gate_on_path(self.gate, self.store.local_path(event["bundle_uri"]),
+                                                                self.config),
+                        internal_code="gate_internal_error")
         event["config_version"] = self.config.config_version
         if "claimed_offset_ms" in res.metrics:
             event["sync"] = {k: res.metrics.get(k) for k in ("claimed_offset_ms", "estimated_offset_ms", "sync_confidence")}
@@ -179,6 +142,8 @@ class DispatchStage:
         self.input = catalogue.gate_passed(gates()[-1].letter)
         self.next = evidence_route(catalogue, evidence_jobs)["dispatch"]
         self.outputs = (self.next, catalogue.dead_letters)
+        self.id = self.processor_id
+        self.inputs = (self.input,)
 
     def handle(self, record: Record) -> list[Output]:
         event = decode_in_flight(self.input, record, self.catalogue, self.processor_id)
@@ -204,6 +169,8 @@ class JobStage:
         self.input = catalogue.job(kind)
         self.next = evidence_route(catalogue, evidence_jobs)[kind]
         self.outputs = (self.next, catalogue.verification_rejected, catalogue.dead_letters)
+        self.id = self.processor_id
+        self.inputs = (self.input,)
 
     def handle(self, record: Record) -> list[Output]:
         from kibotos.bundle import open_bundle
@@ -211,21 +178,14 @@ class JobStage:
         event = decode_in_flight(self.input, record, self.catalogue, self.processor_id)
         if isinstance(event, Output):
             return [event]
-        t0 = time.perf_counter()
-        try:
+
+        def run() -> GateResult:
             with open_bundle(self.store.local_path(event["bundle_uri"]), self.limits) as view:
-                res = self.handler(view, event)
-        except ServiceError:  # the validator's fault (renderer, model, store): retried, never the miner's
-            raise
-        except KibotosError as exc:
-            res = GateResult(gate=self.processor_id, passed=False, reason_code=exc.reason_code,
-                             metrics={"error": str(exc)[:500]})
-        except Exception as exc:  # a model crash on hostile input must not kill the consumer
-            res = GateResult(gate=self.processor_id, passed=False, reason_code="job_internal_error",
-                             metrics={"error": f"{type(exc).__name__}: {exc}"[:500]})
-        metrics = dict(res.metrics)
-        metrics.setdefault("wall_ms", round((time.perf_counter() - t0) * 1000.0, 3))
-        res = res.model_copy(update={"metrics": metrics})
+                return self.handler(view, event)
+
+        # a model crash on hostile input must not kill the consumer; a ServiceError (the
+        # validator's fault: renderer, model, store) is raised for a retry, never the miner's
+        res = contained(self.processor_id, run, internal_code="job_internal_error")
         return advance(self.catalogue, event, res, self.next)
 
 
@@ -246,6 +206,8 @@ class NoveltyStage:
         self.input = catalogue.evidence_completed
         self.next = catalogue.novelty_completed
         self.outputs = (self.next, catalogue.verification_rejected, catalogue.dead_letters)
+        self.id = self.processor_id
+        self.inputs = (self.input,)
 
     def handle(self, record: Record) -> list[Output]:
         from kibotos.bundle import open_bundle
@@ -253,23 +215,18 @@ class NoveltyStage:
         event = decode_in_flight(self.input, record, self.catalogue, self.processor_id)
         if isinstance(event, Output):
             return [event]
-        t0 = time.perf_counter()
-        try:
+
+        def run() -> GateResult:
             with open_bundle(self.store.local_path(event["bundle_uri"]), self.limits) as view:
                 # the index is compared in the order of first checks (two racing copies
                 # never both pass as new); between miners the upload time says which is
                 # the original (kibotos.novelty.checker)
-                res = self.checker.check(view, event["submission_id"], event["miner_id"], now_ms(),
-                                         received_at_ms=_epoch_ms(event.get("received_at")),
-                                         event_payload=record.value)
-        except ServiceError:
-            raise
-        except KibotosError as exc:
-            res = GateResult(gate="novelty", passed=False, reason_code=exc.reason_code,
-                             metrics={"error": str(exc)[:500]})
-        metrics = dict(res.metrics)
-        metrics.setdefault("wall_ms", round((time.perf_counter() - t0) * 1000.0, 3))
-        outputs = advance(self.catalogue, event, res.model_copy(update={"metrics": metrics}), self.next)
+                return self.checker.check(view, event["submission_id"], event["miner_id"], now_ms(),
+                                          received_at_ms=_epoch_ms(event.get("received_at")),
+                                          event_payload=record.value)
+
+        res = contained("novelty", run, internal_code=None)
+        outputs = advance(self.catalogue, event, res, self.next)
         return outputs + self._revise_later_copy(event, res)
 
     def _revise_later_copy(self, event: dict, res: GateResult) -> list[Output]:
@@ -320,6 +277,8 @@ class DecisionStage:
         self.accepted_input = accepted_input or catalogue.evidence_completed
         self.rejected_input = catalogue.verification_rejected
         self.outputs = (catalogue.verdicts, catalogue.ledger_entries, catalogue.dead_letters)
+        self.id = self.processor_id
+        self.inputs = (self.accepted_input, self.rejected_input)
 
     def _judge(self, event: dict, results: list[GateResult]):
         from kibotos.scoring import score_submission
@@ -471,9 +430,9 @@ def build_stages(catalogue: Catalogue, store: LocalObjectStore, config: GateConf
 
 
 def stage_inputs(stage) -> list[TopicSpec]:
-    if isinstance(stage, DecisionStage):
-        return [stage.accepted_input, stage.rejected_input]
-    return [stage.input]
+    """The topics ``stage`` consumes (``Stage.inputs``; a bare ``input`` for old callers)."""
+    inputs = getattr(stage, "inputs", None)
+    return list(inputs) if inputs is not None else [stage.input]
 
 
 def run_in_process(stages, first: list[Record], max_steps: int = 100_000) -> list[Output]:
