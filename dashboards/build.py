@@ -623,8 +623,74 @@ def gpu_jobs() -> dict:
     ])
 
 
+def xgen() -> dict:
+    return dashboard("kibotos-xgen", "Kibotos · XGen data factory",
+                     "Human demonstrations turned into G1 clips: requests and clips through each stage "
+                     "(pose, retarget, interaction, augment, export + quality), refusals by reason code.", [
+        tabular("stat", "XGen requests", """
+            SELECT count() AS requests FROM kibotos.xgen_requests FINAL WHERE $__timeFilter(requested_at)
+        """, w=6, h=4),
+        tabular("stat", "Requests refused", """
+            SELECT uniqExact(request_id) AS refused FROM kibotos.xgen_stage_results FINAL
+            WHERE $__timeFilter(at) AND clip_index = -1 AND NOT passed
+        """, w=6, h=4, description="Refused by a request-level stage (xgen.rejected): see the reason codes."),
+        tabular("stat", "Clips exported", """
+            SELECT count() AS clips FROM kibotos.xgen_clips FINAL WHERE $__timeFilter(created_at)
+        """, w=6, h=4),
+        tabular("stat", "Clips verified", """
+            SELECT countIf(verified) AS verified FROM kibotos.xgen_clips FINAL WHERE $__timeFilter(created_at)
+        """, w=6, h=4, description="Passed the verifier's chain as submission bundles: they join datasets."),
+        ts("XGen stage results per minute", """
+            SELECT $__timeInterval(at) AS time, stage, count() * 60 / $__interval_s AS per_min
+            FROM kibotos.xgen_stage_results FINAL
+            WHERE $__timeFilter(at)
+            GROUP BY time, stage ORDER BY time
+        """, description="Requests finishing pose / retarget / interaction / augment, and clips finishing "
+                         "export (one per clip)."),
+        ts("XGen refusals by stage and reason", """
+            SELECT $__timeInterval(at) AS time, concat(stage, ': ', ifNull(reason_code, 'unknown')) AS reason,
+                   count() AS refusals
+            FROM kibotos.xgen_stage_results FINAL
+            WHERE $__timeFilter(at) AND NOT passed
+            GROUP BY time, reason ORDER BY time
+        """, bars=True, stacked=True),
+        table("XGen stages", """
+            SELECT stage, count() AS runs, round(countIf(passed) / runs, 4) AS pass_rate,
+                   round(quantile(0.5)(wall_ms) / 1000, 2) AS p50_s, round(quantile(0.95)(wall_ms) / 1000, 2) AS p95_s
+            FROM kibotos.xgen_stage_results FINAL
+            WHERE $__timeFilter(at)
+            GROUP BY stage ORDER BY indexOf(['pose', 'retarget', 'interaction', 'augment', 'export'], stage)
+        """),
+        tabular("piechart", "Clips by quality outcome", """
+            SELECT if(verified, 'verified', ifNull(quality_reason_code, quality_verdict)) AS outcome, count() AS clips
+            FROM kibotos.xgen_clips FINAL
+            WHERE $__timeFilter(created_at)
+            GROUP BY outcome ORDER BY clips DESC
+        """),
+        table("Recent XGen requests", """
+            SELECT r.request_id AS request_id, r.uploader AS uploader, r.source_kind AS source_kind,
+                   r.requested_at AS requested_at, s.refused_at AS refused_at, s.clip_count AS clip_count,
+                   c.exported AS exported, c.verified AS verified
+            FROM kibotos.xgen_requests AS r FINAL
+            LEFT JOIN
+            (
+                SELECT request_id, anyIf(concat(stage, ': ', ifNull(reason_code, '')), NOT passed AND clip_index = -1)
+                       AS refused_at, max(clip_count) AS clip_count
+                FROM kibotos.xgen_stage_results FINAL GROUP BY request_id
+            ) AS s ON r.request_id = s.request_id
+            LEFT JOIN
+            (
+                SELECT request_id, count() AS exported, countIf(verified) AS verified
+                FROM kibotos.xgen_clips FINAL GROUP BY request_id
+            ) AS c ON r.request_id = c.request_id
+            WHERE $__timeFilter(r.requested_at)
+            ORDER BY r.requested_at DESC LIMIT 50
+        """, w=24),
+    ])
+
+
 DASHBOARDS = {"overview": overview, "rejections": rejections, "gate-latency": gate_latency, "miners": miners,
-              "scores": scores, "novelty": novelty, "gpu-jobs": gpu_jobs}
+              "scores": scores, "novelty": novelty, "gpu-jobs": gpu_jobs, "xgen": xgen}
 
 
 def render() -> dict[str, str]:

@@ -161,3 +161,15 @@ def test_headline_numbers_match_the_data(warehouse):
     backlog = w.panel("kibotos-gpu-jobs", "Verification backlog (received, no verdict yet)")
     assert len(backlog) >= RANGE_S // INTERVAL_S  # filled: an empty queue reads 0, not a gap
     assert max(n for _, n in backlog) >= 1 and min(n for _, n in backlog) == 0
+
+
+def test_xgen_headline_numbers_match_the_data(warehouse):
+    loaded = warehouse.loaded
+    assert loaded.xgen_verified > 0 and loaded.xgen_refused
+    assert warehouse.value("kibotos-xgen", "Clips verified") == loaded.xgen_verified
+    assert warehouse.value("kibotos-xgen", "Requests refused") == len(loaded.xgen_refused)
+    stages = {row[0]: row for row in warehouse.panel("kibotos-xgen", "XGen stages")}
+    assert list(stages) == ["pose", "retarget", "interaction", "augment", "export"]
+    refused = {row[0]: row[4] for row in warehouse.panel("kibotos-xgen", "Recent XGen requests")}
+    for rid, stage in loaded.xgen_refused.items():
+        assert refused[rid].startswith(f"{stage}: xgen_")
