@@ -56,6 +56,7 @@ import numpy as np
 
 from kibotos.bundle import open_bundle
 from kibotos.bundle.reader import JOINT_POS, JOINT_VEL, TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES
+from kibotos.export.lerobot import VIDEO_KEY as LEROBOT_VIDEO_KEY  # noqa: F401  (re-exported)
 from kibotos.gate_config import GateConfig, load_config
 
 # size class -> episode duration (ms)
@@ -75,7 +76,6 @@ DOCTOR_EQUIVALENT_CHECKS = {
     "per_episode": "gates B/E: gaps and jumps per episode",
 }
 DOCTOR_OTHER_CHECKS = ("episodes", "consistency", "training", "anomalies", "portability")
-LEROBOT_VIDEO_KEY = "observation.images.primary"
 
 Progress = Callable[[str], None]
 
@@ -436,86 +436,11 @@ def bench_stack(episodes: list[BenchEpisode], warmup: list[Path], workers: int, 
 # --- lerobot-doctor ---------------------------------------------------------------------
 
 def to_lerobot_v3(bundle: Path, root: Path) -> Path:
-    """Write ``bundle`` as a one-episode LeRobot v3.0 dataset under ``root``.
+    """Write ``bundle`` as a one-episode LeRobot v3.0 dataset under ``root``: the product's
+    converter (``kibotos.export.lerobot.bundle_to_lerobot``), as a dataset export writes it."""
+    from kibotos.export.lerobot import bundle_to_lerobot
 
-    LeRobot has one rate for its rows and its video, so a row per video frame: the joint
-    positions (``observation.state``) and velocities at each frame's time on the
-    kinematics clock (``t_frame - claimed sync offset``, linearly interpolated, held at the
-    ends); ``action`` is the next row's position (the bundle has no separate command
-    stream). The mp4 is copied as is.
-    """
-    import av
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    with open_bundle(bundle) as view:
-        m = view.manifest
-        ts = view.read(TIMESTAMPS).astype(np.float64)
-        q = view.read(JOINT_POS).astype(np.float64)
-        vel = view.read(JOINT_VEL).astype(np.float64) if view.has(JOINT_VEL) else None
-        mp4 = view.read(VIDEO_ENCODED).tobytes()
-        task = m.task.task_id if m.task else "demonstration"
-    fps = float(m.video["primary"].fps)
-    if fps != round(fps):
-        raise ValueError(f"LeRobot datasets declare an integer fps; the video has {fps}")
-    n = int(m.video["primary"].frame_count)
-    t_kin = ts[0] + np.arange(n) * 1000.0 / fps - float(m.sync.sync_offset_ms_claimed)
-
-    def at_frames(x: np.ndarray) -> np.ndarray:
-        return np.stack([np.interp(t_kin, ts, x[:, j]) for j in range(x.shape[1])], axis=1).astype(np.float32)
-
-    state = at_frames(q)
-    action = np.concatenate([state[1:], state[-1:]])
-    columns = {"observation.state": state, "action": action}
-    if vel is not None:
-        columns["observation.velocity"] = at_frames(vel)
-
-    video_rel = f"videos/{LEROBOT_VIDEO_KEY}/chunk-000/file-000.mp4"
-    (root / video_rel).parent.mkdir(parents=True)
-    (root / video_rel).write_bytes(mp4)
-    with av.open(str(root / video_rel)) as container:
-        stream = container.streams.video[0]
-        width, height, codec = stream.codec_context.width, stream.codec_context.height, stream.codec_context.name
-
-    names = list(m.joint_names)
-    features = {k: {"dtype": "float32", "shape": [len(names)], "names": names} for k in columns}
-    features[LEROBOT_VIDEO_KEY] = {
-        "dtype": "video", "shape": [height, width, 3], "names": ["height", "width", "channels"],
-        "info": {"video.height": height, "video.width": width, "video.codec": codec, "video.pix_fmt": "yuv420p",
-                 "video.is_depth_map": False, "video.fps": int(round(fps)), "video.channels": 3, "has_audio": False}}
-    for name, dtype in (("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
-                        ("index", "int64"), ("task_index", "int64")):
-        features[name] = {"dtype": dtype, "shape": [1], "names": None}
-
-    def fixed(a: np.ndarray) -> pa.Array:
-        return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1), pa.float32()), a.shape[1])
-
-    data = {k: fixed(v) for k, v in columns.items()} | {
-        "timestamp": pa.array(np.arange(n, dtype=np.float32) / np.float32(fps)),
-        "frame_index": pa.array(np.arange(n, dtype=np.int64)), "episode_index": pa.array(np.zeros(n, np.int64)),
-        "index": pa.array(np.arange(n, dtype=np.int64)), "task_index": pa.array(np.zeros(n, np.int64))}
-    (root / "data/chunk-000").mkdir(parents=True)
-    pq.write_table(pa.table(data), root / "data/chunk-000/file-000.parquet")
-    (root / "meta/episodes/chunk-000").mkdir(parents=True)
-    pq.write_table(pa.table({
-        "episode_index": [0], "tasks": [[task]], "length": [n],
-        "data/chunk_index": [0], "data/file_index": [0], "dataset_from_index": [0], "dataset_to_index": [n],
-        f"videos/{LEROBOT_VIDEO_KEY}/chunk_index": [0], f"videos/{LEROBOT_VIDEO_KEY}/file_index": [0],
-        f"videos/{LEROBOT_VIDEO_KEY}/from_timestamp": [0.0], f"videos/{LEROBOT_VIDEO_KEY}/to_timestamp": [n / fps],
-        "meta/episodes/chunk_index": [0], "meta/episodes/file_index": [0]}),
-        root / "meta/episodes/chunk-000/file-000.parquet")
-    pq.write_table(pa.table({"task_index": [0], "task": [task]}), root / "meta/tasks.parquet")
-    stats = {k: {"min": v.min(0).tolist(), "max": v.max(0).tolist(), "mean": v.mean(0).tolist(),
-                 "std": v.std(0).tolist(), "count": [n]} for k, v in columns.items()}
-    (root / "meta/stats.json").write_text(json.dumps(stats))
-    (root / "meta/info.json").write_text(json.dumps({
-        "codebase_version": "v3.0", "robot_type": m.robot_model_id, "total_episodes": 1, "total_frames": n,
-        "total_tasks": 1, "chunks_size": 1000, "data_files_size_in_mb": 100, "video_files_size_in_mb": 500,
-        "fps": int(round(fps)), "splits": {"train": "0:1"},
-        "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
-        "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
-        "features": features}, indent=2))
-    return root
+    return bundle_to_lerobot(bundle, root)
 
 
 def _dir_bytes(root: Path) -> int:
