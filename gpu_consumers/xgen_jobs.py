@@ -20,6 +20,7 @@ Prometheus: ``kibotos_xgen_stage_results_total{stage,outcome,reason_code}`` and
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import tempfile
@@ -33,7 +34,8 @@ from prometheus_client import Counter
 from kibotos.errors import KibotosError, SerializationError, ServiceError
 from kibotos.xgen.config import XGenConfig, load_xgen_config
 from kibotos.xgen.result import XGenError
-from streams.stages import Output, Record, dead_letter, now_ms
+from gpu_consumers.registry import JobSpec, register_job
+from streams.stage import Output, Record, dead_letter, now_ms
 from topics.catalogue import XGEN_STAGES, Catalogue
 
 log = logging.getLogger("kibotos.xgen")
@@ -327,10 +329,11 @@ def _preview(folder: Path, cfg: XGenConfig) -> Path | None:
     return preview.render_clip_preview(folder, cfg=cfg)
 
 
-def build_xgen_stage(stage: str) -> Callable:
-    """``build_stage(settings, catalogue, store) -> XGenStage`` for the job registry."""
+def build_xgen_stage(stage: str, settings, catalogue: Catalogue, store) -> XGenStage:
+    """``build_stage`` of the job registry: the stage with the settings' XGen config."""
+    return XGenStage(stage, catalogue, store, load_xgen_config(settings.xgen_config_path))
 
-    def build(settings, catalogue: Catalogue, store) -> XGenStage:
-        return XGenStage(stage, catalogue, store, load_xgen_config(getattr(settings, "xgen_config_path", None)))
 
-    return build
+for _stage in XGEN_STAGES:
+    register_job(JobSpec(kind=f"xgen_{_stage}", input_topic=Catalogue().xgen_input(_stage).id, family="xgen",
+                         build_stage=functools.partial(build_xgen_stage, _stage)))

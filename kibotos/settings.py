@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     # (KIBOTOS_EVIDENCE_JOBS='[]'): straight from gate E to novelty and the decision.
     evidence_jobs: tuple[str, ...] = ("pose", "ik", "playback", "align", "task")
     gpu_actors_per_kind: int = Field(default=1, ge=1)  # warm Ray actors per job kind per consumer
+    # XGen (the data factory) job kinds the stack's GPU consumers also serve, one per stage
+    # (gpu_consumers/xgen_jobs.py); empty: the stack runs no XGen jobs. Their thresholds:
+    # a versioned YAML file; None = the packaged kibotos/config/xgen.yaml
+    xgen_jobs: tuple[str, ...] = ("xgen_pose", "xgen_retarget", "xgen_interaction", "xgen_augment", "xgen_export")
+    xgen_config_path: Path | None = None
 
     # Logs of every process: one JSON object per line with the submission_id, or text
     log_format: Literal["json", "text"] = "json"

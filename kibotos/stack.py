@@ -209,12 +209,13 @@ class Stack:
             self._add_slot("worker", f"worker-{i}", lambda _, i=i: self._spawn_worker(i))
         self.log(f"workers  {self.workers} gate worker process(es); read API {self.query.url}, "
                  f"Prometheus {self.query.url}/metrics")
-        if self.settings.evidence_jobs:
+        if self.gpu_kinds:
             for i in range(self.gpu_consumers):
                 self._add_slot("gpu", f"gpu-{i}", lambda _, i=i: self._spawn_gpu_consumer(i))
             self.log(f"evidence {self.gpu_consumers} GPU consumer process(es), Ray actors for "
-                     f"{', '.join(self.settings.evidence_jobs)} ({self.settings.gpu_actors_per_kind} per kind)")
-        else:
+                     f"{', '.join(self.settings.evidence_jobs) or 'no evidence job'} and XGen "
+                     f"{', '.join(self.settings.xgen_jobs) or 'none'} ({self.settings.gpu_actors_per_kind} per kind)")
+        if not self.settings.evidence_jobs:
             self.log("evidence none configured (KIBOTOS_EVIDENCE_JOBS=[]): verdicts after gate E")
         self._start_reconciler()
         self._write_state()
@@ -308,8 +309,14 @@ class Stack:
         return self._spawn(f"worker-{index}",
                            ["streams.worker", "--bootstrap", self.bootstrap, "--web-port", str(free_loopback_port())])
 
+    @property
+    def gpu_kinds(self) -> tuple[str, ...]:
+        """The job kinds the GPU consumers serve: the evidence jobs, then XGen's stages."""
+        return tuple(self.settings.evidence_jobs) + tuple(self.settings.xgen_jobs)
+
     def _spawn_gpu_consumer(self, index: int) -> subprocess.Popen:
-        return self._spawn(f"gpu-{index}", ["gpu_consumers.worker", "--bootstrap", self.bootstrap])
+        return self._spawn(f"gpu-{index}", ["gpu_consumers.worker", "--bootstrap", self.bootstrap,
+                                            "--kinds", ",".join(self.gpu_kinds)])
 
     # --- supervision ---------------------------------------------------------------
     def supervise(self) -> list[str]:

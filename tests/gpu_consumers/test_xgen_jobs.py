@@ -84,6 +84,22 @@ def test_every_stage_is_a_job_kind():
                      "xgen.jobs.export"]
 
 
+@pytest.mark.parametrize("kind", JOB_KINDS)
+def test_every_xgen_kind_is_registered_and_builds_its_stage(kind, tmp_path):
+    from gpu_consumers.registry import get_job, job_specs
+    from kibotos.objectstore import store_from_settings
+    from kibotos.settings import Settings
+    from streams.stage import Stage
+
+    assert [s.kind for s in job_specs("xgen")] == list(JOB_KINDS)
+    spec = get_job(kind)
+    settings = Settings(home=tmp_path, object_store_url=(tmp_path / "objects").as_uri())
+    cat = Catalogue.from_settings(settings)
+    stage = spec.build_stage(settings, cat, store_from_settings(settings))
+    assert isinstance(stage, Stage) and stage.inputs == (cat.get(spec.input_topic),) and stage.id == f"job_{kind}"
+    assert set(Settings().xgen_jobs) == set(JOB_KINDS)
+
+
 def test_request_becomes_one_clip_per_variant(tmp_path, small_cfg, keypoints_bytes):
     cat, store, calls = Catalogue("t."), LocalObjectStore(tmp_path / "objects"), []
     rid, first = request_record(cat, store, keypoints_bytes)
