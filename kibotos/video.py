@@ -93,15 +93,33 @@ def probe_video(data: bytes, limits: Limits | None = None) -> VideoProbe:
 
 
 class DecodeBudget:
-    """Per-frame checks while decoding: the decoded frame's size (a stream may switch to a
-    larger resolution than its header declares), frames, pixels, decode wall time and the
-    gate's deadline."""
+    """Checks while decoding, on every packet sent to the decoder and every frame it
+    returns: the decoded frame's size (a stream may switch to a larger resolution than its
+    header declares), frames, pixels, decode wall time and the gate's deadline. The time
+    checks cost well under a microsecond, so they run on every packet and frame: a decoder
+    buffering frames (frame threads) or a stream of huge frames overruns a budget by one
+    packet's or one frame's decode at most, never by a batch of them."""
 
     def __init__(self, limits: Limits | None = None):
         self.limits = limits or active_limits()
         self.t0 = time.monotonic()
         self.frames = 0
+        self.packets = 0
         self.pixels = 0
+
+    def tick(self, where: str = "decoding video") -> None:
+        """The time budgets: this decode's wall time and the gate's deadline."""
+        lim = self.limits
+        elapsed = time.monotonic() - self.t0
+        if elapsed > lim.max_decode_seconds:
+            raise ResourceLimitExceeded("max_decode_seconds", round(elapsed, 1), lim.max_decode_seconds,
+                                        f"decoding took more than {lim.max_decode_seconds} s "
+                                        f"({self.frames} frames, {self.packets} packets)")
+        check_deadline(where)
+
+    def packet(self) -> None:
+        self.packets += 1
+        self.tick()
 
     def frame(self, width: int, height: int) -> None:
         lim = self.limits
@@ -111,13 +129,18 @@ class DecodeBudget:
         check("max_frame_pixels", width * height, lim.max_frame_pixels, "decoded frame pixels")
         check("max_video_frames", self.frames, lim.max_video_frames, "decoded frames")
         check("max_video_total_pixels", self.pixels, lim.max_video_total_pixels, "decoded pixels")
-        elapsed = time.monotonic() - self.t0
-        if elapsed > lim.max_decode_seconds:
-            raise ResourceLimitExceeded("max_decode_seconds", round(elapsed, 1), lim.max_decode_seconds,
-                                        f"decoding took more than {lim.max_decode_seconds} s "
-                                        f"({self.frames} frames)")
-        if self.frames % 16 == 0:
-            check_deadline("decoding video")
+        self.tick()
+
+
+def decode_frames(container, stream, budget: DecodeBudget) -> Iterator:
+    """The frames of ``stream``, packet by packet under ``budget`` (``container.decode``
+    checks nothing between the packets it feeds the decoder). The last, empty packet
+    ``demux`` yields drains the decoder's buffered frames."""
+    for packet in container.demux(stream):
+        budget.packet()
+        for frame in packet.decode():
+            budget.frame(frame.width, frame.height)
+            yield frame
 
 
 @contextmanager
@@ -173,10 +196,9 @@ def decode_luma_widths(data: bytes, widths: Sequence[int], max_frames: int = 100
         sizes = [(tw, max(1, round(h * tw / w))) for tw in (min(width, w) for width in widths)]
         out: list[list[np.ndarray]] = [[] for _ in sizes]
         try:
-            for frame in container.decode(stream):
+            for frame in decode_frames(container, stream, budget):
                 if len(out[0]) >= max_frames:
                     raise BundleError(f"video has more than {max_frames} frames", reason_code="video_too_long")
-                budget.frame(frame.width, frame.height)
                 y = frame.to_ndarray(format="yuv420p")[: frame.height]
                 for frames, size in zip(out, sizes):
                     frames.append(cv2.resize(y, size, interpolation=cv2.INTER_AREA))
@@ -239,8 +261,7 @@ def decode_rgb_frames(data: bytes, indices, seek_gap_frames: int | None = None) 
             while k < len(wanted):
                 if last is None or wanted[k] - last > gap:
                     container.seek(start + int(wanted[k] / fps / tb), stream=stream, backward=True)
-                for frame in container.decode(stream):
-                    budget.frame(frame.width, frame.height)
+                for frame in decode_frames(container, stream, budget):
                     if frame.pts is None:
                         raise BundleError("video frames carry no timestamps", reason_code="video_unreadable")
                     idx = int(round((frame.pts - start) * tb * fps))

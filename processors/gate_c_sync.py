@@ -14,13 +14,21 @@ never changes (a frame held, a blank screen: at most ``static_max_changed_fracti
 the pixels change between any two frames) while the robot's links move in the declared
 camera (p95 ``static_min_image_speed_px_s``) is rejected as ``video_kinematics_mismatch``:
 such a video has no sync confidence, and low confidence must not wave it through.
+
+Decode budget: declared durations that could never overlap enough are refused as
+``insufficient_overlap`` before any frame is decoded, and a stream is decoded no further
+than its declared frame count plus the tolerance (``video_frame_count_mismatch`` past it);
+the decoder checks the time budgets on every packet and frame (``kibotos.video``), and the
+gate's deadline is checked again between its steps.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from kibotos.bundle.limits import check_deadline
 from kibotos.bundle.reader import JOINT_POS, TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES, BundleView
+from kibotos.errors import BundleError
 from kibotos.gate_config import GateCConfig, GateConfig
 from kibotos.camera import project_points
 from kibotos.report import GateResult
@@ -137,10 +145,18 @@ def estimate_offset(
     return float(offset), confidence, {"peak_corr": round(r1, 4), "second_corr": round(r2, 4)}
 
 
-def _video_luma(view: BundleView, cfg: GateCConfig) -> np.ndarray:
+def _video_luma(view: BundleView, cfg: GateCConfig, max_frames: int) -> np.ndarray:
+    """Downsized luma of the primary video; an encoded stream is decoded up to
+    ``max_frames`` (``video_too_long`` past it)."""
     if view.has(VIDEO_ENCODED):
-        return decode_luma(view.read(VIDEO_ENCODED).tobytes(), target_width=cfg.decode_width).frames
+        return decode_luma(view.read(VIDEO_ENCODED).tobytes(), target_width=cfg.decode_width,
+                           max_frames=max_frames).frames
     return luma_from_frames(view.read(VIDEO_FRAMES), target_width=cfg.decode_width)
+
+
+def _frame_slack(frame_count: int, cfg: GateCConfig) -> float:
+    """How far the decoded frame count may be from the declared one."""
+    return max(2, cfg.frame_count_tolerance * frame_count)
 
 
 @register_gate(GATE_ID, letter="c", order=3, title="video/kinematics overlap and sync sanity")
@@ -150,20 +166,41 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
     fps, frame_count = m.video["primary"].fps, m.video["primary"].frame_count
     claimed = float(m.sync.sync_offset_ms_claimed)
     thresholds = cfg.model_dump()
-    luma = _video_luma(view, cfg)
-    decoded = int(luma.shape[0])
-    metrics: dict = {"claimed_offset_ms": claimed, "frame_count_declared": frame_count, "frame_count_decoded": decoded}
-    if abs(decoded - frame_count) > max(2, cfg.frame_count_tolerance * frame_count):
-        return result(GATE_ID, False, metrics, thresholds, "video_frame_count_mismatch")
-    if decoded < 3:
-        return result(GATE_ID, False, metrics, thresholds, "video_too_short")
-
     ts = view.read(TIMESTAMPS).astype(np.int64)
     kin_t = (ts - ts[0]).astype(np.float64)
     kin_duration = float(kin_t[-1])
     video_duration = frame_count / fps * 1000.0
+    metrics: dict = {"claimed_offset_ms": claimed, "frame_count_declared": frame_count}
+    # Budget before decoding: whatever the offset, the overlap is at most the shorter of
+    # the two declared durations, so durations further apart than the overlap bound
+    # allows fail here, before a single frame is decoded (a long video behind a short
+    # episode costs nothing), with the same reason the decoded check would give.
+    bound = min(kin_duration, video_duration) / max(kin_duration, video_duration, 1e-9)
+    if bound < cfg.min_overlap_fraction:
+        metrics |= {"video_duration_ms": round(video_duration, 1), "kin_duration_ms": kin_duration,
+                    "overlap_fraction_bound": round(bound, 4), "decoded": False}
+        return result(GATE_ID, False, metrics, thresholds, "insufficient_overlap")
+    # and no further than the declared frame count allows: a stream longer than it
+    # declares is a mismatch once it passes the tolerance, not a longer decode
+    max_frames = frame_count + int(_frame_slack(frame_count, cfg)) + 1
+    try:
+        luma = _video_luma(view, cfg, max_frames)
+    except BundleError as exc:
+        if exc.reason_code != "video_too_long":
+            raise
+        metrics |= {"frame_count_decoded": max_frames, "decode_stopped_at_frames": max_frames}
+        return result(GATE_ID, False, metrics, thresholds, "video_frame_count_mismatch")
+    decoded = int(luma.shape[0])
+    metrics["frame_count_decoded"] = decoded
+    if abs(decoded - frame_count) > _frame_slack(frame_count, cfg):
+        return result(GATE_ID, False, metrics, thresholds, "video_frame_count_mismatch")
+    if decoded < 3:
+        return result(GATE_ID, False, metrics, thresholds, "video_too_short")
+
+    check_deadline("gate C after decoding")
     vt, energy = video_motion_energy(luma, fps)
     speed = pixel_speed(view, ts, view.read(JOINT_POS).astype(np.float64))
+    check_deadline("gate C after the projected image speed")
     # a still (one frame held) or blank video against a moving robot shows nothing of it;
     # its sync estimate has no confidence, so nothing below would catch it
     metrics["video_max_changed_fraction"] = round(float(energy.max()), 6)
