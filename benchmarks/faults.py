@@ -14,10 +14,13 @@ stack's read API) and the ``verdicts`` topic:
   ones with points and no entry;
 * ``recovery_s``: from the fault until the last verdict arrived.
 
-Faults: SIGKILL of a gate worker, a GPU consumer (``--evidence``: needs Ray), the
-broker, SeaweedFS under it, ``kibotos up`` itself (started again at once); the sink
-and the novelty thread stopped (``pause``: a thread cannot be SIGKILLed) for a moment
-or for ``--sink-down`` seconds.
+Faults: SIGKILL of a gate worker, a GPU consumer (``--evidence``: needs Ray), one Ray
+actor process of the GPU consumer while it runs a job (``ray_actor``: the consumer
+process lives on, its Ray raises for the job, the consumer retries it on a fresh
+actor), the broker, SeaweedFS under it, ``kibotos up`` itself (started again at once);
+the sink and the novelty thread stopped (``pause``: a thread cannot be SIGKILLed) for a
+moment or for ``--sink-down`` seconds. ``hostile_delay`` is not a fault: it measures how
+long other miners' verdicts wait behind hostile bundles (``benchmarks.hostile_delay``).
 """
 
 from __future__ import annotations
@@ -37,7 +40,11 @@ from pathlib import Path
 from infra.tansu import die_with_parent
 from kibotos.errors import ServiceError
 
-SCENARIOS = ("gate_worker", "broker", "broker_store", "up", "sink", "sink_down", "novelty", "gpu_consumer")
+SCENARIOS = ("gate_worker", "broker", "broker_store", "up", "sink", "sink_down", "novelty", "gpu_consumer",
+             "ray_actor", "hostile_delay")
+# a Ray worker process sets its title to ``ray::<actor class>`` and, while it runs a method,
+# ``ray::<actor class>.<method>`` (gpu_consumers.consumer.JobActorImpl.handle)
+RAY_ACTOR_TITLE = b"ray::JobActorImpl"
 
 
 def _kibotos() -> list[str]:
@@ -83,20 +90,63 @@ class UpProcess:
                 self.proc.wait()
 
 
-def _episodes(root: Path, count: int) -> list[Path]:
+def _episodes(root: Path, count: int, first_seed: int = 100, miner: str = "miner-fault") -> list[Path]:
     from kibotos.robots import get_robot, list_robots
     from kibotos.samples import make_episode
 
     robot = get_robot("ur5", dict(list_robots())["ur5"])
-    return [make_episode(robot, "genuine", seed=100 + i, miner_id=f"miner-fault-{i % 3}", duration_ms=3000)
-            .write(root / f"ep{i}.zarr.zip") for i in range(count)]
+    return [make_episode(robot, "genuine", seed=first_seed + i, miner_id=f"{miner}-{i % 3}", duration_ms=3000)
+            .write(root / f"ep{first_seed + i}.zarr.zip") for i in range(count)]
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def ray_actor_pids(root_pid: int, busy: bool = False) -> list[int]:
+    """The job actor processes of the Ray that ``root_pid`` started (its descendants
+    only: other Rays on the machine are not ours); ``busy``: only those running a job."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().split(b"\0", 1)[0]
+        except OSError:
+            continue
+        if not title.startswith(RAY_ACTOR_TITLE) or (busy and not title.endswith(b".handle")):
+            continue
+        pid, hops = int(entry.name), 0
+        while pid and pid > 1 and pid != root_pid and hops < 16:
+            pid, hops = _parent(pid), hops + 1
+        if pid == root_pid:
+            out.append(int(entry.name))
+    return sorted(out)
+
+
+def kill_busy_ray_actor(root_pid: int, timeout_s: float = 240.0) -> int:
+    """SIGKILL one job actor of ``root_pid``'s Ray as soon as one is running a job (mid-job);
+    returns its pid."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        busy = ray_actor_pids(root_pid, busy=True)
+        if busy:
+            os.kill(busy[0], signal.SIGKILL)
+            return busy[0]
+        time.sleep(0.05)
+    raise ServiceError(f"no Ray job actor of process {root_pid} ran a job within {timeout_s:.0f}s")
 
 
 def _fault(name: str, up: UpProcess, settings, sink_down_s: float) -> None:
     from kibotos.stack import request_pause
 
     children = up.state().get("children", {})
-    if name in ("gate_worker", "gpu_consumer", "broker", "broker_store"):
+    if name == "ray_actor":
+        kill_busy_ray_actor(int(children["gpu-0"]))
+    elif name in ("gate_worker", "gpu_consumer", "broker", "broker_store"):
         child = {"gate_worker": "worker-0", "gpu_consumer": "gpu-0", "broker": "broker",
                  "broker_store": "broker-s3"}[name]
         os.kill(int(children[child]), signal.SIGKILL)
@@ -154,7 +204,7 @@ def run_scenario(name: str, episodes: list[Path], root: Path, *, workers: int = 
     home = root / name
     home.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIBOTOS_")}
-    jobs = ["ik"] if evidence or name == "gpu_consumer" else []
+    jobs = ["ik"] if evidence or name in ("gpu_consumer", "ray_actor") else []
     # the novelty stage only where it is the fault: elsewhere its copy verdicts between
     # the generated episodes (revisions, clawbacks) would blur what the fault did
     novelty = name == "novelty"
@@ -214,6 +264,9 @@ def run_scenario(name: str, episodes: list[Path], root: Path, *, workers: int = 
         reemitted = sum(int(m) for m in re.findall(r"reconcile: emitted (\d+) stuck", log_text))
         reemitted += sum(int(m) for m in re.findall(r"(\d+) stuck ones emitted again", log_text))
         restarts = re.findall(r"restarted (.+?) \(restarts so far", log_text)
+        # jobs a GPU consumer retried on a fresh actor (its actor died under it)
+        job_retries = sum(len(re.findall(r"failed \(attempt \d+/\d+\)", p.read_text("utf-8", "replace")))
+                          for p in home.glob("gpu-*.log"))
         accepted = [sid for sid, rep in reports.items() if rep["verdict"] == "accepted" and rep.get("points", 0) > 0]
         return {
             "scenario": name, "submitted": len(sids), "verdicts": len(reports), "lost": len(sids) - len(reports),
@@ -226,7 +279,7 @@ def run_scenario(name: str, episodes: list[Path], root: Path, *, workers: int = 
                                    if abs(balance.get(sid, 0.0) - float(rep.get("points") or 0.0)) > 1e-6),
             "unpaid": sum(1 for sid in accepted if paid.get(sid, 0) == 0),
             "recovery_s": round(recovery_s, 1), "startup_s": round(startup_s, 1),
-            "reemitted_by_reconciler": reemitted, "restarted": restarts,
+            "reemitted_by_reconciler": reemitted, "restarted": restarts, "job_retries": job_retries,
             "verdict_counts": {v: sum(1 for r in reports.values() if r["verdict"] == v)
                                for v in sorted({r["verdict"] for r in reports.values()})},
         }
@@ -245,6 +298,13 @@ def run_faults_bench(scenarios: list[str], submissions: int = 8, *, workers: int
         episodes = _episodes(root / "episodes", submissions)
         results = []
         for name in scenarios:
+            if name == "hostile_delay":
+                from benchmarks.hostile_delay import run_hostile_delay
+
+                results.append(run_hostile_delay(root, workers=workers, genuine=max(2, submissions // 2),
+                                                 timeout_s=timeout_s, progress=progress))
+                progress(json.dumps(results[-1]))
+                continue
             results.append(run_scenario(name, episodes, root, workers=workers, sink_down_s=sink_down_s,
                                         timeout_s=timeout_s, evidence=evidence, progress=progress))
             progress(json.dumps(results[-1]))
