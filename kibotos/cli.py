@@ -468,7 +468,9 @@ def bench_pipeline(
 def bench_faults(
     scenarios: str = typer.Option("gate_worker,broker,broker_store,up,sink,sink_down,novelty",
                                   help="comma-separated: gate_worker, broker, broker_store, up, sink, sink_down, "
-                                       "novelty, gpu_consumer (Ray + IK)"),
+                                       "novelty, gpu_consumer (Ray + IK), ray_actor (one Ray job actor SIGKILLed "
+                                       "mid-job), hostile_delay (other miners' verdict delay behind hostile "
+                                       "bundles, against the gate time budget)"),
     submissions: int = typer.Option(8, min=2, help="episodes per scenario (half before the fault, half after)"),
     workers: int = typer.Option(2, min=1, help="gate worker processes"),
     sink_down: float = typer.Option(60.0, "--sink-down", min=1, help="seconds the sink stays down in sink_down"),
@@ -502,10 +504,20 @@ def bench_faults(
                       str(r["revisions"]), str(r["lost"]), str(r["paid_twice"]), str(r["ledger_mismatch"]),
                       str(r["unpaid"]), f"{r['recovery_s']:g}", f"{r['startup_s']:g}")
     console.print(table)
+    for r in result["results"]:
+        if r["scenario"] == "hostile_delay":
+            console.print(f"hostile_delay: baseline latency {r['baseline_median_s']} s; under attack "
+                          f"{r['latency_under_attack_s']} s; largest delay {r['max_delay_s']} s = "
+                          f"{r['delay_ratio']} x the gate time budget ({r['gate_time_budget_s']:g} s)")
+            for name, h in r["hostile"].items():
+                console.print(f"  {name}: {h['reason_code']} ({h['limit'] or '-'}) at {h['failed_gate']}, "
+                              f"slowest gate {h['slowest_gate_s']} s")
     if json_out:
         console.print(f"wrote {write_json(result, json_out)}")
     if any(r["lost"] or r["paid_twice"] or r["ledger_mismatch"] for r in result["results"]):
         raise typer.Exit(1)
+    if any((r.get("delay_ratio") or 0) > 1 for r in result["results"]):
+        raise typer.Exit(1)  # another miner waited longer than one budget
 
 
 def main() -> None:
