@@ -48,6 +48,11 @@ _DECLARATIONS: tuple[tuple[str, str, str], ...] = (
     ("xgen.progress", "xgen_progress", "request_id"),
     ("xgen.clips", "xgen_clip", "request_id"),
     ("xgen.rejected", "xgen_in_flight", "request_id"),
+    # datasets (streams/dataset_builder.py): what each published version announces; its
+    # attribution payments also go to ledger.entries
+    ("datasets.versions", "dataset_version", "dataset"),
+    ("datasets.episodes", "dataset_episode", "dataset"),
+    ("datasets.attributions", "attribution", "entry_id"),
 )
 
 

@@ -13,6 +13,8 @@ from tests.fixtures.events import EVENT_FACTORIES, ledger_entry, report, submiss
 @pytest.mark.parametrize("topic_id, event", [
     ("submissions.received", "submission_received"), ("verdicts", "verdict"),
     ("ledger.entries", "ledger_entry"), ("dead.letters", "dead_letter"),
+    ("datasets.versions", "dataset_version"), ("datasets.episodes", "dataset_episode"),
+    ("datasets.attributions", "attribution"),
 ])
 def test_rows_have_exactly_the_table_columns(topic_id, event):
     record = {**EVENT_FACTORIES[event](), "schema_version": 1}

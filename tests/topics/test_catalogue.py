@@ -37,6 +37,9 @@ EXPECTED = {
     "xgen.progress": "xgen_progress",
     "xgen.clips": "xgen_clip",
     "xgen.rejected": "xgen_in_flight",
+    "datasets.versions": "dataset_version",
+    "datasets.episodes": "dataset_episode",
+    "datasets.attributions": "attribution",
 }
 
 

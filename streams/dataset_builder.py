@@ -1,0 +1,183 @@
+"""The dataset builder: a stream processor that appends accepted episodes to datasets.
+
+One consumer group per dataset (``<group prefix>-<topic prefix>dataset-<name>``), so a
+dataset created later reads its sources from the beginning while the others resume
+where they committed. Each ``poll_once`` offers the records to the dataset's
+``kibotos.datasets.builder.DatasetBuilder`` (selection by spec, pending spool on disk);
+when a version is due it is published (immutable files) and its events — version,
+changelog episodes, attribution entries and their ledger entries — are produced to the
+topics; only then are the offsets committed. A crash anywhere replays records that are
+already pending or published (skipped by submission id), and a version whose events were
+not all sent is sent again at start (``emitted.json``; same records, same ledger ids).
+
+Sources: ``verdicts`` and, where the catalogue declares it, ``xgen.clips``
+(``available_sources``). Run it as ``python -m streams.dataset_builder`` (every dataset
+in the store, continuously), or ``kibotos datasets build`` (until idle, then publish).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from confluent_kafka import Consumer, KafkaError, KafkaException
+
+from kibotos.datasets.builder import DatasetBuilder, available_sources
+from kibotos.datasets.events import version_events
+from kibotos.datasets.store import DatasetStore
+from kibotos.errors import KibotosError
+from topics.catalogue import Catalogue
+
+log = logging.getLogger(__name__)
+PROCESSOR_ID = "dataset-builder"
+
+
+def group_id(prefix: str, catalogue: Catalogue, name: str) -> str:
+    return f"{prefix}-{catalogue.prefix}dataset-{name}"
+
+
+class DatasetProcessor:
+    """Build one dataset from its source topics."""
+
+    def __init__(self, store: DatasetStore, name: str, catalogue: Catalogue, bootstrap: str, group: str,
+                 producer=None):
+        from kibotos.submit import producer as make_producer
+
+        self.store, self.name, self.catalogue = store, name, catalogue
+        self.builder = DatasetBuilder(store, name)
+        ids = [t.id for t in catalogue.all()]
+        sources = [s for k, s in available_sources(ids).items() if k in self.builder.spec.sources]
+        self._specs = {catalogue.get(s.topic_id).name: catalogue.get(s.topic_id) for s in sources}
+        self.producer = producer or make_producer(bootstrap)
+        self.outcomes: dict[str, int] = {}
+        self.published: list[dict] = []
+        self.undecodable = 0
+        self._consumer = Consumer({
+            "bootstrap.servers": bootstrap, "group.id": group, "client.id": f"{PROCESSOR_ID}-{name}",
+            "auto.offset.reset": "earliest", "enable.auto.commit": False,
+            "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000})
+        self._consumer.subscribe(list(self._specs))
+        self.emit_unsent()
+
+    def emit_unsent(self) -> int:
+        """Send the events of every published version not yet sent; returns how many."""
+        sent = 0
+        for v in self.store.versions(self.name):
+            if v > self.store.emitted(self.name):
+                self._emit(v)
+                sent += 1
+        return sent
+
+    def _emit(self, version: int) -> None:
+        for topic_id, record in version_events(self.store, self.name, version):
+            spec = self.catalogue.get(topic_id)
+            self.producer.produce(spec.name, key=spec.key(record), value=spec.serialize(record))
+            self.producer.poll(0)
+        if self.producer.flush(30) != 0:
+            raise KibotosError(f"{PROCESSOR_ID}: events of {self.name} v{version} not delivered",
+                               reason_code="broker_unavailable")
+        self.store.mark_emitted(self.name, version)
+
+    def poll_once(self, timeout: float = 0.5, batch: int = 500) -> int:
+        """Consume a batch, offer it, publish if due; returns the records handled."""
+        messages = self._consumer.consume(num_messages=batch, timeout=timeout)
+        n = 0
+        for m in messages:
+            if m.error() is not None:
+                if m.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("%s: consumer error: %s", PROCESSOR_ID, m.error().str())
+                continue
+            spec = self._specs[m.topic()]
+            try:
+                outcome = self.builder.offer(spec.id, spec.deserialize(m.value()))
+            except (KibotosError, KeyError, TypeError, ValueError) as exc:
+                # the sink dead-letters the same record; here it is simply not an episode
+                self.undecodable += 1
+                log.warning("%s: skipping %s[%d]@%d: %s", PROCESSOR_ID, m.topic(), m.partition(), m.offset(), exc)
+                outcome = "undecodable"
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+            n += 1
+        if self.builder.due():
+            self.publish()
+        elif n:
+            self._commit()  # pending episodes are on disk: their records need not come again
+        return n
+
+    def publish(self) -> dict | None:
+        info = self.builder.publish()
+        if info is not None:
+            self._emit(info["version"])
+            self.published.append(info)
+        self._commit()
+        return info
+
+    def _commit(self) -> None:
+        try:
+            self._consumer.commit(asynchronous=False)
+        except KafkaException as exc:  # nothing to commit yet, or a rebalance: records come again, harmlessly
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("%s: commit failed: %s", PROCESSOR_ID, exc.args[0].str())
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def build_until_idle(store: DatasetStore, name: str, catalogue: Catalogue, bootstrap: str, group: str,
+                     idle_s: float = 3.0, timeout_s: float = 300.0) -> DatasetProcessor:
+    """Consume until no record came for ``idle_s`` (after the first one, or ``timeout_s``),
+    then publish what is pending. Returns the processor (its ``published`` versions)."""
+    proc = DatasetProcessor(store, name, catalogue, bootstrap, group)
+    try:
+        deadline = time.monotonic() + timeout_s
+        seen = False
+        last = time.monotonic()
+        while time.monotonic() < deadline:
+            if proc.poll_once(timeout=0.5):
+                seen, last = True, time.monotonic()
+            elif time.monotonic() - last > (idle_s if seen else max(idle_s, 8.0)):
+                break  # a fresh group needs a few seconds to join before its first record
+        proc.publish()
+    finally:
+        proc.close()
+    return proc
+
+
+def run(store: DatasetStore, catalogue: Catalogue, bootstrap: str, prefix: str, stop: threading.Event,
+        rescan_s: float = 10.0) -> None:
+    """Every dataset of the store, polled in turn, until ``stop``; new datasets are picked
+    up every ``rescan_s``."""
+    procs: dict[str, DatasetProcessor] = {}
+    scanned = 0.0
+    try:
+        while not stop.is_set():
+            if time.monotonic() - scanned > rescan_s:
+                scanned = time.monotonic()
+                for name in store.names():
+                    if name not in procs:
+                        procs[name] = DatasetProcessor(store, name, catalogue, bootstrap,
+                                                       group_id(prefix, catalogue, name))
+                        log.info("%s: building %s", PROCESSOR_ID, name)
+            if not procs:
+                stop.wait(1.0)
+            for proc in procs.values():
+                proc.poll_once(timeout=0.2)
+    finally:
+        for proc in procs.values():
+            proc.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m streams.dataset_builder``: build every dataset under
+    ``<KIBOTOS_HOME>/datasets`` continuously."""
+    from kibotos.process import process_parser, start_process
+
+    parser = process_parser("Dataset builder: accepted episodes into versioned datasets")
+    proc = start_process(parser, argv)
+    settings = proc.settings
+    store = DatasetStore(settings.home / "datasets")
+    run(store, Catalogue.from_settings(settings), proc.bootstrap, settings.consumer_group_prefix, proc.stop)
+
+
+if __name__ == "__main__":
+    main()
