@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
 import unicodedata
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kibotos.errors import BundleError
 
@@ -44,6 +46,75 @@ def _printable(name: str) -> str:
 
 Name = Annotated[str, AfterValidator(_printable)]
 
+# Semantic Versioning 2.0.0 (semver.org's reference pattern): MAJOR.MINOR.PATCH, optional
+# -pre-release and +build, no leading zeros
+_SEMVER = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$")
+
+
+def _semver(value: str) -> str:
+    if not _SEMVER.match(value):
+        raise ValueError(f"not a semantic version (MAJOR.MINOR.PATCH): {value[:40]!r}")
+    return value
+
+
+def _iso8601(value: str) -> str:
+    """An ISO 8601 date-time with a time zone (a submission's creation time must be an
+    instant, not a wall-clock time of an unknown zone)."""
+    if len(value) > 64 or "T" not in value.upper():
+        raise ValueError(f"not an ISO 8601 date-time: {value[:40]!r}")
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 date-time: {value[:40]!r}") from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"ISO 8601 date-time without a time zone (add Z or +00:00): {value[:40]!r}")
+    return value
+
+
+SemVer = Annotated[str, AfterValidator(_semver)]
+IsoDateTime = Annotated[str, AfterValidator(_iso8601)]
+
+# §2 allows camera parameters "as JSON or array". The array forms, normalized to the object
+# form at parse time so every consumer reads one shape:
+#   intrinsics: [fx, fy, cx, cy, width, height, distortion...]   (6 + up to 16 numbers)
+#   extrinsics: 4x4 nested rows, 16 numbers row-major, or {"rotation": 3x3, "translation": [3]}
+INTRINSICS_ARRAY_ORDER = ("fx", "fy", "cx", "cy", "width", "height")
+
+
+def _intrinsics_from_array(value: Any) -> Any:
+    if not isinstance(value, list):
+        return value
+    if value and all(isinstance(row, list) for row in value):
+        raise ValueError("a 3x3 intrinsic matrix does not carry the image size: give "
+                         "[fx, fy, cx, cy, width, height, distortion...] or an object")
+    if len(value) < len(INTRINSICS_ARRAY_ORDER):
+        raise ValueError("intrinsics array is [fx, fy, cx, cy, width, height, distortion...]: "
+                         f"got {len(value)} numbers")
+    out: dict[str, Any] = dict(zip(INTRINSICS_ARRAY_ORDER, value))
+    for key in ("width", "height"):  # 640.0 from a numeric array is an image size of 640
+        if isinstance(out[key], float) and out[key].is_integer():
+            out[key] = int(out[key])
+    if len(value) > len(INTRINSICS_ARRAY_ORDER):
+        out["distortion"] = value[len(INTRINSICS_ARRAY_ORDER):]
+    return out
+
+
+def _extrinsics_from_any(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) != {"rotation", "translation"}:
+            raise ValueError("extrinsics object is {rotation: 3x3, translation: [x, y, z]}")
+        rot, trans = value["rotation"], value["translation"]
+        if (not isinstance(rot, list) or len(rot) != 3 or any(not isinstance(r, list) or len(r) != 3 for r in rot)
+                or not isinstance(trans, list) or len(trans) != 3):
+            raise ValueError("extrinsics object is {rotation: 3x3, translation: [x, y, z]}")
+        return [[*rot[i], trans[i]] for i in range(3)] + [[0.0, 0.0, 0.0, 1.0]]
+    if isinstance(value, list) and len(value) == 16 and not any(isinstance(v, list) for v in value):
+        return [value[4 * i:4 * i + 4] for i in range(4)]
+    return value
+
 
 def _range(key: str) -> dict:
     lo, hi = RANGES[key]
@@ -79,6 +150,17 @@ class Camera(_Model):
     intrinsics: Intrinsics
     extrinsics: list[list[MatrixEntry]]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _array_forms(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            value = dict(value)
+            if "intrinsics" in value:
+                value["intrinsics"] = _intrinsics_from_array(value["intrinsics"])
+            if "extrinsics" in value:
+                value["extrinsics"] = _extrinsics_from_any(value["extrinsics"])
+        return value
+
     @field_validator("extrinsics")
     @classmethod
     def _four_by_four(cls, value: list[list[float]]) -> list[list[float]]:
@@ -105,12 +187,12 @@ class Task(_Model):
 
 
 class Manifest(_Model):
-    schema_version: str
-    bundle_version: str
+    schema_version: SemVer
+    bundle_version: SemVer
     submission_id: uuid.UUID
     episode_id: uuid.UUID
     miner_id: str = Field(min_length=1, max_length=128)
-    created_at: str
+    created_at: IsoDateTime
     robot_model_id: str
     robot_model_revision: str
     joint_names: list[Name] = Field(min_length=1, max_length=256)
