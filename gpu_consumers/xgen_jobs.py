@@ -84,6 +84,8 @@ class XGenStage:
         self.store = store
         self.cfg = cfg
         self.quality = quality or judge_and_preview
+        if stage == "export" and quality is None:
+            _warm_quality()  # the verifier's imports (~6 s) happen while the actor starts, not in the first job
         self.input = catalogue.xgen_input(stage)
         i = XGEN_STAGES.index(stage)
         self.next = catalogue.get("xgen.clips") if stage == "export" else catalogue.xgen_input(XGEN_STAGES[i + 1])
@@ -319,6 +321,14 @@ def judge_and_preview(folder: Path, cfg: XGenConfig) -> Judgement:
     files["preview"] = _preview(folder, cfg)
     return Judgement(passed=res.passed, verdict=res.verdict, score=res.score, reason_code=res.reason_code,
                      details={"report": res.report, "metrics": res.metrics}, files=files)
+
+
+def _warm_quality() -> None:
+    import gpu_consumers.ik  # noqa: F401
+    import kibotos.scoring  # noqa: F401
+    import kibotos.tasks  # noqa: F401
+    import kibotos.xgen.quality  # noqa: F401
+    import processors.chain  # noqa: F401
 
 
 def _preview(folder: Path, cfg: XGenConfig) -> Path | None:

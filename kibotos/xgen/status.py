@@ -53,7 +53,10 @@ def summarize(req: dict[str, Any], stages: list[dict[str, Any]], clips: list[dic
     failed = next((whole[s] for s in REQUEST_STAGES if s in whole and not whole[s]["passed"]), None)
     counts = [r["clip_count"] for r in stages if r.get("clip_count")]
     clip_count = max(counts) if counts else None
-    exported = {r["clip_index"] for r in stages if r["stage"] == "export" and r["clip_index"] >= 0}
+    # a clip is finished once its row is in, or its export job refused it; an export
+    # progress row alone is not enough (the clip's row may land in a later sink batch)
+    exported = {c["clip_index"] for c in clips} | {
+        r["clip_index"] for r in stages if r["stage"] == "export" and r["clip_index"] >= 0 and not r["passed"]}
     done_stages = sum(1 for s in REQUEST_STAGES if s in whole and whole[s]["passed"])
     verified = sum(1 for c in clips if c["verified"])
     if failed is not None:
@@ -76,6 +79,7 @@ def summarize(req: dict[str, Any], stages: list[dict[str, Any]], clips: list[dic
         "requested_at": iso_ms(_ms(requested_at)) if requested_at is not None else None,
         "state": state, "progress": round(progress, 4), "current_stage": current,
         "failed_stage": failed["stage"] if failed else None, "reason_code": failed["reason_code"] if failed else None,
-        "clip_count": clip_count, "clips_exported": len(exported), "clips_verified": verified,
+        "clip_count": clip_count, "clips_exported": len(clips), "clips_finished": len(exported),
+        "clips_verified": verified,
         "stages": stages, "clips": clips,
     }
