@@ -101,6 +101,7 @@ class DatasetProcessor:
         if self.builder.due():
             self.publish()
         elif n:
+            self.builder.sync()
             self._commit()  # pending episodes are on disk: their records need not come again
         return n
 

@@ -79,7 +79,7 @@ class DatasetBuilder:
         reason = self.spec.reject_reason(ep)
         if reason:
             return self._skip(reason)
-        self.store.add_pending(self.name, [ep])
+        self.store.add_pending(self.name, [ep], sync=False)
         self.known.add(ep.submission_id)
         self._mark_pending()
         return "added"
@@ -92,6 +92,10 @@ class DatasetBuilder:
         self.pending += 1
         if self.oldest_pending_at is None:
             self.oldest_pending_at = self.clock()
+
+    def sync(self) -> None:
+        """Make the spooled episodes durable (before their records' offsets are committed)."""
+        self.store.sync_pending(self.name)
 
     def due(self) -> bool:
         cad = self.store.cfg.builder

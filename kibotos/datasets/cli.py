@@ -238,3 +238,28 @@ def attribution_cmd(target: str = typer.Argument(..., help="NAME, NAME@vN or pol
         t.add_row(r["miner_id"], str(r["episodes"]), f"{r['score_sum']:.3f}", f"{100 * r['share']:.1f}%",
                   f"{r['attribution_points']:.3f}")
     _out.print(t)
+
+
+def bench_export_cmd(episodes: int = typer.Option(1000, "--episodes", min=1, help="episodes in the version"),
+                     pool: int = typer.Option(6, "--pool", min=1, help="distinct sample bundles the episodes share"),
+                     fmt: list[str] = typer.Option(["lerobot", "humanx"], "--format"),
+                     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the result here")) -> None:
+    """Publishing and exporting a dataset version vs reading the same bundles: episodes/s,
+    the export/read ratio, and peak memory growth at N and N/10 episodes (streaming).
+
+    Example: kibotos bench export --episodes 10000 --json benchmarks/results/export.json
+    """
+    from benchmarks.export import run_export_bench, write_json
+
+    res = run_export_bench(episodes, pool, tuple(fmt), progress=lambda m: _err.print(f"[dim]{m}[/dim]"))
+    t = Table(title=f"dataset export, {episodes} episodes over {pool} bundles ({res['machine'].get('cpus')} CPUs)")
+    for c in ("stage", "episodes", "wall s", "episodes/s", "peak RSS growth MB"):
+        t.add_column(c)
+    for name, s in res["stages"].items():
+        t.add_row(name, str(s["episodes"]), f"{s['wall_s']:.2f}", f"{s['episodes_per_s']:.1f}",
+                  f"{s['peak_rss_growth_mb']:.1f}")
+    _out.print(t)
+    for k, v in res["ratios"].items():
+        _out.print(f"{k}: {v}x")
+    if json_out:
+        _out.print(f"wrote {write_json(res, json_out)}")

@@ -166,12 +166,25 @@ class DatasetStore:
 
     # --- pending -------------------------------------------------------------------------
 
-    def add_pending(self, name: str, episodes: list[Episode]) -> None:
+    def add_pending(self, name: str, episodes: list[Episode], sync: bool = True) -> None:
+        """Append to the spool; ``sync=False`` leaves the fsync to ``sync_pending`` (the
+        stream processor syncs once per batch, before it commits the batch's offsets)."""
         with open(self.dir(name) / "pending.jsonl", "a", encoding="utf-8") as f:
             for ep in episodes:
                 f.write(ep.to_line() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+
+    def sync_pending(self, name: str) -> None:
+        for fname in ("pending.jsonl", "pending_removals.jsonl"):
+            path = self.dir(name) / fname
+            if path.exists():
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
 
     def add_removals(self, name: str, submission_ids: list[str]) -> None:
         with open(self.dir(name) / "pending_removals.jsonl", "a", encoding="utf-8") as f:
