@@ -17,7 +17,8 @@ stack's read API) and the ``verdicts`` topic:
 Faults: SIGKILL of a gate worker, a GPU consumer (``--evidence``: needs Ray), one Ray
 actor process of the GPU consumer while it runs a job (``ray_actor``: the consumer
 process lives on, its Ray raises for the job, the consumer retries it on a fresh
-actor), the broker, SeaweedFS under it, ``kibotos up`` itself (started again at once);
+actor), the broker, SeaweedFS under it, ``kibotos up`` itself (SIGKILL, or SIGTERM in
+``up_term``: a clean stop with submissions in flight; started again at once);
 the sink and the novelty thread stopped (``pause``: a thread cannot be SIGKILLed) for a
 moment or for ``--sink-down`` seconds. ``hostile_delay`` is not a fault: it measures how
 long other miners' verdicts wait behind hostile bundles (``benchmarks.hostile_delay``).
@@ -40,8 +41,8 @@ from pathlib import Path
 from infra.tansu import die_with_parent
 from kibotos.errors import ServiceError
 
-SCENARIOS = ("gate_worker", "broker", "broker_store", "up", "sink", "sink_down", "novelty", "gpu_consumer",
-             "ray_actor", "hostile_delay")
+SCENARIOS = ("gate_worker", "broker", "broker_store", "up", "up_term", "sink", "sink_down", "novelty",
+             "gpu_consumer", "ray_actor", "hostile_delay")
 # a Ray worker process sets its title to ``ray::<actor class>`` and, while it runs a method,
 # ``ray::<actor class>.<method>`` (gpu_consumers.consumer.JobActorImpl.handle)
 RAY_ACTOR_TITLE = b"ray::JobActorImpl"
@@ -150,9 +151,9 @@ def _fault(name: str, up: UpProcess, settings, sink_down_s: float) -> None:
         child = {"gate_worker": "worker-0", "gpu_consumer": "gpu-0", "broker": "broker",
                  "broker_store": "broker-s3"}[name]
         os.kill(int(children[child]), signal.SIGKILL)
-    elif name == "up":
-        up.proc.send_signal(signal.SIGKILL)
-        up.proc.wait(30)
+    elif name in ("up", "up_term"):  # SIGKILL, or the SIGTERM of a user's Ctrl-C / service stop
+        up.proc.send_signal(signal.SIGKILL if name == "up" else signal.SIGTERM)
+        up.proc.wait(120)
         up.start()
     elif name in ("sink", "novelty"):
         request_pause(settings, name, 1.0)
