@@ -300,9 +300,35 @@ def _object_names(view: BundleView) -> list[str]:
     return sorted(names)
 
 
+def rides_with_link(link_pose: np.ndarray, obj_pose: np.ndarray, cfg: IKConfig) -> dict | None:
+    """Is an object stream the link's own path plus a constant offset (made from the joints)?
+
+    A real object rests while the hand approaches it and after it lets go, so its pose in
+    the link frame changes by the hand's travel; only while grasped is it rigid there. A
+    stream whose pose in the link frame stays within ``derived_max_spread_m`` (p95 distance
+    from the median) on every frame inside the kinematics while the link travels at least
+    ``derived_min_link_travel_m`` follows the joints everywhere: it cannot be told from
+    ``FK(joints) ∘ offset`` plus noise, so it is no independent target. ``link_pose`` and
+    ``obj_pose`` (N, 4, 4) are on the same frames. Returns the evidence, or None."""
+    link_pos = link_pose[:, :3, 3]
+    travel = float(np.percentile(np.linalg.norm(link_pos - np.median(link_pos, axis=0), axis=1), 95))
+    if len(obj_pose) < 2 or travel < cfg.derived_min_link_travel_m:
+        return None
+    rel = np.einsum("nji,nj->ni", link_pose[:, :3, :3], obj_pose[:, :3, 3] - link_pos)  # object in the link frame
+    spread = float(np.percentile(np.linalg.norm(rel - np.median(rel, axis=0), axis=1), 95))
+    if spread > cfg.derived_max_spread_m:
+        return None
+    return {"link_travel_m": round(travel, 4), "object_in_link_spread_m": round(spread, 5),
+            "max_spread_m": cfg.derived_max_spread_m}
+
+
 def object_targets(view: BundleView, robot: RobotModel, kin_t: np.ndarray, cfg: IKConfig,
-                   chain_ok) -> tuple[list[Target], list[dict]]:
-    """Targets from grasped objects, and notes on every object stream that gave none."""
+                   chain_ok, link_poses=None) -> tuple[list[Target], list[dict]]:
+    """Targets from grasped objects, and notes on every object stream that gave none.
+
+    ``link_poses(link, t_ms) -> (N, 4, 4)``: forward kinematics of the submitted joints at
+    kinematic times, used only to refuse a stream that rides with the link on every frame
+    (``rides_with_link``; note ``derived_from_joints``) — never to build a target."""
     targets, notes = [], []
     for name in _object_names(view):
         base = f"objects/{name}"
@@ -334,8 +360,14 @@ def object_targets(view: BundleView, robot: RobotModel, kin_t: np.ndarray, cfg: 
         if not _valid_quaternions(offset[None]):
             notes.append(note | {"unused": "grasp offset is not a finite unit quaternion pose"})
             continue
-        grasped, how = _grasped_frames(view, grasp.link, t, kin_t, pose[:, :3], cfg)
         inside = (t >= kin_t[0]) & (t <= kin_t[-1])
+        if link_poses is not None and inside.sum() >= 2:
+            derived = rides_with_link(link_poses(grasp.link, t[inside]), pose7_to_matrix(pose[inside]), cfg)
+            if derived is not None:
+                notes.append(note | {"unused": f"rides with {grasp.link} on every frame: made from the joints, "
+                                               "not an independent measurement", "derived_from_joints": derived})
+                continue
+        grasped, how = _grasped_frames(view, grasp.link, t, kin_t, pose[:, :3], cfg)
         use = grasped & inside
         if not use.any():
             notes.append(note | {"unused": f"no grasped frame within the kinematics ({how})"})
@@ -368,6 +400,119 @@ def waypoint_targets(view: BundleView, kin_t: np.ndarray, chain_ok) -> tuple[lis
         targets.append(Target("task.waypoints", link, np.array([w.t_ms for w in sel]), pose7_to_matrix(poses),
                               {"waypoints": len(sel)}))
     return targets, notes
+
+
+# --- option 2: the end-effector path the pose estimator sees -----------------------------
+
+HAND_KEYPOINTS = ("left_wrist", "right_wrist")
+
+
+def fit_hand_to_end_effector(hand_px: np.ndarray, ee_px: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """``ee ≈ a * hand + c`` by least squares with one scale ``a >= 0`` and an offset ``c``
+    (the person-to-robot scale and where each stands are unknown; the direction of every
+    move is not): ``(a, c, residual_px (N,))``. A hand that does not move, or moves against
+    the end effector, gets ``a = 0``: the residual is then the end effector's whole path."""
+    h = hand_px - hand_px.mean(axis=0)
+    e = ee_px - ee_px.mean(axis=0)
+    var = float((h**2).sum())
+    a = max(0.0, float((h * e).sum()) / var) if var > 1e-9 else 0.0
+    c = ee_px.mean(axis=0) - a * hand_px.mean(axis=0)
+    return a, c, np.linalg.norm(ee_px - (a * hand_px + c), axis=1)
+
+
+def pose_target(view: BundleView, config: GateConfig, robot: RobotModel, kin_t: np.ndarray, q_sub: np.ndarray,
+                solver: IKSolver, estimator) -> tuple[dict | None, dict | None]:
+    """Design §5.3 option 2 — the end-effector path derived from pose estimation, for a
+    video of a human demonstrator: ``(metrics, None)`` or ``(None, note)`` when it gives
+    no target.
+
+    The estimator's wrist (the more confidently seen of the two, on sampled frames where
+    its confidence is at least gate F's ``frame_confidence``) is the demonstrator's hand.
+    The submitted joints' end effector is drawn through the declared camera at the same
+    instants (video time to kinematic time by the claimed sync offset, which gate C has
+    held to its estimate) and related to the hand by one scale and one offset
+    (``fit_hand_to_end_effector``): a retargeted trajectory follows the hand's path up to
+    the person-to-robot scale. The per-frame residual, in pixels, becomes metres at the end
+    effector's depth (``residual_px * z / fx``): an error across the line of sight; depth is
+    unobservable in one view, and so is orientation. With two end effectors the one the
+    hand explains better is judged (a choice between two, not a fit)."""
+    from gpu_consumers.gate_f_pose import sample_indices, sampled_rgb_chunks
+    from gpu_consumers.pose import concat_tracks
+    from kibotos.camera import project_points
+
+    m = view.manifest
+    cfg_f, cfg = config.gate_f, config.for_robot(*robot.key).ik
+    if m.video["primary"].subject != "human":
+        return None, {"source": "pose_estimate", "unused": "the video shows the robot, not a demonstrator"}
+    if estimator is None:
+        return None, {"source": "pose_estimate", "unused": "no pose estimator"}
+    video = m.video["primary"]
+    stride, _ = sample_indices(video.frame_count, video.fps, cfg_f)
+    pieces, indices, size = [], [], None
+    for frames, idx, size in sampled_rgb_chunks(view, stride, cfg_f.max_decode_side):
+        pieces.append(estimator.estimate(frames))
+        indices.append(idx)
+    if not pieces:
+        return None, {"source": "pose_estimate", "unused": "no decodable video frame"}
+    track = concat_tracks(pieces)
+    frame_idx = np.concatenate(indices)
+    names = list(track.keypoint_names)
+    width, height = size
+    scale = np.array([width / track.image_size[0], height / track.image_size[1]])
+    seen = {k: track.present & (track.confidence[:, names.index(k)] >= cfg_f.frame_confidence)
+            for k in HAND_KEYPOINTS if k in names}
+    if not seen:
+        return None, {"source": "pose_estimate", "unused": f"{estimator.name} has no wrist keypoints"}
+    hand = max(seen, key=lambda k: int(seen[k].sum()))
+    kin_ms = frame_idx * 1000.0 / video.fps - float(m.sync.sync_offset_ms_claimed) + kin_t[0]
+    use = seen[hand] & (kin_ms >= kin_t[0]) & (kin_ms <= kin_t[-1])
+    if use.sum() < cfg.min_target_frames:
+        return None, {"source": "pose_estimate",
+                      "unused": f"the demonstrator's wrist is seen confidently on {int(use.sum())} sampled frames "
+                                f"< {cfg.min_target_frames}"}
+    hand_px = track.keypoints_px[use, names.index(hand)].astype(np.float64) * scale
+    cam = m.camera["primary"]
+    intr = cam.intrinsics.model_dump()
+    sx, sy = width / cam.intrinsics.width, height / cam.intrinsics.height
+    intr = {**intr, "fx": intr["fx"] * sx, "cx": intr["cx"] * sx, "fy": intr["fy"] * sy, "cy": intr["cy"] * sy}
+    cam_to_world = np.asarray(cam.extrinsics, dtype=np.float64)
+    world_to_cam = np.linalg.inv(cam_to_world)
+    q_at = _interp_joints(kin_t, q_sub, kin_ms[use])
+    best = None
+    for link in robot.end_effector_links:
+        try:
+            ee = solver.chain(link).link_poses(q_at)[:, :3, 3]
+        except ValueError:
+            continue
+        depth = ee @ world_to_cam[2, :3] + world_to_cam[2, 3]
+        if np.any(depth <= 1e-3):
+            continue  # behind the camera: the declared camera cannot have seen it
+        ee_px = project_points(ee, intr, cam_to_world)
+        a, _, res_px = fit_hand_to_end_effector(hand_px, ee_px)
+        res_m = res_px * depth / intr["fx"]
+        rms = float(np.sqrt(np.mean(res_m**2)))
+        if best is None or rms < best["rms_pos_error_m"]:
+            best = {"link": link, "rms_pos_error_m": round(rms, 6), "peak_pos_error_m": round(float(res_m.max()), 6),
+                    "residual_px": {"rms": round(float(np.sqrt(np.mean(res_px**2))), 3),
+                                    "max": round(float(res_px.max()), 3)},
+                    "hand_to_robot_scale": round(a, 4), "end_effector_path_px": round(float(np.linalg.norm(
+                        ee_px - ee_px.mean(axis=0), axis=1).max()), 3)}
+    if best is None:
+        return None, {"source": "pose_estimate", "unused": "no end-effector link in front of the declared camera"}
+    return best | {"hand_keypoint": hand, "frames": int(use.sum()), "estimator": estimator.version,
+                   "sync_offset_ms": float(m.sync.sync_offset_ms_claimed)}, None
+
+
+_DEFAULT_ESTIMATOR: list = []
+
+
+def _default_pose_estimator():
+    """The registry's MediaPipe estimator, built once per process on the first human video."""
+    if not _DEFAULT_ESTIMATOR:
+        from gpu_consumers.pose import get_pose_estimator
+
+        _DEFAULT_ESTIMATOR.append(get_pose_estimator("mediapipe"))
+    return _DEFAULT_ESTIMATOR[0]
 
 
 # --- the stage ---------------------------------------------------------------------------
@@ -445,8 +590,31 @@ def _retargeted_joints(robot: RobotModel, solver: "IKSolver") -> np.ndarray:
     return np.array(sorted(idx), dtype=np.int64) if idx else np.arange(robot.dof)
 
 
-def check_ik(view: BundleView, config: GateConfig, solver: IKSolver) -> GateResult:
-    """The IK residual stage on one bundle with a warm ``solver`` for its robot."""
+def _pose_verdict(pose: dict, notes: list, trajectory: dict, cfg: IKConfig, thresholds: dict,
+                  flags: list[str]) -> GateResult:
+    """The IK residual verdict on a pose-derived target: position only (one view sees no
+    orientation), the same limits (RMS 8 cm, peak 12 cm), ``s_retarget`` its position term."""
+    rms, peak = pose["rms_pos_error_m"], pose["peak_pos_error_m"]
+    metrics = {"applicable": True, "target_source": "pose_estimate", "targets": [pose | {"source": "pose_estimate"}],
+               "target_frames": pose["frames"], "rms_pos_error_m": rms, "peak_pos_error_m": peak,
+               "orientation_error_deg": None, "ik_feasibility": None,
+               "s_retarget": round(1.0 / (1.0 + (rms / cfg.confidence_scale_pos_m) ** 2), 4), "trajectory": trajectory}
+    if notes:
+        metrics["unused_streams"] = notes
+    failed = [code for code, over in (("ik_rms_exceeded", rms > cfg.max_rms_pos_error_m),
+                                      ("ik_peak_exceeded", peak > cfg.max_peak_pos_error_m)) if over]
+    metrics["failed_checks"] = failed
+    flags = flags + ["ik_target_from_pose"]
+    if failed:
+        return result(GATE_ID, False, metrics, thresholds, failed[0], flags=flags)
+    return result(GATE_ID, True, metrics, thresholds, flags=flags)
+
+
+def check_ik(view: BundleView, config: GateConfig, solver: IKSolver, pose_estimator=None) -> GateResult:
+    """The IK residual stage on one bundle with a warm ``solver`` for its robot.
+
+    ``pose_estimator``: for option 2 (a human video without object or waypoint target);
+    ``None`` builds the registry's MediaPipe estimator once, when first needed."""
     m = view.manifest
     robot = solver.robot
     if (m.robot_model_id, m.robot_model_revision) != robot.key:
@@ -477,19 +645,32 @@ def check_ik(view: BundleView, config: GateConfig, solver: IKSolver) -> GateResu
         return True
 
     trajectory = trajectory_quality(kin_t, q_sub, robot, _retargeted_joints(robot, solver), config)
-    targets, notes = object_targets(view, robot, kin_t, cfg, chain_ok)
+
+    def link_poses(link: str, t_ms: np.ndarray) -> np.ndarray:
+        return solver.chain(link).link_poses(_interp_joints(kin_t, q_sub, t_ms))
+
+    targets, notes = object_targets(view, robot, kin_t, cfg, chain_ok, link_poses)
+    flags: list[str] = []
+    if any("derived_from_joints" in n for n in notes):
+        flags.append("ik_object_derived_from_joints")
     source = "object_grasp" if targets else None
     if not targets:
         targets, more = waypoint_targets(view, kin_t, chain_ok)
         notes += more
         source = "task_waypoints" if targets else None
     n_frames = sum(len(t.t_ms) for t in targets)
+    if not targets and view.manifest.video["primary"].subject == "human":
+        pose, note = pose_target(view, config, robot, kin_t, q_sub, solver,
+                                 pose_estimator if pose_estimator is not None else _default_pose_estimator())
+        if pose is not None:
+            return _pose_verdict(pose, notes, trajectory, cfg, thresholds, flags)
+        notes.append(note)
     if not targets or n_frames < cfg.min_target_frames:
         why = "no object grasp or task waypoints independent of the joints" if not targets else \
             f"{n_frames} target frames < {cfg.min_target_frames}"
         return result(GATE_ID, True, {"applicable": False, "target_source": source, "reason": why,
                                       "unused_streams": notes, "s_retarget": None, "trajectory": trajectory},
-                      thresholds, flags=["ik_no_independent_target"])
+                      thresholds, flags=flags + ["ik_no_independent_target"])
 
     sub_pos, sub_rot, ik_pos, ik_rot, dist, per_target = [], [], [], [], [], []
     solve_ms, iterations = 0.0, 0
@@ -511,7 +692,6 @@ def check_ik(view: BundleView, config: GateConfig, solver: IKSolver) -> GateResu
     feas = _stats(np.concatenate(ik_pos), np.concatenate(ik_rot), cfg)
     d = np.concatenate([x.ravel() for x in dist])
     score = s_retarget(sub["rms_pos_error_m"], sub["orientation_error_deg"]["mean"], cfg)
-    flags = []
     if sub["rms_pos_error_m"] < cfg.exact_match_floor_m:
         flags.append("ik_target_matches_joints")
         score = min(score, 0.5)

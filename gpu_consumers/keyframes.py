@@ -6,9 +6,14 @@ simulation and compared with the real video:
 * ``uniform`` — evenly spaced over the overlap of video and kinematics (baseline coverage);
 * ``motion_peak`` — local maxima of the joint speed, at least ``min_peak_gap_ms`` apart,
   strongest first (high-activity moments);
-* ``phase_boundary`` — task-phase boundaries given by the caller, or, when none are given,
-  the transitions between moving and still segments of the joint speed (key events:
-  a grasp or a release usually happens where the arm stops or starts).
+* ``phase_boundary`` — task-phase boundaries given by the caller (the playback job passes
+  the transitions of the bundle's contact streams and the declared task's phase events,
+  ``gpu_consumers.playback.task_phase_boundaries``), or, when it has none, the transitions
+  between moving and still segments of the joint speed (a grasp or a release usually
+  happens where the arm stops or starts).
+
+The counts (``n_uniform``, ``n_peaks``, ``min_peak_gap_ms``, ``max_phase_boundaries``) come
+from the versioned gate config (``keyframes`` in ``kibotos/config/gates.yaml``).
 
 Every keyframe is a video frame index: kinematic time ``t`` maps to video time
 ``(t - ts_ms[0]) + sync_offset_ms`` (the bundle's sync convention), and frame ``i`` shows
@@ -26,6 +31,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+
+from kibotos.gate_config import KeyframeConfig, load_config
 
 Strategy = Literal["uniform", "motion_peak", "phase_boundary"]
 # dedup priority: the first strategy listed wins a frame chosen by several
@@ -159,11 +166,12 @@ def select_keyframes(
     video_frame_count: int,
     sync_offset_ms: float,
     *,
-    n_uniform: int = 6,
-    n_peaks: int = 4,
+    config: KeyframeConfig | None = None,
+    n_uniform: int | None = None,
+    n_peaks: int | None = None,
     phase_boundaries_ms: np.ndarray | list[float] | None = None,
-    min_peak_gap_ms: float = 500.0,
-    max_phase_boundaries: int = 8,
+    min_peak_gap_ms: float | None = None,
+    max_phase_boundaries: int | None = None,
     params: MotionParams = MotionParams(),
 ) -> list[Keyframe]:
     """The keyframes of one episode, sorted by video frame index.
@@ -172,6 +180,8 @@ def select_keyframes(
     :param joint_pos: (T, J) joint positions.
     :param video_fps: frame rate of the video; ``video_frame_count`` its number of frames.
     :param sync_offset_ms: video time of kinematic time ``ts_ms[0]`` (``t_video = t_kin + offset``).
+    :param config: the counts below (default: the packaged gate config's ``keyframes``);
+        an explicit keyword overrides its field.
     :param n_uniform: evenly spaced frames over the overlap, both ends included.
     :param n_peaks: motion-peak frames (fewer when the episode has fewer distinct peaks).
     :param phase_boundaries_ms: task-phase boundaries in the time base of ``ts_ms``; when
@@ -181,6 +191,11 @@ def select_keyframes(
     :returns: deduplicated keyframes, every index in ``[0, video_frame_count)``; empty when
         video and kinematics do not overlap.
     """
+    cfg = config or load_config().keyframes
+    n_uniform = cfg.n_uniform if n_uniform is None else n_uniform
+    n_peaks = cfg.n_peaks if n_peaks is None else n_peaks
+    min_peak_gap_ms = cfg.min_peak_gap_ms if min_peak_gap_ms is None else min_peak_gap_ms
+    max_phase_boundaries = cfg.max_phase_boundaries if max_phase_boundaries is None else max_phase_boundaries
     ts = np.asarray(ts_ms, dtype=np.float64).ravel()
     if ts.size == 0 or video_frame_count <= 0 or not video_fps > 0:
         return []

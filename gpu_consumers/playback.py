@@ -61,8 +61,10 @@ import cv2
 import numpy as np
 
 from gpu_consumers.keyframes import STRATEGIES, Keyframe, select_keyframes
+from kibotos.bundle.kinematics import METHOD as JOINT_VEL_METHOD, joint_velocity, npy_bytes
 from kibotos.bundle.reader import JOINT_POS, TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES, BundleView
-from kibotos.errors import KibotosError, ServiceError
+from kibotos.errors import BundleError, KibotosError, ServiceError
+from kibotos.gate_config import KeyframeConfig, load_config
 from kibotos.report import GateResult
 from kibotos.robots import RobotModel, get_robot
 from kibotos.video import decode_rgb_frames
@@ -397,15 +399,69 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> list[float | None]:
     return [round(float(n) / float(d), 4) if d > 0 else None for n, d in zip(num, den)]
 
 
+def _transition_times(t_ms: np.ndarray, on: np.ndarray) -> np.ndarray:
+    """Kinematic times halfway between the samples where ``on`` switches."""
+    change = np.flatnonzero(on[1:] != on[:-1]) + 1
+    return (t_ms[change - 1] + t_ms[change]) / 2.0
+
+
+def task_phase_boundaries(view: BundleView) -> tuple[np.ndarray | None, dict[str, int]]:
+    """The bundle's task-phase boundaries on the kinematic clock, and how many each source gave:
+
+    * ``contacts/<link>`` — every switch of a contact stream (grasp made, grasp released), on
+      the kinematics' timestamps or on those of the object stream of the same length;
+    * ``task:<phase>`` — the phase events of the declared task (``kibotos.tasks``: grasp,
+      lift, hold, carry, place, release) that the bundle's evidence shows.
+
+    ``(None, {})`` when the bundle has neither: the keyframes fall back to move/pause
+    transitions of the joint speed."""
+    from kibotos.tasks import evaluate_task
+    from kibotos.tasks.objects import read_tracks
+
+    kin_t = view.read(TIMESTAMPS).astype(np.float64)
+    times: list[np.ndarray] = []
+    sources: dict[str, int] = {}
+    tracks, _ = read_tracks(view)
+    clocks = [kin_t] + [t.t_ms for t in tracks]
+    for info in view.arrays():
+        parts = info.path.split("/")
+        if len(parts) != 2 or parts[0] != "contacts" or len(info.shape) != 1:
+            continue
+        c = view.read(info.path)
+        if not (np.issubdtype(c.dtype, np.number) or c.dtype == bool) or not np.all(np.isfinite(c)):
+            continue
+        clock = next((t for t in clocks if t.shape[0] == c.shape[0]), None)
+        if clock is None:
+            continue
+        found = _transition_times(clock, c.astype(bool))
+        if found.size:
+            times.append(found)
+            sources[info.path] = int(found.size)
+    try:
+        task = evaluate_task(view)
+    except BundleError:  # gates A-E judged the streams; no task events from a stream they refused
+        task = None
+    if task is not None and task.metrics.get("applicable"):
+        for phase in task.metrics.get("phases") or []:
+            if phase.get("t_ms") is not None:
+                times.append(np.array([float(phase["t_ms"])]))
+                sources[f"task:{phase['name']}"] = 1
+    if not times:
+        return None, {}
+    return np.unique(np.concatenate(times)), sources
+
+
 def run_playback(view: BundleView, sync_offset_ms: float, renderer: PlaybackRenderer, store,
-                 key_prefix: str) -> GateResult:
+                 key_prefix: str, *, keyframe_config: KeyframeConfig | None = None) -> GateResult:
     """Replay one bundle in Genesis at its keyframes and store the real/sim frame pairs.
 
     :param sync_offset_ms: the offset keyframes are aligned with (``t_video = t_kin + offset``).
     :param renderer: a warm renderer (the bundle's robot scene is built on first use).
     :param store: object store with ``put_bytes(data, key)``; pairs land at
         ``<key_prefix>/<frame>-real.png`` and ``<key_prefix>/<frame>-sim.png`` (same keys on
-        a redelivery: storing is idempotent).
+        a redelivery: storing is idempotent). A bundle without ``kinematics/joint_vel`` also
+        gets the validator's estimate at ``<key_prefix>/joint_vel_computed.npy`` (design §12).
+    :param keyframe_config: the keyframe counts (default: the packaged gate config's).
     :returns: gate ``playback``; fails only when the model cannot be replayed
         (``playback_failed``) or renders nothing in any keyframe (``playback_empty_render``).
         Overlap scores are informational.
@@ -413,14 +469,22 @@ def run_playback(view: BundleView, sync_offset_ms: float, renderer: PlaybackRend
     t_start = time.perf_counter()
     m = view.manifest
     video, camera = m.video["primary"], m.camera["primary"]
-    thresholds: dict[str, Any] = {"n_uniform": 6, "n_peaks": 4, "foreground_level": FOREGROUND_LEVEL,
+    kf_cfg = keyframe_config or load_config().keyframes
+    thresholds: dict[str, Any] = {**kf_cfg.model_dump(), "foreground_level": FOREGROUND_LEVEL,
                                   "render_size": [renderer.width, renderer.height]}
     metrics: dict[str, Any] = {"sync_offset_ms": round(float(sync_offset_ms), 3),
                                "robot": f"{m.robot_model_id}@{m.robot_model_revision}"}
     ts = view.read(TIMESTAMPS).astype(np.float64)
     q = view.read(JOINT_POS).astype(np.float64)
+    vel = joint_velocity(view)
+    if vel.source == "computed":  # design §12: computed, stored, flagged (gate A flags it)
+        ref = store.put_bytes(npy_bytes(vel.values), f"{key_prefix}/joint_vel_computed.npy")
+        metrics |= {"joint_vel_computed_uri": ref.uri, "joint_vel_method": JOINT_VEL_METHOD}
+    bounds_ms, bound_sources = task_phase_boundaries(view)
+    metrics["phase_boundaries_from"] = "task_evidence" if bound_sources else "joint_speed_move_pause"
+    metrics["phase_boundary_sources"] = bound_sources
     keyframes: list[Keyframe] = select_keyframes(ts, q, video.fps, video.frame_count, sync_offset_ms,
-                                                 n_uniform=thresholds["n_uniform"], n_peaks=thresholds["n_peaks"])
+                                                 config=kf_cfg, phase_boundaries_ms=bounds_ms)
     metrics["keyframe_indices"] = [k.video_frame_index for k in keyframes]
     metrics["keyframe_strategies"] = {s: sum(k.strategy == s for k in keyframes) for s in STRATEGIES}
     if not keyframes:

@@ -6,7 +6,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from kibotos.bundle.limits import Limits
 from kibotos.config_files import read_yaml, validate
@@ -86,10 +86,15 @@ class GateFConfig(_Frozen):
     reprojection_min_points: int
     max_mean_reprojection_px_720p: float
     max_p95_reprojection_px_720p: float
+    # False for an estimator whose 3D output is not a metric fit of its own 2D output: its
+    # reprojection error is reported and scored (S_pose), never a hard reject
+    reprojection_gated: bool = True
+    # S_pose: reprojection error at which its term is 0.5 (None: max_mean_reprojection_px_720p)
+    reprojection_soft_scale_px_720p: float | None = None
     jitter_scale_px_720p: float  # S_pose: jitter at which the jitter term is 0.5
-    # per-estimator calibration: threshold values that replace the defaults above for
-    # one estimator (its measured floor), keyed by registry name
-    estimators: dict[str, dict[str, float]] = {}
+    # per-estimator calibration: values that replace the defaults above for one estimator,
+    # keyed by registry name
+    estimators: dict[str, dict[str, float | bool]] = {}
 
     def for_estimator(self, name: str) -> "GateFConfig":
         """These thresholds with the calibration of estimator ``name`` merged in."""
@@ -113,6 +118,10 @@ class IKConfig(_Frozen):
     confidence_scale_pos_m: float  # S_retarget position term is 0.5 at this RMS error
     confidence_scale_rot_deg: float  # ... orientation term is 0.5 at this mean error
     exact_match_floor_m: float  # below this RMS the target cannot be an independent measurement
+    # an object stream riding with its grasp link on every frame (within this spread while the
+    # link travels at least that far) is made from the joints: no independent target
+    derived_max_spread_m: float = Field(gt=0)
+    derived_min_link_travel_m: float = Field(gt=0)
     grasp_speed_m_s: float  # grasp inferred from object motion: object speed above this
     grasp_smoothing_ms: float
     rotation_weight_m_per_rad: float  # solver: 1 rad of orientation error weighs like this many metres
@@ -121,6 +130,15 @@ class IKConfig(_Frozen):
     damping: float
     smoothness_weight: float
     max_step_rad: float
+
+
+class KeyframeConfig(_Frozen):
+    """Playback keyframes (design §6): how many of each strategy (gpu_consumers.keyframes)."""
+
+    n_uniform: int = Field(ge=0)
+    n_peaks: int = Field(ge=0)
+    min_peak_gap_ms: float = Field(ge=0)
+    max_phase_boundaries: int = Field(ge=0)
 
 
 class GateConfig(_Frozen):
@@ -132,6 +150,7 @@ class GateConfig(_Frozen):
     gate_e: GateEConfig
     gate_f: GateFConfig
     ik: IKConfig
+    keyframes: KeyframeConfig
     limits: Limits = Limits()  # resource budgets per submission (kibotos.bundle.limits)
     robots: dict[str, dict[str, dict[str, Any]]] = {}
 

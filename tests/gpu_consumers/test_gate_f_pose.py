@@ -93,8 +93,14 @@ def test_confident_person_passes(bundles, estimator, photo):
     assert m["mean_keypoint_confidence"] >= cfg.min_mean_confidence
     assert m["confident_frame_fraction"] >= cfg.min_confident_frame_fraction
     assert m["missing_fraction"] == 0.0 and m["max_dropout_ms"] == 0.0
-    assert 0 < m["mean_reprojection_px_720p"] <= m["p95_reprojection_px_720p"] <= cfg.max_p95_reprojection_px_720p
+    assert 0 < m["mean_reprojection_px_720p"] <= m["p95_reprojection_px_720p"]
     assert m["reprojection_frames"] >= 20
+    # the design's limits stand; MediaPipe's 3D is no metric fit of its 2D, so its floor
+    # (above them) is reported and scored, never gated under other limits
+    assert (cfg.max_mean_reprojection_px_720p, cfg.max_p95_reprojection_px_720p) == (5.0, 8.0)
+    assert cfg.reprojection_gated is False and "pose_reprojection_not_gated" in res.flags
+    assert m["reprojection_within_design_limits"] is (m["mean_reprojection_px_720p"] <= 5.0
+                                                      and m["p95_reprojection_px_720p"] <= 8.0)
     assert 0.0 < m["s_pose"] <= 1.0 and m["jitter_px_720p"] is not None
     # the face and shoulders are what a portrait shows: confidently
     assert min(m["keypoint_confidence"][k] for k in ("nose", "left_shoulder", "right_shoulder")) > 0.9
@@ -170,8 +176,9 @@ def test_scrambled_stretch_is_missing_frames_and_a_dropout(bundles, estimator):
 @pytest.mark.parametrize("update, reason", [
     ({"min_mean_confidence": 0.95}, "pose_low_confidence"),
     ({"min_confident_frame_fraction": 1.01}, "pose_low_confidence"),
-    # the design's 5 / 8 px without MediaPipe's calibrated floor
+    # an estimator gated at the design's 5 / 8 px (MediaPipe's regressed 3D is not)
     ({"estimators": {}}, "pose_reprojection_error"),
+    ({"estimators": {"mediapipe": {"reprojection_gated": True}}}, "pose_reprojection_error"),
 ])
 def test_tighter_thresholds_from_config_fail_the_good_video(bundles, estimator, update, reason):
     res, _ = _check(bundles("grace_hopper"), estimator, _gate_f(**update))

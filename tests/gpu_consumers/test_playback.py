@@ -20,8 +20,10 @@ import pytest
 from gpu_consumers.keyframes import select_keyframes
 from gpu_consumers.playback import (
     GATE_ID, PlaybackRenderer, genesis_camera_pose, joints_at, pinhole_warp, resolved_urdf, run_playback,
-    scaled_intrinsics,
+    scaled_intrinsics, task_phase_boundaries,
 )
+from kibotos.bundle.kinematics import computed_joint_velocity
+from kibotos.gate_config import load_config
 from kibotos.bundle import open_bundle
 from kibotos.camera import look_at, project_points
 from kibotos.errors import KibotosError
@@ -216,9 +218,13 @@ def test_run_playback_stores_pairs_and_reports_keyframes(panda_renderer, samples
     res, store = _run(panda_renderer, samples.path(PANDA), ep.true_offset_ms, tmp_path / "store")
     assert res.gate == GATE_ID and res.passed and res.reason_code is None, res.metrics
     m = res.metrics
+    with open_bundle(samples.path(PANDA)) as view:
+        bounds, sources = task_phase_boundaries(view)
     expected = select_keyframes(ep.timestamps_ms, ep.joint_pos, 30.0, ep.manifest["video"]["primary"]["frame_count"],
-                                ep.true_offset_ms)
+                                ep.true_offset_ms, phase_boundaries_ms=bounds)
     assert m["keyframe_indices"] == [k.video_frame_index for k in expected]
+    assert m["phase_boundary_sources"] == sources
+    assert res.thresholds["n_uniform"] == load_config().keyframes.n_uniform
     assert [e["strategy"] for e in m["keyframes"]] == [k.strategy for k in expected]
     assert m["keyframe_strategies"]["uniform"] == 6 and m["keyframe_strategies"]["motion_peak"] >= 1
     assert m["keyframe_strategies"]["phase_boundary"] >= 1
@@ -257,3 +263,49 @@ def test_run_playback_unknown_joint_is_playback_failed(panda_renderer, samples, 
     res, _ = _run(panda_renderer, path, ep.true_offset_ms, tmp_path / "store")
     assert not res.passed and res.reason_code == "playback_failed"
     assert "not_a_panda_joint" in res.metrics["error"]
+
+
+def test_task_phase_boundaries_come_from_contacts_and_task_phases(samples):
+    """The sample episodes carry a contact stream and a declared task: keyframes land on the
+    grasp and the release, and on the task's phase events (design §6)."""
+    ep = samples.episode(PANDA)
+    contact_paths = [k for k in ep.extra_arrays if k.startswith("contacts/")]
+    assert contact_paths and ep.manifest.get("task")
+    with open_bundle(samples.path(PANDA)) as view:
+        bounds, sources = task_phase_boundaries(view)
+    on = ep.extra_arrays[contact_paths[0]].astype(bool)
+    obj_t = next(v for k, v in ep.extra_arrays.items() if k.endswith("/timestamps_ms")).astype(np.float64)
+    switch = np.flatnonzero(on[1:] != on[:-1]) + 1
+    assert sources[contact_paths[0]] == switch.size >= 2  # grasp made, grasp released
+    for i in switch:
+        assert np.min(np.abs(bounds - (obj_t[i - 1] + obj_t[i]) / 2)) < 1e-6
+    assert any(k.startswith("task:") for k in sources)
+
+
+def test_task_phase_boundaries_fall_back_when_the_bundle_has_none(samples, tmp_path):
+    ep = samples.episode(PANDA)
+    bare = replace(ep, extra_arrays={}, manifest={k: v for k, v in ep.manifest.items() if k != "task"})
+    with open_bundle(bare.write(tmp_path / "bare.zarr.zip")) as view:
+        assert task_phase_boundaries(view) == (None, {})
+
+
+def test_computed_joint_velocity_is_the_derivative_on_the_real_timestamps():
+    t = np.cumsum(np.r_[0, np.full(99, 20.0)])
+    t[50:] += 7.0  # an uneven step: the real timestamps count, not a nominal rate
+    q = np.stack([np.sin(t / 1000.0), 0.5 * (t / 1000.0) ** 2], axis=1)
+    v = computed_joint_velocity(t, q)
+    assert v.dtype == np.float32 and v.shape == q.shape
+    truth = np.stack([np.cos(t / 1000.0), t / 1000.0], axis=1)
+    assert np.abs(v[1:-1] - truth[1:-1]).max() < 0.01
+    assert not computed_joint_velocity(np.array([0.0, 0.0, 1.0]), np.zeros((3, 2))).any()  # no derivative
+
+
+def test_run_playback_stores_the_computed_joint_velocity(panda_renderer, samples, tmp_path):
+    ep = samples.episode(PANDA)
+    no_vel = replace(ep, joint_vel=None).write(tmp_path / "novel.zarr.zip")
+    res, store = _run(panda_renderer, no_vel, ep.true_offset_ms, tmp_path / "store")
+    assert res.passed, res.metrics
+    stored = np.load(store.local_path(res.metrics["joint_vel_computed_uri"]), allow_pickle=False)
+    assert np.array_equal(stored, computed_joint_velocity(ep.timestamps_ms, ep.joint_pos))
+    with_vel, _ = _run(panda_renderer, samples.path(PANDA), ep.true_offset_ms, tmp_path / "store2")
+    assert "joint_vel_computed_uri" not in with_vel.metrics  # a submitted stream is not replaced
