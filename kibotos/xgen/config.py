@@ -66,6 +66,10 @@ class InteractionConfig(_Frozen):
     max_face_distance_m: float = Field(gt=0)
     gravity_m_s2: float = Field(gt=0)
     default_mass_kg: float = Field(gt=0)
+    # the rigid grasp (``interaction.grasp_in_box``) and how the refine reaches it
+    grasp_wrist_pitch_deg: float = Field(default=-50.0, ge=-90, le=90)
+    grasp_orientation_cost: float = Field(default=5.0, ge=0)
+    refine_blend_s: float = Field(default=0.3, ge=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> "InteractionConfig":
@@ -102,6 +106,7 @@ class QualityConfig(_Frozen):
     require_task_complete: bool = True  # every task predicate passed, phases in order
     video_width: int = Field(default=320, ge=64, le=1920)  # the bundle's rendered video
     video_height: int = Field(default=240, ge=48, le=1080)
+    video_fps: float = Field(default=10.0, gt=0, le=120)  # at most the clip's rate
 
 
 class XGenConfig(_Frozen):

@@ -28,7 +28,7 @@ from kibotos import __version__ as kibotos_version
 from kibotos.xgen import g1
 from kibotos.xgen.augment import Variant
 from kibotos.xgen.config import XGenConfig
-from kibotos.xgen.interaction import CONTACT_PAIRS
+from kibotos.xgen.interaction import CONTACT_PAIRS, grasp_in_box
 from kibotos.xgen.phases import PHASES
 from kibotos.xgen.result import StageResult, run_stage
 
@@ -68,6 +68,15 @@ def clip_arrays(variant: Variant, dtype: str) -> dict[str, np.ndarray]:
             "contact_graph": c.contact.astype(np.uint8), "phase": c.phase.astype(np.int8)}
 
 
+def grasp_poses(anchors: np.ndarray, cfg: XGenConfig) -> dict[str, list[float]]:
+    out = {}
+    for side, mat in zip(g1.SIDES, grasp_in_box(np.asarray(anchors, float), cfg.interaction)):
+        quat = np.empty(4)
+        mujoco.mju_mat2Quat(quat, np.ascontiguousarray(mat[:3, :3]).reshape(9))
+        out[f"{side}_wrist_yaw_link"] = [round(float(v), 9) for v in (*mat[:3, 3], *quat)]
+    return out
+
+
 def export(req: ExportRequest, cfg: XGenConfig) -> tuple[list[Path], dict]:
     paths = []
     for i, variant in enumerate(req.variants, start=req.first_index):
@@ -84,7 +93,9 @@ def export(req: ExportRequest, cfg: XGenConfig) -> tuple[list[Path], dict]:
             "joint_names": list(g1.joint_names()), "task_id": req.task_id, "task_version": req.task_version,
             "annotation": req.annotation, "augmentation": variant.params,
             "object": {"kind": "box", "size_m": [float(v) for v in c.box_size], "mass_kg": c.mass_kg,
-                       "anchors_box_frame_m": c.anchors.tolist()},
+                       "anchors_box_frame_m": c.anchors.tolist(),
+                       # the rigid grasp: each wrist link's pose [x,y,z,qw,qx,qy,qz] in the box frame
+                       "grasp": grasp_poses(c.anchors, cfg)},
             "phases": list(PHASES), "contact_pairs": ["-".join(p) for p in CONTACT_PAIRS],
             "hold_frames": {"start": c.hold.start, "lift": c.hold.lift, "carry": c.hold.carry,
                             "place": c.hold.place, "end": c.hold.end},

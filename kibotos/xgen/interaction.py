@@ -255,14 +255,53 @@ def anchors_for(size: np.ndarray) -> np.ndarray:
     return np.array([[0.0, size[1] / 2, 0.0], [0.0, -size[1] / 2, 0.0]])
 
 
+def grasp_in_box(anchors: np.ndarray, cfg: InteractionConfig) -> np.ndarray:
+    """(2, 4, 4) pose of the left and right wrist links (``*_wrist_yaw_link``) in the box
+    frame while held: the rigid grasp the refine holds. Each palm centre sits on its anchor
+    with its normal into the face (the link's y axis along the box's y); the fingers point
+    along the box's x axis pitched down by ``-grasp_wrist_pitch_deg`` about that y axis.
+    The same rule for both hands, so a mirrored clip keeps it."""
+    a = np.radians(cfg.grasp_wrist_pitch_deg)
+    rot = np.array([[np.cos(a), 0.0, -np.sin(a)], [0.0, 1.0, 0.0], [np.sin(a), 0.0, np.cos(a)]])
+    out = np.tile(np.eye(4), (2, 1, 1))
+    for k, side in enumerate(g1.SIDES):
+        out[k, :3, :3] = rot
+        out[k, :3, 3] = anchors[k] - rot @ np.array(g1.PALM_OFFSET[side])
+    return out
+
+
+def _blend(original: np.ndarray, refined: np.ndarray, first: int, last: int, n_blend: int) -> np.ndarray:
+    """``refined`` (corrections on frames first..last) with the correction at each end
+    faded in before ``first`` and out after ``last`` over ``n_blend`` frames (cosine ramp):
+    the hands reach for the faces and leave them without a jump. The refine turns the root
+    only slightly, so its quaternion correction is added and renormalised."""
+    out = refined.copy()
+    if n_blend < 1:
+        return out
+    for edge, frames in ((first, range(first - 1, max(first - n_blend, 0) - 1, -1)),
+                         (last, range(last + 1, min(last + n_blend, len(original) - 1) + 1))):
+        delta = refined[edge] - original[edge]
+        for k, t in enumerate(frames, start=1):
+            w = 0.5 * (1.0 + np.cos(np.pi * k / (n_blend + 1)))
+            row = original[t] + w * delta
+            # the root turn the refine made at the edge (a small one), added on the sphere
+            row[3:7] /= np.linalg.norm(row[3:7])
+            out[t] = row
+    return out
+
+
 def refine(qpos: np.ndarray, box: np.ndarray, anchors: np.ndarray, frames: range, cfg: InteractionConfig,
            fps: float) -> np.ndarray:
-    """Force-closure refine: palms onto their anchors, palm normals opposing the face
-    normals, feet held where they are, the pelvis and the rest near the retargeted pose."""
+    """Force-closure refine: each wrist onto its rigid grasp in the box frame
+    (``grasp_in_box``: palm on its anchor, palm normal opposing the face normal, a fixed
+    wrist orientation — a hand does not turn on the box it carries), feet held where they
+    are, the pelvis and the rest near the retargeted pose. The correction fades in and out
+    over ``refine_blend_s`` around ``frames`` (no jump where the hold starts or ends)."""
     m = g1.model()
     config = mink.Configuration(m)
-    palm_tasks = [mink.FrameTask(f"{s}_palm", "site", position_cost=50.0, orientation_cost=0.0) for s in g1.SIDES]
-    # only the palm normal is constrained (rotation about it stays free for the reach)
+    palm_tasks = [mink.FrameTask(f"{s}_palm", "site", position_cost=50.0, orientation_cost=cfg.grasp_orientation_cost)
+                  for s in g1.SIDES]
+    # the palm normal, weighted above the rest of the orientation: force closure needs it
     normal_tasks = [mink.AxisAlignTask(f"{s}_palm", "site", axis=g1.PALM_NORMAL[s], cost=2.0) for s in g1.SIDES]
     # feet stay where they are; the pelvis may give a little (a lower box needs a deeper squat)
     hold_tasks = [mink.FrameTask(name, "body", position_cost=cost, orientation_cost=cost)
@@ -270,22 +309,45 @@ def refine(qpos: np.ndarray, box: np.ndarray, anchors: np.ndarray, frames: range
     posture = mink.PostureTask(m, cost=0.5)
     limits = [mink.ConfigurationLimit(m)]
     tasks = [*palm_tasks, *normal_tasks, *hold_tasks, posture]
+    grasp = grasp_in_box(anchors, cfg)
     out = qpos.copy()
     dt = 1.0 / fps
+    previous = None
     for t in frames:
         config.update(qpos[t])
         for task in hold_tasks:
             task.set_target(config.get_transform_frame_to_world(task.frame_name, "body"))
         posture.set_target(qpos[t])
+        if previous is not None:
+            # warm start: this frame's pose plus the previous frame's correction, so an
+            # unconverged solve does not alternate between neighbouring frames (jerk)
+            warm = qpos[t] + (out[previous] - qpos[previous])
+            warm[3:7] /= np.linalg.norm(warm[3:7])
+            config.update(warm)
+        previous = t
         rot = _mat(box[t, 3:])
         for k, task in enumerate(palm_tasks):
-            task.set_target(mink.SE3.from_translation(box[t, :3] + rot @ anchors[k]))
+            # the palm site shares the wrist link's orientation
+            task.set_target(mink.SE3.from_rotation_and_translation(mink.SO3.from_matrix(rot @ grasp[k, :3, :3]),
+                                                                    box[t, :3] + rot @ anchors[k]))
             # the palm faces into the box: opposite to its face's outward normal
             normal_tasks[k].set_target(-rot @ (anchors[k] / np.linalg.norm(anchors[k])))
         for _ in range(cfg.refine_iterations):
             vel = mink.solve_ik(config, tasks, dt, solver="daqp", damping=1e-2, limits=limits)
             config.integrate_inplace(vel, dt)
         out[t] = config.q
+    if len(frames):
+        n_blend = int(round(cfg.refine_blend_s * fps))
+        out = _blend(qpos, out, frames[0], frames[-1], n_blend)
+        # a faded correction is not a solved one: put the lowest sole point back where the
+        # retargeted pose had it (on the floor), as the retarget stage does for every frame
+        ramp = [t for t in range(max(frames[0] - n_blend, 0), min(frames[-1] + n_blend, len(qpos) - 1) + 1)
+                if t not in frames]
+        if ramp:
+            kin = g1.Kin()
+            before = kin.sole_points(qpos[ramp])[..., 2].min(axis=(1, 2))
+            after = kin.sole_points(out[ramp])[..., 2].min(axis=(1, 2))
+            out[ramp, 2] += before - after
     return out
 
 

@@ -27,9 +27,13 @@ move in it.
   without it fall back to the palm anchor with the wrist's orientation at first contact;
 * ``contacts/left_wrist_yaw_link``, ``contacts/right_wrist_yaw_link`` from the clip's
   contact graph (palm-box columns);
-* ``manifest.task``: ``cargo_pickup`` with ``waypoints`` for the right wrist (the box pose
-  composed with its declared grasp on the frames it touches the box), so the IK residual
-  checks both hands, each against the object stream.
+* ``manifest.task``: ``cargo_pickup``.
+
+**Both hands.** A bundle's object stream declares one grasping link, and the IK residual
+job takes its targets from it. The check runs the job twice — on the bundle (left wrist)
+and on the same bundle seen with the stream's grasp declared for the right wrist (the
+offset recorded in the stream's ``xgen_grasps`` attribute) — and keeps the worse result,
+with both hands' targets listed (``ik_residual.metrics.hands``).
 
 **Passing** (the clip may join a dataset): the verifier accepts it (every gate and the IK
 and task stages pass), the task checklist is complete (``quality.require_task_complete``)
@@ -253,6 +257,10 @@ def render_clip_video(qpos: np.ndarray, box: np.ndarray, box_size: np.ndarray, f
     try:
         mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, context)
         scene = mujoco.MjvScene(m, maxgeom=2000)
+        # software GL here: shadows and reflections cost most of a frame and tell the
+        # verifier nothing
+        for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX):
+            scene.flags[flag] = 0
         option, perturb = mujoco.MjvOption(), mujoco.MjvPerturb()
         viewport = mujoco.MjrRect(0, 0, width, height)
         floor = _checker_floor(mujoco)
@@ -291,7 +299,8 @@ def _checker_floor(mujoco):
     return add
 
 
-def clip_bundle(clip_dir: Path, out_path: Path, *, width: int = 320, height: int = 240) -> Path:
+def clip_bundle(clip_dir: Path, out_path: Path, *, width: int = 320, height: int = 240,
+                video_fps: float = 10.0) -> Path:
     """Write the clip as a submission bundle at ``out_path`` (module docstring)."""
     from kibotos.bundle.manifest import SCHEMA_VERSION
     from kibotos.bundle.writer import write_bundle
@@ -309,15 +318,15 @@ def clip_bundle(clip_dir: Path, out_path: Path, *, width: int = 320, height: int
     robot_names = _floating_joint_names()
     grasps = [grasp_in_box(arrays, meta, side) for side in (0, 1)]
     box_mats = np.array([_pose_mat(p) for p in box])
-    # right wrist: task waypoints on its contact frames (at most ~120, evenly spread)
-    right = np.flatnonzero(contact[:, 1])
-    right = right[np.unique(np.linspace(0, len(right) - 1, min(len(right), 120)).round().astype(int))] \
-        if right.size else right
-    waypoints = [{"t_ms": int(ts[t]), "link": GRASP_LINKS[1],
-                  "pose": [round(float(v), 7) for v in _pose7(box_mats[t] @ grasps[1])]} for t in right]
     fovy = 45.0
     intrinsics, cam_to_world, free = camera_for(qpos, box, width, height, fovy)
-    frames = render_clip_video(qpos, box, np.asarray(meta["object"]["size_m"], float), free, width, height)
+    # the video at its own rate (software GL renders the G1's meshes at ~5 frames/s here);
+    # video frame k shows kinematic frame round(k fps / video_fps), on the same clock
+    video_fps = min(float(video_fps), fps)
+    n_video = int(np.floor((n - 1) / fps * video_fps + 1e-9)) + 1
+    shown = np.clip(np.round(np.arange(n_video) * fps / video_fps).astype(int), 0, n - 1)
+    frames = render_clip_video(qpos[shown], box[shown], np.asarray(meta["object"]["size_m"], float), free, width,
+                               height)
     clip_id = str(meta.get("clip_id") or clip_dir.name)
     digest = hashlib.sha256((clip_dir / "clip.npz").read_bytes()).hexdigest()
     manifest = {
@@ -335,10 +344,9 @@ def clip_bundle(clip_dir: Path, out_path: Path, *, width: int = 320, height: int
         "time_units": "ms",
         "units": {"joint_pos": "rad", "joint_vel": "rad/s"},
         "camera": {"primary": {"intrinsics": intrinsics, "extrinsics": np.round(cam_to_world, 6).tolist()}},
-        "video": {"primary": {"fps": fps, "frame_count": n, "subject": "robot"}},
+        "video": {"primary": {"fps": video_fps, "frame_count": n_video, "subject": "robot"}},
         "sync": {"sync_offset_ms_claimed": 0.0},
-        "task": {"task_id": meta.get("task_id") or "cargo_pickup", "task_version": str(meta.get("task_version") or "1"),
-                 **({"waypoints": waypoints} if waypoints else {})},
+        "task": {"task_id": meta.get("task_id") or "cargo_pickup", "task_version": str(meta.get("task_version") or "1")},
         "xgen": {"clip_id": clip_id, "clip_sha256": digest, "source_sha256": meta.get("source_sha256"),
                  "format_version": meta.get("format_version"), "quality_version": QUALITY_VERSION},
     }
@@ -347,12 +355,15 @@ def clip_bundle(clip_dir: Path, out_path: Path, *, width: int = 320, height: int
              f"contacts/{GRASP_LINKS[0]}": contact[:, 0], f"contacts/{GRASP_LINKS[1]}": contact[:, 1]}
     attrs = {f"{base}/pose": {"frame": "world", "source": "xgen clip object_pose",
                               "grasp": {"link": GRASP_LINKS[0],
-                                        "offset": [round(float(v), 9) for v in _pose7(grasps[0])]}}}
+                                        "offset": [round(float(v), 9) for v in _pose7(grasps[0])]},
+                              # the other hand's declared grasp (a bundle names one per stream)
+                              "xgen_grasps": {link: [round(float(v), 9) for v in _pose7(g)]
+                                              for link, g in zip(GRASP_LINKS, grasps)}}}
     out_path = Path(out_path)
     if out_path.exists():
         out_path.unlink()
     return write_bundle(out_path, manifest, timestamps_ms=ts, joint_pos=rows.astype(np.float32),
-                        video_mp4=encode_mp4(frames, fps), extra_arrays=extra, array_attributes=attrs)
+                        video_mp4=encode_mp4(frames, video_fps), extra_arrays=extra, array_attributes=attrs)
 
 
 @functools.lru_cache(maxsize=1)
@@ -366,6 +377,44 @@ def _floating_joint_names() -> tuple[str, ...]:
 
 
 # --- judging -----------------------------------------------------------------------------
+
+class _GraspDeclaredFor:
+    """A bundle view whose box stream declares its grasp for another link (the IK job
+    reads the declaration from the pose array's attributes); everything else delegates."""
+
+    def __init__(self, view, link: str):
+        self._view, self._link = view, link
+
+    def __getattr__(self, name):
+        return getattr(self._view, name)
+
+    def node_attrs(self, path: str) -> dict[str, Any]:
+        attrs = self._view.node_attrs(path)
+        grasps = attrs.get("xgen_grasps")
+        if path == f"objects/{OBJECT}/pose" and isinstance(grasps, dict) and self._link in grasps:
+            attrs = {**attrs, "grasp": {"link": self._link, "offset": grasps[self._link]}}
+        return attrs
+
+
+def _both_hands(view, config):
+    """The IK residual result over both wrists (module docstring: Both hands)."""
+    from gpu_consumers.ik import check_ik
+
+    results = [check_ik(view, config, _ik_solver()), check_ik(_GraspDeclaredFor(view, GRASP_LINKS[1]), config,
+                                                              _ik_solver())]
+    failed = [r for r in results if not r.passed]
+    scored = [r for r in results if isinstance(r.metrics.get("s_retarget"), (int, float))]
+    worst = failed[0] if failed else min(scored, key=lambda r: r.metrics["s_retarget"]) if scored else results[0]
+    hands = {}
+    targets = []
+    for link, r in zip(GRASP_LINKS, results):
+        hands[link] = {"passed": r.passed, "reason_code": r.reason_code, "s_retarget": r.metrics.get("s_retarget"),
+                       "rms_pos_error_m": r.metrics.get("rms_pos_error_m"),
+                       "peak_pos_error_m": r.metrics.get("peak_pos_error_m")}
+        targets += [t for t in r.metrics.get("targets") or [] if t.get("link") == link]
+    return worst.model_copy(update={"metrics": {**worst.metrics, "targets": targets, "hands": hands},
+                                    "flags": sorted({f for r in results for f in r.flags})})
+
 
 @functools.lru_cache(maxsize=1)
 def _ik_solver():
@@ -388,7 +437,6 @@ def judge_clip(clip_dir: str | Path, *, cfg: XGenConfig | None = None, bundle_pa
     ``write_result``, the result to ``<clip_dir>/quality.json``. Never raises for a bad
     clip: it comes back refused with a reason code. Deterministic for a given clip and
     configs (same submission id, same verdict)."""
-    from gpu_consumers.ik import check_ik
     from kibotos.bundle.reader import Limits, open_bundle
     from kibotos.errors import KibotosError
     from kibotos.gate_config import load_config
@@ -409,7 +457,7 @@ def judge_clip(clip_dir: str | Path, *, cfg: XGenConfig | None = None, bundle_pa
     except (OSError, ValueError, AttributeError):
         pass
     try:
-        clip_bundle(clip_dir, bundle, width=q.video_width, height=q.video_height)
+        clip_bundle(clip_dir, bundle, width=q.video_width, height=q.video_height, video_fps=q.video_fps)
     except ClipInvalid as exc:
         return _finish(_refused(clip_id, "xgen_clip_invalid", str(exc)), clip_dir, write_result)
     except (RuntimeError, ImportError, OSError) as exc:  # no GL context, codec, disk
@@ -421,7 +469,7 @@ def judge_clip(clip_dir: str | Path, *, cfg: XGenConfig | None = None, bundle_pa
         if all(r.passed for r in results):
             from processors.base import Gate
 
-            jobs = [Gate("ik_residual", "ik", 100, "IK residual", lambda v, c: check_ik(v, c, _ik_solver())),
+            jobs = [Gate("ik_residual", "ik", 100, "IK residual", _both_hands),
                     Gate("task_completion", "task", 101, "task completion", lambda v, c: evaluate_task(v))]
             for job in jobs:
                 res = run_gate(job, view, gate_config)  # errors become a failed result, never a crash
