@@ -4,6 +4,7 @@ codes with a one-line message, never a traceback."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -14,7 +15,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from kibotos.cli_miner import miner_app
+from kibotos.cli_output import make_console, out, print_rows
 from kibotos.errors import KibotosError
+from kibotos.datasets.cli import attribution_cmd, datasets_app
 from kibotos.xgen.cli import xgen_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Kibotos: verify, score and reward robot demonstrations.")
@@ -22,9 +25,16 @@ bundle_app = typer.Typer(no_args_is_help=True, help="Inspect submission bundles.
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(miner_app, name="miner")
 app.add_typer(xgen_app, name="xgen")
-# wide tables when piped or captured (CI logs): rich would otherwise assume 80 columns
-console = Console() if Console().is_terminal else Console(width=160)
+app.add_typer(datasets_app, name="datasets")
+app.command("attribution")(attribution_cmd)
+console = make_console()  # a closed pipe (`| head`) keeps the command's exit code
 err = Console(stderr=True)
+# what `kibotos verify` runs: the CPU gates only; everything after them needs the stack
+VERIFY_SCOPE = ("gates A-E only (in-process); gate F (pose), IK residual, playback, alignment, task, "
+                "novelty and scoring run in the stack (kibotos up, kibotos submit): this is not a final verdict")
+SAMPLE_VARIANTS = ("genuine, shape_mismatch, nan, flatline, non_monotonic, gap, short_video, sync_lie, degrees, "
+                   "limit_violation, teleport, jerk, ik_perturbed, ik_target_shift, task_failed, human_video, "
+                   "video_static, video_blank, video_swapped, video_reversed, video_delayed")
 
 
 def _fail(exc: KibotosError, code: int = 2) -> None:
@@ -40,7 +50,12 @@ def verify(
 ) -> None:
     """Run gates A–E in-process on one bundle (no broker, no database).
 
-    Exit code 0 accepted, 1 rejected, 2 unreadable input.
+    Only gates A–E: gate F (pose), the IK residual, playback, alignment, task completion,
+    novelty and scoring need the stack (kibotos up; kibotos submit). "accepted" here
+    means "passed gates A–E", not a final verdict; the output says so.
+
+    Exit code 0 accepted by gates A–E, 1 rejected, 2 unreadable input (also when piped
+    into a reader that stops early, e.g. `| head`).
 
     Example: kibotos verify episode.zarr.zip --json
     """
@@ -53,11 +68,13 @@ def verify(
         _fail(exc)
     report = outcome.report
     if as_json:
-        print(report.model_dump_json(indent=2))
+        out(report.model_dump_json(indent=2))
+        err.print(f"scope: {VERIFY_SCOPE}", markup=False, highlight=False)
     else:
         from kibotos.render import print_report
 
         print_report(console, report)
+        console.print(f"scope: {VERIFY_SCOPE}", markup=False, highlight=False)
     raise typer.Exit(outcome.exit_code)
 
 
@@ -65,7 +82,7 @@ def verify(
 def sample(
     out: Path = typer.Option(Path("samples"), help="output directory"),
     robot: list[str] = typer.Option([], help="robot_model_id[@revision]; repeatable (default: all)"),
-    variant: list[str] = typer.Option([], help="genuine or a failure class; repeatable (default: all)"),
+    variant: list[str] = typer.Option([], help=f"genuine or a failure class, repeatable (default: all): {SAMPLE_VARIANTS}"),
     seed: int = typer.Option(0),
     miner: str = typer.Option("miner-sample", help="miner_id written into the manifests"),
 ) -> None:
@@ -121,7 +138,7 @@ def bundle_inspect(path: Path, as_json: bool = typer.Option(False, "--json")) ->
     except KibotosError as exc:
         _fail(exc)
     if as_json:
-        print(json.dumps({"manifest": manifest, "arrays": [a.__dict__ for a in arrays]}, indent=2, default=str))
+        out(json.dumps({"manifest": manifest, "arrays": [a.__dict__ for a in arrays]}, indent=2, default=str))
         return
     console.print_json(json.dumps(manifest, default=str))
     table = Table("stream", "shape", "dtype", "bytes")
@@ -219,16 +236,27 @@ def report(submission_id: str, as_json: bool = typer.Option(False, "--json"),
     Example: kibotos report 0787f2c0-bf31-5b9d-8dbd-f197dfa63fe4 --json
     Example: kibotos report 0787f2c0-bf31-5b9d-8dbd-f197dfa63fe4 --html report.html
     """
-    from kibotos.reads import get_report
+    import uuid
+
+    from kibotos.reads import get_report, stored_report_count
     from kibotos.report import VerificationReport
 
+    try:
+        submission_id = str(uuid.UUID(submission_id.strip()))
+    except ValueError:
+        _fail(KibotosError(f"{submission_id[:80]!r} is not a submission id (a UUID such as "
+                           "0787f2c0-bf31-5b9d-8dbd-f197dfa63fe4)", reason_code="invalid_submission_id"))
     settings = _settings()
     try:
-        rep = get_report(settings, submission_id)
+        stored = stored_report_count(settings)  # an empty store is explained, not queried
+        rep = None if stored is not None and stored[0] == 0 else get_report(settings, submission_id)
     except KibotosError as exc:
         _fail(exc)
     if rep is None:
-        err.print(f"no report for {submission_id} (not submitted, or not decided yet)")
+        if stored is not None and stored[0] == 0:
+            err.print(escape(f"no report for {submission_id}: {stored[1]}"))
+        else:
+            err.print(f"no report for {submission_id} (not submitted, or not decided yet)")
         raise typer.Exit(1)
     if html is not None:
         from kibotos.objectstore import store_from_settings
@@ -243,7 +271,7 @@ def report(submission_id: str, as_json: bool = typer.Option(False, "--json"),
         console.print(f"wrote {html}")
         return
     if as_json:
-        print(json.dumps(rep, indent=2, default=str))
+        out(json.dumps(rep, indent=2, default=str))
         return
     from kibotos.render import print_report
 
@@ -269,15 +297,12 @@ def ledger(miner: Optional[str] = typer.Option(None, help="only this miner's ent
     except KibotosError as exc:
         _fail(exc)
     if as_json:
-        print(json.dumps(rows, indent=2, default=str))
+        out(json.dumps(rows, indent=2, default=str))
         return
     if not rows:
         console.print("no ledger entries")
         return
-    table = Table(*rows[0].keys())
-    for row in rows:
-        table.add_row(*[f"{v:g}" if isinstance(v, float) else str(v) for v in row.values()])
-    console.print(table)
+    print_rows(console, rows)  # full ids, never cut to the terminal's width
 
 
 @app.command()
@@ -300,7 +325,7 @@ def verdicts(
                                idle_timeout_s=None if follow else 10.0)
         for v in feed:
             if as_json:
-                print(json.dumps({k: v[k] for k in v if k != "report_json"}), flush=True)
+                out(json.dumps({k: v[k] for k in v if k != "report_json"}))
             else:
                 console.print(f"{v['submission_id']}  {v['miner_id']:<14} {v['verdict']:<9} "
                               f"{v.get('reason_code') or '':<26} {v['points']:g}")
@@ -523,6 +548,9 @@ def bench_faults(
 def main() -> None:
     try:
         app()
+    except BrokenPipeError:  # last resort: output not written through cli_output.out
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)  # 128 + SIGPIPE, as a shell reports a command killed by the closed pipe
     except KibotosError as exc:  # last resort: a domain error never prints a traceback
         err.print(f"[red]error[/red] {escape(f'[{exc.reason_code}] {exc}')}")
         sys.exit(2)

@@ -15,12 +15,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from kibotos.cli_output import make_console, out
 from kibotos.errors import KibotosError
 
 DEFAULT_KEYPAIR = Path("~/.config/kibotos/miner-keypair.json")
 
 miner_app = typer.Typer(no_args_is_help=True, help="Miner identity, bundle signing and signed uploads.")
-console = Console() if Console().is_terminal else Console(width=160)
+console = make_console()  # a closed pipe keeps the command's exit code
 err = Console(stderr=True)
 
 KEYPAIR_OPTION = typer.Option(DEFAULT_KEYPAIR, "--keypair", "-k", help="Solana-format keypair file (JSON, 64 bytes)")
@@ -77,7 +78,7 @@ def keygen(
     except KibotosError as exc:
         _fail(exc)
     err.print(f"wrote {path} (keep it secret)")
-    print(pair.miner_id)
+    out(pair.miner_id)
 
 
 @miner_app.command("id")
@@ -86,7 +87,7 @@ def miner_id(keypair: Path = KEYPAIR_OPTION) -> None:
 
     Example: kibotos sample --out samples --miner "$(kibotos miner id -k miner.json)"
     """
-    print(_keypair(keypair).miner_id)
+    out(_keypair(keypair).miner_id)
 
 
 @miner_app.command()
@@ -187,7 +188,7 @@ def report(submission_id: str, api: Optional[str] = API_OPTION,
     except KibotosError as exc:
         _fail(exc)
     if as_json:
-        print(json.dumps(rep, indent=2, default=str))
+        out(json.dumps(rep, indent=2, default=str))
         return
     from kibotos.render import print_report
     from kibotos.report import VerificationReport
@@ -216,7 +217,7 @@ def ledger(keypair: Path = KEYPAIR_OPTION, miner: Optional[str] = typer.Option(N
     except KibotosError as exc:
         _fail(exc)
     if as_json:
-        print(json.dumps(led, indent=2, default=str))
+        out(json.dumps(led, indent=2, default=str))
         return
     console.print(f"{led['miner_id']}  balance {led['balance']:g} points  ({len(led['entries'])} entries)")
     for e in led["entries"]:

@@ -42,6 +42,31 @@ def get_report(settings: Settings, submission_id: str) -> dict | None:
     return _with_client(settings, lambda c: warehouse.get_report(c, submission_id))
 
 
+def stored_report_count(settings: Settings) -> tuple[int, str] | None:
+    """How many reports the local embedded warehouse holds, and what that means for a
+    user who found none: ``(0, explanation)`` when it is empty or was never created.
+    None when a stack owns the store or a deployment's ClickHouse is configured (its
+    count says nothing about this machine)."""
+    if running_stack(settings) is not None or settings.clickhouse_dsn:
+        return None
+    directory = settings.home / "chdb"
+    if not directory.exists():
+        return 0, (f"no warehouse at {directory}: nothing has been verified with this KIBOTOS_HOME yet. "
+                   "Start the stack (kibotos up), submit a bundle (kibotos submit PATH), or set "
+                   "KIBOTOS_HOME / KIBOTOS_CLICKHOUSE_DSN to where the reports are; "
+                   "`kibotos verify PATH` checks a bundle without a warehouse.")
+
+    def count(client) -> int:
+        table = f"{warehouse.DB}.verification_reports"
+        if not int(client.command(f"EXISTS TABLE {table}")):  # no stack ever created the tables here
+            return 0
+        return int(client.command(f"SELECT count() FROM {table}"))
+
+    n = _with_client(settings, count)
+    return n, ("the warehouse at " + str(directory) + " holds no reports yet: start the stack (kibotos up) "
+               "and submit a bundle (kibotos submit PATH); `kibotos verify PATH` checks a bundle without one.")
+
+
 def ledger(settings: Settings, miner_id: str | None = None) -> list[dict]:
     state = running_stack(settings)
     if state:
