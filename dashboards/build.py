@@ -689,8 +689,73 @@ def xgen() -> dict:
     ])
 
 
+def datasets() -> dict:
+    current = "removed_in_version = 0"  # an episode a later version removed is no longer in its dataset
+    return dashboard("kibotos-datasets", "Kibotos · Datasets and attribution",
+                     "Published dataset versions (immutable, content-hashed), the episodes they hold, their "
+                     "quality, and the attribution points paid to the miners behind them.", [
+        tabular("stat", "Datasets", """
+            SELECT count() AS datasets FROM kibotos.datasets FINAL
+        """, w=6, h=4),
+        tabular("stat", "Episodes in datasets", f"""
+            SELECT count() AS episodes FROM kibotos.dataset_episodes FINAL WHERE {current}
+        """, w=6, h=4, description="Distinct (dataset, episode) pairs in the latest versions."),
+        tabular("stat", "Versions published", """
+            SELECT count() AS versions FROM kibotos.dataset_versions FINAL WHERE $__timeFilter(created_at)
+        """, w=6, h=4),
+        tabular("stat", "Attribution points paid", """
+            SELECT sum(points) AS points FROM kibotos.attributions FINAL WHERE $__timeFilter(created_at)
+        """, w=6, h=4, decimals=1, description="Dataset publications and policies that passed evaluation."),
+        ts("Episodes per dataset", """
+            SELECT $__timeInterval(created_at) AS time, dataset, max(episodes) AS episodes
+            FROM kibotos.dataset_versions FINAL
+            WHERE $__timeFilter(created_at)
+            GROUP BY time, dataset ORDER BY time
+        """, description="The size of each version when it was published."),
+        ts("Attribution points per miner", """
+            SELECT $__timeInterval(created_at) AS time, miner_id, sum(points) AS points
+            FROM kibotos.attributions FINAL
+            WHERE $__timeFilter(created_at)
+            GROUP BY time, miner_id ORDER BY time
+        """, bars=True, stacked=True),
+        tabular("bargauge", "Attribution share per miner (all time)", """
+            SELECT miner_id, round(sum(points) / (SELECT sum(points) FROM kibotos.attributions FINAL), 4) AS share
+            FROM kibotos.attributions FINAL
+            GROUP BY miner_id ORDER BY share DESC LIMIT 50
+        """, w=8),
+        tabular("histogram", "S of dataset episodes", f"""
+            SELECT score FROM kibotos.dataset_episodes FINAL WHERE {current} AND score IS NOT NULL
+        """, w=8),
+        tabular("piechart", "Dataset episodes by robot", f"""
+            SELECT ifNull(robot_model_id, 'unknown') AS robot, count() AS episodes
+            FROM kibotos.dataset_episodes FINAL WHERE {current}
+            GROUP BY robot ORDER BY episodes DESC
+        """, w=8),
+        table("Dataset versions", """
+            SELECT dataset, version, episodes, added, removed, substring(content_hash, 1, 16) AS content_hash,
+                   rule_version, round(attribution_points, 3) AS attribution_points, created_at
+            FROM kibotos.dataset_versions FINAL
+            WHERE $__timeFilter(created_at)
+            ORDER BY created_at DESC, dataset LIMIT 100
+        """, w=24),
+        table("Attribution by kind", """
+            SELECT kind, count() AS entries, uniqExact(miner_id) AS miners, round(sum(points), 3) AS points,
+                   any(rule_version) AS rule_version
+            FROM kibotos.attributions FINAL
+            GROUP BY kind ORDER BY kind
+        """),
+        table("Coverage: episodes per task and robot", f"""
+            SELECT ifNull(task_id, '(none)') AS task, ifNull(robot_model_id, '(none)') AS robot,
+                   count() AS episodes, round(avg(score), 3) AS mean_s, uniqExact(miner_id) AS miners
+            FROM kibotos.dataset_episodes FINAL WHERE {current}
+            GROUP BY task, robot ORDER BY episodes DESC
+        """),
+    ])
+
+
 DASHBOARDS = {"overview": overview, "rejections": rejections, "gate-latency": gate_latency, "miners": miners,
-              "scores": scores, "novelty": novelty, "gpu-jobs": gpu_jobs, "xgen": xgen}
+              "scores": scores, "novelty": novelty, "gpu-jobs": gpu_jobs, "xgen": xgen,
+              "datasets": datasets}
 
 
 def render() -> dict[str, str]:

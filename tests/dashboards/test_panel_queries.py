@@ -142,7 +142,10 @@ def test_headline_numbers_match_the_data(warehouse):
     # each submission once, although part of the batch was delivered twice
     assert w.value("kibotos-overview", "Decided") == len(reports)
     assert w.value("kibotos-overview", "Acceptance rate") == pytest.approx(len(accepted) / len(reports))
-    assert w.value("kibotos-overview", "Points credited") == pytest.approx(sum(r["points"] for r in accepted))
+    # the ledger: rewards plus the attribution points of the fixture's datasets and policy
+    assert w.loaded.attribution_points > 0
+    assert w.value("kibotos-overview", "Points credited") == pytest.approx(
+        sum(r["points"] for r in accepted) + w.loaded.attribution_points)
     assert w.value("kibotos-scores", "Scored submissions") == len(accepted)
     assert len(w.panel("kibotos-novelty", "S_novel distribution")) == len(accepted)
     duplicates = [r for r in rejected if r["reason_code"] == "duplicate_submission"]
@@ -157,7 +160,7 @@ def test_headline_numbers_match_the_data(warehouse):
             expected[g["gate"]] = expected.get(g["gate"], 0) + 1
     assert {g: n for g, n, *_ in w.panel("kibotos-gate-latency", "Wall time per gate")} == expected
     balances = w.panel("kibotos-miners", "Balance (all time)")
-    assert sum(b for _, b in balances) == pytest.approx(sum(r["points"] for r in accepted))
+    assert sum(b for _, b in balances) == pytest.approx(sum(r["points"] for r in accepted) + w.loaded.attribution_points)
     backlog = w.panel("kibotos-gpu-jobs", "Verification backlog (received, no verdict yet)")
     assert len(backlog) >= RANGE_S // INTERVAL_S  # filled: an empty queue reads 0, not a gap
     assert max(n for _, n in backlog) >= 1 and min(n for _, n in backlog) == 0
@@ -173,3 +176,18 @@ def test_xgen_headline_numbers_match_the_data(warehouse):
     refused = {row[0]: row[4] for row in warehouse.panel("kibotos-xgen", "Recent XGen requests")}
     for rid, stage in loaded.xgen_refused.items():
         assert refused[rid].startswith(f"{stage}: xgen_")
+
+
+def test_dataset_headline_numbers_match_the_data(warehouse):
+    w = warehouse
+    loaded = w.loaded.datasets
+    assert w.value("kibotos-datasets", "Datasets") == len(loaded) == 2
+    assert w.value("kibotos-datasets", "Episodes in datasets") == sum(v["episodes"] for v in loaded.values())
+    assert w.value("kibotos-datasets", "Versions published") == sum(v["version"] for v in loaded.values())
+    assert w.value("kibotos-datasets", "Attribution points paid") == pytest.approx(w.loaded.attribution_points)
+    accepted = [r for r in w.loaded.reports.values() if r["verdict"] == "accepted"]
+    assert loaded["all-accepted"]["episodes"] == len(accepted)
+    kinds = {row[0]: row for row in w.panel("kibotos-datasets", "Attribution by kind")}
+    assert set(kinds) == {"dataset_publication", "policy_evaluation"}
+    shares = w.panel("kibotos-datasets", "Attribution share per miner (all time)")
+    assert sum(s for _, s in shares) == pytest.approx(1.0, abs=1e-3)
