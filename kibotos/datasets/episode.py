@@ -9,7 +9,7 @@ An episode is one JSON line in a version's ``episodes.jsonl``::
     reward (the points its verdict paid), score (S), components ({name: value}),
     soft_flags (reason codes of the passed gates' flags, e.g. sync_low_confidence),
     evidence_uris (keyframe images and other stored evidence of its report),
-    config_version, scoring_config_version,
+    config_version, scoring_config_version, copy_factor (< 1: a copy of an earlier upload),
     attribution_points (what publication in this dataset paid for it; set by the store)
 
 ``from_verdict`` and ``from_xgen_clip`` are the two sources (``SOURCES``); anything
@@ -44,6 +44,7 @@ class Episode:
     config_version: str | None = None
     scoring_config_version: str | None = None
     metadata_uri: str | None = None
+    copy_factor: float = 1.0  # < 1: novelty found it a copy of an earlier upload (its reward was cut)
     attribution_points: float = 0.0
 
     def to_line(self) -> str:
@@ -109,7 +110,8 @@ def summary_from_report(report: dict[str, Any]) -> dict[str, Any]:
             "soft_flags": tuple(flags), "evidence_uris": tuple(dict.fromkeys(uris)),
             "task_id": task or report.get("task_id"), "robot_model_id": report.get("robot_model_id"),
             "robot_model_revision": report.get("robot_model_revision"),
-            "scoring_config_version": scores.get("config_version")}
+            "scoring_config_version": scores.get("config_version"),
+            "copy_factor": round(float(scores.get("copy_factor", 1.0) if scores.get("copy_factor") is not None else 1.0), 6)}
 
 
 def from_verdict(event: dict[str, Any]) -> Episode | None:
@@ -127,7 +129,7 @@ def from_verdict(event: dict[str, Any]) -> Episode | None:
         decided_at=epoch_ms(event["decided_at"]), bundle_uri=event["bundle_uri"],
         reward=round(float(event.get("points") or 0.0), 6), score=s["score"], components=s["components"],
         soft_flags=s["soft_flags"], evidence_uris=s["evidence_uris"], config_version=event.get("config_version"),
-        scoring_config_version=s["scoring_config_version"])
+        scoring_config_version=s["scoring_config_version"], copy_factor=s["copy_factor"])
 
 
 def is_retraction(event: dict[str, Any]) -> bool:

@@ -12,6 +12,8 @@ A spec file (YAML or JSON)::
     miners: []                  # only these miners; empty = every miner
     exclude_miners: []
     sources: [verdicts, xgen.clips]      # where episodes come from (default: verdicts)
+    include_copies: false       # an accepted copy of an earlier upload (novelty cut its reward,
+                                # copy_factor < 1) adds no new data: left out unless true
 
 The spec is frozen when the dataset is created (its hash is in every version): a
 different selection is a different dataset. ``reject_reason`` names the first rule an
@@ -53,6 +55,7 @@ class DatasetSpec(BaseModel):
     miners: tuple[str, ...] = ()
     exclude_miners: tuple[str, ...] = ()
     sources: tuple[str, ...] = ("verdicts",)
+    include_copies: bool = False
 
     @field_validator("name")
     @classmethod
@@ -104,6 +107,8 @@ class DatasetSpec(BaseModel):
             return "decided_outside_window"
         if (self.miners and ep.miner_id not in self.miners) or ep.miner_id in self.exclude_miners:
             return "miner_not_selected"
+        if ep.copy_factor < 1.0 and not self.include_copies:
+            return "copy_of_earlier_upload"
         return None
 
 

@@ -41,6 +41,13 @@ def test_each_rule_selects_and_names_its_reason():
     # miners: an allow-list
     assert parse_spec({"name": "bob", "miners": ["miner-bob"]}).reject_reason(
         from_verdict(cases["ok"][0])) == "miner_not_selected"
+    # an accepted copy of an earlier upload (its reward cut by novelty) is left out unless asked for
+    copied = verdict(9, "miner-erin", "franka_panda", 0.8, "file:///b")
+    rep = __import__("json").loads(copied["report_json"])
+    rep["scores"]["copy_factor"] = 0.1
+    copied["report_json"] = __import__("json").dumps(rep)
+    assert spec.reject_reason(from_verdict(copied)) == "copy_of_earlier_upload"
+    assert parse_spec({"name": "c", "include_copies": True}).reject_reason(from_verdict(copied)) is None
     # no minimum: unscored accepted episodes belong
     assert parse_spec({"name": "all"}).reject_reason(from_verdict(cases["unscored"][0])) is None
 

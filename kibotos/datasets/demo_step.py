@@ -1,0 +1,69 @@
+"""The demo's last step: publish a dataset from its accepted episodes, export it to both
+formats, and show attribution per miner (``kibotos.demo`` calls ``publish_demo_dataset``
+inside its running stack)."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from kibotos.datasets.attribution import shares
+from kibotos.datasets.spec import parse_spec
+from kibotos.datasets.store import DatasetStore
+from kibotos.export.runner import export_dir, export_version
+
+DEMO_DATASET = "demo-accepted"
+DEMO_SPEC = {"name": DEMO_DATASET, "description": "every accepted demo episode (copies of earlier uploads left out)"}
+
+
+def publish_demo_dataset(stack, console: Console, timeout_s: float = 60.0) -> dict:
+    """Build ``demo-accepted`` from the stack's verdicts, export it, wait until the sink
+    holds its attribution ledger entries. Returns what the demo prints."""
+    from streams.dataset_builder import build_until_idle, group_id
+
+    settings = stack.settings
+    store = DatasetStore(settings.home / "datasets")
+    store.create(parse_spec(DEMO_SPEC))
+    proc = build_until_idle(store, DEMO_DATASET, stack.catalogue, stack.bootstrap,
+                            group_id(settings.consumer_group_prefix, stack.catalogue, DEMO_DATASET), idle_s=1.5,
+                            timeout_s=timeout_s)
+    version = store.latest(DEMO_DATASET)
+    if version is None:
+        console.print("[yellow]no accepted episode: no dataset published[/yellow]")
+        return {"version": None}
+    out = settings.home / "exports"
+    exported = export_version(store, DEMO_DATASET, version, out, stack.store)
+    entries = store.attribution(DEMO_DATASET, version)
+    ids = [e["entry_id"] for e in entries]
+    deadline = time.monotonic() + timeout_s
+    while ids and time.monotonic() < deadline:  # the sink writes in batches
+        n = stack.client.query("SELECT count() FROM kibotos.points_ledger FINAL WHERE entry_id IN {ids:Array(String)}",
+                               parameters={"ids": ids}).result_rows[0][0]
+        if n >= len(ids):
+            break
+        time.sleep(0.3)
+    return {"version": version, "info": store.info(DEMO_DATASET, version), "export": exported,
+            "export_dir": export_dir(out, DEMO_DATASET, version), "shares": shares(store.episodes(DEMO_DATASET, version)),
+            "entries": entries, "outcomes": proc.outcomes}
+
+
+def print_demo_dataset(console: Console, result: dict, names: dict[str, str]) -> None:
+    if not result.get("version"):
+        return
+    info, exp = result["info"], result["export"]
+    console.print(f"[bold]dataset[/bold] {DEMO_DATASET}@v{result['version']}: {info['episodes']} accepted episodes, "
+                  f"content hash {info['content_hash'][:16]}…; exported to {result['export_dir']}: "
+                  + ", ".join(f"LeRobot v3.0 {g} ({v['episodes']} ep)" for g, v in exp["lerobot"].items())
+                  + f", {sum(1 for f in exp['files'] if f.startswith('humanx/') and f.endswith('clip.npz'))} HumanX clips")
+    paid = {e["miner_id"]: e["points"] for e in result["entries"]}
+    t = Table(title=f"attribution per miner ({DEMO_DATASET}@v{result['version']}, rule {info['rule_version']})")
+    for col in ("miner", "episodes", "share (S-weighted)", "attribution points (ledger)"):
+        t.add_column(col)
+    for r in result["shares"]:
+        t.add_row(names.get(r["miner_id"], r["miner_id"][:12]), str(r["episodes"]), f"{100 * r['share']:.1f}%",
+                  f"{paid.get(r['miner_id'], 0.0):.3f}")
+    console.print(t)
+    console.print(f"[dim]kibotos datasets show {DEMO_DATASET} · kibotos attribution {DEMO_DATASET} · "
+                  f"kibotos datasets export {DEMO_DATASET}[/dim]")
