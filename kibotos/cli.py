@@ -19,12 +19,16 @@ from kibotos.cli_output import make_console, out, print_rows
 from kibotos.errors import KibotosError
 from kibotos.datasets.cli import attribution_cmd, datasets_app
 from kibotos.xgen.cli import xgen_app
+from kibotos.xmimic.cli import eval_cmd, policies_app, train_cmd
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Kibotos: verify, score and reward robot demonstrations.")
 bundle_app = typer.Typer(no_args_is_help=True, help="Inspect submission bundles.")
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(miner_app, name="miner")
 app.add_typer(xgen_app, name="xgen")
+app.command("train")(train_cmd)
+app.command("eval")(eval_cmd)
+app.add_typer(policies_app, name="policies")
 app.add_typer(datasets_app, name="datasets")
 app.command("attribution")(attribution_cmd)
 console = make_console()  # a closed pipe (`| head`) keeps the command's exit code
@@ -544,6 +548,35 @@ def bench_faults(
     if any((r.get("delay_ratio") or 0) > 1 for r in result["results"]):
         raise typer.Exit(1)  # another miner waited longer than one budget
 
+
+
+@bench_app.command("train")
+def bench_train(
+    clips: Optional[Path] = typer.Option(None, "--clips", help="XGen clips (default: generate a small set)"),
+    num_envs: int = typer.Option(16, help="N: environments of the batched figure and of training"),
+    teacher_seconds: float = typer.Option(600.0, help="teacher training wall clock (0: env-steps/s and baselines only)"),
+    student_seconds: float = typer.Option(0.0, help="each student's (MoCap, NEP) training wall clock"),
+    steps: int = typer.Option(60, help="control steps per env-steps/s figure"),
+    full_body: bool = typer.Option(False, help="also measure the full-body task's env-steps/s"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the result JSON here"),
+) -> None:
+    """XMimic on this machine: env-steps/s for 1 and N envs, baseline SR/GSR, and the SR/GSR
+    a time-boxed CPU teacher (and students) reach.
+
+    Example: kibotos bench train --teacher-seconds 600 --student-seconds 150 --json benchmarks/results/train.json
+    """
+    from benchmarks.train import run_train_bench, write_json
+
+    try:
+        result = run_train_bench(clips, num_envs=num_envs, teacher_seconds=teacher_seconds,
+                                 student_seconds=student_seconds, steps=steps,
+                                 tasks=("arms_only", "full_body") if full_body else ("arms_only",),
+                                 progress=lambda m: console.print(f"[dim]{m}[/dim]"))
+    except KibotosError as exc:
+        _fail(exc)
+    print(json.dumps(result, indent=2))
+    if json_out:
+        console.print(f"wrote {write_json(result, json_out)}")
 
 def main() -> None:
     try:
