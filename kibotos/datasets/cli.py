@@ -148,7 +148,15 @@ def show(ref: str = typer.Argument(..., help="NAME or NAME@vN"), as_json: bool =
         d = store.version_dir(name, v)
         downloads = {f: (d / f).resolve().as_uri() for f in ("card.md", "card.json", "episodes.jsonl",
                                                                "changelog.jsonl", "attribution.json")}
-        html.write_text(render_version_page(store, name, v, downloads=downloads), encoding="utf-8")
+        from urllib.parse import quote
+
+        from kibotos.stack import running_stack
+
+        state = running_stack(_settings())  # report links go to the running read API's pages
+        base = state["query_url"] if state else ""
+        html.write_text(render_version_page(store, name, v, downloads=downloads,
+                                            report_href=lambda sid: f"{base}/reports/{quote(sid)}.html"),
+                        encoding="utf-8")
         _out.print(f"wrote {html}")
         return
     card = store.card(name, v)
