@@ -25,6 +25,7 @@ from rich.table import Table
 
 from kibotos import perturb, warehouse
 from kibotos.bundle.hashtree import hash_bundle
+from kibotos.datasets.demo_step import print_demo_dataset, publish_demo_dataset
 from kibotos.errors import ServiceError
 from kibotos.identity import Keypair, sidecar_path, sign_bundle, sign_tree
 from kibotos.ingest.client import IngestClient
@@ -236,7 +237,7 @@ def evidence_summary(report: dict) -> str:
 
 
 def run_demo(settings: Settings, console: Console, workers: int = 1, timeout_s: float = 900, mix=MIX,
-             hostile: bool = True) -> int:
+             hostile: bool = True, xgen: bool = True) -> int:
     home = settings.home / "demo"
     if home.exists():
         shutil.rmtree(home)
@@ -260,6 +261,12 @@ def run_demo(settings: Settings, console: Console, workers: int = 1, timeout_s: 
             refused.extend(upload_all(client, [(first[0], "replay", first[2])])[1])
         console.print(f"uploaded {len(originals) + (first is not None)} bundles through the ingest API "
                       f"{stack.ingest.url}" + (f"; {len(copies)} copies follow once they are judged" if copies else ""))
+        # XGen: a human demonstration video turned into G1 clips, alongside the bundles
+        xgen_request = None
+        if xgen and settings.xgen_jobs:
+            from kibotos.xgen.demo import submit_demo_request
+
+            xgen_request = submit_demo_request(client, demo_keypair("miner-xavier"), home / "xgen", console)
         verdicts: dict[str, dict] = {}
         deadline = time.monotonic() + timeout_s
         with Progress(TextColumn("waiting for verdicts"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -293,6 +300,13 @@ def run_demo(settings: Settings, console: Console, workers: int = 1, timeout_s: 
                 break
             time.sleep(0.3)
         reports = {sid: warehouse.get_report(stack.client, sid) for sid in variants}
+        xgen_status = None
+        if xgen_request is not None:
+            from kibotos.xgen.demo import show_demo_request
+
+            xgen_status = show_demo_request(client, xgen_request, console, max(60.0, deadline - time.monotonic()))
+        # the accepted episodes become a published, exported, attributed dataset version
+        dataset = publish_demo_dataset(stack, console)
         balances = warehouse.balances(stack.client)
 
     table = Table(title="verdicts (read back from ClickHouse)")
@@ -327,7 +341,10 @@ def run_demo(settings: Settings, console: Console, workers: int = 1, timeout_s: 
     for row in balances:
         bal.add_row(names.get(row["miner_id"], "?"), row["miner_id"], f"{row['points']:.1f}", str(row["entries"]))
     console.print(bal)
+    print_demo_dataset(console, dataset, names)
     console.print(f"reports and ledger persist in {home}; e.g. "
                   f"KIBOTOS_HOME={home} kibotos report {next(iter(variants))}")
     missing = [sid for sid in variants if not reports.get(sid)]
+    if xgen_request is not None and (xgen_status or {}).get("state") != "done":
+        missing.append(f"xgen:{xgen_request}")
     return 1 if missing else 0
