@@ -55,7 +55,7 @@ from kibotos.bundle.reader import VIDEO_ENCODED, VIDEO_FRAMES, BundleView
 from kibotos.errors import BundleError, ConfigError
 from kibotos.gate_config import GateConfig, GateFConfig
 from kibotos.report import GateResult
-from kibotos.video import open_video
+from kibotos.video import DecodeBudget, decode_frames, open_video
 from gpu_consumers.pose import PoseEstimator, PoseTrack, concat_tracks
 from processors.base import result
 
@@ -110,7 +110,9 @@ def sampled_rgb_chunks(view: BundleView, stride: int, max_side: int, chunk: int 
         tw, th = _target_size(w, h, max_side)
         out, idx, decoded = [], [], 0
         try:
-            for i, frame in enumerate(container.decode(stream)):
+            # the decode budgets as in gate C (frame size, frames, pixels, wall time, checked on
+            # every packet and frame): a job is no unbounded decoder either
+            for i, frame in enumerate(decode_frames(container, stream, DecodeBudget())):
                 decoded = i + 1
                 if i >= MAX_DECODED_FRAMES:
                     raise BundleError(f"video has more than {MAX_DECODED_FRAMES} frames", reason_code="video_too_long")
