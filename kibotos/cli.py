@@ -421,6 +421,36 @@ bench_app = typer.Typer(help="Benchmarks: stage costs as ratios measured in one 
 app.add_typer(bench_app, name="bench")
 
 
+@bench_app.command("xgen")
+def bench_xgen(
+    duration: float = typer.Option(6.0, help="seconds of the procedural human pickup"),
+    fps: float = typer.Option(30.0),
+    quality: bool = typer.Option(True, help="judge every clip with the verifier's chain (the export job's cost)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the result here"),
+) -> None:
+    """Per-stage cost of the XGen jobs as ratios to one G1 FK pass over the same frames,
+    and clips per minute (one actor per kind, serial).
+
+    Example: kibotos bench xgen --duration 6 --json benchmarks/results/xgen.json
+    """
+    from rich.table import Table
+
+    from benchmarks.xgen import run_xgen_bench, write_json
+
+    result = run_xgen_bench(duration, fps, quality, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
+    table = Table(title=f"XGen job stages, {result['frames']} frames; one FK pass {result['fk_pass_ms']} ms "
+                        f"({result['machine']['cpus']} CPUs)")
+    for col in ("stage", "jobs", "total s", "per job s", "per job / FK pass"):
+        table.add_column(col)
+    for r in result["stages"]:
+        table.add_row(r["stage"], str(r["jobs"]), f"{r['seconds']:g}", f"{r['per_job_s']:g}", f"{r['vs_fk_pass']:g}x")
+    console.print(table)
+    console.print(f"{result['clips']} clips ({result['clips_verified']} verified) in {result['total_s']} s: "
+                  f"{result['clips_per_minute']} clips/minute; retarget {result['retarget_frames_per_s']} frames/s")
+    if json_out:
+        console.print(f"wrote {write_json(result, json_out)}")
+
+
 @bench_app.command("evidence")
 def bench_evidence(
     stage: Optional[list[str]] = typer.Option(None, "--stage", help="pose, ik, playback (repeatable; default all)"),
