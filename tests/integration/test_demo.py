@@ -46,7 +46,13 @@ def test_demo_runs_the_evidence_jobs_and_pays_only_the_genuine_submission(tmp_pa
         reports = {r["submission_id"]: warehouse.get_report(client, r["submission_id"])
                    for r in client.query("SELECT submission_id FROM kibotos.verification_reports FINAL")
                    .named_results()}
-        balances = {b["miner_id"]: b["points"] for b in warehouse.balances(client)}
+        # rewards only: the dataset's attribution entries are checked on their own below
+        balances = dict(client.query("SELECT miner_id, sum(points) FROM kibotos.points_ledger FINAL "
+                                     "WHERE kind != 'attribution' GROUP BY miner_id").result_rows)
+        attributed = dict(client.query("SELECT miner_id, sum(points) FROM kibotos.points_ledger FINAL "
+                                       "WHERE kind = 'attribution' GROUP BY miner_id").result_rows)
+        attribution_rows = client.query("SELECT miner_id, points, dataset, version FROM kibotos.attributions FINAL"
+                                        ).result_rows
     finally:
         client.close()
     by_variant = {}
@@ -112,3 +118,29 @@ def test_demo_runs_the_evidence_jobs_and_pays_only_the_genuine_submission(tmp_pa
     assert (swapped["verdict"], swapped["reason_code"]) == ("rejected", "video_kinematics_mismatch"), swapped["gates"]
     assert demo_keypair("miner-frank").miner_id not in balances
     assert len(balances) <= 3
+
+    # the demo ends with a published dataset of its accepted episodes, exported, attributed
+    from kibotos.datasets.config import default_config
+    from kibotos.datasets.store import DatasetStore
+
+    assert "attribution per miner" in text and "demo-accepted@v1" in text
+    store = DatasetStore(tmp_path / "home" / "demo" / "datasets")
+    assert store.verify("demo-accepted", 1)
+    episodes = {ep.submission_id: ep for ep in store.episodes("demo-accepted", 1)}
+    accepted = {sid for sid, rep in reports.items() if rep["verdict"] == "accepted"
+                and (rep.get("scores") or {}).get("copy_factor", 1.0) >= 1.0}
+    assert set(episodes) == accepted and genuine_sid(by_variant) in episodes
+    per_episode = default_config().attribution.points_per_episode
+    expected = {}
+    for ep in episodes.values():
+        expected[ep.miner_id] = expected.get(ep.miner_id, 0.0) + per_episode * ep.score
+    assert attributed == pytest.approx(expected)
+    assert {m: p for m, p, _, _ in attribution_rows} == pytest.approx(expected)
+    assert demo_keypair("miner-erin").miner_id not in attributed  # a copy adds no new data
+    export = tmp_path / "home" / "demo" / "exports" / "demo-accepted" / "v000001"
+    assert any((export / "lerobot").glob("*/meta/info.json"))
+    assert sorted(p.name for p in (export / "humanx").iterdir()) == sorted(episodes)
+
+
+def genuine_sid(by_variant: dict) -> str:
+    return by_variant["genuine"]["submission_id"]
