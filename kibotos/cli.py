@@ -17,7 +17,7 @@ from rich.table import Table
 from kibotos.cli_miner import miner_app
 from kibotos.cli_output import make_console, out, print_rows
 from kibotos.errors import KibotosError
-from kibotos.datasets.cli import attribution_cmd, datasets_app
+from kibotos.datasets.cli import attribution_cmd, bench_export_cmd, datasets_app
 from kibotos.xgen.cli import xgen_app
 from kibotos.xmimic.cli import eval_cmd, policies_app, train_cmd
 
@@ -477,6 +477,9 @@ def bench_evidence(
     console.print(table)
     if json_out:
         console.print(f"wrote {write_json(result, json_out)}")
+
+
+bench_app.command("export")(bench_export_cmd)  # kibotos.datasets.cli: dataset export vs reading the bundles
 
 
 @bench_app.command("pipeline")
