@@ -111,3 +111,12 @@ def export_version(store: DatasetStore, name: str, version: int, out: Path, obje
         shutil.rmtree(final)
     os.replace(tmp, final)
     return manifest | {"reused": False, "wall_s": round(time.perf_counter() - t0, 3)}
+
+
+def humanx_clips_dir(store: DatasetStore, ref: str, out: Path, objects) -> tuple[str, Path]:
+    """``(name@vN, <export>/humanx)``: the HumanX clip folders of dataset ``ref`` (``NAME``
+    or ``NAME@vN``), exported first if needed — a clips directory for training; a policy
+    trained on it names ``name@vN`` in ``kibotos.datasets.policy.record_policy_evaluation``."""
+    name, version = store.resolve(ref)
+    export_version(store, name, version, out, objects, formats=("humanx",))
+    return f"{name}@v{version}", export_dir(out, name, version) / "humanx"
