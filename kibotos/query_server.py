@@ -4,7 +4,9 @@ The embedded ClickHouse (chdb) is locked to one process, so ``kibotos report`` a
 ``kibotos ledger`` in another shell ask that process. Loopback only. Endpoints:
 ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /reports/<submission_id>``,
 ``GET /reports/<submission_id>.html`` (the report as a self-contained page, keyframe images
-read from ``store``), ``GET /ledger[?miner=ID]``, ``GET /balances``.
+read from ``store``), ``GET /ledger[?miner=ID]``, ``GET /balances``; with ``datasets_root``,
+the dataset routes of ``kibotos.datasets.http`` (``/datasets``, ``/datasets/<name[@vN]>[.html]``,
+``/datasets/<name[@vN]>/attribution``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from kibotos import warehouse
 
 
 class QueryServer:
-    def __init__(self, client, host: str = "127.0.0.1", port: int = 0, metrics_dir=None, store=None):
+    def __init__(self, client, host: str = "127.0.0.1", port: int = 0, metrics_dir=None, store=None,
+                 datasets_root=None):
         self._lock = threading.Lock()  # one chdb session: serialize queries
         client_ref, lock = client, self._lock
 
@@ -48,6 +51,11 @@ class QueryServer:
                     self.wfile.write(body)
                     return
                 query = parse_qs(url.query)
+                if datasets_root is not None and parts[:1] == ["datasets"]:  # files, not the warehouse
+                    from kibotos.datasets.http import dataset_route
+
+                    status, body, content_type = dataset_route(datasets_root, parts)
+                    return self._send(status, body, content_type)
                 try:
                     if len(parts) == 2 and parts[0] == "reports" and parts[1].endswith(".html"):
                         from kibotos.report_html import render_report_html

@@ -199,7 +199,8 @@ class Stack:
         if self.settings.novelty:
             self._add_slot("novelty", "novelty", self._start_novelty)
             self.log("novelty  duplicate and synthetic-artifact checks against the index in ClickHouse")
-        self.query = QueryServer(self.client, metrics_dir=self.metrics_dir, store=self.store).start()
+        self.query = QueryServer(self.client, metrics_dir=self.metrics_dir, store=self.store,
+                                 datasets_root=self.settings.home / "datasets").start()
         self.ingest_service = build_ingest_service(self.settings, client=self.client, bootstrap=self.bootstrap,
                                                    catalogue=self.catalogue)
         self.ingest = IngestServer(create_ingest_app(self.ingest_service), self.settings.ingest_host,
