@@ -529,8 +529,8 @@ def bench_pipeline(
 @bench_app.command("faults")
 def bench_faults(
     scenarios: str = typer.Option("gate_worker,broker,broker_store,up,sink,sink_down,novelty",
-                                  help="comma-separated: gate_worker, broker, broker_store, up, sink, sink_down, "
-                                       "novelty, gpu_consumer (Ray + IK), ray_actor (one Ray job actor SIGKILLed "
+                                  help="comma-separated: gate_worker, broker, broker_store, up, up_term (SIGTERM), "
+                                       "sink, sink_down, novelty, gpu_consumer (Ray + IK), ray_actor (one Ray job actor SIGKILLed "
                                        "mid-job), hostile_delay (other miners' verdict delay behind hostile "
                                        "bundles, against the gate time budget)"),
     submissions: int = typer.Option(8, min=2, help="episodes per scenario (half before the fault, half after)"),
