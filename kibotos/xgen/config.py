@@ -70,6 +70,9 @@ class InteractionConfig(_Frozen):
     grasp_wrist_pitch_deg: float = Field(default=-50.0, ge=-90, le=90)
     grasp_orientation_cost: float = Field(default=5.0, ge=0)
     refine_blend_s: float = Field(default=0.3, ge=0)
+    # where no hand holds the box (kibotos.xgen.noncontact): genesis | analytic
+    noncontact_sim: str = Field(default="analytic", pattern="^(analytic|genesis)$")
+    noncontact_substeps: int = Field(default=8, ge=1, le=100)
 
     @model_validator(mode="after")
     def _ordered(self) -> "InteractionConfig":

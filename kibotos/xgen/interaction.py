@@ -18,9 +18,10 @@ Sub-steps (the seed's interaction/ boundaries):
 - **force_closure_refine**: per held frame, a small IK correction (feet held, the pelvis
   may give a little) puts each palm on its anchor with its palm normal opposing the
   face normal.
-- **noncontact_sim**: where no hand holds the box it rests; released above the floor it
-  falls freely (analytic, g from config) and settles flat on landing. An analytic model,
-  not a physics engine: enough for a rigid box on flat ground.
+- **noncontact_sim**: where no hand holds the box it rests; released, it moves by
+  physics (``kibotos.xgen.noncontact``): a rigid box on the floor in Genesis, released with
+  the hands' velocity (``interaction.noncontact_sim: genesis``), or the pure analytic
+  fallback (vertical free fall, g from config, flat on landing; ``analytic``).
 - **contact_synth**: a per-frame contact graph over ``CONTACT_PAIRS``.
 
 Reason codes: ``xgen_annotation_invalid`` (ts/te missing, not numbers, or out of
@@ -197,9 +198,12 @@ def init_box(palms: np.ndarray, hold: Hold) -> tuple[np.ndarray, np.ndarray]:
 
 
 def box_trajectory(palms: np.ndarray, hold: Hold, rest: np.ndarray, size: np.ndarray, fps: float,
-                   gravity: float) -> np.ndarray:
+                   gravity: float, sim=None, mass_kg: float = 2.0) -> np.ndarray:
     """(T, 7) box poses: at rest until lift, attached to the palms until the hold ends,
-    then free fall to the floor (module docstring)."""
+    then released to the non-contact simulator ``sim`` (``kibotos.xgen.noncontact``;
+    default the analytic fall) with the hands' velocity at release."""
+    from kibotos.xgen.noncontact import AnalyticBox
+
     n = len(palms)
     out = np.tile(rest, (n, 1))
     ref = hold.lift - 1 if hold.lift > hold.start else hold.start
@@ -207,7 +211,6 @@ def box_trajectory(palms: np.ndarray, hold: Hold, rest: np.ndarray, size: np.nda
     rest_rot = _mat(rest[3:])
     local_rot = r_ref.T @ rest_rot
     local_pos = r_ref.T @ (rest[:3] - o_ref)
-    half_h = size[2] / 2
     for t in range(hold.lift, hold.end + 1):
         o, r = _hands_frame(palms[t, 0], palms[t, 1])
         rot = r @ local_rot
@@ -216,19 +219,11 @@ def box_trajectory(palms: np.ndarray, hold: Hold, rest: np.ndarray, size: np.nda
         corners = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]) * size / 2
         pos[2] += max(0.0, -(pos[2] + (corners @ rot.T)[:, 2].min()))
         out[t] = np.concatenate([pos, _quat(rot)])
-    last = out[hold.end].copy()
-    yaw_rot = _mat(last[3:])
-    x = yaw_rot[:, 0].copy()
-    x[2] = 0.0
-    x /= np.linalg.norm(x)
-    flat = _quat(np.stack([x, np.cross([0.0, 0.0, 1.0], x), [0.0, 0.0, 1.0]], axis=1))
-    z0 = last[2]
-    for k, t in enumerate(range(hold.end + 1, n), start=1):
-        z = z0 - 0.5 * gravity * (k / fps) ** 2
-        if z <= half_h:
-            out[t] = np.concatenate([[last[0], last[1], half_h], flat])
-        else:
-            out[t] = np.concatenate([[last[0], last[1], z], last[3:]])
+    if hold.end + 1 < n:
+        sim = sim or AnalyticBox(gravity)
+        last = out[hold.end]
+        lin_vel = (last[:3] - out[hold.end - 1, :3]) * fps if hold.end > hold.lift else np.zeros(3)
+        out[hold.end + 1:] = sim.fall(last, lin_vel, np.zeros(3), size, mass_kg, n - hold.end - 1, fps)
     return out
 
 
@@ -387,7 +382,11 @@ def solve_box(kin: g1.Kin, qpos: np.ndarray, hold: Hold, rest: np.ndarray, size:
               cfg: InteractionConfig, *, fit: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Box trajectory + refined robot for one box (also used by augment): returns
     ``(qpos, box (T, 7), size, metrics)``."""
+    from kibotos.xgen.noncontact import simulator
+
     palms, _ = kin.palms(qpos)
+    # the held path does not depend on the simulator or the depth; the free path does:
+    # simulated once the box's size is known
     box = box_trajectory(palms, hold, rest, size, fps, cfg.gravity_m_s2)
     held = np.arange(hold.start, hold.end + 1)
     metrics: dict[str, Any] = {}
@@ -395,6 +394,10 @@ def solve_box(kin: g1.Kin, qpos: np.ndarray, hold: Hold, rest: np.ndarray, size:
         depth, _ = fit_depth(kin, qpos, box, size, cfg, held)
         size = size.copy()
         size[0] = depth
+    if cfg.noncontact_sim != "analytic" and hold.end + 1 < len(qpos):
+        sim = simulator(cfg.noncontact_sim, cfg.noncontact_substeps, cfg.gravity_m_s2)
+        box = box_trajectory(palms, hold, rest, size, fps, cfg.gravity_m_s2, sim, cfg.default_mass_kg)
+        metrics["noncontact"] = dict(sim.last_metrics)
     anchors = anchors_for(size)
     refined = refine(qpos, box, anchors, range(hold.start, hold.end + 1), cfg, fps)
     dist = face_distances(kin, refined, box, anchors)[held]
