@@ -102,6 +102,7 @@ far from the sync offset and clearly worse at it. Everything short of that stays
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +110,7 @@ import cv2
 import numpy as np
 
 from gpu_consumers.keyframes import joint_speed
+from gpu_consumers.playback import GATE_ID as PLAYBACK_GATE
 from gpu_consumers.playback import foreground_masks, joints_at
 from kibotos.alignment_config import AlignmentConfig, ImagesConfig, MotionConfig, RejectConfig, SecondaryConfig
 from kibotos.bundle.reader import JOINT_POS, SECONDARY_PREFIX, TIMESTAMPS, BundleView, video_paths
@@ -118,9 +120,9 @@ from kibotos.report import GateResult
 from kibotos.robots import get_robot
 from kibotos.robots.kinematics import kinematics_for
 from kibotos.video import decode_luma_widths, luma_from_frames
+from streams.in_flight import InFlight
 
 GATE_ID = "alignment"
-PLAYBACK_GATE = "playback"
 REJECT_CODE = "video_kinematics_misaligned"
 MISMATCH_CODE = "video_kinematics_mismatch"
 
@@ -826,23 +828,25 @@ def misaligned(image: dict[str, Any], motion: dict[str, Any], rej: RejectConfig)
             and bool(aucs) and all(a <= rej.max_image_auc for a in aucs))
 
 
-def check_alignment(view: BundleView, event: dict, store, config: AlignmentConfig, vlm=None) -> GateResult:
+def check_alignment(view: BundleView, event: InFlight | Mapping[str, Any], store, config: AlignmentConfig,
+                    vlm=None) -> GateResult:
     """Alignment evidence of one submission (gate ``alignment``; see the module docstring).
 
-    :param event: the in-flight event: the playback result among ``gate_results`` and the
-        sync estimate (``gpu_consumers.jobs.prior_result``, ``_sync_offset``).
+    :param event: the in-flight event (``streams.in_flight.InFlight``, or its record): the
+        playback result (``event.result("playback")``) and the sync estimate
+        (``event.sync_offset()``).
     :param store: object store holding the playback pairs (``read_bytes``).
     :param config: the alignment config (``kibotos.alignment_config``).
     :param vlm: a ``kibotos.vlm`` provider, or None (no VLM configured).
     """
-    from gpu_consumers.jobs import _sync_offset, prior_result
-
+    event = InFlight.from_record(event)
+    offset_ms = event.sync_offset()
     thresholds = config.model_dump(mode="json", exclude={"vlm": {"calibration"}})
     metrics: dict[str, Any] = {"config_version": config.config_version}
     reasons: dict[str, str] = {}
     flags: list[str] = []
 
-    playback = prior_result(event, PLAYBACK_GATE)
+    playback = event.result(PLAYBACK_GATE)
     pairs: list[Pair] = []
     if playback is None:
         image = {"term": None, "reason": "no playback result in the event (the evidence plan runs no "
@@ -856,8 +860,8 @@ def check_alignment(view: BundleView, event: dict, store, config: AlignmentConfi
         else:
             image = {"term": None, "reason": "playback stored no keyframe pair with a real frame", **info}
         image["mean_playback_silhouette_iou"] = playback.metrics.get("mean_silhouette_iou")
-    motion = motion_evidence(view, _sync_offset(event), config.motion)
-    secondary = secondary_evidence(view, _sync_offset(event), config)
+    motion = motion_evidence(view, offset_ms, config.motion)
+    secondary = secondary_evidence(view, offset_ms, config)
     vlm_out = vlm_evidence(vlm, pairs, view, config) if pairs else (
         {"status": "not_configured"} if vlm is None else {"status": "skipped", "reason": "no keyframe pairs"})
 
@@ -900,7 +904,7 @@ def check_alignment(view: BundleView, event: dict, store, config: AlignmentConfi
     if s_align is None:
         metrics["reason"] = "no alignment evidence: " + "; ".join(f"{k}: {v}" for k, v in reasons.items())
 
-    findings, mismatch = mismatch_findings(view, _sync_offset(event), config)
+    findings, mismatch = mismatch_findings(view, offset_ms, config)
     metrics["mismatch"] = mismatch
     if misaligned(image, motion, config.reject):
         return GateResult(gate=GATE_ID, passed=False, metrics=metrics, thresholds=thresholds, flags=flags,

@@ -34,10 +34,11 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from kibotos.errors import ServiceError
 from kibotos.logs import submission_context
-from kibotos.metrics import JOBS_IN_FLIGHT, observe, update_lag
+from kibotos.metrics import JOBS_IN_FLIGHT, VALIDATOR_FAULTS_TOTAL, observe, update_lag
 from kibotos.settings import Settings
-from streams.stage import Record, dead_letter
+from streams.stage import Record, ValidatorFault, dead_letter, load_fault_policy
 from topics.catalogue import Catalogue
+from topics.clients import LOW_LATENCY, consumer_config, group_id, producer_config
 
 log = logging.getLogger("kibotos.gpu")
 
@@ -119,7 +120,7 @@ class JobConsumer:
 
     def __init__(self, settings: Settings, bootstrap: str, kinds: tuple[str, ...] | None = None,
                  actors_per_kind: int | None = None, ray_address: str | None = None,
-                 max_job_attempts: int = 3):
+                 max_job_attempts: int | None = None):
         import ray
 
         from gpu_consumers.registry import get_job
@@ -138,19 +139,15 @@ class JobConsumer:
                          logging_level="ERROR", log_to_driver=False)
         self._actor_cls = ray.remote(**accelerator_options())(JobActorImpl)
         self._payload = settings.model_dump_json()
-        self.max_attempts = max_job_attempts
+        # tries of one job in all (versioned: kibotos/config/faults.yaml, streams.stage.FaultPolicy)
+        self.policy = load_fault_policy(settings.fault_config_path)
+        self.max_attempts = max_job_attempts or self.policy.max_attempts
         self.free = {kind: [self._new_actor(kind) for _ in range(n)] for kind in self.kinds}
         self.topic_kind = {spec.name: kind for kind, spec in self.inputs.items()}
-        group = f"{settings.consumer_group_prefix}-{settings.topic_prefix}gpu-jobs".replace(".", "-")
-        self.consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
-            "enable.auto.commit": False, "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000,
-            "fetch.wait.max.ms": 100,  # the broker may hold a fetch for its whole wait: keep hops short
-            # a cold Genesis scene build can take minutes inside one job
-            "max.poll.interval.ms": 900_000,
-        })
-        self.producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0,
-                                  "batch.num.messages": 1, "enable.idempotence": False})
+        # a cold Genesis scene build can take minutes inside one job
+        self.consumer = Consumer(consumer_config(bootstrap, group_id(settings, "gpu-jobs"), **LOW_LATENCY,
+                                                 **{"max.poll.interval.ms": 900_000}))
+        self.producer = Producer(producer_config(bootstrap))
         self.tracker = OffsetTracker()
         self.pending: dict = {}  # ray ObjectRef -> (Job, actor)
         self.paused: set[str] = set()
@@ -195,24 +192,29 @@ class JobConsumer:
             self._set_paused(job.kind, True)
 
     def _failed(self, job: "Job", actor, exc: Exception) -> None:
-        """A job raised in its actor (a service fault such as a renderer that cannot start,
-        or the actor process died): retry it on a fresh actor, and after
-        ``max_job_attempts`` park it in the dead-letter topic with its payload verbatim
-        (replayable), rather than reject the miner for the validator's own fault."""
+        """A job raised in its actor (a validator fault: a crashed model, a renderer that
+        cannot start, the actor process died): retry it on a fresh actor, and after
+        ``max_attempts`` tries park it in the dead-letter topic with its payload verbatim
+        (replayable) and the fault's reason code, rather than reject the miner for the
+        validator's own fault: the verdict stays pending."""
         import ray
 
         JOBS_IN_FLIGHT.labels(job.kind).dec()
         job.attempts += 1
+        cause = getattr(exc, "cause", None) or exc  # ray wraps what the actor raised
+        code = cause.reason_code if isinstance(cause, ValidatorFault) else "job_service_unavailable"
+        VALIDATOR_FAULTS_TOTAL.labels(f"job_{job.kind}", code).inc()
         log.error("job %s %s[%s]@%s failed (attempt %d/%d): %s", job.kind, job.topic, job.partition,
                   job.offset, job.attempts, self.max_attempts, exc)
         ray.kill(actor, no_restart=True)
         self.free[job.kind].append(self._new_actor(job.kind))
         if job.attempts < self.max_attempts:
-            time.sleep(min(2.0 ** job.attempts, 10.0))
+            time.sleep(min(self.policy.backoff_s * job.attempts, 10.0))
             self._submit(job)
             return
         record = Record(job.topic, job.value, job.key, job.partition, job.offset)
-        out = dead_letter(self.catalogue, record, f"job_{job.kind}", "job_service_unavailable", str(exc))
+        out = dead_letter(self.catalogue, record, f"job_{job.kind}", code,
+                          f"validator fault after {job.attempts} attempts, verdict pending: {cause}")
         self._publish([(out.topic.name, out.key(), out.value())])
         observe(f"job_{job.kind}", self.inputs[job.kind].id, [(out.topic.id, out.record)],
                 time.perf_counter() - job.started)

@@ -13,7 +13,6 @@ fails loudly instead of stalling. The VLM is not a job kind: it is a provider
 from __future__ import annotations
 
 import functools
-import json
 from typing import Callable
 
 from gpu_consumers.registry import RESERVED, JobSpec, get_job, job_specs, register_job  # noqa: F401
@@ -65,34 +64,6 @@ def check_plan(kinds: tuple[str, ...]) -> None:
         get_job(kind)
 
 
-def _sync_offset(event: dict) -> float:
-    """The offset keyframes are aligned with: gate C's estimate when confident, else the claim."""
-    sync = event.get("sync") or {}
-    est, conf = sync.get("estimated_offset_ms"), sync.get("sync_confidence")
-    if est is not None and conf is not None and conf >= 0.5:
-        return float(est)
-    return float(sync.get("claimed_offset_ms") or 0.0)
-
-
-def prior_result(event: dict, gate: str) -> GateResult | None:
-    """The result of an earlier stage ``gate`` carried by the in-flight event.
-
-    Stages append to ``event["gate_results"]`` one record per stage id, with metrics and
-    thresholds as JSON strings (``metrics_json``, schema ``submission_in_flight``). None
-    when the stage has not run or its record cannot be read."""
-    for rec in reversed(event.get("gate_results") or []):
-        if rec.get("gate") != gate:
-            continue
-        try:
-            metrics = rec["metrics"] if "metrics" in rec else json.loads(rec["metrics_json"])
-            thresholds = rec["thresholds"] if "thresholds" in rec else json.loads(rec.get("thresholds_json") or "{}")
-            return GateResult(gate=gate, passed=bool(rec["passed"]), reason_code=rec.get("reason_code"),
-                              metrics=metrics, thresholds=thresholds, flags=rec.get("flags") or [])
-        except (KeyError, TypeError, ValueError):
-            return None
-    return None
-
-
 @evidence_job("pose", gate="gate_f_pose")
 def pose_handler(config: GateConfig, store, settings):
     from gpu_consumers.gate_f_pose import check_pose, video_subject
@@ -138,7 +109,7 @@ def playback_handler(config: GateConfig, store, settings):
         key = (m.robot_model_id, m.robot_model_revision)
         if key not in renderers:
             renderers[key] = PlaybackRenderer(get_robot(*key))
-        return run_playback(view, _sync_offset(event), renderers[key], store, f"keyframes/{event['submission_id']}")
+        return run_playback(view, event.sync_offset(), renderers[key], store, f"keyframes/{event.submission_id}")
 
     return handle
 

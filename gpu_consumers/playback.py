@@ -497,9 +497,11 @@ def run_playback(view: BundleView, sync_offset_ms: float, renderer: PlaybackRend
         rendered = renderer.render_frames(joints_at(ts, q, np.array([k.kin_time_ms for k in keyframes])),
                                           m.joint_names, camera.intrinsics.model_dump(),
                                           np.asarray(camera.extrinsics, dtype=np.float64), robot=robot)
-    except ServiceError:
-        raise  # the renderer's environment, not the submission: never a verdict on the miner
-    except Exception as exc:  # a model or pose Genesis cannot replay: reported, never raised
+    # anything but a KibotosError (Genesis itself failing) propagates: a validator fault,
+    # retried and then dead-lettered with the verdict pending (streams.stage), never a rejection
+    except KibotosError as exc:  # rows, names or a pose the submission declares cannot be replayed
+        if isinstance(exc, ServiceError):
+            raise  # the renderer's environment, not the submission: never a verdict on the miner
         metrics["error"] = f"{type(exc).__name__}: {exc}"[:500]
         return GateResult(gate=GATE_ID, passed=False, metrics=metrics, thresholds=thresholds,
                           reason_code="playback_failed")

@@ -40,3 +40,36 @@ class ServiceError(KibotosError):
     """A backing service (broker, object store, ClickHouse) failed or is unreachable."""
 
     reason_code = "service_unavailable"
+
+
+# --- degradations: recoverable errors that must not pass silently -----------------------
+import contextlib as _contextlib  # noqa: E402
+import contextvars as _contextvars  # noqa: E402
+
+_DEGRADED: _contextvars.ContextVar[list | None] = _contextvars.ContextVar("kibotos_degraded", default=None)
+
+
+def note_degraded(flag: str, detail: str) -> None:
+    """Record that the current judgement works on partial data (``flag``, e.g.
+    ``video_decode_truncated``): counted (``kibotos_degraded_inputs``), logged, and added
+    to the stage's result by ``streams.stage.contained`` when one is collecting."""
+    import logging
+
+    from kibotos.metrics import DEGRADED_TOTAL
+
+    DEGRADED_TOTAL.labels(flag).inc()
+    logging.getLogger("kibotos.degraded").warning("%s: %s", flag, detail)
+    notes = _DEGRADED.get()
+    if notes is not None:
+        notes.append((flag, detail))
+
+
+@_contextlib.contextmanager
+def collect_degraded():
+    """Collect the ``note_degraded`` calls made inside the block (a list of (flag, detail))."""
+    notes: list[tuple[str, str]] = []
+    token = _DEGRADED.set(notes)
+    try:
+        yield notes
+    finally:
+        _DEGRADED.reset(token)

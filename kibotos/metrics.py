@@ -33,6 +33,11 @@ RECORDS_IN = Counter("kibotos_records_in", "records consumed", ["processor", "to
 RECORDS_OUT = Counter("kibotos_records_out", "records produced", ["processor", "topic"])
 REJECTIONS = Counter("kibotos_rejections", "submissions rejected", ["processor", "reason_code"])
 DEAD_LETTERS = Counter("kibotos_dead_letters", "records dead-lettered", ["processor", "error_code"])
+# a stage's own failure (streams.stage.ValidatorFault), counted per try; never a verdict
+VALIDATOR_FAULTS_TOTAL = Counter("kibotos_validator_faults", "validator faults (retried, then dead-lettered)",
+                                 ["processor", "reason_code"])
+# a recoverable degradation noted while judging (kibotos.errors.note_degraded), e.g. a damaged video tail
+DEGRADED_TOTAL = Counter("kibotos_degraded_inputs", "inputs judged on partial data", ["flag"])
 PROCESSING = Histogram("kibotos_processing_seconds", "work per record", ["processor"], buckets=BUCKETS)
 LAG = Gauge("kibotos_consumer_lag", "high watermark minus committed position", ["processor", "topic", "partition"],
             multiprocess_mode="livemax")

@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     # Alignment evidence (job "align") thresholds and the VLM calibration table: a
     # versioned YAML file; None = the packaged kibotos/config/alignment.yaml
     alignment_config_path: Path | None = None
+    # validator-fault retries (streams.stage.FaultPolicy); None = kibotos/config/faults.yaml
+    fault_config_path: Path | None = None
 
     # VLM provider used by the align job (kibotos.vlm registry). None: no VLM; alignment
     # and task scores come from the non-VLM evidence and the report says so.

@@ -19,7 +19,10 @@ import cv2
 import numpy as np
 
 from kibotos.bundle.limits import Limits, ResourceLimitExceeded, active_limits, check, check_deadline
-from kibotos.errors import BundleError
+from kibotos.errors import BundleError, note_degraded
+
+# flag of a judgement made on the frames before a decode error (kibotos.errors.note_degraded)
+DECODE_TRUNCATED = "video_decode_truncated"
 
 
 def encode_mp4(frames: np.ndarray, fps: float, crf: int = 23) -> bytes:
@@ -207,7 +210,8 @@ def decode_luma_widths(data: bytes, widths: Sequence[int], max_frames: int = 100
         except Exception as exc:
             if not out[0]:
                 raise BundleError(f"video cannot be decoded: {exc}", reason_code="video_unreadable") from exc
-            # a damaged tail: keep what decoded, the frame count check will notice
+            # a damaged tail: keep what decoded (the frame count check will notice), never silently
+            note_degraded(DECODE_TRUNCATED, f"decode stopped after {len(out[0])} frames: {exc}")
         return [DecodedLuma(np.stack(frames) if frames else np.zeros((0, th, tw), np.uint8), fps, w, h,
                             stream.codec_context.name) for frames, (tw, th) in zip(out, sizes)]
 
@@ -282,4 +286,5 @@ def decode_rgb_frames(data: bytes, indices, seek_gap_frames: int | None = None) 
         except Exception as exc:
             if not out:
                 raise BundleError(f"video cannot be decoded: {exc}", reason_code="video_unreadable") from exc
+            note_degraded(DECODE_TRUNCATED, f"decode stopped after {len(out)} wanted frames: {exc}")
     return out

@@ -45,10 +45,12 @@ def register_gate(gate_id: str, letter: str, order: int, title: str) -> Callable
 
 
 def gates() -> list[Gate]:
-    """Every registered gate, cheapest first."""
-    import processors.gates  # noqa: F401  (registers the gates)
+    """Every registered gate, cheapest first (``processors.gates.GATE_ORDER``)."""
+    from processors.gates import GATE_ORDER  # importing it registers the gates
 
-    return sorted(_GATES.values(), key=lambda g: g.order)
+    if set(GATE_ORDER) != set(_GATES):
+        raise ValueError(f"GATE_ORDER {GATE_ORDER} does not name the registered gates {sorted(_GATES)}")
+    return [_GATES[gate_id] for gate_id in GATE_ORDER]
 
 
 def get_gate(gate_id: str) -> Gate:

@@ -21,6 +21,7 @@ from kibotos.metrics import render as render_metrics
 from kibotos.scoring import load_scoring_config
 from streams.stages import Record, build_stages, handle_observed, stage_inputs
 from topics.catalogue import Catalogue
+from topics.clients import group_id
 
 log = logging.getLogger("kibotos.streams")
 
@@ -50,7 +51,7 @@ def _cap_fetch_wait() -> None:
 
 def app_id(settings: Settings) -> str:
     """The consumer group of the gate workers (namespaced like the topics)."""
-    return f"{settings.consumer_group_prefix}-{settings.topic_prefix}gates".replace(".", "-")
+    return group_id(settings, "gates")
 
 
 def create_app(settings: Settings, bootstrap: str, config: GateConfig, web_port: int,

@@ -20,12 +20,13 @@ from kibotos.process import process_parser, start_process
 from streams.stage_consumer import StageConsumer
 from streams.stages import NoveltyStage
 from topics.catalogue import Catalogue
+from topics.clients import group_id
 
 log = logging.getLogger("kibotos.streams")
 
 
 def novelty_group(settings: Settings) -> str:
-    return f"{settings.consumer_group_prefix}-{settings.topic_prefix}novelty"
+    return group_id(settings, "novelty")
 
 
 def build_novelty_consumer(settings: Settings, client, bootstrap: str, store=None) -> StageConsumer:

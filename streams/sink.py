@@ -37,6 +37,8 @@ from kibotos.errors import KibotosError, ServiceError
 from kibotos.metrics import DEAD_LETTERS, PROCESSING, RECORDS_IN, update_lag
 from streams.sink_rows import TABLE_COLUMNS, rows_for, undecodable_row
 from topics.catalogue import Catalogue
+from topics.clients import consumer_config
+from topics.clients import group_id as consumer_group
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +84,7 @@ class ClickHouseSink:
         self.commit_failures = 0
         self._lag_at = 0.0
         self.assigned = False  # set by this consumer's own thread once the group gave it partitions
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": group_id,
-                "client.id": PROCESSOR_ID,
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-                # Join quickly (Tansu takes about half the session timeout to form a group).
-                "session.timeout.ms": 6000,
-                "heartbeat.interval.ms": 1000,
-            }
-        )
+        self._consumer = Consumer(consumer_config(bootstrap, group_id, **{"client.id": PROCESSOR_ID}))
         self._consumer.subscribe(list(self._specs), on_assign=self._on_assign)
 
     def _on_assign(self, consumer, partitions) -> None:
@@ -228,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     proc = start_process(parser, argv)
     args, settings, bootstrap, stop = proc.args, proc.settings, proc.bootstrap, proc.stop
     client = open_client(settings.chdb_dsn)
-    group = f"{settings.consumer_group_prefix}-{settings.topic_prefix}sink"
+    group = consumer_group(settings, "sink")
     try:
         with ClickHouseSink(client, Catalogue.from_settings(settings), bootstrap, group, batch_size=args.batch_size,
                             flush_interval_s=args.flush_interval) as sink:

@@ -20,6 +20,19 @@ unforeseen exception an ``<kind>_internal_error`` result, and the wall time is r
 A ``ServiceError`` (the store, the broker, a renderer: the validator's own fault) is
 raised so the runner retries it. Gates (``processors.base.run_gate``), evidence jobs and
 the novelty stage all run their work through it.
+
+Validator faults. In a stream stage (``faults=True``) an internal error
+(``gate_internal_error``, ``job_internal_error``: a bug or a crashed model, not the miner's
+input) is raised as a ``ValidatorFault`` instead of becoming a failed result, so it never
+rejects the miner. ``handle_with_retries`` tries the record again up to
+``FaultPolicy.max_attempts`` times in all (versioned, ``kibotos/config/faults.yaml``) and
+then parks it in ``dead.letters`` with the fault's reason code: the verdict stays pending,
+operators see the record (replayable) and the ``kibotos_validator_faults_total`` counter.
+``kibotos verify`` keeps the failed result (``faults=False``): it prints what happened.
+
+A decode error after the first frame of a video (a damaged tail) keeps the frames decoded
+so far, but is never silent: ``kibotos.errors.note_degraded`` records it and ``contained``
+adds the flag (``video_decode_truncated``) and ``metrics["degraded"]`` to the stage's result.
 """
 
 from __future__ import annotations
@@ -30,10 +43,51 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import functools
+import logging
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
 from kibotos.bundle.limits import RESOURCE_LIMIT
-from kibotos.errors import KibotosError, ServiceError
+from kibotos.errors import KibotosError, ServiceError, collect_degraded
 from kibotos.report import GateResult
 from topics.catalogue import Catalogue, TopicSpec
+
+log = logging.getLogger("kibotos.streams")
+# reason codes that say the validator failed, not the miner's input
+VALIDATOR_FAULTS = frozenset({"gate_internal_error", "job_internal_error", "stage_internal_error"})
+FAULTS_CONFIG = Path(__file__).resolve().parents[1] / "kibotos" / "config" / "faults.yaml"
+
+
+class ValidatorFault(ServiceError):
+    """A stage failed on a record through no fault of the miner (module docstring)."""
+
+    def __init__(self, stage_id: str, reason_code: str, message: str):
+        super().__init__(f"{stage_id}: {message}", reason_code=reason_code)
+        self.stage_id = stage_id
+
+
+class FaultPolicy(BaseModel):
+    """How validator faults are retried (``kibotos/config/faults.yaml``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    config_version: str
+    max_attempts: int = 3
+    backoff_s: float = 0.5
+
+
+@functools.lru_cache(maxsize=8)
+def load_fault_policy(path: Path | str | None = None) -> FaultPolicy:
+    from kibotos.config_files import read_yaml, validate
+
+    policy = validate(FaultPolicy, read_yaml(path or FAULTS_CONFIG, "faults"), "faults")
+    if policy.max_attempts < 1 or policy.backoff_s < 0:
+        from kibotos.errors import ConfigError
+
+        raise ConfigError(f"invalid faults config: max_attempts >= 1 and backoff_s >= 0, got {policy}")
+    return policy
 
 
 def now_ms() -> int:
@@ -99,17 +153,21 @@ def _limit_metrics(exc: Exception) -> dict:
 
 
 def contained(stage_id: str, fn: Callable[[], GateResult], *,
-              internal_code: str | None = "stage_internal_error") -> GateResult:
+              internal_code: str | None = "stage_internal_error", faults: bool = False) -> GateResult:
     """``fn()`` with every error a stage may meet turned into a result (module docstring).
 
     :param stage_id: the ``gate`` of a result made from an error.
     :param internal_code: reason code of an unforeseen exception (``gate_internal_error``,
         ``job_internal_error``); ``None`` lets it propagate (the runner crashes and redoes
         the record).
+    :param faults: raise a ``ValidatorFault`` for an internal error (an unforeseen
+        exception, or a result of ``fn`` carrying one of ``VALIDATOR_FAULTS``) instead of
+        returning it: stream stages, where it must not become a verdict.
     """
     t0 = time.perf_counter()
     try:
-        res = fn()
+        with collect_degraded() as degraded:
+            res = fn()
     except ServiceError:  # the validator's fault (store, broker, renderer): the runner retries
         raise
     except KibotosError as exc:
@@ -123,9 +181,38 @@ def contained(stage_id: str, fn: Callable[[], GateResult], *,
     except Exception as exc:  # a bug or an input we did not foresee: never crash the worker
         if internal_code is None:
             raise
+        if faults:
+            raise ValidatorFault(stage_id, internal_code, f"{type(exc).__name__}: {exc}"[:500]) from exc
         res = GateResult(gate=stage_id, passed=False, reason_code=internal_code,
                          metrics={"error": f"{type(exc).__name__}: {exc}"[:500],
                                   "trace": traceback.format_exc(limit=3)[-800:]})
+    if faults and not res.passed and res.reason_code in VALIDATOR_FAULTS:  # made a result by a nested wrapper
+        raise ValidatorFault(stage_id, res.reason_code, str(res.metrics.get("error", res.reason_code)))
     metrics = dict(res.metrics)
     metrics.setdefault("wall_ms", round((time.perf_counter() - t0) * 1000.0, 3))
-    return res.model_copy(update={"metrics": metrics})
+    update: dict[str, Any] = {"metrics": metrics}
+    if degraded:
+        metrics["degraded"] = [{"flag": flag, "detail": detail[:300]} for flag, detail in degraded]
+        update["flags"] = list(res.flags) + sorted({flag for flag, _ in degraded} - set(res.flags))
+    return res.model_copy(update=update)
+
+
+def handle_with_retries(stage: Stage, record: Record, catalogue: Catalogue,
+                        policy: FaultPolicy | None = None, sleep: Callable[[float], None] = time.sleep) -> list[Output]:
+    """``stage.handle(record)``; a ``ValidatorFault`` is retried up to ``policy.max_attempts``
+    tries in all, then the record becomes a dead letter with the fault's reason code (the
+    verdict stays pending: nothing is published for the submission)."""
+    from kibotos.metrics import VALIDATOR_FAULTS_TOTAL
+
+    policy = policy or load_fault_policy()
+    for attempt in range(1, policy.max_attempts + 1):
+        try:
+            return stage.handle(record)
+        except ValidatorFault as fault:
+            VALIDATOR_FAULTS_TOTAL.labels(stage.id, fault.reason_code).inc()
+            log.warning("validator fault in %s (attempt %d/%d): %s", stage.id, attempt, policy.max_attempts, fault)
+            last = fault
+            if attempt < policy.max_attempts:
+                sleep(min(policy.backoff_s * attempt, 10.0))
+    return [dead_letter(catalogue, record, stage.id, last.reason_code,
+                        f"validator fault after {policy.max_attempts} attempts, verdict pending: {last}")]

@@ -18,6 +18,7 @@ from kibotos.errors import ServiceError
 from kibotos.metrics import update_lag
 from streams.stages import Record, handle_observed, stage_inputs
 from topics.catalogue import Catalogue
+from topics.clients import LOW_LATENCY, consumer_config, producer_config
 
 log = logging.getLogger("kibotos.streams")
 
@@ -29,14 +30,8 @@ class StageConsumer:
         self.handled = 0
         self._lag_at = 0.0
         self.assigned = False  # set by this consumer's own thread once the group gave it partitions
-        self.consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": group_id, "auto.offset.reset": "earliest",
-            "enable.auto.commit": False, "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000,
-            "fetch.wait.max.ms": 100,  # the broker may hold a fetch for its whole wait: keep hops short
-            "client.id": stage.processor_id,
-        })
-        self.producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0,
-                                  "batch.num.messages": 1, "enable.idempotence": False})
+        self.consumer = Consumer(consumer_config(bootstrap, group_id, **LOW_LATENCY, **{"client.id": stage.id}))
+        self.producer = Producer(producer_config(bootstrap))
         self.consumer.subscribe([spec.name for spec in stage_inputs(stage)], on_assign=self._on_assign)
 
     def _on_assign(self, consumer, partitions) -> None:

@@ -26,7 +26,7 @@ import yaml
 from gpu_consumers.alignment import (
     GATE_ID, MISMATCH_CODE, REJECT_CODE, Pair, check_alignment, misaligned, pair_auc, vlm_evidence,
 )
-from gpu_consumers.jobs import make_handler, prior_result
+from gpu_consumers.jobs import make_handler
 from gpu_consumers.playback import PlaybackRenderer, run_playback
 from kibotos.alignment_config import DEFAULT_PATH, load_alignment_config, parse_alignment_config
 from kibotos.bundle import open_bundle
@@ -37,6 +37,7 @@ from kibotos.robots import get_robot
 from kibotos.samples import Episode
 from kibotos.vlm import PROMPT_VERSION
 from kibotos.vlm.openai_compat import OpenAICompatProvider
+from streams.in_flight import InFlight
 from streams.stages import JobStage, Record, advance
 from tests.fixtures.episodes import PANDA, small_bundle
 from tests.fixtures.vlm_stub import keyframe_pairs
@@ -303,7 +304,7 @@ def _through_the_job(store, event) -> GateResult:
     [out] = stage.handle(Record(cat.job("align").name, cat.job("align").serialize(event)))
     assert out.topic == cat.evidence_completed
     decoded = cat.evidence_completed.deserialize(out.value())
-    return prior_result(decoded, GATE_ID)
+    return InFlight.from_record(decoded).result(GATE_ID)
 
 
 def test_vlm_answer_is_blended_through_the_job_handler(played, results, vlm_env):

@@ -81,3 +81,35 @@ def test_a_new_job_family_plugs_into_the_actor_without_touching_the_consumer(mon
     [(topic, key, value)] = actor.handle("p.dead.letters", cat.dead_letters.serialize(letter), b"k", 0, 1)
     assert topic == "p.dead.letters" and key == b"k"
     assert cat.dead_letters.deserialize(value)["error_code"] == "echoed"
+
+
+GATES = __import__("processors.base", fromlist=["gates"]).gates()
+
+
+def test_gate_order_is_the_registered_gates_with_their_letters_and_orders_in_sequence():
+    from processors.gates import GATE_ORDER
+
+    assert tuple(g.gate_id for g in GATES) == GATE_ORDER
+    assert [g.letter for g in GATES] == list("abcde") and [g.order for g in GATES] == sorted(g.order for g in GATES)
+
+
+@pytest.mark.parametrize("gate", GATES, ids=lambda g: g.gate_id)
+def test_every_registered_gate_passes_a_genuine_bundle_and_dead_letters_garbage(gate, tmp_path):
+    from kibotos.bundle import open_bundle
+    from kibotos.gate_config import load_config
+    from kibotos.objectstore import LocalObjectStore
+    from kibotos.robots import get_robot, list_robots
+    from kibotos.samples import make_episode
+    from processors.base import run_gate
+    from streams.stages import GateStage
+
+    config = load_config()
+    ep = make_episode(get_robot("ur5", dict(list_robots())["ur5"]), "genuine", seed=0)
+    with open_bundle(ep.write(tmp_path / "g.zarr.zip")) as view:
+        res = run_gate(gate, view, config)
+    assert res.gate == gate.gate_id and res.passed, res
+    cat = Catalogue(prefix="smoke.")
+    stage = GateStage(gate, cat, LocalObjectStore(tmp_path / "o"), config)
+    assert isinstance(stage, Stage) and stage.id == gate.gate_id
+    [out] = stage.handle(Record(stage.inputs[0].name, b"\x00garbage"))
+    assert out.topic == cat.dead_letters and out.record["processor_id"] == gate.gate_id

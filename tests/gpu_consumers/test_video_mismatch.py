@@ -119,7 +119,7 @@ def test_over_seeds_genuine_is_never_flagged_and_swaps_mostly_are(tmp_path, subj
     """The false-positive guard over more episodes than the chain test: genuine episodes of
     every robot (seeds 1-3, their own random offsets) have no finding; another episode's
     video of the same task is flagged in most of them (the rest stays soft)."""
-    from gpu_consumers.jobs import _sync_offset
+    from streams.in_flight import sync_offset
     from kibotos.gate_config import load_config as load_gates
     from processors.base import get_gate
     from processors.chain import gate_on_path
@@ -135,8 +135,8 @@ def test_over_seeds_genuine_is_never_flagged_and_swaps_mostly_are(tmp_path, subj
                     assert variant != "genuine", (key, seed, c.reason_code, c.metrics)
                     flagged, total = flagged + 1, total + 1
                     continue
-                offset = _sync_offset({"sync": {k: c.metrics.get(k) for k in
-                                                ("claimed_offset_ms", "estimated_offset_ms", "sync_confidence")}})
+                offset = sync_offset({k: c.metrics.get(k) for k in
+                                      ("claimed_offset_ms", "estimated_offset_ms", "sync_confidence")})
                 with open_bundle(path) as view:
                     findings, metrics = mismatch_findings(view, offset, ALIGN_CONFIG)
                 if variant == "genuine":

@@ -74,7 +74,11 @@ def test_a_service_fault_in_a_job_is_raised_for_a_retry_not_turned_into_a_verdic
         stage.handle(record)
 
 
-def test_a_crashing_model_rejects_with_a_reason_and_the_stage_survives(catalogue, bundles):
+def test_a_crashing_model_never_rejects_the_miner_and_the_stage_survives(catalogue, bundles):
+    """The validator's own failure is retried, then parked for operators (verdict pending:
+    tests/streams/test_validator_faults.py); the next record is handled as usual."""
+    from streams.stage import FaultPolicy
+
     calls = []
 
     def crashing(view, event) -> GateResult:
@@ -85,6 +89,9 @@ def test_a_crashing_model_rejects_with_a_reason_and_the_stage_survives(catalogue
     event = dict(bundles.received(UR5, "genuine"), gate_results=[], sync=None, config_version=None,
                  robot_model_revision=None)
     spec = catalogue.job("pose")
-    outs = run_in_process([stage], [Record(spec.name, spec.serialize(event)), Record(spec.name, b"garbage")])
-    assert [o.topic.id for o in outs] == ["verification.rejected", "dead.letters"]
-    assert outs[0].record["reason_code"] == "job_internal_error" and len(calls) == 1
+    policy = FaultPolicy(config_version="t", max_attempts=2, backoff_s=0.0)
+    outs = run_in_process([stage], [Record(spec.name, spec.serialize(event)), Record(spec.name, b"garbage")],
+                          policy=policy)
+    assert [o.topic.id for o in outs] == ["dead.letters", "dead.letters"]
+    assert [o.record["error_code"] for o in outs] == ["job_internal_error", "undecodable_record"]
+    assert len(calls) == policy.max_attempts

@@ -84,7 +84,10 @@ class Tap:
     each stage consuming it, so a tap sees exactly what a stage would consume there."""
 
     def __init__(self, spec):
+        self.id = f"tap_{spec.id}"
         self.input = spec
+        self.inputs = (spec,)
+        self.outputs = ()
         self.seen: list[dict] = []
 
     def handle(self, record: Record) -> list[Output]:
@@ -190,8 +193,12 @@ def test_failure_variant_is_rejected_at_its_gate(stages, catalogue, bundles, rob
     assert report.gates[-1].reason_code == reason and report.gates[-1].thresholds
     assert (report.failed_gate, report.reason_code) == (gate, reason)
     assert report.config_version == CONFIG.config_version
-    if failed_at >= GATE_IDS.index("gate_c_sync"):
+    # gate C refuses a video too short to ever overlap enough before it estimates an offset
+    if failed_at > GATE_IDS.index("gate_c_sync") or (failed_at == GATE_IDS.index("gate_c_sync")
+                                                      and variant != "short_video"):
         assert report.sync.claimed_offset_ms is not None and report.sync.estimated_offset_ms is not None
+    elif failed_at == GATE_IDS.index("gate_c_sync"):
+        assert report.sync.claimed_offset_ms is not None
     else:
         assert report.sync.claimed_offset_ms is None
     seen = {topic: [e["submission_id"] for e in tap.seen] for topic, tap in taps.items()}
@@ -325,7 +332,8 @@ def test_a_measured_secondary_camera_multiplies_the_reward(stages, catalogue, bu
     from kibotos.alignment_config import load_alignment_config
     from kibotos.bundle import open_bundle
     from kibotos.scoring import reward
-    from streams.stages import _gate_result, advance
+    from streams.in_flight import parse_result
+    from streams.stages import advance
 
     ep = make_episode(get_robot("franka_panda", REVISIONS["franka_panda"]), seed=0, miner_id="miner-multi",
                       secondary_cameras=("side",))
@@ -350,7 +358,7 @@ def test_a_measured_secondary_camera_multiplies_the_reward(stages, catalogue, bu
         verdict = next(o.record for o in outputs if o.topic.id == "verdicts")
         [entry] = [o.record for o in outputs if o.topic.id == "ledger.entries"]
         assert verdict["verdict"] == "accepted" and entry["points"] == verdict["points"]
-        results = [_gate_result(r) for r in out.record["gate_results"]]
+        results = [parse_result(r) for r in out.record["gate_results"]]
         assert [r.gate for r in results] == [*GATE_IDS, "alignment"]
         paid[name] = (verdict["points"], parsed_report(verdict).scores, results)
 
