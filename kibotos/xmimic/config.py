@@ -106,6 +106,7 @@ class StudentConfig(_Frozen):
     iterations: int = Field(ge=1)
     bc_coef: float = Field(ge=0)
     bc_epochs: int = Field(ge=1)
+    bc_learning_rate: float = Field(gt=0)
     learning_rate: float = Field(gt=0)
     init_noise_std: float = Field(gt=0)
     mocap: MocapConfig

@@ -244,7 +244,8 @@ class XMimicEnv(VecEnv):
                 self.reset_envs(done_ids)
                 self.state = self.sim.state()
         self._obs = self._observations()
-        return self._obs, rewards.clamp(min=-10.0), dones.long(), extras
+        # per second of motion (as Isaac Lab / legged_gym scale rewards): returns stay O(1)
+        return self._obs, rewards.clamp(min=-10.0) * self.control_dt, dones.long(), extras
 
     def outcome(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Success of the episodes of ``ids`` as they stand (README "XMimic: metrics")."""

@@ -10,6 +10,8 @@ on the same directory resumes from its last checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import time
@@ -38,29 +40,33 @@ class PPOBC(PPO):
     """PPO with an added behaviour-cloning loss towards a frozen teacher on the student's
     own rollouts (DAgger)."""
 
-    def __init__(self, *args, bc_coef: float = 1.0, bc_epochs: int = 1, **kwargs):
+    def __init__(self, *args, bc_coef: float = 1.0, bc_epochs: int = 1, bc_learning_rate: float = 1e-3, **kwargs):
         super().__init__(*args, **kwargs)
         self.bc_coef, self.bc_epochs = bc_coef, bc_epochs
+        # BC has its own optimiser: PPO's adaptive step size and moments are for its own loss
+        self.bc_optimizer = torch.optim.Adam(self.actor.parameters(), lr=bc_learning_rate)
         self.teacher: MLPModel | None = None
         self.last_bc_loss = float("nan")
 
     def update(self) -> dict[str, float]:
-        losses = []
-        if self.teacher is not None and self.bc_coef > 0:
-            obs = self.storage.observations.flatten(0, 1)
-            with torch.no_grad():
-                target = self.teacher(obs)
-            for _ in range(self.bc_epochs):
-                for idx in torch.randperm(len(target), device=target.device).chunk(self.num_mini_batches):
-                    loss = self.bc_coef * ((self.actor(obs[idx]) - target[idx]) ** 2).mean()
-                    self.optimizer.zero_grad()
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(self.actor.parameters(), self.max_grad_norm)
-                    self.optimizer.step()
-                    losses.append(float(loss))
+        """PPO's update, then behaviour cloning on the same rollout (the states the student
+        visited, labelled by the teacher). ``bc`` reports the student-teacher action error
+        on this rollout before the BC steps."""
+        obs = self.storage.observations.flatten(0, 1).clone() if self.teacher is not None else None
         out = super().update()
-        self.last_bc_loss = sum(losses) / len(losses) if losses else float("nan")
-        out["bc"] = self.last_bc_loss
+        if obs is None or self.bc_coef <= 0:
+            return out
+        with torch.no_grad():
+            target = self.teacher(obs)
+            out["bc"] = float(((self.actor(obs) - target) ** 2).mean())
+        for _ in range(self.bc_epochs):
+            for idx in torch.randperm(len(target), device=target.device).chunk(self.num_mini_batches):
+                loss = self.bc_coef * ((self.actor(obs[idx]) - target[idx]) ** 2).mean()
+                self.bc_optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.actor.parameters(), self.max_grad_norm)
+                self.bc_optimizer.step()
+        self.last_bc_loss = out["bc"]
         return out
 
 
@@ -74,9 +80,11 @@ def runner_config(cfg: XMimicConfig, role: str) -> dict:
            "num_mini_batches": t.num_mini_batches, "clip_param": 0.2, "gamma": t.gamma, "lam": t.lam,
            "value_loss_coef": 1.0, "entropy_coef": t.entropy_coef,
            "learning_rate": s.learning_rate if student else t.learning_rate, "max_grad_norm": 1.0,
-           "schedule": "adaptive", "desired_kl": t.desired_kl}
+           # students: a fixed step size (an adaptive one grows while the KL is small and
+           # lets PPO pull the student away from the teacher faster than BC brings it back)
+           "schedule": "fixed" if student else "adaptive", "desired_kl": t.desired_kl}
     if student:
-        alg.update(bc_coef=s.bc_coef, bc_epochs=s.bc_epochs)
+        alg.update(bc_coef=s.bc_coef, bc_epochs=s.bc_epochs, bc_learning_rate=s.bc_learning_rate)
     return {"num_steps_per_env": t.num_steps_per_env, "save_interval": 10 ** 9, "check_for_nan": True,
             "obs_groups": {"actor": OBS_GROUPS[role], "critic": OBS_GROUPS["teacher"]},
             "algorithm": alg, "actor": model(s.init_noise_std if student else t.init_noise_std), "critic": model(None),
@@ -126,7 +134,8 @@ def train(clips: list[Clip], cfg: XMimicConfig, run_dir: Path, *, role: str = "t
     torch.manual_seed(seed)
     env = XMimicEnv(clips, cfg, task=task, num_envs=num_envs, device=device, backend=backend, training=True, seed=seed)
     rcfg = runner_config(cfg, role)
-    runner = OnPolicyRunner(env, rcfg, log_dir=None, device=device)
+    with contextlib.redirect_stdout(io.StringIO()):  # rsl-rl prints its models and logs to stdout
+        runner = OnPolicyRunner(env, rcfg, log_dir=None, device=device)
     if role != "teacher":
         runner.alg.teacher = load_teacher_actor(Path(teacher), env.get_observations(), env.num_actions, cfg).to(device)
     total = iterations or (cfg.teacher.iterations if role == "teacher" else cfg.student.iterations)
@@ -155,7 +164,8 @@ def train(clips: list[Clip], cfg: XMimicConfig, run_dir: Path, *, role: str = "t
     it = start
     while it < total:
         runner.current_learning_iteration = it
-        runner.learn(1)
+        with contextlib.redirect_stdout(io.StringIO()):
+            runner.learn(1)
         it += 1
         stats = env.stats.pop()
         event = {"iteration": it, "iterations": total, "role": role, "losses": dict(losses),
