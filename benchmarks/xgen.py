@@ -59,7 +59,8 @@ def run_xgen_bench(duration_s: float = 6.0, fps: float = 30.0, quality: bool = T
         store = LocalObjectStore(Path(tmp) / "objects")
         src = write_keypoints(Path(tmp) / "pickup.npz", cargo_pickup(duration_s, fps).motion)
         stored = store.put_bytes(src.read_bytes(), "xgen/bench/source.npz")
-        stages = {s: XGenStage(s, cat, store, cfg, quality=None if quality else no_quality) for s in XGEN_STAGES}
+        stages = {s: XGenStage(s, cat, store, cfg, quality=None if quality else no_quality,
+                               preview=None if quality else (lambda folder, source: {})) for s in XGEN_STAGES}
         spec = cat.get("xgen.requests")
         req = {"request_id": str(uuid.uuid4()), "uploader": "bench", "task_id": "cargo_pickup", "task_version": "1",
                "source_kind": "keypoints", "source_uri": stored.uri, "source_sha256": stored.sha256,

@@ -69,11 +69,13 @@ class XGenStage:
 
     :param stage: one of ``topics.catalogue.XGEN_STAGES``.
     :param quality: export only: ``quality(clip_dir, cfg) -> Judgement`` (the verifier's
-        judgement and the preview); default ``judge_and_preview``.
+        judgement); default ``judge``.
+    :param preview: export only: ``preview(clip_dir, source_video | None) -> {name: path}``
+        (files written into the clip folder); default a warm ``GenesisPreview``.
     """
 
     def __init__(self, stage: str, catalogue: Catalogue, store, cfg: XGenConfig,
-                 quality: Callable | None = None):
+                 quality: Callable | None = None, preview: Callable | None = None):
         if stage not in XGEN_STAGES:
             raise KibotosError(f"no XGen stage {stage!r}; stages: {', '.join(XGEN_STAGES)}",
                                reason_code="config_invalid")
@@ -83,7 +85,8 @@ class XGenStage:
         self.catalogue = catalogue
         self.store = store
         self.cfg = cfg
-        self.quality = quality or judge_and_preview
+        self.quality = quality or judge
+        self.preview = preview or GenesisPreview()
         if stage == "export" and quality is None:
             _warm_quality()  # the verifier's imports (~6 s) happen while the actor starts, not in the first job
         self.input = catalogue.xgen_input(stage)
@@ -270,9 +273,20 @@ class XGenStage:
             base = self._key(event, f"clips/{clip_id}")
             clip_uri = self._put((folder / "clip.npz").read_bytes(), f"{base}/clip.npz")
             judged = self.quality(folder, self.cfg)
-            score, verdict, reason, details = judged.score, judged.verdict, judged.reason_code, judged.details
+            score, verdict, reason, details = judged.score, judged.verdict, judged.reason_code, dict(judged.details)
+            source = None
+            if index == 0 and event["source_kind"] == "video":  # the base clip: side by side with its source
+                source = self.store.local_path(event["source_uri"])
+            try:
+                previews = self.preview(folder, source) if self.cfg.export.preview else {}
+            except ServiceError:
+                raise
+            except Exception as exc:  # no GL context, codec: the clip stands without a preview
+                log.warning("%s: preview of %s failed: %s", self.processor_id, clip_id, exc)
+                previews, details["preview_error"] = {}, f"{type(exc).__name__}: {exc}"[:500]
+            files = {**judged.files, **previews}
             stored = {name: self._put(Path(path).read_bytes(), f"{base}/{Path(path).name}")
-                      for name, path in judged.files.items() if path and Path(path).is_file()}
+                      for name, path in files.items() if path and Path(path).is_file()}
             preview_uri = stored.get("preview")
             meta = json.loads((folder / "metadata.json").read_text())
             meta["quality"] = {"score": score, "verdict": verdict, "reason_code": reason, "verified": judged.passed,
@@ -310,17 +324,33 @@ class Judgement:
     files: dict[str, Path | None] = field(default_factory=dict)
 
 
-def judge_and_preview(folder: Path, cfg: XGenConfig) -> Judgement:
+def judge(folder: Path, cfg: XGenConfig) -> Judgement:
     """The clip judged by the verifier's chain as a submission bundle
     (``kibotos.xgen.quality.judge_clip``: gates A-E, IK against the object stream, task
-    ``cargo_pickup``) and its Genesis preview (``kibotos.xgen.preview``, when installed)."""
+    ``cargo_pickup``); the bundle is kept with the clip."""
     from kibotos.xgen.quality import judge_clip
 
     res = judge_clip(folder, cfg=cfg, write_result=False)
     files: dict[str, Path | None] = {"bundle": Path(res.bundle_path) if res.bundle_path else None}
-    files["preview"] = _preview(folder, cfg)
     return Judgement(passed=res.passed, verdict=res.verdict, score=res.score, reason_code=res.reason_code,
                      details={"report": res.report, "metrics": res.metrics}, files=files)
+
+
+class GenesisPreview:
+    """``preview.mp4`` of a clip rendered in Genesis (``kibotos.xgen.preview``), and for
+    the base clip of a video ``preview_side_by_side.mp4``; one scene per actor, built on
+    first use and kept warm."""
+
+    def __init__(self):
+        self.renderer = None
+
+    def __call__(self, folder: Path, source_video: Path | None) -> dict[str, Path]:
+        from kibotos.xgen import preview
+
+        if self.renderer is None:
+            self.renderer = preview.PreviewRenderer()
+        written = preview.write_preview(folder, self.renderer, source_video=source_video)
+        return {Path(name).stem: Path(path) for name, path in written.items()}
 
 
 def _warm_quality() -> None:
@@ -329,14 +359,6 @@ def _warm_quality() -> None:
     import kibotos.tasks  # noqa: F401
     import kibotos.xgen.quality  # noqa: F401
     import processors.chain  # noqa: F401
-
-
-def _preview(folder: Path, cfg: XGenConfig) -> Path | None:
-    try:
-        from kibotos.xgen import preview
-    except ImportError:  # the preview renderer is not part of this installation
-        return None
-    return preview.render_clip_preview(folder, cfg=cfg)
 
 
 def build_xgen_stage(stage: str, settings, catalogue: Catalogue, store) -> XGenStage:

@@ -425,7 +425,7 @@ app.add_typer(bench_app, name="bench")
 def bench_xgen(
     duration: float = typer.Option(6.0, help="seconds of the procedural human pickup"),
     fps: float = typer.Option(30.0),
-    quality: bool = typer.Option(True, help="judge every clip with the verifier's chain (the export job's cost)"),
+    quality: bool = typer.Option(True, help="judge and preview every clip, as the export job does"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the result here"),
 ) -> None:
     """Per-stage cost of the XGen jobs as ratios to one G1 FK pass over the same frames,

@@ -100,6 +100,7 @@ class AugmentConfig(_Frozen):
 
 class ExportConfig(_Frozen):
     float_dtype: str = Field(pattern="^(float32|float64)$")
+    preview: bool = True  # the export job renders each clip's Genesis preview (kibotos.xgen.preview)
 
 
 class QualityConfig(_Frozen):

@@ -1,9 +1,9 @@
 """The XGen job stages without a broker: records pushed through every stage in-process
 (``streams.stages.run_in_process``), artifacts in a real local object store.
 
-The clip quality judge is replaced by a recording function here (it is the verifier's
-chain, tested on its own and in the integration test); everything else is the real
-stage logic."""
+The clip quality judge and the Genesis preview are replaced by recording functions here
+(the verifier's chain and the renderer are tested on their own, and the judge in the
+integration test); everything else is the real stage logic."""
 
 from __future__ import annotations
 
@@ -47,11 +47,16 @@ def judged(calls):
         calls.append(folder.name)
         arrays = np.load(folder / "clip.npz")
         ok = set(arrays.files) == set(CLIP_KEYS)
-        (folder / "preview.mp4").write_bytes(b"preview of " + folder.name.encode())
         return Judgement(passed=ok, verdict="accepted" if ok else "rejected", score=0.9 if ok else None,
-                         reason_code=None if ok else "keys", details={"keys": arrays.files},
-                         files={"preview": folder / "preview.mp4"})
+                         reason_code=None if ok else "keys", details={"keys": arrays.files})
     return quality
+
+
+def previewed(folder, source_video):
+    """Stands in for the Genesis preview (``kibotos.xgen.preview``, tested on its own)."""
+    path = folder / "preview.mp4"
+    path.write_bytes(b"preview of " + folder.name.encode())
+    return {"preview": path}
 
 
 def request_record(cat, store, data: bytes, kind: str = "keypoints", annotation=None) -> tuple[str, Record]:
@@ -66,7 +71,7 @@ def request_record(cat, store, data: bytes, kind: str = "keypoints", annotation=
 
 
 def stages(cat, store, cfg, calls):
-    return [XGenStage(s, cat, store, cfg, quality=judged(calls)) for s in XGEN_STAGES]
+    return [XGenStage(s, cat, store, cfg, quality=judged(calls), preview=previewed) for s in XGEN_STAGES]
 
 
 def by_topic(outputs):

@@ -33,6 +33,7 @@ def small_config(path):
     raw["config_version"] += "-test-2clips"
     raw["augment"].update(size_scales=[], yaw_offsets_deg=[], masses_kg=[], speeds=[], mirror=True,
                           base_offsets_m=[], min_clips=2)
+    raw["export"]["preview"] = False  # Genesis previews cost ~30 s to start; unit-tested with the export job
     path.write_text(yaml.safe_dump(raw))
     return path
 
