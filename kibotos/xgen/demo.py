@@ -1,6 +1,7 @@
-"""The XGen part of ``kibotos demo``: a generated human cargo-pickup video is uploaded
-through the stack's ingest API (signed like a bundle) while the bundles are verified, and
-turned into G1 clips by the XGen jobs; the demo then shows every clip with its quality
+"""The XGen part of ``kibotos demo``: a generated human cargo pickup (3D keypoints; a
+video with ``demo_source(kind="video")``) is uploaded through the stack's ingest API
+(signed like a bundle) while the bundles are verified, and turned into G1 clips by the
+XGen jobs; the demo then shows every clip with its quality
 verdict, S and preview, read back from ClickHouse.
 
 Two calls so the XGen request runs alongside the bundle verification (the demo's added
@@ -26,13 +27,22 @@ from kibotos.ingest.xgen import XGenClient
 DURATION_S, FPS = 6.0, 15.0
 
 
-def demo_source(work: Path) -> tuple[Path, str]:
-    """The procedural human pickup rendered as a video a pose estimator reads, or its
-    keypoints file where no offscreen GL context exists."""
+def demo_source(work: Path, kind: str = "keypoints") -> tuple[Path, str]:
+    """The procedural human pickup as a 3D keypoints file (the seed's placeholder motion),
+    or with ``kind="video"`` rendered as a video a pose estimator reads (falling back to
+    the keypoints where no offscreen GL context exists).
+
+    The demo uses the keypoints: on the generated video every clip is refused by the
+    verifier today (gate E ``jerk_exceeded``: a hip joint flips by ~2 rad in one frame
+    near the end of the video-derived motion; README "XGen through the stack")."""
     from kibotos.xgen.synth import cargo_pickup
 
     work.mkdir(parents=True, exist_ok=True)
     pickup = cargo_pickup(DURATION_S, FPS, camera_yaw=0.6)
+    if kind == "keypoints":
+        from kibotos.xgen.skeleton import write_keypoints
+
+        return write_keypoints(work / "pickup.npz", pickup.motion), "keypoints"
     try:
         from kibotos.video import encode_mp4
         from kibotos.xgen.render import render_pickup
@@ -55,7 +65,7 @@ def submit_demo_request(client: IngestClient, keypair: Keypair, work: Path, cons
     except KibotosError as exc:
         console.print(f"[red]XGen upload refused[/red] [{exc.reason_code}] {exc}")
         return None
-    console.print(f"XGen: uploaded a {DURATION_S:.0f} s human cargo-pickup {kind} ({path.name}) as request "
+    console.print(f"XGen: uploaded a {DURATION_S:.0f} s human cargo pickup as {kind} ({path.name}) as request "
                   f"{request_id[:8]}; pose -> retarget -> interaction -> augment -> export + quality run on the "
                   "GPU consumer group alongside the bundles")
     return request_id
