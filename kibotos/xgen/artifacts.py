@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,7 @@ def _load(data: bytes, what: str, keys: tuple[str, ...]) -> dict[str, np.ndarray
             return {k: npz[k] for k in npz.files}
     except XGenError:
         raise
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         raise XGenError(f"{what} artifact unreadable: {exc}", reason_code="xgen_artifact_invalid") from exc
 
 

@@ -17,6 +17,7 @@ Keypoints file (``.npz``)::
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def read_keypoints(path: Path | str) -> HumanMotion:
             conf = data["confidence"] if "confidence" in data else None
     except XGenError:
         raise
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         raise XGenError(f"cannot read keypoints file {path}: {exc}", reason_code="xgen_keypoints_invalid") from exc
     return validate_motion(kp, conf, fps, source="keypoints")
 

@@ -145,6 +145,7 @@ def test_redelivered_request_gives_the_same_clips(tmp_path, small_cfg, keypoints
 
 @pytest.mark.parametrize("payload, kind, code", [
     (b"not an npz", "keypoints", "xgen_keypoints_invalid"),
+    (b"PK\x03\x04 a damaged zip", "keypoints", "xgen_keypoints_invalid"),
     ("pixels", "keypoints", "xgen_keypoints_units"),
     (b"\x00" * 64, "video", "xgen_video_unreadable"),
     (b"{}", "motion_capture", "xgen_source_kind_invalid"),
@@ -187,3 +188,54 @@ def test_bad_annotation_is_refused_by_interaction(tmp_path, small_cfg, keypoints
     out = by_topic(run_in_process(stages(cat, store, small_cfg, []), [first]))
     assert out["xgen.rejected"][0]["failed_stage"] == "interaction"
     assert out["xgen.rejected"][0]["reason_code"] == "xgen_annotation_invalid"
+
+
+def _through(cat, store, cfg, first, upto: str):
+    """Run the stages before ``upto`` and return the records ``upto`` would consume."""
+    records = [first]
+    for name in XGEN_STAGES[:XGEN_STAGES.index(upto)]:
+        stage = XGenStage(name, cat, store, cfg, quality=judged([]), preview=previewed)
+        records = [Record(o.topic.name, o.value(), o.key()) for r in records for o in stage.handle(r)
+                   if o.topic.id.startswith("xgen.jobs.")]
+    return records
+
+
+def test_augment_refuses_too_few_clips(tmp_path, small_cfg, keypoints_bytes):
+    cat, store = Catalogue("t."), LocalObjectStore(tmp_path / "objects")
+    _, first = request_record(cat, store, keypoints_bytes)
+    (rec,) = _through(cat, store, small_cfg, first, "augment")
+    strict = small_cfg.model_copy(update={"augment": small_cfg.augment.model_copy(update={"min_clips": 50})})
+    out = by_topic(XGenStage("augment", cat, store, strict).handle(rec))
+    assert "xgen.jobs.export" not in out
+    (rej,) = out["xgen.rejected"]
+    assert (rej["failed_stage"], rej["reason_code"]) == ("augment", "xgen_too_few_clips")
+    assert json.loads(rej["stage_results"][-1]["metrics_json"])["variants"] == N_VARIANTS
+
+
+def test_export_refuses_a_damaged_variant_and_the_request_still_finishes(tmp_path, small_cfg, keypoints_bytes):
+    cat, store = Catalogue("t."), LocalObjectStore(tmp_path / "objects")
+    _, first = request_record(cat, store, keypoints_bytes)
+    records = _through(cat, store, small_cfg, first, "export")
+    assert len(records) == N_VARIANTS
+    damaged = XGenStage("export", cat, store, small_cfg).input.deserialize(records[1].value)
+    store.put_bytes(b"PK\x03\x04 not a clip", damaged["artifacts"]["variant"].split("/objects/", 1)[1])
+    export = XGenStage("export", cat, store, small_cfg, quality=judged([]), preview=previewed)
+    outs = [by_topic(export.handle(r)) for r in records]
+    assert outs[1]["xgen.rejected"][0]["reason_code"] == "xgen_artifact_invalid"
+    assert outs[1]["xgen.progress"][0]["clip_index"] == 1 and not outs[1]["xgen.progress"][0]["passed"]
+    assert [len(o.get("xgen.clips", [])) for o in outs] == [1, 0, 1, 1]
+
+
+def test_a_failing_preview_leaves_the_clip_standing(tmp_path, small_cfg, keypoints_bytes):
+    cat, store = Catalogue("t."), LocalObjectStore(tmp_path / "objects")
+    _, first = request_record(cat, store, keypoints_bytes)
+    rec = _through(cat, store, small_cfg, first, "export")[0]
+
+    def broken(folder, source):
+        raise RuntimeError("no OpenGL context")
+
+    (clip,) = by_topic(XGenStage("export", cat, store, small_cfg, quality=judged([]), preview=broken)
+                       .handle(rec))["xgen.clips"]
+    assert clip["verified"] and clip["preview_uri"] is None
+    meta = json.loads(store.read_bytes(clip["metadata_uri"], 1 << 20))
+    assert "no OpenGL context" in meta["quality"]["details"]["preview_error"]
