@@ -15,6 +15,7 @@ zero torque (every actuator off)."""
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def load_policy(path: Path, env: XMimicEnv) -> tuple[MLPModel, dict]:
         infos = saved["infos"]
         groups = infos["obs_groups"]
         state = saved["actor_state_dict"]
-    except (OSError, KeyError, TypeError, RuntimeError) as exc:
+    except (OSError, KeyError, TypeError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         raise XMimicError(f"{path}: not an XMimic checkpoint ({exc!r})", reason_code="xmimic_checkpoint_invalid") from exc
     if infos.get("num_actions") != env.num_actions:
         raise XMimicError(f"{path}: policy for {infos.get('num_actions')} joints, task has {env.num_actions}",
