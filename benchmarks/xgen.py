@@ -104,6 +104,91 @@ def run_xgen_bench(duration_s: float = 6.0, fps: float = 30.0, quality: bool = T
     }
 
 
+def bench_pose_vs_decode(duration_s: float = 3.0, fps: float = 15.0, repeats: int = 1) -> dict[str, Any]:
+    """The pose stage on a generated human video against its bare decode: ``pose.read_video``
+    (decode to RGB) vs ``pose.read_video`` + ``pose.estimate`` (MediaPipe world landmarks,
+    gaps, smoothing) on the same file; the estimator is built once, untimed, first."""
+    import statistics
+
+    from kibotos.video import encode_mp4
+    from kibotos.xgen import pose
+    from kibotos.xgen.config import load_xgen_config
+    from kibotos.xgen.render import render_pickup
+    from kibotos.xgen.synth import cargo_pickup
+
+    cfg = load_xgen_config()
+    with tempfile.TemporaryDirectory(prefix="kibotos-bench-xgen-pose-") as tmp:
+        video = Path(tmp) / "pickup.mp4"
+        video.write_bytes(encode_mp4(render_pickup(cargo_pickup(duration_s, fps)), fps))
+        frames, rate = pose.read_video(video)
+        pose.estimate(frames[:2], rate, cfg) if len(frames) >= 2 else None  # warm: the model loads
+        decode, stage = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            frames, rate = pose.read_video(video)
+            decode.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            frames, rate = pose.read_video(video)
+            pose.estimate(frames, rate, cfg)
+            stage.append(time.perf_counter() - t0)
+    d, st = statistics.median(decode), statistics.median(stage)
+    return {"frames": int(len(frames)), "decode_s": round(d, 3), "pose_stage_s": round(st, 3),
+            "vs_decode": round(st / d, 1), "pose_frames_per_s": round(len(frames) / st, 1)}
+
+
+def bench_quality_parts(duration_s: float = 5.0, fps: float = 30.0) -> dict[str, Any]:
+    """Where a clip's quality check and preview spend their time, on the base clip of a
+    generated pickup: the bundle (MuJoCo video render + write) vs the verifier's chain
+    (gates A-E, IK per wrist, task), and the Genesis preview per frame, each against one G1
+    FK pass over the clip's frames."""
+    from kibotos.xgen import interaction, retarget
+    from kibotos.xgen.augment import Variant
+    from kibotos.xgen.config import load_xgen_config
+    from kibotos.xgen.export import ExportRequest, export
+    from kibotos.xgen.quality import clip_bundle, judge_clip
+    from kibotos.xgen.synth import cargo_pickup
+
+    cfg = load_xgen_config()
+    motion, _ = retarget.retarget(cargo_pickup(duration_s, fps).motion, cfg)
+    clip, _ = interaction.interact(motion, cfg)
+    fk = min(_fk_pass(clip.qpos) for _ in range(3))
+    out: dict[str, Any] = {"frames": len(clip), "fk_pass_ms": round(fk * 1000, 3)}
+    with tempfile.TemporaryDirectory(prefix="kibotos-bench-xgen-quality-") as tmp:
+        req = ExportRequest(variants=[Variant(clip=clip, params={"kind": "base"})], out_dir=Path(tmp),
+                            source_sha256="0" * 64, source_kind="keypoints", uploader="bench", task_id="cargo_pickup",
+                            task_version="1", annotation={}, stage_metrics={})
+        (folder,), _ = export(req, cfg)
+        q = cfg.quality
+        t0 = time.perf_counter()
+        clip_bundle(folder, Path(tmp) / "b.zarr.zip", width=q.video_width, height=q.video_height,
+                    video_fps=q.video_fps)
+        bundle_s = time.perf_counter() - t0
+        judge_clip(folder, cfg=cfg, write_result=False)  # warm: the verifier's imports, IK chains
+        t0 = time.perf_counter()
+        res = judge_clip(folder, cfg=cfg, write_result=False)
+        judge_s = time.perf_counter() - t0
+        out.update({"bundle_s": round(bundle_s, 3), "judge_s": round(judge_s, 3),
+                    "chain_s": round(judge_s - bundle_s, 3), "passed": res.passed, "score": res.score,
+                    "bundle_vs_fk": round(bundle_s / fk, 1), "chain_vs_fk": round((judge_s - bundle_s) / fk, 1)})
+        try:
+            from kibotos.xgen.preview import PreviewRenderer, _sampled, write_preview
+
+            renderer = PreviewRenderer()
+            t0 = time.perf_counter()
+            renderer._build()
+            build = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            write_preview(folder, renderer)
+            n = len(_sampled(len(clip), clip.fps, 10.0))
+            per = (time.perf_counter() - t0) / n
+            out.update({"preview_scene_build_s": round(build, 2), "preview_s_per_frame": round(per, 3),
+                        "preview_frame_vs_fk": round(per / fk, 1)})
+            renderer.close()
+        except ImportError as exc:  # Genesis not installed
+            out["preview_error"] = str(exc)
+    return out
+
+
 def write_json(result: dict[str, Any], path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

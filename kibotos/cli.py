@@ -426,10 +426,13 @@ def bench_xgen(
     duration: float = typer.Option(6.0, help="seconds of the procedural human pickup"),
     fps: float = typer.Option(30.0),
     quality: bool = typer.Option(True, help="judge and preview every clip, as the export job does"),
+    parts: bool = typer.Option(False, "--parts", help="also: pose stage vs bare video decode, and quality "
+                                                      "(bundle render vs verifier chain) and Genesis preview cost"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the result here"),
 ) -> None:
     """Per-stage cost of the XGen jobs as ratios to one G1 FK pass over the same frames,
-    and clips per minute (one actor per kind, serial).
+    and clips per minute (one actor per kind, serial); with --parts, the pose stage against
+    a bare decode of the same video and the quality check / preview broken down.
 
     Example: kibotos bench xgen --duration 6 --json benchmarks/results/xgen.json
     """
@@ -447,6 +450,20 @@ def bench_xgen(
     console.print(table)
     console.print(f"{result['clips']} clips ({result['clips_verified']} verified) in {result['total_s']} s: "
                   f"{result['clips_per_minute']} clips/minute; retarget {result['retarget_frames_per_s']} frames/s")
+    if parts:
+        from benchmarks.xgen import bench_pose_vs_decode, bench_quality_parts
+
+        console.print("[dim]pose vs decode ...[/dim]")
+        p = result["pose_vs_decode"] = bench_pose_vs_decode()
+        console.print(f"pose stage {p['pose_stage_s']} s vs bare decode {p['decode_s']} s over {p['frames']} frames: "
+                      f"{p['vs_decode']}x ({p['pose_frames_per_s']} frames/s)")
+        console.print("[dim]quality and preview ...[/dim]")
+        q = result["quality_parts"] = bench_quality_parts()
+        console.print(f"quality of one {q['frames']}-frame clip: bundle {q['bundle_s']} s ({q['bundle_vs_fk']}x FK), "
+                      f"verifier chain {q['chain_s']} s ({q['chain_vs_fk']}x FK); passed {q['passed']}, S {q['score']}")
+        if "preview_s_per_frame" in q:
+            console.print(f"preview: scene {q['preview_scene_build_s']} s once, {q['preview_s_per_frame']} s per frame "
+                          f"({q['preview_frame_vs_fk']}x FK pass of the whole clip)")
     if json_out:
         console.print(f"wrote {write_json(result, json_out)}")
 
