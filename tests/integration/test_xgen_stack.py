@@ -67,9 +67,10 @@ def test_xgen_request_through_the_stack(tansu, tmp_path, monkeypatch):
         # the status command reads the same rows; every clip carries the verifier's judgement
         status = json.loads(runner.invoke(app, ["xgen", "status", rid], catch_exceptions=False).stdout)
         assert status["clips_exported"] == 2 and {c["variant_kind"] for c in status["clips"]} == {"base", "mirror"}
+        assert status["clips_verified"] == 2  # the keypoints path's clips pass the verifier's chain
         for clip in status["clips"]:
-            assert clip["quality_verdict"] in ("accepted", "rejected")
-            assert clip["verified"] == (clip["quality_reason_code"] is None)
+            assert clip["verified"] and clip["quality_verdict"] == "accepted" and clip["quality_score"] > 0
+            assert clip["quality_reason_code"] is None
             meta = json.loads(stack.store.read_bytes(_metadata_uri(stack, clip["clip_id"]), 1 << 22))
             assert meta["uploader"] == pair.miner_id and meta["config_version"].endswith("-test-2clips")
             assert meta["quality"]["verified"] == clip["verified"]
