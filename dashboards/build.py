@@ -26,6 +26,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gpu_consumers.registry import EVIDENCE_GATES as JOB_GATES
+from streams.stage import VALIDATOR_FAULTS
+
 HERE = Path(__file__).resolve().parent
 JSON_DIR = HERE / "json"
 CLICKHOUSE = {"type": "grafana-clickhouse-datasource", "uid": "kibotos-clickhouse"}
@@ -34,8 +37,10 @@ PLUGIN_VERSION = "4.5.1"  # target model version: newer plugins read it as is (n
 SCHEMA_VERSION = 39
 # evidence stages run by the GPU consumer group (gate ids of gpu_consumers/*.py) and the
 # ones reserved for later jobs; the tests check this against gpu_consumers/
-EVIDENCE_GATES = ("gate_f_pose", "ik_residual", "playback", "alignment", "task_completion")
+EVIDENCE_GATES = tuple(JOB_GATES.values())  # the evidence jobs' result ids (gpu_consumers.jobs)
 EVIDENCE_IN = "(" + ", ".join(f"'{g}'" for g in EVIDENCE_GATES) + ")"
+# dead letters of the validator's own faults (streams.stage: retried, verdict pending)
+PARKED_IN = "(" + ", ".join(f"'{c}'" for c in ("job_service_unavailable", *sorted(VALIDATOR_FAULTS))) + ")"
 
 
 # --- building blocks -------------------------------------------------------------------
@@ -564,10 +569,11 @@ def gpu_jobs() -> dict:
         tabular("stat", "Evidence jobs completed", f"""
             SELECT count() AS jobs FROM kibotos.gate_results FINAL WHERE {EVIDENCE}
         """, w=6, h=4),
-        tabular("stat", "Jobs parked for replay", """
+        tabular("stat", "Jobs parked for replay", f"""
             SELECT count() AS parked FROM kibotos.dead_letters FINAL
-            WHERE $__timeFilter(failed_at) AND error_code = 'job_service_unavailable'
-        """, w=6, h=4, description="Jobs that failed their retries for the validator's own reasons (dead.letters)."),
+            WHERE $__timeFilter(failed_at) AND error_code IN {PARKED_IN}
+        """, w=6, h=4, description="Records that failed their retries for the validator's own reasons "
+                                   "(dead.letters; verdict pending)."),
         ts("Verification backlog (received, no verdict yet)", """
             SELECT toDateTime(t) AS time, count() AS undecided
             FROM

@@ -109,6 +109,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from gpu_consumers.registry import EVIDENCE_GATES
 from gpu_consumers.keyframes import joint_speed
 from gpu_consumers.playback import GATE_ID as PLAYBACK_GATE
 from gpu_consumers.playback import foreground_masks, joints_at
@@ -122,7 +123,7 @@ from kibotos.robots.kinematics import kinematics_for
 from kibotos.video import decode_luma_widths, luma_from_frames
 from streams.in_flight import InFlight
 
-GATE_ID = "alignment"
+GATE_ID = EVIDENCE_GATES["align"]
 REJECT_CODE = "video_kinematics_misaligned"
 MISMATCH_CODE = "video_kinematics_mismatch"
 

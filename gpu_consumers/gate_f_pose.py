@@ -51,6 +51,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from gpu_consumers.registry import EVIDENCE_GATES
 from kibotos.bundle.reader import VIDEO_ENCODED, VIDEO_FRAMES, BundleView
 from kibotos.errors import BundleError, ConfigError
 from kibotos.gate_config import GateConfig, GateFConfig
@@ -59,7 +60,7 @@ from kibotos.video import DecodeBudget, decode_frames, open_video
 from gpu_consumers.pose import PoseEstimator, PoseTrack, concat_tracks
 from processors.base import result
 
-GATE_ID = "gate_f_pose"
+GATE_ID = EVIDENCE_GATES["pose"]
 MAX_DECODED_FRAMES = 100_000
 CHUNK_FRAMES = 64  # sampled frames decoded and estimated at a time
 

@@ -69,6 +69,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pytorch_kinematics.transforms import matrix_to_axis_angle
 
+from gpu_consumers.registry import EVIDENCE_GATES
 from kibotos.bundle.reader import JOINT_POS, TIMESTAMPS, BundleView
 from kibotos.errors import BundleError, ConfigError
 from kibotos.gate_config import GateConfig, IKConfig
@@ -79,7 +80,7 @@ from kibotos.robots.kinematics import SerialKinematics
 from processors.base import result
 from processors.derivatives import local_derivatives, window_samples
 
-GATE_ID = "ik_residual"
+GATE_ID = EVIDENCE_GATES["ik"]
 
 
 # --- the solver --------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
-from gpu_consumers.registry import RESERVED, JobSpec, get_job, job_specs, register_job  # noqa: F401
+from gpu_consumers.registry import EVIDENCE_GATES, RESERVED, JobSpec, get_job, job_specs, register_job  # noqa: F401
 from kibotos.errors import ConfigError
 from kibotos.gate_config import GateConfig
 from kibotos.report import GateResult
@@ -33,28 +33,25 @@ def _evidence_stage(kind: str, settings, catalogue, store):
     return JobStage(kind, handler, catalogue, store, settings.evidence_jobs)
 
 
-def evidence_job(kind: str, gate: str):
-    """Register the handler factory of evidence kind ``kind``, whose result is ``gate``."""
+def evidence_job(kind: str):
+    """Register the handler factory of evidence kind ``kind`` (one of ``EVIDENCE_GATES``)."""
 
     def deco(factory: HandlerFactory) -> HandlerFactory:
         JOB_HANDLERS[kind] = factory
-        register_job(JobSpec(kind=kind, input_topic=f"jobs.{kind}", gate=gate,
+        register_job(JobSpec(kind=kind, input_topic=f"jobs.{kind}", gate=EVIDENCE_GATES[kind],
                              build_stage=functools.partial(_evidence_stage, kind)))
         return factory
 
     return deco
 
 
-def make_handler(kind: str, config: GateConfig, store, settings=None):
-    """The handler of evidence kind ``kind``; ``settings`` defaults to ``Settings()``."""
+def make_handler(kind: str, config: GateConfig, store, settings):
+    """The handler of evidence kind ``kind``, built from ``settings`` (``kibotos.settings.
+    Settings``: handlers never read the environment themselves)."""
     if kind not in JOB_HANDLERS:
         known = ", ".join(sorted(JOB_HANDLERS))
         extra = f" ({kind} is reserved for a later release)" if kind in RESERVED else ""
         raise ConfigError(f"no evidence job handler {kind!r}{extra}; available: {known}")
-    if settings is None:
-        from kibotos.settings import Settings
-
-        settings = Settings()
     return JOB_HANDLERS[kind](config, store, settings)
 
 
@@ -64,7 +61,7 @@ def check_plan(kinds: tuple[str, ...]) -> None:
         get_job(kind)
 
 
-@evidence_job("pose", gate="gate_f_pose")
+@evidence_job("pose")
 def pose_handler(config: GateConfig, store, settings):
     from gpu_consumers.gate_f_pose import check_pose, video_subject
     from gpu_consumers.pose import get_pose_estimator
@@ -80,7 +77,7 @@ def pose_handler(config: GateConfig, store, settings):
     return handle
 
 
-@evidence_job("ik", gate="ik_residual")
+@evidence_job("ik")
 def ik_handler(config: GateConfig, store, settings):
     from gpu_consumers.ik import IKSolver, check_ik
     from kibotos.robots import get_robot
@@ -97,7 +94,7 @@ def ik_handler(config: GateConfig, store, settings):
     return handle
 
 
-@evidence_job("playback", gate="playback")
+@evidence_job("playback")
 def playback_handler(config: GateConfig, store, settings):
     from gpu_consumers.playback import PlaybackRenderer, run_playback
     from kibotos.robots import get_robot
@@ -114,7 +111,7 @@ def playback_handler(config: GateConfig, store, settings):
     return handle
 
 
-@evidence_job("task", gate="task_completion")
+@evidence_job("task")
 def task_handler(config: GateConfig, store, settings):
     """Task completion (``kibotos.tasks``): the declared task's phases and success
     predicates judged from the kinematics and object streams. CPU only; it runs with the
@@ -127,7 +124,7 @@ def task_handler(config: GateConfig, store, settings):
     return handle
 
 
-@evidence_job("align", gate="alignment")
+@evidence_job("align")
 def align_handler(config: GateConfig, store, settings):
     """Alignment evidence (``gpu_consumers.alignment``) after playback. Its thresholds and
     the VLM calibration table come from the alignment config, the VLM provider from

@@ -61,6 +61,7 @@ import cv2
 import numpy as np
 
 from gpu_consumers.keyframes import STRATEGIES, Keyframe, select_keyframes
+from gpu_consumers.registry import EVIDENCE_GATES
 from kibotos.bundle.kinematics import METHOD as JOINT_VEL_METHOD, joint_velocity, npy_bytes
 from kibotos.bundle.reader import JOINT_POS, TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES, BundleView
 from kibotos.errors import BundleError, KibotosError, ServiceError
@@ -69,7 +70,7 @@ from kibotos.report import GateResult
 from kibotos.robots import RobotModel, get_robot
 from kibotos.video import decode_rgb_frames
 
-GATE_ID = "playback"
+GATE_ID = EVIDENCE_GATES["playback"]
 # a real pixel is foreground when it differs from the per-pixel median of the keyframes
 # by more than this (max over RGB channels)
 FOREGROUND_LEVEL = 40

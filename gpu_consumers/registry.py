@@ -34,6 +34,16 @@ from kibotos.errors import ConfigError
 JOB_MODULES = ("gpu_consumers.jobs", "gpu_consumers.xgen_jobs")
 # kinds with a topic but no handler yet: a plan naming them fails loudly instead of stalling
 RESERVED = ("train",)
+# every evidence kind (registered in gpu_consumers.jobs), in the order of its topic declarations, with the id of the result it
+# writes into a report: the one place these ids are spelled (scoring, dashboards, the
+# catalogue, the demo and the report pages import them from here)
+EVIDENCE_GATES: dict[str, str] = {
+    "pose": "gate_f_pose",
+    "ik": "ik_residual",
+    "playback": "playback",
+    "align": "alignment",
+    "task": "task_completion",
+}
 
 StageFactory = Callable[[Any, Any, Any], Any]  # (Settings, Catalogue, store) -> Stage
 

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from gpu_consumers.registry import EVIDENCE_GATES
 from kibotos import perturb, warehouse
 from kibotos.bundle.hashtree import hash_bundle
 from kibotos.datasets.demo_step import print_demo_dataset, publish_demo_dataset
@@ -208,16 +209,16 @@ def evidence_summary(report: dict) -> str:
     novelty)."""
     gates = {g["gate"]: g for g in report.get("gates") or []}
     parts = []
-    if (pose := gates.get("gate_f_pose")) is not None:
+    if (pose := gates.get(EVIDENCE_GATES["pose"])) is not None:
         m = pose["metrics"]
         parts.append(f"pose {m.get('mean_keypoint_confidence') or 0:.2f}" if m.get("applicable") else "pose n/a (robot video)")
-    if (ik := gates.get("ik_residual")) is not None:
+    if (ik := gates.get(EVIDENCE_GATES["ik"])) is not None:
         m = ik["metrics"]
         parts.append(f"IK rms {100 * m['rms_pos_error_m']:.1f} cm" if "rms_pos_error_m" in m else "IK n/a")
-    if (pb := gates.get("playback")) is not None:
+    if (pb := gates.get(EVIDENCE_GATES["playback"])) is not None:
         m = pb["metrics"]
         parts.append(f"{len(m.get('keyframes') or [])} keyframes, IoU {m.get('mean_silhouette_iou') or 0:.2f}")
-    if (task := gates.get("task_completion")) is not None:
+    if (task := gates.get(EVIDENCE_GATES["task"])) is not None:
         m = task["metrics"]
         if m.get("applicable") is False:
             parts.append("task n/a")

@@ -30,12 +30,14 @@ import json
 import math
 from typing import Any, Iterable
 
+from gpu_consumers.registry import EVIDENCE_GATES
+
 VERDICT_COLOURS = {"accepted": "#1b7f3b", "rejected": "#b3261e"}
 OTHER_COLOUR = "#5f6368"
 MAX_KEYFRAMES = 24
 MAX_IMAGE_BYTES = 4 << 20
 SYNC_GATE = "gate_c_sync"
-PLAYBACK_GATE = "playback"
+PLAYBACK_GATE = EVIDENCE_GATES["playback"]
 _IMAGE_TYPES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
 
 CSS = """

@@ -19,6 +19,7 @@ from kibotos.objectstore import store_from_settings
 from kibotos.settings import Settings
 from kibotos.metrics import render as render_metrics
 from kibotos.scoring import load_scoring_config
+from streams.stage import load_fault_policy
 from streams.stages import Record, build_stages, handle_observed, stage_inputs
 from topics.catalogue import Catalogue
 from topics.clients import group_id
@@ -58,6 +59,7 @@ def create_app(settings: Settings, bootstrap: str, config: GateConfig, web_port:
                web_bind: str = "127.0.0.1") -> faust.App:
     catalogue = Catalogue.from_settings(settings)
     store = store_from_settings(settings)
+    policy = load_fault_policy(settings.fault_config_path)  # validator-fault retries
     _cap_fetch_wait()
     datadir = settings.home.resolve() / "faust"
     datadir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +106,7 @@ def create_app(settings: Settings, bootstrap: str, config: GateConfig, web_port:
                     msg = event.message
                     record = Record(msg.topic, event.value, event.key, msg.partition, msg.offset)
                     # gates decode video and run FK: keep the event loop (heartbeats) free
-                    outputs = await loop.run_in_executor(None, handle_observed, stage, record, catalogue)
+                    outputs = await loop.run_in_executor(None, handle_observed, stage, record, catalogue, policy)
                     for out in outputs:
                         await out_topics[out.topic.name].send(key=out.key(), value=out.value())
             agent.__name__ = stage.processor_id.replace("-", "_")

@@ -17,6 +17,7 @@ import threading
 from kibotos.objectstore import store_from_settings
 from kibotos.settings import Settings
 from kibotos.process import process_parser, start_process
+from streams.stage import load_fault_policy
 from streams.stage_consumer import StageConsumer
 from streams.stages import NoveltyStage
 from topics.catalogue import Catalogue
@@ -38,7 +39,8 @@ def build_novelty_consumer(settings: Settings, client, bootstrap: str, store=Non
     catalogue = Catalogue.from_settings(settings)
     checker = NoveltyChecker(client, load_novelty_config(settings.novelty_config_path))
     stage = NoveltyStage(catalogue, store or store_from_settings(settings), checker)
-    return StageConsumer(stage, catalogue, bootstrap, novelty_group(settings))
+    return StageConsumer(stage, catalogue, bootstrap, novelty_group(settings),
+                         policy=load_fault_policy(settings.fault_config_path))
 
 
 def start_novelty_thread(settings: Settings, client, bootstrap: str, stop: threading.Event,

@@ -24,8 +24,9 @@ log = logging.getLogger("kibotos.streams")
 
 
 class StageConsumer:
-    def __init__(self, stage, catalogue: Catalogue, bootstrap: str, group_id: str):
+    def __init__(self, stage, catalogue: Catalogue, bootstrap: str, group_id: str, policy=None):
         self.stage = stage
+        self.policy = policy  # validator-fault retries (streams.stage.FaultPolicy; None: the packaged one)
         self.catalogue = catalogue
         self.handled = 0
         self._lag_at = 0.0
@@ -46,7 +47,7 @@ class StageConsumer:
             return 0
         record = Record(msg.topic(), msg.value(), msg.key(), msg.partition(), msg.offset())
         try:
-            for out in handle_observed(self.stage, record, self.catalogue):
+            for out in handle_observed(self.stage, record, self.catalogue, self.policy):
                 self.producer.produce(out.topic.name, key=out.key(), value=out.value())
             if self.producer.flush(30):
                 raise ServiceError(f"{self.stage.processor_id}: outputs not acknowledged by the broker")

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpu_consumers.registry import EVIDENCE_GATES, RESERVED
 from kibotos.errors import KibotosError
 from topics.serializers import AvroSerializer
 
@@ -25,7 +26,7 @@ GATES_WITH_PASS_TOPIC = ("a", "b", "c", "d", "e")
 # expensive evidence jobs run by the GPU consumer group (gpu_consumers/), one topic per
 # kind; task/train are declared so producers and dashboards can rely on them. The VLM is
 # no job kind of its own: it is a provider used inside the ``align`` job (kibotos.vlm).
-JOB_KINDS = ("pose", "ik", "playback", "align", "task", "train")
+JOB_KINDS = (*EVIDENCE_GATES, *RESERVED)
 # XGen stages in order, each a job kind ``xgen_<stage>`` on the same consumer group
 XGEN_STAGES = ("pose", "retarget", "interaction", "augment", "export")
 

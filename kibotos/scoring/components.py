@@ -31,13 +31,14 @@ from typing import Any, Callable, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gpu_consumers.registry import EVIDENCE_GATES
 from kibotos.report import GateResult
 from kibotos.scoring.config import COMPONENTS, ScoringConfig
 
-POSE_GATE = "gate_f_pose"
-IK_GATE = "ik_residual"
-ALIGN_GATE = "alignment"
-TASK_GATE = "task_completion"
+POSE_GATE = EVIDENCE_GATES["pose"]
+IK_GATE = EVIDENCE_GATES["ik"]
+ALIGN_GATE = EVIDENCE_GATES["align"]
+TASK_GATE = EVIDENCE_GATES["task"]
 NOVELTY_GATE = "novelty"
 
 Evidence = Mapping[str, GateResult]

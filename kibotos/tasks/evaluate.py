@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpu_consumers.registry import EVIDENCE_GATES
 from kibotos.bundle.reader import JOINT_POS, TIMESTAMPS, BundleView
 from kibotos.errors import BundleError
 from kibotos.report import GateResult
@@ -49,7 +50,7 @@ from kibotos.tasks.registry import UnknownTask, get_task
 from kibotos.tasks.schema import (GraspDetected, ObjectDisplaced, ObjectInRegion, ObjectLifted, ObjectReleased,
                                   TaskSchema)
 
-GATE_ID = "task_completion"
+GATE_ID = EVIDENCE_GATES["task"]
 
 
 def _r(x: float | None, nd: int = 4) -> float | None:

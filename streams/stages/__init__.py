@@ -36,7 +36,7 @@ from topics.catalogue import Catalogue, TopicSpec
 log = logging.getLogger("kibotos.streams")
 
 
-def handle_observed(stage, record: Record, catalogue: Catalogue) -> list[Output]:
+def handle_observed(stage, record: Record, catalogue: Catalogue, policy: FaultPolicy | None = None) -> list[Output]:
     """``stage.handle(record)`` with the record's submission id on every log line and its
     Prometheus accounting (records in/out, rejections by reason, dead letters, seconds);
     validator faults retried, then dead-lettered (``streams.stage.handle_with_retries``)."""
@@ -45,7 +45,7 @@ def handle_observed(stage, record: Record, catalogue: Catalogue) -> list[Output]
 
     with submission_context(record.key):
         t0 = time.perf_counter()
-        outputs = handle_with_retries(stage, record, catalogue)
+        outputs = handle_with_retries(stage, record, catalogue, policy)
         seconds = time.perf_counter() - t0
         try:
             topic_id = catalogue.by_name(record.topic).id

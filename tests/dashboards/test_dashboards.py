@@ -140,14 +140,18 @@ def _string_constants(path: Path, suffix: str) -> dict[str, str]:
 
 
 def test_evidence_gate_names_match_the_gpu_consumers():
-    gate_ids = {v for p in (ROOT / "gpu_consumers").glob("*.py") for v in _string_constants(p, "GATE_ID").values()}
-    assert {"gate_f_pose", "ik_residual", "playback"} <= gate_ids
-    assert gate_ids <= set(build.EVIDENCE_GATES)
-    scoring = ROOT / "kibotos" / "scoring" / "components.py"
-    if scoring.is_file():  # the evidence the scores read: every GPU stage's gate id
-        gates = _string_constants(scoring, "_GATE")
-        assert {gates[k] for k in ("POSE_GATE", "IK_GATE", "ALIGN_GATE", "TASK_GATE")} <= set(build.EVIDENCE_GATES)
-        assert gates["NOVELTY_GATE"] == "novelty" and "gate = 'novelty'" in build.NOVELTY
+    """The panels, the scores and the job modules read one registry (gpu_consumers.jobs)."""
+    from gpu_consumers import alignment, gate_f_pose, ik, playback
+    from gpu_consumers.registry import job_specs
+    from kibotos.scoring import components
+
+    evidence = {spec.gate for spec in job_specs("evidence")}
+    assert {"gate_f_pose", "ik_residual", "playback"} <= evidence
+    assert set(build.EVIDENCE_GATES) == evidence
+    assert {ik.GATE_ID, playback.GATE_ID, alignment.GATE_ID, gate_f_pose.GATE_ID} <= evidence
+    # the evidence the scores read: every GPU stage's gate id
+    assert {components.POSE_GATE, components.IK_GATE, components.ALIGN_GATE, components.TASK_GATE} <= evidence
+    assert components.NOVELTY_GATE == "novelty" and "gate = 'novelty'" in build.NOVELTY
     checker = ROOT / "kibotos" / "novelty" / "checker.py"
     if checker.is_file():  # the reason codes the novelty panels count
         reasons = _string_constants(checker, "")

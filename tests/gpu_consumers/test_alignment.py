@@ -35,6 +35,7 @@ from kibotos.objectstore import LocalObjectStore
 from kibotos.report import GateResult
 from kibotos.robots import get_robot
 from kibotos.samples import Episode
+from kibotos.settings import Settings
 from kibotos.vlm import PROMPT_VERSION
 from kibotos.vlm.openai_compat import OpenAICompatProvider
 from streams.in_flight import InFlight
@@ -300,7 +301,8 @@ def vlm_env(monkeypatch, vlm_stub, tmp_path):
 def _through_the_job(store, event) -> GateResult:
     cat = Catalogue()
     plan = ("playback", "align")
-    stage = JobStage("align", make_handler("align", load_config(), store), cat, store, plan)
+    # the settings read KIBOTOS_VLM_* (vlm_env); the handler only gets them
+    stage = JobStage("align", make_handler("align", load_config(), store, Settings()), cat, store, plan)
     [out] = stage.handle(Record(cat.job("align").name, cat.job("align").serialize(event)))
     assert out.topic == cat.evidence_completed
     decoded = cat.evidence_completed.deserialize(out.value())

@@ -24,6 +24,7 @@ from kibotos.objectstore import LocalObjectStore
 from kibotos.report import VerificationReport
 from kibotos.robots import get_robot, list_robots
 from kibotos.samples import ALSO_CAUGHT_BY, EXPECTED, VIDEO_MISMATCH, make_episode
+from kibotos.settings import Settings
 from streams.stages import JobStage, Record, build_stages, run_in_process
 from topics.catalogue import Catalogue
 
@@ -42,7 +43,7 @@ def chain(tmp_path_factory):
     store = LocalObjectStore(root / "store")
     cat = Catalogue()
     stages = build_stages(cat, store, CONFIG, evidence_jobs=PLAN)
-    stages.append(JobStage("align", make_handler("align", CONFIG, store), cat, store, PLAN))
+    stages.append(JobStage("align", make_handler("align", CONFIG, store, Settings()), cat, store, PLAN))
     return root, store, cat, stages
 
 

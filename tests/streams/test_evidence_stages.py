@@ -10,6 +10,7 @@ import pytest
 from gpu_consumers.jobs import make_handler
 from kibotos.errors import ConfigError, ServiceError
 from kibotos.report import GateResult
+from kibotos.settings import Settings
 from streams.stages import JobStage, Record, build_stages, evidence_route, run_in_process
 from tests.streams.test_stages import CONFIG, GATE_IDS, SCORING, UR5, bundles, parsed_report, run  # noqa: F401
 from topics.catalogue import Catalogue
@@ -29,16 +30,16 @@ def test_evidence_route_chains_the_jobs_in_order_then_completes(catalogue):
 
 def test_an_unknown_or_reserved_job_kind_is_a_config_error():
     with pytest.raises(ConfigError, match="reserved"):
-        make_handler("train", CONFIG, None)
+        make_handler("train", CONFIG, None, Settings())
     with pytest.raises(ConfigError, match="available: align, ik, playback, pose"):
-        make_handler("nope", CONFIG, None)
+        make_handler("nope", CONFIG, None, Settings())
 
 
 @pytest.fixture
 def ik_chain(catalogue, bundles):
     plan = ("ik",)
     stages = build_stages(catalogue, bundles.store, CONFIG, SCORING, plan)
-    stages.append(JobStage("ik", make_handler("ik", CONFIG, bundles.store), catalogue, bundles.store, plan))
+    stages.append(JobStage("ik", make_handler("ik", CONFIG, bundles.store, Settings()), catalogue, bundles.store, plan))
     return stages
 
 

@@ -182,3 +182,24 @@ def test_a_decode_error_after_the_first_frame_is_noted(monkeypatch):
         [luma] = video.decode_luma_widths(data, (32,))
     assert luma.frames.shape[0] == 2
     assert [flag for flag, _ in notes] == [video.DECODE_TRUNCATED] and "after 2 frames" in notes[0][1]
+
+
+def test_a_policy_file_sets_the_tries_and_a_bad_one_is_a_config_error(tmp_path, catalogue, bundles):
+    from kibotos.errors import ConfigError
+
+    path = tmp_path / "faults.yaml"
+    path.write_text('config_version: "faults-test.1"\nmax_attempts: 5\nbackoff_s: 0\n')
+    policy = load_fault_policy(path)
+    calls = []
+
+    def crashing(view, event) -> GateResult:
+        calls.append(1)
+        raise RuntimeError("again")
+
+    stage = JobStage("pose", crashing, catalogue, bundles.store, ("pose",))
+    handle_with_retries(stage, in_flight(bundles, catalogue, "pose"), catalogue, policy, sleep=lambda s: None)
+    assert len(calls) == 5
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('config_version: "x"\nmax_attempts: 0\n')
+    with pytest.raises(ConfigError):
+        load_fault_policy(bad)
