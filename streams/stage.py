@@ -56,7 +56,8 @@ from topics.catalogue import Catalogue, TopicSpec
 
 log = logging.getLogger("kibotos.streams")
 # reason codes that say the validator failed, not the miner's input
-VALIDATOR_FAULTS = frozenset({"gate_internal_error", "job_internal_error", "stage_internal_error"})
+VALIDATOR_FAULTS = frozenset({"gate_internal_error", "job_internal_error", "novelty_internal_error",
+                              "stage_internal_error"})
 FAULTS_CONFIG = Path(__file__).resolve().parents[1] / "kibotos" / "config" / "faults.yaml"
 
 

@@ -56,7 +56,9 @@ class NoveltyStage:
                 return self.checker.check(view, event.submission_id, event.miner_id, now_ms(),
                                           received_at_ms=_epoch_ms(event.received_at), event_payload=payload)
 
-        res = contained(GATE_ID, run, internal_code=None)
+        # the checker failing itself (a bug, the index unreadable) is a validator fault:
+        # retried, then dead-lettered with the verdict pending (streams.stage)
+        res = contained(GATE_ID, run, internal_code="novelty_internal_error", faults=True)
         outputs = advance(self.catalogue, event, res, self.next)
         return outputs + self._revise_later_copy(event, res)
 

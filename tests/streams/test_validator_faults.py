@@ -203,3 +203,22 @@ def test_a_policy_file_sets_the_tries_and_a_bad_one_is_a_config_error(tmp_path, 
     bad.write_text('config_version: "x"\nmax_attempts: 0\n')
     with pytest.raises(ConfigError):
         load_fault_policy(bad)
+
+
+def test_a_novelty_checker_that_fails_itself_is_retried_then_parked(catalogue, bundles):
+    from streams.stages import NoveltyStage
+
+    class BrokenChecker:  # the index query raising (a bug in the checker), not the miner's bundle
+        calls = 0
+
+        def check(self, view, *args, **kwargs):
+            BrokenChecker.calls += 1
+            raise IndexError("fingerprint table out of range")
+
+    stage = NoveltyStage(catalogue, bundles.store, BrokenChecker())
+    event = dict(bundles.received(UR5, "genuine"), gate_results=[], sync=None, config_version=None,
+                 robot_model_revision=None)
+    record = Record(stage.input.name, stage.input.serialize(event), stage.input.key(event))
+    [letter] = handle_with_retries(stage, record, catalogue, POLICY, sleep=lambda s: None)
+    assert BrokenChecker.calls == POLICY.max_attempts
+    assert (letter.topic, letter.record["error_code"]) == (catalogue.dead_letters, "novelty_internal_error")
