@@ -15,7 +15,8 @@ from kibotos.datasets.store import DatasetStore
 from kibotos.export.runner import export_dir, export_version
 
 DEMO_DATASET = "demo-accepted"
-DEMO_SPEC = {"name": DEMO_DATASET, "description": "every accepted demo episode (copies of earlier uploads left out)"}
+DEMO_SPEC = {"name": DEMO_DATASET, "sources": ["verdicts", "xgen.clips"],
+             "description": "every accepted demo episode and verified XGen clip (copies of earlier uploads left out)"}
 
 
 def publish_demo_dataset(stack, console: Console, timeout_s: float = 60.0) -> dict:
@@ -25,7 +26,8 @@ def publish_demo_dataset(stack, console: Console, timeout_s: float = 60.0) -> di
 
     settings = stack.settings
     store = DatasetStore(settings.home / "datasets")
-    store.create(parse_spec(DEMO_SPEC))
+    ids = {t.id for t in stack.catalogue.all()}
+    store.create(parse_spec(DEMO_SPEC | {"sources": [s for s in DEMO_SPEC["sources"] if s in ids]}))
     proc = build_until_idle(store, DEMO_DATASET, stack.catalogue, stack.bootstrap,
                             group_id(settings.consumer_group_prefix, stack.catalogue, DEMO_DATASET), idle_s=1.5,
                             timeout_s=timeout_s)
@@ -46,14 +48,16 @@ def publish_demo_dataset(stack, console: Console, timeout_s: float = 60.0) -> di
         time.sleep(0.3)
     return {"version": version, "info": store.info(DEMO_DATASET, version), "export": exported,
             "export_dir": export_dir(out, DEMO_DATASET, version), "shares": shares(store.episodes(DEMO_DATASET, version)),
-            "entries": entries, "outcomes": proc.outcomes}
+            "entries": entries, "outcomes": proc.outcomes,
+            "sources": store.card(DEMO_DATASET, version)["sources"]}
 
 
 def print_demo_dataset(console: Console, result: dict, names: dict[str, str]) -> None:
     if not result.get("version"):
         return
     info, exp = result["info"], result["export"]
-    console.print(f"[bold]dataset[/bold] {DEMO_DATASET}@v{result['version']}: {info['episodes']} accepted episodes, "
+    console.print(f"[bold]dataset[/bold] {DEMO_DATASET}@v{result['version']}: {info['episodes']} episodes "
+                  f"({', '.join(f'{n} from {k}' for k, n in result['sources'].items())}), "
                   f"content hash {info['content_hash'][:16]}…; exported to {result['export_dir']}: "
                   + ", ".join(f"LeRobot v3.0 {g} ({v['episodes']} ep)" for g, v in exp["lerobot"].items())
                   + f", {sum(1 for f in exp['files'] if f.startswith('humanx/') and f.endswith('clip.npz'))} HumanX clips")

@@ -53,6 +53,8 @@ def test_demo_runs_the_evidence_jobs_and_pays_only_the_genuine_submission(tmp_pa
                                        "WHERE kind = 'attribution' GROUP BY miner_id").result_rows)
         attribution_rows = client.query("SELECT miner_id, points, dataset, version FROM kibotos.attributions FINAL"
                                         ).result_rows
+        verified_clips = {r[0] for r in client.query("SELECT clip_id FROM kibotos.xgen_clips FINAL WHERE verified")
+                          .result_rows} if int(client.command("EXISTS TABLE kibotos.xgen_clips")) else set()
     finally:
         client.close()
     by_variant = {}
@@ -120,26 +122,31 @@ def test_demo_runs_the_evidence_jobs_and_pays_only_the_genuine_submission(tmp_pa
     assert len(balances) <= 3
 
     # the demo ends with a published dataset of its accepted episodes, exported, attributed
+    from kibotos.datasets.attribution import weight
     from kibotos.datasets.config import default_config
     from kibotos.datasets.store import DatasetStore
 
     assert "attribution per miner" in text and "demo-accepted@v1" in text
     store = DatasetStore(tmp_path / "home" / "demo" / "datasets")
     assert store.verify("demo-accepted", 1)
-    episodes = {ep.submission_id: ep for ep in store.episodes("demo-accepted", 1)}
+    all_episodes = {ep.submission_id: ep for ep in store.episodes("demo-accepted", 1)}
+    episodes = {sid: ep for sid, ep in all_episodes.items() if ep.source == "verdicts"}
     accepted = {sid for sid, rep in reports.items() if rep["verdict"] == "accepted"
                 and (rep.get("scores") or {}).get("copy_factor", 1.0) >= 1.0}
     assert set(episodes) == accepted and genuine_sid(by_variant) in episodes
+    # the verified clips of the XGen step join too (the demo's human video uploader)
+    clips = {sid for sid, ep in all_episodes.items() if ep.source == "xgen.clips"}
+    assert clips == verified_clips
     per_episode = default_config().attribution.points_per_episode
     expected = {}
-    for ep in episodes.values():
-        expected[ep.miner_id] = expected.get(ep.miner_id, 0.0) + per_episode * ep.score
+    for ep in all_episodes.values():
+        expected[ep.miner_id] = expected.get(ep.miner_id, 0.0) + per_episode * weight(ep)
     assert attributed == pytest.approx(expected)
     assert {m: p for m, p, _, _ in attribution_rows} == pytest.approx(expected)
     assert demo_keypair("miner-erin").miner_id not in attributed  # a copy adds no new data
     export = tmp_path / "home" / "demo" / "exports" / "demo-accepted" / "v000001"
     assert any((export / "lerobot").glob("*/meta/info.json"))
-    assert sorted(p.name for p in (export / "humanx").iterdir()) == sorted(episodes)
+    assert sorted(p.name for p in (export / "humanx").iterdir()) == sorted(all_episodes)
 
 
 def genuine_sid(by_variant: dict) -> str:
