@@ -79,3 +79,40 @@ def test_verdicts_to_version_rows_and_ledger_once(tansu, catalogue, chdb_client,
     assert shares["alice"] == pytest.approx(1.4 / 2.1) and shares["bob"] == pytest.approx(0.7 / 2.1)
     flags = c.query("SELECT soft_flags, evidence_uris FROM kibotos.dataset_episodes FINAL LIMIT 1").result_rows[0]
     assert "joint_vel_computed" in flags[0] and flags[1][0].endswith("-sim.png")
+
+
+def test_the_builder_appends_continuously(tansu, catalogue, tmp_path):
+    """``streams.dataset_builder.run``: a dataset created while it runs is picked up, and
+    each batch of new verdicts becomes the next version (cadence: 1 s here)."""
+    import threading
+
+    from kibotos.datasets.config import default_config
+    from kibotos.datasets.store import DatasetStore
+    from streams.dataset_builder import run
+
+    cfg = default_config().model_copy(update={"builder": default_config().builder.model_copy(
+        update={"publish_every_s": 1.0})})
+    store = DatasetStore(tmp_path / "ds", cfg)
+    stop = threading.Event()
+    thread = threading.Thread(target=run, args=(store, catalogue, tansu.bootstrap, "t", stop), kwargs={"rescan_s": 0.5},
+                              daemon=True)
+    thread.start()
+    try:
+        store.create(parse_spec({"name": "live"}))
+        produce(tansu.bootstrap, catalogue.verdicts, [verdict(1, "alice", "ur5", 0.9, "file:///b")])
+
+        def wait_version(n, timeout=40.0):
+            deadline = time.monotonic() + timeout
+            while (store.latest("live") or 0) < n:
+                assert time.monotonic() < deadline, f"no version {n}"
+                time.sleep(0.2)
+
+        wait_version(1)
+        produce(tansu.bootstrap, catalogue.verdicts, [verdict(2, "bob", "ur5", 0.7, "file:///b"),
+                                                      verdict(1, "alice", "ur5", 0.9, "file:///b")])
+        wait_version(2)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert [store.info("live", v)["episodes"] for v in store.versions("live")] == [1, 2]
+    assert store.emitted("live") == 2
