@@ -56,6 +56,14 @@ def accelerator_options(per_actor_share: float = 1.0) -> dict:
     return {"resources": {"gpu_slot": per_actor_share}, "num_cpus": 0}
 
 
+def fault_code(exc: Exception) -> str:
+    """The dead-letter code of a job that raised in its actor: the ``ValidatorFault``'s own
+    (``job_internal_error``; Ray hands it back as ``RayTaskError(ValidatorFault)`` with the
+    original as ``cause``), else ``job_service_unavailable`` (a ``ServiceError``, a dead actor)."""
+    cause = getattr(exc, "cause", None) or exc
+    return cause.reason_code if isinstance(cause, ValidatorFault) else "job_service_unavailable"
+
+
 class JobActorImpl:
     """Body of the Ray actor: builds the stage of its job kind once (warm), then handles
     records and returns the outputs as ``(topic name, key, value)``."""
@@ -201,8 +209,7 @@ class JobConsumer:
 
         JOBS_IN_FLIGHT.labels(job.kind).dec()
         job.attempts += 1
-        cause = getattr(exc, "cause", None) or exc  # ray wraps what the actor raised
-        code = cause.reason_code if isinstance(cause, ValidatorFault) else "job_service_unavailable"
+        code = fault_code(exc)
         VALIDATOR_FAULTS_TOTAL.labels(f"job_{job.kind}", code).inc()
         log.error("job %s %s[%s]@%s failed (attempt %d/%d): %s", job.kind, job.topic, job.partition,
                   job.offset, job.attempts, self.max_attempts, exc)
@@ -214,7 +221,7 @@ class JobConsumer:
             return
         record = Record(job.topic, job.value, job.key, job.partition, job.offset)
         out = dead_letter(self.catalogue, record, f"job_{job.kind}", code,
-                          f"validator fault after {job.attempts} attempts, verdict pending: {cause}")
+                          f"validator fault after {job.attempts} attempts, verdict pending: {exc}")
         self._publish([(out.topic.name, out.key(), out.value())])
         observe(f"job_{job.kind}", self.inputs[job.kind].id, [(out.topic.id, out.record)],
                 time.perf_counter() - job.started)

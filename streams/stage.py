@@ -67,6 +67,11 @@ class ValidatorFault(ServiceError):
     def __init__(self, stage_id: str, reason_code: str, message: str):
         super().__init__(f"{stage_id}: {message}", reason_code=reason_code)
         self.stage_id = stage_id
+        self.detail = message
+
+    def __reduce__(self):
+        # rebuilt with its reason code where it crosses a process (a Ray actor's error)
+        return (type(self), (self.stage_id, self.reason_code, self.detail))
 
 
 class FaultPolicy(BaseModel):

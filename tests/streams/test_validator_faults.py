@@ -222,3 +222,19 @@ def test_a_novelty_checker_that_fails_itself_is_retried_then_parked(catalogue, b
     [letter] = handle_with_retries(stage, record, catalogue, POLICY, sleep=lambda s: None)
     assert BrokenChecker.calls == POLICY.max_attempts
     assert (letter.topic, letter.record["error_code"]) == (catalogue.dead_letters, "novelty_internal_error")
+
+
+def test_a_fault_crosses_a_process_with_its_reason_code_and_names_the_dead_letter():
+    """Ray returns an actor's exception pickled: the fault must rebuild with its code (it
+    came back as an UnserializableException before), and the GPU consumer parks the job
+    under that code; anything else it parks as job_service_unavailable."""
+    import pickle
+
+    from gpu_consumers.consumer import fault_code
+
+    fault = pickle.loads(pickle.dumps(ValidatorFault("job_pose", "job_internal_error", "RuntimeError: boom")))
+    assert (fault.reason_code, fault.stage_id, str(fault)) == ("job_internal_error", "job_pose",
+                                                               "job_pose: RuntimeError: boom")
+    assert fault_code(fault) == "job_internal_error"
+    assert fault_code(ServiceError("renderer cannot start")) == "job_service_unavailable"
+    assert fault_code(RuntimeError("actor died")) == "job_service_unavailable"
