@@ -218,6 +218,8 @@ class XMimicEnv(VecEnv):
         box_far = (st.box_pose[:, :3] - box_ref[:, :3]).norm(dim=-1) > cfg.it.box_tolerance_m
         palm_far = (st.key_body_pos[:, :2] - keys_ref[:, :2]).norm(dim=-1).max(-1).values > cfg.it.body_tolerance_m
         bad = ~torch.isfinite(st.qpos).all(-1) | ~torch.isfinite(st.box_pose).all(-1)
+        if st.unstable is not None:
+            bad |= st.unstable
         terminated = bad.clone()
         if self.training and cfg.it.enabled:
             terminated |= box_far | palm_far | (self.lost_contact >= cfg.it.contact_loss_frames)
@@ -256,7 +258,8 @@ class XMimicEnv(VecEnv):
         z_err = (box[:, 2] - box_ref[:, 2]).abs()
         xy_err = (box[:, :2] - box_ref[:, :2]).norm(dim=-1)
         hand_err = self.hand_err_sum[ids] / self.hand_err_n[ids].clamp(min=1)
-        success = ((z_err < e.final_height_tolerance_m) & (xy_err < e.max_final_box_xy_error_m)
+        unstable = st.unstable[ids] if st.unstable is not None else torch.zeros_like(z_err, dtype=torch.bool)
+        success = (~unstable & (z_err < e.final_height_tolerance_m) & (xy_err < e.max_final_box_xy_error_m)
                    & (hand_err < e.max_mean_hand_box_error_m) & ~self.terminated_early[ids]
                    & torch.isfinite(box).all(-1))
         return {"env": ids, "clip": self.clip_idx[ids], "success": success, "final_height_error_m": z_err,

@@ -19,6 +19,7 @@ class SimState:
     box_vel: torch.Tensor       # (N, 6) linear, angular (world)
     key_body_pos: torch.Tensor  # (N, 4, 3) left palm, right palm, left elbow, right elbow (world)
     torque: torch.Tensor        # (N, 29) actuator forces
+    unstable: torch.Tensor | None = None  # (N,) bool: the simulation diverged since the reset
 
 
 class Simulator(ABC):

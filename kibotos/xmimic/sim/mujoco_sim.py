@@ -5,6 +5,7 @@ this is the default; ``kibotos bench train`` reports its env-steps/s."""
 from __future__ import annotations
 
 import copy
+import logging
 
 import mujoco
 import numpy as np
@@ -12,6 +13,19 @@ import torch
 
 from kibotos.xmimic.model import Layout, build_model, set_box, set_grip_enabled, set_pd_scale
 from kibotos.xmimic.sim.base import SimState, Simulator
+
+
+_BAD = (mujoco.mjtWarning.mjWARN_BADQACC, mujoco.mjtWarning.mjWARN_BADQVEL, mujoco.mjtWarning.mjWARN_BADQPOS)
+_log = logging.getLogger(__name__)
+
+
+def _warning(msg: str) -> None:
+    # MuJoCo's default handler appends to MUJOCO_LOG.TXT in the working directory
+    _log.warning("mujoco: %s", msg)
+
+
+def _bad_count(d: mujoco.MjData) -> int:
+    return sum(int(d.warning[w].number) for w in _BAD)
 
 
 def _nlerp(q0: np.ndarray, q1: np.ndarray, a: float) -> np.ndarray:
@@ -30,6 +44,8 @@ class MujocoSim(Simulator):
         self.datas = [mujoco.MjData(m) for m in self.models]
         self._kp_scale = np.ones(num_envs)
         self._enabled = True
+        mujoco.set_mju_user_warning(_warning)
+        self.unstable = np.zeros(num_envs, dtype=bool)  # MuJoCo reset the data after a divergence
         for d in self.datas:
             d.qpos[self.lay.joint_qpos] = 0.0
             mujoco.mj_forward(self.models[0], d)
@@ -60,6 +76,7 @@ class MujocoSim(Simulator):
             d.ctrl[lay.actuator] = qpos[k, 7:]
             d.ctrl[lay.grip] = 0.0
             mujoco.mj_forward(m, d)
+            self.unstable[i] = False
 
     def step(self, targets, grip, base_from=None, base_to=None) -> None:
         lay = self.lay
@@ -71,12 +88,15 @@ class MujocoSim(Simulator):
         for i, (m, d) in enumerate(zip(self.models, self.datas)):
             d.ctrl[lay.actuator] = tg[i]
             d.ctrl[lay.grip] = gr[i]
+            bad_before = _bad_count(d)
             for s in range(n):
                 if self.fixed_pelvis and b0 is not None:
                     a = (s + 1) / n
                     d.mocap_pos[lay.mocap] = (1 - a) * b0[i, :3] + a * b1[i, :3]
                     d.mocap_quat[lay.mocap] = _nlerp(b0[i, 3:], b1[i, 3:], a)
                 mujoco.mj_step(m, d)
+            if _bad_count(d) > bad_before:
+                self.unstable[i] = True
 
     def state(self) -> SimState:
         lay = self.lay
@@ -97,7 +117,8 @@ class MujocoSim(Simulator):
             keys[i, :2] = d.site_xpos[lay.palm_sites]
             keys[i, 2:] = d.xpos[lay.elbow_bodies]
             tq[i] = d.actuator_force[lay.actuator]
-        return SimState(*(self._t(a) for a in (qpos, qvel, box, boxv, keys, tq)))
+        return SimState(*(self._t(a) for a in (qpos, qvel, box, boxv, keys, tq)),
+                        unstable=torch.as_tensor(self.unstable.copy(), device=self.device))
 
     def push_box(self, ids, velocity) -> None:
         v = velocity.double().cpu().numpy()
