@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gpu_consumers.registry import EVIDENCE_GATES
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KIBOTOS_", frozen=True, extra="ignore")
@@ -62,7 +64,8 @@ class Settings(BaseSettings):
     # gate F pose quality, IK residual, Genesis playback, sim-vs-real alignment (after
     # playback: it reads the keyframe pairs), task completion. Empty
     # (KIBOTOS_EVIDENCE_JOBS='[]'): straight from gate E to novelty and the decision.
-    evidence_jobs: tuple[str, ...] = ("pose", "ik", "playback", "align", "task")
+    # Default: every evidence kind of the registry, in its order (gpu_consumers.registry).
+    evidence_jobs: tuple[str, ...] = tuple(EVIDENCE_GATES)
     gpu_actors_per_kind: int = Field(default=1, ge=1)  # warm Ray actors per job kind per consumer
     # XGen (the data factory) job kinds the stack's GPU consumers also serve, one per stage
     # (gpu_consumers/xgen_jobs.py); empty: the stack runs no XGen jobs. Their thresholds:
