@@ -317,7 +317,6 @@ def clip_bundle(clip_dir: Path, out_path: Path, *, width: int = 320, height: int
     rows = floating_joint_rows(qpos)
     robot_names = _floating_joint_names()
     grasps = [grasp_in_box(arrays, meta, side) for side in (0, 1)]
-    box_mats = np.array([_pose_mat(p) for p in box])
     fovy = 45.0
     intrinsics, cam_to_world, free = camera_for(qpos, box, width, height, fovy)
     # the video at its own rate (software GL renders the G1's meshes at ~5 frames/s here);
