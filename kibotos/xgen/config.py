@@ -25,6 +25,10 @@ class PoseConfig(_Frozen):
     min_confidence: float = Field(ge=0, le=1)
     max_gap_s: float = Field(ge=0)
     smooth_sigma_s: float = Field(ge=0)
+    # landmark outliers (kibotos.xgen.pose.outliers): gaps, filled like missing landmarks
+    outlier_window_s: float = Field(default=0.4, gt=0)  # running-median window
+    outlier_max_deviation_m: float = Field(default=0.15, gt=0)  # from the running median
+    bone_length_tolerance: float = Field(default=0.5, gt=0)  # of the clip's median bone length
 
 
 class RetargetWeights(_Frozen):
@@ -49,6 +53,12 @@ class RetargetConfig(_Frozen):
     planted_speed_m_per_frame: float = Field(gt=0)
     max_mean_residual_m: float = Field(gt=0)
     weights: RetargetWeights
+    # joint continuity (kibotos.xgen.retarget._solve): a posture task towards the previous
+    # frame's solution, and a per-frame joint step bounded by the registered robot's
+    # velocity limits x dt x this factor
+    continuity_cost: float = Field(default=0.0, ge=0)
+    max_joint_speed_factor: float = Field(default=1.0, gt=0)
+    joint_smooth_sigma_s: float = Field(default=0.0, ge=0)  # Gaussian on the solved joint angles
 
 
 class InteractionConfig(_Frozen):

@@ -75,6 +75,17 @@ def joint_limits() -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=1)
+def velocity_limits() -> np.ndarray:
+    """(29,) joint speed limits (rad/s) of the registered robot (its URDF), in
+    ``joint_names()`` order (the tests check the two models' joints agree)."""
+    from kibotos.robots import get_robot
+
+    robot = get_robot(ROBOT_ID, ROBOT_REVISION)
+    by_name = dict(zip(robot.joint_names, np.asarray(robot.vel_limit, float)))
+    return np.array([by_name[n] for n in joint_names()])
+
+
+@functools.lru_cache(maxsize=1)
 def foot_geoms() -> dict[str, np.ndarray]:
     """Contact-sphere geom ids per foot."""
     m = model()

@@ -16,6 +16,13 @@ GMR-style differential IK with ``mink`` on the MuJoCo G1 (``kibotos.xgen.g1``):
    toe; a posture regulariser towards a neutral stance (no arm flips); joint limits.
    The first frame starts from the neutral stance and iterates to convergence, so a clip
    cut anywhere gives the same poses (no first-frame dependence).
+   *Joint continuity* (what keeps noisy landmarks from flipping a hip or shoulder onto
+   another IK branch): every frame starts from the previous frame's solution, a second
+   posture task pulls towards that solution (``retarget.continuity_cost``), and each
+   joint's step from the previous frame is bounded by the registered robot's velocity
+   limit x dt x ``retarget.max_joint_speed_factor``; then the joint angles are smoothed in
+   time with sigma ``retarget.joint_smooth_sigma_s`` x (1 - the mean confidence of the limb
+   landmarks) — none for an exact keypoints file — before the ground fixes below.
 4. *Ground contact.* The robot's lowest foot contact sphere is put on the floor in every
    frame (no floating, no penetration); while a foot is planted its horizontal drift is
    removed from the root (no foot sliding).
@@ -53,6 +60,8 @@ for _s in g1.SIDES:
         # the palm centre: the mean of wrist, index and pinky landmarks
         f"{_s}_palm": (f"{_s}_wrist", (f"{_s}_wrist", f"{_s}_index", f"{_s}_pinky"), ("site", f"{_s}_palm")),
     })
+# shoulders to feet (MediaPipe 11..32): whose confidence sets the joint smoothing
+LIMB_LANDMARKS = slice(IDX["left_shoulder"], IDX["right_foot_index"] + 1)
 # IK position tasks: scaled-skeleton point -> (frame name, frame type, config weight key)
 POSITION_TASKS = tuple(
     (f"{s}_{part}", name, kind, part)
@@ -175,6 +184,7 @@ def _solve(skel, root, cfg: RetargetConfig, fps: float) -> np.ndarray:
     posture = mink.PostureTask(m, cost=w.posture)
     home = g1.home_qpos()
     posture.set_target(home)
+    previous = mink.PostureTask(m, cost=max(cfg.continuity_cost, 1e-9))
     tasks = [pelvis_task, torso_task, *foot_tasks.values(), *(t for _, t in pos_tasks), posture]
     limits = [mink.ConfigurationLimit(m)]
     foot_rot = {s: _frame(skel[f"{s}_toe"] - skel[f"{s}_heel"], np.cross(up, skel[f"{s}_toe"] - skel[f"{s}_heel"]))
@@ -182,6 +192,7 @@ def _solve(skel, root, cfg: RetargetConfig, fps: float) -> np.ndarray:
     out = np.empty((n, m.nq))
     q = home.copy()
     dt = 1.0 / fps
+    max_step = g1.velocity_limits() * dt * cfg.max_joint_speed_factor
     for t in range(n):
         pelvis_task.set_target(mink.SE3.from_rotation_and_translation(
             mink.SO3.from_matrix(pel_rot[t]), root[t] + pel_rot[t] @ pelvis_offset))
@@ -198,12 +209,30 @@ def _solve(skel, root, cfg: RetargetConfig, fps: float) -> np.ndarray:
             iters = cfg.first_frame_iterations
         else:
             iters = cfg.iterations
+            previous.set_target(q)  # q: the previous frame's solution, also the warm start
         config.update(q)
+        frame_tasks = tasks + [previous] if t and cfg.continuity_cost > 0 else tasks
         for _ in range(iters):
-            vel = mink.solve_ik(config, tasks, dt, solver="daqp", damping=cfg.damping, limits=limits)
+            vel = mink.solve_ik(config, frame_tasks, dt, solver="daqp", damping=cfg.damping, limits=limits)
             config.integrate_inplace(vel, dt)
-        q = config.q.copy()
+        new = config.q.copy()
+        if t:
+            new[7:] = np.clip(new[7:], q[7:] - max_step, q[7:] + max_step)
+        q = new
         out[t] = q
+    return out
+
+
+def _smooth_joints(qpos: np.ndarray, sigma_frames: float) -> np.ndarray:
+    """Gaussian in time on the joint angles (root untouched; the ground fixes follow)."""
+    if sigma_frames <= 0 or len(qpos) < 3:
+        return qpos
+    r = int(np.ceil(3 * sigma_frames))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma_frames) ** 2)
+    k /= k.sum()
+    out = qpos.copy()
+    pad = np.pad(qpos[:, 7:], [(r, r), (0, 0)], mode="edge")
+    out[:, 7:] = np.stack([np.convolve(pad[:, j], k, mode="valid") for j in range(pad.shape[1])], axis=1)
     return out
 
 
@@ -239,7 +268,11 @@ def retarget(motion: HumanMotion, cfg: XGenConfig) -> tuple[RobotMotion, dict]:
     rc = cfg.retarget
     skel = scaled_skeleton(kp)
     root, planted = root_trajectory(skel, rc)
-    solved = _solve(skel, root, rc, motion.fps)
+    # joint smoothing as strong as the landmarks are uncertain: none for an exact keypoints
+    # file (confidence 1), ~0.07 s for MediaPipe on the generated video (limb confidence ~0.65)
+    limb_confidence = float(motion.confidence[:, LIMB_LANDMARKS].mean())
+    sigma_s = rc.joint_smooth_sigma_s * (1.0 - limb_confidence)
+    solved = _smooth_joints(_solve(skel, root, rc, motion.fps), sigma_s * motion.fps)
     qpos = _ground_and_lock(solved, planted)
     lo, hi = g1.joint_limits()
     qpos[:, 7:] = np.clip(qpos[:, 7:], lo, hi)
@@ -254,7 +287,8 @@ def retarget(motion: HumanMotion, cfg: XGenConfig) -> tuple[RobotMotion, dict]:
     metrics = {"frames": len(qpos), "mean_residual_m": float(residual.mean()),
                "max_residual_m": float(residual.max()),
                "residual_by_body_m": {key: float(residual[:, j].mean()) for j, (key, _, _, _) in enumerate(POSITION_TASKS)},
-               "planted_fraction": float(planted.mean())}
+               "planted_fraction": float(planted.mean()), "limb_confidence": limb_confidence,
+               "joint_smooth_sigma_s": sigma_s, "max_joint_step_rad": float(np.abs(np.diff(qpos[:, 7:], axis=0)).max(initial=0.0))}
     if metrics["mean_residual_m"] > rc.max_mean_residual_m:
         raise XGenError(f"mean keypoint residual {metrics['mean_residual_m']:.3f} m exceeds "
                         f"{rc.max_mean_residual_m} m", reason_code="xgen_retarget_diverged", metrics=metrics)
