@@ -40,7 +40,7 @@ def run_train_bench(clips_dir: Path | None, *, num_envs: int, teacher_seconds: f
     from kibotos.xmimic.clipgen import make_clip_set
     from kibotos.xmimic.clips import load_clips
     from kibotos.xmimic.config import load_xmimic_config
-    from kibotos.xmimic.evaluate import evaluate, run_episodes
+    from kibotos.xmimic.evaluate import evaluate
     from kibotos.xmimic.train import train
 
     cfg = load_xmimic_config()

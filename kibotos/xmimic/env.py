@@ -16,8 +16,6 @@ Observation groups (every group is produced; the runner's ``obs_groups`` picks):
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from rsl_rl.env import VecEnv
@@ -177,7 +175,6 @@ class XMimicEnv(VecEnv):
 
     def step(self, actions: torch.Tensor):
         cfg = self.cfg
-        n = self.num_envs
         actions = actions.to(self.device).clamp(-5.0, 5.0)
         self.prev_action, self.action = self.action, actions
         target = self._ref(self.ref.qpos, 1)[:, 7:].clone()
@@ -340,5 +337,3 @@ def quat_mul_inv(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     return quat_mul(quat_conj(a), b)
 
-
-_ = math

@@ -55,8 +55,6 @@ def contacts(keys: torch.Tensor, box: torch.Tensor, box_size: torch.Tensor, tol:
     """(N, 3) bool: left palm on the box, right palm on the box, box on the ground."""
     dist = box_surface_distance(palms_in_box(keys, box), box_size / 2)
     # the lowest box corner's height (any orientation): centre z minus the half extents projected on z
-    from kibotos.xmimic.rotations import quat_rotate
-
     ez = torch.zeros_like(box[:, :3])
     ez[:, 2] = 1.0
     z_in_box = quat_rotate_inverse(box[:, 3:], ez)
