@@ -459,12 +459,16 @@ def judge_clip(clip_dir: str | Path, *, cfg: XGenConfig | None = None, bundle_pa
         clip_bundle(clip_dir, bundle, width=q.video_width, height=q.video_height, video_fps=q.video_fps)
     except ClipInvalid as exc:
         return _finish(_refused(clip_id, "xgen_clip_invalid", str(exc)), clip_dir, write_result)
-    except (RuntimeError, ImportError, OSError) as exc:  # no GL context, codec, disk
+    except (RuntimeError, ImportError, OSError, ValueError) as exc:  # no GL context, codec, disk
         return _finish(_refused(clip_id, "xgen_quality_render_failed", f"{type(exc).__name__}: {exc}"), clip_dir,
                        write_result)
 
-    with open_bundle(bundle, Limits.from_config(gate_config)) as view:
-        results = run_chain(view, gate_config)
+    try:
+        view = open_bundle(bundle, Limits.from_config(gate_config))
+    except KibotosError as exc:  # the bundle XGen wrote is unreadable to the verifier: say why
+        return _finish(_refused(clip_id, exc.reason_code, str(exc), bundle), clip_dir, write_result)
+    with view:
+        results = run_chain(view, gate_config)  # each gate turns its own errors into a reason code
         if all(r.passed for r in results):
             from processors.base import Gate
 
@@ -476,7 +480,8 @@ def judge_clip(clip_dir: str | Path, *, cfg: XGenConfig | None = None, bundle_pa
                 if not res.passed:
                     break
         m = view.manifest
-        ids = dict(miner_id=m.miner_id, robot_model_id=m.robot_model_id, robot_model_revision=m.robot_model_revision)
+        ids = {"miner_id": m.miner_id, "robot_model_id": m.robot_model_id,
+               "robot_model_revision": m.robot_model_revision}
         sid = str(m.submission_id)
     report = build_report(sid, results, gate_config.config_version, **ids)
     breakdown = None

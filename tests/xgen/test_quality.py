@@ -166,3 +166,11 @@ def test_joint_beyond_its_limit_is_rejected(clip_dir, tmp_path_factory):
 def test_missing_clip_files_are_a_reason_code(tmp_path):
     result = judge_clip(tmp_path)
     assert not result.passed and result.reason_code == "xgen_clip_invalid"
+
+
+def test_nan_in_a_clip_is_a_reason_code_not_a_crash(clip_dir, tmp_path_factory):
+    def poison(arrays, meta):
+        arrays["robot_qpos"][5, 10] = np.nan
+
+    result = judge_clip(_broken(clip_dir, tmp_path_factory, "nan", poison))
+    assert not result.passed and result.reason_code == "xgen_clip_invalid"
