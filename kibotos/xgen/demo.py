@@ -1,5 +1,6 @@
-"""The XGen part of ``kibotos demo``: a generated human cargo pickup (3D keypoints; a
-video with ``demo_source(kind="video")``) is uploaded through the stack's ingest API
+"""The XGen part of ``kibotos demo``: a generated human cargo pickup (rendered as a video
+a pose estimator reads; 3D keypoints with ``demo_source(kind="keypoints")`` or where no
+offscreen GL exists) is uploaded through the stack's ingest API
 (signed like a bundle) while the bundles are verified, and turned into G1 clips by the
 XGen jobs; the demo then shows every clip with its quality
 verdict, S and preview, read back from ClickHouse.
@@ -32,9 +33,11 @@ def demo_source(work: Path, kind: str = "keypoints") -> tuple[Path, str]:
     or with ``kind="video"`` rendered as a video a pose estimator reads (falling back to
     the keypoints where no offscreen GL context exists).
 
-    The demo uses the keypoints: on the generated video every clip is refused by the
-    verifier today (gate E ``jerk_exceeded``: a hip joint flips by ~2 rad in one frame
-    near the end of the video-derived motion; README "XGen through the stack")."""
+    The demo uses the video (pose -> retarget -> ... all run): with the pose stage's
+    landmark outlier rejection and the retargeter's joint continuity (config
+    xgen-2026.12.4) its clips pass the verifier (README "XGen through the stack"); before,
+    gate E refused every one (``jerk_exceeded``: a ~2 rad hip flip from MediaPipe's ankle
+    jumps)."""
     from kibotos.xgen.synth import cargo_pickup
 
     work.mkdir(parents=True, exist_ok=True)
@@ -58,7 +61,7 @@ def demo_source(work: Path, kind: str = "keypoints") -> tuple[Path, str]:
 
 def submit_demo_request(client: IngestClient, keypair: Keypair, work: Path, console: Console) -> str | None:
     """Upload the demo's human demonstration; the request id, or None if refused."""
-    path, kind = demo_source(work)
+    path, kind = demo_source(work, kind="video")
     request_id = str(uuid.uuid4())
     try:
         XGenClient(client).submit(keypair, path, request_id, source_kind=kind)
