@@ -65,6 +65,7 @@ from gpu_consumers.registry import EVIDENCE_GATES
 from kibotos.bundle.kinematics import METHOD as JOINT_VEL_METHOD, joint_velocity, npy_bytes
 from kibotos.bundle.reader import JOINT_POS, TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES, BundleView
 from kibotos.errors import BundleError, KibotosError, ServiceError
+from kibotos.phash import phash
 from kibotos.gate_config import KeyframeConfig, load_config
 from kibotos.report import GateResult
 from kibotos.robots import RobotModel, get_robot
@@ -532,6 +533,8 @@ def run_playback(view: BundleView, sync_offset_ms: float, renderer: PlaybackRend
         entries.append({
             "frame": kf.video_frame_index, "kin_time_ms": kf.kin_time_ms, "strategy": kf.strategy,
             "sim_uri": sim_ref.uri, "real_uri": real_ref.uri if real_ref else None,
+            # the simulation render's fingerprint (design §8: hashes of video *and* sim renders)
+            "sim_phash": f"{phash(rendered.rgb[j]):016x}",
             "sim_pixel_fraction": round(float(sim_px[j]) / (renderer.width * renderer.height), 5),
             "silhouette_iou": iou[j], "real_foreground_in_sim": covered[j],
             "render_ms": round(float(rendered.wall_s[j]) * 1000.0, 2),

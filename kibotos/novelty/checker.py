@@ -6,6 +6,12 @@ index, record it, and turn the evidence into ``s_novel``.
     s_match = min(1 - same_miner_penalty  * match(best same-miner candidate),
                   1 - cross_miner_penalty * match(best other-miner candidate))
     s_novel = s_match * (1 - artifact_penalty * artifact_score)
+                      * (1 - quality_penalty * (1 - video quality))        # §7.1
+                      * (1 - render_like_penalty * strength * confidence)  # §11, soft
+
+Video quality and viewpoint compliance, and render-likeness, come from
+``kibotos.novelty.quality`` (missing for rows fingerprinted before them: factor 1). A
+render-like video is flagged ``render_like_video``; it is never a reject.
 
 Between miners the earlier *upload* is the original: a cross-miner match with a later
 upload that happened to be checked first (a copy racing ahead through other partitions)
@@ -47,6 +53,7 @@ from kibotos.embeddings import EMBEDDING_MODEL_ID
 from kibotos.novelty import index
 from kibotos.novelty.config import NoveltyConfig, load_novelty_config
 from kibotos.novelty.fingerprint import Fingerprint, fingerprint_bundle
+from kibotos.phash import hamming
 from kibotos.report import GateResult
 
 GATE_ID = "novelty"
@@ -74,7 +81,8 @@ class NoveltyChecker:
         self.config = config or load_novelty_config()
 
     def check(self, view: BundleView, submission_id: str, miner_id: str, now_ms: int,
-              received_at_ms: int | None = None, event_payload: bytes | None = None) -> GateResult:
+              received_at_ms: int | None = None, event_payload: bytes | None = None,
+              sim_hashes: list[int] | None = None) -> GateResult:
         """The novelty ``GateResult`` of one submission (see the module docstring).
 
         :param now_ms: epoch milliseconds of this (first) check: the submission's place in
@@ -83,6 +91,9 @@ class NoveltyChecker:
             matches between miners.
         :param event_payload: the stage's input record, stored with the row so that a
             later revision (``revise_later_copy``) can send the submission on again.
+        :param sim_hashes: pHashes of the playback job's simulation renders (its keyframes'
+            ``sim_phash``, design §8: renders are fingerprinted too), stored with the row and
+            compared with the best candidates' (``sim_render_match``: evidence, reported).
         :raises ServiceError: ClickHouse failed (the caller retries; nothing is half-judged).
         """
         t0 = time.perf_counter()
@@ -94,6 +105,7 @@ class NoveltyChecker:
             created_at_ms = int(now_ms)
             fingerprint, artifacts = fingerprint_bundle(view, cfg)
             info = self._fingerprint_info(fingerprint)
+            info["sim_render_hashes"] = [f"{int(h):016x}" for h in sim_hashes or []]
             index.record(self.client, submission_id=submission_id, miner_id=miner_id,
                          robot_model_id=_robot_model(view), created_at_ms=created_at_ms, fingerprint=fingerprint,
                          embedding_model=EMBEDDING_MODEL_ID, artifacts=artifacts, fingerprint_info=info,
@@ -102,8 +114,33 @@ class NoveltyChecker:
             created_at_ms, artifacts, info = stored.created_at_ms, stored.artifacts, stored.fingerprint
         best = index.find_candidates(self.client, submission_id, created_at_ms, info.get("motion_variants", []), cfg)
         result = self._decide(best, artifacts, info, created_at_ms, t0)
+        sim = self._sim_render_matches(best, info)
+        if sim:
+            result.metrics["sim_render_match"] = sim
         index.store_result(self.client, submission_id, result.model_dump(mode="json"), self.config.config_version)
         return result
+
+    def _sim_render_matches(self, best: dict[str, index.Candidate | None], info: dict[str, Any]) -> dict[str, Any]:
+        """Per scope, the share of this submission's simulation renders that have a render of
+        the best candidate within ``hash.hamming_threshold`` bits (renders of one trajectory
+        through one camera are the same images). Empty without renders."""
+        mine = [int(h, 16) for h in info.get("sim_render_hashes") or []]
+        out: dict[str, Any] = {}
+        if not mine:
+            return out
+        limit = self.config.novelty.hash.hamming_threshold
+        for scope in ("same_miner", "cross_miner"):
+            cand = best.get(scope)
+            if cand is None:
+                continue
+            stored = index.get_entry(self.client, cand.submission_id)
+            theirs = [int(h, 16) for h in (stored.fingerprint.get("sim_render_hashes") or [])] if stored else []
+            if not theirs:
+                continue
+            close = sum(min(hamming(a, b) for b in theirs) <= limit for a in mine)
+            out[scope] = {"submission_id": cand.submission_id, "fraction": round(close / len(mine), 4),
+                          "renders": len(mine)}
+        return out
 
     @staticmethod
     def _fingerprint_info(fp: Fingerprint) -> dict[str, Any]:
@@ -131,7 +168,8 @@ class NoveltyChecker:
         s_cross = 1.0 - pen.cross_miner * cross.match if cross is not None else 1.0
         s_match = min(s_same, s_cross)
         artifact_score = float(artifacts.get("artifact_score", 0.0))
-        s_novel = s_match * (1.0 - pen.artifact * artifact_score)
+        quality_factor, render_factor, quality_flags = _video_factors(artifacts, cfg)
+        s_novel = s_match * (1.0 - pen.artifact * artifact_score) * quality_factor * render_factor
 
         flags = list(info.get("flags", []))
         report = cfg.match.report_threshold
@@ -147,7 +185,7 @@ class NoveltyChecker:
                 flags.append(f"{scope}_{cand.motion_variant.split(':')[0]}_copy")
         if later is not None and later.match >= report:
             flags.append("cross_miner_later_copy")  # a later upload by another miner copies this one
-        flags += artifacts.get("flags", [])
+        flags += artifacts.get("flags", []) + quality_flags
 
         passed, reason = True, None
         if same is not None and same.near_exact:
@@ -176,6 +214,10 @@ class NoveltyChecker:
             "copy": _copy_metrics(copy, "same_miner" if copy is same else "cross_miner") if copy is not None
             else None,
             "artifact_score": round(artifact_score, 4),
+            "video_quality": (artifacts.get("video_quality") or {}).get("quality"),
+            "quality_factor": round(quality_factor, 4),
+            "render_like": {k: (artifacts.get("render_like") or {}).get(k) for k in ("strength", "confidence")},
+            "render_like_factor": round(render_factor, 4),
             "artifacts": artifacts,
             "fingerprint": info,
             "flags": sorted(set(flags)),
@@ -188,6 +230,8 @@ class NoveltyChecker:
             "config_version": self.config.config_version,
             "windows": cfg.windows.model_dump(),
             "penalties": cfg.penalties.model_dump(),
+            "quality": cfg.quality.model_dump(),
+            "render_like": cfg.render_like.model_dump(),
             "motion": {k: v for k, v in cfg.motion.model_dump().items() if k in ("corr_lo", "corr_hi", "max_lag_s")},
             "hash": cfg.hash.model_dump(),
             "prefilter": cfg.prefilter.model_dump(),
@@ -226,6 +270,7 @@ class NoveltyChecker:
         pen = cfg.penalties
         match = float(later.get("match") or 0.0)
         artifact_factor = 1.0 - pen.artifact * float(m.get("artifact_score") or 0.0)
+        artifact_factor *= float(m.get("quality_factor") or 1.0) * float(m.get("render_like_factor") or 1.0)
         original = dict(later, submission_id=original_id, miner_id=original_miner)
         original.pop("age_s", None)  # the original is the earlier upload, checked later
         flags = set(previous.flags) | {FLAG_REVISED}
@@ -264,6 +309,21 @@ class NoveltyChecker:
         index.store_result(self.client, later["submission_id"], revised.model_dump(mode="json"),
                            stored.result_config_version, revision=2)
         return revised, stored.event_payload
+
+
+def _video_factors(artifacts: dict[str, Any], cfg) -> tuple[float, float, list[str]]:
+    """``(quality_factor, render_like_factor, flags)`` of the stored video measurements."""
+    pen = cfg.penalties
+    quality = (artifacts.get("video_quality") or {}).get("quality")
+    quality_factor = 1.0 - pen.quality * (1.0 - float(quality)) if quality is not None else 1.0
+    render = artifacts.get("render_like") or {}
+    strength, confidence = float(render.get("strength") or 0.0), float(render.get("confidence") or 0.0)
+    flags = []
+    if strength >= cfg.render_like.flag_strength:
+        flags.append("render_like_video")
+    terms = (artifacts.get("video_quality") or {}).get("terms") or {}
+    flags += [f"video_low_{name}" for name, value in terms.items() if value is not None and value < 0.5]
+    return quality_factor, 1.0 - pen.render_like * strength * confidence, flags
 
 
 def _copy_metrics(cand: index.Candidate, scope: str) -> dict[str, Any]:

@@ -34,6 +34,8 @@ class PenaltiesConfig(_Frozen):
     same_miner: float = Field(ge=0, le=1)
     cross_miner: float = Field(ge=0, le=1)
     artifact: float = Field(ge=0, le=1)
+    quality: float = Field(ge=0, le=1)  # s_novel *= 1 - quality * (1 - video quality)
+    render_like: float = Field(ge=0, le=1)  # s_novel *= 1 - render_like * strength * confidence
 
 
 class FramesConfig(_Frozen):
@@ -166,6 +168,43 @@ class ArtifactsConfig(_Frozen):
         return self
 
 
+class QualityConfig(_Frozen):
+    """Video quality and viewpoint compliance (``kibotos.novelty.quality``): ramps lo -> 0, hi -> 1."""
+
+    sharpness_lo: float = Field(ge=0)
+    sharpness_hi: float = Field(gt=0)
+    clipped_lo: float = Field(ge=0, le=1)
+    clipped_hi: float = Field(gt=0, le=1)
+    min_side_lo: float = Field(ge=1)
+    min_side_hi: float = Field(ge=1)
+    viewpoint_lo: float = Field(ge=0, le=1)
+    viewpoint_hi: float = Field(gt=0, le=1)
+    viewpoint_samples: int = Field(ge=2)
+
+    @model_validator(mode="after")
+    def _ramps(self) -> "QualityConfig":
+        for name in ("sharpness", "clipped", "min_side", "viewpoint"):
+            _check_ramp(getattr(self, f"{name}_lo"), getattr(self, f"{name}_hi"), f"quality.{name}")
+        return self
+
+
+class RenderLikeConfig(_Frozen):
+    """The render-likeness heuristic (``kibotos.novelty.quality.render_likeness``)."""
+
+    noise_lo: float = Field(ge=0)  # noise sigma (grey levels) at or below: fully render-like
+    noise_hi: float = Field(gt=0)  # at or above: camera-like
+    texture_lo: float = Field(ge=0)  # Laplacian variance, same reading
+    texture_hi: float = Field(gt=0)
+    frames: int = Field(ge=1)  # frames wanted for full confidence
+    flag_strength: float = Field(gt=0, le=1)  # flag render_like_video at or above
+
+    @model_validator(mode="after")
+    def _ramps(self) -> "RenderLikeConfig":
+        _check_ramp(self.noise_lo, self.noise_hi, "render_like.noise")
+        _check_ramp(self.texture_lo, self.texture_hi, "render_like.texture")
+        return self
+
+
 class NoveltySection(_Frozen):
     windows: WindowsConfig
     penalties: PenaltiesConfig
@@ -176,6 +215,8 @@ class NoveltySection(_Frozen):
     trajectory: TrajectoryConfig
     match: MatchConfig
     artifacts: ArtifactsConfig
+    quality: QualityConfig
+    render_like: RenderLikeConfig
 
 
 class NoveltyConfig(_Frozen):

@@ -20,6 +20,9 @@ a best-lag search that absorbs trims and time shifts.
   unit RMS. Compared by the best-lag *locally centred* correlation over the overlap, so
   time shifts, trims, constant offsets and small noise leave a copy near 1.
 
+The same pass measures the video's quality and viewpoint compliance and how rendered it
+looks (``kibotos.novelty.quality``), stored with the artifacts.
+
 A static overlay found by the artifact pass (``kibotos.novelty.artifacts``) is filled
 with the frame's median before hashing and embedding: a burned-in logo should neither
 hide a copy nor make two different videos with the same logo look alike.
@@ -38,6 +41,7 @@ from kibotos.bundle.reader import JOINT_POS, TIMESTAMPS, BundleView
 from kibotos.errors import BundleError
 from kibotos.novelty.artifacts import analyze_artifacts
 from kibotos.novelty.config import NoveltySection
+from kibotos.novelty.quality import render_likeness, video_quality
 from kibotos.novelty.scan import VideoScan, scan_bundle
 from kibotos.phash import phash
 
@@ -228,6 +232,10 @@ def fingerprint_bundle(view: BundleView, cfg: NoveltySection) -> tuple[Fingerpri
     timings = {"scan_ms": round((time.perf_counter() - t0) * 1000, 1)}
     t0 = time.perf_counter()
     artifacts = analyze_artifacts(scan, cfg.artifacts)
+    # not artifact cues (they never reach artifact_score's hard reject): S_novel's quality
+    # and viewpoint compliance (§7.1) and the soft render-likeness of §11
+    artifacts["video_quality"] = video_quality(scan, view, cfg.quality)
+    artifacts["render_like"] = render_likeness(scan, cfg.render_like)
     timings["artifacts_ms"] = round((time.perf_counter() - t0) * 1000, 1)
     overlay = (artifacts.get("cues", {}).get("static_overlay") or {}).get("overlay")
     t0 = time.perf_counter()

@@ -369,3 +369,27 @@ def test_a_bundle_whose_video_cannot_be_read_is_judged_on_its_kinematics(submit)
     match = result.metrics["same_miner_match"]
     assert match["trajectory"] == 1.0 and match["motion_corr"] is None and match["embedding_cos"] is None
     assert result.metrics["s_novel"] <= 0.05 and result.passed  # not an exact copy: the video differs
+
+
+def test_simulation_renders_are_fingerprinted_and_compared(checker, tmp_path):
+    """Design §8: hashes of the simulation renders (the playback job's ``sim_phash``) are
+    stored with the row and compared with the best earlier candidate's."""
+    rng = np.random.default_rng(7)
+    renders = [int(h) for h in rng.integers(0, 2**63, 8, dtype=np.int64)]
+    original = episode(7100)
+    copy = perturb.copy_of(original, BOB)
+    other = perturb.copy_of(original, BOB)
+
+    def check(ep, hashes):
+        path = tmp_path / f"{uuid.uuid4().hex}.zarr.zip"
+        ep.write(path)
+        with open_bundle(path) as view:
+            return checker.check(view, sid(ep), ep.manifest["miner_id"], next(_clock), sim_hashes=hashes)
+
+    first = check(original, renders)
+    assert "sim_render_match" not in first.metrics  # nothing earlier to compare with
+    same_renders = check(copy, [h ^ 0b11 for h in renders])  # 2 bits off: the same images
+    assert same_renders.metrics["sim_render_match"]["cross_miner"] == {
+        "submission_id": sid(original), "fraction": 1.0, "renders": 8}
+    unrelated = check(other, [int(h) for h in rng.integers(0, 2**63, 8, dtype=np.int64)])
+    assert unrelated.metrics["sim_render_match"]["cross_miner"]["fraction"] < 0.5
