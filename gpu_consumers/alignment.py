@@ -830,7 +830,7 @@ def misaligned(image: dict[str, Any], motion: dict[str, Any], rej: RejectConfig)
 
 
 def check_alignment(view: BundleView, event: InFlight | Mapping[str, Any], store, config: AlignmentConfig,
-                    vlm=None) -> GateResult:
+                    vlm=None, sync_trusted: float | None = None) -> GateResult:
     """Alignment evidence of one submission (gate ``alignment``; see the module docstring).
 
     :param event: the in-flight event (``streams.in_flight.InFlight``, or its record): the
@@ -839,9 +839,11 @@ def check_alignment(view: BundleView, event: InFlight | Mapping[str, Any], store
     :param store: object store holding the playback pairs (``read_bytes``).
     :param config: the alignment config (``kibotos.alignment_config``).
     :param vlm: a ``kibotos.vlm`` provider, or None (no VLM configured).
+    :param sync_trusted: gate C's ``high_confidence`` of the gate config in use (default:
+        the packaged one): from it on, gate C's offset estimate is used over the claim.
     """
     event = InFlight.from_record(event)
-    offset_ms = event.sync_offset()
+    offset_ms = event.sync_offset(sync_trusted)
     thresholds = config.model_dump(mode="json", exclude={"vlm": {"calibration"}})
     metrics: dict[str, Any] = {"config_version": config.config_version}
     reasons: dict[str, str] = {}

@@ -106,7 +106,8 @@ def playback_handler(config: GateConfig, store, settings):
         key = (m.robot_model_id, m.robot_model_revision)
         if key not in renderers:
             renderers[key] = PlaybackRenderer(get_robot(*key))
-        return run_playback(view, event.sync_offset(), renderers[key], store, f"keyframes/{event.submission_id}")
+        return run_playback(view, event.sync_offset(config.gate_c.high_confidence), renderers[key], store,
+                            f"keyframes/{event.submission_id}", keyframe_config=config.keyframes)
 
     return handle
 
@@ -137,6 +138,7 @@ def align_handler(config: GateConfig, store, settings):
     vlm = get_provider(settings, align_config.vlm)
 
     def handle(view, event) -> GateResult:
-        return check_alignment(view, event, store, align_config, vlm)
+        return check_alignment(view, event, store, align_config, vlm,
+                               sync_trusted=config.gate_c.high_confidence if config else None)
 
     return handle

@@ -24,8 +24,6 @@ from kibotos.report import GateResult
 from streams.stage import Output, Record, dead_letter
 from topics.catalogue import Catalogue, TopicSpec
 
-# gate C's estimate is trusted over the claim from this confidence on
-SYNC_CONFIDENCE_TRUSTED = 0.5
 
 
 class InvalidEvent(KibotosError):
@@ -57,12 +55,19 @@ def parse_result(rec: Mapping[str, Any]) -> GateResult:
                       metrics=metrics, thresholds=thresholds, flags=rec.get("flags") or [])
 
 
-def sync_offset(sync: Mapping[str, Any] | None) -> float:
+def sync_offset(sync: Mapping[str, Any] | None, trusted: float | None = None) -> float:
     """The offset keyframes are aligned with, from a ``SyncRecord``: gate C's estimate
-    when confident, else the claim (0 when neither is known)."""
+    when its confidence reaches ``trusted``, else the claim (0 when neither is known).
+
+    ``trusted`` is gate C's own ``high_confidence`` (the versioned gate config the caller
+    judges with; default: the packaged one), so the cut-off is spelled in one place."""
+    if trusted is None:
+        from kibotos.gate_config import load_config
+
+        trusted = load_config().gate_c.high_confidence
     sync = sync or {}
     est, conf = sync.get("estimated_offset_ms"), sync.get("sync_confidence")
-    if est is not None and conf is not None and conf >= SYNC_CONFIDENCE_TRUSTED:
+    if est is not None and conf is not None and conf >= trusted:
         return float(est)
     return float(sync.get("claimed_offset_ms") or 0.0)
 
@@ -132,9 +137,9 @@ class InFlight:
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidEvent(f"unreadable gate result: {exc}") from exc
 
-    def sync_offset(self) -> float:
+    def sync_offset(self, trusted: float | None = None) -> float:
         """The offset keyframes are aligned with (``sync_offset``)."""
-        return sync_offset(self.sync)
+        return sync_offset(self.sync, trusted)
 
     # --- writing ----------------------------------------------------------------------
     def with_result(self, res: GateResult) -> InFlight:

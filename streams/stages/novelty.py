@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gpu_consumers.registry import EVIDENCE_GATES
 from kibotos.objectstore import LocalObjectStore
 from kibotos.report import GateResult
 from streams.in_flight import InFlight, advance, in_flight_outputs
@@ -11,6 +12,21 @@ from streams.stage import Output, Record, contained, now_ms
 from topics.catalogue import Catalogue
 
 GATE_ID = "novelty"
+PLAYBACK_GATE = EVIDENCE_GATES["playback"]
+
+
+def sim_render_hashes(event: InFlight) -> list[int]:
+    """The pHashes of the playback job's simulation renders carried by ``event`` (design
+    §8: simulation renders are fingerprinted too); empty when playback did not run or
+    rendered nothing. A hash that does not parse is skipped: it is evidence, not input."""
+    res = event.result(PLAYBACK_GATE)
+    hashes = []
+    for kf in (res.metrics.get("keyframes") or []) if res else []:
+        try:
+            hashes.append(int(str(kf["sim_phash"]), 16))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return hashes
 
 
 def _epoch_ms(value: Any) -> int | None:
@@ -54,7 +70,8 @@ class NoveltyStage:
                 # never both pass as new); between miners the upload time says which is
                 # the original (kibotos.novelty.checker)
                 return self.checker.check(view, event.submission_id, event.miner_id, now_ms(),
-                                          received_at_ms=_epoch_ms(event.received_at), event_payload=payload)
+                                          received_at_ms=_epoch_ms(event.received_at), event_payload=payload,
+                                          sim_hashes=sim_render_hashes(event))
 
         # the checker failing itself (a bug, the index unreadable) is a validator fault:
         # retried, then dead-lettered with the verdict pending (streams.stage)

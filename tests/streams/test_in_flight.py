@@ -9,6 +9,7 @@ import json
 import pytest
 
 from kibotos.errors import SerializationError
+from kibotos.gate_config import load_config
 from kibotos.report import GateResult
 from schemas_avro import load_schema
 from streams.in_flight import InFlight, InvalidEvent, in_flight_outputs, sync_offset
@@ -56,6 +57,26 @@ def test_an_event_is_re_encoded_byte_for_byte_with_its_results():
 ])
 def test_sync_offset_trusts_a_confident_estimate_over_the_claim(sync, expected):
     assert InFlight.from_record(event(sync=sync)).sync_offset() == expected == sync_offset(sync)
+
+
+def test_the_sync_cut_off_is_gate_cs_configured_high_confidence():
+    """The cut-off is read from the gate config in use, not a second copy of it."""
+    sync = {"claimed_offset_ms": 120.0, "estimated_offset_ms": 80.0, "sync_confidence": 0.6}
+    assert load_config().gate_c.high_confidence <= 0.6
+    assert InFlight.from_record(event(sync=sync)).sync_offset() == 80.0
+    assert InFlight.from_record(event(sync=sync)).sync_offset(trusted=0.7) == 120.0
+    assert sync_offset(sync, trusted=0.6) == 80.0
+
+
+def test_novelty_reads_the_playback_renders_fingerprints_from_the_event():
+    from streams.stages.novelty import PLAYBACK_GATE, sim_render_hashes
+
+    playback = GateResult(gate=PLAYBACK_GATE, passed=True, thresholds={},
+                          metrics={"keyframes": [{"sim_phash": "00ff00ff00ff00ff"}, {"sim_phash": "zz"},
+                                                 {"frame": 3}, {"sim_phash": "0000000000000001"}]})
+    ev = InFlight.from_record(event())
+    assert sim_render_hashes(ev) == []  # no playback, no renders
+    assert sim_render_hashes(ev.with_result(playback)) == [0x00FF00FF00FF00FF, 1]  # unreadable ones skipped
 
 
 def test_undecodable_or_incomplete_events_raise_and_become_that_stages_dead_letter():
