@@ -192,8 +192,12 @@ def test_cli_writes_the_page(home, tmp_path, monkeypatch):
     page = out.read_text()
     assert "<h1>accepted</h1>" in page and len(_images(page)) == 6
     assert "decided at" in page and "2026-09-21T" in page
-    missing = CliRunner().invoke(app, ["report", "nope", "--html", str(tmp_path / "n.html")])
+    unknown = "00000000-0000-4000-8000-000000000000"
+    missing = CliRunner().invoke(app, ["report", unknown, "--html", str(tmp_path / "n.html")])
     assert missing.exit_code == 1 and not (tmp_path / "n.html").exists()
+    malformed = CliRunner().invoke(app, ["report", "nope", "--html", str(tmp_path / "n.html")])
+    assert malformed.exit_code == 2 and "invalid_submission_id" in malformed.output
+    assert not (tmp_path / "n.html").exists()
 
 
 @pytest.fixture
