@@ -48,7 +48,7 @@ def measure(bootstrap: str, records: int, size: int) -> dict:
     produce_s = time.perf_counter() - t0
     # one record at a time, acknowledged before the next (how the stage consumers produce)
     latencies = []
-    for i in range(min(records, 300)):
+    for _ in range(min(records, 300)):
         t1 = time.perf_counter()
         producer.produce(topic, key=b"one", value=payload)
         producer.flush(30)

@@ -28,8 +28,8 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from benchmarks.pipeline import PeakRSS, machine
 from kibotos.datasets.builder import DatasetBuilder

@@ -48,14 +48,14 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from kibotos.bundle import open_bundle
-from kibotos.bundle.reader import JOINT_POS, JOINT_VEL, TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES
+from kibotos.bundle.reader import TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES
 from kibotos.export.lerobot import VIDEO_KEY as LEROBOT_VIDEO_KEY  # noqa: F401  (re-exported)
 from kibotos.gate_config import GateConfig, load_config
 
@@ -250,7 +250,7 @@ def read_what_gates_read(path: Path, config: GateConfig) -> int:
     from kibotos.video import decode_luma, luma_from_frames
 
     with open_bundle(path) as view:
-        view.manifest  # validated, as every gate does
+        _ = view.manifest  # validated, as every gate does
         for info in view.arrays():
             if np.dtype(info.dtype).kind == "f":
                 view.read(info.path)  # gate A's NaN/Inf scan reads every float array

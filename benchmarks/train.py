@@ -14,8 +14,8 @@ import json
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def env_steps_per_s(clips, cfg, num_envs: int, steps: int, task: str | None = None) -> float:

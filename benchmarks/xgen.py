@@ -18,8 +18,9 @@ import platform
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from topics.catalogue import XGEN_STAGES
 
@@ -53,8 +54,9 @@ def run_xgen_bench(duration_s: float = 6.0, fps: float = 30.0, quality: bool = T
 
     cfg = load_xgen_config()
     cat = Catalogue("bench.")
-    no_quality = (lambda folder, c: Judgement(passed=False, verdict="unjudged", score=None,
-                                              reason_code="xgen_quality_skipped"))
+    def no_quality(folder, c):
+        return Judgement(passed=False, verdict="unjudged", score=None, reason_code="xgen_quality_skipped")
+
     with tempfile.TemporaryDirectory(prefix="kibotos-bench-xgen-") as tmp:
         store = LocalObjectStore(Path(tmp) / "objects")
         src = write_keypoints(Path(tmp) / "pickup.npz", cargo_pickup(duration_s, fps).motion)

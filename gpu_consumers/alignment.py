@@ -109,10 +109,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from gpu_consumers.registry import EVIDENCE_GATES
 from gpu_consumers.keyframes import joint_speed
 from gpu_consumers.playback import GATE_ID as PLAYBACK_GATE
 from gpu_consumers.playback import foreground_masks, joints_at
+from gpu_consumers.registry import EVIDENCE_GATES
 from kibotos.alignment_config import AlignmentConfig, ImagesConfig, MotionConfig, RejectConfig, SecondaryConfig
 from kibotos.bundle.reader import JOINT_POS, SECONDARY_PREFIX, TIMESTAMPS, BundleView, video_paths
 from kibotos.camera import project_points

@@ -46,18 +46,18 @@ Reason codes, first failing check wins (``failed_checks`` lists all of them):
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import cv2
 import numpy as np
 
+from gpu_consumers.pose import PoseEstimator, PoseTrack, concat_tracks
 from gpu_consumers.registry import EVIDENCE_GATES
 from kibotos.bundle.reader import VIDEO_ENCODED, VIDEO_FRAMES, BundleView
 from kibotos.errors import BundleError, ConfigError
 from kibotos.gate_config import GateConfig, GateFConfig
 from kibotos.report import GateResult
 from kibotos.video import DecodeBudget, decode_frames, open_video
-from gpu_consumers.pose import PoseEstimator, PoseTrack, concat_tracks
 from processors.base import result
 
 GATE_ID = EVIDENCE_GATES["pose"]
@@ -236,7 +236,7 @@ def check_pose(view: BundleView, config: GateConfig, estimator: PoseEstimator | 
     video = m.video["primary"]
     stride, _ = sample_indices(video.frame_count, video.fps, cfg)
     pieces, n_sampled, size = [], 0, None
-    for frames, idx, size in sampled_rgb_chunks(view, stride, cfg.max_decode_side):
+    for frames, idx, size in sampled_rgb_chunks(view, stride, cfg.max_decode_side):  # noqa: B007 (size: the last chunk's)
         pieces.append(estimator.estimate(frames))
         n_sampled += len(idx)
     metrics: dict = {"applicable": True, "estimator": estimator.version, "video_size": list(size) if size else None,

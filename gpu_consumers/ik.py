@@ -172,7 +172,7 @@ class IKSolver:
         e, jac = self._error(chain, q, p_t, r_t, w, True)
         current = cost(e, q)
         done = 0
-        for done in range(1, cfg.iterations + 1):
+        for done in range(1, cfg.iterations + 1):  # noqa: B007 (done: iterations run, read after the loop)
             jt = jac.transpose(1, 2)
             a = jt @ jac + (lam[:, None, None] + beta * count[:, :, None]) * eye
             b = (jt @ e[:, :, None])[:, :, 0]
@@ -450,7 +450,7 @@ def pose_target(view: BundleView, config: GateConfig, robot: RobotModel, kin_t: 
     video = m.video["primary"]
     stride, _ = sample_indices(video.frame_count, video.fps, cfg_f)
     pieces, indices, size = [], [], None
-    for frames, idx, size in sampled_rgb_chunks(view, stride, cfg_f.max_decode_side):
+    for frames, idx, size in sampled_rgb_chunks(view, stride, cfg_f.max_decode_side):  # noqa: B007 (size: the last chunk's)
         pieces.append(estimator.estimate(frames))
         indices.append(idx)
     if not pieces:

@@ -13,7 +13,7 @@ fails loudly instead of stalling. The VLM is not a job kind: it is a provider
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 from gpu_consumers.registry import EVIDENCE_GATES, RESERVED, JobSpec, get_job, job_specs, register_job  # noqa: F401
 from kibotos.errors import ConfigError

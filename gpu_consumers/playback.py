@@ -62,11 +62,12 @@ import numpy as np
 
 from gpu_consumers.keyframes import STRATEGIES, Keyframe, select_keyframes
 from gpu_consumers.registry import EVIDENCE_GATES
-from kibotos.bundle.kinematics import METHOD as JOINT_VEL_METHOD, joint_velocity, npy_bytes
+from kibotos.bundle.kinematics import METHOD as JOINT_VEL_METHOD
+from kibotos.bundle.kinematics import joint_velocity, npy_bytes
 from kibotos.bundle.reader import JOINT_POS, TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES, BundleView
 from kibotos.errors import BundleError, KibotosError, ServiceError
-from kibotos.phash import phash
 from kibotos.gate_config import KeyframeConfig, load_config
+from kibotos.phash import phash
 from kibotos.report import GateResult
 from kibotos.robots import RobotModel, get_robot
 from kibotos.video import decode_rgb_frames

@@ -25,16 +25,17 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from prometheus_client import Counter
 
+from gpu_consumers.registry import JobSpec, register_job
 from kibotos.errors import KibotosError, SerializationError, ServiceError
 from kibotos.xgen.config import XGenConfig, load_xgen_config
 from kibotos.xgen.result import XGenError
-from gpu_consumers.registry import JobSpec, register_job
 from streams.stage import Output, Record, dead_letter, now_ms
 from topics.catalogue import XGEN_STAGES, Catalogue
 

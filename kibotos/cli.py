@@ -7,7 +7,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -16,8 +15,8 @@ from rich.table import Table
 
 from kibotos.cli_miner import miner_app
 from kibotos.cli_output import make_console, out, print_rows
-from kibotos.errors import KibotosError
 from kibotos.datasets.cli import attribution_cmd, bench_export_cmd, datasets_app
+from kibotos.errors import KibotosError
 from kibotos.xgen.cli import xgen_app
 from kibotos.xmimic.cli import eval_cmd, policies_app, train_cmd
 
@@ -50,7 +49,7 @@ def _fail(exc: KibotosError, code: int = 2) -> None:
 def verify(
     path: Path = typer.Argument(..., help="bundle: *.zarr.zip or a Zarr directory"),
     as_json: bool = typer.Option(False, "--json", help="print the JSON report"),
-    config: Optional[Path] = typer.Option(None, help="gate thresholds YAML (default: packaged)"),
+    config: Path | None = typer.Option(None, help="gate thresholds YAML (default: packaged)"),
 ) -> None:
     """Run gates A–E in-process on one bundle (no broker, no database).
 
@@ -203,7 +202,7 @@ def up(workers: int = typer.Option(1, help="gate worker processes (<= topic part
 def submit(
     paths: list[Path] = typer.Argument(..., help="bundles to submit"),
     miner: str = typer.Option("anonymous", help="miner id used when a manifest names none"),
-    keypair: Optional[Path] = typer.Option(None, "--keypair", "-k",
+    keypair: Path | None = typer.Option(None, "--keypair", "-k",
                                            help="sign and upload through the ingest API (= kibotos miner submit)"),
 ) -> None:
     """Upload bundles to the object store and emit their submissions.received events.
@@ -234,7 +233,7 @@ def submit(
 
 @app.command()
 def report(submission_id: str, as_json: bool = typer.Option(False, "--json"),
-           html: Optional[Path] = typer.Option(None, "--html", help="write a self-contained HTML page here")) -> None:
+           html: Path | None = typer.Option(None, "--html", help="write a self-contained HTML page here")) -> None:
     """Fetch a submission's verification report from the warehouse.
 
     Example: kibotos report 0787f2c0-bf31-5b9d-8dbd-f197dfa63fe4 --json
@@ -287,13 +286,14 @@ def report(submission_id: str, as_json: bool = typer.Option(False, "--json"),
 
 
 @app.command()
-def ledger(miner: Optional[str] = typer.Option(None, help="only this miner's entries"),
+def ledger(miner: str | None = typer.Option(None, help="only this miner's entries"),
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Show the points ledger (entries, or balances per miner without --miner).
 
     Example: kibotos ledger --miner miner-alice
     """
-    from kibotos.reads import balances, ledger as read_ledger
+    from kibotos.reads import balances
+    from kibotos.reads import ledger as read_ledger
 
     settings = _settings()
     try:
@@ -312,7 +312,7 @@ def ledger(miner: Optional[str] = typer.Option(None, help="only this miner's ent
 @app.command()
 def verdicts(
     follow: bool = typer.Option(False, "--follow", "-f", help="keep waiting for new verdicts"),
-    group: Optional[str] = typer.Option(None, help="consumer group (resume where it left off)"),
+    group: str | None = typer.Option(None, help="consumer group (resume where it left off)"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per line"),
 ) -> None:
     """Print verdicts as validators see them on the verdicts topic.
@@ -364,7 +364,7 @@ def admin_reconcile(
                                       help="seconds without a verdict after which a submission is emitted again "
                                            "(deployment only; the embedded stack uses its own --stuck-after)"),
     as_json: bool = typer.Option(False, "--json"),
-    retry: Optional[list[str]] = typer.Option(None, "--retry", metavar="SUBMISSION_ID",
+    retry: list[str] | None = typer.Option(None, "--retry", metavar="SUBMISSION_ID",
                                               help="a given-up submission to give another round of re-emissions "
                                                    "(repeatable)"),
 ) -> None:
@@ -428,7 +428,7 @@ def bench_xgen(
     quality: bool = typer.Option(True, help="judge and preview every clip, as the export job does"),
     parts: bool = typer.Option(False, "--parts", help="also: pose stage vs bare video decode, and quality "
                                                       "(bundle render vs verifier chain) and Genesis preview cost"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the result here"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the result here"),
 ) -> None:
     """Per-stage cost of the XGen jobs as ratios to one G1 FK pass over the same frames,
     and clips per minute (one actor per kind, serial); with --parts, the pose stage against
@@ -470,9 +470,9 @@ def bench_xgen(
 
 @bench_app.command("evidence")
 def bench_evidence(
-    stage: Optional[list[str]] = typer.Option(None, "--stage", help="pose, ik, playback (repeatable; default all)"),
+    stage: list[str] | None = typer.Option(None, "--stage", help="pose, ik, playback (repeatable; default all)"),
     repeats: int = typer.Option(3, min=1, help="timed runs per stage (median reported)"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the result here"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the result here"),
 ) -> None:
     """Per-stage cost of the evidence jobs vs the bare model call: pose frames/s, IK ms per
     1,000 frames, playback s per keyframe."""
@@ -504,7 +504,7 @@ def bench_pipeline(
     episodes: int = typer.Option(3, "--episodes", min=1, help="genuine episodes per size class"),
     sizes: str = typer.Option("small,medium,large", help="size classes: small (5 s), medium (20 s), large (60 s)"),
     workers: str = typer.Option("1,2", help="gate worker counts of the embedded stack runs (<= topic partitions)"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the result here"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the result here"),
     skip_lerobot: bool = typer.Option(False, "--skip-lerobot", help="do not time lerobot-doctor"),
     timeout_s: float = typer.Option(900.0, "--timeout", min=1, help="seconds to wait for a stack run's verdicts"),
 ) -> None:
@@ -525,7 +525,7 @@ def bench_pipeline(
         worker_list = parse_workers(workers, _settings().topic_partitions)
     except ValueError as exc:
         err.print(f"[red]{escape(str(exc))}[/red]")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     try:
         result = run_pipeline_bench(episodes, size_list, worker_list, doctor=not skip_lerobot, timeout_s=timeout_s,
                                     progress=lambda m: console.print(f"[dim]{escape(m)}[/dim]"))
@@ -554,7 +554,7 @@ def bench_faults(
     workers: int = typer.Option(2, min=1, help="gate worker processes"),
     sink_down: float = typer.Option(60.0, "--sink-down", min=1, help="seconds the sink stays down in sink_down"),
     timeout_s: float = typer.Option(600.0, "--timeout", min=10, help="seconds to wait for the verdicts per scenario"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the result here"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the result here"),
 ) -> None:
     """Fault drills through the real stack (`kibotos up` in a process of its own): SIGKILL a
     gate worker, the broker, its SeaweedFS, `kibotos up` itself, a GPU consumer; stop the sink
@@ -571,7 +571,7 @@ def bench_faults(
                                   progress=lambda m: console.print(f"[dim]{escape(m)}[/dim]"))
     except ValueError as exc:
         err.print(f"[red]{escape(str(exc))}[/red]")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     except KibotosError as exc:
         _fail(exc)
     table = Table(title=f"fault drills: {submissions} submissions each, {workers} gate workers")
@@ -602,13 +602,13 @@ def bench_faults(
 
 @bench_app.command("train")
 def bench_train(
-    clips: Optional[Path] = typer.Option(None, "--clips", help="XGen clips (default: generate a small set)"),
+    clips: Path | None = typer.Option(None, "--clips", help="XGen clips (default: generate a small set)"),
     num_envs: int = typer.Option(16, help="N: environments of the batched figure and of training"),
     teacher_seconds: float = typer.Option(600.0, help="teacher training wall clock (0: env-steps/s and baselines only)"),
     student_seconds: float = typer.Option(0.0, help="each student's (MoCap, NEP) training wall clock"),
     steps: int = typer.Option(60, help="control steps per env-steps/s figure"),
     full_body: bool = typer.Option(False, help="also measure the full-body task's env-steps/s"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the result JSON here"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the result JSON here"),
 ) -> None:
     """XMimic on this machine: env-steps/s for 1 and N envs, baseline SR/GSR, and the SR/GSR
     a time-boxed CPU teacher (and students) reach.

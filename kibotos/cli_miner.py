@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -42,7 +41,7 @@ def _keypair(path: Path):
         _fail(exc)
 
 
-def _api(api: Optional[str]) -> str:
+def _api(api: str | None) -> str:
     from kibotos.settings import Settings
     from kibotos.stack import running_stack
 
@@ -118,7 +117,7 @@ def sign(
 def submit(
     bundles: list[Path] = typer.Argument(..., help="bundles to upload (their .sig.json sidecars travel with them)"),
     keypair: Path = KEYPAIR_OPTION,
-    api: Optional[str] = API_OPTION,
+    api: str | None = API_OPTION,
     wait: bool = typer.Option(False, "--wait", help="wait for each verdict and print it"),
     timeout: float = typer.Option(600.0, help="seconds to wait for a verdict, or through rate limits"),
 ) -> None:
@@ -165,7 +164,7 @@ def submit(
 
 
 @miner_app.command()
-def report(submission_id: str, api: Optional[str] = API_OPTION,
+def report(submission_id: str, api: str | None = API_OPTION,
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Fetch a submission's report (with its ingestion receipt) from the ingest API.
 
@@ -184,7 +183,7 @@ def report(submission_id: str, api: Optional[str] = API_OPTION,
             # attempts are not the submission's verdict: anyone may upload under any id
             err.print(escape(f"  upload {attempt['upload_id']} by {attempt['miner_id']} rejected at ingestion: "
                              f"[{attempt['reason_code']}]"))
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     except KibotosError as exc:
         _fail(exc)
     if as_json:
@@ -202,8 +201,8 @@ def report(submission_id: str, api: Optional[str] = API_OPTION,
 
 
 @miner_app.command()
-def ledger(keypair: Path = KEYPAIR_OPTION, miner: Optional[str] = typer.Option(None, help="another miner id"),
-           api: Optional[str] = API_OPTION, as_json: bool = typer.Option(False, "--json")) -> None:
+def ledger(keypair: Path = KEYPAIR_OPTION, miner: str | None = typer.Option(None, help="another miner id"),
+           api: str | None = API_OPTION, as_json: bool = typer.Option(False, "--json")) -> None:
     """A miner's points ledger and balance, from the ingest API.
 
     Example: kibotos miner ledger -k miner.json

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 

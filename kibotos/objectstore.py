@@ -306,7 +306,7 @@ def presign_v4(method: str, endpoint: str, path: str, *, access_key: str, secret
     """An AWS SigV4 query-string presigned URL that also signs ``headers`` (the client
     must send them verbatim). ``minio``'s own presigner signs only ``host``; a size- and
     content-bound PUT needs ``content-length`` and ``x-amz-checksum-sha256`` signed too."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
     host = urlparse(endpoint).netloc
     signed = {"host": host, **{k.lower(): str(v).strip() for k, v in headers.items()}}

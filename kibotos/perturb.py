@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import io
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 import av
 import cv2

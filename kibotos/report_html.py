@@ -28,7 +28,8 @@ import base64
 import html
 import json
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from gpu_consumers.registry import EVIDENCE_GATES
 

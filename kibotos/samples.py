@@ -612,7 +612,7 @@ def make_episode(
         "submission_id": _uuid(robot.model_id, variant, seed, miner_id, "submission", *views, *human),
         "episode_id": _uuid(robot.model_id, variant, seed, miner_id, "episode", *views, *human),
         "miner_id": miner_id,
-        "created_at": dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc).isoformat(),
+        "created_at": dt.datetime(2026, 11, 1, tzinfo=dt.UTC).isoformat(),
         "robot_model_id": robot.model_id,
         "robot_model_revision": robot.revision,
         "joint_names": joint_names,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 from fractions import Fraction
 
 import av

@@ -47,7 +47,7 @@ def iso_ms(epoch_ms: int | None) -> str | None:
     """Epoch milliseconds → ``2024-01-02T03:04:05.678Z``."""
     if epoch_ms is None:
         return None
-    moment = dt.datetime.fromtimestamp(epoch_ms / 1000, tz=dt.timezone.utc)
+    moment = dt.datetime.fromtimestamp(epoch_ms / 1000, tz=dt.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
 
 

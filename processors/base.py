@@ -9,8 +9,8 @@ one error wrapper of every stage) — a gate never crashes a worker.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from kibotos.bundle.limits import Limits, gate_deadline
 from kibotos.bundle.reader import BundleView

@@ -17,15 +17,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from kibotos.bundle.limits import RESOURCE_LIMIT, ResourceLimitExceeded
+from kibotos.bundle.limits import check as check_limit
 from kibotos.bundle.manifest import REQUIRED_UNITS, unit_mismatches
-from kibotos.bundle.reader import (JOINT_POS, JOINT_VEL, SECONDARY_PREFIX, TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES,
-                                   BundleView, video_paths)
+from kibotos.bundle.reader import (
+    JOINT_POS,
+    JOINT_VEL,
+    SECONDARY_PREFIX,
+    TIMESTAMPS,
+    VIDEO_ENCODED,
+    VIDEO_FRAMES,
+    BundleView,
+    video_paths,
+)
 from kibotos.errors import BundleError
 from kibotos.gate_config import GateConfig
 from kibotos.report import GateResult
 from kibotos.robots import get_robot
-from kibotos.bundle.limits import RESOURCE_LIMIT, ResourceLimitExceeded
-from kibotos.bundle.limits import check as check_limit
 from kibotos.video import check_video_dims, decode_luma, probe_video
 from processors.base import register_gate, result
 from processors.derivatives import local_derivatives, noise_sigma, window_samples

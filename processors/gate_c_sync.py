@@ -28,9 +28,9 @@ import numpy as np
 
 from kibotos.bundle.limits import check_deadline
 from kibotos.bundle.reader import JOINT_POS, TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES, BundleView
+from kibotos.camera import project_points
 from kibotos.errors import BundleError
 from kibotos.gate_config import GateCConfig, GateConfig
-from kibotos.camera import project_points
 from kibotos.report import GateResult
 from kibotos.robots import get_robot
 from kibotos.robots.kinematics import kinematics_for

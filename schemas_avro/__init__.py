@@ -20,7 +20,7 @@ readers; Kibotos itself reads and writes them as plain ints.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ def _declared_version(raw: dict, path: Path) -> int:
     return fields[0]["default"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _read(path: Path) -> tuple[int, dict]:
     raw = json.loads(path.read_text())
     return _declared_version(raw, path), raw
@@ -74,7 +74,7 @@ def _current_path(name: str, root: Path) -> Path:
     return path
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(name: str, version: int | None, root: Path) -> dict:
     current = _current_path(name, root)
     current_version, raw = _read(current)

@@ -15,10 +15,10 @@ import logging
 import faust
 
 from kibotos.gate_config import GateConfig
-from kibotos.objectstore import store_from_settings
-from kibotos.settings import Settings
 from kibotos.metrics import render as render_metrics
+from kibotos.objectstore import store_from_settings
 from kibotos.scoring import load_scoring_config
+from kibotos.settings import Settings
 from streams.stage import load_fault_policy
 from streams.stages import Record, build_stages, handle_observed, stage_inputs
 from topics.catalogue import Catalogue

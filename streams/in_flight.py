@@ -25,7 +25,6 @@ from streams.stage import Output, Record, dead_letter
 from topics.catalogue import Catalogue, TopicSpec
 
 
-
 class InvalidEvent(KibotosError):
     """A record that decoded but lacks what an in-flight event must carry."""
 

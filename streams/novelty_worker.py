@@ -15,8 +15,8 @@ import logging
 import threading
 
 from kibotos.objectstore import store_from_settings
-from kibotos.settings import Settings
 from kibotos.process import process_parser, start_process
+from kibotos.settings import Settings
 from streams.stage import load_fault_policy
 from streams.stage_consumer import StageConsumer
 from streams.stages import NoveltyStage

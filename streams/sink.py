@@ -210,8 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     server). Sink processes share the warehouse topics' partitions through one consumer
     group; run one or a few. SIGTERM finishes the batch in hand, then leaves the group.
     """
-    from kibotos.warehouse import open_client
     from kibotos.process import process_parser, start_process
+    from kibotos.warehouse import open_client
 
     parser = process_parser("ClickHouse sink: warehouse topics into ClickHouse tables")
     parser.add_argument("--batch-size", type=int, default=500, help="most records per insert")

@@ -37,15 +37,14 @@ adds the flag (``video_decode_truncated``) and ``metrics["degraded"]`` to the st
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
-
-import functools
-import logging
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 

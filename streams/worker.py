@@ -18,6 +18,11 @@ from __future__ import annotations
 import argparse
 import resource
 
+from kibotos.gate_config import load_config
+from kibotos.logs import setup_logging
+from kibotos.settings import Settings
+from streams.app import create_app
+
 DEFAULT_HEADROOM = 3 << 30  # address space a gate may add above the loaded worker
 
 
@@ -37,8 +42,8 @@ def apply_memory_ceiling(configured: int, headroom: int = DEFAULT_HEADROOM) -> i
     worker maps anyway. Returns the ceiling, or None where the platform has no RLIMIT_AS."""
     if not hasattr(resource, "RLIMIT_AS"):
         return None
-    import processors.gates  # noqa: F401  (every gate module and what it imports)
     import kibotos.robots.kinematics  # noqa: F401
+    import processors.gates  # noqa: F401  (every gate module and what it imports)
 
     ceiling = configured if configured > 0 else address_space_bytes() + headroom
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
@@ -46,11 +51,6 @@ def apply_memory_ceiling(configured: int, headroom: int = DEFAULT_HEADROOM) -> i
         ceiling = min(ceiling, hard)
     resource.setrlimit(resource.RLIMIT_AS, (ceiling, hard))
     return ceiling
-
-from kibotos.gate_config import load_config
-from kibotos.logs import setup_logging
-from kibotos.settings import Settings
-from streams.app import create_app
 
 
 def main(argv: list[str] | None = None) -> None:

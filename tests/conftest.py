@@ -18,7 +18,10 @@ from topics.catalogue import Catalogue
 
 # Fixture modules shared by the whole suite, registered once (session-scoped fixtures such
 # as ``samples`` are then built once per run, not once per importing module).
-pytest_plugins = ("tests.fixtures.episodes", "tests.fixtures.ingest", "tests.fixtures.vlm_stub")
+pytest_plugins = (
+    "tests.fixtures.episodes", "tests.fixtures.ingest", "tests.fixtures.vlm_stub", "tests.fixtures.stage_bundles",
+    "tests.fixtures.pipeline",
+)
 
 
 @pytest.fixture(scope="session")

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import zarr
 import zarr.storage
 
-from kibotos.bundle.reader import (JOINT_POS, JOINT_VEL, SECONDARY_PREFIX, TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES,
-                                   video_paths)
+from kibotos.bundle.reader import (
+    JOINT_POS,
+    JOINT_VEL,
+    SECONDARY_PREFIX,
+    TIMESTAMPS,
+    VIDEO_ENCODED,
+    VIDEO_FRAMES,
+    video_paths,
+)
 
 
 def write_bundle(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -28,7 +27,7 @@ def _settings():
     return Settings()
 
 
-def _store(root: Optional[Path]):
+def _store(root: Path | None):
     from kibotos.datasets.store import DatasetStore
 
     return DatasetStore(root or _settings().home / "datasets")
@@ -56,7 +55,7 @@ def create(spec: Path = typer.Option(..., "--spec", help="dataset spec (YAML/JSO
            build: bool = typer.Option(True, "--build/--no-build",
                                       help="read the sources now and publish the first version (needs a broker)"),
            idle: float = typer.Option(3.0, help="--build: stop after this many seconds without a record"),
-           root: Optional[Path] = typer.Option(None, help="datasets directory (default: $KIBOTOS_HOME/datasets)")) -> None:
+           root: Path | None = typer.Option(None, help="datasets directory (default: $KIBOTOS_HOME/datasets)")) -> None:
     """Register a dataset spec; with --build, publish its first version from the sources.
 
     Example: kibotos datasets create --spec panda.yaml
@@ -79,7 +78,7 @@ def create(spec: Path = typer.Option(..., "--spec", help="dataset spec (YAML/JSO
 
 @datasets_app.command("build")
 def build_cmd(name: str, idle: float = typer.Option(3.0, help="stop after this many seconds without a record"),
-              root: Optional[Path] = typer.Option(None)) -> None:
+              root: Path | None = typer.Option(None)) -> None:
     """Read the dataset's sources until idle and publish a version if anything changed
     (``python -m streams.dataset_builder`` does this continuously).
 
@@ -99,7 +98,7 @@ def build_cmd(name: str, idle: float = typer.Option(3.0, help="stop after this m
 
 
 @datasets_app.command("list")
-def list_cmd(as_json: bool = typer.Option(False, "--json"), root: Optional[Path] = typer.Option(None)) -> None:
+def list_cmd(as_json: bool = typer.Option(False, "--json"), root: Path | None = typer.Option(None)) -> None:
     """Every dataset with its latest version.
 
     Example: kibotos datasets list
@@ -126,9 +125,9 @@ def list_cmd(as_json: bool = typer.Option(False, "--json"), root: Optional[Path]
 
 @datasets_app.command("show")
 def show(ref: str = typer.Argument(..., help="NAME or NAME@vN"), as_json: bool = typer.Option(False, "--json"),
-         html: Optional[Path] = typer.Option(None, "--html", help="write the dataset page here"),
+         html: Path | None = typer.Option(None, "--html", help="write the dataset page here"),
          verify: bool = typer.Option(True, "--verify/--no-verify", help="recompute the content hash"),
-         root: Optional[Path] = typer.Option(None)) -> None:
+         root: Path | None = typer.Option(None)) -> None:
     """A version's card: S distribution, coverage, attribution, changelog.
 
     Example: kibotos datasets show panda@v2 --html panda.html
@@ -179,9 +178,9 @@ def show(ref: str = typer.Argument(..., help="NAME or NAME@vN"), as_json: bool =
 @datasets_app.command("export")
 def export(ref: str = typer.Argument(..., help="NAME or NAME@vN"),
            fmt: list[str] = typer.Option(["lerobot", "humanx"], "--format", help="lerobot and/or humanx; repeatable"),
-           out: Optional[Path] = typer.Option(None, help="export directory (default: $KIBOTOS_HOME/exports)"),
+           out: Path | None = typer.Option(None, help="export directory (default: $KIBOTOS_HOME/exports)"),
            force: bool = typer.Option(False, "--force", help="write again even if this export exists"),
-           root: Optional[Path] = typer.Option(None)) -> None:
+           root: Path | None = typer.Option(None)) -> None:
     """Export a version to LeRobot v3.0 datasets and/or HumanX clips (idempotent).
 
     Example: kibotos datasets export panda@v2 --format lerobot --out exports/
@@ -209,7 +208,7 @@ def export(ref: str = typer.Argument(..., help="NAME or NAME@vN"),
 
 def attribution_cmd(target: str = typer.Argument(..., help="NAME, NAME@vN or policy:POLICY_ID"),
                     as_json: bool = typer.Option(False, "--json"),
-                    root: Optional[Path] = typer.Option(None, help="datasets directory")) -> None:
+                    root: Path | None = typer.Option(None, help="datasets directory")) -> None:
     """Each miner's share of a dataset version or of a policy, and the attribution points paid.
 
     Example: kibotos attribution panda@v2
@@ -251,7 +250,7 @@ def attribution_cmd(target: str = typer.Argument(..., help="NAME, NAME@vN or pol
 def bench_export_cmd(episodes: int = typer.Option(1000, "--episodes", min=1, help="episodes in the version"),
                      pool: int = typer.Option(6, "--pool", min=1, help="distinct sample bundles the episodes share"),
                      fmt: list[str] = typer.Option(["lerobot", "humanx"], "--format"),
-                     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the result here")) -> None:
+                     json_out: Path | None = typer.Option(None, "--json", help="also write the result here")) -> None:
     """Publishing and exporting a dataset version vs reading the same bundles: episodes/s,
     the export/read ratio, and peak memory growth at N and N/10 episodes (streaming).
 

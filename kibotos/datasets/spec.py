@@ -68,7 +68,7 @@ class DatasetSpec(BaseModel):
     @classmethod
     def _utc(cls, v: dt.datetime | None) -> dt.datetime | None:
         if v is not None and v.tzinfo is None:
-            v = v.replace(tzinfo=dt.timezone.utc)
+            v = v.replace(tzinfo=dt.UTC)
         return v
 
     @field_validator("sources")
@@ -102,7 +102,7 @@ class DatasetSpec(BaseModel):
             return "task_not_selected"
         if (ep.score is None and self.min_score > 0) or (ep.score is not None and ep.score < self.min_score):
             return "score_below_minimum"
-        when = dt.datetime.fromtimestamp(ep.decided_at / 1000, tz=dt.timezone.utc)
+        when = dt.datetime.fromtimestamp(ep.decided_at / 1000, tz=dt.UTC)
         if (self.decided_from and when < self.decided_from) or (self.decided_until and when >= self.decided_until):
             return "decided_outside_window"
         if (self.miners and ep.miner_id not in self.miners) or ep.miner_id in self.exclude_miners:

@@ -46,7 +46,6 @@ from kibotos.settings import Settings
 from kibotos.warehouse import LockedClient
 from topics.catalogue import Catalogue, TopicSpec
 
-
 SWEEP_INTERVAL_S = 600.0  # how often abandoned uploads are looked for
 
 

@@ -25,7 +25,8 @@ from typing import Any
 
 from kibotos.errors import KibotosError, ServiceError
 from kibotos.identity import IdentityError, Keypair, verify
-from kibotos.ingest.nonces import SpentRequest, request_id as request_digest, upload_id_for
+from kibotos.ingest.nonces import SpentRequest, upload_id_for
+from kibotos.ingest.nonces import request_id as request_digest
 from kibotos.ingest.service import ApiError, IngestService, now_ms
 from kibotos.ingest.tickets import TicketError, UploadTicket
 from kibotos.objectstore import ObjectStoreError

@@ -236,7 +236,7 @@ def analyze_artifacts(scan: VideoScan | None, cfg: ArtifactsConfig) -> dict:
         keep *= 1.0 - cfg.weights[name] * strength
         if strength > 0:
             flags.append(f"artifact_{name}")
-    for signature, found in cues["encoder_signature"].get("signatures", {}).items():
+    for found in cues["encoder_signature"].get("signatures", {}).values():
         flags.append(f"encoder_{found['category']}")
     score = _r(1.0 - keep)
     return {"applicable": True, "artifact_score": score, "flags": sorted(set(flags)), "cues": cues}

@@ -10,7 +10,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kibotos.config_files import read_yaml, validate
-from kibotos.errors import ConfigError
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "config" / "novelty.yaml"
 

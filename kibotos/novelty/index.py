@@ -63,7 +63,7 @@ class StoredEntry:
 
 
 def _utc(ms: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc)
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
 
 
 def _query(client, sql: str, parameters: dict[str, Any]):

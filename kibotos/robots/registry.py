@@ -272,7 +272,7 @@ def _parse_urdf_joints(path: Path):
     return names, types, np.array(lower), np.array(upper), np.array(vel)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(model_id: str, revision: str) -> RobotModel:
     spec = _SPECS[(model_id, revision)]
     path = _example_robot_data_file(spec.model_file)

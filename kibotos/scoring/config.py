@@ -11,7 +11,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kibotos.config_files import read_yaml, validate
-from kibotos.errors import ConfigError
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "config" / "scoring.yaml"
 COMPONENTS = ("pose", "retarget", "align", "task", "object", "novel")

@@ -44,11 +44,26 @@ from kibotos.errors import BundleError
 from kibotos.report import GateResult
 from kibotos.robots import RobotModel, get_robot
 from kibotos.robots.kinematics import serial_kinematics_for
-from kibotos.tasks.objects import Attachment, Motion, Track, attachment, contact_mask, longest_run_ms, motion, \
-    read_tracks, runs
+from kibotos.tasks.objects import (
+    Attachment,
+    Motion,
+    Track,
+    attachment,
+    contact_mask,
+    longest_run_ms,
+    motion,
+    read_tracks,
+    runs,
+)
 from kibotos.tasks.registry import UnknownTask, get_task
-from kibotos.tasks.schema import (GraspDetected, ObjectDisplaced, ObjectInRegion, ObjectLifted, ObjectReleased,
-                                  TaskSchema)
+from kibotos.tasks.schema import (
+    GraspDetected,
+    ObjectDisplaced,
+    ObjectInRegion,
+    ObjectLifted,
+    ObjectReleased,
+    TaskSchema,
+)
 
 GATE_ID = EVIDENCE_GATES["task"]
 

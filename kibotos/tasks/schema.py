@@ -45,7 +45,7 @@ fraction, the phase order and the confidence ``s_task_evidence`` feed ``S_task``
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -102,7 +102,7 @@ class ObjectReleased(_Predicate):
     min_rest_ms: float = Field(gt=0)
 
 
-Predicate = Annotated[Union[GraspDetected, ObjectLifted, ObjectDisplaced, ObjectInRegion, ObjectReleased],
+Predicate = Annotated[GraspDetected | ObjectLifted | ObjectDisplaced | ObjectInRegion | ObjectReleased,
                       Field(discriminator="kind")]
 
 

@@ -23,8 +23,16 @@ import numpy as np
 
 from kibotos.xgen import g1
 from kibotos.xgen.config import XGenConfig
-from kibotos.xgen.interaction import (Hold, InteractionClip, _mat, anchors_for, box_bottom, contact_graph,
-                                      face_distances, refine)
+from kibotos.xgen.interaction import (
+    Hold,
+    InteractionClip,
+    _mat,
+    anchors_for,
+    box_bottom,
+    contact_graph,
+    face_distances,
+    refine,
+)
 from kibotos.xgen.result import StageResult, XGenError, run_stage
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -16,14 +15,14 @@ _err = Console(stderr=True)
 
 @xgen_app.command("run")
 def run_cmd(
-    video: Optional[Path] = typer.Option(None, "--video", help="human demonstration video (mp4, ...)"),
-    keypoints: Optional[Path] = typer.Option(None, "--keypoints", help="3D keypoints .npz (README: XGen keypoints file)"),
+    video: Path | None = typer.Option(None, "--video", help="human demonstration video (mp4, ...)"),
+    keypoints: Path | None = typer.Option(None, "--keypoints", help="3D keypoints .npz (README: XGen keypoints file)"),
     task: str = typer.Option("cargo_pickup", help="task id (cargo_pickup)"),
     task_version: str = typer.Option("1"),
     out: Path = typer.Option(Path("xgen_clips"), help="output directory: one folder per clip"),
-    annotation: Optional[Path] = typer.Option(None, help="JSON with ts/te (seconds), anchor type, key bodies"),
+    annotation: Path | None = typer.Option(None, help="JSON with ts/te (seconds), anchor type, key bodies"),
     uploader: str = typer.Option("local", help="recorded in every clip's metadata"),
-    config: Optional[Path] = typer.Option(None, help="XGen config YAML (default: packaged)"),
+    config: Path | None = typer.Option(None, help="XGen config YAML (default: packaged)"),
 ) -> None:
     """Run every XGen stage in-process and write the clips (no broker, no database).
 
@@ -50,7 +49,7 @@ def run_cmd(
     except (KibotosError, OSError, ValueError) as exc:
         code = getattr(exc, "reason_code", "xgen_arguments_invalid")
         _err.print(f"[red]error[/red] {escape(f'[{code}] {exc}')}")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     source = video or keypoints
     outcome = run_pipeline(source=source, source_kind="video" if video else "keypoints", out_dir=out, cfg=cfg,
                            task_id=task, task_version=task_version, uploader=uploader, annotation=ann,
@@ -66,7 +65,7 @@ def run_cmd(
 @xgen_app.command("synth")
 def synth_cmd(
     out: Path = typer.Option(Path("pickup_keypoints.npz"), help="keypoints file to write"),
-    video: Optional[Path] = typer.Option(None, help="also render it as an H.264 video (MuJoCo offscreen)"),
+    video: Path | None = typer.Option(None, help="also render it as an H.264 video (MuJoCo offscreen)"),
     duration: float = typer.Option(6.0, help="seconds"),
     fps: float = typer.Option(30.0),
     camera_yaw: float = typer.Option(0.6, help="camera turn in radians (0: side view)"),
@@ -90,7 +89,7 @@ def synth_cmd(
         print(str(video))
 
 
-def _xgen_client(api: Optional[str]):
+def _xgen_client(api: str | None):
     from kibotos.cli_miner import _api
     from kibotos.ingest.client import IngestClient
     from kibotos.ingest.xgen import XGenClient
@@ -139,13 +138,13 @@ def submit_cmd(
     source: Path = typer.Argument(..., help="human demonstration video (.mp4), or a keypoints .npz with --keypoints"),
     task: str = typer.Option("cargo_pickup", help="task id (cargo_pickup)"),
     task_version: str = typer.Option("1"),
-    annotation: Optional[Path] = typer.Option(None, help="JSON with ts/te (seconds), anchor type, key bodies"),
+    annotation: Path | None = typer.Option(None, help="JSON with ts/te (seconds), anchor type, key bodies"),
     keypoints: bool = typer.Option(False, "--keypoints", help="SOURCE is a 3D keypoints file, not a video"),
     keypair: Path = typer.Option(Path("~/.config/kibotos/miner-keypair.json"), "--keypair", "-k",
                                  help="uploader keypair (kibotos miner keygen); clips are attributed to it"),
     wait: bool = typer.Option(False, "--wait", help="follow the request with a progress bar until it is done"),
     timeout: float = typer.Option(900.0, help="seconds --wait waits"),
-    api: Optional[str] = typer.Option(None, help="ingest API base URL (default: the running stack's)"),
+    api: str | None = typer.Option(None, help="ingest API base URL (default: the running stack's)"),
 ) -> None:
     """Upload a human demonstration to the running stack and turn it into G1 clips.
 
@@ -171,7 +170,7 @@ def submit_cmd(
             raise ValueError("the annotation must be a JSON object")
     except (OSError, ValueError) as exc:
         _err.print(f"[red]error[/red] {escape(f'[xgen_annotation_invalid] {exc}')}")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     who = _keypair(keypair)
     client = _xgen_client(api)
     request_id = str(uuid.uuid4())
@@ -180,10 +179,10 @@ def submit_cmd(
                              task_id=task, task_version=task_version, annotation=ann)
     except ServiceError as exc:
         _err.print(f"[red]error[/red] {escape(str(exc))}")
-        raise typer.Exit(3)
+        raise typer.Exit(3) from None
     except KibotosError as exc:
         _err.print(f"[red]refused[/red] {escape(f'[{exc.reason_code}] {exc}')}")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     _err.print(f"accepted request {done['request_id']} (uploader {done['uploader']})")
     print(done["request_id"])
     if not wait:
@@ -192,7 +191,7 @@ def submit_cmd(
         status = wait_with_progress(client, request_id, timeout)
     except ServiceError as exc:
         _err.print(f"[red]error[/red] {escape(str(exc))}")
-        raise typer.Exit(3)
+        raise typer.Exit(3) from None
     _print_status(status)
     if status["state"] == "rejected":
         _err.print(f"[red]refused[/red] at {status['failed_stage']}: [{status['reason_code']}]")
@@ -202,7 +201,7 @@ def submit_cmd(
 @xgen_app.command("status")
 def status_cmd(
     request_id: str = typer.Argument(..., help="the id kibotos xgen submit printed"),
-    api: Optional[str] = typer.Option(None, help="ingest API base URL (default: the running stack's)"),
+    api: str | None = typer.Option(None, help="ingest API base URL (default: the running stack's)"),
 ) -> None:
     """Where an XGen request stands (state, progress, stage results, clips).
 
@@ -219,8 +218,8 @@ def status_cmd(
         status = _xgen_client(api).status(request_id)
     except ServiceError as exc:
         _err.print(f"[red]error[/red] {escape(str(exc))}")
-        raise typer.Exit(3)
+        raise typer.Exit(3) from None
     except KibotosError as exc:
         _err.print(f"[red]error[/red] {escape(f'[{exc.reason_code}] {exc}')}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     _print_status(status)

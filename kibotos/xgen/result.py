@@ -8,8 +8,9 @@ as it is. Reason codes are stable snake_case ids prefixed ``xgen_`` (README "XGe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from kibotos.errors import KibotosError
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kibotos.xgen.skeleton import IDX, N_LANDMARKS, HumanMotion, validate_motion
 from kibotos.xgen.phases import PHASES
+from kibotos.xgen.skeleton import IDX, N_LANDMARKS, HumanMotion, validate_motion
 
 # adult proportions, metres (hip joint height ~0.93 m for a ~1.75 m person)
 THIGH, SHANK, ANKLE_H = 0.43, 0.42, 0.08
@@ -101,9 +101,8 @@ def cargo_pickup(duration_s: float = 6.0, fps: float = 30.0, *, box_size=(0.35, 
         pel = np.array([0.0, 0.0, STAND_Z])
         lean, squat = 0.0, 0.0
         carry_x = 0.0
-        held = False
 
-        def walk(t0, t1, x0, lf, rf):
+        def walk(t0, t1, x0, lf, rf, ti):
             # three steps (right, left, right) of ``step`` each, from x0
             u = (ti - t0) / (t1 - t0)
             k = int(np.clip(np.floor(u * 3), 0, 2))
@@ -129,7 +128,7 @@ def cargo_pickup(duration_s: float = 6.0, fps: float = 30.0, *, box_size=(0.35, 
 
         if ti < seg["walk"][1]:
             phase[i] = pid["approach"]
-            px, sway = walk(*seg["walk"], 0.0, left, right)
+            px, sway = walk(*seg["walk"], 0.0, left, right, ti)
             pel[0], pel[1] = px, sway
             pel[2] = STAND_Z - 0.015 * abs(np.sin(2 * np.pi * (ti - seg["walk"][0]) / ((seg["walk"][1] - seg["walk"][0]) / 3)))
             swing = 0.12 * np.sin(2 * np.pi * (ti - seg["walk"][0]) / (2 * (seg["walk"][1] - seg["walk"][0]) / 3))
@@ -138,7 +137,7 @@ def cargo_pickup(duration_s: float = 6.0, fps: float = 30.0, *, box_size=(0.35, 
             left[0] = right[0] = feet_x
             pel[0] = feet_x
             if ti >= seg["carry"][0]:
-                px, sway = walk(*seg["carry"], feet_x, left, right)
+                px, sway = walk(*seg["carry"], feet_x, left, right, ti)
                 pel[0], pel[1] = px, sway
                 carry_x = px - feet_x
                 if ti >= seg["carry"][1]:
@@ -151,17 +150,17 @@ def cargo_pickup(duration_s: float = 6.0, fps: float = 30.0, *, box_size=(0.35, 
                 squat = _smooth((ti - seg["reach"][0]) / (seg["reach"][1] - seg["reach"][0]))
                 pose_arms = ("reach", squat)
             elif ti < seg["grasp"][1]:
-                phase[i], squat, held = pid["grasp"], 1.0, True
+                phase[i], squat = pid["grasp"], 1.0
                 pose_arms = ("hold", 0.0)
             elif ti < seg["lift"][1]:
-                phase[i], held = pid["lift"], True
+                phase[i] = pid["lift"]
                 squat = 1.0 - _smooth((ti - seg["lift"][0]) / (seg["lift"][1] - seg["lift"][0]))
                 pose_arms = ("hold", 1.0 - squat)
             elif ti < seg["carry"][1]:
-                phase[i], squat, held = pid["carry"], 0.0, True
+                phase[i], squat = pid["carry"], 0.0
                 pose_arms = ("hold", 1.0)
             elif ti < seg["place"][1]:
-                phase[i], held = pid["place"], True
+                phase[i] = pid["place"]
                 squat = _smooth((ti - seg["place"][0]) / (seg["place"][1] - seg["place"][0]))
                 pose_arms = ("hold", 1.0 - squat)
             else:

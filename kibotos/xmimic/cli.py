@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -35,7 +34,7 @@ def _store(settings):
     return store_from_settings(settings)
 
 
-def resolve_clips(clips: Optional[Path], dataset: Optional[str], settings) -> Path:
+def resolve_clips(clips: Path | None, dataset: str | None, settings) -> Path:
     """A clips directory: ``--clips DIR`` as given, ``--dataset ID`` = an XGen request's
     exported clips in the object store (``xgen/<ID>/clips/``), copied to a temp dir."""
     from kibotos.xmimic.clips import XMimicError
@@ -60,17 +59,17 @@ def resolve_clips(clips: Optional[Path], dataset: Optional[str], settings) -> Pa
 
 
 def train_cmd(
-    clips: Optional[Path] = typer.Option(None, "--clips", help="directory of XGen clip folders (clip.npz + metadata.json)"),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="XGen request id whose clips are in the object store"),
-    config: Optional[Path] = typer.Option(None, "--config", help="XMimic config YAML (default: packaged xmimic.yaml)"),
+    clips: Path | None = typer.Option(None, "--clips", help="directory of XGen clip folders (clip.npz + metadata.json)"),
+    dataset: str | None = typer.Option(None, "--dataset", help="XGen request id whose clips are in the object store"),
+    config: Path | None = typer.Option(None, "--config", help="XMimic config YAML (default: packaged xmimic.yaml)"),
     role: str = typer.Option("teacher", help="teacher | nep | mocap (students need --teacher)"),
-    teacher: Optional[Path] = typer.Option(None, help="teacher checkpoint or registry id (students)"),
-    task: Optional[str] = typer.Option(None, help="task config name (default: the config's `task`)"),
+    teacher: Path | None = typer.Option(None, help="teacher checkpoint or registry id (students)"),
+    task: str | None = typer.Option(None, help="task config name (default: the config's `task`)"),
     device: str = typer.Option("cpu", help="cpu | cuda (cuda: Genesis backend, more envs)"),
-    backend: Optional[str] = typer.Option(None, help="mujoco | genesis (default: the task's, auto)"),
-    num_envs: Optional[int] = typer.Option(None, help="environments (default: the task's)"),
-    iterations: Optional[int] = typer.Option(None, help="PPO iterations (default: the config's)"),
-    time_budget: Optional[float] = typer.Option(None, help="stop (with a checkpoint) after this many seconds"),
+    backend: str | None = typer.Option(None, help="mujoco | genesis (default: the task's, auto)"),
+    num_envs: int | None = typer.Option(None, help="environments (default: the task's)"),
+    iterations: int | None = typer.Option(None, help="PPO iterations (default: the config's)"),
+    time_budget: float | None = typer.Option(None, help="stop (with a checkpoint) after this many seconds"),
     out: Path = typer.Option(Path("xmimic_runs/run"), help="run directory; an existing one is resumed"),
     register_policy: bool = typer.Option(True, "--register/--no-register", help="add the final checkpoint to the registry"),
     seed: int = typer.Option(0),
@@ -121,14 +120,14 @@ def train_cmd(
 
 def eval_cmd(
     policy: str = typer.Argument(..., help="registry id, checkpoint path, or 'reference_pd' / 'zero_torque' (baselines)"),
-    clips: Optional[Path] = typer.Option(None, "--clips"),
-    dataset: Optional[str] = typer.Option(None, "--dataset"),
-    config: Optional[Path] = typer.Option(None, "--config"),
-    task: Optional[str] = typer.Option(None),
+    clips: Path | None = typer.Option(None, "--clips"),
+    dataset: str | None = typer.Option(None, "--dataset"),
+    config: Path | None = typer.Option(None, "--config"),
+    task: str | None = typer.Option(None),
     device: str = typer.Option("cpu"),
-    backend: Optional[str] = typer.Option(None),
+    backend: str | None = typer.Option(None),
     no_heldout: bool = typer.Option(False, "--no-heldout", help="SR only (no GSR variants)"),
-    out: Optional[Path] = typer.Option(None, help="also write the report JSON here"),
+    out: Path | None = typer.Option(None, help="also write the report JSON here"),
 ) -> None:
     """SR on the clips, GSR on held-out variants, per clip, with the open-loop reference
     (PD) and zero-torque baselines.

@@ -25,9 +25,17 @@ from kibotos.objectstore import LocalObjectStore
 from processors.base import gates
 from streams.in_flight import InFlight, advance, in_flight_outputs  # noqa: F401  (re-exported)
 from streams.stage import (  # noqa: F401  (re-exported)
-    FaultPolicy, Output, Record, Stage, ValidatorFault, contained, dead_letter, handle_with_retries, now_ms)
-from streams.stages.decision import (  # noqa: F401  (re-exported)
-    LEDGER_NAMESPACE, DecisionStage, ledger_entry_id, verdict_event_id)
+    FaultPolicy,
+    Output,
+    Record,
+    Stage,
+    ValidatorFault,
+    contained,
+    dead_letter,
+    handle_with_retries,
+    now_ms,
+)
+from streams.stages.decision import LEDGER_NAMESPACE, DecisionStage, ledger_entry_id, verdict_event_id  # noqa: F401  (re-exported)
 from streams.stages.gate import GateStage
 from streams.stages.job import DispatchStage, JobStage, evidence_route  # noqa: F401  (re-exported)
 from streams.stages.novelty import NoveltyStage  # noqa: F401  (re-exported)

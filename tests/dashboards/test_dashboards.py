@@ -13,7 +13,13 @@ import yaml
 
 from dashboards import build
 from tests.dashboards.grafana import (
-    Dashboard, InterpolationError, QueryContext, expand_macros, interpolate_variables, render_sql, variable_names,
+    Dashboard,
+    InterpolationError,
+    QueryContext,
+    expand_macros,
+    interpolate_variables,
+    render_sql,
+    variable_names,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,8 +110,9 @@ def test_every_query_uses_a_provisioned_datasource_and_defined_variables(name, r
 
 def _prometheus_series() -> dict[str, set[str]]:
     """Exposed series name -> label names, from the collectors in kibotos.metrics."""
-    import kibotos.metrics as metrics
     from prometheus_client.metrics import MetricWrapperBase
+
+    import kibotos.metrics as metrics
 
     out = {}
     for obj in vars(metrics).values():
@@ -163,7 +170,7 @@ def test_evidence_gate_names_match_the_gpu_consumers():
 
 # --- the interpolation the other tests rely on -------------------------------------------
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 CTX = QueryContext(dt.datetime(2026, 1, 2, 3, 0, tzinfo=UTC), dt.datetime(2026, 1, 2, 4, 0, tzinfo=UTC), interval_s=30,
                    variables={"miner": ["a", "o'b"], "one": ["x"]}, multi=frozenset({"miner"}))
 

@@ -62,8 +62,8 @@ def warehouse(tmp_path_factory):
 
 def _context(client, raw: dict, now_ms: int) -> QueryContext:
     """The panel context with every variable at "All": each variable's own query runs first."""
-    base = QueryContext(dt.datetime.fromtimestamp(now_ms / 1000 - RANGE_S, dt.timezone.utc),
-                        dt.datetime.fromtimestamp(now_ms / 1000, dt.timezone.utc), INTERVAL_S)
+    base = QueryContext(dt.datetime.fromtimestamp(now_ms / 1000 - RANGE_S, dt.UTC),
+                        dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC), INTERVAL_S)
     values, multi = {}, set()
     for var in raw["templating"]["list"]:
         result = client.query(render_sql(var["query"], base))

@@ -12,9 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
 import typer
+from typer.testing import CliRunner
 
 from kibotos.datasets.builder import DatasetBuilder
 from kibotos.datasets.cli import attribution_cmd, datasets_app

@@ -14,7 +14,7 @@ from tests.datasets.helpers import T0, verdict
 
 
 def iso(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc).isoformat()
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).isoformat()
 
 
 def test_each_rule_selects_and_names_its_reason():

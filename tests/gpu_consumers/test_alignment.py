@@ -24,7 +24,14 @@ import pytest
 import yaml
 
 from gpu_consumers.alignment import (
-    GATE_ID, MISMATCH_CODE, REJECT_CODE, Pair, check_alignment, misaligned, pair_auc, vlm_evidence,
+    GATE_ID,
+    MISMATCH_CODE,
+    REJECT_CODE,
+    Pair,
+    check_alignment,
+    misaligned,
+    pair_auc,
+    vlm_evidence,
 )
 from gpu_consumers.jobs import make_handler
 from gpu_consumers.playback import PlaybackRenderer, run_playback

@@ -11,16 +11,20 @@ import time
 import numpy as np
 import pytest
 
+from gpu_consumers.gate_f_pose import GATE_ID, check_pose, sample_indices, sampled_rgb_chunks
+from gpu_consumers.pose import (
+    MediaPipePoseEstimator,
+    PoseTrack,
+    get_pose_estimator,
+    list_pose_estimators,
+    register_pose_estimator,
+)
 from kibotos.bundle import open_bundle, write_bundle
 from kibotos.bundle.manifest import Manifest
 from kibotos.errors import ConfigError, KibotosError
 from kibotos.gate_config import load_config
-from gpu_consumers.gate_f_pose import GATE_ID, check_pose, sample_indices, sampled_rgb_chunks
-from gpu_consumers.pose import (
-    MediaPipePoseEstimator, PoseTrack, get_pose_estimator, list_pose_estimators, register_pose_estimator,
-)
-from tests.fixtures.episodes import PANDA, manifest_for
 from kibotos.human_video import camera_motion_video, human_video_bundle, person_photos, scramble_blocks
+from tests.fixtures.episodes import PANDA, manifest_for
 
 pytest.importorskip("mediapipe", reason="gate F needs mediapipe==0.10.21 (installed --no-deps)")
 

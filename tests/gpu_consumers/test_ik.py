@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from gpu_consumers.ik import GATE_ID, IKSolver, check_ik
 from kibotos.bundle import open_bundle
 from kibotos.errors import BundleError, ConfigError
 from kibotos.gate_config import load_config
@@ -16,7 +17,6 @@ from kibotos.poses import invert, matrix_to_pose7, pose7_to_matrix, rotvec_to_ma
 from kibotos.robots import get_robot
 from kibotos.robots.kinematics import serial_kinematics_for
 from kibotos.samples import EXPECTED, NOISE, OBJECT_NAME, grasp_link, make_episode, random_trajectory
-from gpu_consumers.ik import GATE_ID, IKSolver, check_ik
 from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS
 
 CONFIG = load_config()

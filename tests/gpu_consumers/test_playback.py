@@ -19,14 +19,21 @@ import pytest
 
 from gpu_consumers.keyframes import select_keyframes
 from gpu_consumers.playback import (
-    GATE_ID, PlaybackRenderer, genesis_camera_pose, joints_at, pinhole_warp, resolved_urdf, run_playback,
-    scaled_intrinsics, task_phase_boundaries,
+    GATE_ID,
+    PlaybackRenderer,
+    genesis_camera_pose,
+    joints_at,
+    pinhole_warp,
+    resolved_urdf,
+    run_playback,
+    scaled_intrinsics,
+    task_phase_boundaries,
 )
-from kibotos.bundle.kinematics import computed_joint_velocity
-from kibotos.gate_config import load_config
 from kibotos.bundle import open_bundle
+from kibotos.bundle.kinematics import computed_joint_velocity
 from kibotos.camera import look_at, project_points
 from kibotos.errors import KibotosError
+from kibotos.gate_config import load_config
 from kibotos.objectstore import LocalObjectStore
 from kibotos.robots import get_robot
 from kibotos.robots.kinematics import kinematics_for

@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from gpu_consumers.alignment import GATE_ID as ALIGN, MISMATCH_CODE, mismatch_findings
+from gpu_consumers.alignment import GATE_ID as ALIGN
+from gpu_consumers.alignment import MISMATCH_CODE, mismatch_findings
 from gpu_consumers.jobs import make_handler
 from kibotos.alignment_config import load_alignment_config
 from kibotos.bundle import open_bundle
@@ -120,10 +121,10 @@ def test_over_seeds_genuine_is_never_flagged_and_swaps_mostly_are(tmp_path, subj
     """The false-positive guard over more episodes than the chain test: genuine episodes of
     every robot (seeds 1-3, their own random offsets) have no finding; another episode's
     video of the same task is flagged in most of them (the rest stays soft)."""
-    from streams.in_flight import sync_offset
     from kibotos.gate_config import load_config as load_gates
     from processors.base import get_gate
     from processors.chain import gate_on_path
+    from streams.in_flight import sync_offset
 
     flagged, total = 0, 0
     for key in ROBOTS:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import io
 import os
 
-import pytest
 import httpx
+import pytest
 
 from infra.seaweedfs import SeaweedS3, find_weed_binary
 

@@ -24,7 +24,7 @@ def test_starts_on_loopback_and_stops():
         proc = broker._proc
     assert proc.poll() is not None
     with pytest.raises(ServiceError):
-        broker.bootstrap
+        _ = broker.bootstrap
 
 
 def test_missing_binary_is_a_service_error(tmp_path):

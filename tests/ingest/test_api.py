@@ -14,8 +14,8 @@ import uuid
 import httpx
 import pytest
 
-from kibotos.identity import BundleSignature, sidecar_path, sign_tree, upload_request_message
 from kibotos.bundle.hashtree import hash_bundle
+from kibotos.identity import BundleSignature, sidecar_path, sign_tree, upload_request_message
 from kibotos.ingest.client import IngestRefused
 from tests.fixtures.ingest import keypair
 

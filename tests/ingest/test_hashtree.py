@@ -10,7 +10,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kibotos.bundle.hashtree import EntryHash, hash_bundle, merkle_root, node_hash, root_of_leaves
 from kibotos.errors import BundleError

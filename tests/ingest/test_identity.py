@@ -10,8 +10,17 @@ import base58
 import pytest
 
 from kibotos.errors import KibotosError
-from kibotos.identity import (BundleSignature, IdentityError, Keypair, bundle_message, decode_miner_id, sidecar_path,
-                              sign_bundle, upload_request_message, verify)
+from kibotos.identity import (
+    BundleSignature,
+    IdentityError,
+    Keypair,
+    bundle_message,
+    decode_miner_id,
+    sidecar_path,
+    sign_bundle,
+    upload_request_message,
+    verify,
+)
 from tests.fixtures.ingest import keypair
 
 # RFC 8032 §7.1, TEST 1

@@ -100,7 +100,7 @@ def test_a_store_without_secret_cannot_presign(tmp_path):
 
 
 def test_sigv4_presign_signs_size_and_checksum_headers():
-    when = dt.datetime(2026, 11, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2026, 11, 1, 12, 0, 0, tzinfo=dt.UTC)
     url = presign_v4("PUT", "http://127.0.0.1:9000", "/bucket/incoming/a b.zarr.zip", access_key="AK",
                      secret_key="SK", region="us-east-1", expires_s=900, now=when,
                      headers={"Content-Length": "10", "x-amz-checksum-sha256": "abc="})

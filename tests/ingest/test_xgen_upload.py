@@ -13,8 +13,7 @@ import pytest
 
 from kibotos.ingest.client import IngestRefused
 from kibotos.ingest.xgen import XGenClient, canonical_annotation, xgen_request_message
-from tests.fixtures.ingest import keypair
-from tests.fixtures.ingest import read_topic, topic_count
+from tests.fixtures.ingest import keypair, read_topic, topic_count
 
 ALICE, EVE = keypair("alice"), keypair("eve")
 ANNOTATION = {"ts": 1.0, "te": 2.5, "anchor": "both_palms", "key_bodies": ["left_palm", "right_palm"]}

@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 import uuid
+from datetime import UTC
 
 import pytest
 from confluent_kafka import Consumer
@@ -35,12 +36,12 @@ RECEIPT_COLUMNS = ("submission_id", "upload_id", "miner_id", "status", "reason_c
 
 
 def _receipt(sid: str, received_ms: int, status: str = "accepted") -> list:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     manifest = {"robot_model_id": "ur5", "task": {"task_id": "cargo_pickup"}}
     return [sid, "u-" + sid, "miner-r", status, None, "root-" + sid, "m", "sha-" + sid, 123,
             f"file:///objects/bundles/{sid}.zarr.zip", "sig", "[]", json.dumps(manifest), "{}",
-            datetime.fromtimestamp(received_ms / 1000, timezone.utc)]
+            datetime.fromtimestamp(received_ms / 1000, UTC)]
 
 
 def _read_all(bootstrap: str, topic: str, expect: int, timeout_s: float = 40.0) -> list:
@@ -64,18 +65,18 @@ def test_reconciler_reemits_only_stuck_submissions(chdb_client, tansu, catalogue
     chdb_client.insert("kibotos.ingest_receipts",
                        [_receipt(stuck, old), _receipt(recent, NOW_MS - 1000), _receipt(done, old),
                         _receipt(rejected, old, status="rejected")], column_names=list(RECEIPT_COLUMNS))
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     chdb_client.insert("kibotos.submissions",
-                       [[operator, "miner-o", "file:///x.zarr.zip", "sha", 9, datetime.fromtimestamp(old / 1000, timezone.utc),
+                       [[operator, "miner-o", "file:///x.zarr.zip", "sha", 9, datetime.fromtimestamp(old / 1000, UTC),
                          "panda", None, 1],
-                        [done, "miner-r", "file:///d", "sha", 1, datetime.fromtimestamp(old / 1000, timezone.utc),
+                        [done, "miner-r", "file:///d", "sha", 1, datetime.fromtimestamp(old / 1000, UTC),
                          None, None, 1]],
                        column_names=["submission_id", "miner_id", "bundle_uri", "bundle_sha256", "bundle_size_bytes",
                                      "received_at", "robot_model_id", "task_id", "schema_version"])
     chdb_client.insert("kibotos.verification_reports",
                        [[done, "miner-r", "accepted", 1.0, "file:///d", "{}",
-                         datetime.fromtimestamp(NOW_MS / 1000, timezone.utc)]],
+                         datetime.fromtimestamp(NOW_MS / 1000, UTC)]],
                        column_names=["submission_id", "miner_id", "verdict", "points", "bundle_uri", "report_json",
                                      "decided_at"])
     reconciler = Reconciler(chdb_client, producer(tansu.bootstrap), catalogue, stuck_after_s=600, max_attempts=2)
@@ -216,10 +217,10 @@ def test_worker_and_broker_killed_mid_stream_nothing_lost_nothing_paid_twice(set
         # a submission accepted (its bundle stored, its row written) whose event never reached the broker
         lost = str(uuid.uuid4())
         stored = stack.store.put_file(paths[0], f"bundles/{lost}.zarr.zip")
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         stack.client.insert("kibotos.submissions", [[lost, "miner-f", stored.uri, stored.sha256, stored.size_bytes,
-                                                     datetime.now(timezone.utc), "ur5", None, 1]],
+                                                     datetime.now(UTC), "ur5", None, 1]],
                             column_names=["submission_id", "miner_id", "bundle_uri", "bundle_sha256",
                                           "bundle_size_bytes", "received_at", "robot_model_id", "task_id",
                                           "schema_version"])

@@ -26,7 +26,7 @@ from confluent_kafka import Producer
 from kibotos.objectstore import LocalObjectStore
 from kibotos.robots import get_robot, list_robots
 from kibotos.samples import make_episode
-from tests.integration.test_pipeline import read_topic
+from tests.fixtures.pipeline import read_topic
 
 pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import hostile
-from tests.integration.test_pipeline import Bundles, Pipeline, assert_accepted  # noqa: F401
-from tests.integration.test_pipeline import bundles, pipeline  # noqa: F401  (fixtures)
+from tests.fixtures.pipeline import assert_accepted
 
 pytestmark = pytest.mark.integration
 

@@ -66,7 +66,7 @@ def test_the_s3_server_enforces_the_signed_size_content_and_expiry(store):
 def test_seaweedfs_also_honours_post_policy_content_length_range(store):
     """Measured alternative (documented in the README): a presigned POST policy with a
     content-length-range is enforced too. The ingest API uses signed-header PUTs."""
-    policy = PostPolicy(store.bucket, dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=5))
+    policy = PostPolicy(store.bucket, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5))
     policy.add_equals_condition("key", "env1/post.bin")
     policy.add_content_length_range_condition(1, 100)
     form = store.client.presigned_post_policy(policy)

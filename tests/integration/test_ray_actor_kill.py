@@ -17,8 +17,8 @@ from confluent_kafka import Producer
 
 from benchmarks.faults import kill_busy_ray_actor, ray_actor_pids
 from kibotos.objectstore import LocalObjectStore
+from tests.fixtures.pipeline import read_topic
 from tests.integration.test_gpu_consumer_group import job_events, start_consumer, wait_for
-from tests.integration.test_pipeline import read_topic
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from kibotos.logs import JsonFormatter, SubmissionFilter, submission_context
 from kibotos.metrics import render
 from streams.stages import Record, build_stages, handle_observed
-from tests.streams.test_stages import CONFIG, SCORING, bundles  # noqa: F401
+from tests.streams.test_stages import CONFIG, SCORING
 from topics.catalogue import Catalogue
 
 
@@ -22,10 +22,10 @@ def value(name: str, **labels) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def test_a_handled_record_is_counted_in_out_and_by_rejection_reason(bundles):
+def test_a_handled_record_is_counted_in_out_and_by_rejection_reason(stage_bundles):
     cat = Catalogue(prefix=f"t{uuid.uuid4().hex[:8]}.")
-    gate_a = build_stages(cat, bundles.store, CONFIG, SCORING)[0]
-    event = bundles.received("ur5", "nan")
+    gate_a = build_stages(cat, stage_bundles.store, CONFIG, SCORING)[0]
+    event = stage_bundles.received("ur5", "nan")
     spec = cat.submissions_received
     in_before = value("kibotos_records_in_total", processor="gate_a_integrity", topic="submissions.received")
     rej_before = value("kibotos_rejections_total", processor="gate_a_integrity", reason_code="non_finite_values")

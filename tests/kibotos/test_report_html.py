@@ -23,11 +23,19 @@ from kibotos.objectstore import LocalObjectStore
 from kibotos.query_server import QueryServer
 from kibotos.report_html import VERDICT_COLOURS, pair_thresholds, render_report_html, score_components, sync_svg
 from kibotos.warehouse import open_client
+from streams.sink_rows import rows_for
 from tests.fixtures.warehouse import (
-    REAL_RGB, SIM_RGB, gate, insert, playback_gate, prepare_schema, report_dict, scores_dict, sync_gate,
+    REAL_RGB,
+    SIM_RGB,
+    gate,
+    insert,
+    playback_gate,
+    prepare_schema,
+    report_dict,
+    scores_dict,
+    sync_gate,
     verdict_event,
 )
-from streams.sink_rows import rows_for
 
 ACCEPTED_SID = "0787f2c0-bf31-5b9d-8dbd-f197dfa63fe4"
 REJECTED_SID = "5d1c1d0e-2a55-4a4f-9c7e-7f6b8e0e2b11"

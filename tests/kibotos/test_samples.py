@@ -6,14 +6,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kibotos.bundle.manifest import Manifest, unit_mismatches
-from kibotos.robots import get_robot
-from kibotos.samples import (EXPECTED, NOISE, OBJECT_NAME, SECONDARY_VIEWS, TASK_CARRY_M, TASK_LIFT_M, VARIANTS,
-                             grasp_link, make_episode, task_for, write_samples)
-from kibotos.video import decode_luma
 from gpu_consumers.alignment import GATE_ID as ALIGN_STAGE
 from gpu_consumers.ik import GATE_ID as IK_STAGE
+from kibotos.bundle.manifest import Manifest, unit_mismatches
+from kibotos.robots import get_robot
+from kibotos.samples import (
+    EXPECTED,
+    NOISE,
+    OBJECT_NAME,
+    SECONDARY_VIEWS,
+    TASK_CARRY_M,
+    TASK_LIFT_M,
+    VARIANTS,
+    grasp_link,
+    make_episode,
+    task_for,
+    write_samples,
+)
 from kibotos.tasks import GATE_ID as TASK_STAGE
+from kibotos.video import decode_luma
 from processors.base import gates
 from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS
 

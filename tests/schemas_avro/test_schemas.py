@@ -9,7 +9,7 @@ import pytest
 
 from kibotos.errors import SerializationError
 from schemas_avro import SCHEMA_DIR, SCHEMA_VERSIONS, load_schema
-from tests.fixtures.events import EVENT_FACTORIES, submission_received, verdict, report
+from tests.fixtures.events import EVENT_FACTORIES, report, submission_received, verdict
 from topics.serializers import MAGIC, AvroSerializer
 
 EVENTS = sorted(SCHEMA_VERSIONS)

@@ -1,5 +1,5 @@
 """The evidence plan in-process: gate E → jobs.<kind> … → evidence.completed → decision,
-with the real job handlers (IK here: the cheapest real one) and real sample bundles."""
+with the real job handlers (IK here: the cheapest real one) and real sample stage_bundles."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from kibotos.errors import ConfigError, ServiceError
 from kibotos.report import GateResult
 from kibotos.settings import Settings
 from streams.stages import JobStage, Record, build_stages, evidence_route, run_in_process
-from tests.streams.test_stages import CONFIG, GATE_IDS, SCORING, UR5, bundles, parsed_report, run  # noqa: F401
+from tests.streams.test_stages import CONFIG, GATE_IDS, SCORING, UR5, parsed_report, run
 from topics.catalogue import Catalogue
 
 
@@ -36,15 +36,15 @@ def test_an_unknown_or_reserved_job_kind_is_a_config_error():
 
 
 @pytest.fixture
-def ik_chain(catalogue, bundles):
+def ik_chain(catalogue, stage_bundles):
     plan = ("ik",)
-    stages = build_stages(catalogue, bundles.store, CONFIG, SCORING, plan)
-    stages.append(JobStage("ik", make_handler("ik", CONFIG, bundles.store, Settings()), catalogue, bundles.store, plan))
+    stages = build_stages(catalogue, stage_bundles.store, CONFIG, SCORING, plan)
+    stages.append(JobStage("ik", make_handler("ik", CONFIG, stage_bundles.store, Settings()), catalogue, stage_bundles.store, plan))
     return stages
 
 
-def test_genuine_bundle_is_accepted_after_the_ik_job_with_its_evidence(ik_chain, catalogue, bundles):
-    out = run(ik_chain, catalogue, bundles.received(UR5, "genuine"))
+def test_genuine_bundle_is_accepted_after_the_ik_job_with_its_evidence(ik_chain, catalogue, stage_bundles):
+    out = run(ik_chain, catalogue, stage_bundles.received(UR5, "genuine"))
     [verdict] = out["verdicts"]
     report = parsed_report(verdict)
     assert verdict["verdict"] == "accepted", report
@@ -54,8 +54,8 @@ def test_genuine_bundle_is_accepted_after_the_ik_job_with_its_evidence(ik_chain,
     assert len(out["ledger.entries"]) == 1
 
 
-def test_target_shift_is_rejected_by_the_ik_job_after_passing_the_cheap_gates(ik_chain, catalogue, bundles):
-    out = run(ik_chain, catalogue, bundles.received(UR5, "ik_target_shift"))
+def test_target_shift_is_rejected_by_the_ik_job_after_passing_the_cheap_gates(ik_chain, catalogue, stage_bundles):
+    out = run(ik_chain, catalogue, stage_bundles.received(UR5, "ik_target_shift"))
     [verdict] = out["verdicts"]
     report = parsed_report(verdict)
     assert (verdict["verdict"], verdict["failed_gate"]) == ("rejected", "ik_residual")
@@ -63,19 +63,19 @@ def test_target_shift_is_rejected_by_the_ik_job_after_passing_the_cheap_gates(ik
     assert "ledger.entries" not in out
 
 
-def test_a_service_fault_in_a_job_is_raised_for_a_retry_not_turned_into_a_verdict(catalogue, bundles):
+def test_a_service_fault_in_a_job_is_raised_for_a_retry_not_turned_into_a_verdict(catalogue, stage_bundles):
     def broken(view, event) -> GateResult:
         raise ServiceError("renderer cannot start")
 
-    stage = JobStage("playback", broken, catalogue, bundles.store, ("playback",))
-    event = dict(bundles.received(UR5, "genuine"), gate_results=[], sync=None, config_version=None,
+    stage = JobStage("playback", broken, catalogue, stage_bundles.store, ("playback",))
+    event = dict(stage_bundles.received(UR5, "genuine"), gate_results=[], sync=None, config_version=None,
                  robot_model_revision=None)
     record = Record(catalogue.job("playback").name, catalogue.job("playback").serialize(event))
     with pytest.raises(ServiceError):
         stage.handle(record)
 
 
-def test_a_crashing_model_never_rejects_the_miner_and_the_stage_survives(catalogue, bundles):
+def test_a_crashing_model_never_rejects_the_miner_and_the_stage_survives(catalogue, stage_bundles):
     """The validator's own failure is retried, then parked for operators (verdict pending:
     tests/streams/test_validator_faults.py); the next record is handled as usual."""
     from streams.stage import FaultPolicy
@@ -86,8 +86,8 @@ def test_a_crashing_model_never_rejects_the_miner_and_the_stage_survives(catalog
         calls.append(event["submission_id"])
         raise RuntimeError("model blew up")
 
-    stage = JobStage("pose", crashing, catalogue, bundles.store, ("pose",))
-    event = dict(bundles.received(UR5, "genuine"), gate_results=[], sync=None, config_version=None,
+    stage = JobStage("pose", crashing, catalogue, stage_bundles.store, ("pose",))
+    event = dict(stage_bundles.received(UR5, "genuine"), gate_results=[], sync=None, config_version=None,
                  robot_model_revision=None)
     spec = catalogue.job("pose")
     policy = FaultPolicy(config_version="t", max_attempts=2, backoff_s=0.0)

@@ -4,21 +4,27 @@ real sample bundles from a real object-store directory through ``run_in_process`
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 from kibotos.gate_config import load_config
-from kibotos.objectstore import LocalObjectStore
 from kibotos.report import VerificationReport
 from kibotos.robots import get_robot, list_robots
 from kibotos.samples import EXPECTED, make_episode
-from processors.base import gates
-from streams.stages import (DecisionStage, GateStage, Output, Record, build_stages, ledger_entry_id, run_in_process,
-                            stage_inputs)
 from kibotos.scoring import load_scoring_config, score_submission
+from processors.base import gates
+from streams.stages import (
+    DecisionStage,
+    GateStage,
+    Output,
+    Record,
+    build_stages,
+    ledger_entry_id,
+    run_in_process,
+    stage_inputs,
+)
+from tests.fixtures.stage_bundles import received_event
 from topics.catalogue import Catalogue
 
 CONFIG = load_config()
@@ -36,38 +42,6 @@ EVIDENCE_FAILURES = [v for v, exp in EXPECTED.items() if exp is not None and exp
 G1_FAILURES = ["nan", "gap", "sync_lie", "degrees", "limit_violation", "teleport"]
 
 
-class BundleCache:
-    """Sample bundles stored in one object-store directory, each generated once per module."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.store = LocalObjectStore(root / "objects")
-        self._events: dict[tuple[str, str], dict] = {}
-
-    def received(self, robot: str, variant: str) -> dict:
-        """The ``submission_received`` event of the stored (robot, variant) sample."""
-        key = (robot, variant)
-        if key not in self._events:
-            ep = make_episode(get_robot(robot, REVISIONS[robot]), variant, seed=0, miner_id=f"miner-{robot}")
-            path = ep.write(self.root / "written" / f"{robot}-{variant}.zarr.zip")
-            sid = ep.manifest["submission_id"]
-            stored = self.store.put_file(path, f"bundles/{sid}.zarr.zip")
-            self._events[key] = received_event(sid, stored.uri, miner_id=ep.manifest["miner_id"], robot=robot,
-                                               sha256=stored.sha256, size=stored.size_bytes)
-        return dict(self._events[key])
-
-
-def received_event(sid: str, uri: str, *, miner_id: str = "miner-x", robot: str | None = "ur5",
-                   sha256: str = "00" * 32, size: int = 1) -> dict:
-    return {"submission_id": sid, "miner_id": miner_id, "bundle_uri": uri, "bundle_sha256": sha256,
-            "bundle_size_bytes": size, "received_at": int(time.time() * 1000), "robot_model_id": robot}
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory) -> BundleCache:
-    return BundleCache(tmp_path_factory.mktemp("stage-bundles"))
-
-
 @pytest.fixture
 def catalogue() -> Catalogue:
     """No broker here: a fresh prefix only proves nothing depends on one topic name."""
@@ -75,8 +49,8 @@ def catalogue() -> Catalogue:
 
 
 @pytest.fixture
-def stages(catalogue, bundles):
-    return build_stages(catalogue, bundles.store, CONFIG, SCORING)
+def stages(catalogue, stage_bundles):
+    return build_stages(catalogue, stage_bundles.store, CONFIG, SCORING)
 
 
 class Tap:
@@ -135,8 +109,8 @@ def test_the_chain_is_one_stage_per_gate_then_dispatch_then_the_decision(stages)
 
 
 @pytest.mark.parametrize("robot", [UR5, G1])
-def test_genuine_bundle_is_accepted_with_one_ledger_entry(stages, catalogue, bundles, robot):
-    event = bundles.received(robot, "genuine")
+def test_genuine_bundle_is_accepted_with_one_ledger_entry(stages, catalogue, stage_bundles, robot):
+    event = stage_bundles.received(robot, "genuine")
     sid = event["submission_id"]
     taps = pass_taps(catalogue)
     out = run(stages, catalogue, event, taps=taps)
@@ -174,10 +148,10 @@ def test_genuine_bundle_is_accepted_with_one_ledger_entry(stages, catalogue, bun
 @pytest.mark.parametrize("robot, variant",
                          [(UR5, v) for v in FAILURES] + [(G1, v) for v in G1_FAILURES],
                          ids=lambda x: x)
-def test_failure_variant_is_rejected_at_its_gate(stages, catalogue, bundles, robot, variant):
+def test_failure_variant_is_rejected_at_its_gate(stages, catalogue, stage_bundles, robot, variant):
     gate, reason = EXPECTED[variant]
     failed_at = GATE_IDS.index(gate)
-    event = bundles.received(robot, variant)
+    event = stage_bundles.received(robot, variant)
     sid = event["submission_id"]
     taps = pass_taps(catalogue)
     out = run(stages, catalogue, event, taps=taps)
@@ -210,8 +184,8 @@ def test_failure_variant_is_rejected_at_its_gate(stages, catalogue, bundles, rob
 
 @pytest.mark.parametrize("variant", EVIDENCE_FAILURES)
 def test_evidence_stage_failures_pass_the_cheap_chain_when_no_evidence_job_is_configured(
-        stages, catalogue, bundles, variant):
-    out = run(stages, catalogue, bundles.received(UR5, variant))
+        stages, catalogue, stage_bundles, variant):
+    out = run(stages, catalogue, stage_bundles.received(UR5, variant))
     [verdict] = out["verdicts"]
     report = parsed_report(verdict)
     assert [(g.gate, g.passed) for g in report.gates] == [(g, True) for g in GATE_IDS]
@@ -251,8 +225,8 @@ def test_garbage_on_every_stage_input_becomes_that_stages_dead_letter(stages, ca
     assert len(dead) == len(GATE_IDS) + 3  # every gate, the dispatch, the decision's two inputs
 
 
-def test_a_later_record_is_still_judged_after_a_dead_letter(stages, catalogue, bundles):
-    good = bundles.received(UR5, "genuine")
+def test_a_later_record_is_still_judged_after_a_dead_letter(stages, catalogue, stage_bundles):
+    good = stage_bundles.received(UR5, "genuine")
     out = run(stages, catalogue, b"\x00poison", good)
     assert [d["error_code"] for d in out["dead.letters"]] == ["undecodable_record"]
     assert [v["verdict"] for v in out["verdicts"]] == ["accepted"]
@@ -267,11 +241,11 @@ def test_a_later_record_is_still_judged_after_a_dead_letter(stages, catalogue, b
     ("{root}/bundles/never-uploaded.zarr.zip", "bundle_not_found"),
     ("{root}/bundles", "bundle_not_found"),  # a directory is not an object
 ], ids=["etc-passwd", "dotdot", "encoded-dotdot", "s3-scheme", "remote-host", "missing", "directory"])
-def test_bad_bundle_uri_is_rejected_with_a_reason_not_an_exception(stages, catalogue, bundles, uri, reason):
-    genuine = bundles.received(UR5, "genuine")
-    root = bundles.store.root
+def test_bad_bundle_uri_is_rejected_with_a_reason_not_an_exception(stages, catalogue, stage_bundles, uri, reason):
+    genuine = stage_bundles.received(UR5, "genuine")
+    root = stage_bundles.store.root
     # a real bundle right next to the store: still refused
-    (root.parent / "outside.zarr.zip").write_bytes(bundles.store.local_path(genuine["bundle_uri"]).read_bytes())
+    (root.parent / "outside.zarr.zip").write_bytes(stage_bundles.store.local_path(genuine["bundle_uri"]).read_bytes())
     sid = str(uuid.uuid4())
     event = received_event(sid, uri.format(root=root.as_uri(), path=root))
     out = run(stages, catalogue, event)
@@ -284,10 +258,10 @@ def test_bad_bundle_uri_is_rejected_with_a_reason_not_an_exception(stages, catal
     assert [g.gate for g in report.gates] == ["gate_a_integrity"] and report.gates[0].metrics["error"]
 
 
-def test_same_received_event_twice_gives_identical_ids(stages, catalogue, bundles):
+def test_same_received_event_twice_gives_identical_ids(stages, catalogue, stage_bundles):
     """Stages are not idempotent themselves (the warehouse is): a redelivered event is
     judged again, with the same submission id, verdict and ledger entry id."""
-    event = bundles.received(UR5, "genuine")
+    event = stage_bundles.received(UR5, "genuine")
     out = run(stages, catalogue, event, event)
 
     first, second = out["verdicts"]
@@ -302,11 +276,11 @@ def test_same_received_event_twice_gives_identical_ids(stages, catalogue, bundle
     assert {e["entry_id"] for e in entries} == {ledger_entry_id(event["submission_id"], "reward")}
 
 
-def test_replayed_in_flight_record_keeps_one_result_per_gate(stages, catalogue, bundles):
+def test_replayed_in_flight_record_keeps_one_result_per_gate(stages, catalogue, stage_bundles):
     """A record a gate already judged (redelivered after a crash) is judged again, and the
     event still holds one result per gate."""
     taps = pass_taps(catalogue)
-    run(stages, catalogue, bundles.received(UR5, "genuine"), taps=taps)
+    run(stages, catalogue, stage_bundles.received(UR5, "genuine"), taps=taps)
     judged_by_c = taps["gates.c.passed"].seen[0]
     # gate C's own output fed back into gate C (as if its input offset was never committed)
     gate_c = next(s for s in stages if s.processor_id == "gate_c_sync")
@@ -323,7 +297,7 @@ def test_ledger_entry_id_is_deterministic_per_submission_and_kind():
     uuid.UUID(ledger_entry_id("s-1", "reward"))
 
 
-def test_a_measured_secondary_camera_multiplies_the_reward(stages, catalogue, bundles):
+def test_a_measured_secondary_camera_multiplies_the_reward(stages, catalogue, stage_bundles):
     """The align job's secondary camera quality q reaches the decision: a Panda episode
     filmed from a second side, through gates A-E, then the real align job on the bundle;
     the decision pays ``reward(S) * (1 + k q)``, and the same evidence without the camera
@@ -338,13 +312,13 @@ def test_a_measured_secondary_camera_multiplies_the_reward(stages, catalogue, bu
     ep = make_episode(get_robot("franka_panda", REVISIONS["franka_panda"]), seed=0, miner_id="miner-multi",
                       secondary_cameras=("side",))
     sid = ep.manifest["submission_id"]
-    stored = bundles.store.put_file(ep.write(bundles.root / "written" / "multi.zarr.zip"), f"bundles/{sid}.zarr.zip")
+    stored = stage_bundles.store.put_file(ep.write(stage_bundles.root / "written" / "multi.zarr.zip"), f"bundles/{sid}.zarr.zip")
     completed = Tap(catalogue.evidence_completed)
     run(stages, catalogue, received_event(sid, stored.uri, miner_id="miner-multi", robot="franka_panda"),
         taps={"completed": completed})
     [event] = completed.seen
-    with open_bundle(bundles.store.local_path(stored.uri)) as view:
-        align = check_alignment(view, event, bundles.store, load_alignment_config(), None)
+    with open_bundle(stage_bundles.store.local_path(stored.uri)) as view:
+        align = check_alignment(view, event, stage_bundles.store, load_alignment_config(), None)
     q = align.metrics["angle_quality_sum"]
     assert align.passed and q == align.metrics["secondary_cameras"]["side"]["quality"] > 0.5
     mono_align = align.model_copy(update={"metrics": {**align.metrics, "secondary_cameras": {},

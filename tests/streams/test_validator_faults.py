@@ -14,7 +14,7 @@ from kibotos.report import GateResult
 from processors.base import Gate, gates, run_gate
 from streams.stage import FaultPolicy, ValidatorFault, contained, handle_with_retries, load_fault_policy
 from streams.stages import GateStage, JobStage, Record, build_stages, run_in_process
-from tests.streams.test_stages import CONFIG, SCORING, UR5, bundles, received_event  # noqa: F401
+from tests.streams.test_stages import CONFIG, SCORING, UR5
 from topics.catalogue import Catalogue
 
 POLICY = FaultPolicy(config_version="test", max_attempts=3, backoff_s=0.0)
@@ -25,8 +25,8 @@ def catalogue() -> Catalogue:
     return Catalogue(prefix="faults.")
 
 
-def in_flight(bundles, catalogue, kind: str) -> Record:
-    event = dict(bundles.received(UR5, "genuine"), gate_results=[], sync=None, config_version=None,
+def in_flight(stage_bundles, catalogue, kind: str) -> Record:
+    event = dict(stage_bundles.received(UR5, "genuine"), gate_results=[], sync=None, config_version=None,
                  robot_model_revision=None)
     spec = catalogue.job(kind)
     return Record(spec.name, spec.serialize(event), spec.key(event), partition=2, offset=41)
@@ -37,15 +37,15 @@ def test_the_packaged_policy_is_versioned_and_retries_at_least_once():
     assert policy.config_version.startswith("faults-") and policy.max_attempts >= 2
 
 
-def test_a_crashing_job_is_retried_then_dead_lettered_never_rejected(catalogue, bundles):
+def test_a_crashing_job_is_retried_then_dead_lettered_never_rejected(catalogue, stage_bundles):
     calls = []
 
     def crashing(view, event) -> GateResult:
         calls.append(event.submission_id)
         raise RuntimeError("model blew up")
 
-    stage = JobStage("pose", crashing, catalogue, bundles.store, ("pose",))
-    record = in_flight(bundles, catalogue, "pose")
+    stage = JobStage("pose", crashing, catalogue, stage_bundles.store, ("pose",))
+    record = in_flight(stage_bundles, catalogue, "pose")
     with pytest.raises(ValidatorFault) as raised:
         stage.handle(record)
     assert raised.value.reason_code == "job_internal_error"
@@ -58,7 +58,7 @@ def test_a_crashing_job_is_retried_then_dead_lettered_never_rejected(catalogue, 
     assert "verdict pending" in letter.record["error_message"]
 
 
-def test_a_job_that_recovers_on_a_retry_is_judged_once(catalogue, bundles):
+def test_a_job_that_recovers_on_a_retry_is_judged_once(catalogue, stage_bundles):
     calls = []
 
     def flaky(view, event) -> GateResult:
@@ -67,12 +67,12 @@ def test_a_job_that_recovers_on_a_retry_is_judged_once(catalogue, bundles):
             raise RuntimeError("transient")
         return GateResult(gate="gate_f_pose", passed=True)
 
-    stage = JobStage("pose", flaky, catalogue, bundles.store, ("pose",))
-    [out] = handle_with_retries(stage, in_flight(bundles, catalogue, "pose"), catalogue, POLICY, sleep=lambda s: None)
+    stage = JobStage("pose", flaky, catalogue, stage_bundles.store, ("pose",))
+    [out] = handle_with_retries(stage, in_flight(stage_bundles, catalogue, "pose"), catalogue, POLICY, sleep=lambda s: None)
     assert out.topic == catalogue.evidence_completed and len(calls) == 2
 
 
-def test_through_the_chain_a_job_fault_leaves_the_verdict_pending(catalogue, bundles):
+def test_through_the_chain_a_job_fault_leaves_the_verdict_pending(catalogue, stage_bundles):
     """Gates A-E, the crashing job and the decision in-process: no verdict, no ledger
     entry, one dead letter; the same bundle with a working job is accepted."""
     plan = ("pose",)
@@ -82,28 +82,28 @@ def test_through_the_chain_a_job_fault_leaves_the_verdict_pending(catalogue, bun
         calls.append(1)
         raise ZeroDivisionError("bug")
 
-    stages = build_stages(catalogue, bundles.store, CONFIG, SCORING, plan)
-    stages.append(JobStage("pose", crashing, catalogue, bundles.store, plan))
+    stages = build_stages(catalogue, stage_bundles.store, CONFIG, SCORING, plan)
+    stages.append(JobStage("pose", crashing, catalogue, stage_bundles.store, plan))
     spec = catalogue.submissions_received
-    event = bundles.received(UR5, "genuine")
+    event = stage_bundles.received(UR5, "genuine")
     outs = run_in_process(stages, [Record(spec.name, spec.serialize(event), spec.key(event))], policy=POLICY)
     assert [o.topic.id for o in outs] == ["dead.letters"] and len(calls) == POLICY.max_attempts
     assert outs[0].record["error_code"] == "job_internal_error"
 
     stages[-1] = JobStage("pose", lambda view, e: GateResult(gate="gate_f_pose", passed=True), catalogue,
-                          bundles.store, plan)
+                          stage_bundles.store, plan)
     outs = run_in_process(stages, [Record(spec.name, spec.serialize(event), spec.key(event))], policy=POLICY)
     assert [o.topic.id for o in outs] == ["verdicts", "ledger.entries"]
     assert outs[0].record["verdict"] == "accepted"
 
 
-def test_a_gate_that_fails_itself_is_a_fault_in_the_stream_and_a_result_in_verify(catalogue, bundles):
+def test_a_gate_that_fails_itself_is_a_fault_in_the_stream_and_a_result_in_verify(catalogue, stage_bundles):
     real = gates()[1]
     broken = Gate(real.gate_id, real.letter, real.order, real.title,
                   lambda view, config: (_ for _ in ()).throw(KeyError("bug")))
-    stage = GateStage(broken, catalogue, bundles.store, CONFIG)
+    stage = GateStage(broken, catalogue, stage_bundles.store, CONFIG)
     spec = stage.input
-    event = dict(bundles.received(UR5, "genuine"), gate_results=[], sync=None, config_version=None,
+    event = dict(stage_bundles.received(UR5, "genuine"), gate_results=[], sync=None, config_version=None,
                  robot_model_revision=None)
     record = Record(spec.name, spec.serialize(event), spec.key(event))
     [letter] = handle_with_retries(stage, record, catalogue, POLICY, sleep=lambda s: None)
@@ -111,21 +111,21 @@ def test_a_gate_that_fails_itself_is_a_fault_in_the_stream_and_a_result_in_verif
     # kibotos verify shows what happened instead (no stream, no retry)
     from kibotos.bundle import open_bundle
 
-    with open_bundle(bundles.store.local_path(event["bundle_uri"])) as view:
+    with open_bundle(stage_bundles.store.local_path(event["bundle_uri"])) as view:
         res = run_gate(broken, view, CONFIG)
     assert (res.passed, res.reason_code) == (False, "gate_internal_error")
 
 
-def test_a_service_error_is_not_swallowed_by_the_retries(catalogue, bundles):
+def test_a_service_error_is_not_swallowed_by_the_retries(catalogue, stage_bundles):
     def down(view, event) -> GateResult:
         raise ServiceError("store down")
 
-    stage = JobStage("pose", down, catalogue, bundles.store, ("pose",))
+    stage = JobStage("pose", down, catalogue, stage_bundles.store, ("pose",))
     with pytest.raises(ServiceError):  # the runner retries it (the broker or store comes back)
-        handle_with_retries(stage, in_flight(bundles, catalogue, "pose"), catalogue, POLICY, sleep=lambda s: None)
+        handle_with_retries(stage, in_flight(stage_bundles, catalogue, "pose"), catalogue, POLICY, sleep=lambda s: None)
 
 
-def test_a_playback_crash_is_a_validator_fault_not_playback_failed(catalogue, bundles):
+def test_a_playback_crash_is_a_validator_fault_not_playback_failed(catalogue, stage_bundles):
     """The renderer raising inside Genesis (here: a renderer whose scene build raises) used
     to reject the miner with playback_failed."""
     from gpu_consumers.playback import run_playback
@@ -138,14 +138,14 @@ def test_a_playback_crash_is_a_validator_fault_not_playback_failed(catalogue, bu
             raise RuntimeError("EGL context lost")
 
     def handler(view, event):
-        return run_playback(view, event.sync_offset(), CrashingRenderer(), bundles.store, "kf/x")
+        return run_playback(view, event.sync_offset(), CrashingRenderer(), stage_bundles.store, "kf/x")
 
-    ep = bundles.received(UR5, "genuine")
-    with open_bundle(bundles.store.local_path(ep["bundle_uri"])) as view:
+    ep = stage_bundles.received(UR5, "genuine")
+    with open_bundle(stage_bundles.store.local_path(ep["bundle_uri"])) as view:
         with pytest.raises(RuntimeError):
-            run_playback(view, 0.0, CrashingRenderer(), bundles.store, "kf/x")
-    stage = JobStage("playback", handler, catalogue, bundles.store, ("playback",))
-    [letter] = handle_with_retries(stage, in_flight(bundles, catalogue, "playback"), catalogue, POLICY,
+            run_playback(view, 0.0, CrashingRenderer(), stage_bundles.store, "kf/x")
+    stage = JobStage("playback", handler, catalogue, stage_bundles.store, ("playback",))
+    [letter] = handle_with_retries(stage, in_flight(stage_bundles, catalogue, "playback"), catalogue, POLICY,
                                    sleep=lambda s: None)
     assert letter.topic == catalogue.dead_letters and letter.record["error_code"] == "job_internal_error"
 
@@ -184,7 +184,7 @@ def test_a_decode_error_after_the_first_frame_is_noted(monkeypatch):
     assert [flag for flag, _ in notes] == [video.DECODE_TRUNCATED] and "after 2 frames" in notes[0][1]
 
 
-def test_a_policy_file_sets_the_tries_and_a_bad_one_is_a_config_error(tmp_path, catalogue, bundles):
+def test_a_policy_file_sets_the_tries_and_a_bad_one_is_a_config_error(tmp_path, catalogue, stage_bundles):
     from kibotos.errors import ConfigError
 
     path = tmp_path / "faults.yaml"
@@ -196,8 +196,8 @@ def test_a_policy_file_sets_the_tries_and_a_bad_one_is_a_config_error(tmp_path, 
         calls.append(1)
         raise RuntimeError("again")
 
-    stage = JobStage("pose", crashing, catalogue, bundles.store, ("pose",))
-    handle_with_retries(stage, in_flight(bundles, catalogue, "pose"), catalogue, policy, sleep=lambda s: None)
+    stage = JobStage("pose", crashing, catalogue, stage_bundles.store, ("pose",))
+    handle_with_retries(stage, in_flight(stage_bundles, catalogue, "pose"), catalogue, policy, sleep=lambda s: None)
     assert len(calls) == 5
     bad = tmp_path / "bad.yaml"
     bad.write_text('config_version: "x"\nmax_attempts: 0\n')
@@ -205,7 +205,7 @@ def test_a_policy_file_sets_the_tries_and_a_bad_one_is_a_config_error(tmp_path, 
         load_fault_policy(bad)
 
 
-def test_a_novelty_checker_that_fails_itself_is_retried_then_parked(catalogue, bundles):
+def test_a_novelty_checker_that_fails_itself_is_retried_then_parked(catalogue, stage_bundles):
     from streams.stages import NoveltyStage
 
     class BrokenChecker:  # the index query raising (a bug in the checker), not the miner's bundle
@@ -215,8 +215,8 @@ def test_a_novelty_checker_that_fails_itself_is_retried_then_parked(catalogue, b
             BrokenChecker.calls += 1
             raise IndexError("fingerprint table out of range")
 
-    stage = NoveltyStage(catalogue, bundles.store, BrokenChecker())
-    event = dict(bundles.received(UR5, "genuine"), gate_results=[], sync=None, config_version=None,
+    stage = NoveltyStage(catalogue, stage_bundles.store, BrokenChecker())
+    event = dict(stage_bundles.received(UR5, "genuine"), gate_results=[], sync=None, config_version=None,
                  robot_model_revision=None)
     record = Record(stage.input.name, stage.input.serialize(event), stage.input.key(event))
     [letter] = handle_with_retries(stage, record, catalogue, POLICY, sleep=lambda s: None)

@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 
 from kibotos.xgen import g1
-from kibotos.xgen.interaction import (CONTACT_PAIRS, Hold, box_bottom, box_trajectory, face_distances, interact,
-                                      run)
+from kibotos.xgen.interaction import CONTACT_PAIRS, Hold, box_bottom, box_trajectory, face_distances, interact, run
 from kibotos.xgen.phases import PHASE_ID, PHASES
 from kibotos.xgen.retarget import RobotMotion
 
@@ -13,9 +12,11 @@ HELD = [PHASE_ID[p] for p in ("grasp", "lift", "carry", "place")]
 def test_phases_follow_the_ground_truth(pickup, clip):
     order = [p for i, p in enumerate(clip.phase) if i == 0 or p != clip.phase[i - 1]]
     assert order == list(range(len(PHASES)))
+    def first(ph, pid):
+        return int(np.nonzero(ph == pid)[0][0])
+
     for pid in range(1, len(PHASES)):
-        first = lambda ph: int(np.nonzero(ph == pid)[0][0])  # noqa: E731
-        assert abs(first(clip.phase) - first(pickup.phase)) <= 3  # 0.1 s at 30 fps
+        assert abs(first(clip.phase, pid) - first(pickup.phase, pid)) <= 3  # 0.1 s at 30 fps
 
 
 def test_palms_on_the_box_faces_while_grasping(clip):

@@ -14,7 +14,6 @@ import torch
 from kibotos.xmimic.model import Layout, build_model, set_box, set_grip_enabled, set_pd_scale
 from kibotos.xmimic.sim.base import SimState, Simulator
 
-
 _BAD = (mujoco.mjtWarning.mjWARN_BADQACC, mujoco.mjtWarning.mjWARN_BADQVEL, mujoco.mjtWarning.mjWARN_BADQPOS)
 _log = logging.getLogger(__name__)
 

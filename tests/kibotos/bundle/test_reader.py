@@ -126,7 +126,7 @@ def test_manifest_invalid_lists_the_problems(tmp_path):
     path = small_bundle(tmp_path / "e.zarr.zip", robot, manifest=manifest)
     with open_bundle(path) as view:
         with pytest.raises(BundleError) as info:
-            view.manifest
+            _ = view.manifest
     assert info.value.reason_code == "manifest_invalid"
     for field in ("sampling_rate_hz", "sync", "camera"):
         assert field in str(info.value)

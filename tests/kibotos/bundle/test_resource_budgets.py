@@ -11,25 +11,42 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from kibotos.bundle import Limits, open_bundle
 from kibotos.bundle.codecs import gzip_bounded, zstd_bounded
 from kibotos.bundle.limits import ResourceLimitExceeded, gate_deadline
 from kibotos.cli import app
-from kibotos.errors import BundleError
 from kibotos.gate_config import load_config
 from kibotos.video import decode_luma, encode_mp4, probe_video
 from tests.fixtures.episodes import PANDA, edit_json, rewrite_zip
-from tests.fixtures.hostile import (GiB, META, MiB, big_black_mp4, deep_manifest, edit_manifest, fill_value_array,
-                                    gzip_zeros, intrinsics, joint_name, long_episode, many_samples, raw_frames,
-                                    raw_manifest, replace_chunk, with_video, zip_header_lie, zstd_zeros)
+from tests.fixtures.hostile import (
+    META,
+    GiB,
+    MiB,
+    big_black_mp4,
+    deep_manifest,
+    edit_manifest,
+    fill_value_array,
+    gzip_zeros,
+    intrinsics,
+    joint_name,
+    long_episode,
+    many_samples,
+    raw_frames,
+    raw_manifest,
+    replace_chunk,
+    with_video,
+    zip_header_lie,
+    zstd_zeros,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -213,7 +230,7 @@ def test_gate_config_limits_are_the_defaults_and_versioned():
     config = load_config()
     assert config.limits == Limits()
     assert config.config_version >= "gates-2026.12.2"
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         type(config).model_validate(config.model_dump() | {"limits": {"max_video_sides": 1}})
 
 

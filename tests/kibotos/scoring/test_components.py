@@ -13,8 +13,18 @@ from kibotos.bundle import open_bundle
 from kibotos.gate_config import load_config
 from kibotos.report import GateResult
 from kibotos.robots import get_robot
-from kibotos.scoring import (COMPONENTS, compute_components, load_scoring_config, s_align, s_novel, s_object, s_pose,
-                             s_retarget, s_task, score_submission)
+from kibotos.scoring import (
+    COMPONENTS,
+    compute_components,
+    load_scoring_config,
+    s_align,
+    s_novel,
+    s_object,
+    s_pose,
+    s_retarget,
+    s_task,
+    score_submission,
+)
 from kibotos.tasks import evaluate_task
 from tests.fixtures.episodes import PANDA
 

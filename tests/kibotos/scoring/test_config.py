@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from kibotos.errors import ConfigError
 from kibotos.scoring import COMPONENTS, load_scoring_config, parse_scoring_config
@@ -24,7 +25,7 @@ def test_packaged_config_is_the_documented_one():
     assert tuple(cfg.weights) == COMPONENTS
     assert cfg.missing.policy["object"] == "neutral" and cfg.missing.neutral_value == 0.5
     assert (cfg.reward.floor, cfg.reward.knee) == (0.30, 0.80)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.reward.r_base = 0.0  # frozen
 
 

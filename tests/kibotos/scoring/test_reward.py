@@ -10,8 +10,16 @@ import numpy as np
 import pytest
 
 from kibotos.report import GateResult
-from kibotos.scoring import (COMPONENTS, Component, ScoringError, curve, final_score, load_scoring_config, reward,
-                             score_submission)
+from kibotos.scoring import (
+    COMPONENTS,
+    Component,
+    ScoringError,
+    curve,
+    final_score,
+    load_scoring_config,
+    reward,
+    score_submission,
+)
 
 CFG = load_scoring_config()
 BONUS = CFG.reward.bonus
