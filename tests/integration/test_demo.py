@@ -55,6 +55,9 @@ def test_demo_runs_the_evidence_jobs_and_pays_only_the_genuine_submission(tmp_pa
                                         ).result_rows
         verified_clips = {r[0] for r in client.query("SELECT clip_id FROM kibotos.xgen_clips FINAL WHERE verified")
                           .result_rows} if int(client.command("EXISTS TABLE kibotos.xgen_clips")) else set()
+        clip_previews = dict(client.query("SELECT clip_id, preview_uri FROM kibotos.xgen_clips FINAL WHERE verified")
+                             .result_rows) if verified_clips else {}
+        xgen_sources = {r[0] for r in client.query("SELECT source_kind FROM kibotos.xgen_requests FINAL").result_rows}
     finally:
         client.close()
     by_variant = {}
@@ -137,6 +140,10 @@ def test_demo_runs_the_evidence_jobs_and_pays_only_the_genuine_submission(tmp_pa
     # the verified clips of the XGen step join too (the demo's human video uploader)
     clips = {sid for sid, ep in all_episodes.items() if ep.source == "xgen.clips"}
     assert clips == verified_clips
+    # issue 11's bar: one generated video gives at least ten verified clips, each with its preview
+    assert xgen_sources == {"video"}  # the rendered video, through the pose stage (CI has offscreen GL)
+    assert len(verified_clips) >= 10, verified_clips
+    assert all(clip_previews.get(c) for c in verified_clips), clip_previews
     per_episode = default_config().attribution.points_per_episode
     expected = {}
     for ep in all_episodes.values():
