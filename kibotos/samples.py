@@ -57,6 +57,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from gpu_consumers.registry import EVIDENCE_GATES
 from kibotos.bundle.manifest import SCHEMA_VERSION
 from kibotos.bundle.writer import write_bundle
 from kibotos.camera import look_at, project_points
@@ -71,6 +72,8 @@ NOISE = {"revolute_rad": 0.001, "prismatic_m": 0.0001, "vel_rad_s": 0.01,
          "object_pos_m": 0.002, "object_rot_deg": 1.0}
 
 # variant -> (gate that must reject it, reason code)
+# the evidence results' ids, from the job registry (the one place they are spelled)
+_IK, _TASK, _ALIGN = EVIDENCE_GATES["ik"], EVIDENCE_GATES["task"], EVIDENCE_GATES["align"]
 EXPECTED: dict[str, tuple[str, str] | None] = {
     "genuine": None,
     "shape_mismatch": ("gate_a_integrity", "shape_mismatch"),
@@ -85,18 +88,18 @@ EXPECTED: dict[str, tuple[str, str] | None] = {
     "teleport": ("gate_e_plausibility", "teleport_detected"),
     "jerk": ("gate_e_plausibility", "jerk_exceeded"),
     # gates A-E accept these; the IK residual stage (a GPU consumer job) rejects them
-    "ik_perturbed": ("ik_residual", "ik_peak_exceeded"),
-    "ik_target_shift": ("ik_residual", "ik_rms_exceeded"),
+    "ik_perturbed": (_IK, "ik_peak_exceeded"),
+    "ik_target_shift": (_IK, "ik_rms_exceeded"),
     # ... and the task completion stage rejects this one (kibotos.tasks)
-    "task_failed": ("task_completion", "task_object_not_moved"),
+    "task_failed": (_TASK, "task_object_not_moved"),
     # the same subject filmed by a person instead of the robot: genuine (gate F applies)
     "human_video": None,
     # a genuine trajectory paired with a video that does not show it (``VIDEO_MISMATCH``):
     # a still or blank video fails gate C, the others the align job
     "video_static": ("gate_c_sync", "video_kinematics_mismatch"),
     "video_blank": ("gate_c_sync", "video_kinematics_mismatch"),
-    "video_swapped": ("alignment", "video_kinematics_mismatch"),
-    "video_reversed": ("alignment", "video_kinematics_mismatch"),
+    "video_swapped": (_ALIGN, "video_kinematics_mismatch"),
+    "video_reversed": (_ALIGN, "video_kinematics_mismatch"),
     # a confident sync estimate locks onto the late motion: too little of it overlaps
     "video_delayed": ("gate_c_sync", "insufficient_overlap"),
 }
@@ -111,7 +114,7 @@ VIDEO_DELAY_MS = 1500.0  # "video_delayed": the video shows the motion this much
 ALSO_CAUGHT_BY: dict[str, tuple[tuple[str, str], ...]] = {
     "video_swapped": (("gate_c_sync", "insufficient_overlap"), ("gate_c_sync", "sync_offset_mismatch")),
     "video_reversed": (("gate_c_sync", "insufficient_overlap"), ("gate_c_sync", "sync_offset_mismatch")),
-    "video_delayed": (("gate_c_sync", "sync_offset_mismatch"), ("alignment", "video_kinematics_mismatch")),
+    "video_delayed": (("gate_c_sync", "sync_offset_mismatch"), (_ALIGN, "video_kinematics_mismatch")),
 }
 
 # The object: its name, the link that grasps it, its pose in that link's frame while held

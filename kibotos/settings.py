@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gpu_consumers.registry import EVIDENCE_GATES
+from topics.catalogue import XGEN_STAGES
 
 
 class Settings(BaseSettings):
@@ -70,7 +71,7 @@ class Settings(BaseSettings):
     # XGen (the data factory) job kinds the stack's GPU consumers also serve, one per stage
     # (gpu_consumers/xgen_jobs.py); empty: the stack runs no XGen jobs. Their thresholds:
     # a versioned YAML file; None = the packaged kibotos/config/xgen.yaml
-    xgen_jobs: tuple[str, ...] = ("xgen_pose", "xgen_retarget", "xgen_interaction", "xgen_augment", "xgen_export")
+    xgen_jobs: tuple[str, ...] = tuple(f"xgen_{stage}" for stage in XGEN_STAGES)
     xgen_config_path: Path | None = None
 
     # Logs of every process: one JSON object per line with the submission_id, or text

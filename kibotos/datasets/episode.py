@@ -22,8 +22,10 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from gpu_consumers.registry import EVIDENCE_GATES
+
 XGEN_ROBOT = "unitree_g1"  # XGen retargets to the G1 only (kibotos.xgen.g1)
-TASK_GATE = "task_completion"
+TASK_GATE = EVIDENCE_GATES["task"]
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from gpu_consumers.registry import EVIDENCE_GATES
 from kibotos.xgen import g1
 from kibotos.xgen.config import XGenConfig, load_xgen_config
 
@@ -472,8 +473,8 @@ def judge_clip(clip_dir: str | Path, *, cfg: XGenConfig | None = None, bundle_pa
         if all(r.passed for r in results):
             from processors.base import Gate
 
-            jobs = [Gate("ik_residual", "ik", 100, "IK residual", _both_hands),
-                    Gate("task_completion", "task", 101, "task completion", lambda v, c: evaluate_task(v))]
+            jobs = [Gate(EVIDENCE_GATES["ik"], "ik", 100, "IK residual", _both_hands),
+                    Gate(EVIDENCE_GATES["task"], "task", 101, "task completion", lambda v, c: evaluate_task(v))]
             for job in jobs:
                 res = run_gate(job, view, gate_config)  # errors become a failed result, never a crash
                 results.append(res)
@@ -493,8 +494,8 @@ def judge_clip(clip_dir: str | Path, *, cfg: XGenConfig | None = None, bundle_pa
         report = build_report(sid, results, gate_config.config_version, **ids, points=breakdown.reward,
                               scores=breakdown.model_dump(mode="json"))
     by_gate = {r.gate: r for r in results}
-    task = by_gate.get("task_completion")
-    ik = by_gate.get("ik_residual")
+    task = by_gate.get(EVIDENCE_GATES["task"])
+    ik = by_gate.get(EVIDENCE_GATES["ik"])
     metrics = {
         "quality_version": QUALITY_VERSION,
         "thresholds": q.model_dump(),
