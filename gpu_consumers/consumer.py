@@ -56,6 +56,13 @@ def accelerator_options(per_actor_share: float = 1.0) -> dict:
     return {"resources": {"gpu_slot": per_actor_share}, "num_cpus": 0}
 
 
+class JobTimeout(ValidatorFault):
+    """A job ran past the job time budget: its actor was killed (``JobConsumer``)."""
+
+    def __init__(self, stage_id: str, reason_code: str = "job_time_budget_exceeded", message: str = ""):
+        super().__init__(stage_id, reason_code, message)
+
+
 def fault_code(exc: Exception) -> str:
     """The dead-letter code of a job that raised in its actor: the ``ValidatorFault``'s own
     (``job_internal_error``; Ray hands it back as ``RayTaskError(ValidatorFault)`` with the
@@ -128,7 +135,7 @@ class JobConsumer:
 
     def __init__(self, settings: Settings, bootstrap: str, kinds: tuple[str, ...] | None = None,
                  actors_per_kind: int | None = None, ray_address: str | None = None,
-                 max_job_attempts: int | None = None):
+                 max_job_attempts: int | None = None, job_time_budget_s: float | None = None):
         import ray
 
         from gpu_consumers.registry import get_job
@@ -150,6 +157,8 @@ class JobConsumer:
         # tries of one job in all (versioned: kibotos/config/faults.yaml, streams.stage.FaultPolicy)
         self.policy = load_fault_policy(settings.fault_config_path)
         self.max_attempts = max_job_attempts or self.policy.max_attempts
+        # a job past this is killed with its actor: no bundle holds an actor for good
+        self.job_time_budget_s = job_time_budget_s or self.policy.job_time_budget_s
         self.free = {kind: [self._new_actor(kind) for _ in range(n)] for kind in self.kinds}
         self.topic_kind = {spec.name: kind for kind, spec in self.inputs.items()}
         # a cold Genesis scene build can take minutes inside one job
@@ -272,7 +281,19 @@ class JobConsumer:
             self._observe(job, outputs)
             self.free[job.kind].append(actor)
             self._finish(job)
+        self._expire_overdue()
         self._commit()
+
+    def _expire_overdue(self) -> None:
+        """Kill the actor of every job running past the job time budget and handle the job
+        as a validator fault (``job_time_budget_exceeded``: retried on a fresh actor, then
+        dead-lettered with the verdict pending): a bundle that makes a job hang, or a job
+        that hangs by itself, frees its actor instead of holding it."""
+        now = time.perf_counter()
+        for ref in [r for r, (job, _) in self.pending.items() if now - job.started > self.job_time_budget_s]:
+            job, actor = self.pending.pop(ref)
+            self._failed(job, actor, JobTimeout(f"job_{job.kind}", message=(
+                f"ran {now - job.started:.1f} s, past the job time budget of {self.job_time_budget_s:g} s")))
 
     def _commit(self) -> None:
         points = self.tracker.commit_points()

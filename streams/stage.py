@@ -81,6 +81,9 @@ class FaultPolicy(BaseModel):
     config_version: str
     max_attempts: int = 3
     backoff_s: float = 0.5
+    # wall time one GPU job may take before its actor is killed (gpu_consumers.consumer):
+    # above a cold Genesis scene build, far below "forever"
+    job_time_budget_s: float = 900.0
 
 
 @functools.lru_cache(maxsize=8)
@@ -88,10 +91,10 @@ def load_fault_policy(path: Path | str | None = None) -> FaultPolicy:
     from kibotos.config_files import read_yaml, validate
 
     policy = validate(FaultPolicy, read_yaml(path or FAULTS_CONFIG, "faults"), "faults")
-    if policy.max_attempts < 1 or policy.backoff_s < 0:
+    if policy.max_attempts < 1 or policy.backoff_s < 0 or policy.job_time_budget_s <= 0:
         from kibotos.errors import ConfigError
 
-        raise ConfigError(f"invalid faults config: max_attempts >= 1 and backoff_s >= 0, got {policy}")
+        raise ConfigError(f"invalid faults config: max_attempts >= 1, backoff_s >= 0 and job_time_budget_s > 0, got {policy}")
     return policy
 
 
