@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from kibotos.cli_miner import miner_app
-from kibotos.cli_output import make_console, out, print_rows
+from kibotos.cli_output import emit, make_console, print_rows
 from kibotos.datasets.cli import attribution_cmd, bench_export_cmd, datasets_app
 from kibotos.errors import KibotosError
 from kibotos.xgen.cli import xgen_app
@@ -71,7 +71,7 @@ def verify(
         _fail(exc)
     report = outcome.report
     if as_json:
-        out(report.model_dump_json(indent=2))
+        emit(report.model_dump_json(indent=2))
         err.print(f"scope: {VERIFY_SCOPE}", markup=False, highlight=False)
     else:
         from kibotos.render import print_report
@@ -141,7 +141,7 @@ def bundle_inspect(path: Path, as_json: bool = typer.Option(False, "--json")) ->
     except KibotosError as exc:
         _fail(exc)
     if as_json:
-        out(json.dumps({"manifest": manifest, "arrays": [a.__dict__ for a in arrays]}, indent=2, default=str))
+        emit(json.dumps({"manifest": manifest, "arrays": [a.__dict__ for a in arrays]}, indent=2, default=str))
         return
     console.print_json(json.dumps(manifest, default=str))
     table = Table("stream", "shape", "dtype", "bytes")
@@ -274,7 +274,7 @@ def report(submission_id: str, as_json: bool = typer.Option(False, "--json"),
         console.print(f"wrote {html}")
         return
     if as_json:
-        out(json.dumps(rep, indent=2, default=str))
+        emit(json.dumps(rep, indent=2, default=str))
         return
     from kibotos.render import print_report
 
@@ -301,7 +301,7 @@ def ledger(miner: str | None = typer.Option(None, help="only this miner's entrie
     except KibotosError as exc:
         _fail(exc)
     if as_json:
-        out(json.dumps(rows, indent=2, default=str))
+        emit(json.dumps(rows, indent=2, default=str))
         return
     if not rows:
         console.print("no ledger entries")
@@ -329,7 +329,7 @@ def verdicts(
                                idle_timeout_s=None if follow else 10.0)
         for v in feed:
             if as_json:
-                out(json.dumps({k: v[k] for k in v if k != "report_json"}))
+                emit(json.dumps({k: v[k] for k in v if k != "report_json"}))
             else:
                 console.print(f"{v['submission_id']}  {v['miner_id']:<14} {v['verdict']:<9} "
                               f"{v.get('reason_code') or '':<26} {v['points']:g}")
@@ -631,7 +631,7 @@ def bench_train(
 def main() -> None:
     try:
         app()
-    except BrokenPipeError:  # last resort: output not written through cli_output.out
+    except BrokenPipeError:  # last resort: output not written through cli_output.emit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)  # 128 + SIGPIPE, as a shell reports a command killed by the closed pipe
     except KibotosError as exc:  # last resort: a domain error never prints a traceback

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from kibotos.cli_output import make_console, out
+from kibotos.cli_output import emit, make_console
 from kibotos.errors import KibotosError
 
 DEFAULT_KEYPAIR = Path("~/.config/kibotos/miner-keypair.json")
@@ -77,7 +77,7 @@ def keygen(
     except KibotosError as exc:
         _fail(exc)
     err.print(f"wrote {path} (keep it secret)")
-    out(pair.miner_id)
+    emit(pair.miner_id)
 
 
 @miner_app.command("id")
@@ -86,7 +86,7 @@ def miner_id(keypair: Path = KEYPAIR_OPTION) -> None:
 
     Example: kibotos sample --out samples --miner "$(kibotos miner id -k miner.json)"
     """
-    out(_keypair(keypair).miner_id)
+    emit(_keypair(keypair).miner_id)
 
 
 @miner_app.command()
@@ -187,7 +187,7 @@ def report(submission_id: str, api: str | None = API_OPTION,
     except KibotosError as exc:
         _fail(exc)
     if as_json:
-        out(json.dumps(rep, indent=2, default=str))
+        emit(json.dumps(rep, indent=2, default=str))
         return
     from kibotos.render import print_report
     from kibotos.report import VerificationReport
@@ -216,7 +216,7 @@ def ledger(keypair: Path = KEYPAIR_OPTION, miner: str | None = typer.Option(None
     except KibotosError as exc:
         _fail(exc)
     if as_json:
-        out(json.dumps(led, indent=2, default=str))
+        emit(json.dumps(led, indent=2, default=str))
         return
     console.print(f"{led['miner_id']}  balance {led['balance']:g} points  ({len(led['entries'])} entries)")
     for e in led["entries"]:

@@ -41,7 +41,7 @@ def make_console() -> PipeConsole:
     return PipeConsole() if Console().is_terminal else PipeConsole(width=160)
 
 
-def out(text: str) -> None:
+def emit(text: str) -> None:
     """``print(text)`` to stdout; a reader that went away is not an error."""
     try:
         sys.stdout.write(text + "\n")
