@@ -236,10 +236,9 @@ def render_clip_video(qpos: np.ndarray, box: np.ndarray, box_size: np.ndarray, f
 
     import mujoco
 
-    try:
-        from mujoco.egl import GLContext
-    except ImportError:  # no EGL: software rendering
-        from mujoco.osmesa import GLContext
+    from kibotos.gl import mujoco_gl_context
+
+    GLContext = mujoco_gl_context()  # the process's one GL platform (kibotos.gl)
 
     m = copy.copy(g1.model())
     box_geom = m.geom("xgen_box").id
