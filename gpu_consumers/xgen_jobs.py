@@ -87,7 +87,7 @@ class XGenStage:
         self.store = store
         self.cfg = cfg
         self.quality = quality or judge
-        self.preview = preview or GenesisPreview()
+        self.preview = preview or GenesisPreview(fps=cfg.export.preview_fps)
         if stage == "export" and quality is None:
             _warm_quality()  # the verifier's imports (~6 s) happen while the actor starts, not in the first job
         self.input = catalogue.xgen_input(stage)
@@ -342,15 +342,16 @@ class GenesisPreview:
     the base clip of a video ``preview_side_by_side.mp4``; one scene per actor, built on
     first use and kept warm."""
 
-    def __init__(self):
+    def __init__(self, fps: float = 5.0):
         self.renderer = None
+        self.fps = fps
 
     def __call__(self, folder: Path, source_video: Path | None) -> dict[str, Path]:
         from kibotos.xgen import preview
 
         if self.renderer is None:
             self.renderer = preview.PreviewRenderer()
-        written = preview.write_preview(folder, self.renderer, source_video=source_video)
+        written = preview.write_preview(folder, self.renderer, fps=self.fps, source_video=source_video)
         return {Path(name).stem: Path(path) for name, path in written.items()}
 
 

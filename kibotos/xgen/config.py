@@ -111,6 +111,8 @@ class AugmentConfig(_Frozen):
 class ExportConfig(_Frozen):
     float_dtype: str = Field(pattern="^(float32|float64)$")
     preview: bool = True  # the export job renders each clip's Genesis preview (kibotos.xgen.preview)
+    # frames per second of a preview: the Genesis render is most of an export job's time on a CPU
+    preview_fps: float = Field(default=5.0, gt=0)
 
 
 class QualityConfig(_Frozen):

@@ -30,13 +30,15 @@ MIX = [
 ]
 
 
+# the demo's XGen step exports twelve clips, each judged and previewed, on one export actor
+@pytest.mark.timeout(1200)
 def test_demo_runs_the_evidence_jobs_and_pays_only_the_genuine_submission(tmp_path, monkeypatch):
     for name in [k for k in os.environ if k.startswith("KIBOTOS_")]:
         monkeypatch.delenv(name)
     settings = Settings(home=tmp_path / "home")
     assert settings.evidence_jobs == Settings.model_fields["evidence_jobs"].default and settings.novelty
     out = io.StringIO()
-    rc = run_demo(settings, Console(file=out, width=200), mix=MIX, hostile=False, timeout_s=600)
+    rc = run_demo(settings, Console(file=out, width=200), mix=MIX, hostile=False, timeout_s=900)
     text = out.getvalue()
     assert rc == 0, text
     assert "IK rms" in text and "keyframes" in text and "reward" in text and "novel" in text
