@@ -37,7 +37,7 @@ from kibotos.errors import KibotosError, ServiceError
 from kibotos.metrics import DEAD_LETTERS, PROCESSING, RECORDS_IN, update_lag
 from streams.sink_rows import TABLE_COLUMNS, rows_for, undecodable_row
 from topics.catalogue import Catalogue
-from topics.clients import consumer_config
+from topics.clients import LOW_LATENCY, consumer_config
 from topics.clients import group_id as consumer_group
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,9 @@ class ClickHouseSink:
         self.commit_failures = 0
         self._lag_at = 0.0
         self.assigned = False  # set by this consumer's own thread once the group gave it partitions
-        self._consumer = Consumer(consumer_config(bootstrap, group_id, **{"client.id": PROCESSOR_ID}))
+        # short fetch waits: the sink reads ten topics, and an empty partition's fetch wait
+        # adds up across them on Tansu (a verdict waited out a 30 s bound behind them)
+        self._consumer = Consumer(consumer_config(bootstrap, group_id, **LOW_LATENCY, **{"client.id": PROCESSOR_ID}))
         self._consumer.subscribe(list(self._specs), on_assign=self._on_assign)
 
     def _on_assign(self, consumer, partitions) -> None:
