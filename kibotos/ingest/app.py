@@ -360,8 +360,9 @@ def create_app(service: IngestService) -> FastAPI:
         return xgen.complete(upload_id, body.ticket)
 
     @app.get("/v1/xgen/{request_id}", response_model=XGenStatus, tags=["xgen"], responses=_errors(404, 422))
-    def xgen_status(request_id: str = PathParam(max_length=64)) -> dict[str, Any]:
-        """An XGen request's state, progress, stage results and clips. 404 ``xgen_request_not_found``."""
+    def xgen_status(request_id: str = PathParam(pattern=_UUID)) -> dict[str, Any]:
+        """An XGen request's state, progress, stage results and clips. 404 ``xgen_request_not_found``;
+        422 ``request_invalid`` for an id that is not a UUID (every request id is one)."""
         return xgen.status(request_id)
 
     return app

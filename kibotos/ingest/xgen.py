@@ -186,7 +186,11 @@ class XGenUploads:
 
         found = xgen_status(self.svc.client, request_id)
         if found is None:
-            if self.svc.store.stat(f"xgen/{request_id}/request.json") is not None:
+            try:
+                queued = self.svc.store.stat(f"xgen/{request_id}/request.json") is not None
+            except ObjectStoreError:  # an id no request could have: not found, never a server error
+                queued = False
+            if queued:
                 return {"request_id": request_id, "state": "queued", "progress": 0.0, "stages": [], "clips": [],
                         "clip_count": None, "clips_exported": 0, "clips_verified": 0, "current_stage": "pose",
                         "failed_stage": None, "reason_code": None}
