@@ -13,7 +13,7 @@ demo: $(STAMP)
 # KIBOTOS_TEST_NO_SKIP: make install provides every dependency, so no test may skip.
 # The lint runs first: it takes a second and fails before the 30-minute suite would.
 test: lint
-	KIBOTOS_TEST_NO_SKIP=1 $(BIN)/python -m pytest -q
+	KIBOTOS_TEST_NO_SKIP=1 $(BIN)/python -m pytest -q --durations=30
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
