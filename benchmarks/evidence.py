@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from kibotos.bundle import open_bundle
-from kibotos.gate_config import load_config
+from kibotos.config.gates import load_config
 from kibotos.robots import get_robot, list_robots
 
 
@@ -51,7 +51,7 @@ def _best(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 def bench_pose(work: Path, repeats: int, n_frames: int = 90, fps: float = 30.0) -> dict:
     from gpu_consumers.gate_f_pose import check_pose, sample_indices, sampled_rgb_chunks
     from gpu_consumers.pose import get_pose_estimator
-    from kibotos.human_video import camera_motion_video, human_video_bundle, person_photos
+    from kibotos.media.human_video import camera_motion_video, human_video_bundle, person_photos
 
     config = load_config()
     photo = person_photos()["grace_hopper"]
@@ -74,7 +74,7 @@ def bench_pose(work: Path, repeats: int, n_frames: int = 90, fps: float = 30.0) 
 
 
 def _panda_sample(work: Path, duration_ms: float):
-    from kibotos.samples import make_episode
+    from kibotos.synthetic.samples import make_episode
 
     robot = get_robot("franka_panda", dict(list_robots())["franka_panda"])
     ep = make_episode(robot, "genuine", seed=7, miner_id="bench", duration_ms=duration_ms)

@@ -76,7 +76,7 @@ def _timed(fn, n: int) -> dict:
 def run_export_bench(episodes: int = 1000, pool: int = 6, formats: tuple[str, ...] = ("lerobot", "humanx"),
                      work: Path | None = None, progress: Progress = print) -> dict:
     from kibotos.robots import get_robot, list_robots
-    from kibotos.samples import make_episode
+    from kibotos.synthetic.samples import make_episode
 
     tmp = tempfile.TemporaryDirectory(prefix="kibotos-bench-export-") if work is None else None
     root = Path(tmp.name if tmp else work)

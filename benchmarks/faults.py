@@ -49,7 +49,7 @@ RAY_ACTOR_TITLE = b"ray::JobActorImpl"
 
 
 def _kibotos() -> list[str]:
-    return [sys.executable, "-m", "kibotos.cli"]
+    return [sys.executable, "-m", "kibotos.cli.main"]
 
 
 class UpProcess:
@@ -93,7 +93,7 @@ class UpProcess:
 
 def _episodes(root: Path, count: int, first_seed: int = 100, miner: str = "miner-fault") -> list[Path]:
     from kibotos.robots import get_robot, list_robots
-    from kibotos.samples import make_episode
+    from kibotos.synthetic.samples import make_episode
 
     robot = get_robot("ur5", dict(list_robots())["ur5"])
     return [make_episode(robot, "genuine", seed=first_seed + i, miner_id=f"{miner}-{i % 3}", duration_ms=3000)
@@ -142,7 +142,7 @@ def kill_busy_ray_actor(root_pid: int, timeout_s: float = 240.0) -> int:
 
 
 def _fault(name: str, up: UpProcess, settings, sink_down_s: float) -> None:
-    from kibotos.stack import request_pause
+    from kibotos.runtime.stack import request_pause
 
     children = up.state().get("children", {})
     if name == "ray_actor":
@@ -196,10 +196,10 @@ def _verdict_events(bootstrap: str, spec, expect: int) -> dict[str, dict[str, in
 
 def run_scenario(name: str, episodes: list[Path], root: Path, *, workers: int = 2, sink_down_s: float = 60.0,
                  timeout_s: float = 600.0, evidence: bool = False, progress=lambda m: None) -> dict:
-    from kibotos import reads
+    from kibotos.config.settings import Settings
     from kibotos.objectstore import store_from_settings
-    from kibotos.settings import Settings
-    from kibotos.submit import submit_paths
+    from kibotos.reports import reads
+    from kibotos.runtime.submit import submit_paths
     from topics.catalogue import Catalogue
 
     home = root / name

@@ -46,7 +46,7 @@ HOSTILE_SECONDS = 20  # the episode the in-budget video covers (30 fps)
 
 def bench_config(home: Path, budget_s: float, decode_s: float) -> Path:
     """The packaged gate config with the two time budgets tightened; its version says so."""
-    from kibotos.gate_config import DEFAULT_PATH
+    from kibotos.config.gates import DEFAULT_PATH
 
     doc = yaml.safe_load(Path(DEFAULT_PATH).read_text())
     doc["config_version"] = f"{doc['config_version']}+bench-budget-{budget_s:g}s"
@@ -59,7 +59,7 @@ def bench_config(home: Path, budget_s: float, decode_s: float) -> Path:
 def hostile_bundles(root: Path) -> dict[str, Path]:
     """One bundle per hostile class, each its own submission of ``miner-hostile``."""
     from kibotos.robots import get_robot, list_robots
-    from kibotos.samples import make_episode
+    from kibotos.synthetic.samples import make_episode
 
     if str(REPO_ROOT) not in sys.path:  # the installed console script sees the packages, not tests/
         sys.path.insert(0, str(REPO_ROOT))
@@ -95,7 +95,7 @@ def hostile_bundles(root: Path) -> dict[str, Path]:
 
 def _submit_timed(paths: list[Path], state: dict, store, catalogue) -> list[tuple[str, float]]:
     """``[(sid, wall-clock time its event was acknowledged)]``, one submission at a time."""
-    from kibotos.submit import submit_paths
+    from kibotos.runtime.submit import submit_paths
 
     out = []
     for path in paths:
@@ -110,7 +110,7 @@ def _wait_reports(settings, submitted: list[tuple[str, float]], timeout_s: float
     and how fast the read API is polled does not enter it."""
     from datetime import datetime
 
-    from kibotos import reads
+    from kibotos.reports import reads
 
     found: dict[str, tuple[dict, float]] = {}
     deadline = time.monotonic() + timeout_s
@@ -144,8 +144,8 @@ def _slowest_gate_s(report: dict) -> float:
 def run_hostile_delay(root: Path, *, workers: int = 2, genuine: int = 4, budget_s: float = 10.0,
                       decode_s: float = 5.0, timeout_s: float = 600.0, progress=lambda m: None) -> dict:
     from benchmarks.faults import UpProcess, _episodes
+    from kibotos.config.settings import Settings
     from kibotos.objectstore import store_from_settings
-    from kibotos.settings import Settings
     from topics.catalogue import Catalogue
 
     home = root / "hostile_delay"

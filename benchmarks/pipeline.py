@@ -56,8 +56,8 @@ import numpy as np
 
 from kibotos.bundle import open_bundle
 from kibotos.bundle.reader import TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES
+from kibotos.config.gates import GateConfig, load_config
 from kibotos.export.lerobot import VIDEO_KEY as LEROBOT_VIDEO_KEY  # noqa: F401  (re-exported)
-from kibotos.gate_config import GateConfig, load_config
 
 # size class -> episode duration (ms)
 SIZES = {"small": 5_000.0, "medium": 20_000.0, "large": 60_000.0}
@@ -213,7 +213,7 @@ def generate_episodes(out: Path, n: int, sizes: list[str], robots: list[tuple[st
                       seed: int = 0) -> list[BenchEpisode]:
     """``n`` genuine episodes per size class, the robots in turn; distinct submission ids."""
     from kibotos.robots import get_robot
-    from kibotos.samples import make_episode
+    from kibotos.synthetic.samples import make_episode
 
     episodes = []
     for size in sizes:
@@ -232,7 +232,7 @@ def generate_episodes(out: Path, n: int, sizes: list[str], robots: list[tuple[st
 def warmup_episodes(out: Path, count: int, robots: list[tuple[str, str]]) -> list[Path]:
     """Short episodes under another miner id (other submission ids): the warm-up set."""
     from kibotos.robots import get_robot
-    from kibotos.samples import make_episode
+    from kibotos.synthetic.samples import make_episode
 
     paths = []
     for i in range(count):
@@ -247,7 +247,7 @@ def warmup_episodes(out: Path, count: int, robots: list[tuple[str, str]]) -> lis
 
 def read_what_gates_read(path: Path, config: GateConfig) -> int:
     """The data gates A-E read, with no check on it; returns the decoded frame count."""
-    from kibotos.video import decode_luma, luma_from_frames
+    from kibotos.media.video import decode_luma, luma_from_frames
 
     with open_bundle(path) as view:
         _ = view.manifest  # validated, as every gate does
@@ -375,9 +375,9 @@ def _received_at(stack, sids: list[str], deadline: float) -> dict[str, int]:
 
 def bench_stack(episodes: list[BenchEpisode], warmup: list[Path], workers: int, home: Path, progress: Progress,
                 timeout_s: float) -> dict:
-    from kibotos.settings import Settings
-    from kibotos.stack import Stack
-    from kibotos.submit import submit_paths
+    from kibotos.config.settings import Settings
+    from kibotos.runtime.stack import Stack
+    from kibotos.runtime.submit import submit_paths
 
     label = f"stack {workers}w"
     # its own home (chdb, object store) and topics; nothing from a developer's environment

@@ -112,7 +112,7 @@ def bench_pose_vs_decode(duration_s: float = 3.0, fps: float = 15.0, repeats: in
     gaps, smoothing) on the same file; the estimator is built once, untimed, first."""
     import statistics
 
-    from kibotos.video import encode_mp4
+    from kibotos.media.video import encode_mp4
     from kibotos.xgen import pose
     from kibotos.xgen.config import load_xgen_config
     from kibotos.xgen.render import render_pickup

@@ -11,7 +11,7 @@ Evidence, each term in [0, 1]:
 * **image** — the playback pairs (real frame i, sim render i). Two similarity matrices
   ``S[i, j]`` between real frame i and sim frame j:
 
-  - *embedding*: cosine of EfficientNet-Lite0 embeddings (``kibotos.embeddings``) after
+  - *embedding*: cosine of EfficientNet-Lite0 embeddings (``kibotos.media.embeddings``) after
     removing each domain's mean embedding over the episode (``e - mean(e)``,
     renormalised). The means carry what every frame of a domain shares (the real
     scene's background and texture, the renderer's look); what is left varies with the
@@ -113,14 +113,14 @@ from gpu_consumers.keyframes import joint_speed
 from gpu_consumers.playback import GATE_ID as PLAYBACK_GATE
 from gpu_consumers.playback import foreground_masks, joints_at
 from gpu_consumers.registry import EVIDENCE_GATES
-from kibotos.alignment_config import AlignmentConfig, ImagesConfig, MotionConfig, RejectConfig, SecondaryConfig
 from kibotos.bundle.reader import JOINT_POS, SECONDARY_PREFIX, TIMESTAMPS, BundleView, video_paths
-from kibotos.camera import project_points
+from kibotos.config.alignment import AlignmentConfig, ImagesConfig, MotionConfig, RejectConfig, SecondaryConfig
 from kibotos.errors import KibotosError, ServiceError
-from kibotos.report import GateResult
+from kibotos.media.camera import project_points
+from kibotos.media.video import decode_luma_widths, luma_from_frames
+from kibotos.reports.model import GateResult
 from kibotos.robots import get_robot
 from kibotos.robots.kinematics import kinematics_for
-from kibotos.video import decode_luma_widths, luma_from_frames
 from streams.in_flight import InFlight
 
 GATE_ID = EVIDENCE_GATES["align"]
@@ -238,7 +238,7 @@ def image_evidence(pairs: list[Pair], poses: np.ndarray, cfg: ImagesConfig) -> d
     :returns: ``{"term", "embedding_auc", "silhouette_auc", ..., "keyframes": [...]}``;
         ``term`` None when fewer than ``min_pairs`` pairs or no comparable mismatch.
     """
-    from kibotos.embeddings import EMBEDDING_MODEL_ID, embed_images
+    from kibotos.media.embeddings import EMBEDDING_MODEL_ID, embed_images
 
     k = len(pairs)
     out: dict[str, Any] = {"pairs": k, "embedding_model": EMBEDDING_MODEL_ID, "term": None}
@@ -837,7 +837,7 @@ def check_alignment(view: BundleView, event: InFlight | Mapping[str, Any], store
         playback result (``event.result("playback")``) and the sync estimate
         (``event.sync_offset()``).
     :param store: object store holding the playback pairs (``read_bytes``).
-    :param config: the alignment config (``kibotos.alignment_config``).
+    :param config: the alignment config (``kibotos.config.alignment``).
     :param vlm: a ``kibotos.vlm`` provider, or None (no VLM configured).
     :param sync_trusted: gate C's ``high_confidence`` of the gate config in use (default:
         the packaged one): from it on, gate C's offset estimate is used over the claim.

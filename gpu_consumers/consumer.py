@@ -32,10 +32,10 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
+from kibotos.config.settings import Settings
 from kibotos.errors import ServiceError
-from kibotos.logs import submission_context
-from kibotos.metrics import JOBS_IN_FLIGHT, VALIDATOR_FAULTS_TOTAL, observe, update_lag
-from kibotos.settings import Settings
+from kibotos.runtime.logs import submission_context
+from kibotos.runtime.metrics import JOBS_IN_FLIGHT, VALIDATOR_FAULTS_TOTAL, observe, update_lag
 from streams.stage import Record, ValidatorFault, dead_letter, load_fault_policy
 from topics.catalogue import Catalogue
 from topics.clients import LOW_LATENCY, consumer_config, group_id, producer_config

@@ -54,10 +54,10 @@ import numpy as np
 from gpu_consumers.pose import PoseEstimator, PoseTrack, concat_tracks
 from gpu_consumers.registry import EVIDENCE_GATES
 from kibotos.bundle.reader import VIDEO_ENCODED, VIDEO_FRAMES, BundleView
+from kibotos.config.gates import GateConfig, GateFConfig
 from kibotos.errors import BundleError, ConfigError
-from kibotos.gate_config import GateConfig, GateFConfig
-from kibotos.report import GateResult
-from kibotos.video import DecodeBudget, decode_frames, open_video
+from kibotos.media.video import DecodeBudget, decode_frames, open_video
+from kibotos.reports.model import GateResult
 from processors.base import result
 
 GATE_ID = EVIDENCE_GATES["pose"]

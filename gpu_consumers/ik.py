@@ -71,10 +71,10 @@ from pytorch_kinematics.transforms import matrix_to_axis_angle
 
 from gpu_consumers.registry import EVIDENCE_GATES
 from kibotos.bundle.reader import JOINT_POS, TIMESTAMPS, BundleView
+from kibotos.config.gates import GateConfig, IKConfig
 from kibotos.errors import BundleError, ConfigError
-from kibotos.gate_config import GateConfig, IKConfig
-from kibotos.poses import pose7_to_matrix, rotation_angle_deg
-from kibotos.report import GateResult
+from kibotos.media.poses import pose7_to_matrix, rotation_angle_deg
+from kibotos.reports.model import GateResult
 from kibotos.robots import RobotModel
 from kibotos.robots.kinematics import SerialKinematics
 from processors.base import result
@@ -439,7 +439,7 @@ def pose_target(view: BundleView, config: GateConfig, robot: RobotModel, kin_t: 
     hand explains better is judged (a choice between two, not a fit)."""
     from gpu_consumers.gate_f_pose import sample_indices, sampled_rgb_chunks
     from gpu_consumers.pose import concat_tracks
-    from kibotos.camera import project_points
+    from kibotos.media.camera import project_points
 
     m = view.manifest
     cfg_f, cfg = config.gate_f, config.for_robot(*robot.key).ik

@@ -16,9 +16,9 @@ import functools
 from collections.abc import Callable
 
 from gpu_consumers.registry import EVIDENCE_GATES, RESERVED, JobSpec, get_job, job_specs, register_job  # noqa: F401
+from kibotos.config.gates import GateConfig
 from kibotos.errors import ConfigError
-from kibotos.gate_config import GateConfig
-from kibotos.report import GateResult
+from kibotos.reports.model import GateResult
 
 HandlerFactory = Callable[..., Callable]
 JOB_HANDLERS: dict[str, HandlerFactory] = {}
@@ -26,7 +26,7 @@ JOB_HANDLERS: dict[str, HandlerFactory] = {}
 
 def _evidence_stage(kind: str, settings, catalogue, store):
     """The ``JobSpec.build_stage`` of an evidence kind: its handler in a ``JobStage``."""
-    from kibotos.gate_config import load_config
+    from kibotos.config.gates import load_config
     from streams.stages import JobStage
 
     handler = make_handler(kind, load_config(settings.gate_config_path), store, settings)
@@ -46,7 +46,7 @@ def evidence_job(kind: str):
 
 
 def make_handler(kind: str, config: GateConfig, store, settings):
-    """The handler of evidence kind ``kind``, built from ``settings`` (``kibotos.settings.
+    """The handler of evidence kind ``kind``, built from ``settings`` (``kibotos.config.settings.
     Settings``: handlers never read the environment themselves)."""
     if kind not in JOB_HANDLERS:
         known = ", ".join(sorted(JOB_HANDLERS))
@@ -131,7 +131,7 @@ def align_handler(config: GateConfig, store, settings):
     the VLM calibration table come from the alignment config, the VLM provider from
     the settings (``vlm_*``; none configured: non-VLM evidence only); both built once."""
     from gpu_consumers.alignment import check_alignment
-    from kibotos.alignment_config import load_alignment_config
+    from kibotos.config.alignment import load_alignment_config
     from kibotos.vlm import get_provider
 
     align_config = load_alignment_config(settings.alignment_config_path)

@@ -32,7 +32,7 @@ from typing import Literal
 
 import numpy as np
 
-from kibotos.gate_config import KeyframeConfig, load_config
+from kibotos.config.gates import KeyframeConfig, load_config
 
 Strategy = Literal["uniform", "motion_peak", "phase_boundary"]
 # dedup priority: the first strategy listed wins a frame chosen by several

@@ -65,12 +65,12 @@ from gpu_consumers.registry import EVIDENCE_GATES
 from kibotos.bundle.kinematics import METHOD as JOINT_VEL_METHOD
 from kibotos.bundle.kinematics import joint_velocity, npy_bytes
 from kibotos.bundle.reader import JOINT_POS, TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES, BundleView
+from kibotos.config.gates import KeyframeConfig, load_config
 from kibotos.errors import BundleError, KibotosError, ServiceError
-from kibotos.gate_config import KeyframeConfig, load_config
-from kibotos.phash import phash
-from kibotos.report import GateResult
+from kibotos.media.phash import phash
+from kibotos.media.video import decode_rgb_frames
+from kibotos.reports.model import GateResult
 from kibotos.robots import RobotModel, get_robot
-from kibotos.video import decode_rgb_frames
 
 GATE_ID = EVIDENCE_GATES["playback"]
 # a real pixel is foreground when it differs from the per-pixel median of the keyframes

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from kibotos.process import process_parser, start_process
+from kibotos.runtime.process import process_parser, start_process
 
 
 def main(argv: list[str] | None = None) -> None:

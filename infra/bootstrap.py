@@ -20,7 +20,7 @@ from kibotos.errors import KibotosError
 
 
 def bootstrap(settings, log=print) -> None:
-    """Topics, migrations and bucket for ``settings`` (``kibotos.settings.Settings``).
+    """Topics, migrations and bucket for ``settings`` (``kibotos.config.settings.Settings``).
 
     :raises KibotosError: a service is unreachable or refuses (``ServiceError``), or the
         configuration is incomplete.
@@ -50,7 +50,7 @@ def bootstrap(settings, log=print) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
-    from kibotos.settings import Settings
+    from kibotos.config.settings import Settings
 
     try:
         bootstrap(Settings())

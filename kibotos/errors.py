@@ -55,7 +55,7 @@ def note_degraded(flag: str, detail: str) -> None:
     to the stage's result by ``streams.stage.contained`` when one is collecting."""
     import logging
 
-    from kibotos.metrics import DEGRADED_TOTAL
+    from kibotos.runtime.metrics import DEGRADED_TOTAL
 
     DEGRADED_TOTAL.labels(flag).inc()
     logging.getLogger("kibotos.degraded").warning("%s: %s", flag, detail)

@@ -544,7 +544,7 @@ def open_store(url: str, *, s3_endpoint: str | None = None, s3_access_key: str |
 
 
 def store_from_settings(settings, upload_secret: bytes | None = None) -> ObjectStore:
-    """The object store configured by ``kibotos.settings.Settings``."""
+    """The object store configured by ``kibotos.config.settings.Settings``."""
     return open_store(settings.store_url, s3_endpoint=settings.s3_endpoint, s3_access_key=settings.s3_access_key,
                       s3_secret_key=settings.s3_secret_key, s3_region=settings.s3_region,
                       cache_dir=settings.home / "cache" / "objects", upload_secret=upload_secret)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from kibotos.bundle.limits import Limits, gate_deadline
 from kibotos.bundle.reader import BundleView
+from kibotos.config.gates import GateConfig
 from kibotos.errors import KibotosError
-from kibotos.gate_config import GateConfig
-from kibotos.report import GateResult
+from kibotos.reports.model import GateResult
 from streams.stage import contained
 
 CheckFn = Callable[[BundleView, GateConfig], GateResult]

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from kibotos.bundle.reader import BundleView, Limits, open_bundle
+from kibotos.config.gates import GateConfig
 from kibotos.errors import BundleError
-from kibotos.gate_config import GateConfig
-from kibotos.report import GateResult, SyncInfo, VerificationReport
+from kibotos.reports.model import GateResult, SyncInfo, VerificationReport
 from processors.base import Gate, gates, run_gate
 
 # reason codes raised while opening an archive: the input is unreadable as a bundle

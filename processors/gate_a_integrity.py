@@ -30,11 +30,11 @@ from kibotos.bundle.reader import (
     BundleView,
     video_paths,
 )
+from kibotos.config.gates import GateConfig
 from kibotos.errors import BundleError
-from kibotos.gate_config import GateConfig
-from kibotos.report import GateResult
+from kibotos.media.video import check_video_dims, decode_luma, probe_video
+from kibotos.reports.model import GateResult
 from kibotos.robots import get_robot
-from kibotos.video import check_video_dims, decode_luma, probe_video
 from processors.base import register_gate, result
 from processors.derivatives import local_derivatives, noise_sigma, window_samples
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from kibotos.bundle.reader import TIMESTAMPS, BundleView
-from kibotos.gate_config import GateConfig
-from kibotos.report import GateResult
+from kibotos.config.gates import GateConfig
+from kibotos.reports.model import GateResult
 from processors.base import register_gate, result
 
 GATE_ID = "gate_b_timestamps"

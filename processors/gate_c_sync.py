@@ -18,7 +18,7 @@ such a video has no sync confidence, and low confidence must not wave it through
 Decode budget: declared durations that could never overlap enough are refused as
 ``insufficient_overlap`` before any frame is decoded, and a stream is decoded no further
 than its declared frame count plus the tolerance (``video_frame_count_mismatch`` past it);
-the decoder checks the time budgets on every packet and frame (``kibotos.video``), and the
+the decoder checks the time budgets on every packet and frame (``kibotos.media.video``), and the
 gate's deadline is checked again between its steps.
 """
 
@@ -28,13 +28,13 @@ import numpy as np
 
 from kibotos.bundle.limits import check_deadline
 from kibotos.bundle.reader import JOINT_POS, TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES, BundleView
-from kibotos.camera import project_points
+from kibotos.config.gates import GateCConfig, GateConfig
 from kibotos.errors import BundleError
-from kibotos.gate_config import GateCConfig, GateConfig
-from kibotos.report import GateResult
+from kibotos.media.camera import project_points
+from kibotos.media.video import decode_luma, luma_from_frames
+from kibotos.reports.model import GateResult
 from kibotos.robots import get_robot
 from kibotos.robots.kinematics import kinematics_for
-from kibotos.video import decode_luma, luma_from_frames
 from processors.base import register_gate, result
 from processors.derivatives import local_derivatives, window_samples
 from processors.signals import zscore

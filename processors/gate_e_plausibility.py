@@ -31,8 +31,8 @@ from __future__ import annotations
 import numpy as np
 
 from kibotos.bundle.reader import JOINT_POS, TIMESTAMPS, BundleView
-from kibotos.gate_config import GateConfig
-from kibotos.report import GateResult
+from kibotos.config.gates import GateConfig
+from kibotos.reports.model import GateResult
 from kibotos.robots import get_robot
 from processors.base import register_gate, result
 from processors.derivatives import local_derivatives, noise_sigma, window_samples

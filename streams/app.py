@@ -14,11 +14,11 @@ import logging
 
 import faust
 
-from kibotos.gate_config import GateConfig
-from kibotos.metrics import render as render_metrics
+from kibotos.config.gates import GateConfig
+from kibotos.config.settings import Settings
 from kibotos.objectstore import store_from_settings
+from kibotos.runtime.metrics import render as render_metrics
 from kibotos.scoring import load_scoring_config
-from kibotos.settings import Settings
 from streams.stage import load_fault_policy
 from streams.stages import Record, build_stages, handle_observed, stage_inputs
 from topics.catalogue import Catalogue

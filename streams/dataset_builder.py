@@ -42,7 +42,7 @@ class DatasetProcessor:
 
     def __init__(self, store: DatasetStore, name: str, catalogue: Catalogue, bootstrap: str, group: str,
                  producer=None):
-        from kibotos.submit import producer as make_producer
+        from kibotos.runtime.submit import producer as make_producer
 
         self.store, self.name, self.catalogue = store, name, catalogue
         self.builder = DatasetBuilder(store, name)
@@ -171,7 +171,7 @@ def run(store: DatasetStore, catalogue: Catalogue, bootstrap: str, prefix: str, 
 def main(argv: list[str] | None = None) -> None:
     """``python -m streams.dataset_builder``: build every dataset under
     ``<KIBOTOS_HOME>/datasets`` continuously."""
-    from kibotos.process import process_parser, start_process
+    from kibotos.runtime.process import process_parser, start_process
 
     parser = process_parser("Dataset builder: accepted episodes into versioned datasets")
     proc = start_process(parser, argv)

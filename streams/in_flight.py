@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from kibotos.errors import KibotosError, SerializationError
-from kibotos.report import GateResult
+from kibotos.reports.model import GateResult
 from streams.stage import Output, Record, dead_letter
 from topics.catalogue import Catalogue, TopicSpec
 
@@ -61,7 +61,7 @@ def sync_offset(sync: Mapping[str, Any] | None, trusted: float | None = None) ->
     ``trusted`` is gate C's own ``high_confidence`` (the versioned gate config the caller
     judges with; default: the packaged one), so the cut-off is spelled in one place."""
     if trusted is None:
-        from kibotos.gate_config import load_config
+        from kibotos.config.gates import load_config
 
         trusted = load_config().gate_c.high_confidence
     sync = sync or {}

@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 import threading
 
+from kibotos.config.settings import Settings
 from kibotos.objectstore import store_from_settings
-from kibotos.process import process_parser, start_process
-from kibotos.settings import Settings
+from kibotos.runtime.process import process_parser, start_process
 from streams.stage import load_fault_policy
 from streams.stage_consumer import StageConsumer
 from streams.stages import NoveltyStage

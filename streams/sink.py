@@ -34,7 +34,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from kibotos.errors import KibotosError, ServiceError
-from kibotos.metrics import DEAD_LETTERS, PROCESSING, RECORDS_IN, update_lag
+from kibotos.runtime.metrics import DEAD_LETTERS, PROCESSING, RECORDS_IN, update_lag
 from streams.sink_rows import TABLE_COLUMNS, rows_for, undecodable_row
 from topics.catalogue import Catalogue
 from topics.clients import LOW_LATENCY, consumer_config
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     server). Sink processes share the warehouse topics' partitions through one consumer
     group; run one or a few. SIGTERM finishes the batch in hand, then leaves the group.
     """
-    from kibotos.process import process_parser, start_process
+    from kibotos.runtime.process import process_parser, start_process
     from kibotos.warehouse import open_client
 
     parser = process_parser("ClickHouse sink: warehouse topics into ClickHouse tables")

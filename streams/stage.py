@@ -50,7 +50,7 @@ from pydantic import BaseModel, ConfigDict
 
 from kibotos.bundle.limits import RESOURCE_LIMIT
 from kibotos.errors import KibotosError, ServiceError, collect_degraded
-from kibotos.report import GateResult
+from kibotos.reports.model import GateResult
 from topics.catalogue import Catalogue, TopicSpec
 
 log = logging.getLogger("kibotos.streams")
@@ -88,9 +88,9 @@ class FaultPolicy(BaseModel):
 
 @functools.lru_cache(maxsize=8)
 def load_fault_policy(path: Path | str | None = None) -> FaultPolicy:
-    from kibotos.config_files import read_yaml, validate
+    from kibotos.config.files import load_config
 
-    policy = validate(FaultPolicy, read_yaml(path or FAULTS_CONFIG, "faults"), "faults")
+    policy = load_config(FaultPolicy, path or FAULTS_CONFIG, "faults")
     if policy.max_attempts < 1 or policy.backoff_s < 0 or policy.job_time_budget_s <= 0:
         from kibotos.errors import ConfigError
 
@@ -210,7 +210,7 @@ def handle_with_retries(stage: Stage, record: Record, catalogue: Catalogue,
     """``stage.handle(record)``; a ``ValidatorFault`` is retried up to ``policy.max_attempts``
     tries in all, then the record becomes a dead letter with the fault's reason code (the
     verdict stays pending: nothing is published for the submission)."""
-    from kibotos.metrics import VALIDATOR_FAULTS_TOTAL
+    from kibotos.runtime.metrics import VALIDATOR_FAULTS_TOTAL
 
     policy = policy or load_fault_policy()
     for attempt in range(1, policy.max_attempts + 1):

@@ -15,7 +15,7 @@ import time
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from kibotos.errors import ServiceError
-from kibotos.metrics import update_lag
+from kibotos.runtime.metrics import update_lag
 from streams.stages import Record, handle_observed, stage_inputs
 from topics.catalogue import Catalogue
 from topics.clients import LOW_LATENCY, consumer_config, producer_config

@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 import resource
 
-from kibotos.gate_config import load_config
-from kibotos.logs import setup_logging
-from kibotos.settings import Settings
+from kibotos.config.gates import load_config
+from kibotos.config.settings import Settings
+from kibotos.runtime.logs import setup_logging
 from streams.app import create_app
 
 DEFAULT_HEADROOM = 3 << 30  # address space a gate may add above the loaded worker

@@ -113,7 +113,7 @@ class Catalogue:
 
     @classmethod
     def from_settings(cls, settings) -> "Catalogue":
-        """Build from ``kibotos.settings.Settings`` (``topic_prefix``, ``topic_partitions``)."""
+        """Build from ``kibotos.config.settings.Settings`` (``topic_prefix``, ``topic_partitions``)."""
         return cls(prefix=settings.topic_prefix, partitions=settings.topic_partitions)
 
     def __repr__(self) -> str:

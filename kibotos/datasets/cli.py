@@ -22,7 +22,7 @@ def _fail(exc) -> None:
 
 
 def _settings():
-    from kibotos.settings import Settings
+    from kibotos.config.settings import Settings
 
     return Settings()
 
@@ -34,7 +34,7 @@ def _store(root: Path | None):
 
 
 def _build(store, name: str, idle_s: float) -> list[dict]:
-    from kibotos.reads import bootstrap_for
+    from kibotos.reports.reads import bootstrap_for
     from streams.dataset_builder import build_until_idle, group_id
     from topics.admin import ensure_topics
     from topics.catalogue import Catalogue
@@ -149,7 +149,7 @@ def show(ref: str = typer.Argument(..., help="NAME or NAME@vN"), as_json: bool =
                                                                "changelog.jsonl", "attribution.json")}
         from urllib.parse import quote
 
-        from kibotos.stack import running_stack
+        from kibotos.runtime.stack import running_stack
 
         state = running_stack(_settings())  # report links go to the running read API's pages
         base = state["query_url"] if state else ""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kibotos.config_files import read_yaml, validate
+from kibotos.config.files import read_yaml, validate
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "config" / "datasets.yaml"
 

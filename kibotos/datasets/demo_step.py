@@ -1,5 +1,5 @@
 """The demo's last step: publish a dataset from its accepted episodes, export it to both
-formats, and show attribution per miner (``kibotos.demo`` calls ``publish_demo_dataset``
+formats, and show attribution per miner (``kibotos.runtime.demo`` calls ``publish_demo_dataset``
 inside its running stack)."""
 
 from __future__ import annotations

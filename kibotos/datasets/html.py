@@ -1,5 +1,5 @@
 """A dataset version as one self-contained HTML page, like the report pages
-(``kibotos.report_html``: same CSS, every string escaped, no network fetch).
+(``kibotos.reports.html``: same CSS, every string escaped, no network fetch).
 
 Sections: headline cards (episodes, mean S, miners, attribution points, content hash),
 the S distribution as an SVG bar chart (the card's histogram), coverage per task / robot /
@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 from kibotos.datasets.episode import Episode
-from kibotos.report_html import CSS, _e
+from kibotos.reports.html import CSS, _e
 
 HEADER_COLOUR = "#174ea6"
 BAR_COLOUR = "#e37400"  # not the share bars' blue: the browser test tells them apart

@@ -1,4 +1,4 @@
-"""Dataset routes of the read API (``kibotos.query_server``), served from the dataset
+"""Dataset routes of the read API (``kibotos.reports.server``), served from the dataset
 store's files (no warehouse lock needed):
 
 ``GET /datasets`` (every dataset and its latest version), ``GET /datasets/<name[@vN]>``

@@ -94,7 +94,7 @@ def policy_shares(store: DatasetStore, policy_id: str) -> list[dict]:
 
 def send_policy_events(record: dict, catalogue, bootstrap: str) -> int:
     """Produce the record's attribution and ledger entries; returns how many records."""
-    from kibotos.submit import producer
+    from kibotos.runtime.submit import producer
 
     p = producer(bootstrap)
     n = 0

@@ -97,7 +97,7 @@ class Health(BaseModel):
 
 
 class Report(BaseModel):
-    """The verification report (see ``kibotos.report.VerificationReport``) plus the
+    """The verification report (see ``kibotos.reports.model.VerificationReport``) plus the
     ingestion receipt (hash tree, manifest hash, signature) under ``ingest``."""
 
     model_config = ConfigDict(extra="allow")

@@ -57,9 +57,9 @@ class IngestServer:
 def app_from_env() -> FastAPI:
     """An app from ``KIBOTOS_*`` settings for a standalone deployment (production: a
     ClickHouse server, a Kafka cluster, an S3 bucket)."""
+    from kibotos.config.settings import Settings
     from kibotos.ingest.app import create_app
     from kibotos.ingest.service import build_service
-    from kibotos.settings import Settings
     from kibotos.warehouse import open_client
 
     settings = Settings()

@@ -33,6 +33,7 @@ from typing import Any
 
 from kibotos import warehouse
 from kibotos.bundle.reader import Limits
+from kibotos.config.settings import Settings
 from kibotos.errors import ConfigError, KibotosError, ServiceError
 from kibotos.identity import IdentityError, upload_request_message, verify
 from kibotos.ingest.checks import INGEST_GATE, IngestRejection, VerifiedBundle, verify_upload
@@ -41,8 +42,7 @@ from kibotos.ingest.ratelimit import RateLimiter
 from kibotos.ingest.receipts import Receipt, Receipts
 from kibotos.ingest.tickets import TicketError, UploadTicket
 from kibotos.objectstore import ObjectStore, ObjectStoreError, sha256_file
-from kibotos.report import GateResult
-from kibotos.settings import Settings
+from kibotos.reports.model import GateResult
 from kibotos.warehouse import LockedClient
 from topics.catalogue import Catalogue, TopicSpec
 
@@ -92,7 +92,7 @@ class Emitter:
     """Produce one event and wait for the broker's acknowledgement."""
 
     def __init__(self, bootstrap: str):
-        from kibotos.submit import producer
+        from kibotos.runtime.submit import producer
 
         self.bootstrap = bootstrap
         self._producer = producer(bootstrap)
@@ -497,7 +497,7 @@ def build_service(settings: Settings, *, client, bootstrap: str, store: ObjectSt
                   catalogue: Catalogue | None = None) -> IngestService:
     """An ``IngestService`` from settings: object store (with the upload secret), gate
     config version, topic catalogue, producer."""
-    from kibotos.gate_config import load_config
+    from kibotos.config.gates import load_config
     from kibotos.objectstore import LocalObjectStore, S3ObjectStore, store_from_settings
 
     secret = ingest_secret(settings)

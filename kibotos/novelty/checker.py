@@ -49,12 +49,12 @@ import time
 from typing import Any
 
 from kibotos.bundle.reader import BundleView
-from kibotos.embeddings import EMBEDDING_MODEL_ID
+from kibotos.media.embeddings import EMBEDDING_MODEL_ID
+from kibotos.media.phash import hamming
 from kibotos.novelty import index
 from kibotos.novelty.config import NoveltyConfig, load_novelty_config
 from kibotos.novelty.fingerprint import Fingerprint, fingerprint_bundle
-from kibotos.phash import hamming
-from kibotos.report import GateResult
+from kibotos.reports.model import GateResult
 
 GATE_ID = "novelty"
 REASON_DUPLICATE = "duplicate_submission"

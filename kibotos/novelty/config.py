@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kibotos.config_files import read_yaml, validate
+from kibotos.config.files import load_config, validate
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "config" / "novelty.yaml"
 
@@ -230,6 +230,4 @@ def parse_novelty_config(raw: dict[str, Any]) -> NoveltyConfig:
 @functools.lru_cache(maxsize=8)
 def load_novelty_config(path: Path | None = None) -> NoveltyConfig:
     """The novelty config at ``path`` (default: the packaged ``config/novelty.yaml``)."""
-    path = Path(path) if path else DEFAULT_PATH
-    raw = read_yaml(path, "novelty")
-    return parse_novelty_config(raw)
+    return load_config(NoveltyConfig, path or DEFAULT_PATH, "novelty")

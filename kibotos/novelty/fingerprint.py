@@ -10,9 +10,9 @@ a best-lag search that absorbs trims and time shifts.
   re-encoding and static overlays cancel; mirrored and centre-cropped copies are caught
   by storing variants (identity, mirror, crops) and comparing the query's identity with
   the candidate's variants and the reverse. Quantised to Int8 (grey levels).
-* **Frame hashes** (appearance). 64-bit DCT pHashes (``kibotos.phash``) per sample and
+* **Frame hashes** (appearance). 64-bit DCT pHashes (``kibotos.media.phash``) per sample and
   of the mirrored sample: near-exact copies, and a same-scene prefilter.
-* **Clip embedding.** The mean of EfficientNet-Lite0 embeddings (``kibotos.embeddings``)
+* **Clip embedding.** The mean of EfficientNet-Lite0 embeddings (``kibotos.media.embeddings``)
   of ``keyframes`` frames spread uniformly over the samples, L2-normalised: same-scene
   prefilter.
 * **Trajectory.** Joint positions box-averaged over ``1 / rate_hz`` windows (which also
@@ -39,11 +39,11 @@ import numpy as np
 
 from kibotos.bundle.reader import JOINT_POS, TIMESTAMPS, BundleView
 from kibotos.errors import BundleError
+from kibotos.media.phash import phash
 from kibotos.novelty.artifacts import analyze_artifacts
 from kibotos.novelty.config import NoveltySection
 from kibotos.novelty.quality import render_likeness, video_quality
 from kibotos.novelty.scan import VideoScan, scan_bundle
-from kibotos.phash import phash
 
 
 def variant_names(crops: tuple[float, ...]) -> list[str]:
@@ -110,7 +110,7 @@ def clip_embedding(keyframes: list[np.ndarray], box: Box | None = None) -> np.nd
     """Mean keyframe embedding, ``box`` masked, L2-normalised (None without keyframes)."""
     if not keyframes:
         return None
-    from kibotos.embeddings import embed_images
+    from kibotos.media.embeddings import embed_images
 
     mean = embed_images([mask_box(k, box) for k in keyframes]).mean(axis=0)
     norm = float(np.linalg.norm(mean))

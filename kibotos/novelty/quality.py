@@ -73,7 +73,7 @@ def viewpoint_fraction(view: BundleView, width: int, height: int, max_samples: i
     """Share of (up to ``max_samples``) kinematic samples whose end effectors project into
     the declared camera's image (in front of it), and what was projected. None when the
     kinematics or the robot cannot be read (earlier gates reject such bundles)."""
-    from kibotos.camera import project_points
+    from kibotos.media.camera import project_points
     from kibotos.robots import get_robot
     from kibotos.robots.kinematics import kinematics_for
 

@@ -18,8 +18,8 @@ import numpy as np
 
 from kibotos.bundle.reader import VIDEO_ENCODED, VIDEO_FRAMES, BundleView
 from kibotos.errors import BundleError
+from kibotos.media.video import open_video
 from kibotos.novelty.config import NoveltySection
-from kibotos.video import open_video
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def _limit_side(img: np.ndarray, side: int) -> np.ndarray:
 
 
 def _rgb(frame: av.VideoFrame) -> np.ndarray:
-    # YUV planes + cv2 conversion is several times faster than PyAV's rgb24 (kibotos.video)
+    # YUV planes + cv2 conversion is several times faster than PyAV's rgb24 (kibotos.media.video)
     if frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
         return cv2.cvtColor(frame.to_ndarray(format="yuv420p"), cv2.COLOR_YUV2RGB_I420)
     return frame.to_ndarray(format="rgb24")

@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from gpu_consumers.registry import EVIDENCE_GATES
-from kibotos.report import GateResult
+from kibotos.reports.model import GateResult
 from kibotos.scoring.config import COMPONENTS, ScoringConfig
 
 POSE_GATE = EVIDENCE_GATES["pose"]

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kibotos.config_files import read_yaml, validate
+from kibotos.config.files import load_config, validate
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "config" / "scoring.yaml"
 COMPONENTS = ("pose", "retarget", "align", "task", "object", "novel")
@@ -111,6 +111,4 @@ def parse_scoring_config(raw: dict[str, Any]) -> ScoringConfig:
 @functools.lru_cache(maxsize=8)
 def load_scoring_config(path: Path | None = None) -> ScoringConfig:
     """The scoring config at ``path`` (default: the packaged ``config/scoring.yaml``)."""
-    path = Path(path) if path else DEFAULT_PATH
-    raw = read_yaml(path, "scoring")
-    return parse_scoring_config(raw)
+    return load_config(ScoringConfig, path or DEFAULT_PATH, "scoring")

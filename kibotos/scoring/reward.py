@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pydantic import BaseModel, ConfigDict
 
 from kibotos.errors import KibotosError
-from kibotos.report import GateResult
+from kibotos.reports.model import GateResult
 from kibotos.scoring.components import Component, compute_components
 from kibotos.scoring.config import COMPONENTS, ScoringConfig
 

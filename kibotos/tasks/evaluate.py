@@ -41,7 +41,7 @@ import numpy as np
 from gpu_consumers.registry import EVIDENCE_GATES
 from kibotos.bundle.reader import JOINT_POS, TIMESTAMPS, BundleView
 from kibotos.errors import BundleError
-from kibotos.report import GateResult
+from kibotos.reports.model import GateResult
 from kibotos.robots import RobotModel, get_robot
 from kibotos.robots.kinematics import serial_kinematics_for
 from kibotos.tasks.objects import (

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kibotos.bundle.reader import BundleView
-from kibotos.poses import invert, pose7_to_matrix
+from kibotos.media.poses import invert, pose7_to_matrix
 
 REST_FRAMES = 5  # frames averaged (median) for the starting and final rest positions
 

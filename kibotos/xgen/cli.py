@@ -82,7 +82,7 @@ def synth_cmd(
     write_keypoints(out, pickup.motion)
     print(str(out))
     if video is not None:
-        from kibotos.video import encode_mp4
+        from kibotos.media.video import encode_mp4
         from kibotos.xgen.render import render_pickup
 
         video.write_bytes(encode_mp4(render_pickup(pickup), fps))
@@ -90,7 +90,7 @@ def synth_cmd(
 
 
 def _xgen_client(api: str | None):
-    from kibotos.cli_miner import _api
+    from kibotos.cli.miner import _api
     from kibotos.ingest.client import IngestClient
     from kibotos.ingest.xgen import XGenClient
 
@@ -158,7 +158,7 @@ def submit_cmd(
     """
     import uuid
 
-    from kibotos.cli_miner import _keypair
+    from kibotos.cli.miner import _keypair
     from kibotos.errors import KibotosError, ServiceError
 
     if not source.is_file():

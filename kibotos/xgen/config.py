@@ -1,5 +1,5 @@
 """Versioned XGen config (``kibotos/config/xgen.yaml``), read with the project's one YAML
-loader (``kibotos.config_files``)."""
+loader (``kibotos.config.files``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kibotos.config_files import read_yaml, validate
-from kibotos.errors import ConfigError
+from kibotos.config.files import load_config, validate
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "config" / "xgen.yaml"
 
@@ -142,8 +141,4 @@ def parse_xgen_config(raw: dict[str, Any]) -> XGenConfig:
 @functools.lru_cache(maxsize=8)
 def load_xgen_config(path: Path | None = None) -> XGenConfig:
     """The XGen config at ``path`` (default: the packaged ``config/xgen.yaml``)."""
-    path = Path(path) if path else DEFAULT_PATH
-    raw = read_yaml(path, "xgen")
-    if not isinstance(raw, dict):
-        raise ConfigError(f"xgen config {path} is not a mapping")
-    return parse_xgen_config(raw)
+    return load_config(XGenConfig, path or DEFAULT_PATH, "xgen")

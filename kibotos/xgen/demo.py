@@ -47,7 +47,7 @@ def demo_source(work: Path, kind: str = "keypoints") -> tuple[Path, str]:
 
         return write_keypoints(work / "pickup.npz", pickup.motion), "keypoints"
     try:
-        from kibotos.video import encode_mp4
+        from kibotos.media.video import encode_mp4
         from kibotos.xgen.render import render_pickup
 
         path = work / "pickup.mp4"

@@ -141,7 +141,7 @@ def read_video(path: Path) -> tuple[np.ndarray, float]:
     """(frames (T, H, W, 3) uint8 RGB, fps)."""
     import av
 
-    from kibotos.video import probe_video
+    from kibotos.media.video import probe_video
 
     try:
         probe_video(Path(path).read_bytes())  # the project's video budgets (size, frames, rate)

@@ -136,7 +136,7 @@ def write_preview(clip_dir: str | Path, renderer: PreviewRenderer | None = None,
     """Render the clip in ``clip_dir`` to ``preview.mp4`` and, given its ``source_video``
     (the base clip's: its frame t is the source's frame t), ``preview_side_by_side.mp4``.
     Returns ``{name: path}`` of what was written; errors propagate (a job records them)."""
-    from kibotos.video import encode_mp4
+    from kibotos.media.video import encode_mp4
 
     clip_dir = Path(clip_dir)
     arrays, meta = read_clip(clip_dir)

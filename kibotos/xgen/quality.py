@@ -206,7 +206,7 @@ def camera_for(qpos: np.ndarray, box: np.ndarray, width: int, height: int, fovy_
     """A fixed world camera beside the motion: ``(intrinsics, camera-to-world (OpenCV axes),
     MuJoCo free-camera settings)``. It looks at the middle of the robot's and the box's
     path from the side of the robot's mean heading, far enough to keep both in view."""
-    from kibotos.camera import look_at
+    from kibotos.media.camera import look_at
 
     heading = np.array([_mat(q[3:7])[:2, 0] for q in qpos]).mean(axis=0)
     heading = heading / max(np.linalg.norm(heading), 1e-9) if np.linalg.norm(heading) > 1e-6 else np.array([1.0, 0])
@@ -236,9 +236,9 @@ def render_clip_video(qpos: np.ndarray, box: np.ndarray, box_size: np.ndarray, f
 
     import mujoco
 
-    from kibotos.gl import mujoco_gl_context
+    from kibotos.media.gl import mujoco_gl_context
 
-    GLContext = mujoco_gl_context()  # the process's one GL platform (kibotos.gl)
+    GLContext = mujoco_gl_context()  # the process's one GL platform (kibotos.media.gl)
 
     m = copy.copy(g1.model())
     box_geom = m.geom("xgen_box").id
@@ -304,7 +304,7 @@ def clip_bundle(clip_dir: Path, out_path: Path, *, width: int = 320, height: int
     """Write the clip as a submission bundle at ``out_path`` (module docstring)."""
     from kibotos.bundle.manifest import SCHEMA_VERSION
     from kibotos.bundle.writer import write_bundle
-    from kibotos.video import encode_mp4
+    from kibotos.media.video import encode_mp4
 
     arrays, meta = read_clip(clip_dir)
     qpos = arrays["robot_qpos"].astype(np.float64)
@@ -437,8 +437,8 @@ def judge_clip(clip_dir: str | Path, *, cfg: XGenConfig | None = None, bundle_pa
     clip: it comes back refused with a reason code. Deterministic for a given clip and
     configs (same submission id, same verdict)."""
     from kibotos.bundle.reader import Limits, open_bundle
+    from kibotos.config.gates import load_config
     from kibotos.errors import KibotosError
-    from kibotos.gate_config import load_config
     from kibotos.scoring import load_scoring_config, score_submission
     from kibotos.tasks import evaluate_task
     from processors.base import run_gate

@@ -3,7 +3,7 @@ read: shaded capsule body parts (skin, shirt, trousers, shoes), a head with eyes
 and mouth, and the cargo box, rendered offscreen by MuJoCo from the camera
 ``SyntheticPickup.camera_yaw`` describes.
 
-The OpenGL context (the process's one platform, ``kibotos.gl``) is made here rather than through
+The OpenGL context (the process's one platform, ``kibotos.media.gl``) is made here rather than through
 ``mujoco.Renderer``, which picks its platform from ``MUJOCO_GL`` once, when mujoco is
 first imported — usually long before anything renders.
 """
@@ -53,9 +53,9 @@ def render_pickup(pickup: SyntheticPickup, width: int = 480, height: int = 640, 
     position from ``pickup.camera_yaw``."""
     import mujoco
 
-    from kibotos.gl import mujoco_gl_context
+    from kibotos.media.gl import mujoco_gl_context
 
-    GLContext = mujoco_gl_context()  # the process's one GL platform (kibotos.gl)
+    GLContext = mujoco_gl_context()  # the process's one GL platform (kibotos.media.gl)
 
     model = mujoco.MjModel.from_xml_string(_SCENE)
     data = mujoco.MjData(model)

@@ -23,7 +23,7 @@ def _fail(exc: Exception, code: int = 1) -> None:
 
 
 def _settings():
-    from kibotos.settings import Settings
+    from kibotos.config.settings import Settings
 
     return Settings()
 

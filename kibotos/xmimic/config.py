@@ -1,5 +1,5 @@
 """Versioned XMimic config (``kibotos/config/xmimic.yaml``), read with the project's one
-YAML loader (``kibotos.config_files``)."""
+YAML loader (``kibotos.config.files``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kibotos.config_files import read_yaml, validate
+from kibotos.config.files import load_config, validate
 from kibotos.errors import ConfigError
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "config" / "xmimic.yaml"
@@ -177,8 +177,4 @@ def parse_xmimic_config(raw: dict[str, Any]) -> XMimicConfig:
 @functools.lru_cache(maxsize=8)
 def load_xmimic_config(path: Path | None = None) -> XMimicConfig:
     """The XMimic config at ``path`` (default: the packaged ``config/xmimic.yaml``)."""
-    path = Path(path) if path else DEFAULT_PATH
-    raw = read_yaml(path, "xmimic")
-    if not isinstance(raw, dict):
-        raise ConfigError(f"xmimic config {path} is not a mapping")
-    return parse_xmimic_config(raw)
+    return load_config(XMimicConfig, path or DEFAULT_PATH, "xmimic")

@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 import time
 
+from kibotos.config.gates import GateConfig
 from kibotos.errors import KibotosError
-from kibotos.gate_config import GateConfig
 from kibotos.objectstore import LocalObjectStore
 from processors.base import gates
 from streams.in_flight import InFlight, advance, in_flight_outputs  # noqa: F401  (re-exported)
@@ -48,8 +48,8 @@ def handle_observed(stage, record: Record, catalogue: Catalogue, policy: FaultPo
     """``stage.handle(record)`` with the record's submission id on every log line and its
     Prometheus accounting (records in/out, rejections by reason, dead letters, seconds);
     validator faults retried, then dead-lettered (``streams.stage.handle_with_retries``)."""
-    from kibotos.logs import submission_context
-    from kibotos.metrics import observe_stage
+    from kibotos.runtime.logs import submission_context
+    from kibotos.runtime.metrics import observe_stage
 
     with submission_context(record.key):
         t0 = time.perf_counter()

@@ -7,7 +7,7 @@ import logging
 import uuid
 
 from kibotos.errors import SerializationError
-from kibotos.report import GateResult
+from kibotos.reports.model import GateResult
 from processors.chain import build_report
 from streams.in_flight import InFlight, InvalidEvent
 from streams.stage import Output, Record, dead_letter, now_ms

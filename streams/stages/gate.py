@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kibotos.gate_config import GateConfig
+from kibotos.config.gates import GateConfig
 from kibotos.objectstore import LocalObjectStore
 from processors.base import Gate, gates
 from processors.chain import gate_on_path

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from kibotos.objectstore import LocalObjectStore
-from kibotos.report import GateResult
+from kibotos.reports.model import GateResult
 from processors.base import gates
 from streams.in_flight import InFlight, advance, in_flight_outputs
 from streams.stage import Output, Record, contained

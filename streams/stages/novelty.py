@@ -6,7 +6,7 @@ from typing import Any
 
 from gpu_consumers.registry import EVIDENCE_GATES
 from kibotos.objectstore import LocalObjectStore
-from kibotos.report import GateResult
+from kibotos.reports.model import GateResult
 from streams.in_flight import InFlight, advance, in_flight_outputs
 from streams.stage import Output, Record, contained, now_ms
 from topics.catalogue import Catalogue

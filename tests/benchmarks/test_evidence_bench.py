@@ -8,7 +8,7 @@ import json
 from typer.testing import CliRunner
 
 from benchmarks.evidence import run_evidence_bench
-from kibotos.cli import app
+from kibotos.cli.main import app
 
 
 def test_ik_stage_is_measured_against_bare_forward_kinematics():

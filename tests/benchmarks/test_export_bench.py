@@ -5,7 +5,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from benchmarks.export import run_export_bench
-from kibotos.cli import app
+from kibotos.cli.main import app
 
 
 def test_small_export_bench(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from benchmarks.pipeline import DOCTOR_EQUIVALENT_CHECKS, bench_lerobot_doctor
-from kibotos.cli import app
+from kibotos.cli.main import app
 from processors.chain import gates
 
 STAGES = ("floor", "chain", "stack_1w")

@@ -109,10 +109,10 @@ def test_every_query_uses_a_provisioned_datasource_and_defined_variables(name, r
 
 
 def _prometheus_series() -> dict[str, set[str]]:
-    """Exposed series name -> label names, from the collectors in kibotos.metrics."""
+    """Exposed series name -> label names, from the collectors in kibotos.runtime.metrics."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    import kibotos.metrics as metrics
+    import kibotos.runtime.metrics as metrics
 
     out = {}
     for obj in vars(metrics).values():

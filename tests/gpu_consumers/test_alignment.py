@@ -1,7 +1,7 @@
 """The align job: sim-vs-real keyframe similarity against a shuffled baseline, video motion
 vs joint speed, the VLM as an optional calibrated instrument, combined into ``s_align``.
 
-Real components throughout: sample bundles (``kibotos.samples``), the Genesis playback job
+Real components throughout: sample bundles (``kibotos.synthetic.samples``), the Genesis playback job
 storing real/sim PNG pairs in a real object-store directory, EfficientNet-Lite0 embeddings,
 PyAV decoding; the only stand-in is the VLM endpoint (``tests.fixtures.vlm_stub``). The
 Panda scene is built once for the module and each variant is replayed once
@@ -35,14 +35,14 @@ from gpu_consumers.alignment import (
 )
 from gpu_consumers.jobs import make_handler
 from gpu_consumers.playback import PlaybackRenderer, run_playback
-from kibotos.alignment_config import DEFAULT_PATH, load_alignment_config, parse_alignment_config
 from kibotos.bundle import open_bundle
-from kibotos.gate_config import load_config
+from kibotos.config.alignment import DEFAULT_PATH, load_alignment_config, parse_alignment_config
+from kibotos.config.gates import load_config
+from kibotos.config.settings import Settings
 from kibotos.objectstore import LocalObjectStore
-from kibotos.report import GateResult
+from kibotos.reports.model import GateResult
 from kibotos.robots import get_robot
-from kibotos.samples import Episode
-from kibotos.settings import Settings
+from kibotos.synthetic.samples import Episode
 from kibotos.vlm import PROMPT_VERSION
 from kibotos.vlm.openai_compat import OpenAICompatProvider
 from streams.in_flight import InFlight

@@ -21,9 +21,9 @@ from gpu_consumers.pose import (
 )
 from kibotos.bundle import open_bundle, write_bundle
 from kibotos.bundle.manifest import Manifest
+from kibotos.config.gates import load_config
 from kibotos.errors import ConfigError, KibotosError
-from kibotos.gate_config import load_config
-from kibotos.human_video import camera_motion_video, human_video_bundle, person_photos, scramble_blocks
+from kibotos.media.human_video import camera_motion_video, human_video_bundle, person_photos, scramble_blocks
 from tests.fixtures.episodes import PANDA, manifest_for
 
 pytest.importorskip("mediapipe", reason="gate F needs mediapipe==0.10.21 (installed --no-deps)")

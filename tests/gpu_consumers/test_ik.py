@@ -11,12 +11,12 @@ import pytest
 
 from gpu_consumers.ik import GATE_ID, IKSolver, check_ik
 from kibotos.bundle import open_bundle
+from kibotos.config.gates import load_config
 from kibotos.errors import BundleError, ConfigError
-from kibotos.gate_config import load_config
-from kibotos.poses import invert, matrix_to_pose7, pose7_to_matrix, rotvec_to_matrix
+from kibotos.media.poses import invert, matrix_to_pose7, pose7_to_matrix, rotvec_to_matrix
 from kibotos.robots import get_robot
 from kibotos.robots.kinematics import serial_kinematics_for
-from kibotos.samples import EXPECTED, NOISE, OBJECT_NAME, grasp_link, make_episode, random_trajectory
+from kibotos.synthetic.samples import EXPECTED, NOISE, OBJECT_NAME, grasp_link, make_episode, random_trajectory
 from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS
 
 CONFIG = load_config()
@@ -391,7 +391,7 @@ def _hand_track(ep, key, px_noise=1.0, seed=0):
     through the declared camera (as the sample video draws the person), at half scale,
     plus pixel noise."""
     from gpu_consumers.gate_f_pose import sample_indices
-    from kibotos.samples import hand_pixels
+    from kibotos.synthetic.samples import hand_pixels
 
     robot = get_robot(*key)
     v = ep.manifest["video"]["primary"]

@@ -31,13 +31,13 @@ from gpu_consumers.playback import (
 )
 from kibotos.bundle import open_bundle
 from kibotos.bundle.kinematics import computed_joint_velocity
-from kibotos.camera import look_at, project_points
+from kibotos.config.gates import load_config
 from kibotos.errors import KibotosError
-from kibotos.gate_config import load_config
+from kibotos.media.camera import look_at, project_points
 from kibotos.objectstore import LocalObjectStore
 from kibotos.robots import get_robot
 from kibotos.robots.kinematics import kinematics_for
-from kibotos.samples import default_camera
+from kibotos.synthetic.samples import default_camera
 from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS
 
 W, H = 320, 240

@@ -9,8 +9,8 @@ import pytest
 from gpu_consumers import registry
 from gpu_consumers.consumer import JobActorImpl
 from gpu_consumers.registry import JobSpec, get_job, job_specs, register_job
+from kibotos.config.settings import Settings
 from kibotos.errors import ConfigError
-from kibotos.settings import Settings
 from streams.stage import Output, Record, Stage
 from topics.catalogue import Catalogue
 
@@ -96,10 +96,10 @@ def test_gate_order_is_the_registered_gates_with_their_letters_and_orders_in_seq
 @pytest.mark.parametrize("gate", GATES, ids=lambda g: g.gate_id)
 def test_every_registered_gate_passes_a_genuine_bundle_and_dead_letters_garbage(gate, tmp_path):
     from kibotos.bundle import open_bundle
-    from kibotos.gate_config import load_config
+    from kibotos.config.gates import load_config
     from kibotos.objectstore import LocalObjectStore
     from kibotos.robots import get_robot, list_robots
-    from kibotos.samples import make_episode
+    from kibotos.synthetic.samples import make_episode
     from processors.base import run_gate
     from streams.stages import GateStage
 

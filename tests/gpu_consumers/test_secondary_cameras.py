@@ -2,7 +2,7 @@
 kinematics drawn through its declared pose vs its video, coverage), what the decision's
 multi-angle multiplier sums.
 
-Real components: sample bundles (``kibotos.samples`` with a secondary camera), PyAV
+Real components: sample bundles (``kibotos.synthetic.samples`` with a secondary camera), PyAV
 decoding, forward kinematics, ``check_alignment``. No playback job runs (image evidence
 is missing; the secondary measurement does not use it).
 """
@@ -16,11 +16,11 @@ import pytest
 import yaml
 
 from gpu_consumers.alignment import GATE_ID, check_alignment
-from kibotos.alignment_config import DEFAULT_PATH, load_alignment_config, parse_alignment_config
 from kibotos.bundle import open_bundle
+from kibotos.config.alignment import DEFAULT_PATH, load_alignment_config, parse_alignment_config
 from kibotos.objectstore import LocalObjectStore
 from kibotos.robots import get_robot
-from kibotos.samples import Episode, make_episode
+from kibotos.synthetic.samples import Episode, make_episode
 from tests.fixtures.episodes import PANDA
 
 CONFIG = load_alignment_config()

@@ -1,7 +1,7 @@
 """A video that does not show the trajectory earns nothing (reason ``video_kinematics_mismatch``).
 
 Every robot, both video subjects (the robot itself, a person demonstrating), each class of
-``kibotos.samples.VIDEO_MISMATCH`` (another episode's video, the own video played
+``kibotos.synthetic.samples.VIDEO_MISMATCH`` (another episode's video, the own video played
 backwards, one frame held, a blank video, the video 1.5 s late with a claimed offset of 0),
 generated here, through the stages the workers run (``streams.stages``: gates A-E, the
 ``align`` evidence job through its ``JobStage``, the decision) without a broker. Genuine
@@ -18,14 +18,14 @@ import pytest
 from gpu_consumers.alignment import GATE_ID as ALIGN
 from gpu_consumers.alignment import MISMATCH_CODE, mismatch_findings
 from gpu_consumers.jobs import make_handler
-from kibotos.alignment_config import load_alignment_config
 from kibotos.bundle import open_bundle
-from kibotos.gate_config import load_config
+from kibotos.config.alignment import load_alignment_config
+from kibotos.config.gates import load_config
+from kibotos.config.settings import Settings
 from kibotos.objectstore import LocalObjectStore
-from kibotos.report import VerificationReport
+from kibotos.reports.model import VerificationReport
 from kibotos.robots import get_robot, list_robots
-from kibotos.samples import ALSO_CAUGHT_BY, EXPECTED, VIDEO_MISMATCH, make_episode
-from kibotos.settings import Settings
+from kibotos.synthetic.samples import ALSO_CAUGHT_BY, EXPECTED, VIDEO_MISMATCH, make_episode
 from streams.stages import JobStage, Record, build_stages, run_in_process
 from topics.catalogue import Catalogue
 
@@ -121,7 +121,7 @@ def test_over_seeds_genuine_is_never_flagged_and_swaps_mostly_are(tmp_path, subj
     """The false-positive guard over more episodes than the chain test: genuine episodes of
     every robot (seeds 1-3, their own random offsets) have no finding; another episode's
     video of the same task is flagged in most of them (the rest stays soft)."""
-    from kibotos.gate_config import load_config as load_gates
+    from kibotos.config.gates import load_config as load_gates
     from processors.base import get_gate
     from processors.chain import gate_on_path
     from streams.in_flight import sync_offset
@@ -155,7 +155,7 @@ def test_honest_sensor_noise_is_no_mismatch(tmp_path, subject):
     ``mismatch.kin_smooth_ms`` before they are compared)."""
     from dataclasses import replace
 
-    from kibotos.perturb import noisy_trajectory
+    from kibotos.synthetic.perturb import noisy_trajectory
 
     for key in ROBOTS:
         ep = make_episode(get_robot(*key), "genuine", seed=0, subject=subject)

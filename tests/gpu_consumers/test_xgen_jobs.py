@@ -92,8 +92,8 @@ def test_every_stage_is_a_job_kind():
 @pytest.mark.parametrize("kind", JOB_KINDS)
 def test_every_xgen_kind_is_registered_and_builds_its_stage(kind, tmp_path):
     from gpu_consumers.registry import get_job, job_specs
+    from kibotos.config.settings import Settings
     from kibotos.objectstore import store_from_settings
-    from kibotos.settings import Settings
     from streams.stage import Stage
 
     assert [s.kind for s in job_specs("xgen")] == list(JOB_KINDS)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kibotos.settings import Settings
+from kibotos.config.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "infra" / "deploy"
@@ -118,7 +118,7 @@ def clean_env(monkeypatch):
 @pytest.mark.parametrize("command, env", _workloads())
 def test_every_kibotos_variable_is_a_setting(command, env):
     unknown = [k for k in env if k.startswith("KIBOTOS_") and k[len("KIBOTOS_"):].lower() not in Settings.model_fields]
-    assert not unknown, f"not fields of kibotos.settings.Settings: {unknown}"
+    assert not unknown, f"not fields of kibotos.config.settings.Settings: {unknown}"
 
 
 @pytest.mark.parametrize("command, env", _workloads())

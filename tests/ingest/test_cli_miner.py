@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from kibotos.cli import app
+from kibotos.cli.main import app
 from kibotos.identity import Keypair, sidecar_path
 
 runner = CliRunner()

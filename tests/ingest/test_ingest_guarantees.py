@@ -89,7 +89,7 @@ def _forged(path) -> dict:
 
 def _final_verdict(sid: str, miner: str, bundle_uri: str, verdict: str = "accepted") -> dict:
     """The verdict the gates would publish on a submission (the gate workers do not run here)."""
-    from kibotos.report import VerificationReport
+    from kibotos.reports.model import VerificationReport
 
     rep = VerificationReport(submission_id=sid, miner_id=miner, verdict=verdict, gates=[], points=7.0,
                              config_version="gates-test")
@@ -179,7 +179,7 @@ def test_attempt_verdicts_are_stored_apart_from_submission_verdicts(chdb_client)
     """Pure routing and read precedence (no broker): an attempt rejection, even decided
     after the submission's verdict, never replaces it; alone it reads as not final."""
     from kibotos import warehouse
-    from kibotos.report import GateResult, VerificationReport
+    from kibotos.reports.model import GateResult, VerificationReport
     from streams.sink_rows import TABLE_COLUMNS, rows_for
 
     def store(event):
@@ -217,7 +217,7 @@ def test_miner_submit_wait_prints_its_own_verdict_not_an_attackers(ingest, signe
 
     from typer.testing import CliRunner
 
-    from kibotos.cli import app
+    from kibotos.cli.main import app
 
     key = ALICE.save(tmp_path / "alice.json")
     path = signed.write(ALICE)
@@ -307,7 +307,7 @@ def test_reupload_of_a_stuck_submission_resumes_it_and_a_decided_one_is_refused(
 def test_miner_report_lists_rejected_attempts_without_calling_them_a_verdict(ingest, signed):
     from typer.testing import CliRunner
 
-    from kibotos.cli import app
+    from kibotos.cli.main import app
 
     path = signed.write(ALICE)
     sid = _sidecar(path)["submission_id"]

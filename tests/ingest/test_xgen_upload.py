@@ -62,7 +62,7 @@ def test_honest_upload_becomes_one_request(ingest, source):
     assert refused(lambda: client.status(str(uuid.uuid4()))).reason_code == "xgen_request_not_found"
     # an id no request can have (control characters, anything but a UUID) is a 422, never a 500
     for bad in ("%0F%C2%B5%21%5C", "not-a-uuid", "x" * 64):
-        err = refused(lambda: ingest.client._call("GET", f"/v1/xgen/{bad}"))
+        err = refused(lambda bad=bad: ingest.client._call("GET", f"/v1/xgen/{bad}"))
         assert (err.status, err.reason_code) == (422, "request_invalid"), bad
     # the same request id cannot be submitted twice, and nothing else was emitted
     again = refused(lambda: client.submit(ALICE, source, rid, source_kind="keypoints"))

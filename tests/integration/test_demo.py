@@ -13,9 +13,9 @@ import pytest
 from rich.console import Console
 
 from kibotos import warehouse
-from kibotos.demo import demo_keypair, run_demo
+from kibotos.config.settings import Settings
 from kibotos.objectstore import LocalObjectStore
-from kibotos.settings import Settings
+from kibotos.runtime.demo import demo_keypair, run_demo
 from kibotos.warehouse import open_client
 
 pytestmark = pytest.mark.integration

@@ -18,13 +18,13 @@ import pytest
 from confluent_kafka import Consumer
 from typer.testing import CliRunner
 
-from kibotos.cli import app
-from kibotos.reconcile import Reconciler
+from kibotos.cli.main import app
+from kibotos.config.settings import Settings
 from kibotos.robots import get_robot, list_robots
-from kibotos.samples import make_episode
-from kibotos.settings import Settings
-from kibotos.stack import PROCESS_RESTARTS, Stack
-from kibotos.submit import producer, submit_paths
+from kibotos.runtime.reconcile import Reconciler
+from kibotos.runtime.stack import PROCESS_RESTARTS, Stack
+from kibotos.runtime.submit import producer, submit_paths
+from kibotos.synthetic.samples import make_episode
 from streams.stages import ledger_entry_id
 
 pytestmark = pytest.mark.integration

@@ -25,7 +25,7 @@ from confluent_kafka import Producer
 
 from kibotos.objectstore import LocalObjectStore
 from kibotos.robots import get_robot, list_robots
-from kibotos.samples import make_episode
+from kibotos.synthetic.samples import make_episode
 from tests.fixtures.pipeline import read_topic
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from minio.datatypes import PostPolicy
 
-from kibotos.gate_config import load_config
+from kibotos.config.gates import load_config
 from kibotos.identity import BundleSignature, sidecar_path
 from kibotos.ingest.client import IngestRefused
 from kibotos.objectstore import S3ObjectStore

@@ -14,10 +14,10 @@ import pytest
 from confluent_kafka import Producer
 
 from gpu_consumers.consumer import JobConsumer
+from kibotos.config.settings import Settings
 from kibotos.objectstore import LocalObjectStore
 from kibotos.robots import get_robot, list_robots
-from kibotos.samples import make_episode
-from kibotos.settings import Settings
+from kibotos.synthetic.samples import make_episode
 from tests.fixtures.pipeline import read_topic
 
 pytestmark = pytest.mark.integration

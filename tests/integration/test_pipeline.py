@@ -15,7 +15,7 @@ from collections import Counter
 import pytest
 
 from kibotos import warehouse
-from kibotos.samples import EXPECTED
+from kibotos.synthetic.samples import EXPECTED
 from streams.stages import ledger_entry_id
 from tests.fixtures.pipeline import (
     CONFIG_VERSION,

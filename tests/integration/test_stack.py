@@ -1,6 +1,6 @@
 """The embedded stack as a user runs it: ``Stack`` started in this process (Tansu, topics,
 chdb, sink, read API, one gate worker process), bundles submitted, results read back
-through ``kibotos.reads`` and the ``kibotos`` CLI in another process; then stopped, and
+through ``kibotos.reports.reads`` and the ``kibotos`` CLI in another process; then stopped, and
 the warehouse still answers from disk.
 
 The stack opens its chdb directory in this process, so this module holds no other chdb
@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from kibotos import reads
+from kibotos.config.settings import Settings
+from kibotos.reports import reads
 from kibotos.robots import get_robot, list_robots
-from kibotos.samples import make_episode
-from kibotos.settings import Settings
-from kibotos.stack import Stack, running_stack, state_file
-from kibotos.submit import submit_paths
+from kibotos.runtime.stack import Stack, running_stack, state_file
+from kibotos.runtime.submit import submit_paths
+from kibotos.synthetic.samples import make_episode
 from streams.stages import ledger_entry_id
 
 pytestmark = pytest.mark.integration

@@ -15,12 +15,13 @@ import uuid
 
 import pytest
 
-from kibotos import perturb, reads
+from kibotos.config.settings import Settings
+from kibotos.reports import reads
 from kibotos.robots import get_robot, list_robots
-from kibotos.samples import make_episode
-from kibotos.settings import Settings
-from kibotos.stack import Stack
-from kibotos.submit import producer, submit_paths
+from kibotos.runtime.stack import Stack
+from kibotos.runtime.submit import producer, submit_paths
+from kibotos.synthetic import perturb
+from kibotos.synthetic.samples import make_episode
 from streams.stages import ledger_entry_id, verdict_event_id
 from streams.verdict_feed import follow_verdicts
 

@@ -10,12 +10,12 @@ import uuid
 import pytest
 from typer.testing import CliRunner
 
-from kibotos.cli import app
+from kibotos.cli.main import app
+from kibotos.config.settings import Settings
 from kibotos.identity import sidecar_path, sign_bundle
 from kibotos.robots import get_robot
-from kibotos.samples import make_episode
-from kibotos.settings import Settings
-from kibotos.stack import Stack, state_file
+from kibotos.runtime.stack import Stack, state_file
+from kibotos.synthetic.samples import make_episode
 from tests.fixtures.ingest import keypair
 
 pytestmark = pytest.mark.integration

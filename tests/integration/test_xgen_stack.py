@@ -16,9 +16,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from kibotos.cli import app
-from kibotos.settings import Settings
-from kibotos.stack import Stack
+from kibotos.cli.main import app
+from kibotos.config.settings import Settings
+from kibotos.runtime.stack import Stack
 from kibotos.xgen.config import DEFAULT_PATH
 from kibotos.xgen.skeleton import write_keypoints
 from kibotos.xgen.synth import cargo_pickup

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from kibotos.bundle import Limits
+from kibotos.cli.verify import verify_path
+from kibotos.config.gates import load_config
 from kibotos.errors import BundleError, KibotosError
-from kibotos.gate_config import load_config
-from kibotos.report import GateResult
-from kibotos.samples import ALSO_CAUGHT_BY, EXPECTED, VARIANTS
-from kibotos.verify import verify_path
+from kibotos.reports.model import GateResult
+from kibotos.synthetic.samples import ALSO_CAUGHT_BY, EXPECTED, VARIANTS
 from processors.base import Gate, gates, get_gate, register_gate, run_gate
 from processors.chain import build_report, gate_on_path, run_chain, sync_from_results
 from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS, sync_set
@@ -179,7 +179,7 @@ def test_build_report_accepts_only_a_complete_passing_chain():
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
 def test_a_bundle_with_secondary_cameras_passes_every_gate(key, tmp_path):
     from kibotos.robots import get_robot
-    from kibotos.samples import make_episode
+    from kibotos.synthetic.samples import make_episode
 
     ep = make_episode(get_robot(*key), seed=2, secondary_cameras=("side", "far_side"))
     out = verify_path(ep.write(tmp_path / "multi.zarr.zip"))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kibotos import perturb
-from kibotos.gate_config import load_config
+from kibotos.config.gates import load_config
 from kibotos.robots import get_robot, list_robots
-from kibotos.samples import EXPECTED, make_episode
+from kibotos.synthetic import perturb
+from kibotos.synthetic.samples import EXPECTED, make_episode
 from processors.gate_a_integrity import GATE_ID, MIN_SAMPLES
 from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS, manifest_for, run_gate_on, small_bundle, variants_of
 

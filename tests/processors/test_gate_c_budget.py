@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from kibotos.bundle.limits import Limits, ResourceLimitExceeded, gate_deadline
+from kibotos.media.video import decode_luma
 from kibotos.robots import get_robot, list_robots
-from kibotos.samples import make_episode
-from kibotos.video import decode_luma
+from kibotos.synthetic.samples import make_episode
 from processors.gate_c_sync import GATE_ID
 from tests.fixtures.episodes import run_gate_on
 from tests.fixtures.hostile import big_black_mp4, edit_manifest, with_video

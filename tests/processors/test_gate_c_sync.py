@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from kibotos.bundle import write_bundle
-from kibotos.gate_config import load_config
-from kibotos.samples import EXPECTED
+from kibotos.config.gates import load_config
+from kibotos.synthetic.samples import EXPECTED
 from processors.gate_c_sync import GATE_ID, estimate_offset
 from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS, run_gate_on, sync_set, variants_of
 
@@ -178,7 +178,7 @@ def test_a_still_video_of_a_person_fails_too(tmp_path, variant):
     """Low sync confidence never waves a video through that shows nothing moving while the
     robot's links move: whatever the video's subject."""
     from kibotos.robots import get_robot
-    from kibotos.samples import make_episode
+    from kibotos.synthetic.samples import make_episode
 
     ep = make_episode(get_robot(*PANDA), variant, seed=0, subject="human")
     res = run_gate_on(GATE_ID, ep.write(tmp_path / "v.zarr.zip"))

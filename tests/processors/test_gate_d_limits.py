@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from kibotos.config.gates import load_config
 from kibotos.errors import ConfigError
-from kibotos.gate_config import load_config
 from kibotos.robots import get_robot
-from kibotos.samples import EXPECTED
+from kibotos.synthetic.samples import EXPECTED
 from processors.gate_d_limits import GATE_ID
 from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS, manifest_for, run_gate_on, small_bundle, variants_of
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kibotos import perturb
-from kibotos.gate_config import load_config
+from kibotos.config.gates import load_config
 from kibotos.robots import get_robot
+from kibotos.synthetic import perturb
 from processors.base import gates
 from processors.chain import gate_on_path
 from processors.gate_e_plausibility import GATE_ID

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kibotos.gate_config import load_config
+from kibotos.config.gates import load_config
 from kibotos.robots import get_robot
-from kibotos.samples import EXPECTED
+from kibotos.synthetic.samples import EXPECTED
 from processors.gate_e_plausibility import GATE_ID
 from tests.fixtures.episodes import ROBOT_IDS, ROBOTS, run_gate_on, small_bundle, variants_of
 

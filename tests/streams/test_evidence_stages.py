@@ -8,9 +8,9 @@ import uuid
 import pytest
 
 from gpu_consumers.jobs import make_handler
+from kibotos.config.settings import Settings
 from kibotos.errors import ConfigError, ServiceError
-from kibotos.report import GateResult
-from kibotos.settings import Settings
+from kibotos.reports.model import GateResult
 from streams.stages import JobStage, Record, build_stages, evidence_route, run_in_process
 from tests.streams.test_stages import CONFIG, GATE_IDS, SCORING, UR5, parsed_report, run
 from topics.catalogue import Catalogue

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
+from kibotos.config.gates import load_config
 from kibotos.errors import SerializationError
-from kibotos.gate_config import load_config
-from kibotos.report import GateResult
+from kibotos.reports.model import GateResult
 from schemas_avro import load_schema
 from streams.in_flight import InFlight, InvalidEvent, in_flight_outputs, sync_offset
 from streams.stage import Output, Record

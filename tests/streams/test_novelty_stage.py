@@ -13,13 +13,13 @@ import uuid
 
 import pytest
 
-from kibotos import perturb
-from kibotos.gate_config import load_config
+from kibotos.config.gates import load_config
 from kibotos.novelty import NoveltyChecker, load_novelty_config
 from kibotos.objectstore import LocalObjectStore
 from kibotos.robots import get_robot, list_robots
-from kibotos.samples import Episode, make_episode
 from kibotos.scoring import load_scoring_config, score_submission
+from kibotos.synthetic import perturb
+from kibotos.synthetic.samples import Episode, make_episode
 from streams.stages import NoveltyStage, Record, build_stages, ledger_entry_id, run_in_process
 from topics.catalogue import Catalogue
 

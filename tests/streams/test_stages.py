@@ -8,11 +8,11 @@ import uuid
 
 import pytest
 
-from kibotos.gate_config import load_config
-from kibotos.report import VerificationReport
+from kibotos.config.gates import load_config
+from kibotos.reports.model import VerificationReport
 from kibotos.robots import get_robot, list_robots
-from kibotos.samples import EXPECTED, make_episode
 from kibotos.scoring import load_scoring_config, score_submission
+from kibotos.synthetic.samples import EXPECTED, make_episode
 from processors.base import gates
 from streams.stages import (
     DecisionStage,
@@ -303,8 +303,8 @@ def test_a_measured_secondary_camera_multiplies_the_reward(stages, catalogue, st
     the decision pays ``reward(S) * (1 + k q)``, and the same evidence without the camera
     pays ``reward(S)``."""
     from gpu_consumers.alignment import check_alignment
-    from kibotos.alignment_config import load_alignment_config
     from kibotos.bundle import open_bundle
+    from kibotos.config.alignment import load_alignment_config
     from kibotos.scoring import reward
     from streams.in_flight import parse_result
     from streams.stages import advance

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kibotos.errors import ServiceError, collect_degraded, note_degraded
-from kibotos.report import GateResult
+from kibotos.reports.model import GateResult
 from processors.base import Gate, gates, run_gate
 from streams.stage import FaultPolicy, ValidatorFault, contained, handle_with_retries, load_fault_policy
 from streams.stages import GateStage, JobStage, Record, build_stages, run_in_process
@@ -165,7 +165,7 @@ def test_a_decode_error_after_the_first_frame_is_noted(monkeypatch):
     """A stream whose decoder fails after two frames (the failure injected into the frame
     iterator over a real encoded video): the frames decoded so far are kept and the error
     is noted, not dropped."""
-    from kibotos import video
+    from kibotos.media import video
 
     frames = np.random.default_rng(0).integers(0, 255, (10, 48, 64, 3), dtype=np.uint8)
     data = video.encode_mp4(frames, 10.0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from kibotos.config.settings import Settings
 from kibotos.errors import KibotosError
-from kibotos.settings import Settings
 from schemas_avro import SCHEMA_VERSIONS
 from tests.fixtures.events import EVENT_FACTORIES
 from topics.catalogue import Catalogue

@@ -18,9 +18,9 @@ import pytest
 from typer.testing import CliRunner
 
 from kibotos.bundle import Limits, write_bundle
-from kibotos.cli import app
-from kibotos.samples import Episode
-from kibotos.verify import verify_path
+from kibotos.cli.main import app
+from kibotos.cli.verify import verify_path
+from kibotos.synthetic.samples import Episode
 from tests.fixtures.episodes import PANDA, edit_json, rewrite_zip
 
 MiB = 1 << 20

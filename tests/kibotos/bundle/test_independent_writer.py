@@ -16,9 +16,9 @@ import zarr.codecs
 import zarr.storage
 from typer.testing import CliRunner
 
-from kibotos.cli import app
-from kibotos.samples import Episode
-from kibotos.verify import verify_path
+from kibotos.cli.main import app
+from kibotos.cli.verify import verify_path
+from kibotos.synthetic.samples import Episode
 from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS
 
 

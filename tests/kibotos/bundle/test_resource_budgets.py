@@ -23,9 +23,9 @@ from typer.testing import CliRunner
 from kibotos.bundle import Limits, open_bundle
 from kibotos.bundle.codecs import gzip_bounded, zstd_bounded
 from kibotos.bundle.limits import ResourceLimitExceeded, gate_deadline
-from kibotos.cli import app
-from kibotos.gate_config import load_config
-from kibotos.video import decode_luma, encode_mp4, probe_video
+from kibotos.cli.main import app
+from kibotos.config.gates import load_config
+from kibotos.media.video import decode_luma, encode_mp4, probe_video
 from tests.fixtures.episodes import PANDA, edit_json, rewrite_zip
 from tests.fixtures.hostile import (
     META,
@@ -126,8 +126,8 @@ def test_corpus_files_are_small(corpus):
 _RUNNER = """
 import json, sys
 from kibotos.bundle import Limits
-from kibotos.gate_config import load_config
-from kibotos.verify import verify_path
+from kibotos.config.gates import load_config
+from kibotos.cli.verify import verify_path
 config = load_config()
 out = {}
 for name, path, overrides in json.loads(sys.argv[1]):
@@ -242,8 +242,8 @@ def test_memory_ceiling_rejects_and_the_worker_goes_on(corpus, samples):
     script = """
 import json, sys
 from kibotos.bundle import Limits
-from kibotos.gate_config import load_config
-from kibotos.verify import verify_path
+from kibotos.config.gates import load_config
+from kibotos.cli.verify import verify_path
 from streams.worker import apply_memory_ceiling, address_space_bytes
 config = load_config()
 verify_path(sys.argv[2], config)  # warm: every module a gate loads

@@ -9,13 +9,13 @@ import av
 import numpy as np
 import pytest
 
-from kibotos import perturb
+from kibotos.media.video import encode_mp4
 from kibotos.novelty.artifacts import analyze_artifacts
 from kibotos.novelty.config import load_novelty_config
 from kibotos.novelty.scan import scan_encoded, scan_raw
 from kibotos.robots import get_robot
-from kibotos.samples import make_episode
-from kibotos.video import encode_mp4
+from kibotos.synthetic import perturb
+from kibotos.synthetic.samples import make_episode
 from tests.fixtures.episodes import ROBOT_IDS, ROBOTS
 
 CFG = load_novelty_config().novelty

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from infra.migrate import apply_migrations
-from kibotos import perturb
 from kibotos.bundle import open_bundle
 from kibotos.novelty import GATE_ID, REASON_COPIED, REASON_DUPLICATE, NoveltyChecker, load_novelty_config
 from kibotos.novelty.index import _motion_pairs, _spatial_offsets
 from kibotos.robots import get_robot
-from kibotos.samples import Episode, make_episode
+from kibotos.synthetic import perturb
+from kibotos.synthetic.samples import Episode, make_episode
 from kibotos.warehouse import open_client
 from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS
 from tests.kibotos.novelty.reference import motion_corr, trajectory_corr

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from kibotos.embeddings import EMBEDDING_DIM, EmbeddingError, embed_images, load_model
-from kibotos.phash import hamming, phash
+from kibotos.media.embeddings import EMBEDDING_DIM, EmbeddingError, embed_images, load_model
+from kibotos.media.phash import hamming, phash
 
 
 def scene(seed: int, size=(240, 320)) -> np.ndarray:

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import yaml
 
-from kibotos import perturb
 from kibotos.errors import ConfigError
 from kibotos.novelty.config import DEFAULT_PATH, load_novelty_config, parse_novelty_config
 from kibotos.novelty.fingerprint import frame_hashes, mask_box, motion_signature, trajectory_fingerprint, variant_names
 from kibotos.robots import get_robot
-from kibotos.samples import make_episode
+from kibotos.synthetic import perturb
+from kibotos.synthetic.samples import make_episode
 from tests.fixtures.episodes import PANDA
 from tests.kibotos.novelty.reference import motion_corr, trajectory_corr
 

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from kibotos.bundle import open_bundle
-from kibotos.human_video import camera_motion_video, person_photos
+from kibotos.media.human_video import camera_motion_video, person_photos
+from kibotos.media.video import encode_mp4
 from kibotos.novelty.checker import _video_factors
 from kibotos.novelty.config import load_novelty_config
 from kibotos.novelty.fingerprint import fingerprint_bundle
 from kibotos.novelty.quality import noise_sigma, render_likeness, video_quality
 from kibotos.novelty.scan import scan_encoded
-from kibotos.perturb import decode_all
-from kibotos.video import encode_mp4
+from kibotos.synthetic.perturb import decode_all
 from tests.fixtures.episodes import PANDA
 
 CFG = load_novelty_config().novelty

@@ -10,8 +10,8 @@ import pytest
 
 from gpu_consumers.ik import IKSolver, check_ik
 from kibotos.bundle import open_bundle
-from kibotos.gate_config import load_config
-from kibotos.report import GateResult
+from kibotos.config.gates import load_config
+from kibotos.reports.model import GateResult
 from kibotos.robots import get_robot
 from kibotos.scoring import (
     COMPONENTS,

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from gpu_consumers.ik import IKSolver, check_ik
-from kibotos import perturb
 from kibotos.bundle import open_bundle
-from kibotos.gate_config import load_config
+from kibotos.config.gates import load_config
 from kibotos.robots import get_robot
 from kibotos.scoring import load_scoring_config, s_retarget
+from kibotos.synthetic import perturb
 from tests.fixtures.episodes import ROBOT_IDS, ROBOTS
 
 LEVELS = (0.0, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03)

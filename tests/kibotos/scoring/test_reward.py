@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from kibotos.report import GateResult
+from kibotos.reports.model import GateResult
 from kibotos.scoring import (
     COMPONENTS,
     Component,

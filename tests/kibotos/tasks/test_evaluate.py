@@ -11,7 +11,7 @@ import pytest
 
 from kibotos.bundle import open_bundle
 from kibotos.robots import get_robot
-from kibotos.samples import OBJECT_NAME, grasp_link, make_episode
+from kibotos.synthetic.samples import OBJECT_NAME, grasp_link, make_episode
 from kibotos.tasks import GATE_ID, evaluate_task, get_task, list_tasks
 from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kibotos.alignment_config import load_alignment_config
+from kibotos.config.alignment import load_alignment_config
+from kibotos.config.settings import Settings
 from kibotos.errors import ConfigError
-from kibotos.settings import Settings
 from kibotos.tasks import get_task
 from kibotos.vlm import PROVIDERS, VLMConfig, get_provider, list_providers, register_provider
 from kibotos.vlm.openai_compat import OpenAICompatProvider

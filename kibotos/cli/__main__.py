@@ -1,0 +1,3 @@
+from kibotos.cli.main import main
+
+main()
