@@ -12,7 +12,7 @@ from kibotos.errors import ServiceError
 pytestmark = pytest.mark.integration
 
 TABLES = {"submissions", "gate_results", "verification_reports", "points_ledger", "dead_letters", "schema_migrations",
-          "ingest_receipts"}
+          "ingest_receipts", "training_runs", "training_progress", "policies", "policy_evals"}
 SHIPPED = {p.stem.partition("_")[0] for p in MIGRATIONS_DIR.glob("*.sql")}
 
 
