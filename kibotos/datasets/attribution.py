@@ -2,12 +2,16 @@
 earns them (rule in ``kibotos/config/datasets.yaml``; its ``config_version`` is the rule
 version every entry records).
 
-Rule ``attribution-2026.12.1``:
+Rule ``attribution-2026.12.2``:
 
 * **publication** of dataset version ``v`` pays, per miner, ``points_per_episode * S``
   summed over the episodes ``v`` *adds* (an episode is paid once per dataset: later
   versions carry it without paying again), less what the episodes ``v`` *removes* had
-  earned (a verdict revised to rejected). One entry per (dataset, version, miner).
+  earned (a verdict revised to rejected), plus the difference ``points_per_episode *
+  (S_new - S_old)`` for the episodes ``v`` *revises* (a verdict revised to accepted with
+  another S, e.g. after reconciliation). An episode's attribution in a dataset thus always
+  sums to what its current S earns, and what an earlier version paid is never rewritten
+  (versions and their entries are immutable). One entry per (dataset, version, miner).
 * a **policy that passes evaluation** shares ``policy_pass_pool`` among the miners of the
   distinct episodes of the dataset versions it trained on, in proportion to their S sum.
   One entry per (policy, miner); a failed evaluation pays nothing.
@@ -92,9 +96,11 @@ def _entry(entry_id: str, *, dataset: str | None, version: int, policy_id: str |
 
 
 def publication_entries(dataset: str, version: int, added: Iterable[Episode], removed: Iterable[Episode],
-                        created_at: int, cfg: DatasetsConfig | None = None) -> list[dict]:
+                        created_at: int, cfg: DatasetsConfig | None = None,
+                        revised: Iterable[tuple[Episode, Episode]] = ()) -> list[dict]:
     """The attribution entries of publishing ``version``: ``added`` carry the points they
-    were assigned (``attribution_points``), ``removed`` give theirs back."""
+    were assigned (``attribution_points``), ``removed`` give theirs back, ``revised``
+    (old, new) pairs pay or take back the difference."""
     cfg = cfg or default_config()
     by: dict[str, MinerShare] = {}
     for ep, sign in [*((e, 1) for e in added), *((e, -1) for e in removed)]:
@@ -102,6 +108,10 @@ def publication_entries(dataset: str, version: int, added: Iterable[Episode], re
         m.episodes += sign
         m.score_sum += sign * weight(ep)
         m.points += sign * ep.attribution_points
+    for old, new in revised:
+        m = by.setdefault(new.miner_id, MinerShare(new.miner_id))
+        m.score_sum += weight(new) - weight(old)
+        m.points += new.attribution_points - old.attribution_points
     total = sum(max(0.0, m.score_sum) for m in by.values())
     return [_entry(publication_entry_id(dataset, version, m.miner_id), dataset=dataset, version=version,
                    policy_id=None, miner=m, kind="dataset_publication",

@@ -4,10 +4,13 @@ publishes a version when enough are pending or the oldest has waited long enough
 (``builder`` cadence in ``kibotos/config/datasets.yaml``).
 
 Sources are pluggable (``SOURCES``): ``verdicts`` (accepted final verdicts; a verdict
-*revised* to rejected removes its episode from the next version) and ``xgen.clips``
-(verified XGen clips), each used only when the deployment's topic catalogue declares
-its topic. Redelivery is harmless: an episode already in the dataset, or already pending,
-is skipped by submission id.
+*revised* to rejected removes its episode from the next version; one revised to accepted
+with another quality — S, reward, components — replaces it in the next version, changelog
+op ``revised``) and ``xgen.clips`` (verified XGen clips), each used only when the
+deployment's topic catalogue declares its topic. Redelivery is harmless: an episode
+already in the dataset, or already pending, is skipped by submission id unless it is a
+higher verdict revision with other quality (so a redelivered older verdict never undoes
+a revision).
 """
 
 from __future__ import annotations
@@ -47,17 +50,34 @@ class DatasetBuilder:
         self.name = name
         self.spec = store.spec(name)
         self.clock = clock
-        self.known = store.member_ids(name) | {ep.submission_id for ep in store.pending(name)}
+        # submission id -> (verdict revision, quality) of what the dataset holds or will hold
+        self.known: dict[str, tuple[int, tuple]] = {}
+        latest = store.latest(name)
+        for ep in store.episodes(name, latest) if latest else ():
+            self._know(ep)
+        pending = 0
+        for ep in store.pending(name):
+            self._know(ep)
+            pending += 1
+        revisions = store.pending_revisions(name)
+        for ep in revisions.values():
+            self._know(ep)
         self.removals = store.pending_removals(name)
         self.retracted = store.retracted_ids(name)
-        self.pending = sum(1 for _ in store.pending(name)) + len(self.removals)
+        self.pending = pending + len(revisions) + len(self.removals)
         self.oldest_pending_at: float | None = clock() if self.pending else None
         self.skipped: dict[str, int] = {}
 
+    def _know(self, ep: Episode) -> None:
+        cur = self.known.get(ep.submission_id)
+        if cur is None or ep.verdict_revision >= cur[0]:
+            self.known[ep.submission_id] = (ep.verdict_revision, ep.quality())
+
     def offer(self, topic_id: str, event: dict) -> str:
         """Take one record of ``topic_id``; returns what happened: ``added``,
-        ``duplicate``, ``removed``, ``retracted`` (removed earlier: never again),
-        ``not_an_episode`` or the spec's reason code."""
+        ``revised`` (a later verdict revision changed its quality), ``duplicate``,
+        ``removed``, ``retracted`` (removed earlier: never again), ``not_an_episode`` or
+        the spec's reason code."""
         source = SOURCES.get(topic_id)
         if source is None or topic_id not in self.spec.sources:
             return self._skip("source_not_selected")
@@ -74,13 +94,24 @@ class DatasetBuilder:
             return self._skip("not_an_episode")
         if ep.submission_id in self.retracted or ep.submission_id in self.removals:
             return self._skip("retracted")
-        if ep.submission_id in self.known:
-            return self._skip("duplicate")
+        cur = self.known.get(ep.submission_id)
+        if cur is not None:
+            if ep.verdict_revision <= cur[0] or ep.quality() == cur[1]:
+                return self._skip("duplicate")  # redelivered, an older revision, or nothing changed
+            if self.spec.reject_reason(ep):  # revised below the spec (e.g. S under min_score): it leaves
+                self.store.add_removals(self.name, [ep.submission_id])
+                self.removals.add(ep.submission_id)
+                self._mark_pending()
+                return "removed"
+            self.store.add_revisions(self.name, [ep])
+            self._know(ep)
+            self._mark_pending()
+            return "revised"
         reason = self.spec.reject_reason(ep)
         if reason:
             return self._skip(reason)
         self.store.add_pending(self.name, [ep], sync=False)
-        self.known.add(ep.submission_id)
+        self._know(ep)
         self._mark_pending()
         return "added"
 
@@ -108,7 +139,8 @@ class DatasetBuilder:
         info = self.store.publish(self.name, now_ms)
         self.pending = 0
         self.oldest_pending_at = None
-        self.known -= self.removals
+        for sid in self.removals:
+            self.known.pop(sid, None)
         self.retracted |= self.removals
         self.removals = set()
         return info

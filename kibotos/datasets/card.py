@@ -88,7 +88,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         lines += [card["description"], ""]
     lines += [f"- content hash: `{card['content_hash']}`", f"- parent: {card.get('parent_hash') or 'none'}",
               f"- episodes: {card['episodes']} (+{card['changelog']['added']} / -{card['changelog']['removed']} "
-              f"since the previous version)", f"- created: {card['created_at']}",
+              f"/ ~{card['changelog'].get('revised', 0)} revised since the previous version)", f"- created: {card['created_at']}",
               f"- spec hash: `{card['spec_hash']}`", f"- attribution rule: `{card['attribution']['rule_version']}` "
               f"({card['attribution']['points']:.3f} points paid by this version)", "",
               "## Quality (S from each episode's verification report)", ""]

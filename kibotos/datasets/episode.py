@@ -10,7 +10,8 @@ An episode is one JSON line in a version's ``episodes.jsonl``::
     soft_flags (reason codes of the passed gates' flags, e.g. sync_low_confidence),
     evidence_uris (keyframe images and other stored evidence of its report),
     config_version, scoring_config_version, copy_factor (< 1: a copy of an earlier upload),
-    attribution_points (what publication in this dataset paid for it; set by the store)
+    attribution_points (what publication in this dataset paid for it; set by the store),
+    verdict_revision (0: the decision; n: the verdict's n-th revision, e.g. by reconciliation)
 
 ``from_verdict`` and ``from_xgen_clip`` are the two sources (``SOURCES``); anything
 that is not a final accepted decision gives ``None``.
@@ -48,6 +49,12 @@ class Episode:
     metadata_uri: str | None = None
     copy_factor: float = 1.0  # < 1: novelty found it a copy of an earlier upload (its reward was cut)
     attribution_points: float = 0.0
+    verdict_revision: int = 0  # the verdict's revision number: a higher one with other quality supersedes it
+
+    def quality(self) -> tuple:
+        """What a revised verdict may change: equal tuples mean nothing to revise."""
+        return (self.score, self.reward, tuple(sorted(self.components.items(), key=lambda kv: kv[0])),
+                self.copy_factor, self.soft_flags, self.scoring_config_version)
 
     def to_line(self) -> str:
         """Canonical JSON (sorted keys, no spaces): equal episodes give equal bytes."""
@@ -131,7 +138,8 @@ def from_verdict(event: dict[str, Any]) -> Episode | None:
         decided_at=epoch_ms(event["decided_at"]), bundle_uri=event["bundle_uri"],
         reward=round(float(event.get("points") or 0.0), 6), score=s["score"], components=s["components"],
         soft_flags=s["soft_flags"], evidence_uris=s["evidence_uris"], config_version=event.get("config_version"),
-        scoring_config_version=s["scoring_config_version"], copy_factor=s["copy_factor"])
+        scoring_config_version=s["scoring_config_version"], copy_factor=s["copy_factor"],
+        verdict_revision=int(event.get("revision") or 0) if event.get("event_type") == "revised" else 0)
 
 
 def is_retraction(event: dict[str, Any]) -> bool:

@@ -99,7 +99,8 @@ def render_dataset_html(card: dict[str, Any], info: dict[str, Any], episodes, sh
     mean = "–" if s["mean"] is None else f"{s['mean']:.3f}"
     cards = [("episodes", str(card["episodes"])), ("mean S", mean), ("miners", str(len(card["coverage"]["miner"]))),
              ("attribution points", f"{card['attribution']['points']:.2f}"),
-             ("changes", f"+{card['changelog']['added']} / −{card['changelog']['removed']}")]
+             ("changes", f"+{card['changelog']['added']} / −{card['changelog']['removed']} / "
+                         f"~{card['changelog'].get('revised', 0)}")]
     cards_html = "".join(f"<div class='card'><div class='k'>{_e(k)}</div><div class='v'>{_e(v)}</div></div>"
                          for k, v in cards)
     cards_html += (f"<div class='card'><div class='k'>content hash</div><div class='v small mono'>"

@@ -5,10 +5,12 @@ Layout under the store root (``<KIBOTOS_HOME>/datasets`` by default)::
     <name>/spec.json                     the frozen spec (kibotos.datasets.spec)
     <name>/pending.jsonl                 episodes selected since the last version (spool)
     <name>/pending_removals.jsonl        submission ids whose verdict was revised to rejected
+    <name>/pending_revisions.jsonl       episodes whose verdict was revised to accepted with other quality
     <name>/emitted.json                  the last version whose events reached the topics
     <name>/versions/v000001/
         episodes.jsonl                   every episode of the version, one canonical JSON line each
-        changelog.jsonl                  {"op": "added"|"removed", "episode": {...}} against the parent
+        changelog.jsonl                  {"op": "added"|"removed"|"revised", "episode": {...}} against the
+                                         parent ("revised" also names the "previous" quality)
         attribution.json                 the attribution entries this publication owes
         version.json                     content hash, parent, counts, spec hash, rule version
         card.json, card.md               the dataset card (kibotos.datasets.card)
@@ -16,8 +18,9 @@ Layout under the store root (``<KIBOTOS_HOME>/datasets`` by default)::
 A version is written to a temporary directory and renamed into place in one step, then
 made read-only; nothing ever rewrites it. Its ``content_hash`` is the SHA-256 of
 ``episodes.jsonl`` (``verify`` recomputes it). Versions are append-only: version ``n+1``
-is version ``n`` less the removed episodes plus the new ones, in arrival order, so
-publishing streams the parent file once and holds only submission ids in memory.
+is version ``n`` less the removed episodes, with the revised ones replaced in place,
+plus the new ones in arrival order, so publishing streams the parent file once and holds
+only submission ids (and the pending revisions) in memory.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from kibotos.datasets.spec import DatasetSpec, SpecError, parse_spec
 from kibotos.errors import KibotosError
 
 FORMAT_VERSION = "kibotos-dataset-1"
+PENDING_FILES = ("pending.jsonl", "pending_removals.jsonl", "pending_revisions.jsonl")
 
 
 class DatasetError(KibotosError):
@@ -177,7 +181,7 @@ class DatasetStore:
                 os.fsync(f.fileno())
 
     def sync_pending(self, name: str) -> None:
-        for fname in ("pending.jsonl", "pending_removals.jsonl"):
+        for fname in PENDING_FILES:
             path = self.dir(name) / fname
             if path.exists():
                 fd = os.open(path, os.O_RDONLY)
@@ -192,6 +196,29 @@ class DatasetStore:
                 f.write(json.dumps(sid) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+    def add_revisions(self, name: str, episodes: list[Episode]) -> None:
+        """Spool episodes whose verdict was revised (still accepted, other quality)."""
+        with open(self.dir(name) / "pending_revisions.jsonl", "a", encoding="utf-8") as f:
+            for ep in episodes:
+                f.write(ep.to_line() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def pending_revisions(self, name: str) -> dict[str, Episode]:
+        """submission id -> its highest pending verdict revision."""
+        path = self.dir(name) / "pending_revisions.jsonl"
+        out: dict[str, Episode] = {}
+        if path.exists():
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        ep = Episode.from_line(line)
+                    except ValueError:  # a torn last line after a crash: it is offered again
+                        continue
+                    if ep.submission_id not in out or ep.verdict_revision > out[ep.submission_id].verdict_revision:
+                        out[ep.submission_id] = ep
+        return out
 
     def pending(self, name: str) -> Iterator[Episode]:
         path = self.dir(name) / "pending.jsonl"
@@ -239,6 +266,7 @@ class DatasetStore:
         version = (parent or 0) + 1
         parent_info = self.info(name, parent) if parent else None
         removals = self.pending_removals(name)
+        revisions = self.pending_revisions(name)
         retracted = self.retracted_ids(name)
         final = self.version_dir(name, version)
         tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
@@ -248,6 +276,7 @@ class DatasetStore:
         hasher = hashlib.sha256()
         members: set[str] = set()
         removed: list[Episode] = []
+        revised: list[tuple[Episode, Episode]] = []  # (as published before, as revised)
         added = 0
         with open(tmp / "episodes.jsonl", "w", encoding="utf-8") as out, \
                 open(tmp / "changelog.jsonl", "w", encoding="utf-8") as log:
@@ -264,26 +293,38 @@ class DatasetStore:
                         removed.append(ep)
                         log.write(json.dumps({"op": "removed", "episode": json.loads(ep.to_line())},
                                              sort_keys=True) + "\n")
+                    elif (new := _supersedes(revisions.get(ep.submission_id), ep)) is not None \
+                            and not spec.reject_reason(new):
+                        # the revised quality replaces the published one; its attribution is
+                        # brought to what the new S earns (the difference is paid by this version)
+                        new = new.with_attribution(episode_points(new, self.cfg))
+                        write(new)
+                        revised.append((ep, new))
+                        log.write(json.dumps({"op": "revised", "episode": json.loads(new.to_line()),
+                                              "previous": _quality_dict(ep)}, sort_keys=True) + "\n")
                     else:
                         write(ep)
             for ep in self.pending(name):
-                if ep.submission_id in members or ep.submission_id in removals or ep.submission_id in retracted \
-                        or spec.reject_reason(ep):
+                if ep.submission_id in members or ep.submission_id in removals or ep.submission_id in retracted:
+                    continue
+                ep = _supersedes(revisions.get(ep.submission_id), ep) or ep
+                if spec.reject_reason(ep):
                     continue
                 ep = ep.with_attribution(episode_points(ep, self.cfg))
                 write(ep)
                 added += 1
                 log.write(json.dumps({"op": "added", "episode": json.loads(ep.to_line())}, sort_keys=True) + "\n")
-        if not added and not removed:
+        if not added and not removed and not revised:
             shutil.rmtree(tmp)
             self._clear_pending(name)
             return None
         entries = publication_entries(name, version, (ep for op, ep in _changelog(tmp) if op == "added"),
-                                      removed, now_ms, self.cfg)
+                                      removed, now_ms, self.cfg, revised=revised)
         content_hash = hasher.hexdigest()
         info = {"format": FORMAT_VERSION, "dataset": name, "version": version, "content_hash": content_hash,
                 "parent_version": parent, "parent_hash": parent_info["content_hash"] if parent_info else None,
-                "episodes": stats.n, "added": added, "removed": len(removed), "created_at": iso(now_ms),
+                "episodes": stats.n, "added": added, "removed": len(removed), "revised": len(revised),
+                "created_at": iso(now_ms),
                 "created_at_ms": now_ms, "spec_hash": spec.spec_hash, "description": spec.description,
                 "rule_version": self.cfg.config_version,
                 "attribution_points": round(sum(e["points"] for e in entries), 6)}
@@ -293,7 +334,7 @@ class DatasetStore:
                 "parent_hash": info["parent_hash"], "created_at": info["created_at"], "spec_hash": spec.spec_hash,
                 "spec_json": json.dumps(spec.model_dump(mode="json"), indent=1, sort_keys=True),
                 "description": spec.description, **stats.as_dict(),
-                "changelog": {"added": added, "removed": len(removed)},
+                "changelog": {"added": added, "removed": len(removed), "revised": len(revised)},
                 "attribution": {"rule_version": self.cfg.config_version, "points": info["attribution_points"]}}
         (tmp / "card.json").write_text(json.dumps(card, indent=1, sort_keys=True))
         (tmp / "card.md").write_text(card_markdown(card))
@@ -304,7 +345,7 @@ class DatasetStore:
         return info
 
     def _clear_pending(self, name: str) -> None:
-        for fname in ("pending.jsonl", "pending_removals.jsonl"):
+        for fname in PENDING_FILES:
             (self.dir(name) / fname).unlink(missing_ok=True)
 
     # --- events emitted ------------------------------------------------------------------
@@ -317,6 +358,18 @@ class DatasetStore:
         tmp = self.dir(name) / f".emitted.{os.getpid()}"
         tmp.write_text(json.dumps({"version": version}))
         os.replace(tmp, self.dir(name) / "emitted.json")
+
+
+def _supersedes(new: Episode | None, old: Episode) -> Episode | None:
+    """``new`` when it is a later verdict revision of ``old`` with other quality."""
+    if new is None or new.verdict_revision <= old.verdict_revision or new.quality() == old.quality():
+        return None
+    return new
+
+
+def _quality_dict(ep: Episode) -> dict:
+    return {"score": ep.score, "reward": ep.reward, "components": ep.components, "copy_factor": ep.copy_factor,
+            "attribution_points": ep.attribution_points, "verdict_revision": ep.verdict_revision}
 
 
 def _changelog(directory: Path) -> Iterator[tuple[str, Episode]]:

@@ -103,3 +103,67 @@ def test_a_crash_after_publishing_replays_harmlessly(store):
             ((1, "alice", 0.8), (2, "bob", 0.6))] == ["duplicate", "duplicate"]
     v2 = b2.publish(now_ms=T0 + 7)
     assert v2["added"] == 1 and json.loads((store.version_dir("all", 2) / "version.json").read_text())["episodes"] == 2
+
+
+def revised_verdict(n, miner, score, revision, **kw):
+    e = verdict(n, miner, "ur5", score, "file:///b", event_type="revised", **kw)
+    e["revision"] = revision
+    return e
+
+
+def test_a_verdict_revised_to_another_score_updates_the_episode_once(store):
+    """Accepted -> accepted with another S (e.g. after reconciliation): the next version
+    carries the new S and reward (changelog op ``revised``) and pays the difference; v1
+    and its attribution stay as published; redelivered verdicts, old or new, change nothing."""
+    b, v1 = build(store, [verdict(1, "alice", "ur5", 0.8, "file:///b"), verdict(2, "bob", "ur5", 0.6, "file:///b")])
+    v1_bytes = (store.version_dir("all", 1) / "episodes.jsonl").read_bytes()
+    v1_attr = store.attribution("all", 1)
+    r1 = revised_verdict(1, "alice", 0.5, 1)
+    assert b.offer("verdicts", r1) == "revised"
+    # redelivery of the revision, and of the original decision, before and after publishing
+    assert [b.offer("verdicts", e) for e in (r1, verdict(1, "alice", "ur5", 0.8, "file:///b"))] == \
+        ["duplicate", "duplicate"]
+    v2 = b.publish(now_ms=T0 + 11)
+    assert (v2["episodes"], v2["added"], v2["removed"], v2["revised"]) == (2, 0, 0, 1)
+    eps = {e.submission_id: e for e in store.episodes("all", 2)}
+    assert [e.submission_id for e in store.episodes("all", 2)] == [sid(1), sid(2)]  # in place, not duplicated
+    assert (eps[sid(1)].score, eps[sid(1)].reward, eps[sid(1)].verdict_revision) == (0.5, 5.0, 1)
+    assert eps[sid(1)].attribution_points == pytest.approx(PER_EPISODE * 0.5)
+    [(op, ep)] = list(store.changelog("all", 2))
+    assert (op, ep.submission_id, ep.score) == ("revised", sid(1), 0.5)
+    [entry] = store.attribution("all", 2)
+    assert (entry["miner_id"], entry["episodes"]) == ("alice", 0)
+    assert entry["points"] == pytest.approx(PER_EPISODE * (0.5 - 0.8))
+    assert (store.version_dir("all", 1) / "episodes.jsonl").read_bytes() == v1_bytes
+    assert store.attribution("all", 1) == v1_attr and store.verify("all", 1)
+    assert store.card("all", 2)["changelog"] == {"added": 0, "removed": 0, "revised": 1}
+    # after a restart, everything redelivered: nothing to publish
+    b2 = DatasetBuilder(store, "all")
+    for e in (verdict(1, "alice", "ur5", 0.8, "file:///b"), r1, verdict(2, "bob", "ur5", 0.6, "file:///b")):
+        assert b2.offer("verdicts", e) == "duplicate"
+    assert b2.publish(now_ms=T0 + 12) is None
+    # a later revision wins; an older one redelivered after it does not undo it
+    assert b2.offer("verdicts", revised_verdict(1, "alice", 0.9, 2)) == "revised"
+    assert b2.offer("verdicts", r1) == "duplicate"
+    b2.publish(now_ms=T0 + 13)
+    assert next(e for e in store.episodes("all", 3) if e.submission_id == sid(1)).score == 0.9
+    total = sum(e["points"] for v in store.versions("all") for e in store.attribution("all", v) if e["miner_id"] == "alice")
+    assert total == pytest.approx(PER_EPISODE * 0.9)  # what the current S earns, paid once
+
+
+def test_a_revision_of_a_pending_episode_is_published_with_its_new_score(store):
+    store.create(parse_spec({"name": "all"}))
+    b = DatasetBuilder(store, "all")
+    assert b.offer("verdicts", verdict(1, "alice", "ur5", 0.8, "file:///b")) == "added"
+    assert b.offer("verdicts", revised_verdict(1, "alice", 0.4, 1)) == "revised"
+    v1 = b.publish(now_ms=T0)
+    [ep] = store.episodes("all", 1)
+    assert (v1["added"], v1["revised"], ep.score, ep.attribution_points) == (1, 0, 0.4, PER_EPISODE * 0.4)
+
+
+def test_a_revision_below_the_spec_minimum_removes_the_episode(store):
+    b, _ = build(store, [verdict(1, "alice", "ur5", 0.8, "file:///b")], spec={"name": "all", "min_score": 0.6})
+    assert b.offer("verdicts", revised_verdict(1, "alice", 0.3, 1)) == "removed"
+    v2 = b.publish(now_ms=T0 + 1)
+    assert (v2["episodes"], v2["removed"]) == (0, 1)
+    assert b.offer("verdicts", revised_verdict(1, "alice", 0.9, 2)) == "retracted"
