@@ -4,6 +4,8 @@ Every error that can reach a user or an operator carries a stable ``reason_code`
 (a short snake_case string shown in reports and dashboards).
 """
 
+from typing import Any
+
 
 class KibotosError(Exception):
     """Root of every error raised by Kibotos code."""
@@ -20,6 +22,8 @@ class BundleError(KibotosError):
     """A submission bundle cannot be opened or is structurally invalid."""
 
     reason_code = "bundle_malformed"
+    # set only by the raisers that measured a limit (readers use getattr(exc, "metrics", ...))
+    metrics: dict[str, Any]
 
 
 class UnknownRobotModel(KibotosError):

@@ -31,8 +31,9 @@ import hashlib
 import json
 import re
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO
 
@@ -143,7 +144,8 @@ def _entry_order(e: EntryHash) -> tuple[int, bytes]:
 def _is_chunk_key(rel: str, meta: Mapping) -> bool:
     enc = meta.get("chunk_key_encoding") if isinstance(meta, Mapping) else None
     enc = enc if isinstance(enc, Mapping) else {"name": "default"}
-    config = enc.get("configuration") if isinstance(enc.get("configuration"), Mapping) else {}
+    listed = enc.get("configuration")
+    config: Mapping = listed if isinstance(listed, Mapping) else {}
     if enc.get("name") == "v2":
         sep = config.get("separator", ".")
         return all(_DIGITS.match(p) for p in rel.split(sep)) if sep in ("/", ".") else False
@@ -173,19 +175,23 @@ def _read_all(stream: IO[bytes]) -> bytes:
     return bytes(out)
 
 
-def _zip_entries(path: Path) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
+def _zip_entries(path: Path) -> Generator[tuple[str, Callable[[], IO[bytes]]]]:
     with zipfile.ZipFile(path) as zf:
         for info in zf.infolist():
             if info.filename.endswith("/") and info.file_size == 0:
                 continue  # a directory record carries no content
-            yield info.filename, lambda info=info: zf.open(info)
+            yield info.filename, partial(zf.open, info)
 
 
-def _dir_entries(path: Path) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
+def _open_binary(item: Path) -> IO[bytes]:
+    return open(item, "rb")
+
+
+def _dir_entries(path: Path) -> Generator[tuple[str, Callable[[], IO[bytes]]]]:
     root = path.resolve()
     for item in sorted(root.rglob("*")):
         if item.is_file() and not item.is_symlink():
-            yield item.relative_to(root).as_posix(), lambda item=item: open(item, "rb")
+            yield item.relative_to(root).as_posix(), partial(_open_binary, item)
 
 
 def _owner(key: str, node_paths: set[str]) -> str:

@@ -34,7 +34,7 @@ def computed_joint_velocity(ts_ms: np.ndarray, joint_pos: np.ndarray) -> np.ndar
     q = np.asarray(joint_pos, dtype=np.float64).reshape(t.size, -1)
     if t.size < 2 or not np.all(np.diff(t) > 0):
         return np.zeros(q.shape, dtype=np.float32)
-    return np.gradient(q, t, axis=0).astype(np.float32)
+    return np.asarray(np.gradient(q, t, axis=0)).astype(np.float32)  # one axis: one array
 
 
 def joint_velocity(view: BundleView) -> JointVelocity:

@@ -137,12 +137,12 @@ MatrixEntry = Annotated[float, Field(**_range("camera.*.extrinsics[i][j]"))]
 
 
 class Intrinsics(_Model):
-    fx: float = Field(**_range("camera.*.intrinsics.fx|fy"))
-    fy: float = Field(**_range("camera.*.intrinsics.fx|fy"))
-    cx: float = Field(**_range("camera.*.intrinsics.cx|cy"))
-    cy: float = Field(**_range("camera.*.intrinsics.cx|cy"))
-    width: int = Field(**_range("camera.*.intrinsics.width|height"))
-    height: int = Field(**_range("camera.*.intrinsics.width|height"))
+    fx: Annotated[float, Field(**_range("camera.*.intrinsics.fx|fy"))]
+    fy: Annotated[float, Field(**_range("camera.*.intrinsics.fx|fy"))]
+    cx: Annotated[float, Field(**_range("camera.*.intrinsics.cx|cy"))]
+    cy: Annotated[float, Field(**_range("camera.*.intrinsics.cx|cy"))]
+    width: Annotated[int, Field(**_range("camera.*.intrinsics.width|height"))]
+    height: Annotated[int, Field(**_range("camera.*.intrinsics.width|height"))]
     distortion: list[Coefficient] | None = Field(default=None, max_length=16)
 
 
@@ -170,15 +170,15 @@ class Camera(_Model):
 
 
 class VideoInfo(_Model):
-    fps: float = Field(**_range("video.*.fps"))
-    frame_count: int = Field(**_range("video.*.frame_count"))
+    fps: Annotated[float, Field(**_range("video.*.fps"))]
+    frame_count: Annotated[int, Field(**_range("video.*.frame_count"))]
     # what the video shows: a human demonstrator (the design's capture: human video,
     # retargeted) or the robot itself; gate F estimates human pose only for "human"
     subject: Literal["human", "robot"] = "human"
 
 
 class Sync(_Model):
-    sync_offset_ms_claimed: float = Field(**_range("sync.sync_offset_ms_claimed"))
+    sync_offset_ms_claimed: Annotated[float, Field(**_range("sync.sync_offset_ms_claimed"))]
 
 
 class Task(_Model):
@@ -196,7 +196,7 @@ class Manifest(_Model):
     robot_model_id: str
     robot_model_revision: str
     joint_names: list[Name] = Field(min_length=1, max_length=256)
-    sampling_rate_hz: float = Field(**_range("sampling_rate_hz"))
+    sampling_rate_hz: Annotated[float, Field(**_range("sampling_rate_hz"))]
     time_base: str
     time_units: str
     units: Units

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import zarr
 import zarr.storage
+from zarr.abc.store import Store
+from zarr.core.chunk_grids import RegularChunkGrid
 
 from kibotos.bundle import codecs as _codecs  # noqa: F401  (bounded zstd/gzip decoding)
 from kibotos.bundle.limits import Limits, ResourceLimitExceeded, check, check_deadline
@@ -247,10 +249,14 @@ class BundleView:
             dtype = np.dtype(arr.dtype) if not hasattr(arr.dtype, "to_native_dtype") else arr.dtype.to_native_dtype()
             itemsize = np.dtype(dtype).itemsize
             nbytes = prod(shape) * itemsize
-            chunk_shape = tuple(int(c) for c in arr.metadata.chunk_grid.chunk_shape) if shape else ()
+            grid = arr.metadata.chunk_grid
+            if shape and not isinstance(grid, RegularChunkGrid):
+                raise ValueError(f"chunk grid {type(grid).__name__} is not a regular grid")
+            chunk_shape = tuple(int(c) for c in grid.chunk_shape) if isinstance(grid, RegularChunkGrid) else ()
             chunks = prod(-(-s // max(c, 1)) for s, c in zip(shape, chunk_shape)) if shape else 1
+            listed = arr.metadata.to_dict().get("codecs", [])
             codecs = tuple(str(c.get("name")) if isinstance(c, dict) else str(c)
-                           for c in arr.metadata.to_dict().get("codecs", []))
+                           for c in (listed if isinstance(listed, list | tuple) else []))
         except BundleError:
             raise
         except Exception as exc:  # a chunk grid or dtype zarr opens but cannot size
@@ -289,7 +295,10 @@ class BundleView:
         check("max_total_decoded_bytes", self.decoded_bytes + info.nbytes, self.limits.max_total_decoded_bytes,
               f"decoded bytes with {path}", dataset=path)
         try:
-            data = np.asarray(self._root[path][...])
+            node = self._root[path]
+            if not isinstance(node, zarr.Array):  # info() refused it; a group here is malformed
+                raise TypeError(f"{path} is not an array")
+            data = np.asarray(node[...])
         except (ResourceLimitExceeded, MemoryError):
             raise  # MemoryError: the worker's memory ceiling (run_gate names it)
         except Exception as exc:  # corrupt chunk, codec error, truncated member
@@ -326,6 +335,7 @@ def open_bundle(path: str | Path, limits: Limits | None = None) -> BundleView:
     path = Path(path)
     if not path.exists():
         raise _reject("bundle_not_found", f"no such bundle: {path}")
+    store: Store
     try:
         if path.is_dir():
             entries = _check_dir(path, limits)

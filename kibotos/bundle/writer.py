@@ -60,7 +60,7 @@ def write_bundle(
         if video_frames is not None:
             arrays[VIDEO_FRAMES] = video_frames
         arrays.update(extra_arrays or {})
-        attributes = dict(array_attributes or {})
+        attributes = {name: dict(attrs) for name, attrs in (array_attributes or {}).items()}
         for name, data in arrays.items():
             data = np.asarray(data)
             root.create_array(name, data=data, chunks=data.shape or "auto", attributes=attributes.get(name))

@@ -82,7 +82,7 @@ class SerialKinematics:
         # a revolute joint's rotation is I + sin(q) K + (1 - cos(q)) K^2 with K, K^2 fixed
         eye = torch.eye(4, dtype=dtype)
         self._frames: list[tuple[torch.Tensor, torch.Tensor, tuple | None]] = []
-        names = []
+        names: list[str] = []
         for frame in serial._serial_frames[1:]:
             lo = eye if frame.link.offset is None else frame.link.offset.get_matrix()[0].to(dtype)
             jo = eye if frame.joint.offset is None else frame.joint.offset.get_matrix()[0].to(dtype)

@@ -112,8 +112,8 @@ def floating_urdf(source: Path) -> Path:
     content hash under ``$XDG_CACHE_HOME/kibotos/robots`` (a temp folder if unwritable)."""
     data = source.read_bytes()
     root = ET.fromstring(data)
-    children = {j.find("child").get("link") for j in root.findall("joint")}
-    base = next(link.get("name") for link in root.findall("link") if link.get("name") not in children)
+    children = {c.get("link") for j in root.findall("joint") if (c := j.find("child")) is not None}
+    base = next(name for link in root.findall("link") if (name := link.get("name")) and name not in children)
     folder = source.parent
     for mesh in root.iter("mesh"):
         name = mesh.get("filename", "")

@@ -207,15 +207,15 @@ class _Judge:
         if name == "place":
             return None if self.motion.place_index is None else float(t[self.motion.place_index])
         if name in ("lift", "hold"):
-            p = s.first(ObjectLifted)
+            p = s.require(ObjectLifted)
             above = self.height >= p.min_height_m
             if name == "lift":
                 return float(t[np.argmax(above)]) if above.any() else None
             aloft, start = self.lifted_run(p)
             return None if start is None or aloft < p.min_duration_ms else float(t[start] + p.min_duration_ms)
         if name == "carry":
-            p = s.first(ObjectDisplaced)
-            far = self._shift(p.axes) >= p.min_m
+            d = s.require(ObjectDisplaced)
+            far = self._shift(d.axes) >= d.min_m
             return float(t[np.argmax(far)]) if far.any() else None
         raise ValueError(f"unknown phase event {name!r}")
 
@@ -237,7 +237,7 @@ class _Judge:
         }
 
 
-_PREDICATES = {GraspDetected: "grasp_detected", ObjectLifted: "object_lifted", ObjectDisplaced: "object_displaced",
+_PREDICATES: dict[type, str] = {GraspDetected: "grasp_detected", ObjectLifted: "object_lifted", ObjectDisplaced: "object_displaced",
                ObjectInRegion: "object_in_region", ObjectReleased: "object_released"}
 
 
@@ -255,9 +255,10 @@ def _resolve(view: BundleView, schema: TaskSchema | None) -> TaskSchema | GateRe
 
 def evaluate_task(view: BundleView, schema: TaskSchema | None = None) -> GateResult:
     """The task completion result of one bundle (see the module docstring)."""
-    schema = _resolve(view, schema)
-    if isinstance(schema, GateResult):
-        return schema
+    resolved = _resolve(view, schema)
+    if isinstance(resolved, GateResult):
+        return resolved
+    schema = resolved
     m = view.manifest
     ids = {"task_id": schema.task_id, "task_version": schema.task_version}
     thresholds = schema.model_dump(include={"predicates", "tolerances", "evidence"}) | ids
@@ -297,10 +298,11 @@ def evaluate_task(view: BundleView, schema: TaskSchema | None = None) -> GateRes
         predicates.append({"name": p.name, "kind": p.kind, "passed": bool(passed), "value": value,
                            "threshold": threshold, "confidence": _r(conf)})
         confidences.append(conf)
-    phases = [{"name": ph.name, "event": ph.event, "t_ms": _r(judge.event(ph.event), 1)} for ph in schema.phases]
-    times = [ph["t_ms"] for ph in phases]
-    order_ok = all(t is not None for t in times) and \
-        all(b >= a - schema.tolerances.time_ms for a, b in zip(times, times[1:]))
+    times = [_r(judge.event(ph.event), 1) for ph in schema.phases]
+    phases = [{"name": ph.name, "event": ph.event, "t_ms": t} for ph, t in zip(schema.phases, times)]
+    known = [t for t in times if t is not None]
+    order_ok = len(known) == len(times) and \
+        all(b >= a - schema.tolerances.time_ms for a, b in zip(known, known[1:]))
     factor = 1.0 if judge.grasp_source == "contacts" else schema.evidence.inferred_grasp_confidence
     metrics |= {
         "object": track.name,

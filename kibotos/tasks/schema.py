@@ -45,7 +45,7 @@ fraction, the phase order and the confidence ``s_task_evidence`` feed ``S_task``
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -101,6 +101,8 @@ class ObjectReleased(_Predicate):
     kind: Literal["object_released"]
     min_rest_ms: float = Field(gt=0)
 
+
+_P = TypeVar("_P", bound=_Predicate)
 
 Predicate = Annotated[GraspDetected | ObjectLifted | ObjectDisplaced | ObjectInRegion | ObjectReleased,
                       Field(discriminator="kind")]
@@ -158,6 +160,14 @@ class TaskSchema(_Frozen):
     def applies_to(self, model_id: str, revision: str) -> bool:
         return model_id in self.robot_models or f"{model_id}@{revision}" in self.robot_models
 
-    def first(self, kind: type) -> object | None:
+    def first(self, kind: type[_P]) -> _P | None:
         """The first predicate of ``kind`` (its thresholds define the matching events)."""
         return next((p for p in self.predicates if isinstance(p, kind)), None)
+
+    def require(self, kind: type[_P]) -> _P:
+        """``first(kind)`` for the phase events that need it: ``_consistent`` already
+        refused a schema whose phases need a predicate it lacks."""
+        p = self.first(kind)
+        if p is None:
+            raise ValueError(f"task {self.task_id} v{self.task_version} has no {kind.__name__} predicate")
+        return p
