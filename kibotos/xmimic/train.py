@@ -122,7 +122,8 @@ def load_teacher_actor(path: Path, obs, num_actions: int, cfg: XMimicConfig) -> 
 def train(clips: list[Clip], cfg: XMimicConfig, run_dir: Path, *, role: str = "teacher", teacher: Path | None = None,
           task: str | None = None, num_envs: int | None = None, iterations: int | None = None, device: str = "cpu",
           backend: str | None = None, seed: int = 0, progress: Callable[[dict], None] | None = None,
-          store=None, run_id: str | None = None, time_budget_s: float | None = None) -> TrainResult:
+          store=None, run_id: str | None = None, time_budget_s: float | None = None,
+          extra_meta: dict | None = None) -> TrainResult:
     """Train ``role`` (teacher | nep | mocap) on ``clips``; resumes from ``run_dir``'s last
     checkpoint. ``progress(event)`` is called after every iteration."""
     if role not in ROLES:
@@ -146,7 +147,8 @@ def train(clips: list[Clip], cfg: XMimicConfig, run_dir: Path, *, role: str = "t
         start = int(infos.get("iteration", 0))
     meta = {"role": role, "config_version": cfg.config_version, "task": env.task_name, "backend": env.backend,
             "num_envs": env.num_envs, "clips": [c.clip_id for c in clips], "obs_groups": OBS_GROUPS[role],
-            "num_actions": env.num_actions, "teacher": str(teacher) if teacher else None, "run_id": run_id}
+            "num_actions": env.num_actions, "teacher": str(teacher) if teacher else None, "run_id": run_id,
+            **(extra_meta or {})}  # e.g. the dataset versions trained on (the train job, README)
     (run_dir / "run.json").write_text(json.dumps(meta, indent=2))
     losses: dict = {}
     update = runner.alg.update
