@@ -54,6 +54,8 @@ _DECLARATIONS: tuple[tuple[str, str, str], ...] = (
     ("datasets.versions", "dataset_version", "dataset"),
     ("datasets.episodes", "dataset_episode", "dataset"),
     ("datasets.attributions", "attribution", "entry_id"),
+    # XMimic evaluations (kibotos eval, kibotos/xmimic/evals.py): one record per clip and split
+    ("policy.evals", "policy_eval", "policy_id"),
 )
 
 

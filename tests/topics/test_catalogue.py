@@ -40,6 +40,7 @@ EXPECTED = {
     "datasets.versions": "dataset_version",
     "datasets.episodes": "dataset_episode",
     "datasets.attributions": "attribution",
+    "policy.evals": "policy_eval",
 }
 
 
