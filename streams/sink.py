@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 PROCESSOR_ID = "clickhouse-sink"
 SOURCE_TOPIC_IDS = ("submissions.received", "verdicts", "ledger.entries", "dead.letters",
                     "xgen.requests", "xgen.progress", "xgen.clips",
-                    "datasets.versions", "datasets.episodes", "datasets.attributions")
+                    "datasets.versions", "datasets.episodes", "datasets.attributions",
+                    "policy.evals", "training.requests", "training.progress")
 DATABASE = "kibotos"
 
 

@@ -235,6 +235,13 @@ DATASET_TOPICS = {"datasets.versions": "dataset_versions", "datasets.episodes": 
                   "datasets.attributions": "attributions"}
 
 
+# XMimic evaluations (migration 0011, kibotos.xmimic.evals): one row per (eval, split, clip)
+TABLE_COLUMNS["policy_evals"] = (
+    "eval_id", "policy_id", "dataset", "split", "clip_id", "episodes", "successes", "success_rate",
+    "baseline_success_rate", "tracking_error_m", "final_height_error_m", "config_version", "created_at",
+)
+
+
 def dataset_rows(topic_id: str, event: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     table = DATASET_TOPICS[topic_id]
     rows = [(table, {column: event.get(column) for column in TABLE_COLUMNS[table]})]
@@ -243,6 +250,59 @@ def dataset_rows(topic_id: str, event: dict[str, Any]) -> list[tuple[str, dict[s
                                   "spec_hash": event["spec_hash"], "latest_version": event["version"],
                                   "episodes": event["episodes"], "content_hash": event["content_hash"],
                                   "updated_at": event["created_at"]}))
+    return rows
+
+
+# XMimic training (migration 0011, gpu_consumers/training_jobs.py): a request is the run's
+# "queued" row; every progress record carries the whole run and replaces its row (newest
+# updated_at wins), adds the iteration's row, and a "done" record adds the policy.
+TRAINING_TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "training_runs": (
+        "run_id", "role", "task", "dataset", "dataset_versions", "teacher_policy_id", "config_version", "backend",
+        "device", "num_envs", "state", "iteration", "iterations", "env_steps", "success_rate", "reward_terms_json",
+        "losses_json", "checkpoint_uri", "policy_id", "reason_code", "requested_by", "updated_at",
+    ),
+    "training_progress": (
+        "run_id", "iteration", "iterations", "state", "env_steps", "success_rate", "reward_terms_json", "losses_json",
+        "at",
+    ),
+    "policies": (
+        "policy_id", "run_id", "role", "task", "dataset_versions", "checkpoint_uri", "config_version", "iterations",
+        "env_steps", "created_at",
+    ),
+}
+TABLE_COLUMNS.update(TRAINING_TABLE_COLUMNS)
+TRAINING_TOPICS = ("training.requests", "training.progress")
+
+
+def training_rows(topic_id: str, event: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    if topic_id == "training.requests":
+        return [("training_runs", {
+            "run_id": event["run_id"], "role": event["role"], "task": event.get("task") or "",
+            "dataset": event["dataset"], "dataset_versions": list(event.get("dataset_versions") or []),
+            "teacher_policy_id": event.get("teacher_policy_id"), "config_version": event["config_version"],
+            "backend": event.get("backend") or "", "device": event.get("device") or "cpu",
+            "num_envs": int(event.get("num_envs") or 0), "state": "queued", "iteration": 0,
+            "iterations": int(event.get("iterations") or 0), "env_steps": 0, "success_rate": None,
+            "reward_terms_json": "{}", "losses_json": "{}", "checkpoint_uri": None, "policy_id": None,
+            "reason_code": None, "requested_by": event["requested_by"], "updated_at": event["requested_at"]})]
+    terms = json.dumps(event.get("reward_terms") or {}, sort_keys=True)
+    losses = json.dumps(event.get("losses") or {}, sort_keys=True)
+    run = {column: event.get(column) for column in TABLE_COLUMNS["training_runs"]
+           if column not in ("reward_terms_json", "losses_json", "updated_at")}
+    rows = [("training_runs", {**run, "reward_terms_json": terms, "losses_json": losses, "updated_at": event["at"]})]
+    state, iteration = event["state"], event["iteration"]
+    if state in ("running", "checkpointed", "done") and iteration > (event.get("resumed_from") or 0):
+        rows.append(("training_progress", {
+            "run_id": event["run_id"], "iteration": iteration, "iterations": event["iterations"], "state": state,
+            "env_steps": event["env_steps"], "success_rate": event.get("success_rate"),
+            "reward_terms_json": terms, "losses_json": losses, "at": event["at"]}))
+    if state == "done" and event.get("policy_id"):
+        rows.append(("policies", {
+            "policy_id": event["policy_id"], "run_id": event["run_id"], "role": event["role"], "task": event["task"],
+            "dataset_versions": list(event.get("dataset_versions") or []),
+            "checkpoint_uri": event.get("checkpoint_uri") or "", "config_version": event["config_version"],
+            "iterations": iteration, "env_steps": event["env_steps"], "created_at": event["at"]}))
     return rows
 
 
@@ -264,4 +324,8 @@ def rows_for(topic_id: str, event: dict[str, Any]) -> list[tuple[str, dict[str, 
         return [(table, {column: event.get(column) for column in TABLE_COLUMNS[table]})]
     if topic_id in DATASET_TOPICS:
         return dataset_rows(topic_id, event)
+    if topic_id == "policy.evals":
+        return [("policy_evals", {column: event[column] for column in TABLE_COLUMNS["policy_evals"]})]
+    if topic_id in TRAINING_TOPICS:
+        return training_rows(topic_id, event)
     raise ValueError(f"the sink does not store topic {topic_id!r}")

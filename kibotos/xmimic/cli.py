@@ -128,9 +128,15 @@ def eval_cmd(
     backend: str | None = typer.Option(None),
     no_heldout: bool = typer.Option(False, "--no-heldout", help="SR only (no GSR variants)"),
     out: Path | None = typer.Option(None, help="also write the report JSON here"),
+    record: bool = typer.Option(True, "--record/--no-record",
+                                help="write policy_evals rows (stack topic, else the warehouse) and pay attribution"),
+    trained_on: list[str] = typer.Option([], "--trained-on",
+                                         help="dataset version NAME@vN the policy trained on (default: its metadata)"),
+    seed: int = typer.Option(0, help="part of the eval id: the same policy, dataset, config and seed replace rows"),
 ) -> None:
     """SR on the clips, GSR on held-out variants, per clip, with the open-loop reference
-    (PD) and zero-torque baselines.
+    (PD) and zero-torque baselines; the per-clip results become policy_evals rows, and a
+    policy that passes (config eval.pass_rule) pays the miners of its dataset versions.
 
     Example: kibotos eval teacher-t1-it200 --clips clips/
     """
@@ -153,6 +159,11 @@ def eval_cmd(
             rep = evaluate(clip_list, cfg, policy_path=path, task=task, device=device, backend=backend,
                            heldout=not no_heldout)
             report = rep.to_dict()
+            if record:  # README "XMimic: evaluation rows, pass rule, attribution"
+                from kibotos.xmimic.evals import record_from_cli
+
+                report["recorded"] = record_from_cli(settings, rep, policy, path, dataset=dataset, clips=clips,
+                                                     rule=cfg.eval.pass_rule, seed=seed, trained_on=trained_on)
             if not Path(policy).is_file():
                 save_eval(settings.home, policy, report)
     except KibotosError as exc:

@@ -123,12 +123,20 @@ class HeldoutConfig(_Frozen):
     yaw_deg: tuple[float, ...]
 
 
+class PassRule(_Frozen):
+    """When an evaluated policy passes (and pays the miners it trained on)."""
+    min_sr: float = Field(ge=0, le=1)
+    min_gsr: float = Field(ge=0, le=1)
+    min_sr_over_reference: float = Field(ge=-1, le=1)
+
+
 class EvalConfig(_Frozen):
     episodes_per_clip: int = Field(ge=1)
     final_height_tolerance_m: float = Field(gt=0)
     max_mean_hand_box_error_m: float = Field(gt=0)
     max_final_box_xy_error_m: float = Field(gt=0)
     heldout: HeldoutConfig
+    pass_rule: PassRule
 
 
 class XMimicConfig(_Frozen):

@@ -51,6 +51,9 @@ class EvalReport:
     sr: SetResult
     gsr: SetResult | None
     baselines: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    # per-clip outcomes of each baseline: {baseline: {"sr": [ClipResult], "gsr": [...]}}
+    # (the eval rows carry the reference's outcome on the same clip next to the policy's)
+    baseline_clips: dict[str, dict[str, list[ClipResult]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,15 +126,18 @@ def evaluate(clips: list[Clip], cfg: XMimicConfig, *, policy_path: Path | None =
     sr = run_episodes(clips, cfg, policy_path=policy_path, baseline=None if policy_path else "reference_pd", **kw)
     gsr = run_episodes(variants, cfg, policy_path=policy_path, baseline=None if policy_path else "reference_pd",
                        **kw) if variants else None
-    base = {}
+    base, base_clips = {}, {}
     for b in baselines:
         if b == "reference_pd" and policy_path is None:
             base[b] = {"sr": sr.rate, "gsr": gsr.rate if gsr else None}
+            base_clips[b] = {"sr": sr.clips, "gsr": gsr.clips if gsr else []}
             continue
         b_sr = run_episodes(clips, cfg, baseline=b, **kw)
         b_gsr = run_episodes(variants, cfg, baseline=b, **kw) if variants and b == "reference_pd" else None
         base[b] = {"sr": b_sr.rate, "gsr": b_gsr.rate if b_gsr else None}
-    return EvalReport(policy=name, config_version=cfg.config_version, sr=sr, gsr=gsr, baselines=base)
+        base_clips[b] = {"sr": b_sr.clips, "gsr": b_gsr.clips if b_gsr else []}
+    return EvalReport(policy=name, config_version=cfg.config_version, sr=sr, gsr=gsr, baselines=base,
+                      baseline_clips=base_clips)
 
 
 def write_report(report: EvalReport, path: Path) -> None:

@@ -14,7 +14,7 @@ from tests.fixtures.events import EVENT_FACTORIES, ledger_entry, report, submiss
     ("submissions.received", "submission_received"), ("verdicts", "verdict"),
     ("ledger.entries", "ledger_entry"), ("dead.letters", "dead_letter"),
     ("datasets.versions", "dataset_version"), ("datasets.episodes", "dataset_episode"),
-    ("datasets.attributions", "attribution"),
+    ("datasets.attributions", "attribution"), ("policy.evals", "policy_eval"),
 ])
 def test_rows_have_exactly_the_table_columns(topic_id, event):
     record = {**EVENT_FACTORIES[event](), "schema_version": 1}
