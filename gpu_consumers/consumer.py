@@ -153,12 +153,15 @@ class JobConsumer:
                 ray.init(resources={"gpu_slot": float(n * len(self.kinds))}, include_dashboard=False,
                          logging_level="ERROR", log_to_driver=False)
         self._actor_cls = ray.remote(**accelerator_options())(JobActorImpl)
-        self._payload = settings.model_dump_json()
+        # the actors see the broker too: a long job (train) publishes progress while it runs
+        self._payload = settings.model_copy(update={"bootstrap_servers": bootstrap}).model_dump_json()
         # tries of one job in all (versioned: kibotos/config/faults.yaml, streams.stage.FaultPolicy)
         self.policy = load_fault_policy(settings.fault_config_path)
         self.max_attempts = max_job_attempts or self.policy.max_attempts
         # a job past this is killed with its actor: no bundle holds an actor for good
         self.job_time_budget_s = job_time_budget_s or self.policy.job_time_budget_s
+        # kinds with a budget of their own (faults.yaml job_time_budgets_s: train)
+        self.kind_budgets_s = dict(self.policy.job_time_budgets_s)
         self.free = {kind: [self._new_actor(kind) for _ in range(n)] for kind in self.kinds}
         self.topic_kind = {spec.name: kind for kind, spec in self.inputs.items()}
         # a cold Genesis scene build can take minutes inside one job
@@ -290,10 +293,14 @@ class JobConsumer:
         dead-lettered with the verdict pending): a bundle that makes a job hang, or a job
         that hangs by itself, frees its actor instead of holding it."""
         now = time.perf_counter()
-        for ref in [r for r, (job, _) in self.pending.items() if now - job.started > self.job_time_budget_s]:
+        for ref in [r for r, (job, _) in self.pending.items() if now - job.started > self.budget_s(job.kind)]:
             job, actor = self.pending.pop(ref)
             self._failed(job, actor, JobTimeout(f"job_{job.kind}", message=(
-                f"ran {now - job.started:.1f} s, past the job time budget of {self.job_time_budget_s:g} s")))
+                f"ran {now - job.started:.1f} s, past the job time budget of {self.budget_s(job.kind):g} s")))
+
+    def budget_s(self, kind: str) -> float:
+        """The time budget of one job of ``kind``: its own (``job_time_budgets_s``) or the common one."""
+        return self.kind_budgets_s.get(kind, self.job_time_budget_s)
 
     def _commit(self) -> None:
         points = self.tracker.commit_points()

@@ -58,7 +58,9 @@ def make_handler(kind: str, config: GateConfig, store, settings):
 def check_plan(kinds: tuple[str, ...]) -> None:
     """Every kind of a plan is registered (raises ``ConfigError`` naming the known kinds)."""
     for kind in kinds:
-        get_job(kind)
+        if get_job(kind).family != "evidence":
+            raise ConfigError(f"job kind {kind!r} is not an evidence job (family {get_job(kind).family}); "
+                              f"evidence kinds: {', '.join(EVIDENCE_GATES)}")
 
 
 @evidence_job("pose")

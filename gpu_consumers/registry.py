@@ -31,9 +31,10 @@ from typing import Any
 from kibotos.errors import ConfigError
 
 # modules whose import registers job kinds
-JOB_MODULES = ("gpu_consumers.jobs", "gpu_consumers.xgen_jobs")
+JOB_MODULES = ("gpu_consumers.jobs", "gpu_consumers.xgen_jobs", "gpu_consumers.training_jobs")
 # kinds with a topic but no handler yet: a plan naming them fails loudly instead of stalling
-RESERVED = ("train",)
+# (``train`` was one until it became the XMimic training job, gpu_consumers.training_jobs)
+RESERVED: tuple[str, ...] = ()
 # every evidence kind (registered in gpu_consumers.jobs), in the order of its topic declarations, with the id of the result it
 # writes into a report: the one place these ids are spelled (scoring, dashboards, the
 # catalogue, the demo and the report pages import them from here)

@@ -87,7 +87,10 @@ def _load(name: str, version: int | None, root: Path) -> dict:
         declared, raw = _read(path)
         if declared != version:
             raise SerializationError(f"{path} declares schema_version {declared}, expected {version}")
-    return fastavro.parse_schema(_without_logical_types(raw))
+    parsed = fastavro.parse_schema(_without_logical_types(raw))
+    if not isinstance(parsed, dict):  # every event is an Avro record
+        raise SerializationError(f"schema {name} is not a record schema")
+    return parsed
 
 
 def load_schema(name: str, version: int | None = None, *, root: Path = SCHEMA_DIR) -> dict:

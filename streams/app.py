@@ -40,7 +40,8 @@ def _cap_fetch_wait() -> None:
     if getattr(base, "kibotos_fetch_cap", False):
         return
 
-    class CappedFetchConsumer(base):
+    # the base is the class faust's driver holds at run time, so mypy cannot see it as a type
+    class CappedFetchConsumer(base):  # type: ignore[valid-type, misc]
         kibotos_fetch_cap = True
 
         def __init__(self, *args, **kwargs):

@@ -94,7 +94,7 @@ class InFlight:
         return cls.from_record(spec.deserialize(data or b""))
 
     @classmethod
-    def from_record(cls, rec: Mapping[str, Any]) -> InFlight:
+    def from_record(cls, rec: InFlight | Mapping[str, Any]) -> InFlight:
         """From a decoded record; fields the model does not carry (``schema_version``, a
         rejection's ``failed_gate``) are left out, missing optional ones take defaults."""
         if isinstance(rec, InFlight):

@@ -84,6 +84,13 @@ class FaultPolicy(BaseModel):
     # wall time one GPU job may take before its actor is killed (gpu_consumers.consumer):
     # above a cold Genesis scene build, far below "forever"
     job_time_budget_s: float = 900.0
+    # per job kind, instead of job_time_budget_s: a kind whose jobs run long by design
+    # (``train``: a PPO run) gets its own budget
+    job_time_budgets_s: dict[str, float] = {}
+
+    def budget_s(self, kind: str) -> float:
+        """The time budget of one job of ``kind``."""
+        return self.job_time_budgets_s.get(kind, self.job_time_budget_s)
 
 
 @functools.lru_cache(maxsize=8)
@@ -91,7 +98,8 @@ def load_fault_policy(path: Path | str | None = None) -> FaultPolicy:
     from kibotos.config.files import load_config
 
     policy = load_config(FaultPolicy, path or FAULTS_CONFIG, "faults")
-    if policy.max_attempts < 1 or policy.backoff_s < 0 or policy.job_time_budget_s <= 0:
+    if (policy.max_attempts < 1 or policy.backoff_s < 0 or policy.job_time_budget_s <= 0
+            or any(v <= 0 for v in policy.job_time_budgets_s.values())):
         from kibotos.errors import ConfigError
 
         raise ConfigError(f"invalid faults config: max_attempts >= 1, backoff_s >= 0 and job_time_budget_s > 0, got {policy}")
@@ -131,9 +139,13 @@ class Output:
 class Stage(Protocol):
     """Every stream stage (see the module docstring)."""
 
-    id: str
-    inputs: tuple[TopicSpec, ...]
-    outputs: tuple[TopicSpec, ...]
+    # read-only for a runner: a stage may hold them as plain attributes of any tuple length
+    @property
+    def id(self) -> str: ...
+    @property
+    def inputs(self) -> tuple[TopicSpec, ...]: ...
+    @property
+    def outputs(self) -> tuple[TopicSpec, ...]: ...
 
     def handle(self, record: Record) -> list[Output]: ...
 

@@ -18,7 +18,7 @@ from kibotos.errors import ServiceError
 from kibotos.runtime.metrics import update_lag
 from streams.stages import Record, handle_observed, stage_inputs
 from topics.catalogue import Catalogue
-from topics.clients import LOW_LATENCY, consumer_config, producer_config
+from topics.clients import LOW_LATENCY, consumer_config, position, producer_config
 
 log = logging.getLogger("kibotos.streams")
 
@@ -45,14 +45,15 @@ class StageConsumer:
         msg = self.consumer.poll(timeout)
         if msg is None or msg.error():
             return 0
-        record = Record(msg.topic(), msg.value(), msg.key(), msg.partition(), msg.offset())
+        topic, partition, offset = position(msg)
+        record = Record(topic, msg.value(), msg.key(), partition, offset)
         try:
             for out in handle_observed(self.stage, record, self.catalogue, self.policy):
                 self.producer.produce(out.topic.name, key=out.key(), value=out.value())
             if self.producer.flush(30):
                 raise ServiceError(f"{self.stage.processor_id}: outputs not acknowledged by the broker")
         except ServiceError:  # the store or the broker: this record again, after a back-off
-            self.consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+            self.consumer.seek(TopicPartition(topic, partition, offset))
             raise
         try:
             self.consumer.commit(message=msg, asynchronous=False)

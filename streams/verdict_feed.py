@@ -38,8 +38,11 @@ def follow_verdicts(bootstrap: str, catalogue: Catalogue, *, group_id: str | Non
                     return
                 continue
             last = time.monotonic()
+            value = msg.value()
+            if value is None:  # a tombstone carries no verdict
+                continue
             try:
-                yield catalogue.verdicts.deserialize(msg.value())
+                yield catalogue.verdicts.deserialize(value)
             except SerializationError:
                 continue
     finally:

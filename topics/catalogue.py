@@ -24,7 +24,7 @@ from topics.serializers import AvroSerializer
 
 GATES_WITH_PASS_TOPIC = ("a", "b", "c", "d", "e")
 # expensive evidence jobs run by the GPU consumer group (gpu_consumers/), one topic per
-# kind; task/train are declared so producers and dashboards can rely on them. The VLM is
+# kind (XMimic training is no evidence kind: its job consumes training.requests). The VLM is
 # no job kind of its own: it is a provider used inside the ``align`` job (kibotos.vlm).
 JOB_KINDS = (*EVIDENCE_GATES, *RESERVED)
 # XGen stages in order, each a job kind ``xgen_<stage>`` on the same consumer group
@@ -56,6 +56,10 @@ _DECLARATIONS: tuple[tuple[str, str, str], ...] = (
     ("datasets.attributions", "attribution", "entry_id"),
     # XMimic evaluations (kibotos eval, kibotos/xmimic/evals.py): one record per clip and split
     ("policy.evals", "policy_eval", "policy_id"),
+    # XMimic training (gpu_consumers/training_jobs.py): requests are the train job's input;
+    # progress carries the whole run state (queued, per iteration, done/failed)
+    ("training.requests", "training_request", "run_id"),
+    ("training.progress", "training_progress", "run_id"),
 )
 
 

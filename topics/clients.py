@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from confluent_kafka import Message
+
 # role -> whether dots of the topic prefix become dashes (faust app ids and the GPU
 # group always did; the sink and novelty groups never did: kept, so running groups keep
 # their committed offsets)
@@ -45,3 +47,12 @@ def consumer_config(bootstrap: str, group: str, **overrides: Any) -> dict[str, A
 
 def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
     return {"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS, **overrides}
+
+
+def position(msg: Message) -> tuple[str, int, int]:
+    """``(topic, partition, offset)`` of a fetched record. confluent-kafka types each as
+    optional (an error event has none); a record polled without an error has all three."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    if topic is None or partition is None or offset is None:
+        raise ValueError(f"not a fetched record: topic={topic} partition={partition} offset={offset}")
+    return topic, partition, offset

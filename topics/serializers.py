@@ -108,4 +108,6 @@ class AvroSerializer:
             raise SerializationError(
                 f"{self.event} v{written}: {len(data) - 2 - body.tell()} trailing bytes after the record"
             )
+        if not isinstance(record, dict):  # a record schema decodes to a dict
+            raise SerializationError(f"{self.event} v{written}: decoded a {type(record).__name__}, not a record")
         return record

@@ -14,7 +14,7 @@ from confluent_kafka import Producer
 
 from kibotos.bundle import open_bundle
 from kibotos.errors import BundleError, ServiceError
-from kibotos.objectstore import LocalObjectStore
+from kibotos.objectstore import ObjectStore
 from topics.catalogue import Catalogue
 
 
@@ -46,7 +46,7 @@ def producer(bootstrap: str) -> Producer:
                      "batch.num.messages": 1, "enable.idempotence": False})
 
 
-def submit_paths(paths: list[Path], *, bootstrap: str, store: LocalObjectStore, catalogue: Catalogue,
+def submit_paths(paths: list[Path], *, bootstrap: str, store: ObjectStore, catalogue: Catalogue,
                  miner_id: str = "anonymous") -> list[Submitted]:
     prod = producer(bootstrap)
     out: list[Submitted] = []

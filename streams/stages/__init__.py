@@ -21,7 +21,7 @@ import time
 
 from kibotos.config.gates import GateConfig
 from kibotos.errors import KibotosError
-from kibotos.objectstore import LocalObjectStore
+from kibotos.objectstore import ObjectStore
 from processors.base import gates
 from streams.in_flight import InFlight, advance, in_flight_outputs  # noqa: F401  (re-exported)
 from streams.stage import (  # noqa: F401  (re-exported)
@@ -66,7 +66,7 @@ def handle_observed(stage, record: Record, catalogue: Catalogue, policy: FaultPo
     return outputs
 
 
-def build_stages(catalogue: Catalogue, store: LocalObjectStore, config: GateConfig, scoring=None,
+def build_stages(catalogue: Catalogue, store: ObjectStore, config: GateConfig, scoring=None,
                  evidence_jobs: tuple[str, ...] = (), novelty: bool = False):
     """The broker-free stages of the gate workers, in order: one per gate, the evidence
     dispatch, the decision. The evidence jobs run in ``gpu_consumers``; the novelty stage

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from functools import partial
 
 from kibotos.errors import SerializationError
 from kibotos.reports.model import GateResult
@@ -56,18 +57,17 @@ class DecisionStage:
     def _judge(self, event: InFlight, results: list[GateResult]):
         from kibotos.scoring import score_submission
 
-        common = dict(miner_id=event.miner_id, robot_model_id=event.robot_model_id,
-                      robot_model_revision=event.robot_model_revision)
         config_version = event.config_version or "unknown"
-        report = build_report(event.submission_id, results, config_version, **common)
+        report = partial(build_report, event.submission_id, results, config_version, miner_id=event.miner_id,
+                         robot_model_id=event.robot_model_id, robot_model_revision=event.robot_model_revision)
+        verdict = report()
         breakdown = None
-        if report.verdict == "accepted":
+        if verdict.verdict == "accepted":
             evidence = {r.gate: r for r in results}
             breakdown = score_submission(evidence, self.scoring, passed=True,
                                          angle_quality_sum=_angle_quality_sum(results))
-            report = build_report(event.submission_id, results, config_version, **common,
-                                  points=breakdown.reward, scores=breakdown.model_dump(mode="json"))
-        return report, breakdown
+            verdict = report(points=breakdown.reward, scores=breakdown.model_dump(mode="json"))
+        return verdict, breakdown
 
     def handle(self, record: Record) -> list[Output]:
         spec = self.accepted_input if record.topic == self.accepted_input.name else self.rejected_input
@@ -144,7 +144,7 @@ def _revision(results: list[GateResult]) -> tuple[int, list[GateResult]] | None:
     (``kibotos.novelty.NoveltyChecker.revise_later_copy``), else None."""
     novelty = next((r for r in results if r.gate == "novelty"), None)
     revision = novelty.metrics.get("revision") if novelty is not None else None
-    if not isinstance(revision, dict):
+    if novelty is None or not isinstance(revision, dict):
         return None
     prev = revision.get("previous")
     if not isinstance(prev, dict):

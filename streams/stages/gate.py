@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kibotos.config.gates import GateConfig
-from kibotos.objectstore import LocalObjectStore
+from kibotos.objectstore import ObjectStore
 from processors.base import Gate, gates
 from processors.chain import gate_on_path
 from streams.in_flight import InFlight, advance, in_flight_outputs
@@ -16,7 +16,7 @@ class GateStage:
     that fails itself (``gate_internal_error``) raises a ``ValidatorFault``: retried, never
     a rejection (``streams.stage.handle_with_retries``)."""
 
-    def __init__(self, gate: Gate, catalogue: Catalogue, store: LocalObjectStore, config: GateConfig):
+    def __init__(self, gate: Gate, catalogue: Catalogue, store: ObjectStore, config: GateConfig):
         self.gate = gate
         self.id = self.processor_id = gate.gate_id
         self.catalogue = catalogue

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from kibotos.objectstore import LocalObjectStore
+from kibotos.objectstore import ObjectStore
 from kibotos.reports.model import GateResult
 from processors.base import gates
 from streams.in_flight import InFlight, advance, in_flight_outputs
@@ -47,7 +47,7 @@ class JobStage:
     scene) warm. A hard failure rejects, like a gate; anything else forwards. The job's own
     failure is a ``ValidatorFault``, never a rejection (``streams.stage``)."""
 
-    def __init__(self, kind: str, handler, catalogue: Catalogue, store: LocalObjectStore,
+    def __init__(self, kind: str, handler, catalogue: Catalogue, store: ObjectStore,
                  evidence_jobs: tuple[str, ...], limits=None):
         self.kind = kind
         self.id = self.processor_id = f"job_{kind}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gpu_consumers.registry import EVIDENCE_GATES
-from kibotos.objectstore import LocalObjectStore
+from kibotos.objectstore import ObjectStore
 from kibotos.reports.model import GateResult
 from streams.in_flight import InFlight, advance, in_flight_outputs
 from streams.stage import Output, Record, contained, now_ms
@@ -47,7 +47,7 @@ class NoveltyStage:
 
     id = processor_id = "novelty"
 
-    def __init__(self, catalogue: Catalogue, store: LocalObjectStore, checker, limits=None):
+    def __init__(self, catalogue: Catalogue, store: ObjectStore, checker, limits=None):
         self.catalogue = catalogue
         self.store = store
         self.checker = checker

@@ -29,8 +29,8 @@ def test_evidence_route_chains_the_jobs_in_order_then_completes(catalogue):
 
 
 def test_an_unknown_or_reserved_job_kind_is_a_config_error():
-    with pytest.raises(ConfigError, match="reserved"):
-        make_handler("train", CONFIG, None, Settings())
+    with pytest.raises(ConfigError, match="no evidence job handler 'train'"):
+        make_handler("train", CONFIG, None, Settings())  # a job kind, but no evidence kind
     with pytest.raises(ConfigError, match="available: align, ik, playback, pose"):
         make_handler("nope", CONFIG, None, Settings())
 

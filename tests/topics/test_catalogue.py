@@ -22,7 +22,6 @@ EXPECTED = {
     "jobs.playback": "submission_in_flight",
     "jobs.align": "submission_in_flight",
     "jobs.task": "submission_in_flight",
-    "jobs.train": "submission_in_flight",
     "evidence.completed": "submission_in_flight",
     "novelty.completed": "submission_in_flight",
     "verification.rejected": "verification_rejected",
@@ -41,6 +40,8 @@ EXPECTED = {
     "datasets.episodes": "dataset_episode",
     "datasets.attributions": "attribution",
     "policy.evals": "policy_eval",
+    "training.requests": "training_request",
+    "training.progress": "training_progress",
 }
 
 

@@ -1,0 +1,201 @@
+"""The ``train`` job kind broker-free: a training request trains on clips read from the object
+store (an XGen request's, or a dataset version's), publishes progress while it runs, stores
+checkpoints under the run id, registers the policy, answers a finished run again without
+training, resumes a run whose actor died from its last stored checkpoint, and refuses bad
+requests with reason codes. Tiny scale: 2 environments, a few PPO iterations of 8 steps."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+
+import pytest
+import torch
+
+from gpu_consumers.registry import get_job
+from gpu_consumers.training_jobs import TrainingStage, policy_key
+from kibotos.config.settings import Settings
+from kibotos.datasets.builder import DatasetBuilder
+from kibotos.datasets.spec import parse_spec
+from kibotos.datasets.store import DatasetStore
+from kibotos.objectstore import LocalObjectStore
+from kibotos.xmimic.clipgen import make_clip_set
+from kibotos.xmimic.config import DEFAULT_PATH
+from kibotos.xmimic.sources import resolve_dataset
+from streams.sink_rows import rows_for
+from streams.stage import Record
+from tests.fixtures.events import training_request, xgen_clip
+from topics.catalogue import Catalogue
+
+
+def tiny_config_yaml() -> str:
+    text = DEFAULT_PATH.read_text()
+    for old, new in (("every_iterations: 10", "every_iterations: 1"), ("num_steps_per_env: 24", "num_steps_per_env: 8")):
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+@pytest.fixture(scope="module")
+def clip_folders(tmp_path_factory):
+    """Two XGen clips (the procedural pickup through every XGen stage)."""
+    folders = sorted(make_clip_set(tmp_path_factory.mktemp("xgen"), duration_s=3.0).iterdir())
+    return [f for f in folders if f.name.endswith(("base", "mirror"))][:2]
+
+
+@pytest.fixture
+def setup(tmp_path, clip_folders):
+    store = LocalObjectStore(tmp_path / "objects")
+    rid = str(uuid.uuid4())
+    for folder in clip_folders:
+        for name in ("clip.npz", "metadata.json"):
+            store.put_file(folder / name, f"xgen/{rid}/clips/{folder.name}/{name}")
+    settings = Settings(home=tmp_path / "home", object_store_url=store.root.as_uri())
+    return settings, Catalogue(prefix="t."), store, rid
+
+
+def stage_and_log(settings, catalogue, store, tmp_path, name="actor"):
+    published = []
+    stage = TrainingStage(settings, catalogue, store, publish=published.extend, work_dir=tmp_path / name,
+                          progress_interval_s=0.0)
+    return stage, published
+
+
+def request(catalogue, **over) -> Record:
+    fields = {"run_id": f"run-{uuid.uuid4().hex[:8]}", "dataset": "", "dataset_versions": [], "clips": [],
+              "config_yaml": tiny_config_yaml(), "iterations": 3, "num_envs": 2, "backend": None, **over}
+    rec = training_request(**fields)
+    spec = catalogue.get("training.requests")
+    return Record(spec.name, spec.serialize(rec), spec.key(rec))
+
+
+def records(outs):
+    return [o.record for o in outs]
+
+
+def test_the_train_kind_is_registered_on_training_requests():
+    spec = get_job("train")
+    assert (spec.input_topic, spec.family, spec.gate) == ("training.requests", "xmimic", None)
+
+
+def test_a_request_trains_publishes_progress_and_registers_the_policy(setup, tmp_path):
+    settings, cat, store, rid = setup
+    stage, published = stage_and_log(settings, cat, store, tmp_path)
+    rec = request(cat, dataset=rid)
+    run_id = cat.get("training.requests").deserialize(rec.value)["run_id"]
+    [done] = records(stage.handle(rec))
+    assert done["state"] == "done" and done["reason_code"] is None, done
+    assert (done["iteration"], done["iterations"], done["policy_id"]) == (3, 3, f"teacher-{run_id}-it3")
+    assert done["dataset_versions"] == [f"xgen:{rid}"] and done["env_steps"] == 3 * 2 * 8
+    assert done["checkpoint_uri"] == store.uri_for(policy_key(done["policy_id"]))
+    saved = torch.load(store.local_path(done["checkpoint_uri"]), weights_only=False)
+    assert saved["infos"]["dataset_versions"] == [f"xgen:{rid}"] and saved["infos"]["iteration"] == 3
+    progress = records(published)
+    assert progress[0]["state"] == "running" and progress[0]["resumed_from"] == 0
+    iters = [p for p in progress[1:]]
+    assert [p["iteration"] for p in iters] == [1, 2, 3]
+    assert all(p["state"] == "checkpointed" and p["checkpoint_uri"].endswith(f"xmimic/{run_id}/model_{p['iteration']}.pt")
+               for p in iters)  # every_iterations: 1
+    assert all(set(p["reward_terms"]) >= {"body_joint_pos", "contact"} and "value" in p["losses"] for p in iters)
+    assert all(p["task"] and p["backend"] == "mujoco" and p["num_envs"] == 2 for p in iters)
+    for n in (1, 2, 3):
+        assert store.stat(f"xmimic/{run_id}/model_{n}.pt") is not None
+    # the warehouse rows of the done record: the run, its last iteration, the policy
+    tables = [t for t, _ in rows_for("training.progress", done)]
+    assert tables == ["training_runs", "training_progress", "policies"]
+
+    # a redelivered request for the finished run is answered, not trained again
+    published.clear()
+    [again] = records(stage.handle(rec))
+    assert again == done and published == []
+
+
+def test_a_run_whose_actor_died_resumes_from_its_stored_checkpoint(setup, tmp_path):
+    settings, cat, store, rid = setup
+
+    class ActorDied(BaseException):
+        """Stands for the SIGKILL (the integration test kills a real actor)."""
+
+    published = []
+
+    def die_after_second_checkpoint(outs):
+        published.extend(outs)
+        if any(o.record["state"] == "checkpointed" and o.record["iteration"] == 2 for o in outs):
+            raise ActorDied
+
+    first = TrainingStage(settings, cat, store, publish=die_after_second_checkpoint, work_dir=tmp_path / "a1",
+                          progress_interval_s=0.0)
+    rec = request(cat, dataset=rid, iterations=4)
+    with pytest.raises(ActorDied):
+        first.handle(rec)
+    shutil.rmtree(tmp_path / "a1")  # a fresh actor has nothing local: only the object store
+    second, published2 = stage_and_log(settings, cat, store, tmp_path, "a2")
+    [done] = records(second.handle(rec))
+    start = records(published2)[0]
+    assert start["state"] == "running" and start["resumed_from"] == 2 and start["iteration"] == 2
+    assert [p["iteration"] for p in records(published2)[1:]] == [3, 4]
+    assert done["state"] == "done" and done["iteration"] == 4 and done["resumed_from"] == 2
+
+
+def test_a_dataset_version_resolves_to_its_xgen_clips_and_is_recorded(setup, tmp_path):
+    settings, cat, store, rid = setup
+    datasets = DatasetStore(settings.home / "datasets")
+    datasets.create(parse_spec({"name": "pickups", "robots": ["unitree_g1"], "sources": ["xgen.clips"]}))
+    builder = DatasetBuilder(datasets, "pickups")
+    for info in store.list(f"xgen/{rid}/clips/"):
+        if info.key.endswith("clip.npz"):
+            cid = info.key.split("/")[-2]
+            assert builder.offer("xgen.clips", xgen_clip(
+                clip_id=cid, request_id=rid, clip_uri=store.uri_for(info.key),
+                metadata_uri=store.uri_for(info.key.replace("clip.npz", "metadata.json")))) == "added"
+    builder.publish()
+    data = resolve_dataset("pickups", settings.home, store)
+    assert data.dataset_versions == ("pickups@v1",) and len(data.clips) == 2
+    assert resolve_dataset("pickups@v1", settings.home, store) == data
+    assert resolve_dataset(rid, settings.home, store).dataset_versions == (f"xgen:{rid}",)
+
+    stage, _ = stage_and_log(settings, cat, store, tmp_path)
+    [done] = records(stage.handle(request(cat, dataset="pickups", iterations=1)))
+    assert done["state"] == "done" and done["dataset"] == "pickups@v1" and done["dataset_versions"] == ["pickups@v1"]
+    saved = torch.load(store.local_path(done["checkpoint_uri"]), weights_only=False)
+    assert saved["infos"]["dataset_versions"] == ["pickups@v1"]
+
+
+@pytest.mark.parametrize("over, reason", [
+    ({"dataset": "no-such-dataset"}, "xmimic_dataset_unknown"),
+    ({"dataset": "pickups@v9"}, "xmimic_dataset_unknown"),
+    ({"run_id": "../escape"}, "xmimic_request_invalid"),
+    ({"role": "critic"}, "xmimic_role_invalid"),
+    ({"role": "nep"}, "xmimic_teacher_missing"),
+    ({"role": "nep", "teacher_policy_id": "teacher-nowhere-it1"}, "xmimic_policy_unknown"),
+    ({"config_yaml": "config_version: broken\n"}, "config_invalid"),
+    ({"clips": [{"clip_id": "gone", "clip_uri": "file:///nowhere/clip.npz",
+                 "metadata_uri": "file:///nowhere/metadata.json"}]}, "xmimic_clips_missing"),
+])
+def test_bad_requests_fail_with_a_reason_code(setup, tmp_path, over, reason):
+    settings, cat, store, rid = setup
+    stage, _ = stage_and_log(settings, cat, store, tmp_path)
+    over = {"dataset": rid, **over}
+    [failed] = records(stage.handle(request(cat, **over)))
+    assert failed["state"] == "failed" and failed["reason_code"] == reason, failed
+
+
+def test_an_undecodable_request_is_a_dead_letter(setup, tmp_path):
+    settings, cat, store, _ = setup
+    stage, _ = stage_and_log(settings, cat, store, tmp_path)
+    [out] = stage.handle(Record(cat.get("training.requests").name, b"not avro"))
+    assert out.topic.id == "dead.letters" and out.record["processor_id"] == "job_train"
+
+
+def test_a_run_past_its_budget_is_checkpointed_and_requeued(setup, tmp_path):
+    settings, cat, store, rid = setup
+    published = []
+    stage = TrainingStage(settings, cat, store, publish=published.extend, work_dir=tmp_path / "b", budget_s=0.5,
+                          progress_interval_s=0.0)
+    rec = request(cat, dataset=rid, iterations=50)
+    outs = stage.handle(rec)
+    assert [o.topic.id for o in outs] == ["training.progress", "training.requests"]
+    state, again = records(outs)
+    assert state["state"] == "checkpointed" and 1 <= state["iteration"] < 50
+    assert again["run_id"] == cat.get("training.requests").deserialize(rec.value)["run_id"]
+    assert store.stat(f"xmimic/{again['run_id']}/model_{state['iteration']}.pt") is not None
