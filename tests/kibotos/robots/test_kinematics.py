@@ -51,3 +51,18 @@ def test_serial_chain_matches_full_fk_and_jacobian(key, link):
 def test_unknown_link_is_a_clear_error():
     with pytest.raises(ValueError, match="no serial chain"):
         SerialKinematics(get_robot(*ROBOTS[0]), "no_such_link")
+
+
+@pytest.mark.parametrize("link", ["panda_leftfinger", "panda_rightfinger"])
+def test_a_chain_with_a_prismatic_joint_matches_pytorch_kinematics(link):
+    """The Panda's fingers slide: the folded chain handles a prismatic joint's axis and offset."""
+    robot = get_robot("franka_panda", "fer-v1")
+    chain = SerialKinematics(robot, link)
+    assert chain.joint_names[-1].startswith("panda_finger_joint")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        full = pk.build_chain_from_urdf(robot.model_path.read_bytes())
+    reference = pk.SerialChain(full, link, robot.base_frame).to(dtype=torch.float64)
+    q = np.random.default_rng(1).uniform(robot.pos_lower, robot.pos_upper, (32, robot.dof))
+    qc = torch.as_tensor(q[:, chain.joint_index])
+    np.testing.assert_allclose(chain.link_poses(q), reference.forward_kinematics(qc).get_matrix().numpy(), atol=1e-12)
+    np.testing.assert_allclose(chain.link_jacobians(q), reference.jacobian(qc).numpy(), atol=1e-12)
