@@ -12,7 +12,15 @@ not all sent is sent again at start (``emitted.json``; same records, same ledger
 
 Sources: ``verdicts`` and, where the catalogue declares it, ``xgen.clips``
 (``available_sources``). Run it as ``python -m streams.dataset_builder`` (every dataset
-in the store, continuously), or ``kibotos datasets build`` (until idle, then publish).
+in the store, continuously; ``kibotos up`` runs and supervises it), or ``kibotos datasets
+build`` without a stack (until idle, then publish). A publish request
+(``kibotos.datasets.requests``) makes the running builder catch up with every record
+produced before it and publish at once.
+
+Metrics (``kibotos.runtime.metrics`` families with ``processor="dataset-builder"``, plus
+``kibotos_dataset_records_total{dataset,outcome}``,
+``kibotos_dataset_versions_published_total{dataset}``,
+``kibotos_dataset_pending_episodes{dataset}``).
 """
 
 from __future__ import annotations
@@ -21,16 +29,26 @@ import logging
 import threading
 import time
 
-from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from prometheus_client import Counter, Gauge
 
+from kibotos.datasets import requests
 from kibotos.datasets.builder import DatasetBuilder, available_sources
 from kibotos.datasets.events import version_events
 from kibotos.datasets.store import DatasetStore
 from kibotos.errors import KibotosError
+from kibotos.runtime.metrics import PROCESSING, RECORDS_IN, RECORDS_OUT, update_lag
 from topics.catalogue import Catalogue
 
 log = logging.getLogger(__name__)
 PROCESSOR_ID = "dataset-builder"
+LAG_EVERY_S = 10.0
+
+DATASET_RECORDS = Counter("kibotos_dataset_records", "records offered to a dataset, by outcome",
+                          ["dataset", "outcome"])
+DATASET_VERSIONS = Counter("kibotos_dataset_versions_published", "dataset versions published", ["dataset"])
+DATASET_PENDING = Gauge("kibotos_dataset_pending_episodes", "episodes, removals and revisions waiting for the "
+                        "next version", ["dataset"], multiprocess_mode="livemax")
 
 
 def group_id(prefix: str, catalogue: Catalogue, name: str) -> str:
@@ -53,6 +71,8 @@ class DatasetProcessor:
         self.outcomes: dict[str, int] = {}
         self.published: list[dict] = []
         self.undecodable = 0
+        self._targets: dict[tuple[str, int], int] | None = None  # high watermarks a publish request waits for
+        self._lag_at = 0.0
         self._consumer = Consumer({
             "bootstrap.servers": bootstrap, "group.id": group, "client.id": f"{PROCESSOR_ID}-{name}",
             "auto.offset.reset": "earliest", "enable.auto.commit": False,
@@ -74,6 +94,7 @@ class DatasetProcessor:
             spec = self.catalogue.get(topic_id)
             self.producer.produce(spec.name, key=spec.key(record), value=spec.serialize(record))
             self.producer.poll(0)
+            RECORDS_OUT.labels(PROCESSOR_ID, topic_id).inc()
         if self.producer.flush(30) != 0:
             raise KibotosError(f"{PROCESSOR_ID}: events of {self.name} v{version} not delivered",
                                reason_code="broker_unavailable")
@@ -89,6 +110,7 @@ class DatasetProcessor:
                     log.warning("%s: consumer error: %s", PROCESSOR_ID, m.error().str())
                 continue
             spec = self._specs[m.topic()]
+            t0 = time.perf_counter()
             try:
                 outcome = self.builder.offer(spec.id, spec.deserialize(m.value()))
             except (KibotosError, KeyError, TypeError, ValueError) as exc:
@@ -97,12 +119,19 @@ class DatasetProcessor:
                 log.warning("%s: skipping %s[%d]@%d: %s", PROCESSOR_ID, m.topic(), m.partition(), m.offset(), exc)
                 outcome = "undecodable"
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+            RECORDS_IN.labels(PROCESSOR_ID, spec.id).inc()
+            PROCESSING.labels(PROCESSOR_ID).observe(time.perf_counter() - t0)
+            DATASET_RECORDS.labels(self.name, outcome).inc()
             n += 1
         if self.builder.due():
             self.publish()
         elif n:
             self.builder.sync()
             self._commit()  # pending episodes are on disk: their records need not come again
+        DATASET_PENDING.labels(self.name).set(self.builder.pending)
+        if time.monotonic() - self._lag_at > LAG_EVERY_S:
+            self._lag_at = time.monotonic()
+            update_lag(PROCESSOR_ID, self._consumer)
         return n
 
     def publish(self) -> dict | None:
@@ -110,8 +139,53 @@ class DatasetProcessor:
         if info is not None:
             self._emit(info["version"])
             self.published.append(info)
+            DATASET_VERSIONS.labels(self.name).inc()
         self._commit()
         return info
+
+    # --- publish requests (kibotos.datasets.requests) ----------------------------------
+
+    def _high_watermarks(self) -> dict[tuple[str, int], int]:
+        out = {}
+        for topic in self._specs:
+            meta = self._consumer.list_topics(topic, timeout=10).topics[topic]
+            for p in meta.partitions:
+                low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
+                if high > low:
+                    out[(topic, p)] = high
+        return out
+
+    def caught_up(self, targets: dict[tuple[str, int], int]) -> bool:
+        """Whether the group's committed offsets reached ``targets`` (every record below
+        them has been offered: offsets are committed after each batch)."""
+        if not targets:
+            return True
+        committed = self._consumer.committed([TopicPartition(t, p) for t, p in targets], timeout=10)
+        return all(tp.offset >= targets[(tp.topic, tp.partition)] for tp in committed)
+
+    def answer_requests(self) -> int:
+        """Answer the publish requests waiting for this dataset once caught up; returns how many."""
+        waiting = list(requests.pending_requests(self.store, self.name))
+        if not waiting:
+            self._targets = None
+            return 0
+        try:
+            if self._targets is None:
+                self._targets = self._high_watermarks()
+            if not self.caught_up(self._targets):
+                return 0
+            info = self.publish()
+            body = {"ok": True, "dataset": self.name, "version": self.store.latest(self.name),
+                    "published": info["version"] if info else None, "outcomes": dict(self.outcomes)}
+        except KafkaException as exc:  # the broker is away: the request waits for the next try
+            log.warning("%s: publish request for %s waits: %s", PROCESSOR_ID, self.name, exc)
+            return 0
+        except KibotosError as exc:
+            body = {"ok": False, "error": str(exc), "reason_code": exc.reason_code}
+        for request in waiting:
+            requests.answer(request, body)
+        self._targets = None
+        return len(waiting)
 
     def _commit(self) -> None:
         try:
@@ -152,17 +226,23 @@ def run(store: DatasetStore, catalogue: Catalogue, bootstrap: str, prefix: str, 
     scanned = 0.0
     try:
         while not stop.is_set():
-            if time.monotonic() - scanned > rescan_s:
+            # a publish request for a dataset not built yet (just created) is a reason to look now
+            if time.monotonic() - scanned > rescan_s or requests.has_requests(store) - set(procs):
                 scanned = time.monotonic()
                 for name in store.names():
                     if name not in procs:
-                        procs[name] = DatasetProcessor(store, name, catalogue, bootstrap,
-                                                       group_id(prefix, catalogue, name))
+                        try:
+                            procs[name] = DatasetProcessor(store, name, catalogue, bootstrap,
+                                                           group_id(prefix, catalogue, name))
+                        except KibotosError as exc:  # e.g. an unreadable spec: the others go on
+                            log.warning("%s: cannot build %s: [%s] %s", PROCESSOR_ID, name, exc.reason_code, exc)
+                            continue
                         log.info("%s: building %s", PROCESSOR_ID, name)
             if not procs:
                 stop.wait(1.0)
             for proc in procs.values():
                 proc.poll_once(timeout=0.2)
+                proc.answer_requests()
     finally:
         for proc in procs.values():
             proc.close()
@@ -174,10 +254,13 @@ def main(argv: list[str] | None = None) -> None:
     from kibotos.runtime.process import process_parser, start_process
 
     parser = process_parser("Dataset builder: accepted episodes into versioned datasets")
+    parser.add_argument("--rescan-s", type=float, default=2.0, help="look for new dataset specs this often")
     proc = start_process(parser, argv)
     settings = proc.settings
     store = DatasetStore(settings.home / "datasets")
-    run(store, Catalogue.from_settings(settings), proc.bootstrap, settings.consumer_group_prefix, proc.stop)
+    log.info("%s: building every dataset under %s", PROCESSOR_ID, store.root)
+    run(store, Catalogue.from_settings(settings), proc.bootstrap, settings.consumer_group_prefix, proc.stop,
+        rescan_s=proc.args.rescan_s)
 
 
 if __name__ == "__main__":

@@ -34,18 +34,28 @@ def _store(root: Path | None):
 
 
 def _build(store, name: str, idle_s: float) -> list[dict]:
+    """Publish what the sources hold for ``name``: through the running stack's builder
+    when ``kibotos up`` runs (its consumer group is that builder's), else here until idle."""
     from kibotos.reports.reads import bootstrap_for
+    from kibotos.runtime.stack import running_stack
     from streams.dataset_builder import build_until_idle, group_id
     from topics.admin import ensure_topics
     from topics.catalogue import Catalogue
 
     settings = _settings()
+    if running_stack(settings) is not None and store.root.resolve() == (settings.home / "datasets").resolve():
+        from kibotos.datasets.requests import request_publish
+
+        body = request_publish(store, name)
+        _out.print(f"{name} (the running stack's builder): "
+                   + (", ".join(f"{k} {v}" for k, v in sorted(body["outcomes"].items())) or "no records"))
+        return [store.info(name, body["published"])] if body["published"] else []
     bootstrap = bootstrap_for(settings)
     catalogue = Catalogue.from_settings(settings)
     ensure_topics(bootstrap, catalogue.all())
     proc = build_until_idle(store, name, catalogue, bootstrap, group_id(settings.consumer_group_prefix, catalogue, name),
                             idle_s=idle_s)
-    _out.print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in sorted(proc.outcomes.items())) or "no records")
+    _out.print(f"{name}: " + (", ".join(f"{k} {v}" for k, v in sorted(proc.outcomes.items())) or "no records"))
     return proc.published
 
 

@@ -1,6 +1,9 @@
 """The demo's last step: publish a dataset from its accepted episodes, export it to both
 formats, and show attribution per miner (``kibotos.runtime.demo`` calls ``publish_demo_dataset``
-inside its running stack)."""
+inside its running stack). The spec is created in the stack's dataset store and the
+stack's own dataset builder process (``streams.dataset_builder``) builds it: the demo asks
+it to catch up and publish now (``kibotos.datasets.requests``) instead of waiting for the
+builder's cadence."""
 
 from __future__ import annotations
 
@@ -19,18 +22,23 @@ DEMO_SPEC = {"name": DEMO_DATASET, "sources": ["verdicts", "xgen.clips"],
              "description": "every accepted demo episode and verified XGen clip (copies of earlier uploads left out)"}
 
 
-def publish_demo_dataset(stack, console: Console, timeout_s: float = 60.0) -> dict:
-    """Build ``demo-accepted`` from the stack's verdicts, export it, wait until the sink
-    holds its attribution ledger entries. Returns what the demo prints."""
-    from streams.dataset_builder import build_until_idle, group_id
+def publish_demo_dataset(stack, console: Console, timeout_s: float = 120.0) -> dict:
+    """Have the stack's builder publish ``demo-accepted`` from the verdicts so far, export
+    it, wait until the sink holds its attribution ledger entries. Returns what the demo prints."""
+    from kibotos.datasets.requests import request_publish
 
     settings = stack.settings
     store = DatasetStore(settings.home / "datasets")
     ids = {t.id for t in stack.catalogue.all()}
     store.create(parse_spec(DEMO_SPEC | {"sources": [s for s in DEMO_SPEC["sources"] if s in ids]}))
-    proc = build_until_idle(store, DEMO_DATASET, stack.catalogue, stack.bootstrap,
-                            group_id(settings.consumer_group_prefix, stack.catalogue, DEMO_DATASET), idle_s=1.5,
-                            timeout_s=timeout_s)
+    if any(slot.kind == "datasets" for slot in stack.slots):  # the stack's builder process
+        outcomes = request_publish(store, DEMO_DATASET, timeout_s=timeout_s)["outcomes"]
+    else:  # a stack without one: read the sources here until idle
+        from streams.dataset_builder import build_until_idle, group_id
+
+        outcomes = build_until_idle(store, DEMO_DATASET, stack.catalogue, stack.bootstrap,
+                                    group_id(settings.consumer_group_prefix, stack.catalogue, DEMO_DATASET),
+                                    idle_s=1.5, timeout_s=timeout_s).outcomes
     version = store.latest(DEMO_DATASET)
     if version is None:
         console.print("[yellow]no accepted episode: no dataset published[/yellow]")
@@ -48,7 +56,7 @@ def publish_demo_dataset(stack, console: Console, timeout_s: float = 60.0) -> di
         time.sleep(0.3)
     return {"version": version, "info": store.info(DEMO_DATASET, version), "export": exported,
             "export_dir": export_dir(out, DEMO_DATASET, version), "shares": shares(store.episodes(DEMO_DATASET, version)),
-            "entries": entries, "outcomes": proc.outcomes,
+            "entries": entries, "outcomes": outcomes,
             "sources": store.card(DEMO_DATASET, version)["sources"]}
 
 

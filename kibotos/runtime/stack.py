@@ -5,11 +5,11 @@ cluster) with its log on disk (``s3://`` on a SeaweedFS server under ``<home>/br
 ``memory://`` only when ``ephemeral``), creates every topic with its partition count, opens the warehouse (embedded
 chdb owned by this process, or a ClickHouse server) and applies migrations, runs the
 ClickHouse sink and the novelty stage in threads, serves the read API for other shells, and spawns the gate
-worker processes. ``stop()`` undoes it in reverse order. ``<home>/stack.json`` tells
+worker processes and the dataset builder (``streams.dataset_builder``). ``stop()`` undoes it in reverse order. ``<home>/stack.json`` tells
 other ``kibotos`` commands how to reach a running stack.
 
 Supervision: ``supervise()`` (called every second by ``kibotos up``) restarts a dead gate
-worker or GPU consumer process, a dead sink / novelty / reconciler thread and a dead
+worker, GPU consumer or dataset builder process, a dead sink / novelty / reconciler thread and a dead
 broker (on its old port), each with an exponential back-off per slot (1 s doubling to
 60 s; reset once it has run for a minute). The consumer group hands the dead member's
 partitions to the others and back. Restarts are counted in
@@ -56,7 +56,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PROCESS_RESTARTS = Counter("kibotos_process_restarts", "stack components restarted by the supervisor", ["kind"])
 BACKOFF_FIRST_S, BACKOFF_MAX_S, HEALTHY_AFTER_S = 1.0, 60.0, 60.0
 # what a leftover child of a killed stack looks like in /proc/<pid>/cmdline
-CHILD_MARKERS = (b"tansu", b"weed", b"streams.worker", b"gpu_consumers.worker")
+CHILD_MARKERS = (b"tansu", b"weed", b"streams.worker", b"gpu_consumers.worker", b"streams.dataset_builder")
 
 
 def state_file(settings: Settings) -> Path:
@@ -215,9 +215,14 @@ class Stack:
                 self._add_slot("gpu", f"gpu-{i}", lambda _, i=i: self._spawn_gpu_consumer(i))
             self.log(f"evidence {self.gpu_consumers} GPU consumer process(es), Ray actors for "
                      f"{', '.join(self.settings.evidence_jobs) or 'no evidence job'} and XGen "
-                     f"{', '.join(self.settings.xgen_jobs) or 'none'} ({self.settings.gpu_actors_per_kind} per kind)")
+                     f"{', '.join(self.settings.xgen_jobs) or 'none'}, training "
+                     f"{', '.join(self.settings.training_jobs) or 'none'} ({self.settings.gpu_actors_per_kind} per kind)")
         if not self.settings.evidence_jobs:
             self.log("evidence none configured (KIBOTOS_EVIDENCE_JOBS=[]): verdicts after gate E")
+        # accepted episodes into the datasets under <home>/datasets (streams.dataset_builder)
+        self._add_slot("datasets", "dataset-builder", lambda _: self._spawn(
+            "dataset-builder", ["streams.dataset_builder", "--bootstrap", self.bootstrap]))
+        self.log(f"datasets builder process for every dataset spec under {self.settings.home / 'datasets'}")
         self._start_reconciler()
         self._write_state()
 
@@ -312,8 +317,8 @@ class Stack:
 
     @property
     def gpu_kinds(self) -> tuple[str, ...]:
-        """The job kinds the GPU consumers serve: the evidence jobs, then XGen's stages."""
-        return tuple(self.settings.evidence_jobs) + tuple(self.settings.xgen_jobs)
+        """The job kinds the GPU consumers serve: the evidence jobs, XGen's stages, training."""
+        return tuple(self.settings.evidence_jobs) + tuple(self.settings.xgen_jobs) + tuple(self.settings.training_jobs)
 
     def _spawn_gpu_consumer(self, index: int) -> subprocess.Popen:
         return self._spawn(f"gpu-{index}", ["gpu_consumers.worker", "--bootstrap", self.bootstrap,

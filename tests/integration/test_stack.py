@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from kibotos.config.settings import Settings
+from kibotos.datasets.requests import request_publish
+from kibotos.datasets.store import DatasetStore
 from kibotos.reports import reads
 from kibotos.robots import get_robot, list_robots
 from kibotos.runtime.stack import Stack, running_stack, state_file
@@ -90,6 +92,14 @@ def test_stack_serves_reports_ledger_and_verdicts_and_persists_after_stop(settin
     try:
         bootstrap = stack.bootstrap
         assert port_open(bootstrap) and state_file(settings).is_file()
+        # a dataset created while the stack runs is built by the stack's builder process:
+        # nothing accepted yet, so `create` publishes nothing ...
+        spec = settings.home / "stack-ds.yaml"
+        spec.write_text("name: stack-ds\nmin_score: 0.0\n")
+        env = clean_env(KIBOTOS_HOME=str(settings.home), KIBOTOS_TOPIC_PREFIX=settings.topic_prefix)
+        out = subprocess.run([kibotos_exe(), "datasets", "create", "--spec", str(spec)], env=env, capture_output=True,
+                             text=True, timeout=180)
+        assert out.returncode == 0 and "created: stack-ds" in out.stdout and "published" not in out.stdout, out
         genuine, nan = submit_paths([bundle_paths["genuine"], bundle_paths["nan"]], bootstrap=stack.bootstrap,
                                     store=stack.store, catalogue=stack.catalogue)
         sids = {genuine.submission_id: ("accepted", None), nan.submission_id: ("rejected", "non_finite_values")}
@@ -110,6 +120,29 @@ def test_stack_serves_reports_ledger_and_verdicts_and_persists_after_stop(settin
         novel = {c["name"]: c for c in reports[genuine.submission_id]["scores"]["components"]}["novel"]
         assert novel["value"] is not None and reward == reports[genuine.submission_id]["points"] > 0
         assert balances == [{"miner_id": MINER, "points": pytest.approx(reward), "entries": 1}]
+        # ... and the accepted verdict is appended by the running builder (asked to publish now
+        # rather than after its cadence); a SIGKILLed builder is restarted and resumes
+        datasets = DatasetStore(settings.home / "datasets")
+        answer = request_publish(datasets, "stack-ds", timeout_s=120)
+        assert (answer["published"], answer["outcomes"]) == (1, {"added": 1, "not_an_episode": 1}), answer
+        assert [e.submission_id for e in datasets.episodes("stack-ds", 1)] == [genuine.submission_id]
+        [builder] = [slot for slot in stack.slots if slot.kind == "datasets"]
+        builder.handle.kill()
+        builder.handle.wait(10)
+        deadline = time.monotonic() + 30
+        while "dataset-builder" not in stack.supervise():
+            assert time.monotonic() < deadline, "the dataset builder was not restarted"
+            time.sleep(0.2)
+        answer = request_publish(datasets, "stack-ds", timeout_s=120)  # resumes from its committed offsets
+        assert (answer["version"], answer["published"]) == (1, None), answer
+        # the version's attribution reaches the ledger through the sink: the miner's balance
+        # is its reward plus the attribution points (paid once, whatever was re-sent)
+        [attribution] = datasets.attribution("stack-ds", 1)
+        paid = reward + attribution["points"]
+        deadline = time.monotonic() + 60
+        while reads.balances(settings) != [{"miner_id": MINER, "points": pytest.approx(paid), "entries": 2}]:
+            assert time.monotonic() < deadline, reads.balances(settings)
+            time.sleep(0.3)
 
         # Prometheus: the worker processes' metrics, summed on the stack's read API
         metrics = metric_samples(urllib.request.urlopen(f"{stack.query.url}/metrics", timeout=10).read().decode())
@@ -119,6 +152,9 @@ def test_stack_serves_reports_ledger_and_verdicts_and_persists_after_stop(settin
                                                      ("reason_code", "non_finite_values")))] == 1
         assert metrics[("kibotos_records_out_total", (("processor", "decision"), ("topic", "ledger.entries")))] == 1
         assert metrics[("kibotos_processing_seconds_count", (("processor", "gate_c_sync"),))] == 1
+        assert metrics[("kibotos_dataset_records_total", (("dataset", "stack-ds"), ("outcome", "added")))] == 1
+        assert metrics[("kibotos_dataset_versions_published_total", (("dataset", "stack-ds"),))] == 1
+        assert metrics[("kibotos_process_restarts_total", (("kind", "datasets"),))] >= 1
         # structured logs: JSON lines, each about one submission
         handled = [json.loads(line) for p in settings.home.glob("worker-*.log")
                    for line in p.read_text().splitlines() if line.startswith("{") and '"handled"' in line]
@@ -142,12 +178,13 @@ def test_stack_serves_reports_ledger_and_verdicts_and_persists_after_stop(settin
 
             out = subprocess.run([*cli, "ledger", "--json"], env=env, capture_output=True, text=True, timeout=60)
             assert out.returncode == 0, out.stderr
-            assert json.loads(out.stdout) == [{"miner_id": MINER, "points": pytest.approx(reward), "entries": 1}]
+            assert json.loads(out.stdout) == [{"miner_id": MINER, "points": pytest.approx(paid), "entries": 2}]
             out = subprocess.run([*cli, "ledger", "--miner", MINER, "--json"], env=env, capture_output=True,
                                  text=True, timeout=60)
             assert out.returncode == 0, out.stderr
-            [entry] = json.loads(out.stdout)
-            assert entry["entry_id"] == ledger_entry_id(genuine.submission_id, "reward")
+            entries = {e["kind"]: e for e in json.loads(out.stdout)}
+            assert entries["reward"]["entry_id"] == ledger_entry_id(genuine.submission_id, "reward")
+            assert entries["attribution"]["entry_id"] == attribution["entry_id"]
 
             out = subprocess.run([*cli, "report", str(uuid.uuid4()), "--json"], env=env, capture_output=True,
                                  text=True, timeout=60)
@@ -177,7 +214,7 @@ def test_stack_serves_reports_ledger_and_verdicts_and_persists_after_stop(settin
     for sid, (verdict, reason) in sids.items():
         report = reads.get_report(settings, sid)
         assert (report["verdict"], report["reason_code"]) == (verdict, reason)
-    assert reads.balances(settings) == [{"miner_id": MINER, "points": pytest.approx(reward), "entries": 1}]
+    assert reads.balances(settings) == [{"miner_id": MINER, "points": pytest.approx(paid), "entries": 2}]
     out = subprocess.run([kibotos_exe(), "report", genuine.submission_id, "--json"], capture_output=True, text=True,
                          env=clean_env(KIBOTOS_HOME=str(settings.home), KIBOTOS_TOPIC_PREFIX=settings.topic_prefix),
                          timeout=60)
