@@ -6,7 +6,9 @@ The embedded ClickHouse (chdb) is locked to one process, so ``kibotos report`` a
 ``GET /reports/<submission_id>.html`` (the report as a self-contained page, keyframe images
 read from ``store``), ``GET /ledger[?miner=ID]``, ``GET /balances``; with ``datasets_root``,
 the dataset routes of ``kibotos.datasets.http`` (``/datasets``, ``/datasets/<name[@vN]>[.html]``,
-``/datasets/<name[@vN]>/attribution``).
+``/datasets/<name[@vN]>/attribution``); the policy routes of ``kibotos.xmimic.http``
+(``/policies``, ``/policies/<id>[.html]``, ``/policies/<id>/checkpoint``): the warehouse,
+then the local registry under ``policies_home`` (default: the datasets root's parent).
 """
 
 from __future__ import annotations
@@ -21,16 +23,21 @@ from kibotos import warehouse
 
 class QueryServer:
     def __init__(self, client, host: str = "127.0.0.1", port: int = 0, metrics_dir=None, store=None,
-                 datasets_root=None):
+                 datasets_root=None, policies_home=None):
         self._lock = threading.Lock()  # one chdb session: serialize queries
         client_ref, lock = client, self._lock
+        if policies_home is None and datasets_root is not None:
+            from pathlib import Path
+
+            policies_home = Path(datasets_root).parent
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args) -> None:  # quiet: the stack prints its own progress
                 pass
 
             def _send(self, status: int, body, content_type: str = "application/json") -> None:
-                data = body.encode() if isinstance(body, str) else json.dumps(body, default=str).encode()
+                data = body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else \
+                    json.dumps(body, default=str).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
@@ -57,6 +64,12 @@ class QueryServer:
                     status, body, content_type = dataset_route(datasets_root, parts)
                     return self._send(status, body, content_type)
                 try:
+                    if parts[:1] == ["policies"]:  # warehouse under the lock, then the registry's files
+                        from kibotos.xmimic.http import policy_route
+
+                        status, body, content_type = policy_route(parts, client=client_ref, lock=lock,
+                                                                  home=policies_home, store=store)
+                        return self._send(status, body, content_type)
                     if len(parts) == 2 and parts[0] == "reports" and parts[1].endswith(".html"):
                         from kibotos.reports.html import render_report_html
 

@@ -43,24 +43,16 @@ def resolve_clips(clips: Path | None, dataset: str | None, settings) -> Path:
         raise XMimicError("give exactly one of --clips or --dataset", reason_code="xmimic_arguments_invalid")
     if clips is not None:
         return clips
-    store = _store(settings)
-    dest = Path(tempfile.mkdtemp(prefix=f"xmimic-{dataset}-"))
-    prefix = f"xgen/{dataset}/clips/"
-    n = 0
-    for info in store.list(prefix):
-        rel = info.key[len(prefix):]
-        if rel.endswith(("clip.npz", "metadata.json")):
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            (dest / rel).write_bytes(store.read_bytes(store.uri_for(info.key), max_bytes=1 << 30))
-            n += 1
-    if n == 0:
-        raise XMimicError(f"no clips for dataset {dataset!r} under {prefix}", reason_code="xmimic_dataset_unknown")
-    return dest
+    from kibotos.xmimic.sources import local_clips
+
+    # an XGen request id, or a dataset version name[@vN] (kibotos.xmimic.sources)
+    return local_clips(str(dataset), settings.home, _store(settings),
+                       Path(tempfile.mkdtemp(prefix="xmimic-clips-")))[0]
 
 
 def train_cmd(
     clips: Path | None = typer.Option(None, "--clips", help="directory of XGen clip folders (clip.npz + metadata.json)"),
-    dataset: str | None = typer.Option(None, "--dataset", help="XGen request id whose clips are in the object store"),
+    dataset: str | None = typer.Option(None, "--dataset", help="XGen request id, or dataset version NAME[@vN]"),
     config: Path | None = typer.Option(None, "--config", help="XMimic config YAML (default: packaged xmimic.yaml)"),
     role: str = typer.Option("teacher", help="teacher | nep | mocap (students need --teacher)"),
     teacher: Path | None = typer.Option(None, help="teacher checkpoint or registry id (students)"),
@@ -73,9 +65,15 @@ def train_cmd(
     out: Path = typer.Option(Path("xmimic_runs/run"), help="run directory; an existing one is resumed"),
     register_policy: bool = typer.Option(True, "--register/--no-register", help="add the final checkpoint to the registry"),
     seed: int = typer.Option(0),
+    via_stack: bool = typer.Option(False, "--via-stack", help="run as a train job of the running stack's GPU "
+                                   "consumers (training.requests) and follow its training.progress"),
+    run_id: str | None = typer.Option(None, "--run-id", help="--via-stack: the run (default: a new one); "
+                                      "a finished run is answered, an unfinished one resumed"),
+    timeout: float | None = typer.Option(None, "--timeout", help="--via-stack: stop following after this many s"),
 ) -> None:
     """Train an XMimic teacher (PPO, privileged observations) or a student (PPO + BC from
-    the teacher, NEP or MoCap observations); resumes from OUT's last checkpoint.
+    the teacher, NEP or MoCap observations); resumes from OUT's last checkpoint. With
+    --via-stack the running stack trains it (README "XMimic through the stack").
 
     Example: kibotos train --clips clips/ --out runs/t1 && kibotos train --clips clips/ --role mocap --teacher runs/t1/checkpoints/model_200.pt --out runs/s1
     """
@@ -86,9 +84,22 @@ def train_cmd(
     from kibotos.xmimic.train import train
 
     settings = _settings()
+    if via_stack:
+        _train_via_stack(settings, dataset=dataset, clips=clips, config=config, role=role, teacher=teacher, task=task,
+                         device=device, backend=backend, num_envs=num_envs, iterations=iterations, seed=seed,
+                         run_id=run_id, timeout=timeout)
+        return
+    versions: list[str] = []
     try:
         cfg = load_xmimic_config(config)
-        clip_list = load_clips(resolve_clips(clips, dataset, settings))
+        if dataset is not None and clips is None:
+            from kibotos.xmimic.sources import local_clips
+
+            clip_dir, data = local_clips(dataset, settings.home, _store(settings))
+            versions = list(data.dataset_versions)
+        else:
+            clip_dir = resolve_clips(clips, dataset, settings)
+        clip_list = load_clips(clip_dir)
         teacher_path = checkpoint_path(settings.home, str(teacher)) if teacher else None
     except KibotosError as exc:
         _fail(exc, 2 if getattr(exc, "reason_code", "").endswith(("arguments_invalid", "config_invalid")) else 1)
@@ -108,7 +119,8 @@ def train_cmd(
         try:
             result = train(clip_list, cfg, out, role=role, teacher=teacher_path, task=task, num_envs=num_envs,
                            iterations=iterations, device=device, backend=backend, seed=seed, progress=on_progress,
-                           store=_store(settings), run_id=out.name, time_budget_s=time_budget)
+                           store=_store(settings), run_id=out.name, time_budget_s=time_budget,
+                           extra_meta={"dataset": dataset, "dataset_versions": versions} if dataset else None)
         except KibotosError as exc:
             _fail(exc)
     summary = {"checkpoint": str(result.checkpoint), "iterations": result.iterations,
@@ -116,6 +128,63 @@ def train_cmd(
     if register_policy:
         summary["policy_id"] = register(settings.home, result.checkpoint)
     print(json.dumps(summary, indent=2))
+
+
+def _train_via_stack(settings, *, dataset, clips, config, role, teacher, task, device, backend, num_envs,
+                     iterations, seed, run_id, timeout) -> None:
+    """``kibotos train --via-stack``: exit 0 done, 1 failed (reason code) or not finished
+    within --timeout, 2 bad arguments, 3 no stack. Prints the run's JSON summary."""
+    from kibotos.errors import KibotosError, ServiceError
+    from kibotos.reports.reads import bootstrap_for
+    from kibotos.xmimic import stack_client
+    from kibotos.xmimic.clips import XMimicError
+    from topics.catalogue import Catalogue
+
+    if clips is not None or dataset is None:
+        _fail(XMimicError("--via-stack trains on --dataset (an XGen request id or NAME[@vN]), not --clips",
+                          reason_code="xmimic_arguments_invalid"), 2)
+    try:
+        bootstrap = bootstrap_for(settings)
+    except ServiceError as exc:
+        _fail(exc, 3)
+    catalogue = Catalogue.from_settings(settings)
+    run_id = run_id or stack_client.new_run_id()
+    try:
+        request = stack_client.build_request(
+            run_id=run_id, role=role, dataset=dataset, settings=settings, store=_store(settings), config=config,
+            teacher=str(teacher) if teacher else None, task=task, iterations=iterations, num_envs=num_envs,
+            device=device, backend=backend, seed=seed)
+        stack_client.submit(bootstrap, catalogue, request)
+    except ServiceError as exc:
+        _fail(exc, 3)
+    except KibotosError as exc:
+        _fail(exc, 2 if getattr(exc, "reason_code", "").endswith(("arguments_invalid", "config_invalid")) else 1)
+    _err.print(f"run {run_id}: requested on {dataset} ({', '.join(request['dataset_versions'])}, "
+               f"{len(request['clips'])} clips)")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[info]}"), console=_err) as bar:
+        job = bar.add_task(f"train {role} (stack)", total=iterations or None, info="queued")
+
+        def on_event(ev: dict) -> None:
+            sr = ev["success_rate"]
+            info = ev["state"] + (f" from it {ev['resumed_from']}" if ev["resumed_from"] else "")
+            if ev["reward_terms"]:
+                info += f" reward {ev['reward_terms'].get('total', 0):.3f}"
+            info += f" SR(train) {sr:.2f}" if sr is not None else ""
+            bar.update(job, total=ev["iterations"] or None, completed=ev["iteration"], info=info)
+
+        try:
+            final = stack_client.follow(bootstrap, catalogue, run_id, on_event, timeout_s=timeout,
+                                        since_ms=request["requested_at"] - 1000)
+        except ServiceError as exc:
+            _fail(exc, 1)
+    summary = {k: final.get(k) for k in ("run_id", "state", "policy_id", "checkpoint_uri", "iteration", "iterations",
+                                         "env_steps", "dataset", "dataset_versions", "resumed_from", "reason_code")}
+    print(json.dumps(summary, indent=2))
+    if final["state"] != "done":
+        raise typer.Exit(1)
 
 
 def eval_cmd(
@@ -175,23 +244,49 @@ def eval_cmd(
 
 @policies_app.command("list")
 def policies_list() -> None:
-    """Registered policies (id, role, task, iteration, SR/GSR once evaluated)."""
-    from kibotos.xmimic.registry import list_policies
+    """Policies (id, role, task, iterations, dataset versions, latest SR/GSR and the
+    reference's SR): a running stack's, else the warehouse's, then the local registry's."""
+    from kibotos.xmimic.policy_reads import read_policies
 
-    rows = list_policies(_settings().home)
-    print(json.dumps([{k: r.get(k) for k in ("policy_id", "role", "task", "iteration", "config_version", "sr", "gsr")}
-                      for r in rows], indent=2))
+    print(json.dumps(read_policies(_settings()), indent=2, default=str))
 
 
 @policies_app.command("show")
-def policies_show(policy_id: str) -> None:
-    from kibotos.errors import KibotosError
-    from kibotos.xmimic.registry import show
+def policies_show(policy_id: str,
+                  html: Path | None = typer.Option(None, "--html", help="write the policy's evaluation page here")) -> None:
+    """A policy: training run, dataset versions, latest evaluation per clip, earlier
+    evaluations, training curves (README "XMimic: policy pages").
 
+    Example: kibotos policies show teacher-t1-it200 --html t1.html
+    """
+    from kibotos.errors import KibotosError
+    from kibotos.xmimic.clips import XMimicError
+    from kibotos.xmimic.policy_reads import read_policy, registry_model
+
+    settings = _settings()
     try:
-        print(json.dumps(show(_settings().home, policy_id), indent=2))
+        doc = read_policy(settings, policy_id)
+        if doc is None:
+            raise XMimicError(f"no policy {policy_id!r} in the stack, the warehouse or {settings.home / 'policies'}",
+                              reason_code="xmimic_policy_unknown")
     except KibotosError as exc:
         _fail(exc)
+    if html is None:
+        print(json.dumps(doc, indent=2, default=str))
+        return
+    from urllib.parse import quote
+
+    from kibotos.runtime.stack import running_stack
+    from kibotos.xmimic.html import page_for
+
+    state = running_stack(settings)
+    base = state["query_url"] if state else ""
+    local = registry_model(settings.home, policy_id)
+    preview = settings.home / "policies" / policy_id / "preview.mp4"
+    html.write_text(page_for(doc, checkpoint_href=local.resolve().as_uri() if local else doc.get("checkpoint_uri"),
+                             dataset_href=lambda ref: f"{base}/datasets/{quote(ref, safe='@')}.html",
+                             preview_mp4=preview.read_bytes() if preview.is_file() else None), encoding="utf-8")
+    print(f"wrote {html}")
 
 
 @policies_app.command("download")
@@ -201,6 +296,16 @@ def policies_download(policy_id: str, dest: Path = typer.Option(Path("."), "--ou
 
     settings = _settings()
     try:
-        print(str(download(settings.home, policy_id, dest, store=_store(settings))))
+        try:
+            print(str(download(settings.home, policy_id, dest, store=_store(settings))))
+        except KibotosError as exc:  # not in the registry: a checkpoint the stack's training stored
+            from kibotos.xmimic.policy_reads import read_policy
+
+            doc = read_policy(settings, policy_id) if exc.reason_code == "xmimic_policy_unknown" else None
+            if not doc or not doc.get("checkpoint_uri"):
+                raise
+            target = dest / f"{policy_id}.pt" if dest.is_dir() else dest
+            target.write_bytes(_store(settings).read_bytes(doc["checkpoint_uri"], max_bytes=1 << 31))
+            print(str(target))
     except KibotosError as exc:
         _fail(exc)

@@ -237,7 +237,8 @@ def record_eval(settings, report, *, policy_id: str, dataset: str, rule: PassRul
     via = deliver([("policy.evals", r) for r in rows], settings)
     summary = summarize(rows)
     verdict = judge(summary, rule)
-    out = {"eval_id": summary.eval_id, "rows": len(rows), "via": via, **verdict.as_dict()}
+    out = {"eval_id": summary.eval_id, "dataset": dataset, "rows": len(rows), "via": via, **summary.as_dict(),
+           **verdict.as_dict()}
     out["attribution"] = pay_attribution(settings, policy_id, list(trained_on or []), verdict, summary,
                                          checkpoint_uri=checkpoint_uri, now_ms=now_ms)
     return out

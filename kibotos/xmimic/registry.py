@@ -40,6 +40,8 @@ def register(home: Path, checkpoint: Path, *, policy_id: str | None = None, extr
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(checkpoint, folder / "model.pt")
     meta = {"policy_id": policy_id, **infos, **(extra or {})}
+    if Path(checkpoint).resolve().parent.name == "checkpoints":  # a run directory: its progress.jsonl (curves)
+        meta.setdefault("run_dir", str(Path(checkpoint).resolve().parents[1]))
     if store is not None:
         meta["uri"] = store.put_file(folder / "model.pt", f"xmimic/policies/{policy_id}/model.pt").uri
     (folder / "policy.json").write_text(json.dumps(meta, indent=2, default=str))

@@ -104,6 +104,14 @@ def test_eval_rows_replace_on_rerun_and_a_pass_pays_once(trained, clips_dir, sma
         "alice": round(100 * 1.6 / total_s, 3), "bob": round(100 * 0.6 / total_s, 3), "carol": round(100 * 0.8 / total_s, 3)}
     att = json.loads(cli.invoke(app, ["attribution", f"policy:{pid}", "--json"]).stdout)
     assert {r["miner_id"]: round(r["attribution_points"], 3) for r in att["miners"]} == {m: round(p, 3) for m, p, _ in paid}
+    # the read side: the warehouse's rows, filled in by the registry (role, dataset versions, curves)
+    listed = {r["policy_id"]: r for r in json.loads(cli.invoke(app, ["policies", "list"]).stdout)}
+    assert listed[pid]["dataset_versions"] == ["g1-cargo@v1"] and listed[pid]["role"] == "teacher"
+    assert listed[pid]["sr"] == first["sr"] and listed[pid]["eval_id"] == first["eval_id"]
+    page = tmp_path / "policy.html"
+    assert cli.invoke(app, ["policies", "show", pid, "--html", str(page)]).exit_code == 0
+    html = page.read_text()
+    assert html.count("<tr class='clip") == 5 and "data-points='1'" in html  # one iteration: runE/progress.jsonl
 
 
 def test_an_eval_that_fails_the_rule_pays_nothing(trained, clips_dir, small_cfg, tmp_path):
