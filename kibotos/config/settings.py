@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     # a versioned YAML file; None = the packaged kibotos/config/xgen.yaml
     xgen_jobs: tuple[str, ...] = tuple(f"xgen_{stage}" for stage in XGEN_STAGES)
     xgen_config_path: Path | None = None
+    # XMimic training job kinds the stack's GPU consumers also serve (``train``:
+    # gpu_consumers/training_jobs.py, input training.requests); empty: no training jobs
+    training_jobs: tuple[str, ...] = ("train",)
 
     # Logs of every process: one JSON object per line with the submission_id, or text
     log_format: Literal["json", "text"] = "json"

@@ -121,3 +121,12 @@ def download_clips(clips, store, dest: Path) -> Path:
                 raise XMimicError(f"clip {cid}: {name} at {uri}: {exc}", reason_code="xmimic_clips_missing") from exc
             (folder / name).write_bytes(data)
     return dest
+
+
+def local_clips(ref: str, home: Path, store, dest: Path | None = None) -> tuple[Path, TrainingData]:
+    """``ref`` resolved and its clips copied into ``dest`` (default: a new temp dir)."""
+    import tempfile
+
+    data = resolve_dataset(ref, home, store)
+    dest = Path(dest) if dest else Path(tempfile.mkdtemp(prefix="xmimic-clips-"))
+    return download_clips(data.clips, store, dest), data
