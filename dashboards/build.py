@@ -759,9 +759,85 @@ def datasets() -> dict:
     ])
 
 
+# the latest evaluation of each policy (a rerun replaces its rows; a new dataset or config is a new eval id)
+LATEST_EVAL = """(policy_id, eval_id) IN (
+                SELECT policy_id, argMax(eval_id, created_at) FROM kibotos.policy_evals FINAL GROUP BY policy_id)"""
+
+
+def training() -> dict:
+    return dashboard("kibotos-training", "Kibotos · XMimic training runs",
+                     "Teacher and student policies trained from XGen clips (migration 0011): runs by state, "
+                     "training SR over the iterations, and each policy's evaluation (SR on the training clips, "
+                     "GSR on held-out variants, the open-loop reference).", [
+        tabular("stat", "Training runs", """
+            SELECT count() AS runs FROM kibotos.training_runs FINAL WHERE $__timeFilter(updated_at)
+        """, w=6, h=4),
+        tabular("stat", "Runs in progress", """
+            SELECT countIf(state IN ('queued', 'running', 'checkpointed')) AS in_progress
+            FROM kibotos.training_runs FINAL WHERE $__timeFilter(updated_at)
+        """, w=6, h=4),
+        tabular("stat", "Policies", """
+            SELECT count() AS policies FROM kibotos.policies FINAL WHERE $__timeFilter(created_at)
+        """, w=6, h=4),
+        tabular("stat", "Policies evaluated", """
+            SELECT uniqExact(policy_id) AS evaluated FROM kibotos.policy_evals FINAL WHERE $__timeFilter(created_at)
+        """, w=6, h=4),
+        tabular("piechart", "Runs by state", """
+            SELECT state, count() AS runs FROM kibotos.training_runs FINAL
+            WHERE $__timeFilter(updated_at)
+            GROUP BY state ORDER BY runs DESC
+        """, w=8),
+        ts("Training SR per run", """
+            SELECT $__timeInterval(at) AS time, run_id, avg(success_rate) AS training_sr
+            FROM kibotos.training_progress FINAL
+            WHERE $__timeFilter(at) AND success_rate IS NOT NULL
+            GROUP BY time, run_id ORDER BY time
+        """, w=16, minimum=0, maximum=1,
+           description="The success rate of the training episodes that ended in each iteration (DI/DR on), "
+                       "as the iterations advance; the evaluation SR below is the clean measure."),
+        table("Training SR by iteration", """
+            SELECT run_id, iteration, iterations, env_steps, round(success_rate, 3) AS training_sr,
+                   round(JSONExtractFloat(reward_terms_json, 'total'), 4) AS reward_total
+            FROM kibotos.training_progress FINAL
+            WHERE $__timeFilter(at)
+            ORDER BY run_id, iteration DESC LIMIT 500
+        """, w=12, h=10),
+        table("Runs", """
+            SELECT run_id, role, task, state, iteration, iterations, env_steps, round(success_rate, 3) AS training_sr,
+                   arrayStringConcat(dataset_versions, ', ') AS dataset_versions, policy_id, reason_code, updated_at
+            FROM kibotos.training_runs FINAL
+            WHERE $__timeFilter(updated_at)
+            ORDER BY updated_at DESC LIMIT 100
+        """, w=12, h=10),
+        tabular("bargauge", "Eval SR per policy (latest evaluation)", f"""
+            SELECT policy_id, avgIf(success_rate, split = 'train') AS SR
+            FROM kibotos.policy_evals FINAL
+            WHERE {LATEST_EVAL}
+            GROUP BY policy_id ORDER BY SR DESC, policy_id LIMIT 50
+        """, w=8, minimum=0, maximum=1, unit="percentunit"),
+        tabular("bargauge", "Eval GSR per policy (latest evaluation)", f"""
+            SELECT policy_id, avgIf(success_rate, split = 'heldout') AS GSR
+            FROM kibotos.policy_evals FINAL
+            WHERE {LATEST_EVAL} AND policy_id IN (SELECT policy_id FROM kibotos.policy_evals WHERE split = 'heldout')
+            GROUP BY policy_id ORDER BY GSR DESC, policy_id LIMIT 50
+        """, w=8, minimum=0, maximum=1, unit="percentunit"),
+        table("Evaluations (latest per policy)", f"""
+            SELECT policy_id, any(dataset) AS dataset, round(avgIf(success_rate, split = 'train'), 3) AS SR,
+                   round(avgIf(success_rate, split = 'heldout'), 3) AS GSR,
+                   round(avgIf(baseline_success_rate, split = 'train'), 3) AS reference_SR,
+                   countIf(split = 'train') AS train_clips, countIf(split = 'heldout') AS heldout_clips,
+                   round(avg(tracking_error_m) * 100, 2) AS hand_box_error_cm, any(config_version) AS config_version,
+                   max(created_at) AS evaluated_at
+            FROM kibotos.policy_evals FINAL
+            WHERE {LATEST_EVAL}
+            GROUP BY policy_id ORDER BY evaluated_at DESC LIMIT 100
+        """, w=8, h=8),
+    ])
+
+
 DASHBOARDS = {"overview": overview, "rejections": rejections, "gate-latency": gate_latency, "miners": miners,
               "scores": scores, "novelty": novelty, "gpu-jobs": gpu_jobs, "xgen": xgen,
-              "datasets": datasets}
+              "datasets": datasets, "training": training}
 
 
 def render() -> dict[str, str]:

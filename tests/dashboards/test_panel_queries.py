@@ -191,3 +191,18 @@ def test_dataset_headline_numbers_match_the_data(warehouse):
     assert set(kinds) == {"dataset_publication", "policy_evaluation"}
     shares = w.panel("kibotos-datasets", "Attribution share per miner (all time)")
     assert sum(s for _, s in shares) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_training_headline_numbers_match_the_data(warehouse):
+    w, loaded = warehouse, warehouse.loaded.training
+    assert w.value("kibotos-training", "Training runs") == sum(loaded["states"].values()) == 4
+    assert dict(w.panel("kibotos-training", "Runs by state")) == loaded["states"]
+    assert w.value("kibotos-training", "Runs in progress") == loaded["states"]["running"]
+    assert w.value("kibotos-training", "Policies") == loaded["states"]["done"]
+    # the latest evaluation of each policy, not the mean of all its evaluations
+    assert dict(w.panel("kibotos-training", "Eval SR per policy (latest evaluation)")) == pytest.approx(
+        {pid: sr for pid, (sr, _) in loaded["latest"].items()})
+    assert dict(w.panel("kibotos-training", "Eval GSR per policy (latest evaluation)")) == pytest.approx(
+        {pid: gsr for pid, (_, gsr) in loaded["latest"].items()})
+    rows = {r[0]: r for r in w.panel("kibotos-training", "Evaluations (latest per policy)")}
+    assert rows["teacher-run-t1-it8"][2:7] == (1.0, 0.75, 0.5, 4, 4)
