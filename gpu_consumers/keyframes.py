@@ -78,7 +78,7 @@ def joint_speed(ts_ms: np.ndarray, joint_pos: np.ndarray, smooth_ms: float = 100
     q = np.nan_to_num(np.asarray(joint_pos, dtype=np.float64).reshape(t.size, -1))
     if t.size < 2:
         return np.zeros(t.size)
-    vel = np.gradient(q, t / 1000.0, axis=0)
+    vel = np.asarray(np.gradient(q, t / 1000.0, axis=0))  # one axis: one array
     dt = float(np.median(np.diff(t)))
     width = min(int(round(smooth_ms / dt)) if dt > 0 else 1, t.size)
     if width > 1:

@@ -61,8 +61,10 @@ def concat_tracks(tracks: list[PoseTrack]) -> PoseTrack:
     first = tracks[0]
     hands = None
     if first.hands is not None:
-        hands = HandTrack(np.concatenate([t.hands.keypoints_px for t in tracks]),
-                          np.concatenate([t.hands.score for t in tracks]))
+        pieces = [t.hands for t in tracks if t.hands is not None]
+        if len(pieces) != len(tracks):
+            raise ValueError("hand tracks on some pieces of the video only")
+        hands = HandTrack(np.concatenate([h.keypoints_px for h in pieces]), np.concatenate([h.score for h in pieces]))
     return PoseTrack(
         estimator=first.estimator, keypoint_names=first.keypoint_names, image_size=first.image_size,
         keypoints_px=np.concatenate([t.keypoints_px for t in tracks]),
@@ -153,7 +155,7 @@ class MediaPipePoseEstimator:
                  min_tracking_confidence: float = 0.5):
         import mediapipe as mp  # heavy (TFLite runtime): imported when an estimator is built
 
-        self.keypoint_names = MEDIAPIPE_POSE_KEYPOINTS
+        self.keypoint_names: tuple[str, ...] = MEDIAPIPE_POSE_KEYPOINTS
         self.version = (f"mediapipe-{mp.__version__}/pose-complexity-1" + ("/tracking" if tracking else "/per-frame")
                         + ("+hands" if hands else ""))
         self._pose = mp.solutions.pose.Pose(

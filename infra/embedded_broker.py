@@ -21,6 +21,7 @@ from pathlib import Path
 
 from infra.seaweedfs import SeaweedS3
 from infra.tansu import TansuBroker
+from kibotos.errors import ServiceError
 
 BUCKET = "kibotos-broker"
 
@@ -44,6 +45,8 @@ class EmbeddedBroker:
 
     @property
     def bootstrap(self) -> str:
+        if self.tansu is None:
+            raise ServiceError("the embedded broker is not running")
         return self.tansu.bootstrap
 
     def pids(self) -> dict[str, int]:

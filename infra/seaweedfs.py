@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 from infra.tansu import LOOPBACK, die_with_parent, free_loopback_port
 from kibotos.errors import ServiceError
@@ -55,8 +56,11 @@ class SeaweedS3:
     def __init__(self, data_dir: str | Path | None = None, *, startup_timeout: float = 90.0,
                  binary: Path | None = None, ports: dict[str, int] | None = None,
                  credentials: tuple[str, str] | None = None):
-        self._tmp = None if data_dir is not None else tempfile.TemporaryDirectory(prefix="seaweedfs-")
-        self.data_dir = Path(data_dir if data_dir is not None else self._tmp.name)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="seaweedfs-")
+            data_dir = self._tmp.name
+        self.data_dir = Path(data_dir)
         self.startup_timeout = startup_timeout
         self.binary = binary
         self.access_key, self.secret_key = credentials or ("kibotos" + secrets.token_hex(6), secrets.token_hex(20))
@@ -64,7 +68,7 @@ class SeaweedS3:
         self.region = "us-east-1"
         self.port: int | None = None
         self._proc: subprocess.Popen | None = None
-        self._log = None
+        self._log: IO[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
@@ -141,6 +145,8 @@ class SeaweedS3:
             return False
 
     def _check(self, deadline: float, last: Exception | None = None) -> None:
+        if self._proc is None:
+            raise ServiceError("weed was not started")
         if self._proc.poll() is not None:
             raise ServiceError(f"weed exited with code {self._proc.returncode} during startup:\n{self.log_tail()}")
         if time.monotonic() > deadline:

@@ -21,6 +21,7 @@ import tempfile
 import time
 from importlib.util import find_spec
 from pathlib import Path
+from typing import IO
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
@@ -87,7 +88,7 @@ class TansuBroker:
         self.port: int | None = port
         self._fixed_port = port
         self._proc: subprocess.Popen | None = None
-        self._log = None
+        self._log: IO[bytes] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -158,6 +159,8 @@ class TansuBroker:
             return False
 
     def _check_alive_and_deadline(self, deadline: float) -> None:
+        if self._proc is None:
+            raise ServiceError("tansu was not started")
         if self._proc.poll() is not None:
             raise ServiceError(
                 f"tansu exited with code {self._proc.returncode} during startup:\n{self.log_tail()}"

@@ -199,9 +199,10 @@ def sign_tree(tree: HashTree, submission_id: str, keypair: Keypair) -> BundleSig
     if tree.manifest_sha256 is None:
         raise IdentityError("the bundle has no manifest/zarr.json to sign", reason_code="manifest_missing")
     message = bundle_message(keypair.miner_id, submission_id, tree.manifest_sha256, tree.merkle_root)
-    return BundleSignature(miner_id=keypair.miner_id, submission_id=submission_id,
-                           manifest_sha256=tree.manifest_sha256, merkle_root=tree.merkle_root,
-                           signature=keypair.sign(message), nodes=tree.leaves())
+    # validated from its wire form: the submission id arrives as text
+    return BundleSignature.model_validate({
+        "miner_id": keypair.miner_id, "submission_id": submission_id, "manifest_sha256": tree.manifest_sha256,
+        "merkle_root": tree.merkle_root, "signature": keypair.sign(message), "nodes": tree.leaves()})
 
 
 def sidecar_path(bundle: str | Path) -> Path:

@@ -148,7 +148,7 @@ def submit(
                                   + escape(f"({out.status}) [{out.reason_code}] {out.detail}  {path}"))
             if wait:
                 for out in outcomes:
-                    if not out.accepted:
+                    if not out.accepted or out.upload_id is None:  # the API returns an accepted upload's id
                         continue
                     # this upload's own verdict: not another upload's under the same submission id
                     rep = client.wait_upload(out.upload_id, timeout)

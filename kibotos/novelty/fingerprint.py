@@ -190,16 +190,16 @@ def fingerprint_scan(scan: VideoScan | None, trajectory: np.ndarray, cfg: Novelt
     timings = dict(timings_ms or {})
     mc = cfg.motion
     crops = tuple(mc.crop_variants)
-    has_video = scan is not None and len(scan.grey) > 0
+    video = scan if scan is not None and len(scan.grey) > 0 else None
     t0 = time.perf_counter()
-    hashes, mirrored = frame_hashes(scan.grey, box) if has_video else ([], [])
+    hashes, mirrored = frame_hashes(video.grey, box) if video is not None else ([], [])
     timings["hash_ms"] = round((time.perf_counter() - t0) * 1000, 1)
     t0 = time.perf_counter()
-    motion = motion_signature(scan.grey[: mc.max_samples], mc.width, mc.height, crops, box,
-                              mc.blur_cells) if has_video else []
+    motion = motion_signature(video.grey[: mc.max_samples], mc.width, mc.height, crops, box,
+                              mc.blur_cells) if video is not None else []
     timings["motion_ms"] = round((time.perf_counter() - t0) * 1000, 1)
     t0 = time.perf_counter()
-    embedding = clip_embedding(scan.keyframes, box) if has_video else None
+    embedding = clip_embedding(video.keyframes, box) if video is not None else None
     timings["embed_ms"] = round((time.perf_counter() - t0) * 1000, 1)
     return Fingerprint(
         sample_fps=cfg.frames.sample_fps,
@@ -208,7 +208,7 @@ def fingerprint_scan(scan: VideoScan | None, trajectory: np.ndarray, cfg: Novelt
         motion_variants=variant_names(crops) if motion else [],
         motion=motion,
         embedding=embedding,
-        keyframes=len(scan.keyframes) if has_video else 0,
+        keyframes=len(video.keyframes) if video is not None else 0,
         trajectory=trajectory,
         trajectory_rate_hz=cfg.trajectory.rate_hz,
         timings_ms=timings,

@@ -123,9 +123,9 @@ def pair_thresholds(metrics: dict[str, Any], thresholds: dict[str, Any]) -> tupl
     unpaired = {}
     for key, limit in thresholds.items():
         bound = _bound(key)
-        hits = [m for m in metrics if bound and _matches(m, bound[1])] if _number(limit) is not None else []
+        hits = [m for m in metrics if _matches(m, bound[1])] if bound and _number(limit) is not None else []
         for m in hits:
-            paired.setdefault(m, []).append((bound[0], key, limit))
+            paired.setdefault(m, []).append((bound[0] if bound else "", key, limit))
         if not hits:
             unpaired[key] = limit
     return paired, unpaired
@@ -280,7 +280,7 @@ def score_components(scores: dict[str, Any]) -> list[dict[str, Any]]:
     ``{name, value, inputs, missing}`` with ``weights_used`` beside it."""
     comps = scores.get("components") or {}
     weights = scores.get("weights_used") or scores.get("weights") or {}
-    items: Iterable[tuple[str, Any]]
+    items: Iterable[tuple[Any, Any]]  # a malformed list may hold components without a name
     if isinstance(comps, dict):
         items = comps.items()
     else:
@@ -288,7 +288,7 @@ def score_components(scores: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for name, c in items:
         c = c if isinstance(c, dict) else {"value": c}
-        inputs = c.get("inputs") if isinstance(c.get("inputs"), dict) else {}
+        inputs = c["inputs"] if isinstance(c.get("inputs"), dict) else {}
         note = c.get("missing") if isinstance(c.get("missing"), str) else inputs.get("missing")
         out.append({"name": str(name), "value": _number(c.get("value")),
                     "weight": _number(c.get("weight", weights.get(name))), "note": note})

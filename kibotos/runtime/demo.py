@@ -18,6 +18,7 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -73,7 +74,7 @@ MIX = [
 # "copy:<name>" variants: the genuine episode of the same robot and seed (whoever uploaded
 # it: the sample depends on robot and seed only), re-submitted as new after one of these
 # (kibotos.synthetic.perturb)
-COPIES = {
+COPIES: dict[str, dict[str, Any]] = {
     "reencoded": dict(crf=35),
     "mirrored": dict(video=perturb.mirror),
     "brightened": dict(video=perturb.brightness(30)),

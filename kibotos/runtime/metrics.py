@@ -100,8 +100,9 @@ def render(children_dir: str | os.PathLike | None = None) -> tuple[bytes, str]:
     ``PROMETHEUS_MULTIPROC_DIR`` when that is set — plus, with ``children_dir``, those of
     the child processes writing there (the embedded stack's workers)."""
     from prometheus_client import REGISTRY, multiprocess
+    from prometheus_client.registry import Collector
 
-    sources = []
+    sources: list[Collector] = []
     if os.environ.get(MULTIPROC_ENV):
         sources.append(multiprocess.MultiProcessCollector(None, os.environ[MULTIPROC_ENV]))
     else:

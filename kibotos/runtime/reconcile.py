@@ -198,7 +198,8 @@ class Reconciler:
         if self.store is not None:
             events += self._orphan_bundles(before)
         known = self.attempts([sid for sid, _ in events])
-        due, dead = [], []
+        due: list[tuple[str, dict[str, Any], Attempts]] = []
+        dead: list[tuple[str, dict[str, Any], Attempts]] = []
         for sid, build in events:
             seen = known.get(sid, Attempts())
             if seen.state == "given_up":  # an orphan bundle given up (the tables do not know it)
@@ -218,11 +219,16 @@ class Reconciler:
         spec, dead_spec = self.catalogue.submissions_received, self.catalogue.dead_letters
         outgoing = [(spec, event) for _, event, _ in due]
         outgoing += [(dead_spec, self._dead_letter(sid, event, seen, now_ms)) for sid, event, seen in dead]
-        errors = []
+        errors: list[object] = []
+
+        def delivered(err: object, msg: object) -> None:
+            if err:
+                errors.append(err)
+
         for topic, record in outgoing:
             try:
                 self.producer.produce(topic.name, key=topic.key(record), value=topic.serialize(record),
-                                      on_delivery=lambda err, msg: err and errors.append(err))
+                                      on_delivery=delivered)
             except Exception as exc:  # BufferError, KafkaException: the next pass tries again
                 errors.append(exc)
         if outgoing and (self.producer.flush(30) or errors):
@@ -272,7 +278,7 @@ class Reconciler:
                     self.client.insert(f"{DB}.reconcile_attempts", rows, column_names=ATTEMPT_COLUMNS)
                 except Exception as exc:
                     raise ServiceError(f"reconcile: cannot record the reset: {exc}") from exc
-            return [r[0] for r in rows]
+            return [sid for sid in sids if sid in known]
 
     def _give_up_reason(self, seen: Attempts) -> str:
         return (f"emitted again {seen.attempts} time(s), {self.stuck_after_s:.0f} s apart, without a final verdict; "

@@ -60,6 +60,11 @@ def _missing(name: str, reason: str, **inputs: Any) -> Component:
     return Component(name=name, value=None, inputs={"missing": reason, **inputs}, missing=True)
 
 
+def _dict(x: Any) -> dict:
+    """``x`` when it is a dict, else an empty one (a missing or malformed section)."""
+    return x if isinstance(x, dict) else {}
+
+
 def _number(x: Any) -> float | None:
     """A finite float, or None (absent, null, NaN or not a number)."""
     if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
@@ -122,7 +127,7 @@ def s_retarget(evidence: Evidence, cfg: ScoringConfig) -> Component:
     if res is None:
         return _missing("retarget", f"no {IK_GATE} result")
     m = res.metrics
-    traj = m.get("trajectory") if isinstance(m.get("trajectory"), dict) else {}
+    traj = _dict(m.get("trajectory"))
     jerk = _number((traj.get("jerk_ratio") or {}).get("p95"))
     margin = _number((traj.get("limit_margin_fraction") or {}).get("p5"))
     residual = _number(m.get("s_retarget")) if m.get("applicable") is not False else None
@@ -160,7 +165,7 @@ def _vlm_task(evidence: Evidence, cfg: ScoringConfig) -> tuple[float | None, flo
     configured, failed, or said the frames do not tell) — never an invented answer."""
     res = evidence.get(ALIGN_GATE)
     m = res.metrics if res is not None else {}
-    vlm = m.get("vlm") if isinstance(m.get("vlm"), dict) else {}
+    vlm = _dict(m.get("vlm"))
     status = vlm.get("status")
     success, c = m.get("vlm_task_success"), _number(m.get("vlm_task_confidence"))
     if not isinstance(success, bool) or c is None:
@@ -233,8 +238,8 @@ def s_object(evidence: Evidence, cfg: ScoringConfig) -> Component:
     drift = _number(state.get("hold_drift_m"))
     speed = _number(state.get("max_step_speed_m_s"))
     unexplained = _number(state.get("unexplained_motion_fraction"))
-    inputs = {"tracking_noise_m": noise, "hold_drift_m": drift, "max_step_speed_m_s": speed,
-              "unexplained_motion_fraction": unexplained}
+    inputs: dict[str, Any] = {"tracking_noise_m": noise, "hold_drift_m": drift, "max_step_speed_m_s": speed,
+                              "unexplained_motion_fraction": unexplained}
     terms = {}
     if noise is not None:
         terms["tracking_noise"] = (_inverse_square(noise, p.tracking_noise_scale_m), 1.0)

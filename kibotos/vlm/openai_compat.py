@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from kibotos.errors import ConfigError
 from kibotos.vlm.config import VLMConfig
 from kibotos.vlm.prompts import PROMPT_VERSION, build_messages
-from kibotos.vlm.providers import KeyframePair, VLMAnswer, VLMCallRecord, register_provider
+from kibotos.vlm.providers import KeyframePair, Status, VLMAnswer, VLMCallRecord, register_provider
 
 if TYPE_CHECKING:
     from kibotos.tasks import TaskSchema
@@ -43,7 +43,7 @@ def _strip_fence(text: str) -> str:
     return s.strip()
 
 
-def parse_reply(text: str) -> tuple[str, VLMAnswer | None, str | None, dict[str, Any]]:
+def parse_reply(text: str) -> tuple[Status, VLMAnswer | None, str | None, dict[str, Any]]:
     """``(status, answer, error, meta)`` of a chat-completions response body.
 
     ``status`` is ``ok``, ``malformed`` (the body or its message content is not JSON, or
@@ -112,7 +112,7 @@ class OpenAICompatProvider:
     def close(self) -> None:
         self._client.close()
 
-    def _post(self, body: bytes) -> tuple[str, int | None, str | None, str]:
+    def _post(self, body: bytes) -> tuple[Status, int | None, str | None, str]:
         """One attempt: ``(status, http_status, error, response_text)``; status ``ok`` means
         HTTP 2xx (the body is not parsed yet)."""
         try:
