@@ -70,6 +70,8 @@ def train_cmd(
     run_id: str | None = typer.Option(None, "--run-id", help="--via-stack: the run (default: a new one); "
                                       "a finished run is answered, an unfinished one resumed"),
     timeout: float | None = typer.Option(None, "--timeout", help="--via-stack: stop following after this many s"),
+    mlflow: str | None = typer.Option(None, "--mlflow", help="also log params and per-iteration metrics to this "
+                                      "MLflow tracking URI or directory (a local file store); off by default"),
 ) -> None:
     """Train an XMimic teacher (PPO, privileged observations) or a student (PPO + BC from
     the teacher, NEP or MoCap observations); resumes from OUT's last checkpoint. With
@@ -116,13 +118,25 @@ def train_cmd(
             info += f" SR(train) {sr:.2f}" if sr is not None else ""
             bar.update(job, completed=ev["iteration"], info=info)
 
+        tracker = None
         try:
+            if mlflow:  # README "XMimic: MLflow"
+                from kibotos.xmimic.mlflow_log import MLflowProgress
+
+                tracker = MLflowProgress(mlflow, run_name=out.name, inner=on_progress, params={
+                    "role": role, "config_version": cfg.config_version, "task": task or cfg.task, "device": device,
+                    "num_envs": num_envs, "iterations": total, "seed": seed, "dataset": dataset, "clips": len(clip_list)})
             result = train(clip_list, cfg, out, role=role, teacher=teacher_path, task=task, num_envs=num_envs,
-                           iterations=iterations, device=device, backend=backend, seed=seed, progress=on_progress,
+                           iterations=iterations, device=device, backend=backend, seed=seed,
+                           progress=tracker or on_progress,
                            store=_store(settings), run_id=out.name, time_budget_s=time_budget,
                            extra_meta={"dataset": dataset, "dataset_versions": versions} if dataset else None)
         except KibotosError as exc:
+            if tracker:
+                tracker.close("FAILED")
             _fail(exc)
+        if tracker:
+            tracker.close()
     summary = {"checkpoint": str(result.checkpoint), "iterations": result.iterations,
                "resumed_from": result.resumed_from, "env_steps": result.env_steps, "seconds": round(result.seconds, 1)}
     if register_policy:
