@@ -195,7 +195,7 @@ def settings(tmp_path, monkeypatch) -> Settings:
     for name in [k for k in os.environ if k.startswith("KIBOTOS_")]:
         monkeypatch.delenv(name)
     return Settings(home=tmp_path / "home", topic_prefix=f"f{uuid.uuid4().hex[:10]}.", evidence_jobs=(),
-                    xgen_jobs=(), novelty=False, log_level="INFO")
+                    xgen_jobs=(), training_jobs=(), novelty=False, log_level="INFO")
 
 
 def test_worker_and_broker_killed_mid_stream_nothing_lost_nothing_paid_twice(settings, tmp_path, monkeypatch):

@@ -83,7 +83,8 @@ def settings(tmp_path, monkeypatch) -> Settings:
     for name in [k for k in os.environ if k.startswith("KIBOTOS_")]:
         monkeypatch.delenv(name)  # a developer's or CI's stack must not leak in
     # the cheap chain only: the evidence jobs through the stack are tested in test_demo.py
-    return Settings(home=tmp_path / "home", topic_prefix=f"t{uuid.uuid4().hex[:12]}.", evidence_jobs=(), xgen_jobs=(), log_level="INFO")
+    return Settings(home=tmp_path / "home", topic_prefix=f"t{uuid.uuid4().hex[:12]}.", evidence_jobs=(), xgen_jobs=(), training_jobs=(),
+                    log_level="INFO")
 
 
 def test_stack_serves_reports_ledger_and_verdicts_and_persists_after_stop(settings, bundle_paths):

@@ -36,7 +36,7 @@ def settings(tmp_path, monkeypatch) -> Settings:
         monkeypatch.delenv(name)
     # the cheap chain and the novelty stage: the evidence jobs are tested in test_demo.py
     return Settings(home=tmp_path / "home", topic_prefix=f"t{uuid.uuid4().hex[:12]}.", evidence_jobs=(),
-                    xgen_jobs=(), log_level="INFO")
+                    xgen_jobs=(), training_jobs=(), log_level="INFO")
 
 
 def wait_for(what: str, fn, stack: Stack, timeout_s: float = 180):

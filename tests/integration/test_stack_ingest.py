@@ -25,7 +25,7 @@ runner = CliRunner()
 def test_signed_uploads_through_the_stack(tansu, tmp_path, monkeypatch):
     home = tmp_path / "home"
     settings = Settings(home=home, bootstrap_servers=tansu.bootstrap, topic_prefix=f"s{uuid.uuid4().hex[:10]}.",
-                        evidence_jobs=(), xgen_jobs=())
+                        evidence_jobs=(), xgen_jobs=(), training_jobs=())
     pair = keypair("stack-miner")
     key = pair.save(tmp_path / "miner.json")
     good = make_episode(get_robot("ur5", "joint-limited-v1"), "genuine", seed=3, miner_id=pair.miner_id)
