@@ -78,6 +78,7 @@ class DatasetProcessor:
             "auto.offset.reset": "earliest", "enable.auto.commit": False,
             "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000})
         self._consumer.subscribe(list(self._specs))
+        store.upload_missing(name)  # versions published before the object store was configured
         self.emit_unsent()
 
     def emit_unsent(self) -> int:
@@ -251,13 +252,14 @@ def run(store: DatasetStore, catalogue: Catalogue, bootstrap: str, prefix: str, 
 def main(argv: list[str] | None = None) -> None:
     """``python -m streams.dataset_builder``: build every dataset under
     ``<KIBOTOS_HOME>/datasets`` continuously."""
+    from kibotos.objectstore import store_from_settings
     from kibotos.runtime.process import process_parser, start_process
 
     parser = process_parser("Dataset builder: accepted episodes into versioned datasets")
     parser.add_argument("--rescan-s", type=float, default=2.0, help="look for new dataset specs this often")
     proc = start_process(parser, argv)
     settings = proc.settings
-    store = DatasetStore(settings.home / "datasets")
+    store = DatasetStore(settings.home / "datasets", objects=store_from_settings(settings))
     log.info("%s: building every dataset under %s", PROCESSOR_ID, store.root)
     run(store, Catalogue.from_settings(settings), proc.bootstrap, settings.consumer_group_prefix, proc.stop,
         rescan_s=proc.args.rescan_s)

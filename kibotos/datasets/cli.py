@@ -28,9 +28,13 @@ def _settings():
 
 
 def _store(root: Path | None):
+    """The dataset store: ``root`` (default ``$KIBOTOS_HOME/datasets``) as the local cache
+    of the configured object store, where versions and exports are published."""
     from kibotos.datasets.store import DatasetStore
+    from kibotos.objectstore import store_from_settings
 
-    return DatasetStore(root or _settings().home / "datasets")
+    settings = _settings()
+    return DatasetStore(root or settings.home / "datasets", objects=store_from_settings(settings))
 
 
 def _build(store, name: str, idle_s: float) -> list[dict]:

@@ -28,7 +28,7 @@ def publish_demo_dataset(stack, console: Console, timeout_s: float = 120.0) -> d
     from kibotos.datasets.requests import request_publish
 
     settings = stack.settings
-    store = DatasetStore(settings.home / "datasets")
+    store = DatasetStore(settings.home / "datasets", objects=stack.store)
     ids = {t.id for t in stack.catalogue.all()}
     store.create(parse_spec(DEMO_SPEC | {"sources": [s for s in DEMO_SPEC["sources"] if s in ids]}))
     if any(slot.kind == "datasets" for slot in stack.slots):  # the stack's builder process

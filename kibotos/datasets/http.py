@@ -18,11 +18,12 @@ from kibotos.errors import KibotosError
 NOT_FOUND = {"dataset_not_found", "dataset_version_not_found", "dataset_ref_invalid"}
 
 
-def dataset_route(root: Path, parts: list[str]) -> tuple[int, object, str] | None:
-    """``(status, body, content type)`` for a ``/datasets`` path, None for other paths."""
+def dataset_route(root: Path, parts: list[str], objects=None) -> tuple[int, object, str] | None:
+    """``(status, body, content type)`` for a ``/datasets`` path, None for other paths;
+    ``objects``: the object store the versions live in (``root`` is then its cache)."""
     if not parts or parts[0] != "datasets":
         return None
-    store = DatasetStore(root)
+    store = DatasetStore(root, objects=objects)
     json_type = "application/json"
     try:
         if parts == ["datasets"]:

@@ -16,7 +16,11 @@ Layout under the store root (``<KIBOTOS_HOME>/datasets`` by default)::
         card.json, card.md               the dataset card (kibotos.datasets.card)
 
 A version is written to a temporary directory and renamed into place in one step, then
-made read-only; nothing ever rewrites it. Its ``content_hash`` is the SHA-256 of
+made read-only; nothing ever rewrites it. With an object store (``objects``), every
+version is first written there (``kibotos.datasets.objects``: content-addressed blobs,
+then the version's manifest), and the local directory is a cache of it: a version, spec
+or dataset only in the object store (published on another machine, or a fresh cache) is
+listed, and fetched into the cache when read. Its ``content_hash`` is the SHA-256 of
 ``episodes.jsonl`` (``verify`` recomputes it). Versions are append-only: version ``n+1``
 is version ``n`` less the removed episodes, with the revised ones replaced in place,
 plus the new ones in arrival order, so publishing streams the parent file once and holds
@@ -31,11 +35,13 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from kibotos.datasets import objects as ds_objects
 from kibotos.datasets.attribution import episode_points, publication_entries
 from kibotos.datasets.card import CardStats, card_markdown
 from kibotos.datasets.config import DatasetsConfig, default_config
@@ -69,9 +75,15 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
 
 
 class DatasetStore:
-    def __init__(self, root: Path | str, cfg: DatasetsConfig | None = None):
+    """:param root: the local directory (the cache, when ``objects`` is given).
+    :param objects: the object store versions are published to and read back from
+        (``kibotos.objectstore``); None: the local directory only.
+    """
+
+    def __init__(self, root: Path | str, cfg: DatasetsConfig | None = None, objects=None):
         self.root = Path(root)
         self.cfg = cfg or default_config()
+        self.objects = objects
 
     # --- specs ---------------------------------------------------------------------------
 
@@ -85,24 +97,42 @@ class DatasetStore:
         """
         d = self.dir(spec.name)
         path = d / "spec.json"
-        if path.exists():
+        if path.exists() or (self.objects is not None and spec.name in ds_objects.dataset_names(self.objects)):
             if self.spec(spec.name).spec_hash != spec.spec_hash:
                 raise SpecError(f"dataset {spec.name!r} exists with another spec; a different selection is a "
                                 "different dataset: pick another name", reason_code="dataset_exists")
+            self._put_spec(spec.name)  # a spec stored locally before the object store was configured
             return False
-        (d / "versions").mkdir(parents=True, exist_ok=True)
-        tmp = d / f".spec.json.{os.getpid()}"
-        tmp.write_text(spec.canonical_json())
-        os.replace(tmp, path)
+        self._write_spec(spec.name, spec.canonical_json())
+        self._put_spec(spec.name)
         return True
 
+    def _write_spec(self, name: str, text: str) -> None:
+        d = self.dir(name)
+        (d / "versions").mkdir(parents=True, exist_ok=True)
+        tmp = d / f".spec.json.{os.getpid()}"
+        tmp.write_text(text)
+        os.replace(tmp, d / "spec.json")
+
+    def _put_spec(self, name: str) -> None:
+        if self.objects is not None:
+            try:
+                ds_objects.put_immutable(self.objects, ds_objects.spec_key(name), (self.dir(name) / "spec.json").read_bytes())
+            except ds_objects.DatasetObjectError as exc:
+                raise SpecError(f"dataset {name!r} exists in the object store with another spec: {exc}",
+                                reason_code="dataset_exists") from exc
+
     def names(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.parent.name for p in self.root.glob("*/spec.json"))
+        local = {p.parent.name for p in self.root.glob("*/spec.json")} if self.root.is_dir() else set()
+        remote = ds_objects.dataset_names(self.objects) if self.objects is not None else set()
+        return sorted(local | remote)
 
     def spec(self, name: str) -> DatasetSpec:
         path = self.dir(name) / "spec.json"
+        if not path.is_file() and self.objects is not None and _valid_name(name):
+            raw = ds_objects.read_small(self.objects, ds_objects.spec_key(name))
+            if raw is not None:  # a dataset published elsewhere: cache its spec
+                self._write_spec(name, raw.decode())
         if not path.is_file():
             raise DatasetError(f"no dataset {name!r}", reason_code="dataset_not_found")
         return parse_spec(json.loads(path.read_text()))
@@ -112,9 +142,31 @@ class DatasetStore:
     def version_dir(self, name: str, version: int) -> Path:
         return self.dir(name) / "versions" / f"v{version:06d}"
 
+    def local_versions(self, name: str) -> list[int]:
+        return sorted(int(p.name[1:]) for p in (self.dir(name) / "versions").glob("v[0-9]*") if p.is_dir())
+
     def versions(self, name: str) -> list[int]:
         self.spec(name)
-        return sorted(int(p.name[1:]) for p in (self.dir(name) / "versions").glob("v[0-9]*") if p.is_dir())
+        remote = ds_objects.versions(self.objects, name) if self.objects is not None else set()
+        return sorted(set(self.local_versions(name)) | remote)
+
+    def _local(self, name: str, version: int) -> Path:
+        """The cached directory of a version, fetched from the object store when missing."""
+        d = self.version_dir(name, version)
+        if not d.is_dir() and self.objects is not None:
+            ds_objects.fetch_version(self.objects, name, version, d)
+        return d
+
+    def upload_missing(self, name: str) -> list[int]:
+        """Put the local versions the object store lacks (published before it was
+        configured); returns them."""
+        if self.objects is None:
+            return []
+        missing = sorted(set(self.local_versions(name)) - ds_objects.versions(self.objects, name))
+        self._put_spec(name)
+        for v in missing:
+            ds_objects.upload_version(self.objects, name, v, self.version_dir(name, v))
+        return missing
 
     def latest(self, name: str) -> int | None:
         vs = self.versions(name)
@@ -124,29 +176,29 @@ class DatasetStore:
         """``name[@vN]`` -> (name, version); the latest when none is named."""
         name, version = parse_ref(ref)
         version = self.latest(name) if version is None else version
-        if version is None or not self.version_dir(name, version).is_dir():
+        if version is None or not self._local(name, version).is_dir():
             raise DatasetError(f"dataset {ref!r} has no such version (versions: {self.versions(name) or 'none'})",
                                reason_code="dataset_version_not_found")
         return name, version
 
     def info(self, name: str, version: int) -> dict:
-        return json.loads((self.version_dir(name, version) / "version.json").read_text())
+        return json.loads((self._local(name, version) / "version.json").read_text())
 
     def card(self, name: str, version: int) -> dict:
-        return json.loads((self.version_dir(name, version) / "card.json").read_text())
+        return json.loads((self._local(name, version) / "card.json").read_text())
 
     def attribution(self, name: str, version: int) -> list[dict]:
-        return json.loads((self.version_dir(name, version) / "attribution.json").read_text())
+        return json.loads((self._local(name, version) / "attribution.json").read_text())
 
     def episodes(self, name: str, version: int) -> Iterator[Episode]:
         """The episodes of a version, streamed from its file."""
-        with open(self.version_dir(name, version) / "episodes.jsonl", encoding="utf-8") as f:
+        with open(self._local(name, version) / "episodes.jsonl", encoding="utf-8") as f:
             for line in f:
                 if line.strip():
                     yield Episode.from_line(line)
 
     def changelog(self, name: str, version: int) -> Iterator[tuple[str, Episode]]:
-        with open(self.version_dir(name, version) / "changelog.jsonl", encoding="utf-8") as f:
+        with open(self._local(name, version) / "changelog.jsonl", encoding="utf-8") as f:
             for line in f:
                 if line.strip():
                     d = json.loads(line)
@@ -166,7 +218,7 @@ class DatasetStore:
 
     def verify(self, name: str, version: int) -> bool:
         """True when ``episodes.jsonl`` still hashes to the version's content hash."""
-        return _sha256(self.version_dir(name, version) / "episodes.jsonl") == self.info(name, version)["content_hash"]
+        return _sha256(self._local(name, version) / "episodes.jsonl") == self.info(name, version)["content_hash"]
 
     # --- pending -------------------------------------------------------------------------
 
@@ -340,6 +392,12 @@ class DatasetStore:
         (tmp / "card.md").write_text(card_markdown(card))
         for p in tmp.iterdir():
             p.chmod(0o444)
+        if self.objects is not None:  # the object store first: the local directory is its cache
+            try:
+                ds_objects.upload_version(self.objects, name, version, tmp)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         os.replace(tmp, final)  # the version appears whole or not at all
         self._clear_pending(name)
         return info
@@ -358,6 +416,10 @@ class DatasetStore:
         tmp = self.dir(name) / f".emitted.{os.getpid()}"
         tmp.write_text(json.dumps({"version": version}))
         os.replace(tmp, self.dir(name) / "emitted.json")
+
+
+def _valid_name(name: str) -> bool:
+    return bool(re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", name))
 
 
 def _supersedes(new: Episode | None, old: Episode) -> Episode | None:

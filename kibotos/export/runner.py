@@ -11,6 +11,12 @@ export of the same version whose ``export.json`` names the same content hash and
 is reused, not rewritten. The files are deterministic, so a forced re-export gives the
 same bytes (the file hashes in ``export.json`` compare them). Episodes are streamed from
 ``episodes.jsonl`` and converted one at a time.
+
+With an object store on the dataset store (``DatasetStore.objects``), an export is also
+published there (``kibotos.datasets.objects``: content-addressed blobs, ``export.json`` as
+its manifest, never overwritten — a forced re-export that gave other bytes is refused with
+``dataset_object_conflict``), and an export missing here but stored there is fetched into
+``out`` (the local directory is a cache) instead of being converted again.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import shutil
 import time
 from pathlib import Path
 
+from kibotos.datasets import objects as ds_objects
 from kibotos.datasets.store import DatasetStore
 from kibotos.errors import KibotosError
 from kibotos.export.bundle_frames import read_bundle
@@ -57,7 +64,14 @@ def export_version(store: DatasetStore, name: str, version: int, out: Path, obje
     if manifest_path.exists() and not force:
         done = json.loads(manifest_path.read_text())
         if done.get("content_hash") == info["content_hash"] and set(formats) <= set(done.get("formats", [])):
+            if store.objects is not None:  # exported before the object store was configured
+                ds_objects.upload_export(store.objects, name, version, final, done)
             return done | {"reused": True}
+    if store.objects is not None and not force:
+        raw = ds_objects.find_export(store.objects, name, version, formats, info["content_hash"])
+        if raw is not None:
+            ds_objects.fetch_export(store.objects, name, raw, final)
+            return json.loads(raw) | {"reused": True}
     tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -98,8 +112,9 @@ def export_version(store: DatasetStore, name: str, version: int, out: Path, obje
             progress(k + 1)
     groups = {str(w.root.relative_to(tmp)): w.close() | {"root": str(w.root.relative_to(tmp))}
               for w in writers.values()}
+    version_dir = store.version_dir(name, version)  # cached by store.info above
     for fname in ("card.json", "card.md"):
-        shutil.copyfile(store.version_dir(name, version) / fname, tmp / fname)
+        shutil.copyfile(version_dir / fname, tmp / fname)
     files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     manifest = {"format": EXPORT_FORMAT_VERSION, "dataset": name, "version": version,
                 "content_hash": info["content_hash"], "formats": sorted(formats), "episodes": info["episodes"],
@@ -107,6 +122,12 @@ def export_version(store: DatasetStore, name: str, version: int, out: Path, obje
                 "files_sha256": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest(),
                 "files": files}
     (tmp / "export.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    if store.objects is not None:
+        try:
+            ds_objects.upload_export(store.objects, name, version, tmp, manifest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -61,7 +61,7 @@ class QueryServer:
                 if datasets_root is not None and parts[:1] == ["datasets"]:  # files, not the warehouse
                     from kibotos.datasets.http import dataset_route
 
-                    status, body, content_type = dataset_route(datasets_root, parts)
+                    status, body, content_type = dataset_route(datasets_root, parts, objects=store)
                     return self._send(status, body, content_type)
                 try:
                     if parts[:1] == ["policies"]:  # warehouse under the lock, then the registry's files
