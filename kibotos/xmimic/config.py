@@ -30,6 +30,7 @@ class SimConfig(_Frozen):
     substeps: int = Field(ge=1)
     box_friction: float = Field(gt=0)
     end: Literal["carry_end", "clip_end"]
+    threads: int = Field(default=1, ge=0)
 
 
 class ControlConfig(_Frozen):

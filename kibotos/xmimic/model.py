@@ -61,6 +61,14 @@ def build_model(fixed_pelvis: bool, substep_dt: float) -> mujoco.MjModel:
         # fixed pelvis: only the palm pads collide (forearm meshes cost half the step time)
         keep = not fixed_pelvis
         geom.contype, geom.conaffinity = (2, 1) if keep else (0, 0)
+    # geoms that collide with nothing only cost memory here (the bodies' inertias are
+    # explicit): without them and their meshes a model copy is ~0.1 MB instead of ~70 MB,
+    # and the simulator holds one copy per environment
+    for geom in [g for g in spec.geoms if g.contype == 0 and g.conaffinity == 0]:
+        spec.delete(geom)
+    used = {g.meshname for g in spec.geoms}
+    for mesh in [m for m in spec.meshes if m.name not in used]:
+        spec.delete(mesh)
     for side in g1.SIDES:
         # the hand's grip (the rubber hands have no fingers): an adhesion actuator pulling the
         # palm pad onto what it touches, commanded by the clip's contact graph (README "XMimic")

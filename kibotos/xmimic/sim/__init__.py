@@ -13,13 +13,13 @@ def resolve_backend(backend: str, device: str) -> str:
 
 
 def make_simulator(backend: str, *, num_envs: int, fixed_pelvis: bool, control_dt: float, substeps: int,
-                   device: str = "cpu") -> Simulator:
+                   device: str = "cpu", threads: int = 1) -> Simulator:
     backend = resolve_backend(backend, device)
     if backend == "mujoco":
         from kibotos.xmimic.sim.mujoco_sim import MujocoSim
 
         return MujocoSim(num_envs=num_envs, fixed_pelvis=fixed_pelvis, control_dt=control_dt, substeps=substeps,
-                         device=device)
+                         device=device, threads=threads)
     if backend == "genesis":
         from kibotos.xmimic.sim.genesis_sim import GenesisSim
 
