@@ -76,6 +76,9 @@ def test_versions_are_published_to_and_read_back_from_the_object_store(tmp_path,
     assert fetched["reused"] and fetched["files"] == first["files"]
     for rel, sha in first["files"].items():
         assert hashlib.sha256((tmp_path / "out-b/ds/v000002" / rel).read_bytes()).hexdigest() == sha
+    # a forced re-export gives the same bytes, so storing it again is a no-op, not a conflict
+    forced = export_version(writer, "ds", 2, tmp_path / "out-c", bucket, force=True)
+    assert not forced["reused"] and forced["files"] == first["files"]
 
 
 def test_published_objects_are_never_overwritten(tmp_path, monkeypatch):
