@@ -216,6 +216,8 @@ def eval_cmd(
     trained_on: list[str] = typer.Option([], "--trained-on",
                                          help="dataset version NAME@vN the policy trained on (default: its metadata)"),
     seed: int = typer.Option(0, help="part of the eval id: the same policy, dataset, config and seed replace rows"),
+    preview: bool = typer.Option(False, "--preview", help="also render the first clip's rollout (MuJoCo, mp4) "
+                                 "for the policy page"),
 ) -> None:
     """SR on the clips, GSR on held-out variants, per clip, with the open-loop reference
     (PD) and zero-torque baselines; the per-clip results become policy_evals rows, and a
@@ -247,6 +249,12 @@ def eval_cmd(
 
                 report["recorded"] = record_from_cli(settings, rep, policy, path, dataset=dataset, clips=clips,
                                                      rule=cfg.eval.pass_rule, seed=seed, trained_on=trained_on)
+            if preview:
+                from kibotos.xmimic.preview import PREVIEW_NAME, write_preview
+
+                folder = settings.home / "policies" / policy
+                dest = folder / PREVIEW_NAME if folder.is_dir() else path.with_suffix(".preview.mp4")
+                report["preview"] = write_preview(clip_list[0], cfg, path, dest, task=task)
             if not Path(policy).is_file():
                 save_eval(settings.home, policy, report)
     except KibotosError as exc:

@@ -82,8 +82,8 @@ def test_eval_rows_replace_on_rerun_and_a_pass_pays_once(trained, clips_dir, sma
         (two / name).symlink_to(clips_dir / name)
     cli = CliRunner()
     outs = []
-    for _ in range(2):
-        res = cli.invoke(app, ["eval", pid, "--clips", str(two), "--config", str(cfg_file)])
+    for k in range(2):
+        res = cli.invoke(app, ["eval", pid, "--clips", str(two), "--config", str(cfg_file), *(["--preview"] if k else [])])
         assert res.exit_code == 0, res.output
         outs.append(json.loads(res.stdout)["recorded"])
     first, second = outs
@@ -112,6 +112,7 @@ def test_eval_rows_replace_on_rerun_and_a_pass_pays_once(trained, clips_dir, sma
     assert cli.invoke(app, ["policies", "show", pid, "--html", str(page)]).exit_code == 0
     html = page.read_text()
     assert html.count("<tr class='clip") == 5 and "data-points='1'" in html  # one iteration: runE/progress.jsonl
+    assert "data:video/mp4;base64," in html and (home / "policies" / pid / "preview.mp4").is_file()  # --preview
 
 
 def test_an_eval_that_fails_the_rule_pays_nothing(trained, clips_dir, small_cfg, tmp_path):

@@ -1,0 +1,36 @@
+"""The rollout preview: the evaluation episode rendered offscreen by MuJoCo (the robot as
+capsules between its bodies, the box, the floor), encoded as an mp4 the policy page
+inlines."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kibotos.media.video import probe_video
+from kibotos.xmimic.env import XMimicEnv
+from kibotos.xmimic.html import render_policy_html
+from kibotos.xmimic.preview import ROBOT_RGBA, rollout_frames, write_preview
+
+
+def _robot_pixels(frame: np.ndarray) -> int:
+    rgb = np.array(ROBOT_RGBA[:3]) * 255
+    # lit capsules: the hue of the robot colour, brighter or darker (blue dominant)
+    f = frame.astype(int)
+    return int(((f[..., 2] > f[..., 0] + 60) & (f[..., 2] > f[..., 1] + 30)).sum()) if rgb[2] > rgb[0] else 0
+
+
+def test_rollout_preview_shows_the_robot_moving(clips, xcfg, tmp_path):
+    frames, outcome = rollout_frames(clips[0], xcfg, None, width=160, height=120)
+    env = XMimicEnv(clips[:1], xcfg, num_envs=1, backend="mujoco", training=False)
+    # the first frame, then one per control step up to the end of carry (the step that ends
+    # the episode returns the reset state, so it has no frame of its own)
+    assert abs(len(frames) - env.max_episode_length) <= 1 and frames.shape[1:] == (120, 160, 3)
+    assert outcome["success"]  # the reference replayed by PD lifts this clip's box (tested in test_env_eval too)
+    assert _robot_pixels(frames[0]) > 100 and _robot_pixels(frames[-1]) > 100
+    assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).mean() > 1.0  # the scene changed
+    info = write_preview(clips[0], xcfg, None, tmp_path / "p" / "preview.mp4", width=160, height=120)
+    data = (tmp_path / "p" / "preview.mp4").read_bytes()
+    probe = probe_video(data)
+    assert (probe.width, probe.height) == (160, 120) and info["frames"] == len(frames)
+    page = render_policy_html({"policy_id": "p-1"}, preview_mp4=data)
+    assert "<video" in page and "data:video/mp4;base64," in page
