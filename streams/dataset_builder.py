@@ -73,13 +73,14 @@ class DatasetProcessor:
         self.undecodable = 0
         self._targets: dict[tuple[str, int], int] | None = None  # high watermarks a publish request waits for
         self._lag_at = 0.0
+        # before the consumer joins its group: a failure here leaves no member behind
+        store.upload_missing(name)  # versions published before the object store was configured
+        self.emit_unsent()
         self._consumer = Consumer({
             "bootstrap.servers": bootstrap, "group.id": group, "client.id": f"{PROCESSOR_ID}-{name}",
             "auto.offset.reset": "earliest", "enable.auto.commit": False,
             "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000})
         self._consumer.subscribe(list(self._specs))
-        store.upload_missing(name)  # versions published before the object store was configured
-        self.emit_unsent()
 
     def emit_unsent(self) -> int:
         """Send the events of every published version not yet sent; returns how many."""
@@ -228,7 +229,8 @@ def run(store: DatasetStore, catalogue: Catalogue, bootstrap: str, prefix: str, 
     try:
         while not stop.is_set():
             # a publish request for a dataset not built yet (just created) is a reason to look now
-            if time.monotonic() - scanned > rescan_s or requests.has_requests(store) - set(procs):
+            since = time.monotonic() - scanned
+            if since > rescan_s or (since > 0.5 and requests.has_requests(store) - set(procs)):
                 scanned = time.monotonic()
                 for name in store.names():
                     if name not in procs:
@@ -241,9 +243,15 @@ def run(store: DatasetStore, catalogue: Catalogue, bootstrap: str, prefix: str, 
                         log.info("%s: building %s", PROCESSOR_ID, name)
             if not procs:
                 stop.wait(1.0)
-            for proc in procs.values():
-                proc.poll_once(timeout=0.2)
-                proc.answer_requests()
+            for name, proc in list(procs.items()):
+                try:
+                    proc.poll_once(timeout=0.2)
+                    proc.answer_requests()
+                except KibotosError as exc:  # e.g. dataset_object_conflict: this dataset waits, the others go on
+                    log.error("%s: %s stopped: [%s] %s; retried in %.0fs", PROCESSOR_ID, name, exc.reason_code, exc,
+                              rescan_s)
+                    proc.close()
+                    del procs[name]
     finally:
         for proc in procs.values():
             proc.close()
