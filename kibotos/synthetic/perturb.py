@@ -24,7 +24,7 @@ from kibotos.synthetic.samples import Episode
 
 def decode_all(mp4: bytes) -> np.ndarray:
     """Every frame of an mp4 as (N, H, W, 3) uint8 RGB."""
-    with av.open(io.BytesIO(mp4)) as container:
+    with av.open(io.BytesIO(mp4), mode="r") as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 

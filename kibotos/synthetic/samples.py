@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -432,16 +433,19 @@ def ik_perturbation(robot: RobotModel, traj: Trajectory, ts_ms: np.ndarray, dura
     return bump[:, None] * lo * direction, dbump[:, None] * lo * direction
 
 
+# ``VIDEO_MISMATCH`` variants that show other frames than the rendered ones
+FRAME_VARIANTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "video_reversed": lambda frames: np.ascontiguousarray(frames[::-1]),
+    "video_static": lambda frames: np.repeat(frames[len(frames) // 2][None], len(frames), axis=0),
+    "video_blank": lambda frames: np.full_like(frames, 16),
+}
+
+
 def video_variant(frames: np.ndarray, variant: str) -> np.ndarray:
     """The frames a ``VIDEO_MISMATCH`` variant shows instead of the rendered ``frames``
     (the others: ``frames`` unchanged): played backwards, the middle frame held, blank."""
-    if variant == "video_reversed":
-        return np.ascontiguousarray(frames[::-1])
-    if variant == "video_static":
-        return np.repeat(frames[len(frames) // 2][None], len(frames), axis=0)
-    if variant == "video_blank":
-        return np.full_like(frames, 16)
-    return frames
+    term = FRAME_VARIANTS.get(variant)
+    return frames if term is None else term(frames)
 
 
 @dataclass(frozen=True)
@@ -471,6 +475,242 @@ def _uuid(*parts: object) -> str:
     return str(uuid.uuid5(_SAMPLE_NS, ":".join(map(str, parts))))
 
 
+@dataclass(frozen=True)
+class _Build:
+    """What the terms of one episode share."""
+
+    robot: RobotModel
+    variant: str
+    seed: int
+    rng: np.random.Generator  # the episode's generator: each term draws from it in a fixed order
+    duration_ms: float
+    rate_hz: float
+    prismatic: np.ndarray  # (J,) bool
+
+
+# --- variants that change the motion itself (the video shows them too) ----------------
+
+def _limit_violation(traj: Trajectory, b: _Build) -> Trajectory:
+    """The joint with the widest range shifted 0.3 past its upper limit."""
+    robot = b.robot
+    j = int(np.argmax(robot.pos_upper - robot.pos_lower))
+    shift = np.zeros(robot.dof)
+    shift[j] = robot.pos_upper[j] - traj.q[:, j].min() + 0.3
+    return replace(traj, q=traj.q + shift)
+
+
+def _teleport(traj: Trajectory, b: _Build) -> Trajectory:
+    """One revolute joint jumps (3 control periods at its speed limit, at least 0.6 rad)
+    half way through, towards the side with more room."""
+    robot = b.robot
+    room_up, room_down = robot.pos_upper - traj.q.max(0), traj.q.min(0) - robot.pos_lower
+    j = int(np.argmax(np.maximum(room_up, room_down) * ~b.prismatic))
+    jump = max(0.6, 3.0 * robot.vel_limit[j] / b.rate_hz)
+    sign = 1.0 if room_up[j] >= room_down[j] else -1.0
+    jump = min(jump, max(room_up[j], room_down[j]) - 0.05)
+    q = traj.q.copy()
+    q[traj.t_ms >= b.duration_ms / 2, j] += sign * jump
+    return replace(traj, q=q)
+
+
+def _tremor(traj: Trajectory, b: _Build) -> Trajectory:
+    """A 4 Hz tremor on every joint with three times the jerk limit."""
+    w = 2 * np.pi * 4.0
+    amp = 3.0 * b.robot.jerk_limit / w**3
+    tremor = np.sin(w * traj.t_ms[:, None] / 1000.0 + b.rng.uniform(0, 2 * np.pi, b.robot.dof)) * amp
+    return replace(traj, q=traj.q + tremor)
+
+
+MOTION_VARIANTS: dict[str, Callable[[Trajectory, _Build], Trajectory]] = {
+    "limit_violation": _limit_violation, "teleport": _teleport, "jerk": _tremor,
+}
+
+
+def _recorded(traj: Trajectory, b: _Build) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ts, q, v)`` sampled at ``rate_hz`` with the sensor noise of ``NOISE``."""
+    ts = np.round(np.arange(0.0, b.duration_ms + 1e-9, 1000.0 / b.rate_hz)).astype(np.int64)
+    q_clean = traj.at(ts.astype(np.float64))
+    vel = np.gradient(traj.q, traj.t_ms / 1000.0, axis=0)
+    v_clean = np.stack([np.interp(ts, traj.t_ms, vel[:, j]) for j in range(b.robot.dof)], axis=1)
+    noise = np.where(b.prismatic, NOISE["prismatic_m"], NOISE["revolute_rad"])
+    q = q_clean + b.rng.normal(0, 1, q_clean.shape) * noise
+    v = v_clean + b.rng.normal(0, NOISE["vel_rad_s"], v_clean.shape) * np.where(b.prismatic, 0.1, 1.0)
+    return ts, q, v
+
+
+# --- the video: which motion it shows, how long, what sync offset the manifest claims --
+
+VIDEO_LENGTH = {"short_video": 0.55}  # variant -> the fraction of the episode the video covers
+VIDEO_LATE_MS = {"video_delayed": VIDEO_DELAY_MS}  # variant -> how late the video shows the motion
+# variant -> the claimed sync offset given the true one
+CLAIMS: dict[str, Callable[[float], float]] = {
+    "video_delayed": lambda offset: 0.0,
+    "sync_lie": lambda offset: offset - 400.0,
+}
+
+
+def _another_episode(traj: Trajectory, b: _Build) -> Trajectory:
+    """Another episode's motion (its own generator), for the same camera."""
+    return task_trajectory(b.robot, b.duration_ms, np.random.default_rng([b.seed, 0x5A4B]))
+
+
+SHOWN_MOTION: dict[str, Callable[[Trajectory, _Build], Trajectory]] = {"video_swapped": _another_episode}
+
+
+@dataclass(frozen=True)
+class _Video:
+    mp4: bytes
+    frame_kin_t: np.ndarray  # each frame's kinematic time (ms)
+    cameras: dict
+    videos: dict
+    secondary_mp4: dict[str, bytes]
+    claimed_ms: float
+
+
+def _video(traj: Trajectory, b: _Build, *, offset: float, fps: float, subject: str, scene_seed: int | None,
+           secondary_cameras: tuple[str, ...]) -> _Video:
+    """The primary video (it starts ``offset`` ms before kinematics time 0) and the
+    secondary cameras' videos."""
+    robot, variant = b.robot, b.variant
+    video_ms = VIDEO_LENGTH.get(variant, 1.0) * b.duration_ms + offset
+    n_frames = int(np.floor(video_ms * fps / 1000.0)) + 1
+    frame_kin_t = np.arange(n_frames) * 1000.0 / fps - offset
+    intrinsics, extrinsics = default_camera(robot)
+    scene_rng = b.rng if scene_seed is None else np.random.default_rng([scene_seed, 0x5CE7E])
+    render = render_human_video if subject == "human" else render_video
+    shown_t = frame_kin_t - VIDEO_LATE_MS.get(variant, 0.0)
+    shown = SHOWN_MOTION[variant](traj, b) if variant in SHOWN_MOTION else traj
+    frames = video_variant(render(robot, shown.at(shown_t), intrinsics, extrinsics, scene_rng), variant)
+    mp4 = encode_mp4(frames, fps)
+    cameras = {"primary": {"intrinsics": intrinsics, "extrinsics": extrinsics.round(6).tolist()}}
+    videos = {"primary": {"fps": fps, "frame_count": n_frames, "subject": subject}}
+    secondary_mp4: dict[str, bytes] = {}
+    for name in secondary_cameras:
+        # its own generator (its own background): the other streams stay those of a mono bundle
+        cam_rng = np.random.default_rng([b.seed, 0x5EC0, list(SECONDARY_VIEWS).index(name)])
+        intr, pose = default_camera(robot, SECONDARY_VIEWS[name])
+        key = f"secondary_{name}"
+        secondary_mp4[key] = encode_mp4(render_video(robot, traj.at(frame_kin_t), intr, pose, cam_rng), fps)
+        cameras[key] = {"intrinsics": intr, "extrinsics": pose.round(6).tolist()}
+        videos[key] = {"fps": fps, "frame_count": n_frames, "subject": "robot"}
+    claimed = CLAIMS[variant](offset) if variant in CLAIMS else offset
+    return _Video(mp4, frame_kin_t, cameras, videos, secondary_mp4, claimed)
+
+
+# --- the object stream and the variants that the IK / task stages catch -----------------
+
+NEEDS_OBJECT = ("ik_perturbed", "ik_target_shift", "task_failed")
+NOT_CARRIED = ("task_failed",)  # the hand misses the object
+
+
+def _shifted_target(arrays: dict[str, np.ndarray], ts: np.ndarray, q: np.ndarray, v: np.ndarray,
+                    traj: Trajectory, b: _Build) -> tuple[np.ndarray, np.ndarray]:
+    """The object stream moved ``IK_TARGET_SHIFT_M`` towards the robot's base,
+    horizontally (the shifted path stays reachable); the joints unchanged."""
+    pose = arrays[f"objects/{OBJECT_NAME}/pose"].copy()
+    toward = -pose[:, :2].mean(axis=0)
+    pose[:, :2] += IK_TARGET_SHIFT_M * toward / np.linalg.norm(toward)
+    arrays[f"objects/{OBJECT_NAME}/pose"] = pose
+    return q, v
+
+
+def _perturbed_chain(arrays: dict[str, np.ndarray], ts: np.ndarray, q: np.ndarray, v: np.ndarray,
+                     traj: Trajectory, b: _Build) -> tuple[np.ndarray, np.ndarray]:
+    """The grasping chain's joints bumped (``ik_perturbation``); the object stream unchanged."""
+    dq, dv = ik_perturbation(b.robot, traj, ts.astype(np.float64), b.duration_ms)
+    return q + dq, v + dv
+
+
+OBJECT_VARIANTS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
+    "ik_target_shift": _shifted_target, "ik_perturbed": _perturbed_chain,
+}
+
+
+# --- variants of the recorded streams only (what gates A, B and D read) ------------------
+
+Streams = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # (ts, q, v)
+
+
+def _nan(ts: np.ndarray, q: np.ndarray, v: np.ndarray, b: _Build) -> Streams:
+    q[len(q) // 3: len(q) // 3 + 5, b.robot.dof // 2] = np.nan
+    return ts, q, v
+
+
+def _flatline(ts: np.ndarray, q: np.ndarray, v: np.ndarray, b: _Build) -> Streams:
+    return ts, np.tile(q[0], (len(q), 1)), np.zeros_like(v)
+
+
+def _swapped_timestamps(ts: np.ndarray, q: np.ndarray, v: np.ndarray, b: _Build) -> Streams:
+    k = len(ts) // 2
+    ts = ts.copy()
+    ts[k], ts[k + 1] = ts[k + 1], ts[k]
+    return ts, q, v
+
+
+def _gap(ts: np.ndarray, q: np.ndarray, v: np.ndarray, b: _Build) -> Streams:
+    keep = (ts < b.duration_ms * 0.5) | (ts >= b.duration_ms * 0.5 + 400)
+    return ts[keep], q[keep], v[keep]
+
+
+def _degrees(ts: np.ndarray, q: np.ndarray, v: np.ndarray, b: _Build) -> Streams:
+    return ts, np.where(b.prismatic, q, np.rad2deg(q)), np.where(b.prismatic, v, np.rad2deg(v))
+
+
+def _one_joint_short(ts: np.ndarray, q: np.ndarray, v: np.ndarray, b: _Build) -> Streams:
+    return ts, q[:, :-1], v[:, :-1]
+
+
+def _no_velocity(ts: np.ndarray, q: np.ndarray, v: np.ndarray, b: _Build) -> Streams:
+    return ts, q, None  # a position glitch; the recording has no velocity stream to contradict it
+
+
+STREAM_VARIANTS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, _Build], Streams]] = {
+    "nan": _nan, "flatline": _flatline, "non_monotonic": _swapped_timestamps, "gap": _gap,
+    "degrees": _degrees, "shape_mismatch": _one_joint_short, "teleport": _no_velocity,
+}
+
+
+def _manifest(b: _Build, miner_id: str, video: _Video, subject: str, secondary_cameras: tuple[str, ...]) -> dict:
+    robot, variant, seed = b.robot, b.variant, b.seed
+    views = tuple(f"secondary_{name}" for name in secondary_cameras)  # distinct ids for distinct samples
+    human = ("human",) if subject == "human" and variant != "human_video" else ()
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "bundle_version": "1.0.0",
+        "submission_id": _uuid(robot.model_id, variant, seed, miner_id, "submission", *views, *human),
+        "episode_id": _uuid(robot.model_id, variant, seed, miner_id, "episode", *views, *human),
+        "miner_id": miner_id,
+        "created_at": dt.datetime(2026, 11, 1, tzinfo=dt.UTC).isoformat(),
+        "robot_model_id": robot.model_id,
+        "robot_model_revision": robot.revision,
+        "joint_names": list(robot.joint_names),
+        "sampling_rate_hz": b.rate_hz,
+        "time_base": "relative",
+        "time_units": "ms",
+        "units": {"joint_pos": "rad", "joint_vel": "rad/s"},
+        "camera": video.cameras,
+        "video": video.videos,
+        "sync": {"sync_offset_ms_claimed": round(video.claimed_ms, 1)},
+        "sample_variant": variant,
+    }
+    task = task_for(robot, b.duration_ms)
+    if task is not None:
+        manifest["task"] = {"task_id": task[0], "task_version": task[1]}
+    return manifest
+
+
+def _check_arguments(variant: str, subject: str, with_object: bool, secondary_cameras: tuple[str, ...]) -> None:
+    if subject not in ("robot", "human"):
+        raise ValueError(f"subject {subject!r}: robot or human")
+    if variant not in EXPECTED:
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    unknown = [n for n in secondary_cameras if n not in SECONDARY_VIEWS]
+    if unknown or len(set(secondary_cameras)) != len(secondary_cameras):
+        raise ValueError(f"secondary cameras {list(secondary_cameras)}: distinct names of {', '.join(SECONDARY_VIEWS)}")
+    if variant in NEEDS_OBJECT and not with_object:
+        raise ValueError(f"variant {variant!r} needs the object stream (with_object=True, a robot with an end effector)")
+
+
 def make_episode(
     robot: RobotModel,
     variant: str = "genuine",
@@ -491,148 +731,45 @@ def make_episode(
     ``SECONDARY_VIEWS``) films it from those viewpoints too. ``scene_seed`` fixes the
     background (one place, one fixed camera, whatever the motion); by default it follows
     ``seed``. ``subject`` ``"human"`` films a person demonstrating it
-    (``render_human_video``; the variant ``human_video`` is the genuine one)."""
+    (``render_human_video``; the variant ``human_video`` is the genuine one).
+
+    A variant is the genuine episode with its terms: ``MOTION_VARIANTS`` (the motion),
+    ``VIDEO_LENGTH`` / ``VIDEO_LATE_MS`` / ``SHOWN_MOTION`` / ``FRAME_VARIANTS`` / ``CLAIMS``
+    (the video and its claimed offset), ``NOT_CARRIED`` / ``OBJECT_VARIANTS`` (the object
+    stream) and ``STREAM_VARIANTS`` (the recorded joint streams), applied in that order."""
     if variant == "human_video":
         subject = "human"
-    if subject not in ("robot", "human"):
-        raise ValueError(f"subject {subject!r}: robot or human")
-    if variant not in EXPECTED:
-        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-    unknown = [n for n in secondary_cameras if n not in SECONDARY_VIEWS]
-    if unknown or len(set(secondary_cameras)) != len(secondary_cameras):
-        raise ValueError(f"secondary cameras {list(secondary_cameras)}: distinct names of {', '.join(SECONDARY_VIEWS)}")
     with_object = with_object and grasp_link(robot) is not None
-    if (variant.startswith("ik_") or variant == "task_failed") and not with_object:
-        raise ValueError(f"variant {variant!r} needs the object stream (with_object=True, a robot with an end effector)")
+    _check_arguments(variant, subject, with_object, secondary_cameras)
     rng = np.random.default_rng(seed)
     offset = float(rng.uniform(20, 180) if offset_ms is None else offset_ms)
     traj = task_trajectory(robot, duration_ms, rng)
-    prismatic = np.array([t == "prismatic" for t in robot.joint_types])
-
-    # variants that change the motion itself (the video shows them too)
-    if variant == "limit_violation":
-        j = int(np.argmax(robot.pos_upper - robot.pos_lower))
-        shift = np.zeros(robot.dof)
-        shift[j] = robot.pos_upper[j] - traj.q[:, j].min() + 0.3
-        traj = replace(traj, q=traj.q + shift)
-    elif variant == "teleport":
-        room_up, room_down = robot.pos_upper - traj.q.max(0), traj.q.min(0) - robot.pos_lower
-        j = int(np.argmax(np.maximum(room_up, room_down) * ~prismatic))
-        jump = max(0.6, 3.0 * robot.vel_limit[j] / rate_hz)
-        sign = 1.0 if room_up[j] >= room_down[j] else -1.0
-        jump = min(jump, max(room_up[j], room_down[j]) - 0.05)
-        q = traj.q.copy()
-        q[traj.t_ms >= duration_ms / 2, j] += sign * jump
-        traj = replace(traj, q=q)
-    elif variant == "jerk":
-        f = 4.0
-        w = 2 * np.pi * f
-        amp = 3.0 * robot.jerk_limit / w**3
-        tremor = np.sin(w * traj.t_ms[:, None] / 1000.0 + rng.uniform(0, 2 * np.pi, robot.dof)) * amp
-        traj = replace(traj, q=traj.q + tremor)
-
-    ts = np.round(np.arange(0.0, duration_ms + 1e-9, 1000.0 / rate_hz)).astype(np.int64)
-    q_clean = traj.at(ts.astype(np.float64))
-    vel = np.gradient(traj.q, traj.t_ms / 1000.0, axis=0)
-    v_clean = np.stack([np.interp(ts, traj.t_ms, vel[:, j]) for j in range(robot.dof)], axis=1)
-    noise = np.where(prismatic, NOISE["prismatic_m"], NOISE["revolute_rad"])
-    q = q_clean + rng.normal(0, 1, q_clean.shape) * noise
-    v = v_clean + rng.normal(0, NOISE["vel_rad_s"], v_clean.shape) * np.where(prismatic, 0.1, 1.0)
-
-    # the video: starts `offset` ms before kinematics time 0
-    video_ms = duration_ms + offset
-    if variant == "short_video":
-        video_ms = 0.55 * duration_ms + offset
-    n_frames = int(np.floor(video_ms * fps / 1000.0)) + 1
-    frame_kin_t = np.arange(n_frames) * 1000.0 / fps - offset
-    intrinsics, extrinsics = default_camera(robot)
-    scene_rng = rng if scene_seed is None else np.random.default_rng([scene_seed, 0x5CE7E])
-    render = render_human_video if subject == "human" else render_video
-    shown_t = frame_kin_t - (VIDEO_DELAY_MS if variant == "video_delayed" else 0.0)
-    if variant == "video_swapped":  # another episode's motion (its own generator), same camera
-        shown = task_trajectory(robot, duration_ms, np.random.default_rng([seed, 0x5A4B])).at(shown_t)
-    else:
-        shown = traj.at(shown_t)
-    frames = video_variant(render(robot, shown, intrinsics, extrinsics, scene_rng), variant)
-    mp4 = encode_mp4(frames, fps)
-    claimed = 0.0 if variant == "video_delayed" else offset - (400.0 if variant == "sync_lie" else 0.0)
-    cameras = {"primary": {"intrinsics": intrinsics, "extrinsics": extrinsics.round(6).tolist()}}
-    videos = {"primary": {"fps": fps, "frame_count": n_frames, "subject": subject}}
-    secondary_mp4: dict[str, bytes] = {}
-    for name in secondary_cameras:
-        # its own generator (its own background): the other streams stay those of a mono bundle
-        cam_rng = np.random.default_rng([seed, 0x5EC0, list(SECONDARY_VIEWS).index(name)])
-        intr, pose = default_camera(robot, SECONDARY_VIEWS[name])
-        key = f"secondary_{name}"
-        secondary_mp4[key] = encode_mp4(render_video(robot, traj.at(frame_kin_t), intr, pose, cam_rng), fps)
-        cameras[key] = {"intrinsics": intr, "extrinsics": pose.round(6).tolist()}
-        videos[key] = {"fps": fps, "frame_count": n_frames, "subject": "robot"}
-    views = tuple(f"secondary_{name}" for name in secondary_cameras)  # distinct ids for distinct samples
-    human = ("human",) if subject == "human" and variant != "human_video" else ()
+    b = _Build(robot, variant, seed, rng, duration_ms, rate_hz,
+               prismatic=np.array([t == "prismatic" for t in robot.joint_types]))
+    if variant in MOTION_VARIANTS:
+        traj = MOTION_VARIANTS[variant](traj, b)
+    ts, q, v = _recorded(traj, b)
+    video = _video(traj, b, offset=offset, fps=fps, subject=subject, scene_seed=scene_seed,
+                   secondary_cameras=secondary_cameras)
 
     extra_arrays: dict[str, np.ndarray] = {}
     array_attributes: dict[str, dict] = {}
     if with_object:
         # its own generator: the joint and video streams stay those of a bundle without it
         obj_rng = np.random.default_rng([seed, 0x0B7EC7])
-        obj_t = np.unique(np.round(frame_kin_t[(frame_kin_t >= 0) & (frame_kin_t <= duration_ms)]).astype(np.int64))
+        t = video.frame_kin_t
+        obj_t = np.unique(np.round(t[(t >= 0) & (t <= duration_ms)]).astype(np.int64))
         extra_arrays, array_attributes = object_stream(robot, traj, obj_t, duration_ms, obj_rng,
-                                                       carried=variant != "task_failed")
-        if variant == "ik_target_shift":
-            # towards the robot's base, horizontally: the shifted path stays reachable
-            pose = extra_arrays[f"objects/{OBJECT_NAME}/pose"].copy()
-            toward = -pose[:, :2].mean(axis=0)
-            pose[:, :2] += IK_TARGET_SHIFT_M * toward / np.linalg.norm(toward)
-            extra_arrays[f"objects/{OBJECT_NAME}/pose"] = pose
-        elif variant == "ik_perturbed":
-            dq, dv = ik_perturbation(robot, traj, ts.astype(np.float64), duration_ms)
-            q, v = q + dq, v + dv
+                                                       carried=variant not in NOT_CARRIED)
+        if variant in OBJECT_VARIANTS:
+            q, v = OBJECT_VARIANTS[variant](extra_arrays, ts, q, v, traj, b)
 
-    joint_names = list(robot.joint_names)
-    if variant == "nan":
-        q[len(q) // 3: len(q) // 3 + 5, robot.dof // 2] = np.nan
-    elif variant == "flatline":
-        q = np.tile(q[0], (len(q), 1))
-        v = np.zeros_like(v)
-    elif variant == "non_monotonic":
-        k = len(ts) // 2
-        ts = ts.copy()
-        ts[k], ts[k + 1] = ts[k + 1], ts[k]
-    elif variant == "gap":
-        keep = (ts < duration_ms * 0.5) | (ts >= duration_ms * 0.5 + 400)
-        ts, q, v = ts[keep], q[keep], v[keep]
-    elif variant == "degrees":
-        q = np.where(prismatic, q, np.rad2deg(q))
-        v = np.where(prismatic, v, np.rad2deg(v))
-    elif variant == "shape_mismatch":
-        q, v = q[:, :-1], v[:, :-1]
-    elif variant == "teleport":
-        v = None  # a position glitch; the recording has no velocity stream to contradict it
-
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "bundle_version": "1.0.0",
-        "submission_id": _uuid(robot.model_id, variant, seed, miner_id, "submission", *views, *human),
-        "episode_id": _uuid(robot.model_id, variant, seed, miner_id, "episode", *views, *human),
-        "miner_id": miner_id,
-        "created_at": dt.datetime(2026, 11, 1, tzinfo=dt.UTC).isoformat(),
-        "robot_model_id": robot.model_id,
-        "robot_model_revision": robot.revision,
-        "joint_names": joint_names,
-        "sampling_rate_hz": rate_hz,
-        "time_base": "relative",
-        "time_units": "ms",
-        "units": {"joint_pos": "rad", "joint_vel": "rad/s"},
-        "camera": cameras,
-        "video": videos,
-        "sync": {"sync_offset_ms_claimed": round(claimed, 1)},
-        "sample_variant": variant,
-    }
-    task = task_for(robot, duration_ms)
-    if task is not None:
-        manifest["task"] = {"task_id": task[0], "task_version": task[1]}
-    return Episode(manifest, ts, q.astype(np.float32), None if v is None else v.astype(np.float32), mp4, offset,
-                   extra_arrays, array_attributes, secondary_mp4)
+    vel: np.ndarray | None = v
+    if variant in STREAM_VARIANTS:
+        ts, q, vel = STREAM_VARIANTS[variant](ts, q, v, b)
+    manifest = _manifest(b, miner_id, video, subject, secondary_cameras)
+    return Episode(manifest, ts, q.astype(np.float32), None if vel is None else vel.astype(np.float32), video.mp4,
+                   offset, extra_arrays, array_attributes, video.secondary_mp4)
 
 
 def write_samples(out_dir: str | Path, robots: list[tuple[str, str]], variants: list[str], *, seed: int = 0,
