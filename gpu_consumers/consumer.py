@@ -38,7 +38,7 @@ from kibotos.runtime.logs import submission_context
 from kibotos.runtime.metrics import JOBS_IN_FLIGHT, VALIDATOR_FAULTS_TOTAL, observe, update_lag
 from streams.stage import Record, ValidatorFault, dead_letter, load_fault_policy
 from topics.catalogue import Catalogue
-from topics.clients import LOW_LATENCY, consumer_config, group_id, producer_config
+from topics.clients import LOW_LATENCY, consumer_config, group_id, position, producer_config
 
 log = logging.getLogger("kibotos.gpu")
 
@@ -77,9 +77,12 @@ class JobActorImpl:
 
     def __init__(self, kind: str, settings_json: str):
         from gpu_consumers.registry import get_job
+        from kibotos.media.gl import configure_process
         from kibotos.objectstore import store_from_settings
 
         settings = Settings.model_validate_json(settings_json)
+        # the actor's process start: what PyOpenGL and Genesis read from the environment
+        configure_process(settings)
         store = store_from_settings(settings)
         self.stage = get_job(kind).build_stage(settings, Catalogue.from_settings(settings), store)
 
@@ -148,10 +151,10 @@ class JobConsumer:
         n = actors_per_kind or settings.gpu_actors_per_kind
         if not ray.is_initialized():
             if ray_address:
-                ray.init(address=ray_address, logging_level="ERROR", log_to_driver=False)
+                ray.init(address=ray_address, logging_level=logging.ERROR, log_to_driver=False)
             else:
                 ray.init(resources={"gpu_slot": float(n * len(self.kinds))}, include_dashboard=False,
-                         logging_level="ERROR", log_to_driver=False)
+                         logging_level=logging.ERROR, log_to_driver=False)
         self._actor_cls = ray.remote(**accelerator_options())(JobActorImpl)
         # the actors see the broker too: a long job (train) publishes progress while it runs
         self._payload = settings.model_copy(update={"bootstrap_servers": bootstrap}).model_dump_json()
@@ -316,13 +319,16 @@ class JobConsumer:
         if time.monotonic() - self._lag_at > 5.0:
             self._lag_at = time.monotonic()
             update_lag("gpu_jobs", self.consumer)
-        if any(self.free.values()):
-            msg = self.consumer.poll(timeout if not self.pending else 0.01)
-            if msg is not None and not msg.error() and msg.topic() in self.topic_kind:
-                if self.free[self.topic_kind[msg.topic()]]:
-                    self._dispatch(msg)
-                else:  # paused too late: rewind so the record is fetched again later
-                    self.consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+        # polled even when every actor is busy (their topics are paused, so nothing is
+        # fetched): a poll is what keeps this member in the group (max.poll.interval.ms)
+        # while a job runs for hours (train)
+        msg = self.consumer.poll(timeout if not self.pending else 0.01)
+        kind = self.topic_kind.get(msg.topic() or "") if msg is not None and not msg.error() else None
+        if msg is not None and kind is not None:
+            if self.free[kind]:
+                self._dispatch(msg)
+            else:  # paused too late: rewind so the record is fetched again later
+                self.consumer.seek(TopicPartition(*position(msg)))
         self._collect(timeout if self.pending else 0.0)
 
     def run(self, stop: threading.Event) -> None:

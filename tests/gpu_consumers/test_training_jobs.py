@@ -199,3 +199,55 @@ def test_a_run_past_its_budget_is_checkpointed_and_requeued(setup, tmp_path):
     assert state["state"] == "checkpointed" and 1 <= state["iteration"] < 50
     assert again["run_id"] == cat.get("training.requests").deserialize(rec.value)["run_id"]
     assert store.stat(f"xmimic/{again['run_id']}/model_{state['iteration']}.pt") is not None
+
+
+def test_the_train_kind_has_its_own_time_budget(tmp_path):
+    from streams.stage import load_fault_policy
+
+    policy = load_fault_policy()
+    assert policy.budget_s("train") > policy.job_time_budget_s == policy.budget_s("ik")
+    bad = tmp_path / "faults.yaml"
+    bad.write_text("config_version: x\njob_time_budgets_s:\n  train: 0\n")
+    from kibotos.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="job_time_budget"):
+        load_fault_policy(bad)
+
+
+def test_cli_via_stack_refuses_clips_and_needs_a_stack(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from kibotos.cli.main import app
+
+    monkeypatch.setenv("KIBOTOS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("KIBOTOS_BOOTSTRAP_SERVERS", raising=False)
+    cli = CliRunner()
+    out = cli.invoke(app, ["train", "--via-stack", "--clips", str(tmp_path)])
+    assert out.exit_code == 2 and "xmimic_arguments_invalid" in out.output
+    out = cli.invoke(app, ["train", "--via-stack", "--dataset", "pickups@v1"])
+    assert out.exit_code == 3 and "kibotos up" in out.output
+
+
+def test_cli_in_process_trains_on_a_dataset_version_and_records_it(setup, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from kibotos.cli.main import app
+
+    settings, _, store, rid = setup
+    datasets = DatasetStore(settings.home / "datasets")
+    datasets.create(parse_spec({"name": "lifts", "robots": ["unitree_g1"], "sources": ["xgen.clips"]}))
+    builder = DatasetBuilder(datasets, "lifts")
+    for info in store.list(f"xgen/{rid}/clips/"):
+        if info.key.endswith("clip.npz"):
+            builder.offer("xgen.clips", xgen_clip(clip_id=info.key.split("/")[-2], clip_uri=store.uri_for(info.key),
+                                                  metadata_uri=store.uri_for(info.key.replace("clip.npz", "metadata.json"))))
+    builder.publish()
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(tiny_config_yaml())
+    monkeypatch.setenv("KIBOTOS_HOME", str(settings.home))
+    monkeypatch.setenv("KIBOTOS_OBJECT_STORE_URL", store.root.as_uri())
+    out = CliRunner().invoke(app, ["train", "--dataset", "lifts@v1", "--config", str(cfg), "--num-envs", "2",
+                                   "--iterations", "1", "--out", str(tmp_path / "run"), "--no-register"])
+    assert out.exit_code == 0, out.output
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "model_1.pt", weights_only=False)
+    assert saved["infos"]["dataset_versions"] == ["lifts@v1"] and len(saved["infos"]["clips"]) == 2
