@@ -34,9 +34,9 @@ from kibotos.media.camera import project_points
 from kibotos.media.video import decode_luma, luma_from_frames
 from kibotos.reports.model import GateResult
 from kibotos.robots import get_robot
-from kibotos.robots.kinematics import kinematics_for
 from processors.base import register_gate, result
 from processors.derivatives import local_derivatives, window_samples
+from processors.link_kinematics import link_kinematics_for
 from processors.signals import zscore
 
 GATE_ID = "gate_c_sync"
@@ -75,7 +75,9 @@ def pixel_speed(view: BundleView, ts_ms: np.ndarray, q: np.ndarray) -> np.ndarra
     robot = get_robot(m.robot_model_id, m.robot_model_revision)
     full = np.tile(robot.home_qpos, (q.shape[0], 1))
     full[:, [robot.joint_names.index(n) for n in m.joint_names]] = q
-    points = kinematics_for(robot.model_id, robot.revision).link_positions(full)
+    # NumPy forward kinematics of the keypoint links only: pytorch-kinematics' whole-tree
+    # pass cost more than the decode (processors.link_kinematics)
+    points = link_kinematics_for(robot.model_id, robot.revision).link_positions(full)
     cam = m.camera["primary"]
     pix = project_points(points, cam.intrinsics.model_dump(), np.asarray(cam.extrinsics, dtype=np.float64))
     # differentiated by the local fit on the real timestamps (processors.derivatives): a
