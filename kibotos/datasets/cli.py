@@ -67,7 +67,8 @@ def _build(store, name: str, idle_s: float) -> list[dict]:
 def create(spec: Path = typer.Option(..., "--spec", help="dataset spec (YAML/JSON): name, robots, tasks, min_score, "
                                                           "decided_from/until, miners, sources"),
            build: bool = typer.Option(True, "--build/--no-build",
-                                      help="read the sources now and publish the first version (needs a broker)"),
+                                      help="publish the first version now: through the running stack's builder, "
+                                           "else by reading the sources here (needs a broker)"),
            idle: float = typer.Option(3.0, help="--build: stop after this many seconds without a record"),
            root: Path | None = typer.Option(None, help="datasets directory (default: $KIBOTOS_HOME/datasets)")) -> None:
     """Register a dataset spec; with --build, publish its first version from the sources.
