@@ -60,22 +60,30 @@ def test_verdicts_to_version_rows_and_ledger_once(tansu, catalogue, chdb_client,
     resend = DatasetProcessor(store, "good", catalogue, tansu.bootstrap, f"{catalogue.prefix}ds-good-3")
     resend.close()
     assert store.emitted("good") == 1
+    # alice's first verdict is revised (reconciliation: S 0.9 -> 0.6), the revision delivered
+    # twice along with everything else again: v2 carries the new S, pays the difference once
+    revised = verdict(1, "alice", "franka_panda", 0.6, "file:///b1", event_type="revised")
+    produce(tansu.bootstrap, catalogue.verdicts, [revised, revised, *events])
+    third = build_until_idle(store, "good", catalogue, tansu.bootstrap, f"{catalogue.prefix}ds-good-4", idle_s=2.0)
+    assert [v["revised"] for v in third.published] == [1] and third.outcomes["revised"] == 1
 
     sink = ClickHouseSink(chdb_client, catalogue, tansu.bootstrap, f"{catalogue.prefix}sink")
     try:
-        pump(sink, lambda: sink.rows_written["attributions"] >= 4 and sink.rows_written["points_ledger"] >= 4
-             and sink.rows_written["dataset_episodes"] >= 6)
+        pump(sink, lambda: sink.rows_written["attributions"] >= 5 and sink.rows_written["points_ledger"] >= 5
+             and sink.rows_written["dataset_episodes"] >= 7)
     finally:
         sink.close()
     c = chdb_client
-    assert scalar(c, "SELECT count() FROM kibotos.dataset_versions FINAL") == 1
+    assert scalar(c, "SELECT count() FROM kibotos.dataset_versions FINAL") == 2
     assert scalar(c, "SELECT count() FROM kibotos.dataset_episodes FINAL WHERE dataset = 'good'") == 3
-    assert c.query("SELECT dataset, latest_version, episodes FROM kibotos.datasets FINAL").result_rows == [("good", 1, 3)]
-    rows = c.query("SELECT miner_id, points FROM kibotos.points_ledger FINAL WHERE kind = 'attribution' "
-                   "ORDER BY miner_id").result_rows
-    assert [(m, round(p, 6)) for m, p in rows] == [("alice", round(PER_EPISODE * 1.4, 6)),
+    assert c.query("SELECT dataset, latest_version, episodes FROM kibotos.datasets FINAL").result_rows == [("good", 2, 3)]
+    assert scalar(c, "SELECT score FROM kibotos.dataset_episodes FINAL WHERE submission_id = "
+                     f"'{revised['submission_id']}'") == 0.6
+    rows = c.query("SELECT miner_id, sum(points) FROM kibotos.points_ledger FINAL WHERE kind = 'attribution' "
+                   "GROUP BY miner_id ORDER BY miner_id").result_rows
+    assert [(m, round(p, 6)) for m, p in rows] == [("alice", round(PER_EPISODE * 1.1, 6)),
                                                    ("bob", round(PER_EPISODE * 0.7, 6))]
-    shares = dict(c.query("SELECT miner_id, share FROM kibotos.attributions FINAL").result_rows)
+    shares = dict(c.query("SELECT miner_id, share FROM kibotos.attributions FINAL WHERE version = 1").result_rows)
     assert shares["alice"] == pytest.approx(1.4 / 2.1) and shares["bob"] == pytest.approx(0.7 / 2.1)
     flags = c.query("SELECT soft_flags, evidence_uris FROM kibotos.dataset_episodes FINAL LIMIT 1").result_rows[0]
     assert "joint_vel_computed" in flags[0] and flags[1][0].endswith("-sim.png")
