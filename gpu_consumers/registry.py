@@ -31,7 +31,8 @@ from typing import Any
 from kibotos.errors import ConfigError
 
 # modules whose import registers job kinds
-JOB_MODULES = ("gpu_consumers.jobs", "gpu_consumers.xgen_jobs", "gpu_consumers.training_jobs")
+JOB_MODULES = ("gpu_consumers.jobs", "gpu_consumers.xgen_jobs", "gpu_consumers.training_jobs",
+               "gpu_consumers.policy_eval_jobs")
 # kinds with a topic but no handler yet: a plan naming them fails loudly instead of stalling
 # (``train`` was one until it became the XMimic training job, gpu_consumers.training_jobs)
 RESERVED: tuple[str, ...] = ()

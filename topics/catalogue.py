@@ -60,6 +60,8 @@ _DECLARATIONS: tuple[tuple[str, str, str], ...] = (
     # progress carries the whole run state (queued, per iteration, done/failed)
     ("training.requests", "training_request", "run_id"),
     ("training.progress", "training_progress", "run_id"),
+    # XMimic evaluation as a job (gpu_consumers/policy_eval_jobs.py): answered on policy.evals
+    ("eval.requests", "eval_request", "policy_id"),
 )
 
 

@@ -205,7 +205,10 @@ def pay_attribution(settings, policy_id: str, trained_on: list[str], verdict: Ve
 
     if not trained_on:
         return {"status": "skipped", "reason_code": "policy_without_dataset"}
-    store = DatasetStore(settings.home / "datasets")
+    from kibotos.objectstore import store_from_settings
+
+    # as `kibotos datasets` opens it: the local directory caches the object store's versions
+    store = DatasetStore(settings.home / "datasets", objects=store_from_settings(settings))
     try:
         rec = record_policy_evaluation(store, policy_id, list(trained_on), verdict.passed,
                                        metrics={**summary.as_dict(), "pass": verdict.as_dict()},

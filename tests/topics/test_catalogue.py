@@ -42,6 +42,7 @@ EXPECTED = {
     "policy.evals": "policy_eval",
     "training.requests": "training_request",
     "training.progress": "training_progress",
+    "eval.requests": "eval_request",
 }
 
 
