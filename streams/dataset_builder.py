@@ -271,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("%s: building every dataset under %s", PROCESSOR_ID, store.root)
     run(store, Catalogue.from_settings(settings), proc.bootstrap, settings.consumer_group_prefix, proc.stop,
         rescan_s=proc.args.rescan_s)
+    log.info("%s: stopped", PROCESSOR_ID)
 
 
 if __name__ == "__main__":

@@ -124,3 +124,36 @@ def test_the_builder_appends_continuously(tansu, catalogue, tmp_path):
         thread.join(30)
     assert [store.info("live", v)["episodes"] for v in store.versions("live")] == [1, 2]
     assert store.emitted("live") == 2
+
+
+def test_the_builder_process_builds_a_new_dataset_on_request_and_stops_on_sigterm(tansu, catalogue, tmp_path):
+    """``python -m streams.dataset_builder`` as ``kibotos up`` runs it: a dataset created
+    while it runs is built when asked (``kibotos.datasets.requests``), and SIGTERM ends it
+    cleanly (exit 0, its consumers closed)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from kibotos.datasets.requests import request_publish
+    from kibotos.datasets.store import DatasetStore
+
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIBOTOS_")}
+    env.update(KIBOTOS_HOME=str(home), KIBOTOS_TOPIC_PREFIX=catalogue.prefix,
+               KIBOTOS_TOPIC_PARTITIONS=str(catalogue.partitions), KIBOTOS_LOG_LEVEL="INFO")
+    proc = subprocess.Popen([sys.executable, "-m", "streams.dataset_builder", "--bootstrap", tansu.bootstrap],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        produce(tansu.bootstrap, catalogue.verdicts, [verdict(1, "alice", "ur5", 0.9, "file:///b")])
+        store = DatasetStore(home / "datasets")
+        store.create(parse_spec({"name": "later"}))
+        answer = request_publish(store, "later", timeout_s=120)
+        assert (answer["published"], answer["outcomes"]) == (1, {"added": 1}), answer
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and "dataset-builder: stopped" in out, out[-3000:]
