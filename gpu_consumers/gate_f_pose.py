@@ -46,7 +46,8 @@ Reason codes, first failing check wins (``failed_checks`` lists all of them):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -109,7 +110,9 @@ def sampled_rgb_chunks(view: BundleView, stride: int, max_side: int, chunk: int 
     with open_video(data, check_size=True) as (container, stream):
         w, h = stream.codec_context.width, stream.codec_context.height
         tw, th = _target_size(w, h, max_side)
-        out, idx, decoded = [], [], 0
+        out: list[np.ndarray] = []
+        picked: list[int] = []
+        decoded = 0
         try:
             # the decode budgets as in gate C (frame size, frames, pixels, wall time, checked on
             # every packet and frame): a job is no unbounded decoder either
@@ -119,10 +122,10 @@ def sampled_rgb_chunks(view: BundleView, stride: int, max_side: int, chunk: int 
                     raise BundleError(f"video has more than {MAX_DECODED_FRAMES} frames", reason_code="video_too_long")
                 if i % stride == 0:
                     out.append(frame.reformat(width=tw, height=th, format="rgb24").to_ndarray())
-                    idx.append(i)
+                    picked.append(i)
                     if len(out) == chunk:
-                        yield np.stack(out), np.asarray(idx, dtype=np.int64), (w, h)
-                        out, idx = [], []
+                        yield np.stack(out), np.asarray(picked, dtype=np.int64), (w, h)
+                        out, picked = [], []
         except BundleError:
             raise
         except Exception as exc:
@@ -130,7 +133,7 @@ def sampled_rgb_chunks(view: BundleView, stride: int, max_side: int, chunk: int 
                 raise BundleError(f"video cannot be decoded: {exc}", reason_code="video_unreadable") from exc
             # a damaged tail: judge what decoded (gate C has checked the frame count)
         if out:
-            yield np.stack(out), np.asarray(idx, dtype=np.int64), (w, h)
+            yield np.stack(out), np.asarray(picked, dtype=np.int64), (w, h)
 
 
 def _longest_run(mask: np.ndarray) -> int:
@@ -219,15 +222,140 @@ def _r(x: float | None, nd: int = 4) -> float | None:
     return None if x is None or not np.isfinite(x) else round(float(x), nd)
 
 
+@dataclass(frozen=True)
+class PoseFacts:
+    """What gate F measures on one track (the checks and ``s_pose`` read only these)."""
+
+    present: np.ndarray  # (n,) bool: sampled frames with a person
+    mean_conf: float
+    confident: float
+    missing: float
+    dropout_ms: float
+    reproj_mean: float | None
+    reproj_p95: float | None
+    reproj_frames: int
+    jitter: float | None
+    per_keypoint: dict[str, float | None]
+    camera_flags: list[str]
+
+    @property
+    def anyone(self) -> bool:
+        return bool(self.present.any())
+
+    def over_reprojection(self, cfg: GateFConfig) -> bool:
+        return self.reproj_mean is not None and self.reproj_p95 is not None and (
+            self.reproj_mean > cfg.max_mean_reprojection_px_720p or self.reproj_p95 > cfg.max_p95_reprojection_px_720p)
+
+
+# reason code -> whether the facts fail it under the estimator's thresholds; in this order
+# (the first failing check is the reason, ``failed_checks`` lists all of them)
+POSE_CHECKS: dict[str, Callable[[PoseFacts, GateFConfig], bool]] = {
+    "pose_no_person": lambda f, cfg: not f.anyone,
+    "pose_missing_frames": lambda f, cfg: f.missing > cfg.max_missing_fraction,
+    "pose_dropout": lambda f, cfg: f.dropout_ms > cfg.max_dropout_ms,
+    "pose_low_confidence": lambda f, cfg: (f.mean_conf < cfg.min_mean_confidence
+                                           or f.confident < cfg.min_confident_frame_fraction),
+    "pose_reprojection_error": lambda f, cfg: f.over_reprojection(cfg) and cfg.reprojection_gated,
+}
+
+
+def _not_applicable(subject: str, config: GateConfig) -> GateResult:
+    thresholds = config.gate_f.model_dump(exclude={"estimators"})
+    return result(GATE_ID, True, {"applicable": False, "reason": f"video subject is {subject}"},
+                  thresholds, flags=["pose_not_applicable"])
+
+
+def _estimate(view: BundleView, estimator: PoseEstimator, cfg: GateFConfig, stride: int
+              ) -> tuple[PoseTrack | None, int, tuple[int, int] | None]:
+    """``(track in the video's own pixels, sampled frames, (width, height))``; no track
+    when no frame was sampled."""
+    pieces, n_sampled, size = [], 0, None
+    for frames, idx, size in sampled_rgb_chunks(view, stride, cfg.max_decode_side):  # noqa: B007 (size: the last chunk's)
+        pieces.append(estimator.estimate(frames))
+        n_sampled += len(idx)
+    if not pieces or size is None:
+        return None, n_sampled, size
+    width, height = size
+    track = concat_tracks(pieces)
+    # keypoints back to the pixels of the original video (the camera's pixels)
+    fw, fh = track.image_size
+    track_px = track.keypoints_px * np.array([width / fw, height / fh], np.float32)
+    return (PoseTrack(track.estimator, track.keypoint_names, (width, height), track_px, track.confidence,
+                      track.present, track.world, track.hands), n_sampled, size)
+
+
+def _keypoint_index(track: PoseTrack, cfg: GateFConfig, estimator: str) -> np.ndarray:
+    names = list(track.keypoint_names)
+    missing_names = [k for k in cfg.keypoints if k not in names]
+    if missing_names:
+        raise ConfigError(f"gate_f.keypoints {missing_names} are not keypoints of {estimator}")
+    return np.array([names.index(k) for k in cfg.keypoints])
+
+
+def measure_pose(view: BundleView, track: PoseTrack, sel: np.ndarray, cfg: GateFConfig, stride: int,
+                 fps: float) -> PoseFacts:
+    """The facts of ``track`` (in the video's pixels) over the keypoints ``sel``."""
+    width, height = track.image_size
+    scale = 720.0 / height
+    present = track.present
+    frame_conf = np.where(present, track.confidence[:, sel].mean(axis=1), 0.0)
+    k, dist, cam_flags = _camera_matrix(view, width, height)
+    errors = reprojection_errors(track, sel, k, dist, scale, cfg)
+    fitted = errors[np.isfinite(errors)]
+    return PoseFacts(
+        present=present,
+        mean_conf=float(frame_conf[present].mean()) if present.any() else 0.0,
+        confident=float(np.mean(frame_conf > cfg.frame_confidence)),
+        missing=float(1.0 - present.mean()),
+        dropout_ms=_longest_run(~present) * 1000.0 * stride / fps,
+        reproj_mean=float(fitted.mean()) if fitted.size else None,
+        reproj_p95=float(np.percentile(fitted, 95)) if fitted.size else None,
+        reproj_frames=int(fitted.size),
+        jitter=_jitter(track, sel, cfg.frame_confidence, scale),
+        per_keypoint={name: _r(float(track.confidence[present, i].mean()) if present.any() else 0.0, 3)
+                      for name, i in zip(cfg.keypoints, sel)},
+        camera_flags=cam_flags,
+    )
+
+
+def _pose_metrics(f: PoseFacts, track: PoseTrack, cfg: GateFConfig) -> dict:
+    metrics = {
+        "frames_with_person": int(f.present.sum()),
+        "mean_keypoint_confidence": _r(f.mean_conf),
+        "confident_frame_fraction": _r(f.confident),
+        "missing_fraction": _r(f.missing),
+        "max_dropout_ms": _r(f.dropout_ms, 1),
+        "mean_reprojection_px_720p": _r(f.reproj_mean, 3),
+        "p95_reprojection_px_720p": _r(f.reproj_p95, 3),
+        "reprojection_frames": f.reproj_frames,
+        "jitter_px_720p": _r(f.jitter, 3),
+        "keypoint_confidence": f.per_keypoint,
+        "s_pose": _r(_s_pose(f.mean_conf, f.reproj_mean, f.jitter, cfg)) if f.anyone else 0.0,
+    }
+    if track.hands is not None:
+        hands = track.hands
+        metrics["hand_detected_fraction"] = {side: _r(float((hands.score[:, j] > 0).mean()))
+                                             for j, side in enumerate(("left", "right"))}
+    return metrics
+
+
+def _pose_flags(f: PoseFacts, cfg: GateFConfig) -> list[str]:
+    flags = list(f.camera_flags)
+    if f.anyone and f.reproj_mean is None:
+        flags.append("pose_reprojection_unavailable")
+    if f.reproj_mean is not None and not cfg.reprojection_gated:
+        flags.append("pose_reprojection_not_gated")
+    return flags
+
+
 def check_pose(view: BundleView, config: GateConfig, estimator: PoseEstimator | None) -> GateResult:
     """Gate F on one bundle with a warm ``estimator`` (may be ``None`` when the video's
-    subject is the robot: nothing is estimated then)."""
+    subject is the robot: nothing is estimated then): the estimator's track, its facts
+    (``measure_pose``), the checks of ``POSE_CHECKS`` under the estimator's thresholds."""
     m = view.manifest
     subject = video_subject(m)
     if subject != "human":
-        thresholds = config.gate_f.model_dump(exclude={"estimators"})
-        return result(GATE_ID, True, {"applicable": False, "reason": f"video subject is {subject}"},
-                      thresholds, flags=["pose_not_applicable"])
+        return _not_applicable(subject, config)
     if estimator is None:
         raise ConfigError("gate F needs a pose estimator for a video of a human", reason_code="pose_estimator_missing")
     cfg = config.gate_f.for_estimator(estimator.name)
@@ -235,80 +363,20 @@ def check_pose(view: BundleView, config: GateConfig, estimator: PoseEstimator | 
 
     video = m.video["primary"]
     stride, _ = sample_indices(video.frame_count, video.fps, cfg)
-    pieces, n_sampled, size = [], 0, None
-    for frames, idx, size in sampled_rgb_chunks(view, stride, cfg.max_decode_side):  # noqa: B007 (size: the last chunk's)
-        pieces.append(estimator.estimate(frames))
-        n_sampled += len(idx)
+    track, n_sampled, size = _estimate(view, estimator, cfg, stride)
     metrics: dict = {"applicable": True, "estimator": estimator.version, "video_size": list(size) if size else None,
                      "sampled_frame_stride": stride, "sampled_frame_count": n_sampled,
                      "sampled_fps": round(video.fps / stride, 3)}
-    if not pieces:
+    if track is None:
         metrics["failed_checks"] = ["pose_no_person"]
         return result(GATE_ID, False, metrics, thresholds, "pose_no_person")
-    width, height = size
-    track = concat_tracks(pieces)
-    names = list(track.keypoint_names)
-    missing_names = [k for k in cfg.keypoints if k not in names]
-    if missing_names:
-        raise ConfigError(f"gate_f.keypoints {missing_names} are not keypoints of {estimator.name}")
-    sel = np.array([names.index(k) for k in cfg.keypoints])
-    # keypoints back to the pixels of the original video (the camera's pixels)
-    fw, fh = track.image_size
-    track_px = track.keypoints_px * np.array([width / fw, height / fh], np.float32)
-    track = PoseTrack(track.estimator, track.keypoint_names, (width, height), track_px, track.confidence,
-                      track.present, track.world, track.hands)
-    scale = 720.0 / height
-
-    present = track.present
-    frame_conf = np.where(present, track.confidence[:, sel].mean(axis=1), 0.0)
-    mean_conf = float(frame_conf[present].mean()) if present.any() else 0.0
-    confident = float(np.mean(frame_conf > cfg.frame_confidence))
-    missing = float(1.0 - present.mean())
-    dropout_ms = _longest_run(~present) * 1000.0 * stride / video.fps
-    k, dist, cam_flags = _camera_matrix(view, width, height)
-    errors = reprojection_errors(track, sel, k, dist, scale, cfg)
-    fitted = errors[np.isfinite(errors)]
-    reproj_mean = float(fitted.mean()) if fitted.size else None
-    reproj_p95 = float(np.percentile(fitted, 95)) if fitted.size else None
-    jitter = _jitter(track, sel, cfg.frame_confidence, scale)
-    per_keypoint = {name: _r(float(track.confidence[present, i].mean()) if present.any() else 0.0, 3)
-                    for name, i in zip(cfg.keypoints, sel)}
-    metrics |= {
-        "frames_with_person": int(present.sum()),
-        "mean_keypoint_confidence": _r(mean_conf),
-        "confident_frame_fraction": _r(confident),
-        "missing_fraction": _r(missing),
-        "max_dropout_ms": _r(dropout_ms, 1),
-        "mean_reprojection_px_720p": _r(reproj_mean, 3),
-        "p95_reprojection_px_720p": _r(reproj_p95, 3),
-        "reprojection_frames": int(fitted.size),
-        "jitter_px_720p": _r(jitter, 3),
-        "keypoint_confidence": per_keypoint,
-        "s_pose": _r(_s_pose(mean_conf, reproj_mean, jitter, cfg)) if present.any() else 0.0,
-    }
-    if track.hands is not None:
-        metrics["hand_detected_fraction"] = {side: _r(float((track.hands.score[:, j] > 0).mean()))
-                                             for j, side in enumerate(("left", "right"))}
-    flags = list(cam_flags)
-    if present.any() and reproj_mean is None:
-        flags.append("pose_reprojection_unavailable")
-    if reproj_mean is not None and not cfg.reprojection_gated:
-        flags.append("pose_reprojection_not_gated")
-
-    failed = []
-    if not present.any():
-        failed.append("pose_no_person")
-    if missing > cfg.max_missing_fraction:
-        failed.append("pose_missing_frames")
-    if dropout_ms > cfg.max_dropout_ms:
-        failed.append("pose_dropout")
-    if mean_conf < cfg.min_mean_confidence or confident < cfg.min_confident_frame_fraction:
-        failed.append("pose_low_confidence")
-    over_reprojection = reproj_mean is not None and (reproj_mean > cfg.max_mean_reprojection_px_720p
-                                                     or reproj_p95 > cfg.max_p95_reprojection_px_720p)
-    metrics["reprojection_within_design_limits"] = None if reproj_mean is None else not over_reprojection
-    if over_reprojection and cfg.reprojection_gated:
-        failed.append("pose_reprojection_error")
+    sel = _keypoint_index(track, cfg, estimator.name)
+    facts = measure_pose(view, track, sel, cfg, stride, video.fps)
+    metrics |= _pose_metrics(facts, track, cfg)
+    flags = _pose_flags(facts, cfg)
+    metrics["reprojection_within_design_limits"] = (None if facts.reproj_mean is None
+                                                    else not facts.over_reprojection(cfg))
+    failed = [code for code, fails in POSE_CHECKS.items() if fails(facts, cfg)]
     metrics["failed_checks"] = failed
     if failed:
         return result(GATE_ID, False, metrics, thresholds, failed[0], flags=flags)

@@ -107,7 +107,8 @@ def playback_handler(config: GateConfig, store, settings):
         m = view.manifest
         key = (m.robot_model_id, m.robot_model_revision)
         if key not in renderers:
-            renderers[key] = PlaybackRenderer(get_robot(*key))
+            renderers[key] = PlaybackRenderer(get_robot(*key), cache_dir=settings.genesis_cache_dir,
+                                              gl_platform=settings.gl_platform)
         return run_playback(view, event.sync_offset(config.gate_c.high_confidence), renderers[key], store,
                             f"keyframes/{event.submission_id}", keyframe_config=config.keyframes)
 

@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gpu_consumers.registry import EVIDENCE_GATES
+from kibotos.media.gl import default_genesis_cache
 from topics.catalogue import XGEN_STAGES
 
 
@@ -68,6 +69,14 @@ class Settings(BaseSettings):
     # Default: every evidence kind of the registry, in its order (gpu_consumers.registry).
     evidence_jobs: tuple[str, ...] = tuple(EVIDENCE_GATES)
     gpu_actors_per_kind: int = Field(default=1, ge=1)  # warm Ray actors per job kind per consumer
+    # Genesis (playback, XGen previews): its kernel, asset and shader caches under this folder
+    # (default $XDG_CACHE_HOME/kibotos/genesis, else ~/.cache/kibotos/genesis: persistent, so
+    # a second process reuses what the first compiled); the offscreen renderers' PyOpenGL
+    # platform (None: the environment's PYOPENGL_PLATFORM, else OSMesa on a CPU backend).
+    # Genesis and PyOpenGL read both from the environment: a GPU actor sets them once when it
+    # starts (kibotos.media.gl.configure_process); handlers only pass them on.
+    genesis_cache_dir: Path = Field(default_factory=default_genesis_cache)
+    gl_platform: Literal["osmesa", "egl"] | None = None
     # XGen (the data factory) job kinds the stack's GPU consumers also serve, one per stage
     # (gpu_consumers/xgen_jobs.py); empty: the stack runs no XGen jobs. Their thresholds:
     # a versioned YAML file; None = the packaged kibotos/config/xgen.yaml
