@@ -251,3 +251,30 @@ def test_cli_in_process_trains_on_a_dataset_version_and_records_it(setup, tmp_pa
     assert out.exit_code == 0, out.output
     saved = torch.load(tmp_path / "run" / "checkpoints" / "model_1.pt", weights_only=False)
     assert saved["infos"]["dataset_versions"] == ["lifts@v1"] and len(saved["infos"]["clips"]) == 2
+
+
+def test_a_student_trains_from_a_teacher_policy_trained_through_the_stack(setup, tmp_path):
+    from kibotos.xmimic.stack_client import build_request
+
+    settings, cat, store, rid = setup
+    stage, _ = stage_and_log(settings, cat, store, tmp_path)
+    [teacher] = records(stage.handle(request(cat, dataset=rid, iterations=1)))
+    assert teacher["state"] == "done"
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(tiny_config_yaml())
+    # what `kibotos train --via-stack --role mocap --teacher <policy id>` sends
+    req = build_request(run_id="student-1", role="mocap", dataset=rid, settings=settings, store=store, config=cfg,
+                        teacher=teacher["policy_id"], iterations=1, num_envs=2)
+    assert req["teacher_policy_id"] == teacher["policy_id"] and req["teacher_checkpoint_uri"] is None
+    assert req["dataset_versions"] == [f"xgen:{rid}"] and len(req["clips"]) == 2
+    spec = cat.get("training.requests")
+    [student] = records(stage.handle(Record(spec.name, spec.serialize(req), spec.key(req))))
+    assert student["state"] == "done" and student["policy_id"] == "mocap-student-1-it1", student
+    saved = torch.load(store.local_path(student["checkpoint_uri"]), weights_only=False)
+    assert saved["infos"]["role"] == "mocap" and saved["infos"]["teacher_policy_id"] == teacher["policy_id"]
+    # a student of a checkpoint that is no teacher is refused
+    bad = build_request(run_id="student-2", role="nep", dataset=rid, settings=settings, store=store, config=cfg,
+                        teacher=str(store.local_path(student["checkpoint_uri"])), iterations=1, num_envs=2)
+    assert bad["teacher_checkpoint_uri"]
+    [refused] = records(stage.handle(Record(spec.name, spec.serialize(bad), spec.key(bad))))
+    assert (refused["state"], refused["reason_code"]) == ("failed", "xmimic_teacher_invalid")
