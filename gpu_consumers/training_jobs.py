@@ -108,11 +108,18 @@ class TrainingStage:
         self.progress = catalogue.get("training.progress")
         self.inputs = (self.input,)
         self.outputs = (self.progress, self.input, catalogue.dead_letters)
-        self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="kibotos-train-"))
+        self._work_dir = Path(work_dir) if work_dir else None
         self._publish = publish
         self._producer = None
         self.budget_s = budget_s or load_fault_policy(settings.fault_config_path).budget_s(KIND)
         self.progress_interval_s = progress_interval_s
+
+    @property
+    def work_dir(self) -> Path:
+        """Created on the first job: an actor that never trains leaves nothing behind."""
+        if self._work_dir is None:
+            self._work_dir = Path(tempfile.mkdtemp(prefix="kibotos-train-"))
+        return self._work_dir
 
     # --- the record loop ---------------------------------------------------------------
     def handle(self, record: Record) -> list[Output]:
@@ -129,7 +136,10 @@ class TrainingStage:
                 log.info("%s: run %s is finished (%s), not training again", self.processor_id, req["run_id"],
                          final.get("policy_id"))
                 return [Output(self.progress, final)]
-            return self._train(req, base)
+            outs = self._train(req, base)
+            if outs[0].record["state"] == "done":  # everything is in the object store now
+                shutil.rmtree(self.work_dir / req["run_id"], ignore_errors=True)
+            return outs
         except ServiceError:
             raise  # the validator's fault: the consumer retries on a fresh actor
         except KibotosError as exc:
