@@ -218,6 +218,9 @@ def eval_cmd(
     seed: int = typer.Option(0, help="part of the eval id: the same policy, dataset, config and seed replace rows"),
     preview: bool = typer.Option(False, "--preview", help="also render the first clip's rollout (MuJoCo, mp4) "
                                  "for the policy page"),
+    via_stack: bool = typer.Option(False, "--via-stack", help="run as an eval job of the running stack "
+                                   "(eval.requests) and wait for its rows"),
+    wait: float = typer.Option(600.0, "--timeout", help="--via-stack: stop waiting after this many s"),
 ) -> None:
     """SR on the clips, GSR on held-out variants, per clip, with the open-loop reference
     (PD) and zero-torque baselines; the per-clip results become policy_evals rows, and a
@@ -232,6 +235,16 @@ def eval_cmd(
     from kibotos.xmimic.registry import checkpoint_path, save_eval
 
     settings = _settings()
+    if via_stack:  # README "XMimic: evaluation rows, pass rule, attribution"
+        from kibotos.xmimic.evals import eval_via_stack
+
+        try:
+            report = eval_via_stack(settings, policy, dataset=dataset, config=config, task=task,
+                                    heldout=not no_heldout, seed=seed, trained_on=trained_on, timeout_s=wait)
+        except KibotosError as exc:
+            _fail(exc, 3 if getattr(exc, "reason_code", "") == "service_unavailable" else 1)
+        print(json.dumps(report, indent=2))
+        return
     try:
         cfg = load_xmimic_config(config)
         clip_list = load_clips(resolve_clips(clips, dataset, settings))

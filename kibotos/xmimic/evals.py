@@ -261,3 +261,62 @@ def record_from_cli(settings, report, policy: str, checkpoint: Path, *, dataset:
     return record_eval(settings, report, policy_id=policy_id, dataset=dataset or f"clips:{Path(clips).resolve()}",
                        rule=rule, seed=seed, trained_on=list(trained_on or []) or list(meta.get("dataset_versions") or []),
                        checkpoint_uri=meta.get("uri") or meta.get("checkpoint_uri"))
+
+
+def eval_via_stack(settings, policy: str, *, dataset: str, config: Path | None = None, task: str | None = None,
+                   heldout: bool = True, seed: int = 0, trained_on: list[str] | None = None,
+                   timeout_s: float = 600.0, poll_s: float = 1.0) -> dict:
+    """``kibotos eval --via-stack``: put an ``eval.requests`` record for the running stack's
+    ``eval`` job (``gpu_consumers/policy_eval_jobs.py``) and wait until the read API shows
+    its rows (the eval id with this request's time). Returns the evaluation's summary and
+    the pass verdict under ``config``'s rule."""
+    from urllib.parse import quote
+
+    from kibotos.errors import ServiceError
+    from kibotos.objectstore import store_from_settings
+    from kibotos.reports.reads import _http
+    from kibotos.runtime.stack import running_stack
+    from kibotos.warehouse import iso_ms
+    from kibotos.xmimic.clips import XMimicError
+    from kibotos.xmimic.config import load_xmimic_config
+    from kibotos.xmimic.registry import checkpoint_path, registry_root
+    from topics.admin import ensure_topics
+    from topics.catalogue import Catalogue
+
+    state = running_stack(settings)
+    if not state:
+        raise ServiceError(f"no stack is running under {settings.home}: start `kibotos up` with the eval job kind "
+                           "(KIBOTOS_TRAINING_JOBS='[\"train\",\"eval\"]') or evaluate in-process")
+    if not dataset:
+        raise XMimicError("--via-stack evaluates on --dataset ID (an XGen request id or NAME@vN)",
+                          reason_code="xmimic_arguments_invalid")
+    cfg = load_xmimic_config(config)
+    path = checkpoint_path(settings.home, policy)
+    policy_id = policy_id_for_checkpoint(path) if Path(policy).is_file() else policy
+    meta_file = registry_root(settings.home) / policy_id / "policy.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    store = store_from_settings(settings)
+    uri = store.put_file(path, f"xmimic/policies/{policy_id}/model.pt").uri  # the key the train job uses too
+    req = {"policy_id": policy_id, "checkpoint_uri": uri, "dataset": dataset, "clips": [],
+           "trained_on": list(trained_on or []) or list(meta.get("dataset_versions") or []),
+           "config_yaml": Path(config).read_text() if config else None, "task": task, "heldout": heldout,
+           "seed": seed, "requested_by": "kibotos-cli", "requested_at": int(time.time() * 1000)}
+    catalogue = Catalogue.from_settings(settings)
+    ensure_topics(state["bootstrap"], [catalogue.get("eval.requests")])
+    produce([("eval.requests", req)], catalogue, state["bootstrap"])
+    eid, at = eval_id(policy_id, dataset, cfg.config_version, seed), iso_ms(req["requested_at"])
+    deadline = time.monotonic() + timeout_s
+    while True:
+        doc = _http(f"{state['query_url']}/policies/{quote(policy_id, safe='')}") or {}
+        done = [e for e in doc.get("evals") or [] if e["eval_id"] == eid and e["created_at"] == at]
+        if done:
+            ev = done[0]
+            summary = Summary(eid, ev["sr"], ev["gsr"], ev["reference_sr"], ev["reference_gsr"], ev.get("clips") or {})
+            return {"policy": policy_id, "config_version": cfg.config_version, "recorded": {
+                "eval_id": eid, "dataset": dataset, "via": "stack", **summary.as_dict(),
+                **judge(summary, cfg.eval.pass_rule).as_dict(), "trained_on": req["trained_on"]}}
+        if time.monotonic() > deadline:
+            raise XMimicError(f"no evaluation rows for {policy_id} (eval {eid}) within {timeout_s:.0f} s: is the eval "
+                              "job kind running (KIBOTOS_TRAINING_JOBS)? a refused request is a dead letter",
+                              reason_code="xmimic_eval_timeout")
+        time.sleep(poll_s)
