@@ -829,9 +829,76 @@ def misaligned(image: dict[str, Any], motion: dict[str, Any], rej: RejectConfig)
             and bool(aucs) and all(a <= rej.max_image_auc for a in aucs))
 
 
+def _image_part(view: BundleView, event: InFlight, store, config: AlignmentConfig) -> tuple[dict[str, Any], list[Pair]]:
+    """The image evidence from the playback pairs the event's playback result names."""
+    playback = event.result(PLAYBACK_GATE)
+    if playback is None:
+        return {"term": None, "reason": "no playback result in the event (the evidence plan runs no "
+                                        "'playback' job before 'align')"}, []
+    pairs, info = load_pairs(playback, store, config.images.max_png_bytes)
+    if pairs:
+        ts = view.read(TIMESTAMPS).astype(np.float64)
+        poses = joints_at(ts, view.read(JOINT_POS).astype(np.float64), np.array([p.kin_time_ms for p in pairs]))
+        image = image_evidence(pairs, poses, config.images) | info
+    else:
+        image = {"term": None, "reason": "playback stored no keyframe pair with a real frame", **info}
+    image["mean_playback_silhouette_iou"] = playback.metrics.get("mean_silhouette_iou")
+    return image, pairs
+
+
+def _vlm_part(vlm, pairs: list[Pair], view: BundleView, config: AlignmentConfig) -> dict[str, Any]:
+    if pairs:
+        return vlm_evidence(vlm, pairs, view, config)
+    return {"status": "not_configured"} if vlm is None else {"status": "skipped", "reason": "no keyframe pairs"}
+
+
+def _missing_evidence(parts: dict[str, dict[str, Any]], vlm_out: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """``(flags, reasons)`` of the evidence terms and the VLM call that gave nothing."""
+    flags: list[str] = []
+    reasons: dict[str, str] = {}
+    for name, part in parts.items():
+        if part.get("term") is None:
+            reasons[name] = part.get("reason", "unavailable")
+            flags.append(f"{name}_evidence_missing")
+    if vlm_out["status"] == "not_configured":
+        flags.append("vlm_not_configured")
+    elif vlm_out["status"] != "ok":
+        flags.append(f"vlm_{vlm_out['status']}")
+        reasons["vlm"] = vlm_out.get("error") or vlm_out.get("reason") or vlm_out["status"]
+    return flags, reasons
+
+
+def _vlm_task(vlm_out: dict[str, Any]) -> dict[str, Any]:
+    """The task component's inputs from a valid VLM answer (None without one)."""
+    answer = vlm_out.get("answer") if vlm_out.get("status") == "ok" else None
+    return {"vlm_task_success": answer["task_success"] if answer else None,
+            "vlm_task_confidence": vlm_out.get("confidence_used") if answer else None,
+            "vlm_phases_observed": answer["phases_observed"] if answer else None}
+
+
+def combine(parts: dict[str, dict[str, Any]], vlm_out: dict[str, Any], config: AlignmentConfig) -> dict[str, Any]:
+    """``s_evidence`` (the weighted mean of the available terms, ``combine.weights``) and
+    ``s_align`` (the VLM's term blended in with its weight; see the module docstring)."""
+    w = config.combine.weights.model_dump()
+    avail = {k: part["term"] for k, part in parts.items() if part.get("term") is not None and w[k] > 0}
+    s_evidence = sum(w[k] * v for k, v in avail.items()) / sum(w[k] for k in avail) if avail else None
+    vlm_term, vlm_w = vlm_out.get("term"), vlm_out.get("weight", 0.0)
+    if s_evidence is not None and vlm_term is not None:
+        s_align = (1.0 - vlm_w) * s_evidence + vlm_w * vlm_term
+    elif vlm_term is not None:
+        s_align = vlm_term
+    else:
+        s_align = s_evidence
+    return {"applicable": s_align is not None, "s_align": _r(s_align), "s_evidence": _r(s_evidence),
+            "basis": sorted(avail) + (["vlm"] if vlm_term is not None else []),
+            "terms": {**{k: part.get("term") for k, part in parts.items()}, "vlm": vlm_term}}
+
+
 def check_alignment(view: BundleView, event: InFlight | Mapping[str, Any], store, config: AlignmentConfig,
                     vlm=None, sync_trusted: float | None = None) -> GateResult:
-    """Alignment evidence of one submission (gate ``alignment``; see the module docstring).
+    """Alignment evidence of one submission (gate ``alignment``; see the module docstring):
+    the image, motion, secondary-camera and VLM evidence, ``combine``d, then the hard
+    rejects (``misaligned``, ``mismatch_findings``).
 
     :param event: the in-flight event (``streams.in_flight.InFlight``, or its record): the
         playback result (``event.result("playback")``) and the sync estimate
@@ -845,66 +912,27 @@ def check_alignment(view: BundleView, event: InFlight | Mapping[str, Any], store
     event = InFlight.from_record(event)
     offset_ms = event.sync_offset(sync_trusted)
     thresholds = config.model_dump(mode="json", exclude={"vlm": {"calibration"}})
-    metrics: dict[str, Any] = {"config_version": config.config_version}
-    reasons: dict[str, str] = {}
-    flags: list[str] = []
 
-    playback = event.result(PLAYBACK_GATE)
-    pairs: list[Pair] = []
-    if playback is None:
-        image = {"term": None, "reason": "no playback result in the event (the evidence plan runs no "
-                                         "'playback' job before 'align')"}
-    else:
-        pairs, info = load_pairs(playback, store, config.images.max_png_bytes)
-        if pairs:
-            ts = view.read(TIMESTAMPS).astype(np.float64)
-            poses = joints_at(ts, view.read(JOINT_POS).astype(np.float64), np.array([p.kin_time_ms for p in pairs]))
-            image = image_evidence(pairs, poses, config.images) | info
-        else:
-            image = {"term": None, "reason": "playback stored no keyframe pair with a real frame", **info}
-        image["mean_playback_silhouette_iou"] = playback.metrics.get("mean_silhouette_iou")
+    image, pairs = _image_part(view, event, store, config)
     motion = motion_evidence(view, offset_ms, config.motion)
     secondary = secondary_evidence(view, offset_ms, config)
-    vlm_out = vlm_evidence(vlm, pairs, view, config) if pairs else (
-        {"status": "not_configured"} if vlm is None else {"status": "skipped", "reason": "no keyframe pairs"})
+    vlm_out = _vlm_part(vlm, pairs, view, config)
+    parts = {"image": image, "motion": motion}  # the evidence terms ``combine`` weighs
 
-    metrics |= {"image": {k: v for k, v in image.items() if k != "keyframes"}, "motion": motion, "vlm": vlm_out,
-                "secondary_cameras": secondary,
-                "angle_quality_sum": _r(sum(cam["quality"] for cam in secondary.values()))}
-    flags += sorted({flag for cam in secondary.values() for flag in cam["flags"]})
+    metrics: dict[str, Any] = {
+        "config_version": config.config_version,
+        "image": {k: v for k, v in image.items() if k != "keyframes"}, "motion": motion, "vlm": vlm_out,
+        "secondary_cameras": secondary,
+        "angle_quality_sum": _r(sum(cam["quality"] for cam in secondary.values())),
+    }
+    flags = sorted({flag for cam in secondary.values() for flag in cam["flags"]})
     if image.get("keyframes"):
         metrics["keyframes"] = image["keyframes"]
-    for name, part in (("image", image), ("motion", motion)):
-        if part.get("term") is None:
-            reasons[name] = part.get("reason", "unavailable")
-            flags.append(f"{name}_evidence_missing")
-    if vlm_out["status"] == "not_configured":
-        flags.append("vlm_not_configured")
-    elif vlm_out["status"] != "ok":
-        flags.append(f"vlm_{vlm_out['status']}")
-        reasons["vlm"] = vlm_out.get("error") or vlm_out.get("reason") or vlm_out["status"]
-
-    answer = vlm_out.get("answer") if vlm_out.get("status") == "ok" else None
-    metrics |= {"vlm_task_success": answer["task_success"] if answer else None,
-                "vlm_task_confidence": vlm_out.get("confidence_used") if answer else None,
-                "vlm_phases_observed": answer["phases_observed"] if answer else None}
-
-    w = config.combine.weights.model_dump()
-    avail = {k: part["term"] for k, part in (("image", image), ("motion", motion)) if part.get("term") is not None
-             and w[k] > 0}
-    s_evidence = sum(w[k] * v for k, v in avail.items()) / sum(w[k] for k in avail) if avail else None
-    vlm_term, vlm_w = vlm_out.get("term"), vlm_out.get("weight", 0.0)
-    if s_evidence is not None and vlm_term is not None:
-        s_align = (1.0 - vlm_w) * s_evidence + vlm_w * vlm_term
-    elif vlm_term is not None:
-        s_align = vlm_term
-    else:
-        s_align = s_evidence
-    metrics |= {"applicable": s_align is not None, "s_align": _r(s_align), "s_evidence": _r(s_evidence),
-                "basis": sorted(avail) + (["vlm"] if vlm_term is not None else []),
-                "terms": {"image": image.get("term"), "motion": motion.get("term"), "vlm": vlm_term},
-                "reasons": reasons}
-    if s_align is None:
+    missing_flags, reasons = _missing_evidence(parts, vlm_out)
+    flags += missing_flags
+    metrics |= _vlm_task(vlm_out)
+    metrics |= combine(parts, vlm_out, config) | {"reasons": reasons}
+    if not metrics["applicable"]:
         metrics["reason"] = "no alignment evidence: " + "; ".join(f"{k}: {v}" for k, v in reasons.items())
 
     findings, mismatch = mismatch_findings(view, offset_ms, config)

@@ -67,6 +67,7 @@ from kibotos.bundle.kinematics import joint_velocity, npy_bytes
 from kibotos.bundle.reader import JOINT_POS, TIMESTAMPS, VIDEO_ENCODED, VIDEO_FRAMES, BundleView
 from kibotos.config.gates import KeyframeConfig, load_config
 from kibotos.errors import BundleError, KibotosError, ServiceError
+from kibotos.media.gl import current_gl_platform, default_genesis_cache, genesis_caches, process_gl_platform
 from kibotos.media.phash import phash
 from kibotos.media.video import decode_rgb_frames
 from kibotos.reports.model import GateResult
@@ -80,25 +81,10 @@ NEAR_M, FAR_M = 0.02, 50.0
 _GS_LOCK = threading.Lock()
 
 
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/kibotos/genesis``, else ``~/.cache/kibotos/genesis``."""
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "kibotos" / "genesis"
-
-
-def configure_caches(cache_dir: str | Path) -> dict[str, str]:
-    """Point Genesis' kernel, asset and shader caches under ``cache_dir`` (unless already
-    set). Call before Genesis initializes; returns the effective locations."""
-    root = Path(cache_dir)
-    wanted = {
-        "QD_OFFLINE_CACHE_FILE_PATH": root / "quadrants",
-        "GS_CACHE_FILE_PATH": root / "genesis",
-        "MESA_SHADER_CACHE_DIR": root / "mesa",
-    }
-    for name, path in wanted.items():
-        path.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault(name, str(path))
-    return {name: os.environ[name] for name in wanted}
+# the cache root's default (``Settings.genesis_cache_dir``'s) and the variables Genesis reads
+# for its caches: set by ``kibotos.media.gl`` (a GPU actor: ``configure_process`` at its start)
+default_cache_dir = default_genesis_cache
+configure_caches = genesis_caches
 
 
 def _genesis(backend: str, cache_dir: Path, gl_platform: str | None):
@@ -107,16 +93,17 @@ def _genesis(backend: str, cache_dir: Path, gl_platform: str | None):
     with _GS_LOCK:
         if "genesis" not in sys.modules:
             if gl_platform:
-                # Genesis and PyOpenGL settle the GL platform when they are imported
-                os.environ.setdefault("PYOPENGL_PLATFORM", gl_platform)
-        elif gl_platform and os.environ.get("PYOPENGL_PLATFORM") != gl_platform:
+                # Genesis and PyOpenGL settle the GL platform when they are imported: the
+                # process's own (configure_process at a GPU actor's start) wins
+                process_gl_platform(gl_platform)
+        elif gl_platform and current_gl_platform() != gl_platform:
             raise ServiceError(f"genesis was imported before the renderer with PYOPENGL_PLATFORM="
-                               f"{os.environ.get('PYOPENGL_PLATFORM')!r}; offscreen rendering needs "
+                               f"{current_gl_platform()!r}; offscreen rendering needs "
                                f"{gl_platform!r}: set it in the environment or import genesis later")
         import genesis as gs
 
         if not gs._initialized:
-            configure_caches(cache_dir)  # read when Genesis initializes and when it compiles
+            genesis_caches(cache_dir)  # read when Genesis initializes and when it compiles (already set at a GPU actor's start)
             gs.init(backend=gs.cpu if backend == "cpu" else gs.gpu, logging_level="warning")
         return gs
 
@@ -454,9 +441,91 @@ def task_phase_boundaries(view: BundleView) -> tuple[np.ndarray | None, dict[str
     return np.unique(np.concatenate(times)), sources
 
 
+def _computed_velocity(view: BundleView, store, key_prefix: str) -> dict[str, Any]:
+    """Design §12: a bundle without ``kinematics/joint_vel`` gets the validator's estimate,
+    stored (gate A flags it)."""
+    vel = joint_velocity(view)
+    if vel.source != "computed":
+        return {}
+    ref = store.put_bytes(npy_bytes(vel.values), f"{key_prefix}/joint_vel_computed.npy")
+    return {"joint_vel_computed_uri": ref.uri, "joint_vel_method": JOINT_VEL_METHOD}
+
+
+def playback_keyframes(view: BundleView, ts: np.ndarray, q: np.ndarray, sync_offset_ms: float,
+                       kf_cfg: KeyframeConfig) -> tuple[list[Keyframe], dict[str, Any]]:
+    """The keyframes (at the task's phase boundaries when the bundle shows them, else the
+    joint speed's moves and pauses) and the metrics that say how they were chosen."""
+    video = view.manifest.video["primary"]
+    bounds_ms, bound_sources = task_phase_boundaries(view)
+    keyframes: list[Keyframe] = select_keyframes(ts, q, video.fps, video.frame_count, sync_offset_ms,
+                                                 config=kf_cfg, phase_boundaries_ms=bounds_ms)
+    return keyframes, {
+        "phase_boundaries_from": "task_evidence" if bound_sources else "joint_speed_move_pause",
+        "phase_boundary_sources": bound_sources,
+        "keyframe_indices": [k.video_frame_index for k in keyframes],
+        "keyframe_strategies": {s: sum(k.strategy == s for k in keyframes) for s in STRATEGIES},
+    }
+
+
+def _replay(view: BundleView, renderer: PlaybackRenderer, ts: np.ndarray, q: np.ndarray,
+            keyframes: list[Keyframe]) -> tuple[RenderResult, float]:
+    """The robot rendered at the keyframes through the manifest camera, and the seconds its
+    scene took to build (0 when warm)."""
+    m = view.manifest
+    camera = m.camera["primary"]
+    robot = get_robot(m.robot_model_id, m.robot_model_revision)
+    build_s = renderer.warm_up(robot)
+    rendered = renderer.render_frames(joints_at(ts, q, np.array([k.kin_time_ms for k in keyframes])),
+                                      m.joint_names, camera.intrinsics.model_dump(),
+                                      np.asarray(camera.extrinsics, dtype=np.float64), robot=robot)
+    return rendered, build_s
+
+
+def silhouette_overlap(rendered: RenderResult, real_stack: np.ndarray, have_real: np.ndarray
+                       ) -> tuple[list[float | None], list[float | None]]:
+    """Per keyframe with a real frame: the IoU of the sim silhouette and the real frame's
+    moving pixels, and the fraction of those pixels the silhouette covers (None elsewhere)."""
+    n = len(have_real)
+    iou: list[float | None] = [None] * n
+    covered: list[float | None] = [None] * n
+    fg = foreground_masks(real_stack[have_real]) if have_real.any() else None
+    if fg is not None:
+        sim = rendered.mask[have_real]
+        inter = (sim & fg).sum(axis=(1, 2))
+        rows = np.flatnonzero(have_real)
+        for j, a, b in zip(rows, _ratio(inter, (sim | fg).sum(axis=(1, 2))), _ratio(inter, fg.sum(axis=(1, 2)))):
+            iou[j], covered[j] = a, b
+    return iou, covered
+
+
+def _stored_pairs(keyframes: list[Keyframe], rendered: RenderResult, real_stack: np.ndarray, have_real: np.ndarray,
+                  overlap: tuple[list[float | None], list[float | None]], store, key_prefix: str,
+                  frame_px: int) -> list[dict[str, Any]]:
+    """Each keyframe's real and sim frames stored as PNG, with its measures."""
+    iou, covered = overlap
+    sim_px = rendered.mask.sum(axis=(1, 2))
+    entries = []
+    for j, kf in enumerate(keyframes):
+        base = f"{key_prefix}/{kf.video_frame_index:06d}"
+        sim_ref = store.put_bytes(_png(rendered.rgb[j]), f"{base}-sim.png")
+        real_ref = store.put_bytes(_png(real_stack[j]), f"{base}-real.png") if have_real[j] else None
+        entries.append({
+            "frame": kf.video_frame_index, "kin_time_ms": kf.kin_time_ms, "strategy": kf.strategy,
+            "sim_uri": sim_ref.uri, "real_uri": real_ref.uri if real_ref else None,
+            # the simulation render's fingerprint (design §8: hashes of video *and* sim renders)
+            "sim_phash": f"{phash(rendered.rgb[j]):016x}",
+            "sim_pixel_fraction": round(float(sim_px[j]) / frame_px, 5),
+            "silhouette_iou": iou[j], "real_foreground_in_sim": covered[j],
+            "render_ms": round(float(rendered.wall_s[j]) * 1000.0, 2),
+        })
+    return entries
+
+
 def run_playback(view: BundleView, sync_offset_ms: float, renderer: PlaybackRenderer, store,
                  key_prefix: str, *, keyframe_config: KeyframeConfig | None = None) -> GateResult:
-    """Replay one bundle in Genesis at its keyframes and store the real/sim frame pairs.
+    """Replay one bundle in Genesis at its keyframes and store the real/sim frame pairs:
+    the keyframes (``playback_keyframes``), the replay (``_replay``), the silhouettes'
+    overlap (``silhouette_overlap``) and the stored pairs (``_stored_pairs``).
 
     :param sync_offset_ms: the offset keyframes are aligned with (``t_video = t_kin + offset``).
     :param renderer: a warm renderer (the bundle's robot scene is built on first use).
@@ -471,7 +540,6 @@ def run_playback(view: BundleView, sync_offset_ms: float, renderer: PlaybackRend
     """
     t_start = time.perf_counter()
     m = view.manifest
-    video, camera = m.video["primary"], m.camera["primary"]
     kf_cfg = keyframe_config or load_config().keyframes
     thresholds: dict[str, Any] = {**kf_cfg.model_dump(), "foreground_level": FOREGROUND_LEVEL,
                                   "render_size": [renderer.width, renderer.height]}
@@ -479,27 +547,15 @@ def run_playback(view: BundleView, sync_offset_ms: float, renderer: PlaybackRend
                                "robot": f"{m.robot_model_id}@{m.robot_model_revision}"}
     ts = view.read(TIMESTAMPS).astype(np.float64)
     q = view.read(JOINT_POS).astype(np.float64)
-    vel = joint_velocity(view)
-    if vel.source == "computed":  # design §12: computed, stored, flagged (gate A flags it)
-        ref = store.put_bytes(npy_bytes(vel.values), f"{key_prefix}/joint_vel_computed.npy")
-        metrics |= {"joint_vel_computed_uri": ref.uri, "joint_vel_method": JOINT_VEL_METHOD}
-    bounds_ms, bound_sources = task_phase_boundaries(view)
-    metrics["phase_boundaries_from"] = "task_evidence" if bound_sources else "joint_speed_move_pause"
-    metrics["phase_boundary_sources"] = bound_sources
-    keyframes: list[Keyframe] = select_keyframes(ts, q, video.fps, video.frame_count, sync_offset_ms,
-                                                 config=kf_cfg, phase_boundaries_ms=bounds_ms)
-    metrics["keyframe_indices"] = [k.video_frame_index for k in keyframes]
-    metrics["keyframe_strategies"] = {s: sum(k.strategy == s for k in keyframes) for s in STRATEGIES}
+    metrics |= _computed_velocity(view, store, key_prefix)
+    keyframes, chosen = playback_keyframes(view, ts, q, sync_offset_ms, kf_cfg)
+    metrics |= chosen
     if not keyframes:
         return GateResult(gate=GATE_ID, passed=True, metrics=metrics, thresholds=thresholds,
                           flags=["playback_no_keyframes"])
 
     try:
-        robot = get_robot(m.robot_model_id, m.robot_model_revision)
-        build_s = renderer.warm_up(robot)
-        rendered = renderer.render_frames(joints_at(ts, q, np.array([k.kin_time_ms for k in keyframes])),
-                                          m.joint_names, camera.intrinsics.model_dump(),
-                                          np.asarray(camera.extrinsics, dtype=np.float64), robot=robot)
+        rendered, build_s = _replay(view, renderer, ts, q, keyframes)
     # anything but a KibotosError (Genesis itself failing) propagates: a validator fault,
     # retried and then dead-lettered with the verdict pending (streams.stage), never a rejection
     except KibotosError as exc:  # rows, names or a pose the submission declares cannot be replayed
@@ -515,34 +571,12 @@ def run_playback(view: BundleView, sync_offset_ms: float, renderer: PlaybackRend
     real = real_frames(view, indices, renderer.width, renderer.height)
     have_real = np.array([i in real for i in indices])
     real_stack = np.stack([real.get(i, np.zeros_like(rendered.rgb[0])) for i in indices])
-    fg = foreground_masks(real_stack[have_real]) if have_real.any() else None
+    overlap = silhouette_overlap(rendered, real_stack, have_real)
     sim_px = rendered.mask.sum(axis=(1, 2))
-    iou: list[float | None] = [None] * len(indices)
-    covered: list[float | None] = [None] * len(indices)
-    if fg is not None:
-        sim = rendered.mask[have_real]
-        inter = (sim & fg).sum(axis=(1, 2))
-        rows = np.flatnonzero(have_real)
-        for j, a, b in zip(rows, _ratio(inter, (sim | fg).sum(axis=(1, 2))), _ratio(inter, fg.sum(axis=(1, 2)))):
-            iou[j], covered[j] = a, b
-
-    entries = []
-    for j, kf in enumerate(keyframes):
-        base = f"{key_prefix}/{kf.video_frame_index:06d}"
-        sim_ref = store.put_bytes(_png(rendered.rgb[j]), f"{base}-sim.png")
-        real_ref = store.put_bytes(_png(real_stack[j]), f"{base}-real.png") if have_real[j] else None
-        entries.append({
-            "frame": kf.video_frame_index, "kin_time_ms": kf.kin_time_ms, "strategy": kf.strategy,
-            "sim_uri": sim_ref.uri, "real_uri": real_ref.uri if real_ref else None,
-            # the simulation render's fingerprint (design §8: hashes of video *and* sim renders)
-            "sim_phash": f"{phash(rendered.rgb[j]):016x}",
-            "sim_pixel_fraction": round(float(sim_px[j]) / (renderer.width * renderer.height), 5),
-            "silhouette_iou": iou[j], "real_foreground_in_sim": covered[j],
-            "render_ms": round(float(rendered.wall_s[j]) * 1000.0, 2),
-        })
-    valid_iou = [x for x in iou if x is not None]
+    valid_iou = [x for x in overlap[0] if x is not None]
     metrics |= {
-        "keyframes": entries,
+        "keyframes": _stored_pairs(keyframes, rendered, real_stack, have_real, overlap, store, key_prefix,
+                                   renderer.width * renderer.height),
         "empty_render_frames": int((sim_px == 0).sum()),
         "missing_real_frames": int((~have_real).sum()),
         "mean_silhouette_iou": round(float(np.mean(valid_iou)), 4) if valid_iou else None,
