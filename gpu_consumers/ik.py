@@ -139,23 +139,38 @@ class IKSolver:
 
     def _error(self, chain: SerialKinematics, q: torch.Tensor, p_t: torch.Tensor, r_t: torch.Tensor, w: float,
                jacobian: bool):
-        pose, jac = chain.fk_jacobian(q) if jacobian else (chain.fk(q), None)
-        # orientation error: the rotation vector (log map) of R* R^T, in the base frame
-        e = torch.cat([p_t - pose[:, :3, 3], w * matrix_to_axis_angle(r_t @ pose[:, :3, :3].transpose(1, 2))], dim=1)
+        """Residual ``(B, 6)`` (position, then ``w`` times the rotation vector of ``R* R^T``,
+        in the base frame) and, with ``jacobian``, its Jacobian with the same weights."""
+        rot, pos, jac = chain.rot_pos(q, jacobian)
+        e = torch.cat([p_t - pos, w * _rotation_vector(r_t @ rot.transpose(1, 2))], dim=1)
         if jac is not None:
-            jac = torch.cat([jac[:, :3], w * jac[:, 3:]], dim=1)
+            jac = jac * self._weights(w)
         return e, jac
 
-    def _lm(self, chain, q, p_t, r_t, cfg: IKConfig, smooth: bool) -> torch.Tensor:
+    def _weights(self, w: float) -> torch.Tensor:
+        if getattr(self, "_w", (None,))[0] != w:
+            self._w = (w, torch.tensor([1.0, 1.0, 1.0, w, w, w], dtype=self.dtype, device=self.device)[:, None])
+        return self._w[1]
+
+    def _lm(self, chain, q, p_t, r_t, cfg: IKConfig, smooth: bool, *, first_wins: bool = False):
         """Levenberg–Marquardt on every row of ``q`` at once; with ``smooth`` the rows are
-        consecutive frames coupled by ``smoothness_weight * sum ||q_t - q_{t-1}||^2``."""
-        n = q.shape[1]
+        consecutive frames coupled by ``smoothness_weight * sum ||q_t - q_{t-1}||^2``.
+
+        A row stops (is frozen) once it has converged: its residual is below
+        ``converged_residual_m``, or its next step (taken or refused) changes its cost by
+        less than ``convergence_tolerance`` of it, or the step it asks for is below 1e-9 rad
+        (a constrained minimum: every step is clamped away). The loop ends when every row has
+        stopped — with ``first_wins`` (the multi-start) as soon as any row has reached
+        ``converged_residual_m`` — or after ``iterations``; coupled frames (``smooth``) stop
+        together once the episode's total cost falls by less than ``convergence_tolerance``
+        of it in one iteration. Returns ``(q, residual (B, 6), iterations run)``."""
         w, beta = cfg.rotation_weight_m_per_rad, (cfg.smoothness_weight if smooth else 0.0)
-        eye = torch.eye(n, dtype=self.dtype, device=self.device)
+        floor = cfg.converged_residual_m**2
         lam = torch.full((q.shape[0],), cfg.damping * 100, dtype=self.dtype, device=self.device)
         count = torch.full((q.shape[0], 1), 2.0, dtype=self.dtype, device=self.device)
         if q.shape[0] > 0:
             count[0] = count[-1] = 1.0
+        diag_extra = beta * count  # (B, 1): the smoothness term's share of the normal matrix' diagonal
 
         def neighbours(x: torch.Tensor) -> torch.Tensor:
             s = torch.zeros_like(x)
@@ -171,35 +186,68 @@ class IKSolver:
 
         e, jac = self._error(chain, q, p_t, r_t, w, True)
         current = cost(e, q)
+        active = torch.ones(q.shape[0], dtype=torch.bool, device=self.device)
+        total = torch.stack([(e[:, :3] ** 2).sum(), (e[:, 3:] ** 2).sum(), beta * ((q[1:] - q[:-1]) ** 2).sum()])
         done = 0
         for done in range(1, cfg.iterations + 1):  # noqa: B007 (done: iterations run, read after the loop)
             jt = jac.transpose(1, 2)
-            a = jt @ jac + (lam[:, None, None] + beta * count[:, :, None]) * eye
+            a = jt @ jac
+            a.diagonal(dim1=1, dim2=2).add_(lam[:, None] + diag_extra)
             b = (jt @ e[:, :, None])[:, :, 0]
             if beta > 0:
                 b = b - beta * (count * q - neighbours(q))
-            dq = torch.linalg.solve(a, b).clamp(-cfg.max_step_rad, cfg.max_step_rad)
-            cand = torch.minimum(torch.maximum(q + dq, chain.lower), chain.upper)
+            dq = torch.linalg.solve(a, b).clamp_(-cfg.max_step_rad, cfg.max_step_rad)
+            cand = torch.clamp(q + dq, chain.lower, chain.upper)
             e_c, jac_c = self._error(chain, cand, p_t, r_t, w, True)
             new = cost(e_c, cand)
             better = new < current
-            moved = float(((cand - q) * better[:, None]).abs().max()) if len(q) else 0.0
+            if not smooth:
+                better = better & active
+            # converged: the residual at the floor, or a step (taken or refused) that changes
+            # the cost by less than the tolerance, or nothing left to move
+            # (position and orientation each: a position miss of metres, a target out of
+            # reach, must not hide the orientation still improving)
+            parts_c = torch.stack([(e_c[:, :3] ** 2).sum(1), (e_c[:, 3:] ** 2).sum(1)], dim=1)
+            parts = torch.stack([(e[:, :3] ** 2).sum(1), (e[:, 3:] ** 2).sum(1)], dim=1)
+            small = ((parts_c - parts).abs() <= cfg.convergence_tolerance * parts + floor).all(1)
+            settled = (new <= floor) | (current <= floor) | (small & ((current - new).abs() <= cfg.convergence_tolerance * current))
+            stopped = settled | ((cand - q).abs().amax(1) < 1e-9)
             q = torch.where(better[:, None], cand, q)
             e = torch.where(better[:, None], e_c, e)
             jac = torch.where(better[:, None, None], jac_c, jac)
             current = torch.where(better, new, current)
-            lam = torch.where(better, lam / 3.0, lam * 4.0).clamp(1e-9, 1e6)
-            if moved < 1e-6:  # converged everywhere (or every step refused): nothing left to gain
+            lam = torch.where(better, lam / 3.0, lam * 4.0).clamp_(1e-9, 1e6)
+            # independent rows stop one by one; coupled frames only all together (a frame's
+            # optimum moves with its neighbours, so none is frozen while another still moves)
+            active = active & ~stopped if not smooth else ~stopped
+            if first_wins and bool((current <= floor).any()):
                 break
-        return q, done
+            if not bool(active.any()):
+                break
+            if smooth:
+                # the episode's objective, each of its terms (position, orientation,
+                # smoothness) summed afresh (per-row costs mix neighbours of different
+                # iterations): none changes by more than the tolerance, all frames have
+                # converged together. Per term, so that a position miss of metres (a target
+                # out of reach) does not hide the orientation still improving
+                parts = torch.stack([(e[:, :3] ** 2).sum(), (e[:, 3:] ** 2).sum(),
+                                     beta * ((q[1:] - q[:-1]) ** 2).sum()])
+                if bool(((parts - total).abs() <= cfg.convergence_tolerance * total + floor).all()):
+                    break
+                total = parts
+        return q, e, done
 
     def solve(self, link: str, targets: np.ndarray, cfg: IKConfig, *, seed: int = 0) -> IKSolution:
         """Joint trajectory for ``link`` to follow ``targets`` (N, 4, 4) in the base frame.
 
         Multi-start on the first frame (home + ``seed_restarts - 1`` uniform draws within
-        the limits, generator ``seed``), then every frame at once from that solution."""
+        the limits, generator ``seed``; the first start to reach the target, home before
+        the draws on a tie, else the closest), then every frame at once from that solution (a warm start: each
+        frame begins where the first frame's solve ended, and the smoothness coupling
+        carries each frame's progress to its neighbours)."""
         t0 = time.perf_counter()
         chain = self.chain(link)
+        w = cfg.rotation_weight_m_per_rad
         with _torch_threads(self.num_threads), torch.no_grad():
             tgt = torch.as_tensor(np.asarray(targets), dtype=self.dtype, device=self.device)
             p_t, r_t = tgt[:, :3, 3].contiguous(), tgt[:, :3, :3].contiguous()
@@ -207,21 +255,37 @@ class IKSolver:
             home = torch.as_tensor(self.robot.home_qpos[chain.joint_index], dtype=self.dtype, device=self.device)
             draws = torch.rand((max(cfg.seed_restarts, 1) - 1, chain.dof), generator=gen, dtype=self.dtype).to(self.device)
             starts = torch.cat([home[None], chain.lower + draws * (chain.upper - chain.lower)])
-            first, it_seed = self._lm(chain, starts, p_t[:1].expand(len(starts), 3), r_t[:1].expand(len(starts), 3, 3), cfg,
-                             smooth=False)
-            e0, _ = self._error(chain, first, p_t[:1].expand(len(starts), 3), r_t[:1].expand(len(starts), 3, 3),
-                                cfg.rotation_weight_m_per_rad, False)
-            best = int(torch.argmin((e0**2).sum(1)))
-            q, it_batch = self._lm(chain, first[best].expand(len(tgt), chain.dof).clone(), p_t, r_t, cfg, smooth=True)
-            pose = chain.fk(q).cpu().numpy()
+            first, e0, it_seed = self._lm(chain, starts, p_t[:1].expand(len(starts), 3),
+                                          r_t[:1].expand(len(starts), 3, 3), cfg, smooth=False, first_wins=True)
+            # the first start to reach the target (home before the draws on a tie); the
+            # closest when none does
+            reached = torch.nonzero((e0**2).sum(1) <= cfg.converged_residual_m**2)
+            best = int(reached[0, 0]) if len(reached) else int(torch.argmin((e0**2).sum(1)))
+            q, e, it_batch = self._lm(chain, first[best].expand(len(tgt), chain.dof).clone(), p_t, r_t, cfg, smooth=True)
+            # the residual the solver already has: no forward kinematics pass after the solve
+            pos_err = torch.linalg.norm(e[:, :3], dim=1).cpu().numpy()
+            rot_err = np.degrees(torch.linalg.norm(e[:, 3:], dim=1).cpu().numpy() / w)
             q_np = q.cpu().numpy()
-        targets = np.asarray(targets, dtype=np.float64)
         return IKSolution(
             link=link, joint_names=chain.joint_names, joint_index=chain.joint_index, q=q_np,
-            pos_error_m=np.linalg.norm(pose[:, :3, 3] - targets[:, :3, 3], axis=1),
-            rot_error_deg=rotation_angle_deg(pose, targets),
+            pos_error_m=pos_err, rot_error_deg=rot_err,
             seed_pos_error_m=float(torch.linalg.norm(e0[best, :3])), iterations=it_seed + it_batch,
             wall_ms=(time.perf_counter() - t0) * 1000.0)
+
+
+def _rotation_vector(r: torch.Tensor) -> torch.Tensor:
+    """Log map of rotation matrices (B, 3, 3) -> rotation vectors (B, 3): ``angle * axis``
+    from the trace and the skew part (a dozen tensor operations where pytorch-kinematics'
+    ``matrix_to_axis_angle`` goes through quaternions in ~40). Near 180 degrees the skew part
+    vanishes and loses the axis: there pytorch-kinematics' conversion is used."""
+    cos = (r.diagonal(dim1=1, dim2=2).sum(1) - 1.0) * 0.5
+    skew = r - r.transpose(1, 2)
+    v = torch.stack([skew[:, 2, 1], skew[:, 0, 2], skew[:, 1, 0]], dim=1)  # 2 sin(angle) axis
+    sin2 = torch.linalg.norm(v, dim=1)
+    if bool((cos < -0.99).any()):
+        return matrix_to_axis_angle(r)
+    angle = torch.atan2(sin2 * 0.5, cos)
+    return v * (angle / sin2.clamp_min(1e-300))[:, None]
 
 
 # --- independent targets -----------------------------------------------------------------

@@ -130,6 +130,10 @@ class IKConfig(_Frozen):
     damping: float
     smoothness_weight: float
     max_step_rad: float
+    # LM stops where its residual is below converged_residual_m or a step changes each term of
+    # the cost by less than convergence_tolerance of it (gates.yaml, gpu_consumers.ik)
+    converged_residual_m: float = Field(gt=0)
+    convergence_tolerance: float = Field(ge=0)
 
 
 class KeyframeConfig(_Frozen):
