@@ -37,7 +37,7 @@ from kibotos.robots import get_robot
 from processors.base import register_gate, result
 from processors.derivatives import local_derivatives, window_samples
 from processors.link_kinematics import link_kinematics_for
-from processors.signals import zscore
+from processors.signals import lag_correlation, zscore
 
 GATE_ID = "gate_c_sync"
 DISTINCT_MS = 150.0
@@ -109,17 +109,7 @@ def estimate_offset(
     s = _smooth(zscore(np.interp(ks, kin_t_ms, kin_speed)), max(1, int(SMOOTH_MS / g)))
     e = _smooth(zscore(np.interp(vs, vid_t_ms, vid_energy, left=vid_energy[0], right=vid_energy[-1])), max(1, int(SMOOTH_MS / g)))
     steps = np.arange(-int(cfg.max_lag_ms / g), int(cfg.max_lag_ms / g) + 1)
-    idx = np.arange(ks.size)[None, :] + steps[:, None]  # video grid index for each (lag, kin sample)
-    valid = (idx >= 0) & (idx < vs.size)
-    ev = np.where(valid, e[np.clip(idx, 0, vs.size - 1)], 0.0)
-    sv = np.where(valid, s[None, :], 0.0)
-    n = valid.sum(axis=1).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        me, ms = ev.sum(1) / n, sv.sum(1) / n
-        cov = (ev * sv).sum(1) / n - me * ms
-        ve = (ev**2).sum(1) / n - me**2
-        vs_ = (sv**2).sum(1) / n - ms**2
-        corr = cov / np.sqrt(np.clip(ve, 1e-12, None) * np.clip(vs_, 1e-12, None))
+    corr, n = lag_correlation(s, e, steps)  # FFT + cumulative sums (processors.signals)
     corr[n < 0.5 * ks.size] = np.nan
     if not np.isfinite(corr).any():
         return 0.0, 0.0, {"peak_corr": None}
@@ -147,12 +137,12 @@ def estimate_offset(
     return float(offset), confidence, {"peak_corr": round(r1, 4), "second_corr": round(r2, 4)}
 
 
-def _video_luma(view: BundleView, cfg: GateCConfig, max_frames: int) -> np.ndarray:
+def _video_luma(view: BundleView, cfg: GateCConfig, max_frames: int, fast: bool = False) -> np.ndarray:
     """Downsized luma of the primary video; an encoded stream is decoded up to
-    ``max_frames`` (``video_too_long`` past it)."""
+    ``max_frames`` (``video_too_long`` past it); ``fast``: ``decode_luma(fast=True)``."""
     if view.has(VIDEO_ENCODED):
         return decode_luma(view.read(VIDEO_ENCODED).tobytes(), target_width=cfg.decode_width,
-                           max_frames=max_frames).frames
+                           max_frames=max_frames, fast=fast).frames
     return luma_from_frames(view.read(VIDEO_FRAMES), target_width=cfg.decode_width)
 
 
@@ -163,6 +153,12 @@ def _frame_slack(frame_count: int, cfg: GateCConfig) -> float:
 
 @register_gate(GATE_ID, letter="c", order=3, title="video/kinematics overlap and sync sanity")
 def check(view: BundleView, config: GateConfig) -> GateResult:
+    return check_sync(view, config)
+
+
+def check_sync(view: BundleView, config: GateConfig, *, fast_decode: bool = False) -> GateResult:
+    """Gate C; ``fast_decode`` decodes without the loop filter (``kibotos bench pipeline``
+    measures what that changes: not the gate's default)."""
     cfg = config.gate_c
     m = view.manifest
     fps, frame_count = m.video["primary"].fps, m.video["primary"].frame_count
@@ -186,7 +182,7 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
     # declares is a mismatch once it passes the tolerance, not a longer decode
     max_frames = frame_count + int(_frame_slack(frame_count, cfg)) + 1
     try:
-        luma = _video_luma(view, cfg, max_frames)
+        luma = _video_luma(view, cfg, max_frames, fast=fast_decode)
     except BundleError as exc:
         if exc.reason_code != "video_too_long":
             raise

@@ -175,6 +175,11 @@ class BundleView:
         self.limits = limits
         self._entries = entries if entries is not None else {}  # stored keys -> declared size
         self._cache: dict[str, np.ndarray] = {}
+        # node lookups and array infos, each made once per view: every lookup is a round
+        # trip through zarr's event loop thread, and gates A-E ask for the same nodes ~60
+        # times per episode (issue 17: a fixed cost as large as a small episode's decode)
+        self._nodes: dict[str, Any] = {}
+        self._infos: dict[str, ArrayInfo] = {}
         self.decoded_bytes = 0  # what ``read`` has decoded, against ``max_total_decoded_bytes``
 
     def close(self) -> None:
@@ -228,16 +233,33 @@ class BundleView:
             pass
         return sorted(n for n in names if n.startswith(SECONDARY_PREFIX) and len(n) > len(SECONDARY_PREFIX))
 
+    def _node(self, path: str) -> Any:
+        """``self._root[path]``, looked up once (a failed lookup raises the same error again)."""
+        if path not in self._nodes:
+            try:
+                self._nodes[path] = self._root[path]
+            except Exception as exc:
+                self._nodes[path] = exc
+        node = self._nodes[path]
+        if isinstance(node, Exception):
+            raise node
+        return node
+
     def has(self, path: str) -> bool:
         try:
-            node = self._root[path]
+            node = self._node(path)
         except (KeyError, ValueError, OSError):
             return False
         return isinstance(node, zarr.Array)
 
     def info(self, path: str) -> ArrayInfo:
+        if path not in self._infos:
+            self._infos[path] = self._info(path)
+        return self._infos[path]
+
+    def _info(self, path: str) -> ArrayInfo:
         try:
-            arr = self._root[path]
+            arr = self._node(path)
         except KeyError as exc:
             raise _reject("missing_dataset", f"missing dataset {path}") from exc
         except Exception as exc:  # malformed zarr.json of that node
@@ -295,7 +317,7 @@ class BundleView:
         check("max_total_decoded_bytes", self.decoded_bytes + info.nbytes, self.limits.max_total_decoded_bytes,
               f"decoded bytes with {path}", dataset=path)
         try:
-            node = self._root[path]
+            node = self._node(path)
             if not isinstance(node, zarr.Array):  # info() refused it; a group here is malformed
                 raise TypeError(f"{path} is not an array")
             data = np.asarray(node[...])
