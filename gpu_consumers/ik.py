@@ -675,21 +675,56 @@ def _pose_verdict(pose: dict, notes: list, trajectory: dict, cfg: IKConfig, thre
     return result(GATE_ID, True, metrics, thresholds, flags=flags)
 
 
-def check_ik(view: BundleView, config: GateConfig, solver: IKSolver, pose_estimator=None) -> GateResult:
-    """The IK residual stage on one bundle with a warm ``solver`` for its robot.
+@dataclass
+class _Job:
+    """What the terms of ``check_ik`` hand on: the validated inputs, then the targets found."""
 
-    ``pose_estimator``: for option 2 (a human video without object or waypoint target);
-    ``None`` builds the registry's MediaPipe estimator once, when first needed."""
+    view: BundleView
+    config: GateConfig
+    solver: IKSolver
+    cfg: IKConfig
+    thresholds: dict
+    kin_t: np.ndarray
+    q_sub: np.ndarray  # (T, robot.dof): the submitted joints, unsubmitted ones at home
+    trajectory: dict = field(default_factory=dict)
+    targets: list[Target] = field(default_factory=list)
+    notes: list[dict] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+    source: str | None = None
+    _fk: dict = field(default_factory=dict)  # link -> (t_ms, poses) of the submitted joints
+
+    def chain_ok(self, link: str) -> bool:
+        try:
+            self.solver.chain(link)
+        except ValueError:
+            return False
+        return True
+
+    def submitted_fk(self, link: str, t_ms: np.ndarray) -> np.ndarray:
+        """Forward kinematics of the submitted joints at kinematic times ``t_ms``: computed
+        once per link (the independence check asks for every object frame inside the
+        kinematics, the residual for the grasped ones among them, which are looked up)."""
+        done = self._fk.get(link)
+        if done is not None:
+            idx = np.clip(np.searchsorted(done[0], t_ms), 0, len(done[0]) - 1)
+            if np.array_equal(done[0][idx], t_ms):
+                return done[1][idx]
+        poses = self.solver.chain(link).link_poses(_interp_joints(self.kin_t, self.q_sub, t_ms))
+        self._fk[link] = (np.asarray(t_ms), poses)
+        return poses
+
+
+def _inputs(view: BundleView, config: GateConfig, solver: IKSolver) -> _Job:
+    """Term 1: the bundle's joints and times, guarded (gates A and B have judged them; a
+    stage is a pure function and guards its own maths)."""
     m = view.manifest
     robot = solver.robot
     if (m.robot_model_id, m.robot_model_revision) != robot.key:
         raise ConfigError(f"IK solver is for {robot.model_id}@{robot.revision}, bundle declares "
                           f"{m.robot_model_id}@{m.robot_model_revision}")
     cfg = config.for_robot(*robot.key).ik
-    thresholds = cfg.model_dump()
     kin_t = view.read(TIMESTAMPS).astype(np.float64)
     q_in = view.read(JOINT_POS).astype(np.float64)
-    # gates A and B have judged these; a stage is a pure function and guards its own maths
     if kin_t.ndim != 1 or len(kin_t) < 2 or np.any(np.diff(kin_t) <= 0):
         raise BundleError("kinematics timestamps are not strictly increasing", reason_code="timestamps_not_increasing")
     if q_in.shape != (len(kin_t), len(m.joint_names)):
@@ -701,81 +736,126 @@ def check_ik(view: BundleView, config: GateConfig, solver: IKSolver, pose_estima
         raise BundleError(f"joints unknown to {robot.model_id}: {unknown[:5]}", reason_code="unknown_joint_names")
     q_sub = np.tile(robot.home_qpos, (len(kin_t), 1))
     q_sub[:, [robot.joint_names.index(n) for n in m.joint_names]] = q_in
+    return _Job(view, config, solver, cfg, cfg.model_dump(), kin_t, q_sub)
 
-    def chain_ok(link: str) -> bool:
-        try:
-            solver.chain(link)
-        except ValueError:
-            return False
-        return True
 
-    trajectory = trajectory_quality(kin_t, q_sub, robot, _retargeted_joints(robot, solver), config)
+def _independent_targets(job: _Job) -> None:
+    """Term 2: the targets, never from the joints — grasped objects (each checked for riding
+    with its link on every frame: made from the joints, refused), else task waypoints."""
+    job.targets, job.notes = object_targets(job.view, job.solver.robot, job.kin_t, job.cfg, job.chain_ok,
+                                            job.submitted_fk)
+    if any("derived_from_joints" in n for n in job.notes):
+        job.flags.append("ik_object_derived_from_joints")
+    job.source = "object_grasp" if job.targets else None
+    if not job.targets:
+        job.targets, more = waypoint_targets(job.view, job.kin_t, job.chain_ok)
+        job.notes += more
+        job.source = "task_waypoints" if job.targets else None
 
-    def link_poses(link: str, t_ms: np.ndarray) -> np.ndarray:
-        return solver.chain(link).link_poses(_interp_joints(kin_t, q_sub, t_ms))
 
-    targets, notes = object_targets(view, robot, kin_t, cfg, chain_ok, link_poses)
-    flags: list[str] = []
-    if any("derived_from_joints" in n for n in notes):
-        flags.append("ik_object_derived_from_joints")
-    source = "object_grasp" if targets else None
-    if not targets:
-        targets, more = waypoint_targets(view, kin_t, chain_ok)
-        notes += more
-        source = "task_waypoints" if targets else None
-    n_frames = sum(len(t.t_ms) for t in targets)
-    if not targets and view.manifest.video["primary"].subject == "human":
-        pose, note = pose_target(view, config, robot, kin_t, q_sub, solver,
+def _without_solver_target(job: _Job, pose_estimator) -> GateResult | None:
+    """Term 3: the verdicts that need no IK solve — a human video's pose-derived target
+    (option 2), or no independent target at all (not applicable)."""
+    n_frames = sum(len(t.t_ms) for t in job.targets)
+    if not job.targets and job.view.manifest.video["primary"].subject == "human":
+        pose, note = pose_target(job.view, job.config, job.solver.robot, job.kin_t, job.q_sub, job.solver,
                                  pose_estimator if pose_estimator is not None else _default_pose_estimator())
         if pose is not None:
-            return _pose_verdict(pose, notes, trajectory, cfg, thresholds, flags)
-        notes.append(note)
-    if not targets or n_frames < cfg.min_target_frames:
-        why = "no object grasp or task waypoints independent of the joints" if not targets else \
-            f"{n_frames} target frames < {cfg.min_target_frames}"
-        return result(GATE_ID, True, {"applicable": False, "target_source": source, "reason": why,
-                                      "unused_streams": notes, "s_retarget": None, "trajectory": trajectory},
-                      thresholds, flags=flags + ["ik_no_independent_target"])
+            return _pose_verdict(pose, job.notes, job.trajectory, job.cfg, job.thresholds, job.flags)
+        job.notes.append(note)
+    if not job.targets or n_frames < job.cfg.min_target_frames:
+        why = "no object grasp or task waypoints independent of the joints" if not job.targets else \
+            f"{n_frames} target frames < {job.cfg.min_target_frames}"
+        return result(GATE_ID, True, {"applicable": False, "target_source": job.source, "reason": why,
+                                      "unused_streams": job.notes, "s_retarget": None, "trajectory": job.trajectory},
+                      job.thresholds, flags=job.flags + ["ik_no_independent_target"])
+    return None
 
-    sub_pos, sub_rot, ik_pos, ik_rot, dist, per_target = [], [], [], [], [], []
-    solve_ms, iterations = 0.0, 0
-    for tgt in targets:
-        chain = solver.chain(tgt.link)
-        q_at = _interp_joints(kin_t, q_sub, tgt.t_ms)
-        fk = chain.link_poses(q_at)
-        pos = np.linalg.norm(fk[:, :3, 3] - tgt.pose[:, :3, 3], axis=1)
-        rot = rotation_angle_deg(fk, tgt.pose)
-        sol = solver.solve(tgt.link, tgt.pose, cfg)
-        solve_ms += sol.wall_ms
-        iterations += sol.iterations
-        d = np.abs(sol.q - q_at[:, chain.joint_index])
-        sub_pos.append(pos), sub_rot.append(rot), ik_pos.append(sol.pos_error_m), ik_rot.append(sol.rot_error_deg)
-        dist.append(d)
-        per_target.append({"source": tgt.source, "link": tgt.link, "frames": int(len(tgt.t_ms)), **tgt.details,
-                           "rms_pos_error_m": round(float(np.sqrt(np.mean(pos**2))), 6)})
-    sub = _stats(np.concatenate(sub_pos), np.concatenate(sub_rot), cfg)
-    feas = _stats(np.concatenate(ik_pos), np.concatenate(ik_rot), cfg)
-    d = np.concatenate([x.ravel() for x in dist])
+
+@dataclass
+class _Solved:
+    """Per target: the submitted joints' residual, the IK solution's, their joint distance."""
+
+    target: Target
+    submitted_pos: np.ndarray
+    submitted_rot: np.ndarray
+    solution: IKSolution
+    joint_distance: np.ndarray
+
+
+def _solve(job: _Job) -> list[_Solved]:
+    """Term 4: every target against the submitted joints' forward kinematics, and solved."""
+    out = []
+    for tgt in job.targets:
+        chain = job.solver.chain(tgt.link)
+        fk = job.submitted_fk(tgt.link, tgt.t_ms)
+        sol = job.solver.solve(tgt.link, tgt.pose, job.cfg)
+        q_at = _interp_joints(job.kin_t, job.q_sub, tgt.t_ms)
+        out.append(_Solved(tgt, np.linalg.norm(fk[:, :3, 3] - tgt.pose[:, :3, 3], axis=1),
+                           rotation_angle_deg(fk, tgt.pose), sol, np.abs(sol.q - q_at[:, chain.joint_index])))
+    return out
+
+
+def _residual_stats(job: _Job, solved: list[_Solved]) -> tuple[dict, dict, dict]:
+    """Term 5: residual statistics of the submitted joints and of the IK solution, the
+    per-target summary and the joint distance: ``(submitted, feasibility, metrics)``."""
+    cat = np.concatenate
+    sub = _stats(cat([s.submitted_pos for s in solved]), cat([s.submitted_rot for s in solved]), job.cfg)
+    feas = _stats(cat([s.solution.pos_error_m for s in solved]), cat([s.solution.rot_error_deg for s in solved]),
+                  job.cfg)
+    d = cat([s.joint_distance.ravel() for s in solved])
+    per_target = [{"source": s.target.source, "link": s.target.link, "frames": int(len(s.target.t_ms)),
+                   **s.target.details, "rms_pos_error_m": round(float(np.sqrt(np.mean(s.submitted_pos**2))), 6)}
+                  for s in solved]
+    metrics = {
+        "applicable": True,
+        "target_source": job.source,
+        "targets": per_target,
+        "target_frames": sum(len(s.target.t_ms) for s in solved),
+        **sub,
+        "ik_feasibility": feas | {"solve_ms": round(sum(s.solution.wall_ms for s in solved), 1),
+                                  "iterations": sum(s.solution.iterations for s in solved)},
+        "joint_distance_rad": {"rms": round(float(np.sqrt(np.mean(d**2))), 5), "max": round(float(d.max()), 5)},
+    }
+    return sub, feas, metrics
+
+
+def _verdict(job: _Job, sub: dict, feas: dict, metrics: dict) -> GateResult:
+    """Term 6: ``s_retarget`` (capped where the target matches the joints too well to be
+    a measurement) and the verdict: the first limit exceeded, or ``ik_target_infeasible``
+    where the IK solution within the limits misses by as much."""
+    cfg, flags = job.cfg, job.flags
     score = s_retarget(sub["rms_pos_error_m"], sub["orientation_error_deg"]["mean"], cfg)
     if sub["rms_pos_error_m"] < cfg.exact_match_floor_m:
         flags.append("ik_target_matches_joints")
         score = min(score, 0.5)
-    metrics = {
-        "applicable": True,
-        "target_source": source,
-        "targets": per_target,
-        "target_frames": n_frames,
-        **sub,
-        "ik_feasibility": feas | {"solve_ms": round(solve_ms, 1), "iterations": iterations},
-        "joint_distance_rad": {"rms": round(float(np.sqrt(np.mean(d**2))), 5), "max": round(float(d.max()), 5)},
-        "s_retarget": round(score, 4),
-        "trajectory": trajectory,
-    }
-    if notes:
-        metrics["unused_streams"] = notes
+    metrics = metrics | {"s_retarget": round(score, 4), "trajectory": job.trajectory}
+    if job.notes:
+        metrics["unused_streams"] = job.notes
     failed = _exceeded(sub, cfg)
     metrics["failed_checks"] = failed
     if failed:
         reason = "ik_target_infeasible" if _exceeded(feas, cfg) else failed[0]
-        return result(GATE_ID, False, metrics, thresholds, reason, flags=flags)
-    return result(GATE_ID, True, metrics, thresholds, flags=flags)
+        return result(GATE_ID, False, metrics, job.thresholds, reason, flags=flags)
+    return result(GATE_ID, True, metrics, job.thresholds, flags=flags)
+
+
+def check_ik(view: BundleView, config: GateConfig, solver: IKSolver, pose_estimator=None) -> GateResult:
+    """The IK residual stage on one bundle with a warm ``solver`` for its robot: named terms
+    in order — inputs, trajectory quality, independent targets (with the
+    target-independence check), the verdicts without a solve (pose-derived target, not
+    applicable), the solve, residual statistics, verdict. All of it under the solver's
+    torch thread setting (its forward kinematics too: two threads on two shared cores
+    cost several times one).
+
+    ``pose_estimator``: for option 2 (a human video without object or waypoint target);
+    ``None`` builds the registry's MediaPipe estimator once, when first needed."""
+    job = _inputs(view, config, solver)
+    with _torch_threads(solver.num_threads), torch.no_grad():
+        job.trajectory = trajectory_quality(job.kin_t, job.q_sub, solver.robot, _retargeted_joints(solver.robot, solver),
+                                            config)
+        _independent_targets(job)
+        early = _without_solver_target(job, pose_estimator)
+        if early is not None:
+            return early
+        return _verdict(job, *_residual_stats(job, _solve(job)))
