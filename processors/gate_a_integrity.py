@@ -181,7 +181,8 @@ def secondary_videos(view: BundleView, m, tolerance: float) -> dict[str, dict]:
             problem = "secondary_manifest_missing"
         else:
             decoded, problem = _decodable_frames(view, camera)
-            if problem is None and abs(decoded - declared) > max(2, tolerance * declared):
+            if problem is None and decoded is not None and abs(decoded - video.frame_count) > max(
+                    2, tolerance * video.frame_count):
                 problem = "secondary_frame_count_mismatch"
         out[camera[len(SECONDARY_PREFIX):]] = {"frame_count_declared": declared, "frame_count_decoded": decoded,
                                                "problem": problem}
@@ -235,7 +236,7 @@ def structure_problem(view: BundleView, m) -> tuple[str | None, dict]:
 
     J = len(m.joint_names)
     T = ts_info.shape[0] if len(ts_info.shape) == 1 else -1
-    shape_problems = {}
+    shape_problems: dict[str, list[int] | str] = {}
     if len(ts_info.shape) != 1:
         shape_problems[TIMESTAMPS] = list(ts_info.shape)
     if pos_info.shape != (T, J):

@@ -43,19 +43,20 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
     frac = float(bad.any(axis=1).mean())
     excess = np.maximum(lower - margin - q, q - upper - margin).max(axis=0)
     worst = int(np.argmax(excess))
-    metrics = {
+    max_abs_revolute = round(float(np.abs(q[:, revolute]).max()) if revolute.any() else 0.0, 4)
+    metrics: dict[str, object] = {
         "violation_fraction": round(frac, 4),
         "worst_joint": m.joint_names[worst],
         "worst_excess": round(float(excess[worst]), 4),
         "min_margin_to_limit": round(float(np.min(np.minimum(q - lower, upper - q))), 4),
-        "max_abs_revolute": round(float(np.abs(q[:, revolute]).max()) if revolute.any() else 0.0, 4),
+        "max_abs_revolute": max_abs_revolute,
     }
     if frac > cfg.max_violation_fraction:
         as_radians = np.where(revolute, np.deg2rad(q), q)
         frac_if_degrees = float(_violations(as_radians, lower, upper, margin).any(axis=1).mean())
         metrics["violation_fraction_if_degrees"] = round(frac_if_degrees, 4)
         # no revolute joint turns beyond one revolution either way: larger values are degrees
-        if frac_if_degrees <= cfg.max_violation_fraction and metrics["max_abs_revolute"] > 2 * np.pi:
+        if frac_if_degrees <= cfg.max_violation_fraction and max_abs_revolute > 2 * np.pi:
             return result(GATE_ID, False, metrics, thresholds, "units_degrees_suspected")
         return result(GATE_ID, False, metrics, thresholds, "joint_limit_violation")
     return result(GATE_ID, True, metrics, thresholds)

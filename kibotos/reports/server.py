@@ -61,15 +61,16 @@ class QueryServer:
                 if datasets_root is not None and parts[:1] == ["datasets"]:  # files, not the warehouse
                     from kibotos.datasets.http import dataset_route
 
-                    status, body, content_type = dataset_route(datasets_root, parts, objects=store)
-                    return self._send(status, body, content_type)
+                    routed = dataset_route(datasets_root, parts, objects=store)
+                    if routed is not None:  # None only for a path outside /datasets
+                        return self._send(*routed)
                 try:
                     if parts[:1] == ["policies"]:  # warehouse under the lock, then the registry's files
                         from kibotos.xmimic.http import policy_route
 
-                        status, body, content_type = policy_route(parts, client=client_ref, lock=lock,
-                                                                  home=policies_home, store=store)
-                        return self._send(status, body, content_type)
+                        routed = policy_route(parts, client=client_ref, lock=lock, home=policies_home, store=store)
+                        if routed is not None:  # None only for a path outside /policies
+                            return self._send(*routed)
                     if len(parts) == 2 and parts[0] == "reports" and parts[1].endswith(".html"):
                         from kibotos.reports.html import render_report_html
 
@@ -89,7 +90,8 @@ class QueryServer:
                                 return self._send(404, {"error": "no report", "submission_id": parts[1]})
                             return self._send(200, report)
                         if parts == ["ledger"]:
-                            miner = (query.get("miner") or [None])[0]
+                            miners = query.get("miner")
+                            miner = miners[0] if miners else None
                             return self._send(200, warehouse.ledger_entries(client_ref, miner))
                         if parts == ["balances"]:
                             return self._send(200, warehouse.balances(client_ref))
