@@ -221,7 +221,8 @@ def export(ref: str = typer.Argument(..., help="NAME or NAME@vN"),
         _out.print(f"  [yellow]skipped[/yellow] {s['submission_id']}: {s['reason_code']}")
 
 
-def attribution_cmd(target: str = typer.Argument(..., help="NAME, NAME@vN or policy:POLICY_ID"),
+def attribution_cmd(target: str = typer.Argument(..., help="NAME, NAME@vN, policy:POLICY_ID (or a policy id "
+                                                          "that is no dataset name)"),
                     as_json: bool = typer.Option(False, "--json"),
                     root: Path | None = typer.Option(None, help="datasets directory")) -> None:
     """Each miner's share of a dataset version or of a policy, and the attribution points paid.
@@ -235,6 +236,11 @@ def attribution_cmd(target: str = typer.Argument(..., help="NAME, NAME@vN or pol
 
     store = _store(root)
     try:
+        if not target.startswith("policy:") and "@" not in target:  # a bare policy id (kibotos attribution POLICY)
+            from kibotos.datasets.policy import POLICY_ID_RE, policy_path
+
+            if POLICY_ID_RE.match(target) and target not in store.names() and policy_path(store, target).exists():
+                target = f"policy:{target}"
         if target.startswith("policy:"):
             pid = target.split(":", 1)[1]
             rec = get_policy(store, pid)

@@ -104,6 +104,7 @@ def test_eval_rows_replace_on_rerun_and_a_pass_pays_once(trained, clips_dir, sma
         "alice": round(100 * 1.6 / total_s, 3), "bob": round(100 * 0.6 / total_s, 3), "carol": round(100 * 0.8 / total_s, 3)}
     att = json.loads(cli.invoke(app, ["attribution", f"policy:{pid}", "--json"]).stdout)
     assert {r["miner_id"]: round(r["attribution_points"], 3) for r in att["miners"]} == {m: round(p, 3) for m, p, _ in paid}
+    assert json.loads(cli.invoke(app, ["attribution", pid, "--json"]).stdout) == att  # the bare policy id too
     # the read side: the warehouse's rows, filled in by the registry (role, dataset versions, curves)
     listed = {r["policy_id"]: r for r in json.loads(cli.invoke(app, ["policies", "list"]).stdout)}
     assert listed[pid]["dataset_versions"] == ["g1-cargo@v1"] and listed[pid]["role"] == "teacher"
