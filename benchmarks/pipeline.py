@@ -11,7 +11,12 @@ floor           open the bundle, validate the manifest, read every float array (
                 NaN scan: kinematics and object streams) and the timestamps, decode the
                 video's luma plane downsized to gate C's ``decode_width`` -- the data the
                 gates read, with no check run on it
+floor_fast      the floor with the video decoded without the loop filter
+                (``decode_luma(fast=True)``); gate C is run on both decodes of every
+                episode (untimed) and the differences of its estimate are reported
 chain           ``open_bundle`` + ``run_chain``: gates A-E in-process, as ``kibotos verify``
+gates_abde      ``open_bundle`` + gates A, B, D and E (no video): the counterpart of
+                lerobot-doctor's equivalent checks less ``videos``
 stack_<w>w      the embedded stack (Tansu, faust gate workers, ClickHouse sink) with ``w``
                 gate worker processes, no evidence jobs and no novelty stage (the cheap
                 chain, as in ``chain``): every episode submitted at once
@@ -26,7 +31,8 @@ its own wall time for the in-process stages (run one after another) and
 ``decided_at`` (its verdict) for the stack, where episodes overlap; for the stack,
 ``outside_gates_ms`` is that latency less the episode's summed gate ``wall_ms``: the
 topic hops, queueing behind other episodes and (de)serialisation. Per-gate cost is each
-gate result's ``wall_ms``. Ratios are of wall times measured in this run: chain/floor,
+gate result's ``wall_ms``. Ratios are of wall times measured in this run: chain/floor
+(overall and per size class: summed per-episode latencies), floor_fast/floor,
 stack/chain, and the throughput of each stack run against the one with the fewest workers.
 Peak memory is the RSS high-water of this process and of its children (worker processes,
 broker), sampled per stage with psutil, plus this process's ``getrusage`` high-water over
@@ -245,8 +251,9 @@ def warmup_episodes(out: Path, count: int, robots: list[tuple[str, str]]) -> lis
 
 # --- (a) the floor, (b) the chain -------------------------------------------------------
 
-def read_what_gates_read(path: Path, config: GateConfig) -> int:
-    """The data gates A-E read, with no check on it; returns the decoded frame count."""
+def read_what_gates_read(path: Path, config: GateConfig, fast: bool = False) -> int:
+    """The data gates A-E read, with no check on it; returns the decoded frame count.
+    ``fast``: the video decoded without the loop filter (``decode_luma(fast=True)``)."""
     from kibotos.media.video import decode_luma, luma_from_frames
 
     with open_bundle(path) as view:
@@ -257,22 +264,24 @@ def read_what_gates_read(path: Path, config: GateConfig) -> int:
         view.read(TIMESTAMPS)
         width = config.gate_c.decode_width
         if view.has(VIDEO_ENCODED):
-            return int(decode_luma(view.read(VIDEO_ENCODED).tobytes(), target_width=width).frames.shape[0])
+            return int(decode_luma(view.read(VIDEO_ENCODED).tobytes(), target_width=width, fast=fast).frames.shape[0])
         return int(luma_from_frames(view.read(VIDEO_FRAMES), target_width=width).shape[0])
 
 
-def bench_floor(episodes: list[BenchEpisode], warmup: list[Path], config: GateConfig, progress: Progress) -> dict:
+def bench_floor(episodes: list[BenchEpisode], warmup: list[Path], config: GateConfig, progress: Progress,
+                fast: bool = False) -> dict:
+    label = "floor_fast" if fast else "floor"
     for path in warmup:
-        read_what_gates_read(path, config)
+        read_what_gates_read(path, config, fast)
     latency: dict[Path, float] = {}
     frames = 0
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         for k, ep in enumerate(episodes, 1):
             t = time.perf_counter()
-            frames += read_what_gates_read(ep.path, config)
+            frames += read_what_gates_read(ep.path, config, fast)
             latency[ep.path] = (time.perf_counter() - t) * 1000.0
-            progress(f"floor {k}/{len(episodes)}")
+            progress(f"{label} {k}/{len(episodes)}")
         wall = time.perf_counter() - t0
     return _stage_summary(wall, episodes, latency) | {"frames_decoded": frames, "peak_rss": mem.as_dict()}
 
@@ -303,6 +312,96 @@ def bench_chain(episodes: list[BenchEpisode], warmup: list[Path], config: GateCo
         wall = time.perf_counter() - t0
     return _stage_summary(wall, episodes, latency) | {"verdicts": verdicts, "gates": _gate_costs(results),
                                                       "peak_rss": mem.as_dict()}
+
+
+# gates A, B, D and E: what lerobot-doctor's checks overlap with, apart from gate C's video
+GATES_WITHOUT_VIDEO = ("gate_a_integrity", "gate_b_timestamps", "gate_d_limits", "gate_e_plausibility")
+
+
+def bench_gates_abde(episodes: list[BenchEpisode], warmup: list[Path], config: GateConfig,
+                     progress: Progress) -> dict:
+    """``open_bundle`` + gates A, B, D and E (not C): the counterpart of lerobot-doctor's
+    ``load_dataset`` + its equivalent checks less ``videos``, each reading its own format."""
+    from processors.base import get_gate, run_gate
+
+    chosen = [get_gate(g) for g in GATES_WITHOUT_VIDEO]
+
+    def verify(path: Path):
+        with open_bundle(path) as view:
+            return [run_gate(g, view, config) for g in chosen]
+
+    for path in warmup:
+        verify(path)
+    latency: dict[Path, float] = {}
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        for k, ep in enumerate(episodes, 1):
+            t = time.perf_counter()
+            verify(ep.path)
+            latency[ep.path] = (time.perf_counter() - t) * 1000.0
+            progress(f"gates A/B/D/E {k}/{len(episodes)}")
+        wall = time.perf_counter() - t0
+    return _stage_summary(wall, episodes, latency) | {"gate_ids": list(GATES_WITHOUT_VIDEO), "peak_rss": mem.as_dict()}
+
+
+def fast_decode_differences(episodes: list[BenchEpisode], config: GateConfig, progress: Progress) -> dict:
+    """Gate C with the full and the fast decode on every episode (not timed): the verdicts
+    that differ and how far the sync estimate moves (``|estimated_offset_ms|`` difference;
+    the fast decode is acceptable where it stays within 10 ms)."""
+    from processors.gate_c_sync import check_sync
+
+    rows = []
+    for k, ep in enumerate(episodes, 1):
+        with open_bundle(ep.path) as view:
+            full = check_sync(view, config)
+            fast = check_sync(view, config, fast_decode=True)
+        est = [r.metrics.get("estimated_offset_ms") for r in (full, fast)]
+        conf = [r.metrics.get("sync_confidence") for r in (full, fast)]
+        rows.append({"episode": ep.path.name, "size": ep.size, "same_verdict": (full.passed, full.reason_code)
+                     == (fast.passed, fast.reason_code), "estimated_offset_ms": est, "sync_confidence": conf,
+                     "offset_diff_ms": None if None in est else round(abs(est[0] - est[1]), 2)})
+        progress(f"fast decode vs full decode {k}/{len(episodes)}")
+    diffs = [r["offset_diff_ms"] for r in rows if r["offset_diff_ms"] is not None]
+    return {"episodes": len(rows), "verdicts_differ": sum(not r["same_verdict"] for r in rows),
+            "offset_diff_ms": {"max": max(diffs, default=None),
+                               "mean": round(float(np.mean(diffs)), 3) if diffs else None},
+            "within_10_ms": all(d <= 10.0 for d in diffs), "per_episode": rows}
+
+
+def lone_episode(out: Path, robot: tuple[str, str]) -> Path:
+    """One small genuine episode under its own miner id: submitted alone to an idle stack."""
+    from kibotos.robots import get_robot
+    from kibotos.synthetic.samples import make_episode
+
+    ep = make_episode(get_robot(*robot), "genuine", seed=800_000, miner_id=f"{MINER}-lone",
+                      duration_ms=SIZES["small"])
+    return ep.write(out / f"lone-small-{robot[0]}.zarr.zip")
+
+
+def chain_latency(path: Path, config: GateConfig, runs: int = 3) -> float:
+    """Median wall ms of ``open_bundle`` + ``run_chain`` on one episode (after one warm run)."""
+    from processors.chain import run_chain
+
+    times = []
+    for k in range(runs + 1):
+        t = time.perf_counter()
+        with open_bundle(path) as view:
+            run_chain(view, config)
+        if k:
+            times.append((time.perf_counter() - t) * 1000.0)
+    return round(float(np.median(times)), 2)
+
+
+def _by_size_ratio(num: dict, den: dict) -> dict[str, float | None]:
+    """Per size class: the ratio of the two stages' summed per-episode latencies."""
+    out = {}
+    for size in num.get("by_size", {}):
+        a, b = num["by_size"][size], den.get("by_size", {}).get(size)
+        if b is None:
+            continue
+        out[size] = _ratio(a["latency_ms"]["mean"] * a["episodes"] if a["latency_ms"]["mean"] else None,
+                           b["latency_ms"]["mean"] * b["episodes"] if b["latency_ms"]["mean"] else None)
+    return out
 
 
 # --- (c) the stream pipeline ------------------------------------------------------------
@@ -374,7 +473,7 @@ def _received_at(stack, sids: list[str], deadline: float) -> dict[str, int]:
 
 
 def bench_stack(episodes: list[BenchEpisode], warmup: list[Path], workers: int, home: Path, progress: Progress,
-                timeout_s: float) -> dict:
+                timeout_s: float, lone: Path | None = None) -> dict:
     from kibotos.config.settings import Settings
     from kibotos.runtime.stack import Stack
     from kibotos.runtime.submit import submit_paths
@@ -409,6 +508,12 @@ def bench_stack(episodes: list[BenchEpisode], warmup: list[Path], workers: int, 
                 sids = [s.submission_id for s in subs]
                 feed.wait(set(sids), stack, time.monotonic() + timeout_s, progress, label)
                 arrived = {sid: feed.seen[sid] for sid in sids}
+                lone_ms = None
+                if lone is not None:  # one small episode on an idle stack: no queue in its latency
+                    [single] = submit_paths([lone], **submit)
+                    feed.wait({single.submission_id}, stack, time.monotonic() + timeout_s, progress, f"{label} lone")
+                    [lone_received] = _received_at(stack, [single.submission_id], time.monotonic() + 60).values()
+                    lone_ms = float(feed.seen[single.submission_id][0]["decided_at"] - lone_received)
             wall = max(t for _, t in arrived.values()) - t0
             received = _received_at(stack, sids, time.monotonic() + 60)
         finally:
@@ -428,7 +533,8 @@ def bench_stack(episodes: list[BenchEpisode], warmup: list[Path], workers: int, 
     return _stage_summary(wall, episodes, latency) | {
         "workers": workers, "latency_source": "received_at (submissions table) -> decided_at (verdict)",
         "validator_latency_ms": distribution(observed), "outside_gates_ms": distribution(outside),
-        "verdicts": verdicts, "gates": _gate_costs(results), "startup_s": round(startup_s, 2),
+        "verdicts": verdicts, "gates": _gate_costs(results), "lone_small_latency_ms": lone_ms,
+        "startup_s": round(startup_s, 2),
         "warmup_s": round(warmup_s, 2), "warmup_episodes": len(warmup), "submit_s": round(submit_s, 3),
         "stop_s": round(stop_s, 2), "peak_rss": mem.as_dict()}
 
@@ -495,13 +601,14 @@ def bench_lerobot_doctor(episodes: list[BenchEpisode], warmup: list[Path], work:
             roots[path] = to_lerobot_v3(path, work / f"lerobot-{k:03d}")
         for path in warmup[:1]:
             doctor_check(roots[path])  # imports and first-use costs
-        latency_eq, latency_all, per_check, severities = {}, {}, {}, {}
+        latency_eq, latency_abde, latency_all, per_check, severities = {}, {}, {}, {}, {}
         with PeakRSS() as mem:
             t0 = time.perf_counter()
             for k, ep in enumerate(episodes, 1):
                 res = doctor_check(roots[ep.path])
                 eq = res["load_ms"] + sum(res["checks"][c]["ms"] for c in DOCTOR_EQUIVALENT_CHECKS)
                 latency_eq[ep.path] = eq
+                latency_abde[ep.path] = eq - res["checks"]["videos"]["ms"]
                 latency_all[ep.path] = res["load_ms"] + sum(c["ms"] for c in res["checks"].values())
                 per_check.setdefault("load", []).append(res["load_ms"])
                 for name, c in res["checks"].items():
@@ -520,6 +627,7 @@ def bench_lerobot_doctor(episodes: list[BenchEpisode], warmup: list[Path], work:
         "status": "ok",
         "dataset_bytes": sum(_dir_bytes(roots[e.path]) for e in episodes),
         "equivalent": _stage_summary(eq_wall, episodes, latency_eq),
+        "equivalent_abde": _stage_summary(sum(latency_abde.values()) / 1000.0, episodes, latency_abde),
         "checks": {name: {"p50_ms": round(float(np.median(v)), 3), "mean_ms": round(float(np.mean(v)), 3),
                           "total_ms": round(sum(v), 2)} for name, v in per_check.items()},
         "severities": severities, "peak_rss": mem.as_dict()}
@@ -572,12 +680,19 @@ def run_pipeline_bench(n: int = 3, sizes: list[str] | None = None, workers: list
         warmup = warmup_episodes(work / "warmup", 2 * max(workers) * len(robots), robots)
         progress("floor: reading what the gates read")
         stages["floor"] = bench_floor(episodes, warmup[:len(robots)], config, progress)
+        progress("floor_fast: the same, the video decoded without the loop filter")
+        stages["floor_fast"] = bench_floor(episodes, warmup[:len(robots)], config, progress, fast=True)
         progress("chain: gates A-E in-process")
         stages["chain"] = bench_chain(episodes, warmup[:len(robots)], config, progress)
+        progress("gates A/B/D/E in-process (lerobot-doctor's counterpart)")
+        stages["gates_abde"] = bench_gates_abde(episodes, warmup[:len(robots)], config, progress)
+        fast_decode = fast_decode_differences(episodes, config, progress)
+        lone = lone_episode(work / "lone", robots[0])
+        lone_chain_ms = chain_latency(lone, config)
         for w in workers:
             progress(f"stack: {w} gate worker(s)")
             stages[f"stack_{w}w"] = bench_stack(episodes, warmup[:2 * w * len(robots)], w, work / f"stack-{w}w",
-                                                progress, timeout_s)
+                                                progress, timeout_s, lone=lone)
         if doctor:
             progress("lerobot-doctor: the same episodes as LeRobot v3 datasets")
             lerobot = bench_lerobot_doctor(episodes, warmup[:1], work / "lerobot", progress)
@@ -585,14 +700,27 @@ def run_pipeline_bench(n: int = 3, sizes: list[str] | None = None, workers: list
             lerobot = {"status": "skipped", "reason": "--skip-lerobot"}
     floor, chain = stages["floor"]["wall_s"], stages["chain"]["wall_s"]
     ratios = {"chain_over_floor": _ratio(chain, floor)}
+    for size, value in _by_size_ratio(stages["chain"], stages["floor"]).items():
+        ratios[f"chain_over_floor_{size}"] = value
+    ratios["floor_fast_over_floor"] = _ratio(stages["floor_fast"]["wall_s"], floor)
+    ratios["chain_over_floor_fast"] = _ratio(chain, stages["floor_fast"]["wall_s"])
     for w in workers:
         ratios[f"stack_{w}w_over_chain"] = _ratio(stages[f"stack_{w}w"]["wall_s"], chain)
+    for w in workers:
+        ratios[f"stack_{w}w_lone_small_over_chain"] = _ratio(stages[f"stack_{w}w"]["lone_small_latency_ms"],
+                                                             lone_chain_ms)
     for w in workers[1:]:
         ratios[f"stack_{w}w_over_{workers[0]}w_throughput"] = _ratio(stages[f"stack_{w}w"]["episodes_per_s"],
                                                                      stages[f"stack_{workers[0]}w"]["episodes_per_s"])
     if lerobot.get("status") == "ok":
         ratios["lerobot_doctor_equivalent_over_chain"] = _ratio(lerobot["equivalent"]["wall_s"], chain)
         ratios["lerobot_doctor_equivalent_over_floor"] = _ratio(lerobot["equivalent"]["wall_s"], floor)
+        # gates A/B/D/E against the doctor's equivalent checks less ``videos`` (gate C's):
+        # above 1, the gates are that many times faster per episode
+        ratios["lerobot_doctor_abde_over_gates_abde"] = _ratio(lerobot["equivalent_abde"]["wall_s"],
+                                                               stages["gates_abde"]["wall_s"])
+        for size, value in _by_size_ratio(lerobot["equivalent_abde"], stages["gates_abde"]).items():
+            ratios[f"lerobot_doctor_abde_over_gates_abde_{size}"] = value
     return {
         "benchmark": "pipeline", "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
@@ -600,7 +728,11 @@ def run_pipeline_bench(n: int = 3, sizes: list[str] | None = None, workers: list
                    "robots": [f"{m}@{r}" for m, r in robots], "decode_width": config.gate_c.decode_width,
                    "gate_config_version": config.config_version, "warmup_episodes": len(warmup)},
         "episodes": [asdict(e) | {"path": e.path.name} for e in episodes],
-        "stages": stages, "ratios": ratios, "lerobot_doctor": lerobot, "rusage": rusage_peaks(),
+        "stages": stages, "ratios": ratios, "fast_decode": fast_decode,
+        "lone_small": {"chain_ms": lone_chain_ms,
+                       "stack_ms": {f"{w}w": stages[f"stack_{w}w"]["lone_small_latency_ms"] for w in workers}},
+        "lerobot_doctor": lerobot,
+        "rusage": rusage_peaks(),
     }
 
 
@@ -615,6 +747,7 @@ def summary_tables(result: dict) -> list:
     doctor = result["lerobot_doctor"]
     if doctor.get("status") == "ok":
         rows["lerobot_doctor (equivalent)"] = doctor["equivalent"] | {"peak_rss": doctor["peak_rss"]}
+        rows["lerobot_doctor (equivalent less videos)"] = doctor["equivalent_abde"] | {"peak_rss": doctor["peak_rss"]}
         rows["lerobot_doctor (all 11)"] = doctor
     cfg = result["config"]
     mach = result["machine"]
@@ -652,12 +785,19 @@ def summary_tables(result: dict) -> list:
         stack.add_row(name, num(s["startup_s"]), f"{num(s['warmup_s'])} ({s['warmup_episodes']} ep)",
                       num(s["stop_s"]), num(s["outside_gates_ms"]["p50"]), num(s["outside_gates_ms"]["p95"]),
                       num(s["peak_rss"]["gate_workers_mb"]))
+    fast = result.get("fast_decode")
+    fast_table = Table(title="gate C on the fast decode (no loop filter) against the full decode")
+    for col in ("episodes", "verdicts differ", "max |Δ estimate| ms", "mean |Δ estimate| ms", "within 10 ms"):
+        fast_table.add_column(col, justify="right")
+    if fast:
+        fast_table.add_row(str(fast["episodes"]), str(fast["verdicts_differ"]), num(fast["offset_diff_ms"]["max"], "{:.2f}"),
+                           num(fast["offset_diff_ms"]["mean"], "{:.2f}"), "yes" if fast["within_10_ms"] else "no")
     ratios = Table(title="ratios of wall times measured in this run")
     ratios.add_column("ratio")
     ratios.add_column("value", justify="right")
     for k, v in result["ratios"].items():
         ratios.add_row(k, num(v, "{:.3f}x"))
-    return [main, sizes, gates, *([stack] if stacks else []), ratios]
+    return [main, sizes, gates, *([stack] if stacks else []), *([fast_table] if fast else []), ratios]
 
 
 def write_json(result: dict, path: Path) -> Path:

@@ -16,7 +16,7 @@ from benchmarks.pipeline import DOCTOR_EQUIVALENT_CHECKS, bench_lerobot_doctor
 from kibotos.cli.main import app
 from processors.chain import gates
 
-STAGES = ("floor", "chain", "stack_1w")
+STAGES = ("floor", "floor_fast", "chain", "gates_abde", "stack_1w")
 
 
 def _consistent(stage: dict) -> None:
@@ -40,8 +40,12 @@ def test_one_small_episode_through_every_stage(tmp_path):
     assert list(result["stages"]) == list(STAGES)
     for name in STAGES:
         _consistent(result["stages"][name])
-    floor, chain, stack = (result["stages"][n] for n in STAGES)
-    assert floor["frames_decoded"] > 0
+    floor, floor_fast, chain, abde, stack = (result["stages"][n] for n in STAGES)
+    assert floor["frames_decoded"] > 0 and floor_fast["frames_decoded"] == floor["frames_decoded"]
+    assert abde["gate_ids"] == ["gate_a_integrity", "gate_b_timestamps", "gate_d_limits", "gate_e_plausibility"]
+    fast = result["fast_decode"]
+    assert fast["episodes"] == 1 and fast["verdicts_differ"] == 0 and fast["offset_diff_ms"]["max"] is not None
+    assert fast["within_10_ms"] == (fast["offset_diff_ms"]["max"] <= 10.0)
     gate_ids = [g.gate_id for g in gates()]
     for stage in (chain, stack):
         assert stage["verdicts"] == {"accepted": 1}  # a genuine episode
@@ -53,8 +57,16 @@ def test_one_small_episode_through_every_stage(tmp_path):
     assert stack["workers"] == 1 and stack["warmup_episodes"] == 2 and stack["peak_rss"]["gate_workers_mb"] > 0
 
     ratios = result["ratios"]
-    assert set(ratios) >= {"chain_over_floor", "stack_1w_over_chain"}
+    assert set(ratios) >= {"chain_over_floor", "chain_over_floor_small", "floor_fast_over_floor",
+                           "stack_1w_over_chain", "stack_1w_lone_small_over_chain"}
     assert math.isclose(ratios["chain_over_floor"], chain["wall_s"] / floor["wall_s"], rel_tol=0.01)
+    assert math.isclose(ratios["floor_fast_over_floor"], floor_fast["wall_s"] / floor["wall_s"], rel_tol=0.01)
+    # one size class: its ratio is the overall one (summed latencies ~ the stage's wall time)
+    assert math.isclose(ratios["chain_over_floor_small"], ratios["chain_over_floor"], rel_tol=0.05)
+    lone = result["lone_small"]
+    assert lone["chain_ms"] > 0 and lone["stack_ms"]["1w"] > 0
+    assert math.isclose(ratios["stack_1w_lone_small_over_chain"], lone["stack_ms"]["1w"] / lone["chain_ms"],
+                        rel_tol=0.01)
     assert math.isclose(ratios["stack_1w_over_chain"], stack["wall_s"] / chain["wall_s"], rel_tol=0.01)
 
     doctor = result["lerobot_doctor"]
@@ -67,6 +79,9 @@ def test_one_small_episode_through_every_stage(tmp_path):
         assert 0 < doctor["equivalent"]["wall_s"] <= doctor["wall_s"]
         assert math.isclose(ratios["lerobot_doctor_equivalent_over_chain"],
                             doctor["equivalent"]["wall_s"] / chain["wall_s"], rel_tol=0.01)
+        assert 0 < doctor["equivalent_abde"]["wall_s"] < doctor["equivalent"]["wall_s"]
+        assert math.isclose(ratios["lerobot_doctor_abde_over_gates_abde"],
+                            doctor["equivalent_abde"]["wall_s"] / abde["wall_s"], rel_tol=0.01)
 
     assert result["machine"]["usable_cpus"] >= 1 and result["config"]["robots"] and len(result["episodes"]) == 1
     assert not list(Path.cwd().glob("kibotos-bench*-data"))  # faust's data dirs stay in the stack home
