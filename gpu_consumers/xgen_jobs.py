@@ -343,7 +343,9 @@ class GenesisPreview:
     first use and kept warm."""
 
     def __init__(self, fps: float = 5.0):
-        self.renderer = None
+        from kibotos.xgen.preview import PreviewRenderer
+
+        self.renderer: PreviewRenderer | None = None
         self.fps = fps
 
     def __call__(self, folder: Path, source_video: Path | None) -> dict[str, Path]:

@@ -38,7 +38,8 @@ def prefix(request_id: str) -> str:
 
 def _dump(**arrays: Any) -> bytes:
     buf = io.BytesIO()
-    np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    # numpy's stub lets **kwds fall on allow_pickle (bool); every key here names an array
+    np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]
     return buf.getvalue()
 
 

@@ -34,7 +34,8 @@ def run_cmd(
     from kibotos.xgen.config import load_xgen_config
     from kibotos.xgen.pipeline import run_pipeline
 
-    if (video is None) == (keypoints is None):
+    source = video or keypoints
+    if source is None or (video is not None and keypoints is not None):
         _err.print("[red]error[/red] give exactly one of --video or --keypoints")
         raise typer.Exit(2)
     if task != "cargo_pickup":
@@ -50,7 +51,6 @@ def run_cmd(
         code = getattr(exc, "reason_code", "xgen_arguments_invalid")
         _err.print(f"[red]error[/red] {escape(f'[{code}] {exc}')}")
         raise typer.Exit(2) from None
-    source = video or keypoints
     outcome = run_pipeline(source=source, source_kind="video" if video else "keypoints", out_dir=out, cfg=cfg,
                            task_id=task, task_version=task_version, uploader=uploader, annotation=ann,
                            progress=lambda name: _err.print(f"[dim]xgen[/dim] {name} ..."))

@@ -84,7 +84,8 @@ def export(req: ExportRequest, cfg: XGenConfig) -> tuple[list[Path], dict]:
         folder = Path(req.out_dir) / clip_id
         folder.mkdir(parents=True, exist_ok=True)
         arrays = clip_arrays(variant, cfg.export.float_dtype)
-        np.savez_compressed(folder / "clip.npz", **arrays)
+        # numpy's stub lets **kwds fall on allow_pickle (bool); every key here names an array
+        np.savez_compressed(folder / "clip.npz", **arrays)  # type: ignore[arg-type]
         c = variant.clip
         meta = {
             "format_version": FORMAT_VERSION, "clip_id": clip_id, "source_sha256": req.source_sha256,

@@ -49,6 +49,7 @@ def lowest_corner(pose: np.ndarray, size: np.ndarray) -> float:
 
 class BoxSimulator(Protocol):
     name: str
+    last_metrics: dict  # what the last ``fall`` measured
 
     def fall(self, pose0: np.ndarray, lin_vel: np.ndarray, ang_vel: np.ndarray, size: np.ndarray, mass_kg: float,
              n: int, fps: float) -> np.ndarray: ...

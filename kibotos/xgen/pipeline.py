@@ -51,19 +51,19 @@ def run_pipeline(*, source: Path, source_kind: str, out_dir: Path, cfg: XGenConf
     if not keep(res):
         return out
     step("retarget")
-    if not keep(res := retarget.run(res.value, cfg)):
+    if not keep(res := retarget.run(res.unwrap(), cfg)):
         return out
     step("interaction")
-    if not keep(res := interaction.run(res.value, cfg, annotation)):
+    if not keep(res := interaction.run(res.unwrap(), cfg, annotation)):
         return out
     step("augment")
-    if not keep(res := augment.run(res.value, cfg)):
+    if not keep(res := augment.run(res.unwrap(), cfg)):
         return out
     step("export")
     req = export.ExportRequest(
-        variants=res.value, out_dir=out_dir, source_sha256=export.file_sha256(source), source_kind=source_kind,
+        variants=res.unwrap(), out_dir=out_dir, source_sha256=export.file_sha256(source), source_kind=source_kind,
         uploader=uploader, task_id=task_id, task_version=task_version, annotation=dict(annotation or {}),
         stage_metrics={r.stage: r.metrics for r in out.results})
     if keep(res := export.run(req, cfg)):
-        out.clips = res.value
+        out.clips = res.unwrap()
     return out

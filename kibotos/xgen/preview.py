@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,11 @@ class PreviewRenderer:
         self.width, self.height, self.backend = int(width), int(height), backend
         self.cache_dir = cache_dir
         self.build_seconds: float | None = None
-        self._scene = self._entity = self._camera = self._qs_idx = None
+        # Genesis objects (no type stubs), built on first use
+        self._scene: Any = None
+        self._entity: Any = None
+        self._camera: Any = None
+        self._qs_idx: list[int] | None = None
 
     def _build(self):
         from gpu_consumers.playback import _genesis, default_cache_dir

@@ -350,7 +350,7 @@ def clip_bundle(clip_dir: Path, out_path: Path, *, width: int = 320, height: int
                  "format_version": meta.get("format_version"), "quality_version": QUALITY_VERSION},
     }
     base = f"objects/{OBJECT}"
-    extra = {f"{base}/timestamps_ms": ts, f"{base}/pose": box,
+    extra: dict[str, np.ndarray] = {f"{base}/timestamps_ms": ts, f"{base}/pose": box,
              f"contacts/{GRASP_LINKS[0]}": contact[:, 0], f"contacts/{GRASP_LINKS[1]}": contact[:, 1]}
     attrs = {f"{base}/pose": {"frame": "world", "source": "xgen clip object_pose",
                               "grasp": {"link": GRASP_LINKS[0],
@@ -480,18 +480,17 @@ def judge_clip(clip_dir: str | Path, *, cfg: XGenConfig | None = None, bundle_pa
                 if not res.passed:
                     break
         m = view.manifest
-        ids = {"miner_id": m.miner_id, "robot_model_id": m.robot_model_id,
-               "robot_model_revision": m.robot_model_revision}
         sid = str(m.submission_id)
-    report = build_report(sid, results, gate_config.config_version, **ids)
+    report_of = functools.partial(build_report, sid, results, gate_config.config_version, miner_id=m.miner_id,
+                        robot_model_id=m.robot_model_id, robot_model_revision=m.robot_model_revision)
+    report = report_of()
     breakdown = None
     if report.verdict == "accepted":
         try:
             breakdown = score_submission({r.gate: r for r in results}, scoring, passed=True)
         except KibotosError as exc:
             return _finish(_refused(clip_id, exc.reason_code, str(exc), bundle), clip_dir, write_result)
-        report = build_report(sid, results, gate_config.config_version, **ids, points=breakdown.reward,
-                              scores=breakdown.model_dump(mode="json"))
+        report = report_of(points=breakdown.reward, scores=breakdown.model_dump(mode="json"))
     by_gate = {r.gate: r for r in results}
     task = by_gate.get(EVIDENCE_GATES["task"])
     ik = by_gate.get(EVIDENCE_GATES["ik"])

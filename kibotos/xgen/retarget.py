@@ -34,6 +34,7 @@ Reason codes: ``xgen_keypoints_invalid`` (non-finite landmarks after gap filling
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import mink
 import mujoco
@@ -284,7 +285,7 @@ def retarget(motion: HumanMotion, cfg: XGenConfig) -> tuple[RobotMotion, dict]:
     targets = np.stack([skel[key] for key, _, _, _ in POSITION_TASKS], axis=1)
     root_world = root + (qpos[:, :3] - solved[:, :3])
     residual = np.linalg.norm(reached - (root_world[:, None] + targets), axis=2)
-    metrics = {"frames": len(qpos), "mean_residual_m": float(residual.mean()),
+    metrics: dict[str, Any] = {"frames": len(qpos), "mean_residual_m": float(residual.mean()),
                "max_residual_m": float(residual.max()),
                "residual_by_body_m": {key: float(residual[:, j].mean()) for j, (key, _, _, _) in enumerate(POSITION_TASKS)},
                "planted_fraction": float(planted.mean()), "limb_confidence": limb_confidence,
