@@ -65,6 +65,9 @@ class DIConfig(_Frozen):
     max_start_fraction: float = Field(ge=0, lt=1)
     joint_noise_rad: float = Field(ge=0)
     box_noise_m: float = Field(ge=0)
+    failure_weighted_sampling: bool = False
+    box_noise_moves_reference: bool = False
+    sampling_floor: float = Field(default=1.0, gt=0)
 
 
 class ITConfig(_Frozen):

@@ -102,6 +102,8 @@ class XMimicEnv(VecEnv):
         self.terminated_early = torch.zeros(n, dtype=torch.bool, device=device)
         self.finished = torch.zeros(n, dtype=torch.bool, device=device)  # evaluation: one episode per env
         self.stats = EpisodeStats()
+        self.box_offset = z(n, 3)
+        self.clip_failure = torch.ones(len(clips), device=device)  # running failure rate per clip (1: unknown)
         self.last_outcome: dict[str, torch.Tensor] = {}
         q_lo, q_hi = self.sim_joint_limits()
         self.q_lo, self.q_hi = q_lo[self.joint_ids], q_hi[self.joint_ids]
@@ -125,13 +127,23 @@ class XMimicEnv(VecEnv):
         t = (self.frame + offset).clamp(max=self.ref.tmax - 1)
         return arr[self.clip_idx, t]
 
+    def _ref_box(self, offset: int = 0) -> torch.Tensor:
+        """The reference box pose, shifted by this episode's box offset (DI)."""
+        b = self._ref(self.ref.box, offset).clone()
+        b[:, :3] += self.box_offset
+        return b
+
     # -- resets -------------------------------------------------------------------
     def reset_envs(self, ids: torch.Tensor) -> None:
         if len(ids) == 0:
             return
         cfg, k = self.cfg, len(ids)
         if self.training:
-            self.clip_idx[ids] = torch.randint(0, len(self.clips), (k,), generator=self.gen, device=self.device)
+            # failure-weighted clip sampling (as PHC / HumanX): clips that still fail get the
+            # episodes; every clip keeps at least `sampling_floor` of the weight
+            w = cfg.di.sampling_floor + (self.clip_failure if cfg.di.failure_weighted_sampling
+                                         else torch.ones_like(self.clip_failure))
+            self.clip_idx[ids] = torch.multinomial(w, k, replacement=True, generator=self.gen)
         lengths = self.ref.lengths[self.clip_idx[ids]]
         start = torch.zeros(k, dtype=torch.long, device=self.device)
         if self.training and cfg.di.enabled:
@@ -147,19 +159,30 @@ class XMimicEnv(VecEnv):
         mass = self.ref.mass[c].clone()
         friction = torch.full((k,), cfg.sim.box_friction, device=self.device)
         kp = torch.full((k,), cfg.control.kp_scale, device=self.device)
+        offset = torch.zeros(k, 3, device=self.device)  # reference box shift of this episode
         if self.training and cfg.di.enabled:
             noise = self._uniform(-1, 1, k, len(self.joint_ids)) * cfg.di.joint_noise_rad
             qpos[:, 7 + self.joint_ids] += noise
-            box[:, :2] += self._uniform(-1, 1, k, 2) * cfg.di.box_noise_m
+            shift = self._uniform(-1, 1, k, 2) * cfg.di.box_noise_m
+            if cfg.di.box_noise_moves_reference:
+                # the box only moves where no palm touches it yet (a box moved inside the pads
+                # would be thrown out); the reference box moves with it, as in a GSR variant
+                free = (self.ref.contact[c, start, :2] < 0.5).all(-1)
+                shift = shift * free[:, None]
+                offset[:, :2] = shift
+            box[:, :2] += shift
         if self.training and cfg.dr.enabled:
             d = cfg.dr
             mass *= self._uniform(*d.box_mass_scale, k)
             s = self._uniform(*d.box_size_scale, k)
             box[:, 2] += (s - 1) * size[:, 2] / 2  # the box rests where it did
+            if cfg.di.box_noise_moves_reference:
+                offset[:, 2] = (s - 1) * size[:, 2] / 2
             size *= s[:, None]
             friction = self._uniform(*d.box_friction, k) * cfg.sim.box_friction
             kp = self._uniform(*d.kp_scale, k) * cfg.control.kp_scale
         self.box_size[ids], self.box_mass[ids], self.box_friction[ids], self.kp_scale[ids] = size, mass, friction, kp
+        self.box_offset[ids] = offset
         self.sim.reset_envs(ids, qpos, qvel, box, size, mass, friction, kp)
         self.prev_action[ids] = 0.0
         self.action[ids] = 0.0
@@ -195,7 +218,7 @@ class XMimicEnv(VecEnv):
         st = self.state = self.sim.state()
 
         # reward
-        box_ref = self._ref(self.ref.box)
+        box_ref = self._ref_box()
         keys_ref = self._ref(self.ref.keys)
         ref_contact = self._ref(self.ref.contact) > 0.5
         contacts = rw.contacts(st.key_body_pos, st.box_pose, self.box_size, cfg.reward.contact_tolerance_m)
@@ -240,6 +263,12 @@ class XMimicEnv(VecEnv):
             extras["log"]["/episode/terminated_early"] = terminated[done_ids].float().mean()
             extras["episode_outcome"] = out
             self.stats.add_episodes(out["success"])
+            # running failure rate per clip: each finished episode moves its clip's estimate 10 %
+            fail = (~out["success"]).float()
+            cnt = torch.zeros_like(self.clip_failure).index_add_(0, out["clip"], torch.ones_like(fail))
+            tot = torch.zeros_like(self.clip_failure).index_add_(0, out["clip"], fail)
+            a = 1 - 0.9 ** cnt
+            self.clip_failure = (1 - a) * self.clip_failure + a * tot / cnt.clamp(min=1)
             if self.training:
                 self.reset_envs(done_ids)
                 self.state = self.sim.state()
@@ -251,7 +280,7 @@ class XMimicEnv(VecEnv):
         """Success of the episodes of ``ids`` as they stand (README "XMimic: metrics")."""
         e = self.cfg.eval
         st = self.state
-        box_ref = self._ref(self.ref.box)[ids]
+        box_ref = self._ref_box()[ids]
         box = st.box_pose[ids]
         z_err = (box[:, 2] - box_ref[:, 2]).abs()
         xy_err = (box[:, :2] - box_ref[:, :2]).norm(dim=-1)
@@ -279,7 +308,7 @@ class XMimicEnv(VecEnv):
         ref_parts = []
         for k in LOOKAHEAD:
             rq = self._ref(self.ref.qpos, k)
-            rb = self._ref(self.ref.box, k)
+            rb = self._ref_box(k)
             ref_parts += [rq[:, 7:] - st.qpos[:, 7:], to_local(root_p, root_q, self._ref(self.ref.keys, k)).flatten(1),
                           to_local(root_p, root_q, rb[:, None, :3])[:, 0], quat_to_6d(quat_mul_inv(root_q, rb[:, 3:]))]
         ref_parts.append(self._ref(self.ref.contact, 1))

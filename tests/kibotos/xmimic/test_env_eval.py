@@ -37,3 +37,27 @@ def test_reference_tracking_earns_more_reward_than_zero_torque(clips, xcfg):
         totals[name] = env.stats.pop()["reward_terms"]
     assert totals["pd"]["total"] > totals["limp"]["total"] + 0.1
     assert totals["pd"]["key_body_pos"] > totals["limp"]["key_body_pos"]
+
+
+def test_failure_weighted_sampling_draws_failing_clips(clips, xcfg):
+    cfg = xcfg.with_overrides(di={"failure_weighted_sampling": True, "sampling_floor": 0.05})
+    env = XMimicEnv(clips, cfg, num_envs=4, training=True)
+    env.clip_failure = torch.tensor([1.0] + [0.0] * (len(clips) - 1))
+    drawn = []
+    for _ in range(25):
+        env.reset_envs(torch.arange(4))
+        drawn += env.clip_idx.tolist()
+    # weights 1.05 : 0.05 each: the failing clip gets ~88 % of the episodes (uniform: 25 %)
+    assert drawn.count(0) / len(drawn) > 0.6
+
+
+def test_box_noise_moves_the_reference_box_with_the_box(clips, xcfg):
+    cfg = xcfg.with_overrides(di={"box_noise_m": 0.05, "box_noise_moves_reference": True, "max_start_fraction": 0.1},
+                              dr={"enabled": False})
+    env = XMimicEnv(clips, cfg, num_envs=8, training=True, seed=3)
+    st = env.sim.state()
+    # episodes start before the grasp: the box is moved, and its reference with it
+    assert env.box_offset[:, :2].abs().max() > 0.01
+    assert torch.allclose(env._ref_box()[:, :2], st.box_pose[:, :2], atol=1e-4)
+    # the reference body is not moved: the policy has to adapt its reach
+    assert torch.allclose(env._ref(env.ref.qpos)[:, :2], st.qpos[:, :2], atol=1e-3)
