@@ -11,7 +11,7 @@ floor           open the bundle, validate the manifest, read every float array (
                 NaN scan: kinematics and object streams) and the timestamps, decode the
                 video's luma plane downsized to gate C's ``decode_width`` -- the data the
                 gates read, with no check run on it
-floor_fast      the floor with the video decoded without the loop filter
+floor_fast      the floor with the fast decode: no loop filter, frames halved before the resize
                 (``decode_luma(fast=True)``); gate C is run on both decodes of every
                 episode (untimed) and the differences of its estimate are reported
 chain           ``open_bundle`` + ``run_chain``: gates A-E in-process, as ``kibotos verify``
@@ -680,7 +680,7 @@ def run_pipeline_bench(n: int = 3, sizes: list[str] | None = None, workers: list
         warmup = warmup_episodes(work / "warmup", 2 * max(workers) * len(robots), robots)
         progress("floor: reading what the gates read")
         stages["floor"] = bench_floor(episodes, warmup[:len(robots)], config, progress)
-        progress("floor_fast: the same, the video decoded without the loop filter")
+        progress("floor_fast: the same, decode_luma(fast=True)")
         stages["floor_fast"] = bench_floor(episodes, warmup[:len(robots)], config, progress, fast=True)
         progress("chain: gates A-E in-process")
         stages["chain"] = bench_chain(episodes, warmup[:len(robots)], config, progress)
@@ -786,7 +786,7 @@ def summary_tables(result: dict) -> list:
                       num(s["stop_s"]), num(s["outside_gates_ms"]["p50"]), num(s["outside_gates_ms"]["p95"]),
                       num(s["peak_rss"]["gate_workers_mb"]))
     fast = result.get("fast_decode")
-    fast_table = Table(title="gate C on the fast decode (no loop filter) against the full decode")
+    fast_table = Table(title="gate C on the fast decode (no loop filter, halved before the resize) against the full decode")
     for col in ("episodes", "verdicts differ", "max |Δ estimate| ms", "mean |Δ estimate| ms", "within 10 ms"):
         fast_table.add_column(col, justify="right")
     if fast:

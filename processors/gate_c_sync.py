@@ -157,7 +157,7 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
 
 
 def check_sync(view: BundleView, config: GateConfig, *, fast_decode: bool = False) -> GateResult:
-    """Gate C; ``fast_decode`` decodes without the loop filter (``kibotos bench pipeline``
+    """Gate C; ``fast_decode``: ``decode_luma(fast=True)`` (``kibotos bench pipeline``
     measures what that changes: not the gate's default)."""
     cfg = config.gate_c
     m = view.manifest

@@ -180,6 +180,7 @@ class BundleView:
         # times per episode (issue 17: a fixed cost as large as a small episode's decode)
         self._nodes: dict[str, Any] = {}
         self._infos: dict[str, ArrayInfo] = {}
+        self._array_list: list[ArrayInfo] | None = None
         self.decoded_bytes = 0  # what ``read`` has decoded, against ``max_total_decoded_bytes``
 
     def close(self) -> None:
@@ -333,7 +334,13 @@ class BundleView:
         return data
 
     def arrays(self) -> list[ArrayInfo]:
-        """Every array in the bundle (metadata only), sorted by path."""
+        """Every array in the bundle (metadata only), sorted by path; the tree is walked
+        once per view."""
+        if self._array_list is None:
+            self._array_list = self._walk_arrays()
+        return list(self._array_list)
+
+    def _walk_arrays(self) -> list[ArrayInfo]:
         found: list[ArrayInfo] = []
 
         def walk(group: zarr.Group, prefix: str) -> None:
