@@ -29,8 +29,10 @@ log = logging.getLogger("kibotos.streams")
 
 # faust's aiokafka driver has every fetch wait up to 1.5 s for data (hard-coded). A
 # broker that answers a waiting fetch only when the wait ends (Tansu, measured: ~0.65 s
-# per topic hop) then adds that much latency to every hop of the chain. Capped here.
-FETCH_MAX_WAIT_MS = 100
+# per topic hop) then adds that much latency to every hop of the chain. Capped here: at
+# 100 ms a lone small episode spent ~350 ms between its gates (7 hops), at 20 ms ~170 ms
+# (issue 17, kibotos bench pipeline's lone_small), for ~50 idle fetches/s per consumer.
+FETCH_MAX_WAIT_MS = 20
 
 
 def _cap_fetch_wait() -> None:
