@@ -341,17 +341,13 @@ class BundleView:
         return list(self._array_list)
 
     def _walk_arrays(self) -> list[ArrayInfo]:
+        # the whole tree in one listing (one round trip through zarr's event loop, not
+        # one per group), and each array node kept for the lookups that follow
         found: list[ArrayInfo] = []
-
-        def walk(group: zarr.Group, prefix: str) -> None:
-            for name, node in group.members():
-                path = f"{prefix}{name}"
-                if isinstance(node, zarr.Group):
-                    walk(node, path + "/")
-                else:
-                    found.append(self.info(path))
-
-        walk(self._root, "")
+        for path, node in self._root.members(max_depth=None):
+            if not isinstance(node, zarr.Group):
+                self._nodes.setdefault(path, node)
+                found.append(self.info(path))
         return sorted(found, key=lambda a: a.path)
 
     def node_attrs(self, path: str) -> dict[str, Any]:
