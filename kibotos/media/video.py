@@ -179,7 +179,7 @@ def luma_plane(frame: av.VideoFrame) -> np.ndarray:
     if frame.format.name != "yuv420p":
         return frame.to_ndarray(format="yuv420p")[: frame.height]
     plane = frame.planes[0]
-    return np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)[:, : frame.width]
+    return np.frombuffer(memoryview(plane), np.uint8).reshape(frame.height, plane.line_size)[:, : frame.width]
 
 
 @dataclass(frozen=True)
