@@ -31,6 +31,7 @@ from kibotos.xmimic.sim.base import SimState, Simulator
 _log = logging.getLogger(__name__)
 _S = mujoco.mjtState
 STATE_SPEC = _S.mjSTATE_FULLPHYSICS.value
+MAX_SPEED = 200.0  # m/s or rad/s: above this any velocity is a diverged simulation (G1 joints: < 40 rad/s)
 CONTROL_SPEC = _S.mjSTATE_CTRL.value | _S.mjSTATE_MOCAP_POS.value | _S.mjSTATE_MOCAP_QUAT.value
 
 
@@ -156,6 +157,10 @@ class MujocoSim(Simulator):
         # MuJoCo resets a diverged data (time back to 0) and carries on: the clock tells
         self.unstable |= self.x[:, 0] < t_expected - 0.5 * self.base.opt.timestep
         self.unstable |= ~np.isfinite(self.x).all(-1)
+        # MuJoCo only resets at 1e10: a box flung at hundreds of m/s is diverged long before
+        # (seen with the 5 kg box in the grasp), and its values would poison the observation
+        # normaliser until then
+        self.unstable |= np.abs(self.x[:, self._qvel]).max(-1) > MAX_SPEED
         self._update_kinematics()
 
     def _update_kinematics(self, ids=None) -> None:
