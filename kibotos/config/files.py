@@ -40,5 +40,5 @@ def load_config(model: type[M], path: Path | str | None, what: str) -> M:
     path = Path(path) if path else CONFIG_DIR / f"{what}.yaml"
     raw = read_yaml(path, what)
     if not isinstance(raw, dict):
-        raise ConfigError(f"{what} config {path} is not a mapping")
+        raise ConfigError(f"invalid {what} config {path}: it is not a mapping")
     return validate(model, raw, what)
