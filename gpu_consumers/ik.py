@@ -31,7 +31,8 @@ submitted joints (informative only: a redundant arm reaches one pose many ways).
 random configurations within the limits (multi-start on the first target frame), then
 solves every target frame at once from that batch initial guess — damped least squares
 (Levenberg–Marquardt per frame, adaptive damping), joint limits by projection (clamping),
-smoothness by a penalty coupling neighbouring frames. Seeding from the submitted joints
+smoothness by a penalty coupling neighbouring frames; each stops once converged
+(``converged_residual_m``, ``convergence_tolerance``: see ``IKSolver._lm``). Seeding from the submitted joints
 would make the solution, its residual and the joint distance partly a copy of what is
 being judged: a local solver started there stays there.
 

@@ -60,8 +60,8 @@ class SerialKinematics:
 
     Written out here rather than taken from pytorch-kinematics' ``SerialChain.jacobian``
     because an IK solve evaluates both every iteration over every frame of an episode:
-    the explicit chain product is several times faster (measured: see README "IK
-    residual") and is checked against pytorch-kinematics' forward kinematics and Jacobian
+    the explicit chain product is several times faster (README "The IK solver's own
+    loop", benchmarks/RESULTS.md) and is checked against pytorch-kinematics' forward kinematics and Jacobian
     in the tests. The chain's structure (offsets, axes) is read from pytorch-kinematics'
     parse of the URDF.
 
