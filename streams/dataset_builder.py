@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import Counter, Gauge
@@ -108,13 +109,13 @@ class DatasetProcessor:
         n = 0
         for m in messages:
             if m.error() is not None:
-                if m.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("%s: consumer error: %s", PROCESSOR_ID, m.error().str())
+                if cast(KafkaError, m.error()).code() != KafkaError._PARTITION_EOF:
+                    log.warning("%s: consumer error: %s", PROCESSOR_ID, cast(KafkaError, m.error()).str())
                 continue
-            spec = self._specs[m.topic()]
+            spec = self._specs[cast(str, m.topic())]  # a data message has a topic and a value
             t0 = time.perf_counter()
             try:
-                outcome = self.builder.offer(spec.id, spec.deserialize(m.value()))
+                outcome = self.builder.offer(spec.id, spec.deserialize(cast(bytes, m.value())))
             except (KibotosError, KeyError, TypeError, ValueError) as exc:
                 # the sink dead-letters the same record; here it is simply not an episode
                 self.undecodable += 1

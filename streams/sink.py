@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections import Counter, defaultdict
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -120,7 +120,7 @@ class ClickHouseSink:
         self.flushes += 1
         self._commit()
         for message in records:
-            RECORDS_IN.labels(PROCESSOR_ID, self._specs[message.topic()].id).inc()
+            RECORDS_IN.labels(PROCESSOR_ID, self._specs[cast(str, message.topic())].id).inc()  # a data message has a topic
         PROCESSING.labels(PROCESSOR_ID).observe(time.perf_counter() - t0)
         return len(records)
 

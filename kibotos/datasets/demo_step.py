@@ -29,8 +29,8 @@ def publish_demo_dataset(stack, console: Console, timeout_s: float = 120.0) -> d
 
     settings = stack.settings
     store = DatasetStore(settings.home / "datasets", objects=stack.store)
-    ids = {t.id for t in stack.catalogue.all()}
-    store.create(parse_spec(DEMO_SPEC | {"sources": [s for s in DEMO_SPEC["sources"] if s in ids]}))
+    topic_ids = {t.id for t in stack.catalogue.all()}
+    store.create(parse_spec(DEMO_SPEC | {"sources": [s for s in DEMO_SPEC["sources"] if s in topic_ids]}))
     if any(slot.kind == "datasets" for slot in stack.slots):  # the stack's builder process
         outcomes = request_publish(store, DEMO_DATASET, timeout_s=timeout_s)["outcomes"]
     else:  # a stack without one: read the sources here until idle

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 from gpu_consumers.registry import EVIDENCE_GATES
 
@@ -109,7 +109,7 @@ def summary_from_report(report: dict[str, Any]) -> dict[str, Any]:
     """The quality summary of a verification report: S, components, soft flags, evidence
     URIs, task id (from the task gate's metrics), robot."""
     gates = [g for g in report.get("gates") or [] if isinstance(g, dict)]
-    scores = report.get("scores") if isinstance(report.get("scores"), dict) else {}
+    scores = cast(dict[str, Any], report.get("scores") if isinstance(report.get("scores"), dict) else {})
     score = scores.get("score", scores.get("S"))
     flags = sorted({str(f) for g in gates if g.get("passed") for f in g.get("flags") or []})
     uris: list[str] = []

@@ -10,6 +10,7 @@ row links to the episode's verification report page).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
@@ -69,13 +70,12 @@ def _coverage_table(axis: str, rows: dict[str, dict[str, Any]], shares: dict[str
     return f"<h3>{_e(axis)}</h3><table>{head}{''.join(body)}</table>"
 
 
-def _episode_rows(episodes, report_href, max_episodes: int) -> tuple[str, int]:
+def _episode_rows(episodes: Iterable[Episode], report_href, max_episodes: int) -> tuple[str, int]:
     rows, n = [], 0
     for ep in episodes:
         n += 1
         if n > max_episodes:
             continue
-        ep: Episode
         s = "–" if ep.score is None else f"{ep.score:.3f}"
         href = report_href(ep.submission_id)
         link = f"<a href='{_e(href)}'>{_e(ep.submission_id[:8])}</a>" if href else _e(ep.submission_id[:8])

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -104,12 +105,12 @@ class LeRobotWriter:
     episodes: int = 0
     frames: int = 0
     tasks: dict[str, int] = field(default_factory=dict)
-    _data_writer: object = None
+    _data_writer: Any = None  # a pyarrow ParquetWriter (pyarrow ships no types)
     _data_file: int = -1
     _episode_rows: list = field(default_factory=list)
-    _episodes_writer: object = None
+    _episodes_writer: Any = None  # a pyarrow ParquetWriter
     _stats: dict = field(default_factory=dict)
-    _extras: object = None
+    _extras: Any = None  # the text file opened in __post_init__
 
     def __post_init__(self) -> None:
         (self.root / "meta/kibotos").mkdir(parents=True, exist_ok=True)
@@ -201,7 +202,7 @@ class LeRobotWriter:
                        self.root / "meta/tasks.parquet")
         (self.root / "meta/stats.json").write_text(json.dumps({k: s.as_dict() for k, s in self._stats.items()},
                                                               sort_keys=True))
-        features = {k: {"dtype": "float32", "shape": [len(self.joint_names)], "names": list(self.joint_names)}
+        features: dict[str, dict[str, Any]] = {k: {"dtype": "float32", "shape": [len(self.joint_names)], "names": list(self.joint_names)}
                     for k in self._stats}
         features[VIDEO_KEY] = {
             "dtype": "video", "shape": [self.height, self.width, 3], "names": ["height", "width", "channels"],
