@@ -64,6 +64,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -353,7 +354,7 @@ def _grasped_frames(view: BundleView, link: str, obj_t: np.ndarray, kin_t: np.nd
     if half > 0 and moving.any():
         padded = np.pad(moving, half, constant_values=False)
         windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1)
-        moving = windows.all(axis=1)
+        moving = cast(np.ndarray, windows.all(axis=1))
     return moving, how
 
 
@@ -398,7 +399,7 @@ def object_targets(view: BundleView, robot: RobotModel, kin_t: np.ndarray, cfg: 
     targets, notes = [], []
     for name in _object_names(view):
         base = f"objects/{name}"
-        note = {"source": base}
+        note: dict[str, Any] = {"source": base}
         grasp_raw = view.node_attrs(f"{base}/pose").get("grasp")
         if grasp_raw is None:
             notes.append(note | {"unused": "no grasp declared (pose attribute 'grasp: {link, offset}')"})
@@ -523,7 +524,7 @@ def pose_target(view: BundleView, config: GateConfig, robot: RobotModel, kin_t: 
     track = concat_tracks(pieces)
     frame_idx = np.concatenate(indices)
     names = list(track.keypoint_names)
-    width, height = size
+    width, height = cast("tuple[int, int]", size)  # set by the loop: pieces is not empty
     scale = np.array([width / track.image_size[0], height / track.image_size[1]])
     seen = {k: track.present & (track.confidence[:, names.index(k)] >= cfg_f.frame_confidence)
             for k in HAND_KEYPOINTS if k in names}
@@ -544,7 +545,7 @@ def pose_target(view: BundleView, config: GateConfig, robot: RobotModel, kin_t: 
     cam_to_world = np.asarray(cam.extrinsics, dtype=np.float64)
     world_to_cam = np.linalg.inv(cam_to_world)
     q_at = _interp_joints(kin_t, q_sub, kin_ms[use])
-    best = None
+    best: dict[str, Any] | None = None
     for link in robot.end_effector_links:
         try:
             ee = solver.chain(link).link_poses(q_at)[:, :3, 3]
@@ -763,7 +764,7 @@ def _without_solver_target(job: _Job, pose_estimator) -> GateResult | None:
                                  pose_estimator if pose_estimator is not None else _default_pose_estimator())
         if pose is not None:
             return _pose_verdict(pose, job.notes, job.trajectory, job.cfg, job.thresholds, job.flags)
-        job.notes.append(note)
+        job.notes.append(cast(dict, note))  # pose_target gives (None, note) when pose is None
     if not job.targets or n_frames < job.cfg.min_target_frames:
         why = "no object grasp or task waypoints independent of the joints" if not job.targets else \
             f"{n_frames} target frames < {job.cfg.min_target_frames}"

@@ -49,7 +49,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
@@ -57,6 +57,9 @@ from gpu_consumers.registry import JobSpec, register_job
 from kibotos.errors import KibotosError, SerializationError, ServiceError
 from streams.stage import Output, Record, dead_letter, load_fault_policy, now_ms
 from topics.catalogue import Catalogue
+
+if TYPE_CHECKING:
+    from confluent_kafka import Producer
 
 log = logging.getLogger("kibotos.xmimic")
 
@@ -110,7 +113,7 @@ class TrainingStage:
         self.outputs = (self.progress, self.input, catalogue.dead_letters)
         self._work_dir = Path(work_dir) if work_dir else None
         self._publish = publish
-        self._producer = None
+        self._producer: Producer | None = None
         self.budget_s = budget_s or load_fault_policy(settings.fault_config_path).budget_s(KIND)
         self.progress_interval_s = progress_interval_s
 
@@ -192,7 +195,7 @@ class TrainingStage:
         steps_per_env = cfg.teacher.num_steps_per_env
         base = dict(base, task=base["task"] or cfg.task, iterations=total, resumed_from=start, iteration=start)
         self._emit([Output(self.progress, dict(base, state="running", at=now_ms()))])
-        state = {"at": 0.0, "run": None}
+        state: dict[str, Any] = {"at": 0.0, "run": None}
 
         def on_progress(ev: dict) -> None:
             if state["run"] is None:  # what the environment resolved (task, backend, envs)
