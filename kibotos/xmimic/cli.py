@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -16,7 +17,7 @@ policies_app = typer.Typer(no_args_is_help=True, help="XMimic policies: the loca
 _err = Console(stderr=True)
 
 
-def _fail(exc: Exception, code: int = 1) -> None:
+def _fail(exc: Exception, code: int = 1) -> NoReturn:
     reason = getattr(exc, "reason_code", "xmimic_error")
     _err.print(f"[red]error[/red] {escape(f'[{reason}] {exc}')}")
     raise typer.Exit(code)

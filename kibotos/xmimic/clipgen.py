@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from kibotos.xgen.result import StageResult
 
 
 def make_clip_set(out_dir: Path, duration_s: float = 4.0, fps: float = 30.0) -> Path:
@@ -19,7 +23,7 @@ def make_clip_set(out_dir: Path, duration_s: float = 4.0, fps: float = 30.0) -> 
     write_keypoints(src, cargo_pickup(duration_s, fps).motion)
     outcome = run_pipeline(source=src, source_kind="keypoints", out_dir=out_dir / "clips", cfg=load_xgen_config())
     if not outcome.ok:
-        failed = outcome.failed
+        failed = cast("StageResult", outcome.failed)  # set whenever ok is false
         raise XMimicError(f"XGen refused the synthetic pickup: [{failed.reason_code}] {failed.message}",
                           reason_code="xmimic_clips_missing")
     return out_dir / "clips"

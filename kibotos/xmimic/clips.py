@@ -13,6 +13,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -146,7 +147,7 @@ def variant(clip: Clip, *, size_scale: float = 1.0, offset_xy: tuple[float, floa
     obj[:, 1] += offset_xy[1]
     if yaw_deg:
         obj[:, 3:] = quat_mul(_yaw_quat(math.radians(yaw_deg))[None], obj[:, 3:])
-    params = {}
+    params: dict[str, Any] = {}
     if size_scale != 1.0:
         params["size_scale"] = size_scale
     if any(offset_xy):

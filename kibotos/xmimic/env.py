@@ -16,6 +16,8 @@ Observation groups (every group is produced; the runner's ``obs_groups`` picks):
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from rsl_rl.env import VecEnv
@@ -253,7 +255,7 @@ class XMimicEnv(VecEnv):
         rewards = torch.where(bad, torch.zeros_like(rewards), rewards)
         self.stats.add_step(terms, rewards)
 
-        extras = {"time_outs": time_outs, "log": {f"/reward/{k}": v.mean() for k, v in terms.items()}}
+        extras: dict[str, Any] = {"time_outs": time_outs, "log": {f"/reward/{k}": v.mean() for k, v in terms.items()}}
         done_ids = torch.nonzero(dones).flatten()
         if len(done_ids):
             self.terminated_early[done_ids] = terminated[done_ids]

@@ -26,7 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kibotos.xmimic.config import PassRule
 
@@ -258,12 +258,12 @@ def record_from_cli(settings, report, policy: str, checkpoint: Path, *, dataset:
     policy_id = policy_id_for_checkpoint(checkpoint) if is_file else policy
     meta_file = registry_root(settings.home) / policy_id / "policy.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    return record_eval(settings, report, policy_id=policy_id, dataset=dataset or f"clips:{Path(clips).resolve()}",
+    return record_eval(settings, report, policy_id=policy_id, dataset=dataset or f"clips:{Path(cast(Path, clips)).resolve()}",
                        rule=rule, seed=seed, trained_on=list(trained_on or []) or list(meta.get("dataset_versions") or []),
                        checkpoint_uri=meta.get("uri") or meta.get("checkpoint_uri"))
 
 
-def eval_via_stack(settings, policy: str, *, dataset: str, config: Path | None = None, task: str | None = None,
+def eval_via_stack(settings, policy: str, *, dataset: str | None, config: Path | None = None, task: str | None = None,
                    heldout: bool = True, seed: int = 0, trained_on: list[str] | None = None,
                    timeout_s: float = 600.0, poll_s: float = 1.0) -> dict:
     """``kibotos eval --via-stack``: put an ``eval.requests`` record for the running stack's
@@ -297,7 +297,7 @@ def eval_via_stack(settings, policy: str, *, dataset: str, config: Path | None =
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     store = store_from_settings(settings)
     uri = store.put_file(path, f"xmimic/policies/{policy_id}/model.pt").uri  # the key the train job uses too
-    req = {"policy_id": policy_id, "checkpoint_uri": uri, "dataset": dataset, "clips": [],
+    req: dict[str, Any] = {"policy_id": policy_id, "checkpoint_uri": uri, "dataset": dataset, "clips": [],
            "trained_on": list(trained_on or []) or list(meta.get("dataset_versions") or []),
            "config_yaml": Path(config).read_text() if config else None, "task": task, "heldout": heldout,
            "seed": seed, "requested_by": "kibotos-cli", "requested_at": int(time.time() * 1000)}

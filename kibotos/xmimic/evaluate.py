@@ -18,6 +18,7 @@ import json
 import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from rsl_rl.models import MLPModel
@@ -120,7 +121,7 @@ def run_episodes(clips: list[Clip], cfg: XMimicConfig, *, policy_path: Path | No
 def evaluate(clips: list[Clip], cfg: XMimicConfig, *, policy_path: Path | None = None, task: str | None = None,
              device: str = "cpu", backend: str | None = None, heldout: bool = True,
              baselines: tuple[str, ...] = BASELINES) -> EvalReport:
-    kw = dict(task=task, device=device, backend=backend)
+    kw: dict[str, Any] = dict(task=task, device=device, backend=backend)
     variants = heldout_variants(clips, cfg.eval.heldout) if heldout else []
     name = str(policy_path) if policy_path else "reference_pd"
     sr = run_episodes(clips, cfg, policy_path=policy_path, baseline=None if policy_path else "reference_pd", **kw)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import re
 from pathlib import Path
+from typing import cast
 from urllib.parse import quote
 
 from kibotos.xmimic import policy_reads
@@ -61,7 +62,7 @@ def policy_route(parts: list[str], *, client=None, lock=None, home: Path | None 
                 rows = policy_reads.warehouse_policies(client)
         if home is not None:
             local = {r["policy_id"]: r for r in policy_reads.registry_list(home)}
-            rows = [policy_reads.merge(r, local.get(r["policy_id"])) for r in rows]
+            rows = [cast(dict, policy_reads.merge(r, local.get(r["policy_id"]))) for r in rows]  # r is a row
             known = {r["policy_id"] for r in rows}
             rows += [r for pid, r in local.items() if pid not in known]
         return 200, rows, JSON

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kibotos.warehouse import _rows, iso_ms
 from kibotos.xmimic.evals import eval_rows, summarize
@@ -76,7 +76,7 @@ def warehouse_policy(client, policy_id: str) -> dict | None:
                           "WHERE policy_id = {p:String}", {"p": policy_id})
     if not pol and not evals:
         return None
-    policy = pol[0] if pol else {"policy_id": policy_id}
+    policy: dict[str, Any] = pol[0] if pol else {"policy_id": policy_id}
     if pol:
         policy["created_at"] = iso_ms(_ms(policy["created_at"]))
     run, progress = None, []
@@ -147,7 +147,7 @@ def registry_doc(home: Path, policy_id: str) -> dict | None:
             progress.append({"iteration": ev["iteration"], "env_steps": ev.get("env_steps"),
                              "success_rate": ev.get("success_rate"), "reward_terms": ev.get("reward_terms") or {}})
     policy = {**meta, "iterations": meta.get("iteration"), "checkpoint_uri": meta.get("uri")
-              or (registry_model(home, policy_id).resolve().as_uri() if registry_model(home, policy_id) else None)}
+              or (cast(Path, registry_model(home, policy_id)).resolve().as_uri() if registry_model(home, policy_id) else None)}
     return _doc(policy, None, evals, progress, "registry")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -32,11 +33,11 @@ def rollout_frames(clip: Clip, cfg: XMimicConfig, policy_path: Path | None, *, t
     from kibotos.media.gl import mujoco_gl_context
     from kibotos.xmimic.env import XMimicEnv
     from kibotos.xmimic.evaluate import load_policy
-    from kibotos.xmimic.sim.mujoco_sim import STATE_SPEC
+    from kibotos.xmimic.sim.mujoco_sim import STATE_SPEC, MujocoSim
 
     env = XMimicEnv([clip], cfg, task=task, num_envs=1, backend="mujoco", training=False)
     actor = load_policy(policy_path, env)[0] if policy_path is not None else None
-    sim, lay = env.sim, env.sim.lay
+    sim, lay = cast(MujocoSim, env.sim), cast(MujocoSim, env.sim).lay  # backend="mujoco"
     model = copy.copy(sim.models[0])  # the simulator's own model, lit for the camera
     model.vis.headlight.ambient[:] = 0.45
     model.vis.headlight.diffuse[:] = 0.55

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from rsl_rl.algorithms import PPO
@@ -57,7 +58,7 @@ class PPOBC(PPO):
         if obs is None or self.bc_coef <= 0:
             return out
         with torch.no_grad():
-            target = self.teacher(obs)
+            target = cast(MLPModel, self.teacher)(obs)  # obs is set only with a teacher
             out["bc"] = float(((self.actor(obs) - target) ** 2).mean())
         for _ in range(self.bc_epochs):
             for idx in torch.randperm(len(target), device=target.device).chunk(self.num_mini_batches):
@@ -138,7 +139,7 @@ def train(clips: list[Clip], cfg: XMimicConfig, run_dir: Path, *, role: str = "t
     with contextlib.redirect_stdout(io.StringIO()):  # rsl-rl prints its models and logs to stdout
         runner = OnPolicyRunner(env, rcfg, log_dir=None, device=device)
     if role != "teacher":
-        runner.alg.teacher = load_teacher_actor(Path(teacher), env.get_observations(), env.num_actions, cfg).to(device)
+        runner.alg.teacher = load_teacher_actor(Path(cast(Path, teacher)), env.get_observations(), env.num_actions, cfg).to(device)
     total = iterations or (cfg.teacher.iterations if role == "teacher" else cfg.student.iterations)
     start = 0
     last = latest_checkpoint(run_dir)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from typing import cast
 
 import mujoco
 import numpy as np
@@ -191,7 +192,9 @@ class MujocoSim(Simulator):
         qvel = np.concatenate([v[:, lay.root_dof:lay.root_dof + 6], v[:, lay.joint_dof]], 1)
         box = q[:, lay.box_qpos:lay.box_qpos + 7]
         boxv = v[:, lay.box_dof:lay.box_dof + 6]
-        return SimState(*(self._t(a) for a in (qpos, qvel, box, boxv, self._keys, self.actuator_force())),
+        # six tensors, the fields before ``unstable``
+        return SimState(*cast("tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]",
+                              (self._t(a) for a in (qpos, qvel, box, boxv, self._keys, self.actuator_force()))),
                         unstable=torch.as_tensor(self.unstable.copy(), device=self.device))
 
     def push_box(self, ids, velocity) -> None:
