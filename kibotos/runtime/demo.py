@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -37,6 +37,10 @@ from kibotos.runtime.stack import Stack
 from kibotos.synthetic import perturb
 from kibotos.synthetic.samples import make_episode
 from streams.verdict_feed import follow_verdicts
+
+if TYPE_CHECKING:
+    from kibotos.ingest.server import IngestServer
+    from kibotos.warehouse import LockedClient
 
 # (miner, robot model id, variant, seed): an honest miner, a careless one, a cheater
 MIX = [
@@ -251,7 +255,7 @@ def run_demo(settings: Settings, console: Console, workers: int = 1, timeout_s: 
     console.print(f"evidence jobs after gate E: {', '.join(settings.evidence_jobs) or 'none'} "
                   "(a cold Genesis scene build per robot takes ~20 s on CPU)")
     with Stack(settings, workers=workers, log=lambda m: console.print(f"[dim]{m}[/dim]")) as stack, \
-            IngestClient(stack.ingest.url) as client:
+            IngestClient(cast("IngestServer", stack.ingest).url) as client:  # ingest, client: set by start()
         # copies go up once the originals are judged: a copier works from published
         # uploads, so in this story the copy never races its original (kibotos.novelty
         # says what happens when it does)
@@ -263,7 +267,7 @@ def run_demo(settings: Settings, console: Console, workers: int = 1, timeout_s: 
         if first is not None:
             refused.extend(upload_all(client, [(first[0], "replay", first[2])])[1])
         console.print(f"uploaded {len(originals) + (first is not None)} bundles through the ingest API "
-                      f"{stack.ingest.url}" + (f"; {len(copies)} copies follow once they are judged" if copies else ""))
+                      f"{cast('IngestServer', stack.ingest).url}" + (f"; {len(copies)} copies follow once they are judged" if copies else ""))
         # XGen: a human demonstration video turned into G1 clips, alongside the bundles
         xgen_request = None
         if xgen and settings.xgen_jobs:
@@ -289,16 +293,17 @@ def run_demo(settings: Settings, console: Console, workers: int = 1, timeout_s: 
                     copies.clear()
                 return not copies and len(verdicts) >= len(variants)
 
-            for verdict in follow_verdicts(stack.bootstrap, stack.catalogue, stop=done):
+            for verdict in follow_verdicts(cast(str, stack.bootstrap), stack.catalogue, stop=done):
                 if verdict["submission_id"] in variants and verdict["submission_id"] not in verdicts:
                     verdicts[verdict["submission_id"]] = verdict
                     progress.update(task, completed=len(verdicts))
         # the sink writes in batches: wait until every report is in the warehouse
         while True:
             # uploads refused at ingestion are judged per attempt, in upload_verdicts
-            n = stack.client.query("SELECT uniqExact(submission_id) FROM (SELECT submission_id FROM "
-                                   "kibotos.verification_reports FINAL UNION ALL SELECT submission_id FROM "
-                                   "kibotos.upload_verdicts FINAL)").result_rows[0][0]
+            n = cast("LockedClient", stack.client).query(
+                "SELECT uniqExact(submission_id) FROM (SELECT submission_id FROM "
+                "kibotos.verification_reports FINAL UNION ALL SELECT submission_id FROM "
+                "kibotos.upload_verdicts FINAL)").result_rows[0][0]
             if n >= len(variants) or time.monotonic() > deadline:
                 break
             time.sleep(0.3)

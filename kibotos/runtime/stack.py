@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from prometheus_client import Counter
 
@@ -50,6 +51,13 @@ from streams.novelty_worker import start_novelty_thread
 from streams.sink import ClickHouseSink
 from topics.admin import ensure_topics
 from topics.catalogue import Catalogue
+
+if TYPE_CHECKING:
+    from confluent_kafka import Producer
+
+    from kibotos.ingest.service import IngestService
+    from kibotos.runtime.reconcile import Reconciler
+    from streams.stage_consumer import StageConsumer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,7 +87,7 @@ class Slot:
 
     def __init__(self, kind: str, name: str, start):
         self.kind, self.name, self._start = kind, name, start
-        self.handle = None  # subprocess.Popen or threading.Thread
+        self.handle: subprocess.Popen | threading.Thread | None = None
         self.started_at = 0.0
         self.restarts = 0
         self.backoff = BACKOFF_FIRST_S
@@ -125,15 +133,15 @@ class Stack:
         self.catalogue = Catalogue.from_settings(settings)
         self.broker: EmbeddedBroker | None = None
         self.bootstrap: str | None = settings.bootstrap_servers
-        self.client = None
+        self.client: LockedClient | None = None
         self.sink: ClickHouseSink | None = None
         self.query: QueryServer | None = None
         self.ingest: IngestServer | None = None
-        self.ingest_service = None
+        self.ingest_service: IngestService | None = None
         self._stop = threading.Event()
-        self.novelty = None
-        self.reconciler = None
-        self._reconcile_producer = None
+        self.novelty: StageConsumer | None = None
+        self.reconciler: Reconciler | None = None
+        self._reconcile_producer: Producer | None = None
         self.slots: list[Slot] = []
         self.store = store_from_settings(settings)
         self.metrics_dir: Path | None = None
@@ -142,11 +150,11 @@ class Stack:
     # --- compatibility views -------------------------------------------------------
     @property
     def processes(self) -> list[subprocess.Popen]:
-        return [s.handle for s in self.slots if s.kind == "worker"]
+        return [cast(subprocess.Popen, s.handle) for s in self.slots if s.kind == "worker"]
 
     @property
     def gpu_processes(self) -> list[subprocess.Popen]:
-        return [s.handle for s in self.slots if s.kind == "gpu"]
+        return [cast(subprocess.Popen, s.handle) for s in self.slots if s.kind == "gpu"]
 
     def start(self) -> "Stack":
         self.settings.home.mkdir(parents=True, exist_ok=True)
@@ -230,7 +238,7 @@ class Stack:
         from kibotos.runtime.reconcile import Reconciler
         from kibotos.runtime.submit import producer
 
-        self._reconcile_producer = producer(self.bootstrap)
+        self._reconcile_producer = producer(cast(str, self.bootstrap))  # set by _start
         self.reconciler = Reconciler(self.client, self._reconcile_producer, self.catalogue,
                                      stuck_after_s=self.stuck_after_s, store=self.store)
         try:  # what a killed stack left stuck goes again at once
@@ -246,8 +254,9 @@ class Stack:
     def reconcile_now(self, retry: list[str] | None = None) -> dict:
         """One reconciliation pass (``kibotos admin reconcile`` against this stack);
         ``retry``: given-up submissions to give another round first (``--retry``)."""
-        reset = self.reconciler.reset(retry) if retry else []
-        return {**self.reconciler.run_once().as_dict(), "reset": reset}
+        reconciler = cast("Reconciler", self.reconciler)  # set by start()
+        reset = reconciler.reset(retry) if retry else []
+        return {**reconciler.run_once().as_dict(), "reset": reset}
 
     def _thread(self, name: str, target, *args) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -257,14 +266,15 @@ class Stack:
     def _start_sink(self, stop: threading.Event) -> threading.Thread:
         if self.sink is not None:
             self.sink.close()
-        self.sink = ClickHouseSink(self.client, self.catalogue, self.bootstrap,
+        self.sink = ClickHouseSink(self.client, self.catalogue, cast(str, self.bootstrap),
                                    f"{self.settings.consumer_group_prefix}-{self.settings.topic_prefix}sink")
         return self._thread("sink", self.sink.run, stop)
 
     def _start_novelty(self, stop: threading.Event) -> threading.Thread:
         if self.novelty is not None:
             self.novelty.close()
-        thread, self.novelty = start_novelty_thread(self.settings, self.client, self.bootstrap, stop, self.store)
+        thread, self.novelty = start_novelty_thread(self.settings, self.client, cast(str, self.bootstrap), stop,
+                                                   self.store)
         return thread
 
     def _add_slot(self, kind: str, name: str, start) -> Slot:
@@ -278,9 +288,9 @@ class Stack:
         if self.broker is not None:
             children.update(self.broker.pids())
         state_file(self.settings).write_text(json.dumps({
-            "pid": os.getpid(), "bootstrap": self.bootstrap, "query_url": self.query.url,
+            "pid": os.getpid(), "bootstrap": self.bootstrap, "query_url": cast(QueryServer, self.query).url,
             "topic_prefix": self.settings.topic_prefix, "object_store_url": self.settings.store_url,
-            "ingest_url": self.ingest.url, "durable": self.broker is None or not self.ephemeral,
+            "ingest_url": cast(IngestServer, self.ingest).url, "durable": self.broker is None or not self.ephemeral,
             "children": children,
         }))
 
@@ -302,7 +312,7 @@ class Stack:
                 env[f"KIBOTOS_{name.upper()}"] = str(getattr(self.settings, name))
         env["KIBOTOS_EVIDENCE_JOBS"] = json.dumps(list(self.settings.evidence_jobs))
         env["KIBOTOS_LOG_FORMAT"], env["KIBOTOS_LOG_LEVEL"] = self.settings.log_format, self.settings.log_level
-        env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir.resolve())
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(cast(Path, self.metrics_dir).resolve())
         env["KIBOTOS_GPU_ACTORS_PER_KIND"] = str(self.settings.gpu_actors_per_kind)
         return env
 
@@ -313,7 +323,7 @@ class Stack:
 
     def _spawn_worker(self, index: int) -> subprocess.Popen:
         return self._spawn(f"worker-{index}",
-                           ["streams.worker", "--bootstrap", self.bootstrap, "--web-port", str(free_loopback_port())])
+                           ["streams.worker", "--bootstrap", cast(str, self.bootstrap), "--web-port", str(free_loopback_port())])
 
     @property
     def gpu_kinds(self) -> tuple[str, ...]:
@@ -321,7 +331,7 @@ class Stack:
         return tuple(self.settings.evidence_jobs) + tuple(self.settings.xgen_jobs) + tuple(self.settings.training_jobs)
 
     def _spawn_gpu_consumer(self, index: int) -> subprocess.Popen:
-        return self._spawn(f"gpu-{index}", ["gpu_consumers.worker", "--bootstrap", self.bootstrap,
+        return self._spawn(f"gpu-{index}", ["gpu_consumers.worker", "--bootstrap", cast(str, self.bootstrap),
                                             "--kinds", ",".join(self.gpu_kinds)])
 
     # --- supervision ---------------------------------------------------------------
@@ -361,7 +371,7 @@ class Stack:
                          f"; restart in {slot.backoff:.0f}s")
                 slot.backoff = min(slot.backoff * 2, BACKOFF_MAX_S)
                 continue
-            if now < slot.due_at:
+            if now < cast(float, slot.due_at):  # a paused slot always has a due time
                 continue
             try:
                 slot.start()
@@ -402,7 +412,7 @@ class Stack:
                     break
                 time.sleep(0.2)
             slot.event.set()
-            slot.handle.join(30)
+            cast(threading.Thread, slot.handle).join(30)
             # its consumer leaves the group, so its partitions wait for the restart
             if name == "sink" and self.sink is not None:
                 self.sink.close()
