@@ -44,7 +44,7 @@ from kibotos.errors import ServiceError
 from kibotos.ingest.app import create_app as create_ingest_app
 from kibotos.ingest.server import IngestServer
 from kibotos.ingest.service import build_service as build_ingest_service
-from kibotos.objectstore import store_from_settings
+from kibotos.objectstore import LocalObjectStore, store_from_settings
 from kibotos.reports.server import QueryServer
 from kibotos.warehouse import LockedClient, open_client
 from streams.novelty_worker import start_novelty_thread
@@ -202,7 +202,9 @@ class Stack:
         self.log(f"topics   {len(self.catalogue.all())} topics x {self.catalogue.partitions} partitions")
         self.client = LockedClient(open_client(self.settings.chdb_dsn))
         apply_migrations(self.client)
-        self.log(f"store    ClickHouse {self.settings.chdb_dsn.split('@')[-1]}; objects {self.store.root}")
+        objects = (self.store.root if isinstance(self.store, LocalObjectStore)  # S3 stores have no root
+                   else f"s3://{self.store.bucket}/{self.store.prefix}")
+        self.log(f"store    ClickHouse {self.settings.chdb_dsn.split('@')[-1]}; objects {objects}")
         self._add_slot("sink", "sink", self._start_sink)
         if self.settings.novelty:
             self._add_slot("novelty", "novelty", self._start_novelty)

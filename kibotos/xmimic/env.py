@@ -340,7 +340,10 @@ class EpisodeStats:
     """Means of the reward terms and the success rate since the last ``pop`` (progress
     events, the CLI's progress bar)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.sums: dict[str, float] = {}
         self.steps = 0
         self.successes = 0
@@ -359,7 +362,7 @@ class EpisodeStats:
     def pop(self) -> dict:
         out = {"reward_terms": {k: v / max(self.steps, 1) for k, v in self.sums.items()},
                "episodes": self.episodes, "success_rate": self.successes / self.episodes if self.episodes else None}
-        self.__init__()
+        self.reset()
         return out
 
 
