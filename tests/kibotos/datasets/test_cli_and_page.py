@@ -4,12 +4,8 @@ and the dataset page, checked as text and as a headless Chromium draws it."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import uuid
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import typer
@@ -21,14 +17,13 @@ from kibotos.datasets.html import BAR_COLOUR, HEADER_COLOUR, render_version_page
 from kibotos.datasets.policy import record_policy_evaluation
 from kibotos.datasets.store import DatasetStore
 from kibotos.objectstore import LocalObjectStore
+from tests.fixtures.browser import needs_chromium, rgb, screenshot
 from tests.kibotos.datasets.helpers import T0, copy_bundle, sid, verdict
 
 # the commands as `kibotos` mounts them (kibotos/cli/main.py: datasets group, attribution command)
 app = typer.Typer()
 app.add_typer(datasets_app, name="datasets")
 app.command("attribution")(attribution_cmd)
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed")
 # S per episode: bins [0.5,0.6) x1, [0.7,0.8) x3, [0.9,1.0] x2
 SCORES = [("alice", 0.55), ("alice", 0.72), ("bob", 0.75), ("bob", 0.78), ("carol", 0.91), ("alice", 0.95)]
 
@@ -121,26 +116,13 @@ def test_page_content(home, tmp_path):
     assert "<script>x" not in evil
 
 
-def screenshot(url: str, out: Path, height: int = 1800) -> np.ndarray:
-    profile = out.parent / f"profile-{uuid.uuid4().hex[:8]}"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}", f"--screenshot={out}",
-           f"--window-size=1280,{height}", url]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert out.is_file(), f"no screenshot (exit {proc.returncode}): {proc.stderr[-2000:]}"
-    return cv2.imread(str(out), cv2.IMREAD_COLOR)[..., ::-1]
-
-
-def _rgb(colour: str) -> np.ndarray:
-    return np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
-
 
 @needs_chromium
 def test_browser_draws_header_and_the_s_distribution(home, tmp_path):
-    image = screenshot(published_page(home, tmp_path).as_uri(), tmp_path / "page.png")
+    image = screenshot(published_page(home, tmp_path).as_uri(), tmp_path / "page.png", height=1800)
     header = image[5:60].reshape(-1, 3)
-    assert (np.abs(header - _rgb(HEADER_COLOUR)).max(1) <= 3).mean() > 0.8
-    bars = np.abs(image.astype(int) - _rgb(BAR_COLOUR)).max(2) <= 6
+    assert (np.abs(header - rgb(HEADER_COLOUR)).max(1) <= 3).mean() > 0.8
+    bars = np.abs(image.astype(int) - rgb(BAR_COLOUR)).max(2) <= 6
     cols = np.flatnonzero(bars.sum(0) > 0)
     assert len(cols), "no histogram bars drawn"
     runs = np.split(cols, np.flatnonzero(np.diff(cols) > 1) + 1)  # one run of columns per drawn bar

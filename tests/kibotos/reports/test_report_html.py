@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import base64
 import re
-import shutil
-import subprocess
 import urllib.error
 import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -24,6 +20,7 @@ from kibotos.reports.html import VERDICT_COLOURS, pair_thresholds, render_report
 from kibotos.reports.server import QueryServer
 from kibotos.warehouse import open_client
 from streams.sink_rows import rows_for
+from tests.fixtures.browser import needs_chromium, screenshot
 from tests.fixtures.warehouse import (
     REAL_RGB,
     SIM_RGB,
@@ -40,9 +37,6 @@ from tests.fixtures.warehouse import (
 ACCEPTED_SID = "0787f2c0-bf31-5b9d-8dbd-f197dfa63fe4"
 REJECTED_SID = "5d1c1d0e-2a55-4a4f-9c7e-7f6b8e0e2b11"
 COMPONENTS = {"pose": 0.82, "retarget": 0.9, "align": None, "task": 0.7, "object": 0.66, "novel": 0.95}
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install -y chromium)")
 
 
 def cheap_gates() -> list[dict]:
@@ -232,19 +226,6 @@ def test_http_serves_the_page(server):
 
 
 # --- in a real browser -------------------------------------------------------------------
-
-def screenshot(url: str, out: Path, height: int = 2000) -> np.ndarray:
-    """A headless Chromium screenshot of ``url`` (RGB array)."""
-    profile = out.parent / f"profile-{uuid.uuid4().hex[:8]}"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", f"--screenshot={out}", f"--window-size=1280,{height}", url]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert out.is_file(), f"no screenshot (exit {proc.returncode}): {proc.stderr[-2000:]}"
-    image = cv2.imread(str(out), cv2.IMREAD_COLOR)
-    assert image is not None and image.shape[:2] == (height, 1280)
-    return image[..., ::-1]
-
 
 def _dominant(region: np.ndarray) -> tuple[int, int, int]:
     colours, counts = np.unique(region.reshape(-1, 3), axis=0, return_counts=True)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import urllib.error
 import urllib.request
 import uuid
@@ -22,9 +20,8 @@ from kibotos.reports.server import QueryServer
 from kibotos.warehouse import open_client
 from kibotos.xmimic.evals import eval_id, insert
 from kibotos.xmimic.html import CURVE_COLOUR, HEADER_COLOUR
+from tests.fixtures.browser import needs_chromium, rgb, screenshot
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed")
 T0 = 1_796_000_000_000
 PID, RUN = "teacher-run7-it6", "run7"
 TERMS = ("total", "object_pos", "contact")
@@ -116,27 +113,14 @@ def test_policy_page_content(served):
     assert "src='http" not in html and "href='http" not in html  # self-contained: nothing fetched
 
 
-def screenshot(url: str, out: Path, height: int = 1600) -> np.ndarray:
-    profile = out.parent / f"profile-{uuid.uuid4().hex[:8]}"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}", f"--screenshot={out}",
-           f"--window-size=1280,{height}", url]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert out.is_file(), f"no screenshot (exit {proc.returncode}): {proc.stderr[-2000:]}"
-    return cv2.imread(str(out), cv2.IMREAD_COLOR)[..., ::-1]
-
-
-def _rgb(colour: str) -> np.ndarray:
-    return np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
-
 
 @needs_chromium
 def test_browser_draws_header_badges_and_curves(served):
     url, _, tmp = served
-    image = screenshot(f"{url}/policies/{PID}.html", tmp / "policy.png")
+    image = screenshot(f"{url}/policies/{PID}.html", tmp / "policy.png", height=1600)
     header = image[5:60].reshape(-1, 3)
-    assert (np.abs(header - _rgb(HEADER_COLOUR)).max(1) <= 3).mean() > 0.8
-    curve = np.abs(image.astype(int) - _rgb(CURVE_COLOUR)).max(2) <= 12
+    assert (np.abs(header - rgb(HEADER_COLOUR)).max(1) <= 3).mean() > 0.8
+    curve = np.abs(image.astype(int) - rgb(CURVE_COLOUR)).max(2) <= 12
     # one drawn curve per figure: the curve-coloured pixels fall in (at least) four separate boxes
     n, _, stats, _ = cv2.connectedComponentsWithStats(cv2.dilate(curve.astype(np.uint8), np.ones((9, 9))))
     big = [s for s in stats[1:] if s[cv2.CC_STAT_WIDTH] > 150]
