@@ -25,6 +25,16 @@ own (``job_time_budgets_s.train``). The job stops a margin before it with a chec
 (``checkpointed``) and re-queues its request: the next slice resumes from that
 checkpoint, so a run of any length never has its actor killed for overrunning.
 
+**One trainer per run.** The job holds a lease on its run (``kibotos.xmimic.lease``:
+``xmimic/<run_id>/lease/<generation>.json``, taken by a conditional create, renewed every
+``checkpoint.lease_ttl_s / 4``); every checkpoint, policy and final-marker write checks it
+first. A second request for a run another job is training (a redelivery while the first
+still runs, a user sending it again) waits up to 1.25 × the lease TTL: when the holder's
+lease goes stale (its actor died) or is released, it takes the run and resumes from the
+last checkpoint; while the holder lives it answers with the holder's last progress record
+and reason code ``xmimic_run_in_progress``, and trains nothing. A job that finds its run
+taken over (it was taken for dead) stops writing at once and answers the same way.
+
 **Idempotent.** A finished run leaves ``xmimic/<run_id>/final.json`` (its ``done``
 record); a request for that run is answered with the same record again, never trained
 twice. Policy ids are ``<role>-<run_id>-it<iterations>``; rows are replacing tables keyed
@@ -55,6 +65,7 @@ from prometheus_client import Counter
 
 from gpu_consumers.registry import JobSpec, register_job
 from kibotos.errors import KibotosError, SerializationError, ServiceError
+from kibotos.xmimic.lease import FencedStore, LeaseLost, RunLease
 from streams.stage import Output, Record, dead_letter, load_fault_policy, now_ms
 from topics.catalogue import Catalogue
 
@@ -139,10 +150,7 @@ class TrainingStage:
                 log.info("%s: run %s is finished (%s), not training again", self.processor_id, req["run_id"],
                          final.get("policy_id"))
                 return [Output(self.progress, final)]
-            outs = self._train(req, base)
-            if outs[0].record["state"] == "done":  # everything is in the object store now
-                shutil.rmtree(self.work_dir / req["run_id"], ignore_errors=True)
-            return outs
+            return self._leased(req, base)
         except ServiceError:
             raise  # the validator's fault: the consumer retries on a fresh actor
         except KibotosError as exc:
@@ -150,6 +158,39 @@ class TrainingStage:
         except Exception as exc:  # a bug must not kill the consumer
             log.exception("%s: internal error on run %s", self.processor_id, req.get("run_id"))
             return self._failed(base, "xmimic_internal_error", f"{type(exc).__name__}: {exc}")
+
+    def _leased(self, req: dict, base: dict) -> list[Output]:
+        """Train under the run's lease (module docstring, "One trainer per run")."""
+        run_id = req["run_id"]
+        cfg = self._config(req, self.work_dir / run_id)
+        lease = RunLease(self.store, run_prefix(run_id), ttl_s=cfg.checkpoint.lease_ttl_s)
+        if not lease.acquire():
+            return self._busy(base, lease.holder.record if lease.holder else None)
+        try:
+            final = self._final(run_id)  # the holder waited for may have finished the run
+            if final is not None:
+                return [Output(self.progress, final)]
+            lease.start()
+            try:
+                outs = self._train(req, base, lease)
+            except LeaseLost as exc:
+                log.warning("%s: %s; stopping without writing", self.processor_id, exc)
+                cur = lease.current()
+                return self._busy(base, cur.record if cur else None)
+            if outs[0].record["state"] == "done":  # everything is in the object store now
+                shutil.rmtree(self.work_dir / run_id, ignore_errors=True)
+            return outs
+        finally:
+            lease.release()
+
+    def _busy(self, base: dict, holder_record: dict | None) -> list[Output]:
+        """The answer to a request for a run another job trains: the holder's last progress
+        record (it replaces the run's row with what the row already says), marked."""
+        log.info("%s: run %s is being trained by another job; not training it here", self.processor_id,
+                 base["run_id"])
+        RUNS.labels(base["role"], "xmimic_run_in_progress").inc()
+        rec = dict(holder_record) if holder_record else dict(base, state="running")
+        return [Output(self.progress, dict(rec, reason_code="xmimic_run_in_progress", at=now_ms()))]
 
     def _base(self, req: dict) -> dict[str, Any]:
         """The run fields every progress record carries (each record replaces the run's row)."""
@@ -177,7 +218,7 @@ class TrainingStage:
         return [Output(self.progress, dict(base, state="failed", reason_code=reason, at=now_ms()))]
 
     # --- training ----------------------------------------------------------------------
-    def _train(self, req: dict, base: dict) -> list[Output]:
+    def _train(self, req: dict, base: dict, lease: RunLease) -> list[Output]:
         from kibotos.xmimic.clips import load_clips
         from kibotos.xmimic.train import latest_checkpoint, train
 
@@ -194,10 +235,12 @@ class TrainingStage:
                                                else cfg.student.iterations))
         steps_per_env = cfg.teacher.num_steps_per_env
         base = dict(base, task=base["task"] or cfg.task, iterations=total, resumed_from=start, iteration=start)
-        self._emit([Output(self.progress, dict(base, state="running", at=now_ms()))])
+        lease.record = dict(base, state="running", at=now_ms())
+        self._emit([Output(self.progress, lease.record)])
         state: dict[str, Any] = {"at": 0.0, "run": None}
 
         def on_progress(ev: dict) -> None:
+            lease.check()  # taken over: stop training (LeaseLost ends train())
             if state["run"] is None:  # what the environment resolved (task, backend, envs)
                 state["run"] = json.loads((run_dir / "run.json").read_text())
             it = int(ev["iteration"])
@@ -206,13 +249,14 @@ class TrainingStage:
             if not saved and it != total and now - state["at"] < self.progress_interval_s:
                 return
             state["at"] = now
-            self._emit([Output(self.progress, self._event(base, state["run"], ev, steps_per_env, saved))])
+            lease.record = self._event(base, state["run"], ev, steps_per_env, saved)
+            self._emit([Output(self.progress, lease.record)])
 
         margin = min(60.0, 0.1 * self.budget_s)
         result = train(clips, cfg, run_dir, role=req["role"], teacher=teacher, task=req.get("task"),
                        num_envs=req.get("num_envs"), iterations=total, device=req.get("device") or "cpu",
                        backend=req.get("backend"), seed=int(req.get("seed") or 0), progress=on_progress,
-                       store=self.store, run_id=run_id, time_budget_s=max(self.budget_s - margin, 1.0),
+                       store=FencedStore(self.store, lease), run_id=run_id, time_budget_s=max(self.budget_s - margin, 1.0),
                        extra_meta={"dataset": base["dataset"], "dataset_versions": base["dataset_versions"],
                                    "teacher_policy_id": base["teacher_policy_id"]})
         run = state["run"] or json.loads((run_dir / "run.json").read_text())
@@ -230,8 +274,10 @@ class TrainingStage:
             return [Output(self.progress, dict(common, state="checkpointed", at=now_ms())),
                     Output(self.input, dict(req, requested_at=now_ms()))]
         policy_id = policy_id_for(req["role"], run_id, result.iterations)
+        lease.check(strict=True)
         policy_uri = self._register(policy_id, result.checkpoint, base)
         done = dict(common, state="done", policy_id=policy_id, checkpoint_uri=policy_uri, at=now_ms())
+        lease.check(strict=True)
         self.store.put_bytes(json.dumps(done, sort_keys=True).encode(), f"{run_prefix(run_id)}/final.json")
         RUNS.labels(req["role"], "done").inc()
         return [Output(self.progress, done)]

@@ -142,6 +142,22 @@ class LocalObjectStore:
         os.replace(tmp, dest)
         return StoredObject(dest.as_uri(), hashlib.sha256(data).hexdigest(), len(data))
 
+    def create_bytes(self, data: bytes, key: str) -> StoredObject | None:
+        """Store ``data`` under ``key`` only if no object is there (a conditional create:
+        of two writers racing for one key exactly one succeeds); None when one exists.
+        A hard link of a finished temp file is atomic and refuses an existing name."""
+        dest = self._path_for_key(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{os.urandom(4).hex()}.part")
+        tmp.write_bytes(data)
+        try:
+            os.link(tmp, dest)
+        except FileExistsError:
+            return None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return StoredObject(dest.as_uri(), hashlib.sha256(data).hexdigest(), len(data))
+
     def local_path(self, uri: str) -> Path:
         """The readable local path of ``uri``; refuses anything outside the store."""
         parsed = urlparse(uri)
@@ -396,6 +412,30 @@ class S3ObjectStore:
             self.client.put_object(self.bucket, self._object(key), io.BytesIO(data), len(data))
         except Exception as exc:
             raise self._s3err("put", exc) from exc
+        return StoredObject(self.uri_for(key), hashlib.sha256(data).hexdigest(), len(data))
+
+    def create_bytes(self, data: bytes, key: str) -> StoredObject | None:
+        """Store ``data`` under ``key`` only if no object is there: a PUT with
+        ``If-None-Match: *`` (S3 conditional writes; the server answers 412 to all but the
+        first writer); None when one exists. ``minio`` cannot send that header, so the PUT
+        goes through a SigV4 URL that signs it (``presign_v4``)."""
+        import urllib.error
+        import urllib.request
+
+        obj = self._object(key)
+        headers = {"If-None-Match": "*", "Content-Length": str(len(data))}
+        url = presign_v4("PUT", self.endpoint, f"/{self.bucket}/{obj}", access_key=self._access_key,
+                         secret_key=self._secret_key, region=self.region, expires_s=300, headers=headers)
+        req = urllib.request.Request(url, data=data, method="PUT", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=60):
+                pass
+        except urllib.error.HTTPError as exc:
+            if exc.code in (409, 412):  # an object is there (409: a concurrent conditional write)
+                return None
+            raise self._s3err("conditional put", exc) from exc
+        except Exception as exc:
+            raise self._s3err("conditional put", exc) from exc
         return StoredObject(self.uri_for(key), hashlib.sha256(data).hexdigest(), len(data))
 
     def stat(self, key: str) -> ObjectInfo | None:

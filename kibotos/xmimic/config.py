@@ -118,6 +118,9 @@ class StudentConfig(_Frozen):
 
 class CheckpointConfig(_Frozen):
     every_iterations: int = Field(ge=1)
+    # a stack train job's lease on its run (kibotos.xmimic.lease): renewed every ttl/4;
+    # unchanged for ttl, another job may take the run over
+    lease_ttl_s: float = Field(60.0, gt=0)
 
 
 class HeldoutConfig(_Frozen):

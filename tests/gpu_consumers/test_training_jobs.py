@@ -6,7 +6,13 @@ requests with reason codes. Tiny scale: 2 environments, a few PPO iterations of 
 
 from __future__ import annotations
 
+import json
+import multiprocessing
+import os
 import shutil
+import signal
+import threading
+import time
 import uuid
 
 import pytest
@@ -30,7 +36,8 @@ from topics.catalogue import Catalogue
 
 def tiny_config_yaml() -> str:
     text = DEFAULT_PATH.read_text()
-    for old, new in (("every_iterations: 10", "every_iterations: 1"), ("num_steps_per_env: 24", "num_steps_per_env: 8")):
+    for old, new in (("every_iterations: 10", "every_iterations: 1"), ("num_steps_per_env: 24", "num_steps_per_env: 8"),
+                     ("lease_ttl_s: 60", "lease_ttl_s: 3")):
         assert old in text, old
         text = text.replace(old, new)
     return text
@@ -278,3 +285,115 @@ def test_a_student_trains_from_a_teacher_policy_trained_through_the_stack(setup,
     assert bad["teacher_checkpoint_uri"]
     [refused] = records(stage.handle(Record(spec.name, spec.serialize(bad), spec.key(bad))))
     assert (refused["state"], refused["reason_code"]) == ("failed", "xmimic_teacher_invalid")
+
+
+# --- one trainer per run (kibotos.xmimic.lease) ------------------------------------------
+
+class CountingStore(LocalObjectStore):
+    """The local store, counting the writes of each key (a checkpoint written twice means
+    two jobs trained into one run)."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.writes: dict[str, int] = {}
+
+    def put_file(self, src, key):
+        self.writes[key] = self.writes.get(key, 0) + 1
+        return super().put_file(src, key)
+
+
+def _slow(published, seconds):
+    def publish(outs):
+        published.extend(outs)
+        time.sleep(seconds)  # keeps the holder busy past the other job's wait (1.25 x the 3 s lease)
+    return publish
+
+
+def test_two_jobs_for_one_run_at_once_train_it_once(setup, tmp_path):
+    settings, cat, _, rid = setup
+    store = CountingStore(tmp_path / "objects")
+    rec = request(cat, dataset=rid, iterations=10)
+    run_id = cat.get("training.requests").deserialize(rec.value)["run_id"]
+    logs: list[list] = [[], []]
+    stages = [TrainingStage(settings, cat, store, publish=_slow(logs[i], 0.6), work_dir=tmp_path / f"actor{i}",
+                            progress_interval_s=0.0) for i in range(2)]
+    answers: dict[int, list] = {}
+    threads = [threading.Thread(target=lambda i=i: answers.update({i: records(stages[i].handle(rec))}))
+               for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    states = sorted((a[0]["state"], a[0]["reason_code"]) for a in answers.values())
+    assert states == [("done", None), ("running", "xmimic_run_in_progress")], answers
+    trainer = next(i for i, a in answers.items() if a[0]["state"] == "done")
+    assert records(logs[1 - trainer]) == []  # the other job published nothing of its own
+    busy = answers[1 - trainer][0]
+    assert busy["run_id"] == run_id and busy["state"] in ("running", "checkpointed")  # the holder's last record
+    ckpts = {k: n for k, n in store.writes.items() if k.startswith(f"xmimic/{run_id}/model_")}
+    assert sorted(ckpts) == sorted(f"xmimic/{run_id}/model_{n}.pt" for n in range(1, 11))
+    assert set(ckpts.values()) == {1}  # every checkpoint written once: one trainer
+    leases = sorted(i.key for i in store.list(f"xmimic/{run_id}/lease/"))
+    assert leases == [f"xmimic/{run_id}/lease/0000000001.json"]  # taken once, never over
+    assert json.loads(store.read_bytes(store.uri_for(leases[0]), 1 << 20))["released"] is True
+
+
+def test_a_job_whose_run_is_taken_over_stops_writing(setup, tmp_path):
+    """The holder taken for dead (here: another owner's generation 2 appears, as a
+    contender's conditional create would make it) stops at its next iteration."""
+    settings, cat, store, rid = setup
+    rec = request(cat, dataset=rid, iterations=20)
+    run_id = cat.get("training.requests").deserialize(rec.value)["run_id"]
+    published = []
+
+    def publish(outs):
+        published.extend(outs)
+        if any(o.record["iteration"] == 2 for o in outs):
+            store.put_bytes(json.dumps({"owner": "other", "generation": 2, "beat": 0, "ttl_s": 3.0,
+                                        "renewed_at": time.time(), "released": False,
+                                        "record": dict(outs[-1].record, iteration=7)}).encode(),
+                            f"xmimic/{run_id}/lease/0000000002.json")
+
+    stage = TrainingStage(settings, cat, store, publish=publish, work_dir=tmp_path / "a", progress_interval_s=0.0)
+    [answer] = records(stage.handle(rec))
+    assert (answer["reason_code"], answer["iteration"]) == ("xmimic_run_in_progress", 7)  # the new holder's record
+    stored = {int(i.key.rsplit("_", 1)[1][:-3]) for i in store.list(f"xmimic/{run_id}/") if "/model_" in i.key}
+    assert max(stored) == 2 and store.stat(f"xmimic/{run_id}/final.json") is None  # its next write was refused
+
+
+def _train_in_child(settings, home_objects, work_dir, value, key):
+    """A job on its own process (SIGKILLed by the test)."""
+    from topics.catalogue import Catalogue as Cat
+
+    cat = Cat(prefix="t.")
+    stage = TrainingStage(settings, cat, LocalObjectStore(home_objects), publish=lambda outs: None,
+                          work_dir=work_dir, progress_interval_s=0.0)
+    stage.handle(Record(cat.get("training.requests").name, value, key))
+
+
+def test_a_killed_holder_is_taken_over_when_its_lease_goes_stale(setup, tmp_path):
+    settings, cat, store, rid = setup
+    rec = request(cat, dataset=rid, iterations=200)
+    run_id = cat.get("training.requests").deserialize(rec.value)["run_id"]
+    ctx = multiprocessing.get_context("spawn")
+    child = ctx.Process(target=_train_in_child, args=(settings, store.root, tmp_path / "a1", rec.value, rec.key))
+    child.start()
+    try:
+        deadline = time.monotonic() + 300
+        while store.stat(f"xmimic/{run_id}/model_2.pt") is None:
+            assert child.is_alive() and time.monotonic() < deadline, "the child never stored its 2nd checkpoint"
+            time.sleep(0.1)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)  # no finally runs: the lease stays, unreleased
+        child.join(30)
+    lease1 = json.loads(store.read_bytes(store.uri_for(f"xmimic/{run_id}/lease/0000000001.json"), 1 << 20))
+    assert lease1["released"] is False
+    stage, published = stage_and_log(settings, cat, store, tmp_path, "a2")
+    stored = max(int(i.key.rsplit("_", 1)[1][:-3]) for i in store.list(f"xmimic/{run_id}/") if "/model_" in i.key)
+    rec2 = request(cat, dataset=rid, iterations=stored + 2, run_id=run_id)  # the same run, asked again
+    t0 = time.monotonic()
+    [done] = records(stage.handle(rec2))
+    assert time.monotonic() - t0 >= 3.0  # it waited for the dead holder's lease to go stale
+    assert done["state"] == "done" and done["resumed_from"] == stored >= 2, done
+    assert records(published)[0]["resumed_from"] == done["resumed_from"]
+    assert store.stat(f"xmimic/{run_id}/lease/0000000002.json") is not None  # taken over: generation 2
