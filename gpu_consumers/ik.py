@@ -139,131 +139,142 @@ class IKSolver:
             self._chains[link] = SerialKinematics(self.robot, link, device=self.device, dtype=self.dtype)
         return self._chains[link]
 
-    def _error(self, chain: SerialKinematics, q: torch.Tensor, p_t: torch.Tensor, r_t: torch.Tensor, w: float,
-               jacobian: bool):
+    def _error(self, chain: SerialKinematics, q: torch.Tensor, p_t: torch.Tensor, r_t: torch.Tensor, w: float):
         """Residual ``(B, 6)`` (position, then ``w`` times the rotation vector of ``R* R^T``,
-        in the base frame) and, with ``jacobian``, its Jacobian with the same weights."""
-        rot, pos, jac = chain.rot_pos(q, jacobian)
-        e = torch.cat([p_t - pos, w * _rotation_vector(r_t @ rot.transpose(1, 2))], dim=1)
-        if jac is not None:
-            jac = jac * self._weights(w)
-        return e, jac
+        in the base frame) and the transposed Jacobian ``J^T (B, n, 6)`` with the same weights
+        (the normal equations read it as is). ``q`` may be one row for ``B`` targets."""
+        rot, pos, jac = chain.rot_pos(q, True)
+        e = torch.cat([p_t - pos, _rotation_vector(r_t @ rot.transpose(1, 2), w)], dim=1)
+        return e, jac.transpose(1, 2) * self._weights(w)
 
     def _weights(self, w: float) -> torch.Tensor:
         if getattr(self, "_w", (None,))[0] != w:
-            self._w = (w, torch.tensor([1.0, 1.0, 1.0, w, w, w], dtype=self.dtype, device=self.device)[:, None])
+            self._w = (w, torch.tensor([1.0, 1.0, 1.0, w, w, w], dtype=self.dtype, device=self.device))
         return self._w[1]
 
-    def _lm(self, chain, q, p_t, r_t, cfg: IKConfig, smooth: bool, *, first_wins: bool = False):
+    def _lm(self, chain, q, p_t, r_t, cfg: IKConfig, smooth: bool, *, reach_m: float | None = None,
+            start: tuple[torch.Tensor, torch.Tensor] | None = None):
         """Levenberg–Marquardt on every row of ``q`` at once; with ``smooth`` the rows are
         consecutive frames coupled by ``smoothness_weight * sum ||q_t - q_{t-1}||^2``.
 
-        A row stops (is frozen) once it has converged: its residual is below
-        ``converged_residual_m``, or its next step (taken or refused) changes its cost by
-        less than ``convergence_tolerance`` of it, or the step it asks for is below 1e-9 rad
-        (a constrained minimum: every step is clamped away). The loop ends when every row has
-        stopped — with ``first_wins`` (the multi-start) as soon as any row has reached
-        ``converged_residual_m`` — or after ``iterations``; coupled frames (``smooth``) stop
-        together once the episode's total cost falls by less than ``convergence_tolerance``
-        of it in one iteration. Returns ``(q, residual (B, 6), iterations run)``."""
-        w, beta = cfg.rotation_weight_m_per_rad, (cfg.smoothness_weight if smooth else 0.0)
-        floor = cfg.converged_residual_m**2
-        lam = torch.full((q.shape[0],), cfg.damping * 100, dtype=self.dtype, device=self.device)
-        count = torch.full((q.shape[0], 1), 2.0, dtype=self.dtype, device=self.device)
-        if q.shape[0] > 0:
+        Independent rows (the multi-start) stop one by one, each once converged: its residual
+        is below ``converged_residual_m``, or its next step (taken or refused) changes its
+        position and orientation terms and its cost by less than ``convergence_tolerance`` of
+        them, or the step it asks for is below 1e-9 rad (a constrained minimum: every step is
+        clamped away); with ``reach_m`` the loop ends as soon as any row is within ``reach_m``
+        of its target. Coupled frames (``smooth``: a frame's optimum moves with its
+        neighbours, so none is frozen while another still moves) stop together once no term
+        of the episode's objective (position, orientation, smoothness; each summed afresh over
+        the frames) changes in an iteration by more than ``convergence_tolerance`` of it or,
+        as an RMS over the frames, by more than ``converged_change_m`` — per term, so that a
+        position miss of metres (a target out of reach) does not hide the orientation still
+        improving. At most ``iterations``. ``start``: the residual and ``J^T`` at ``q``, when
+        the caller has them. Returns ``(q, residual (B, 6), iterations run)``.
+
+        Per iteration one forward kinematics + Jacobian pass and a few dozen tensor
+        operations: on a CPU their number, not their size, is the cost (README "The IK
+        solver's own loop"), hence the sums shared between the step, the cost and the
+        stopping test."""
+        w, tol, floor = cfg.rotation_weight_m_per_rad, cfg.convergence_tolerance, cfg.converged_residual_m**2
+        beta = cfg.smoothness_weight if smooth else 0.0
+        n_rows = q.shape[0]
+        lam = torch.full((n_rows, 1), cfg.damping * 100, dtype=self.dtype, device=self.device)
+        e, jt = start if start is not None else self._error(chain, q, p_t, r_t, w)
+        parts = (e * e).view(n_rows, 2, 3).sum(2)  # (B, 2): position and orientation terms per row
+        if smooth:
+            count = torch.full((n_rows, 1), 2.0, dtype=self.dtype, device=self.device)
             count[0] = count[-1] = 1.0
-        diag_extra = beta * count  # (B, 1): the smoothness term's share of the normal matrix' diagonal
-
-        def neighbours(x: torch.Tensor) -> torch.Tensor:
-            s = torch.zeros_like(x)
-            s[1:] += x[:-1]
-            s[:-1] += x[1:]
-            return s
-
-        def cost(e, x):
-            c = (e**2).sum(1)
-            if beta > 0:
-                c = c + beta * (count[:, 0] * (x**2).sum(1) - (x * neighbours(x)).sum(1))
-            return c
-
-        e, jac = self._error(chain, q, p_t, r_t, w, True)
-        current = cost(e, q)
-        active = torch.ones(q.shape[0], dtype=torch.bool, device=self.device)
-        total = torch.stack([(e[:, :3] ** 2).sum(), (e[:, 3:] ** 2).sum(), beta * ((q[1:] - q[:-1]) ** 2).sum()])
+            diag_extra = beta * count  # the smoothness term's share of the normal matrix' diagonal
+            d = q[1:] - q[:-1]
+            g = _smoothness_gradient(d, beta)
+            # a row's cost: its residual and its share of the smoothness term, q_t . g_t
+            current = parts.sum(1) + (q * g).sum(1)
+            total = torch.cat([parts.sum(0), (beta * (d * d).sum()).reshape(1)])
+            change_sq = cfg.converged_change_m**2 * n_rows  # RMS change -> change of sqrt(sum)
+        else:
+            current = parts.sum(1)
+            active = torch.ones(n_rows, dtype=torch.bool, device=self.device)
         done = 0
         for done in range(1, cfg.iterations + 1):  # noqa: B007 (done: iterations run, read after the loop)
-            jt = jac.transpose(1, 2)
-            a = jt @ jac
-            a.diagonal(dim1=1, dim2=2).add_(lam[:, None] + diag_extra)
+            a = jt @ jt.transpose(1, 2)
+            a.diagonal(dim1=1, dim2=2).add_(lam + diag_extra if smooth else lam)
             b = (jt @ e[:, :, None])[:, :, 0]
-            if beta > 0:
-                b = b - beta * (count * q - neighbours(q))
+            if smooth:
+                b = b - g
             dq = torch.linalg.solve(a, b).clamp_(-cfg.max_step_rad, cfg.max_step_rad)
             cand = torch.clamp(q + dq, chain.lower, chain.upper)
-            e_c, jac_c = self._error(chain, cand, p_t, r_t, w, True)
-            new = cost(e_c, cand)
+            e_c, jt_c = self._error(chain, cand, p_t, r_t, w)
+            parts_c = (e_c * e_c).view(n_rows, 2, 3).sum(2)
+            new = parts_c.sum(1)
+            if smooth:
+                new = new + (cand * _smoothness_gradient(cand[1:] - cand[:-1], beta)).sum(1)
             better = new < current
             if not smooth:
-                better = better & active
-            # converged: the residual at the floor, or a step (taken or refused) that changes
-            # the cost by less than the tolerance, or nothing left to move
-            # (position and orientation each: a position miss of metres, a target out of
-            # reach, must not hide the orientation still improving)
-            parts_c = torch.stack([(e_c[:, :3] ** 2).sum(1), (e_c[:, 3:] ** 2).sum(1)], dim=1)
-            parts = torch.stack([(e[:, :3] ** 2).sum(1), (e[:, 3:] ** 2).sum(1)], dim=1)
-            small = ((parts_c - parts).abs() <= cfg.convergence_tolerance * parts + floor).all(1)
-            settled = (new <= floor) | (current <= floor) | (small & ((current - new).abs() <= cfg.convergence_tolerance * current))
-            stopped = settled | ((cand - q).abs().amax(1) < 1e-9)
-            q = torch.where(better[:, None], cand, q)
-            e = torch.where(better[:, None], e_c, e)
-            jac = torch.where(better[:, None, None], jac_c, jac)
+                # converged: the residual at the floor, or a step (taken or refused) that changes
+                # the cost and each of its terms by less than the tolerance, or nothing left to move
+                better &= active
+                small = ((parts_c - parts).abs() <= tol * parts + floor).all(1)
+                settled = (new <= floor) | (current <= floor) | (small & ((current - new).abs() <= tol * current))
+                active &= ~(settled | ((cand - q).abs().amax(1) < 1e-9))
+            b1 = better[:, None]
+            q = torch.where(b1, cand, q)
+            e = torch.where(b1, e_c, e)
+            jt = torch.where(b1[:, :, None], jt_c, jt)
+            parts = torch.where(b1, parts_c, parts)
             current = torch.where(better, new, current)
-            lam = torch.where(better, lam / 3.0, lam * 4.0).clamp_(1e-9, 1e6)
-            # independent rows stop one by one; coupled frames only all together (a frame's
-            # optimum moves with its neighbours, so none is frozen while another still moves)
-            active = active & ~stopped if not smooth else ~stopped
-            if first_wins and bool((current <= floor).any()):
-                break
-            if not bool(active.any()):
-                break
-            if smooth:
-                # the episode's objective, each of its terms (position, orientation,
-                # smoothness) summed afresh (per-row costs mix neighbours of different
-                # iterations): none changes by more than the tolerance, all frames have
-                # converged together. Per term, so that a position miss of metres (a target
-                # out of reach) does not hide the orientation still improving
-                parts = torch.stack([(e[:, :3] ** 2).sum(), (e[:, 3:] ** 2).sum(),
-                                     beta * ((q[1:] - q[:-1]) ** 2).sum()])
-                if bool(((parts - total).abs() <= cfg.convergence_tolerance * total + floor).all()):
+            lam = torch.where(b1, lam / 3.0, lam * 4.0).clamp_(1e-9, 1e6)
+            if not smooth:
+                if reach_m is not None and bool((current <= reach_m**2).any()):
                     break
-                total = parts
+                if not bool(active.any()):
+                    break
+                continue
+            d = q[1:] - q[:-1]
+            g = _smoothness_gradient(d, beta)
+            parts_now = torch.cat([parts.sum(0), (beta * (d * d).sum()).reshape(1)])
+            moved = (parts_now - total).abs()
+            rms_moved = (parts_now.sqrt() - total.sqrt()).abs()
+            total = parts_now
+            if bool(((moved <= tol * total + floor) | (rms_moved**2 <= change_sq)).all()):
+                break
         return q, e, done
 
     def solve(self, link: str, targets: np.ndarray, cfg: IKConfig, *, seed: int = 0) -> IKSolution:
         """Joint trajectory for ``link`` to follow ``targets`` (N, 4, 4) in the base frame.
 
         Multi-start on the first frame (home + ``seed_restarts - 1`` uniform draws within
-        the limits, generator ``seed``; the first start to reach the target, home before
-        the draws on a tie, else the closest), then every frame at once from that solution (a warm start: each
-        frame begins where the first frame's solve ended, and the smoothness coupling
-        carries each frame's progress to its neighbours)."""
+        the limits, generator ``seed``): the first start to come within ``seed_residual_m``
+        of the first target (home before the draws on a tie), else the closest, seeds every
+        frame at once (a warm start: each frame begins where the first frame's solve ended,
+        and the smoothness coupling carries each frame's progress to its neighbours; the
+        batch refines the first frame as well, so the seed need not be exact). The batch's
+        first residual and Jacobian are those of that one configuration, computed once."""
         t0 = time.perf_counter()
         chain = self.chain(link)
         w = cfg.rotation_weight_m_per_rad
         with _torch_threads(self.num_threads), torch.no_grad():
             tgt = torch.as_tensor(np.asarray(targets), dtype=self.dtype, device=self.device)
             p_t, r_t = tgt[:, :3, 3].contiguous(), tgt[:, :3, :3].contiguous()
-            gen = torch.Generator(device="cpu").manual_seed(seed)
             home = torch.as_tensor(self.robot.home_qpos[chain.joint_index], dtype=self.dtype, device=self.device)
-            draws = torch.rand((max(cfg.seed_restarts, 1) - 1, chain.dof), generator=gen, dtype=self.dtype).to(self.device)
-            starts = torch.cat([home[None], chain.lower + draws * (chain.upper - chain.lower)])
-            first, e0, it_seed = self._lm(chain, starts, p_t[:1].expand(len(starts), 3),
-                                          r_t[:1].expand(len(starts), 3, 3), cfg, smooth=False, first_wins=True)
-            # the first start to reach the target (home before the draws on a tie); the
-            # closest when none does
-            reached = torch.nonzero((e0**2).sum(1) <= cfg.converged_residual_m**2)
+            # home alone first: it reaches most first targets, and a lone row costs a fraction
+            # of the restarts' iterations (near-180-degree errors of random starts included)
+            first, e0, it_seed = self._lm(chain, home[None].clone(), p_t[:1], r_t[:1], cfg, smooth=False,
+                                          reach_m=cfg.seed_residual_m)
+            if float((e0**2).sum()) > cfg.seed_residual_m**2 and cfg.seed_restarts > 1:
+                gen = torch.Generator(device="cpu").manual_seed(seed)
+                draws = torch.rand((cfg.seed_restarts - 1, chain.dof), generator=gen, dtype=self.dtype).to(self.device)
+                starts = torch.cat([home[None], chain.lower + draws * (chain.upper - chain.lower)])
+                first, e0, it_more = self._lm(chain, starts, p_t[:1].expand(len(starts), 3),
+                                              r_t[:1].expand(len(starts), 3, 3), cfg, smooth=False,
+                                              reach_m=cfg.seed_residual_m)
+                it_seed += it_more
+            # the first start within reach (home before the draws on a tie); the closest when none is
+            reached = torch.nonzero((e0**2).sum(1) <= cfg.seed_residual_m**2)
             best = int(reached[0, 0]) if len(reached) else int(torch.argmin((e0**2).sum(1)))
-            q, e, it_batch = self._lm(chain, first[best].expand(len(tgt), chain.dof).clone(), p_t, r_t, cfg, smooth=True)
+            q0 = first[best:best + 1]
+            e_start, jt_start = self._error(chain, q0, p_t, r_t, w)
+            q, e, it_batch = self._lm(chain, q0.expand(len(tgt), chain.dof).clone(), p_t, r_t, cfg, smooth=True,
+                                      start=(e_start, jt_start.expand(len(tgt), -1, -1)))
             # the residual the solver already has: no forward kinematics pass after the solve
             pos_err = torch.linalg.norm(e[:, :3], dim=1).cpu().numpy()
             rot_err = np.degrees(torch.linalg.norm(e[:, 3:], dim=1).cpu().numpy() / w)
@@ -275,19 +286,30 @@ class IKSolver:
             wall_ms=(time.perf_counter() - t0) * 1000.0)
 
 
-def _rotation_vector(r: torch.Tensor) -> torch.Tensor:
-    """Log map of rotation matrices (B, 3, 3) -> rotation vectors (B, 3): ``angle * axis``
-    from the trace and the skew part (a dozen tensor operations where pytorch-kinematics'
-    ``matrix_to_axis_angle`` goes through quaternions in ~40). Near 180 degrees the skew part
-    vanishes and loses the axis: there pytorch-kinematics' conversion is used."""
-    cos = (r.diagonal(dim1=1, dim2=2).sum(1) - 1.0) * 0.5
-    skew = r - r.transpose(1, 2)
-    v = torch.stack([skew[:, 2, 1], skew[:, 0, 2], skew[:, 1, 0]], dim=1)  # 2 sin(angle) axis
-    sin2 = torch.linalg.norm(v, dim=1)
+def _smoothness_gradient(d: torch.Tensor, beta: float) -> torch.Tensor:
+    """``beta * (count_t q_t - q_{t-1} - q_{t+1})`` (half the gradient of ``beta * sum ||d||^2``)
+    from the frame differences ``d = q[1:] - q[:-1]``: ``d_{t-1} - d_t``, zero beyond the ends."""
+    pad = torch.nn.functional.pad
+    return (pad(d, (0, 0, 1, 0)) - pad(d, (0, 0, 0, 1))) * beta
+
+
+def _rotation_vector(r: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Log map of rotation matrices (B, 3, 3) -> rotation vectors (B, 3) times ``scale``:
+    ``angle * axis`` from the trace and the skew part (a dozen tensor operations where
+    pytorch-kinematics' ``matrix_to_axis_angle`` goes through quaternions in ~40). Near 180
+    degrees the skew part vanishes and loses the axis: there pytorch-kinematics' conversion is
+    used."""
+    flat = r.reshape(r.shape[0], 9)[:, _LOG_INDEX]  # r21 r02 r10 | r12 r20 r01 | r00 r11 r22
+    v = flat[:, :3] - flat[:, 3:6]  # 2 sin(angle) axis
+    cos = (flat[:, 6:].sum(1) - 1.0) * 0.5
     if bool((cos < -0.99).any()):
-        return matrix_to_axis_angle(r)
+        return matrix_to_axis_angle(r) * scale
+    sin2 = torch.linalg.norm(v, dim=1)
     angle = torch.atan2(sin2 * 0.5, cos)
-    return v * (angle / sin2.clamp_min(1e-300))[:, None]
+    return v * (angle * scale / sin2.clamp_min(1e-300))[:, None]
+
+
+_LOG_INDEX = torch.tensor([7, 2, 3, 5, 6, 1, 0, 4, 8])
 
 
 # --- independent targets -----------------------------------------------------------------

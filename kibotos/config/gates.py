@@ -134,6 +134,10 @@ class IKConfig(_Frozen):
     # the cost by less than convergence_tolerance of it (gates.yaml, gpu_consumers.ik)
     converged_residual_m: float = Field(gt=0)
     convergence_tolerance: float = Field(ge=0)
+    # the multi-start on the first frame ends when a start is within seed_residual_m of its
+    # target; the coupled batch also stops once no term's RMS changes by converged_change_m
+    seed_residual_m: float = Field(gt=0)
+    converged_change_m: float = Field(ge=0)
 
 
 class KeyframeConfig(_Frozen):
