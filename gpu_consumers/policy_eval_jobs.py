@@ -11,7 +11,11 @@ versions it trained on, the config (YAML text) and the seed. The job evaluates i
 dataset, config version and seed; ``created_at`` is the request's time, so a redelivered
 request writes the same rows), judges the policy by ``eval.pass_rule`` and, when it passes
 and names dataset versions, adds the attribution records
-(``kibotos.datasets.policy.record_policy_evaluation``: uuid5 entry ids, paid once).
+(``kibotos.datasets.policy.record_policy_evaluation``: uuid5 entry ids, paid once). A
+request with ``preview`` also renders the first clip's rollout (``kibotos.xmimic.preview``)
+and stores it next to the policy, ``xmimic/policies/<policy_id>/preview.mp4``, where the read
+API serves it to the policy page; a preview that cannot be rendered (no GL context) is
+logged and the rows stand.
 
 The kind is opt-in on a stack (``KIBOTOS_TRAINING_JOBS='["train","eval"]'``): each kind
 holds its own Ray actors. Refusals (a dead letter with the reason code; the consumer lives
@@ -104,6 +108,7 @@ class PolicyEvalStage:
                 refs = [c.as_record() for c in resolve_dataset(req["dataset"], self.settings.home, self.store).clips]
             clips = load_clips(download_clips(refs, self.store, work / "clips"))
             rep = evaluate(clips, cfg, policy_path=ckpt, task=req.get("task"), heldout=bool(req.get("heldout", True)))
+            preview_uri = self._preview(req, clips[0], cfg, ckpt, work) if req.get("preview") else None
         finally:
             shutil.rmtree(work, ignore_errors=True)
         rows = eval_rows(rep, policy_id=pid, dataset=req["dataset"], seed=int(req.get("seed") or 0),
@@ -113,8 +118,19 @@ class PolicyEvalStage:
         out = [Output(self.outputs[0], r) for r in rows]
         out += self._attribution(req, verdict, summary)
         EVALS.labels("passed" if verdict.passed else "failed").inc()
-        self.last = {"eval_id": summary.eval_id, **summary.as_dict(), **verdict.as_dict(), "records": len(out)}
+        self.last = {"eval_id": summary.eval_id, **summary.as_dict(), **verdict.as_dict(), "records": len(out),
+                     "preview_uri": preview_uri}
         return out
+
+    def _preview(self, req: dict, clip, cfg, ckpt: Path, work: Path) -> str | None:
+        from kibotos.xmimic.preview import store_preview, write_preview
+
+        try:
+            info = write_preview(clip, cfg, ckpt, work / "preview.mp4", task=req.get("task"))
+        except Exception as exc:  # no GL context, codec: the evaluation stands without a preview
+            log.warning("%s: preview of %s failed: %s", self.processor_id, req["policy_id"], exc)
+            return None
+        return store_preview(self.store, req["policy_id"], Path(info["path"]))  # a store failure is retried
 
     def _config(self, req: dict, work: Path):
         from kibotos.xmimic.config import load_xmimic_config

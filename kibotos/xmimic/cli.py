@@ -241,7 +241,8 @@ def eval_cmd(
 
         try:
             report = eval_via_stack(settings, policy, dataset=dataset, config=config, task=task,
-                                    heldout=not no_heldout, seed=seed, trained_on=trained_on, timeout_s=wait)
+                                    heldout=not no_heldout, seed=seed, trained_on=trained_on, timeout_s=wait,
+                                    preview=preview)
         except KibotosError as exc:
             _fail(exc, 3 if getattr(exc, "reason_code", "") == "service_unavailable" else 1)
         print(json.dumps(report, indent=2))
@@ -269,6 +270,12 @@ def eval_cmd(
                 folder = settings.home / "policies" / policy
                 dest = folder / PREVIEW_NAME if folder.is_dir() else path.with_suffix(".preview.mp4")
                 report["preview"] = write_preview(clip_list[0], cfg, path, dest, task=task)
+                # next to the policy in the object store, where the read API serves it to the page
+                from kibotos.xmimic.evals import policy_id_for_checkpoint
+                from kibotos.xmimic.preview import store_preview
+
+                pid = policy_id_for_checkpoint(path) if Path(policy).is_file() else policy
+                report["preview"]["uri"] = store_preview(_store(settings), pid, dest)
             if not Path(policy).is_file():
                 save_eval(settings.home, policy, report)
     except KibotosError as exc:
@@ -318,10 +325,15 @@ def policies_show(policy_id: str,
     state = running_stack(settings)
     base = state["query_url"] if state else ""
     local = registry_model(settings.home, policy_id)
-    preview = settings.home / "policies" / policy_id / "preview.mp4"
+    from kibotos.xmimic.preview import find_preview
+
+    try:  # a written page inlines the preview (it must open without a server)
+        preview = find_preview(policy_id, store=_store(settings), home=settings.home)
+    except KibotosError as exc:
+        _fail(exc)
     html.write_text(page_for(doc, checkpoint_href=local.resolve().as_uri() if local else doc.get("checkpoint_uri"),
                              dataset_href=lambda ref: f"{base}/datasets/{quote(ref, safe='@')}.html",
-                             preview_mp4=preview.read_bytes() if preview.is_file() else None), encoding="utf-8")
+                             preview_mp4=preview), encoding="utf-8")
     print(f"wrote {html}")
 
 

@@ -265,11 +265,12 @@ def record_from_cli(settings, report, policy: str, checkpoint: Path, *, dataset:
 
 def eval_via_stack(settings, policy: str, *, dataset: str | None, config: Path | None = None, task: str | None = None,
                    heldout: bool = True, seed: int = 0, trained_on: list[str] | None = None,
-                   timeout_s: float = 600.0, poll_s: float = 1.0) -> dict:
+                   timeout_s: float = 600.0, poll_s: float = 1.0, preview: bool = False) -> dict:
     """``kibotos eval --via-stack``: put an ``eval.requests`` record for the running stack's
     ``eval`` job (``gpu_consumers/policy_eval_jobs.py``) and wait until the read API shows
     its rows (the eval id with this request's time). Returns the evaluation's summary and
-    the pass verdict under ``config``'s rule."""
+    the pass verdict under ``config``'s rule; ``preview``: the job also stores the rollout
+    preview next to the policy (``preview_uri`` in the answer)."""
     from urllib.parse import quote
 
     from kibotos.errors import ServiceError
@@ -300,7 +301,7 @@ def eval_via_stack(settings, policy: str, *, dataset: str | None, config: Path |
     req: dict[str, Any] = {"policy_id": policy_id, "checkpoint_uri": uri, "dataset": dataset, "clips": [],
            "trained_on": list(trained_on or []) or list(meta.get("dataset_versions") or []),
            "config_yaml": Path(config).read_text() if config else None, "task": task, "heldout": heldout,
-           "seed": seed, "requested_by": "kibotos-cli", "requested_at": int(time.time() * 1000)}
+           "seed": seed, "requested_by": "kibotos-cli", "requested_at": int(time.time() * 1000), "preview": preview}
     catalogue = Catalogue.from_settings(settings)
     ensure_topics(state["bootstrap"], [catalogue.get("eval.requests")])
     produce([("eval.requests", req)], catalogue, state["bootstrap"])
@@ -312,9 +313,15 @@ def eval_via_stack(settings, policy: str, *, dataset: str | None, config: Path |
         if done:
             ev = done[0]
             summary = Summary(eid, ev["sr"], ev["gsr"], ev["reference_sr"], ev["reference_gsr"], ev.get("clips") or {})
-            return {"policy": policy_id, "config_version": cfg.config_version, "recorded": {
+            from kibotos.xmimic.preview import preview_key
+
+            out = {"policy": policy_id, "config_version": cfg.config_version, "recorded": {
                 "eval_id": eid, "dataset": dataset, "via": "stack", **summary.as_dict(),
                 **judge(summary, cfg.eval.pass_rule).as_dict(), "trained_on": req["trained_on"]}}
+            if preview:  # the job stores it before it answers with the rows
+                stored = store.stat(preview_key(policy_id))
+                out["preview"] = {"uri": store.uri_for(preview_key(policy_id)) if stored else None}
+            return out
         if time.monotonic() > deadline:
             raise XMimicError(f"no evaluation rows for {policy_id} (eval {eid}) within {timeout_s:.0f} s: is the eval "
                               "job kind running (KIBOTOS_TRAINING_JOBS)? a refused request is a dead letter",

@@ -93,11 +93,13 @@ def _clip_table(ev: dict | None) -> str:
 
 
 def render_policy_html(doc: dict[str, Any], *, verdict: dict | None = None, dataset_href=None,
-                       checkpoint_href: str | None = None, preview_mp4: bytes | None = None) -> str:
+                       checkpoint_href: str | None = None, preview_mp4: bytes | None = None,
+                       preview_href: str | None = None) -> str:
     """The page of one policy document (``kibotos.xmimic.policy_reads``). ``verdict``: the
     pass rule's judgement of its latest evaluation; ``dataset_href(ref)``: a dataset
-    version's page; ``checkpoint_href``: where its checkpoint downloads; ``preview_mp4``:
-    a rollout video to inline."""
+    version's page; ``checkpoint_href``: where its checkpoint downloads; ``preview_href``:
+    where its rollout video is served (the read API), or ``preview_mp4``: the video to
+    inline (a page written to a file)."""
     dataset_href = dataset_href or (lambda ref: f"/datasets/{quote(ref, safe='@')}.html")
     ev = doc.get("eval")
     pid = doc["policy_id"]
@@ -128,12 +130,15 @@ def render_policy_html(doc: dict[str, Any], *, verdict: dict | None = None, data
                       f"<td class='num'>{_num(e['sr'], '{:.2f}')}</td><td class='num'>{_num(e['gsr'], '{:.2f}')}</td>"
                       f"<td>{_e(e['created_at'])}</td></tr>" for e in doc.get("evals") or [])
     video = ""
-    if preview_mp4:
-        video = ("<section id='preview'><h2>Rollout preview</h2><video controls muted loop src='data:video/mp4;base64,"
-                 + base64.b64encode(preview_mp4).decode() + "'></video></section>")
+    if preview_href:  # served beside the page: same origin, nothing from elsewhere
+        video = (f"<section id='preview'><h2>Rollout preview</h2><video id='preview-video' controls muted loop "
+                 f"preload='auto' src='{_e(preview_href)}'></video></section>")
+    elif preview_mp4:
+        video = ("<section id='preview'><h2>Rollout preview</h2><video id='preview-video' controls muted loop "
+                 "src='data:video/mp4;base64," + base64.b64encode(preview_mp4).decode() + "'></video></section>")
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; media-src data:; "
+        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; media-src data: 'self'; "
         "style-src 'unsafe-inline'\">"
         "<meta name='viewport' content='width=device-width,initial-scale=1'>"
         f"<title>{_e(pid)} · Kibotos policy</title><style>{CSS}{EXTRA_CSS}{POLICY_CSS}</style></head><body>"
@@ -155,7 +160,8 @@ def render_policy_html(doc: dict[str, Any], *, verdict: dict | None = None, data
     )
 
 
-def page_for(doc: dict, *, checkpoint_href=None, dataset_href=None, preview_mp4: bytes | None = None) -> str:
+def page_for(doc: dict, *, checkpoint_href=None, dataset_href=None, preview_mp4: bytes | None = None,
+             preview_href: str | None = None) -> str:
     """The page with the current pass rule's verdict on the latest evaluation."""
     from kibotos.xmimic.config import load_xmimic_config
     from kibotos.xmimic.evals import Summary, judge
@@ -167,4 +173,4 @@ def page_for(doc: dict, *, checkpoint_href=None, dataset_href=None, preview_mp4:
         verdict = judge(Summary(ev["eval_id"], ev["sr"], ev["gsr"], ev["reference_sr"], ev["reference_gsr"]),
                         cfg.eval.pass_rule).as_dict()
     return render_policy_html({**doc, "rule_version": cfg.config_version}, verdict=verdict, dataset_href=dataset_href,
-                              checkpoint_href=checkpoint_href, preview_mp4=preview_mp4)
+                              checkpoint_href=checkpoint_href, preview_mp4=preview_mp4, preview_href=preview_href)

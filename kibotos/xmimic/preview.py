@@ -1,7 +1,9 @@
 """A rollout preview: the policy replaying one clip in the evaluation environment (no DI,
 DR, pushes or early termination), rendered offscreen by MuJoCo from the simulator's own
-state after every control step and encoded as an mp4 (``kibotos eval --preview``; the
-policy page inlines it).
+state after every control step and encoded as an mp4 (``kibotos eval --preview``, the
+``eval`` job when a request asks for it). It is stored next to the policy in the object
+store, ``xmimic/policies/<policy_id>/preview.mp4`` (``preview_key``), where the read API
+serves it (``GET /policies/<id>/preview.mp4``) and the policy page's ``<video>`` finds it.
 
 MuJoCo rather than Genesis: the MuJoCo backend's state is the rollout itself (no second
 scene to keep in sync), and a 320x240 software-GL frame costs milliseconds where a
@@ -23,6 +25,29 @@ from kibotos.xmimic.config import XMimicConfig
 
 PREVIEW_NAME = "preview.mp4"
 ROBOT_RGBA = (0.25, 0.45, 0.85, 1.0)
+MAX_PREVIEW_BYTES = 256 << 20
+
+
+def preview_key(policy_id: str) -> str:
+    """Object-store key of a policy's rollout preview: beside its ``model.pt``."""
+    return f"xmimic/policies/{policy_id}/{PREVIEW_NAME}"
+
+
+def store_preview(store, policy_id: str, path: Path) -> str:
+    """Upload a written preview next to the policy; returns its URI."""
+    return store.put_file(path, preview_key(policy_id)).uri
+
+
+def find_preview(policy_id: str, *, store=None, home: Path | None = None) -> bytes | None:
+    """A policy's preview: the object store's (any node's evaluation), else the local
+    registry's (``kibotos eval --preview`` before previews were stored); None when neither."""
+    if store is not None and store.stat(preview_key(policy_id)) is not None:
+        return store.read_bytes(store.uri_for(preview_key(policy_id)), MAX_PREVIEW_BYTES)
+    if home is not None:
+        p = Path(home) / "policies" / policy_id / PREVIEW_NAME
+        if p.is_file():
+            return p.read_bytes()
+    return None
 
 
 def rollout_frames(clip: Clip, cfg: XMimicConfig, policy_path: Path | None, *, task: str | None = None,

@@ -16,6 +16,7 @@ from kibotos.config.settings import Settings
 from kibotos.datasets.builder import DatasetBuilder
 from kibotos.datasets.spec import parse_spec
 from kibotos.datasets.store import DatasetStore
+from kibotos.media.video import probe_video
 from kibotos.objectstore import store_from_settings
 from kibotos.xmimic.train import train
 from streams.stage import Record
@@ -47,7 +48,7 @@ def test_eval_job_answers_with_rows_and_attribution(clips, clips_dir, small_cfg,
                                          "pass_rule": {"min_sr": 0.0, "min_gsr": 0.0, "min_sr_over_reference": -1.0}})
     req = {"policy_id": "teacher-runJ-it1", "checkpoint_uri": ckpt_uri, "dataset": "xgen-r", "clips": refs,
            "trained_on": ["g1-cargo@v1"], "config_yaml": yaml.safe_dump(json.loads(cfg.model_dump_json())),
-           "task": None, "heldout": True, "seed": 0, "requested_by": "test", "requested_at": T0 + 5}
+           "task": None, "heldout": True, "seed": 0, "requested_by": "test", "requested_at": T0 + 5, "preview": True}
     spec = cat.get("eval.requests")
     stage = PolicyEvalStage(settings, cat, objects, work_dir=tmp_path / "work")
     outs = stage.handle(Record(spec.name, spec.serialize(req)))
@@ -57,6 +58,10 @@ def test_eval_job_answers_with_rows_and_attribution(clips, clips_dir, small_cfg,
     assert [(e["split"], e["clip_id"]) for e in by["policy.evals"]] == [("train", clips[0].clip_id),
                                                                           ("heldout", f"{clips[0].clip_id}@size_scale=0.7")]
     assert {e["created_at"] for e in by["policy.evals"]} == {T0 + 5} and stage.last["passed"]
+    # asked for a preview: rendered and stored next to the policy, where the read API finds it
+    assert stage.last["preview_uri"] == objects.uri_for("xmimic/policies/teacher-runJ-it1/preview.mp4")
+    probe = probe_video(objects.read_bytes(stage.last["preview_uri"], 1 << 26))
+    assert (probe.width, probe.height) == (320, 240) and probe.frames >= 10
     assert sorted(e["miner_id"] for e in by["ledger.entries"]) == ["alice", "bob"]
     assert sum(e["points"] for e in by["ledger.entries"]) == ds.cfg.attribution.policy_pass_pool
     for o in outs:

@@ -81,11 +81,12 @@ def test_eval_rows_replace_on_rerun_and_a_pass_pays_once(trained, clips_dir, sma
     for name in sorted(p.name for p in clips_dir.iterdir() if p.is_dir())[:2]:
         (two / name).symlink_to(clips_dir / name)
     cli = CliRunner()
-    outs = []
+    outs, previews = [], []
     for k in range(2):
         res = cli.invoke(app, ["eval", pid, "--clips", str(two), "--config", str(cfg_file), *(["--preview"] if k else [])])
         assert res.exit_code == 0, res.output
         outs.append(json.loads(res.stdout)["recorded"])
+        previews.append(json.loads(res.stdout).get("preview"))
     first, second = outs
     assert first["via"] == "warehouse" and first["passed"] and first["rows"] == 2 + 3
     assert second["eval_id"] == first["eval_id"]
@@ -114,6 +115,10 @@ def test_eval_rows_replace_on_rerun_and_a_pass_pays_once(trained, clips_dir, sma
     html = page.read_text()
     assert html.count("<tr class='clip") == 5 and "data-points='1'" in html  # one iteration: runE/progress.jsonl
     assert "data:video/mp4;base64," in html and (home / "policies" / pid / "preview.mp4").is_file()  # --preview
+    # ... stored next to the policy in the object store (the read API serves it from there)
+    stored = home / "objects" / "xmimic" / "policies" / pid / "preview.mp4"
+    assert previews[0] is None and previews[1]["uri"] == stored.resolve().as_uri()
+    assert stored.read_bytes() == (home / "policies" / pid / "preview.mp4").read_bytes()
 
 
 def test_an_eval_that_fails_the_rule_pays_nothing(trained, clips_dir, small_cfg, tmp_path):

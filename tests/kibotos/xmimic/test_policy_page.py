@@ -1,6 +1,7 @@
 """The policy read side over a real embedded ClickHouse: the read API's ``/policies``
 routes, the policy document, the evaluation page as text and as headless Chromium draws
-it (cards, per-clip table, one training curve per reward term, checkpoint download)."""
+it (cards, per-clip table, one training curve per reward term, checkpoint download, the
+rollout preview served from the object store and drawn by Chromium's <video>)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,17 @@ import numpy as np
 import pytest
 
 from infra.migrate import apply_migrations
+from kibotos.media.video import encode_mp4
+from kibotos.objectstore import LocalObjectStore
 from kibotos.reports.server import QueryServer
 from kibotos.warehouse import open_client
 from kibotos.xmimic.evals import eval_id, insert
 from kibotos.xmimic.html import CURVE_COLOUR, HEADER_COLOUR
+from kibotos.xmimic.preview import store_preview
 from tests.fixtures.browser import needs_chromium, rgb, screenshot
 
 T0 = 1_796_000_000_000
+PREVIEW_RGB = (230, 20, 200)  # a colour no other part of the page uses
 PID, RUN = "teacher-run7-it6", "run7"
 TERMS = ("total", "object_pos", "contact")
 ITERATIONS = 6
@@ -64,7 +69,13 @@ def served(tmp_path_factory):
     client = open_client(f"chdb://{tmp / 'chdb'}")
     apply_migrations(client)
     ckpt = load(client, tmp / "objects")
-    server = QueryServer(client, datasets_root=tmp / "home" / "datasets").start()
+    # the rollout preview, as `kibotos eval --preview` or the eval job stores it: in the object store only
+    frames = np.zeros((10, 120, 160, 3), np.uint8)
+    frames[...] = PREVIEW_RGB
+    (tmp / "preview.mp4").write_bytes(encode_mp4(frames, 10.0))
+    store = LocalObjectStore(tmp / "objects")
+    store_preview(store, PID, tmp / "preview.mp4")
+    server = QueryServer(client, datasets_root=tmp / "home" / "datasets", store=store).start()
     try:
         yield server.url, ckpt, tmp
     finally:
@@ -96,6 +107,8 @@ def test_policy_routes(served):
     assert get(f"{url}/policies/nope")[0] == 404
     status, _, body = get(f"{url}/policies/bad%20id")
     assert status == 400 and json.loads(body)["reason_code"] == "xmimic_policy_id_invalid"
+    status, _, body = get(f"{url}/policies/{PID}/model.mp4")
+    assert status == 400 and json.loads(body)["reason_code"] == "xmimic_policy_id_invalid"
 
 
 def test_policy_page_content(served):
@@ -110,7 +123,11 @@ def test_policy_page_content(served):
     assert re.search(r"id='card-SR'.*?<div class='v'>0\.67</div>", html)
     assert re.search(r"id='card-GSR'.*?<div class='v'>0\.50</div>", html)
     assert "<div class='v'>fails</div>" in html and "sr_below_minimum" in html  # 0.67 < the rule's minimum SR
-    assert "src='http" not in html and "href='http" not in html  # self-contained: nothing fetched
+    assert "src='http" not in html and "href='http" not in html  # self-contained: nothing fetched from elsewhere
+    # the preview is served beside the page, from the object store
+    assert f"<video id='preview-video' controls muted loop preload='auto' src='/policies/{PID}/preview.mp4'>" in html
+    status, ctype, data = get(f"{url}/policies/{PID}/preview.mp4")
+    assert (status, ctype) == (200, "video/mp4") and data == (tmp_path_of(served) / "preview.mp4").read_bytes()
 
 
 
@@ -130,3 +147,19 @@ def test_browser_draws_header_badges_and_curves(served):
         x, y, w, h = s[:4]
         ys, xs = np.nonzero(curve[y:y + h, x:x + w])
         assert np.polyfit(xs, ys, 1)[0] < 0  # image y grows downwards
+
+
+def tmp_path_of(served) -> Path:
+    return served[2]
+
+
+@needs_chromium
+def test_browser_plays_the_preview_from_the_object_store(served):
+    """Chromium resolves the page's <video> source (the read API reading the object store)
+    and draws the preview's first frame: its colour fills the video's box."""
+    url, _, tmp = served
+    image = screenshot(f"{url}/policies/{PID}.html", tmp / "preview.png", height=3000)
+    shown = (np.abs(image.astype(int) - np.array(PREVIEW_RGB)).max(2) <= 12)
+    # the frame's upper part (the player's controls shade the lower part), across its whole 160 px width
+    ys, xs = np.nonzero(shown)
+    assert shown.sum() > 0.15 * 160 * 120 and xs.max() - xs.min() >= 150, (int(shown.sum()), xs.min(), xs.max())

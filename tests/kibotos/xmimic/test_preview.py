@@ -1,10 +1,11 @@
 """The rollout preview: the evaluation episode rendered offscreen by MuJoCo (the robot as
 capsules between its bodies, the box, the floor), encoded as an mp4 the policy page
-inlines."""
+shows; stored beside the policy in the object store (local and S3)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from kibotos.media.video import probe_video
 from kibotos.xmimic.env import XMimicEnv
@@ -34,3 +35,29 @@ def test_rollout_preview_shows_the_robot_moving(clips, xcfg, tmp_path):
     assert (probe.width, probe.height) == (160, 120) and info["frames"] == len(frames)
     page = render_policy_html({"policy_id": "p-1"}, preview_mp4=data)
     assert "<video" in page and "data:video/mp4;base64," in page
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_a_stored_preview_is_found_beside_the_policy(kind, tmp_path, request):
+    import uuid
+
+    from kibotos.objectstore import LocalObjectStore, S3ObjectStore
+    from kibotos.xmimic.preview import find_preview, preview_key, store_preview
+
+    if kind == "local":
+        store = LocalObjectStore(tmp_path / "objects")
+    else:
+        sw = request.getfixturevalue("seaweedfs")
+        store = S3ObjectStore(f"t{uuid.uuid4().hex[:16]}", "env1", endpoint=sw.endpoint, access_key=sw.access_key,
+                              secret_key=sw.secret_key, cache_dir=tmp_path / "cache")
+        store.ensure_bucket()
+    video = tmp_path / "preview.mp4"
+    video.write_bytes(b"mp4 of p-1 " + uuid.uuid4().bytes)
+    uri = store_preview(store, "p-1", video)
+    assert uri == store.uri_for(preview_key("p-1")) == store.uri_for("xmimic/policies/p-1/preview.mp4")
+    assert find_preview("p-1", store=store) == video.read_bytes()
+    assert find_preview("p-2", store=store) is None
+    local = tmp_path / "home" / "policies" / "p-2" / "preview.mp4"  # a preview only the local registry has
+    local.parent.mkdir(parents=True)
+    local.write_bytes(b"local")
+    assert find_preview("p-2", store=store, home=tmp_path / "home") == b"local"
