@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import faust
 
@@ -29,10 +30,61 @@ log = logging.getLogger("kibotos.streams")
 
 # faust's aiokafka driver has every fetch wait up to 1.5 s for data (hard-coded). A
 # broker that answers a waiting fetch only when the wait ends (Tansu, measured: ~0.65 s
-# per topic hop) then adds that much latency to every hop of the chain. Capped here: at
-# 100 ms a lone small episode spent ~350 ms between its gates (7 hops), at 20 ms ~170 ms
-# (issue 17, kibotos bench pipeline's lone_small), for ~50 idle fetches/s per consumer.
+# per topic hop) then adds that much latency to every hop of the chain: a record one
+# stage sends waits, on average, half a fetch wait before the next stage sees it. Capped
+# here: at 100 ms a lone small episode spent ~350 ms between its gates (7 hops), at 20 ms
+# ~170 ms (issue 17, kibotos bench pipeline's lone_small), for ~50 idle fetches/s per
+# consumer. While the worker is busy (a record in hand, or one handled in the last
+# FETCH_BUSY_WINDOW_S) each fetch waits only FETCH_BUSY_WAIT_MS: the next stage's record
+# is on its way, and the idle rate of fetches stays what it was.
 FETCH_MAX_WAIT_MS = 20
+FETCH_BUSY_WAIT_MS = 4
+FETCH_BUSY_WINDOW_S = 0.5
+
+
+class FetchWait:
+    """The wait of the worker's next fetch: short while records move through it, longer
+    when idle. The agents (on faust's loop) mark their work; the consumer's fetcher (on
+    its own thread) reads ``ms`` for each fetch request it builds."""
+
+    def __init__(self, idle_ms: int = FETCH_MAX_WAIT_MS, busy_ms: int = FETCH_BUSY_WAIT_MS,
+                 window_s: float = FETCH_BUSY_WINDOW_S):
+        self.idle_ms, self.busy_ms, self.window_s = idle_ms, busy_ms, window_s
+        self.in_hand = 0
+        self.last = float("-inf")
+
+    def begin(self) -> None:
+        self.in_hand += 1
+        self.last = time.monotonic()
+
+    def end(self) -> None:
+        self.in_hand = max(0, self.in_hand - 1)
+        self.last = time.monotonic()
+
+    @property
+    def ms(self) -> int:
+        if self.in_hand or time.monotonic() - self.last < self.window_s:
+            return min(self.busy_ms, self.idle_ms)
+        return self.idle_ms
+
+
+FETCH_WAIT = FetchWait()
+
+
+def _adaptive(fetcher_cls: type) -> type:
+    """``fetcher_cls`` whose fetch requests wait ``FETCH_WAIT.ms`` (aiokafka reads
+    ``_fetch_max_wait_ms`` each time it builds one)."""
+
+    class AdaptiveFetcher(fetcher_cls):  # type: ignore[valid-type, misc]
+        @property
+        def _fetch_max_wait_ms(self) -> int:
+            return FETCH_WAIT.ms
+
+        @_fetch_max_wait_ms.setter
+        def _fetch_max_wait_ms(self, value: int) -> None:  # the constructor's value: FETCH_WAIT decides
+            pass
+
+    return AdaptiveFetcher
 
 
 def _cap_fetch_wait() -> None:
@@ -49,6 +101,13 @@ def _cap_fetch_wait() -> None:
         def __init__(self, *args, **kwargs):
             kwargs["fetch_max_wait_ms"] = min(int(kwargs.get("fetch_max_wait_ms", 500)), FETCH_MAX_WAIT_MS)
             super().__init__(*args, **kwargs)
+
+        async def start(self):
+            await super().start()
+            fetcher = getattr(self, "_fetcher", None)
+            if fetcher is not None and "_fetch_max_wait_ms" in vars(fetcher):
+                fetcher.__class__ = _adaptive(type(fetcher))
+                log.info("fetch wait %d ms, %d ms while busy", FETCH_WAIT.idle_ms, FETCH_WAIT.busy_ms)
 
     driver.aiokafka.AIOKafkaConsumer = CappedFetchConsumer
 
@@ -108,10 +167,14 @@ def create_app(settings: Settings, bootstrap: str, config: GateConfig, web_port:
                 async for event in stream.events():
                     msg = event.message
                     record = Record(msg.topic, event.value, event.key, msg.partition, msg.offset)
-                    # gates decode video and run FK: keep the event loop (heartbeats) free
-                    outputs = await loop.run_in_executor(None, handle_observed, stage, record, catalogue, policy)
-                    for out in outputs:
-                        await out_topics[out.topic.name].send(key=out.key(), value=out.value())
+                    FETCH_WAIT.begin()
+                    try:
+                        # gates decode video and run FK: keep the event loop (heartbeats) free
+                        outputs = await loop.run_in_executor(None, handle_observed, stage, record, catalogue, policy)
+                        for out in outputs:
+                            await out_topics[out.topic.name].send(key=out.key(), value=out.value())
+                    finally:
+                        FETCH_WAIT.end()
             agent.__name__ = stage.processor_id.replace("-", "_")
             return agent
 

@@ -23,6 +23,7 @@ from kibotos.config.gates import GateConfig
 from kibotos.errors import KibotosError
 from kibotos.objectstore import ObjectStore
 from processors.base import gates
+from streams.bundle_views import ViewCache
 from streams.in_flight import InFlight, advance, in_flight_outputs  # noqa: F401  (re-exported)
 from streams.stage import (  # noqa: F401  (re-exported)
     FaultPolicy,
@@ -72,7 +73,8 @@ def build_stages(catalogue: Catalogue, store: ObjectStore, config: GateConfig, s
     dispatch, the decision. The evidence jobs run in ``gpu_consumers``; the novelty stage
     (``NoveltyStage``, when ``novelty``) runs where a ClickHouse client is, and the
     decision then waits for its output."""
-    stages: list[Stage] = [GateStage(g, catalogue, store, config) for g in gates()]
+    views = ViewCache()  # one submission's gates share its bundle view, as in the chain
+    stages: list[Stage] = [GateStage(g, catalogue, store, config, views) for g in gates()]
     stages.append(DispatchStage(catalogue, tuple(evidence_jobs)))
     accepted = catalogue.novelty_completed if novelty else catalogue.evidence_completed
     stages.append(DecisionStage(catalogue, scoring, accepted_input=accepted))
