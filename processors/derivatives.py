@@ -49,6 +49,23 @@ class Derivatives:
         return (self.smooth, self.vel, self.acc, self.jerk)[deriv]
 
 
+def joint_derivatives(view, ts: np.ndarray, q: np.ndarray, window: int) -> Derivatives:
+    """``local_derivatives(ts, q, window)`` of the view's joint positions (``ts``, ``q``: its
+    timestamps and ``joint_pos`` as float64), computed once per view: gates A and E fit the
+    same window."""
+    return _memo(view, ("local_derivatives", window), lambda: local_derivatives(ts, q, window))
+
+
+def joint_noise_sigma(view, ts: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``noise_sigma(ts, q)`` of the view's joint positions, computed once per view."""
+    return _memo(view, ("noise_sigma",), lambda: noise_sigma(ts, q))
+
+
+def _memo(view, key: tuple, compute):
+    memo = getattr(view, "memo", None)  # a BundleView; anything else computes every time
+    return memo(("joint_pos",) + key, compute) if callable(memo) else compute()
+
+
 def window_samples(window_ms: float, dt_ms: float) -> int:
     """Odd sample count covering ``window_ms`` at spacing ``dt_ms`` (at least 5)."""
     return max(5, int(round(window_ms / max(dt_ms, 1e-6))) | 1)

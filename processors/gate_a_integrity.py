@@ -36,7 +36,7 @@ from kibotos.media.video import check_video_dims, decode_luma, probe_video
 from kibotos.reports.model import GateResult
 from kibotos.robots import get_robot
 from processors.base import register_gate, result
-from processors.derivatives import local_derivatives, noise_sigma, window_samples
+from processors.derivatives import joint_derivatives, joint_noise_sigma, local_derivatives, noise_sigma, window_samples
 
 GATE_ID = "gate_a_integrity"
 MIN_SAMPLES = 10
@@ -111,7 +111,7 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
     else:
         dts = np.diff(ts)
         if np.all(dts > 0):  # gate B judges timestamps; only compare when usable
-            rms_diff, rms_excess, nrmse, noise_rms = _vel_consistency(ts, q, view.read(JOINT_VEL), cfg)
+            rms_diff, rms_excess, nrmse, noise_rms = _vel_consistency(ts, q, view.read(JOINT_VEL), cfg, view)
             metrics |= {"joint_vel_rms_diff": round(rms_diff, 5), "joint_vel_noise_rms": round(noise_rms, 5),
                         "joint_vel_rms_excess": round(rms_excess, 5), "joint_vel_nrmse": round(nrmse, 4)}
             if rms_excess > cfg.vel_consistency_abs_tol and nrmse > cfg.vel_consistency_max_nrmse:
@@ -142,20 +142,23 @@ def primary_video_budget(view: BundleView, m) -> dict:
     return {"width": w, "height": h, "fps": fps, "frames": n, "codec": "raw"}
 
 
-def _vel_consistency(ts: np.ndarray, q: np.ndarray, v: np.ndarray, cfg) -> tuple[float, float, float, float]:
+def _vel_consistency(ts: np.ndarray, q: np.ndarray, v: np.ndarray, cfg,
+                     view: BundleView | None = None) -> tuple[float, float, float, float]:
     """``(rms_diff, rms_excess, nrmse, noise_rms)`` of the recorded velocity against
     d(joint_pos)/dt, both through the same local cubic fit on the real timestamps
     (``processors.derivatives``: dropped samples and jitter change nothing). White noise on
     either stream adds a known amount to the mean squared difference (each joint's noise
     level times the fit's gain): ``rms_excess`` is what remains once that is taken out, the
-    disagreement noise cannot explain; ``nrmse`` is it over the RMS speed without the noise."""
+    disagreement noise cannot explain; ``nrmse`` is it over the RMS speed without the noise.
+    ``view``: the bundle ``q`` is the joint positions of (the fit and noise of ``q`` are
+    shared with gate E through it)."""
     window = window_samples(cfg.vel_consistency_window_ms, float(np.median(np.diff(ts))))
-    dq = local_derivatives(ts, q, window)
+    dq = joint_derivatives(view, ts, q, window)
     vs = local_derivatives(ts, np.asarray(v, dtype=np.float64), window)
     if dq.vel.shape[0] == 0:
         return 0.0, 0.0, 0.0, 0.0
     sq = np.mean((vs.smooth - dq.vel) ** 2)
-    q_noise = (noise_sigma(ts, q)[None, :] * dq.gain[:, 1, None]) ** 2  # (N, J) variance
+    q_noise = (joint_noise_sigma(view, ts, q)[None, :] * dq.gain[:, 1, None]) ** 2  # (N, J) variance
     v_noise = (noise_sigma(ts, v)[None, :] * vs.gain[:, 0, None]) ** 2
     noise_var = float(np.mean(q_noise + v_noise))
     excess = float(np.sqrt(max(0.0, sq - noise_var)))

@@ -35,7 +35,7 @@ from kibotos.config.gates import GateConfig
 from kibotos.reports.model import GateResult
 from kibotos.robots import get_robot
 from processors.base import register_gate, result
-from processors.derivatives import local_derivatives, noise_sigma, window_samples
+from processors.derivatives import joint_derivatives, joint_noise_sigma, window_samples
 
 GATE_ID = "gate_e_plausibility"
 
@@ -57,7 +57,7 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
     window = window_samples(cfg.smoothing_window_ms, dt_ms)
     thresholds = cfg.model_dump() | {"window_samples": window}
 
-    sigma = noise_sigma(ts, q)
+    sigma = joint_noise_sigma(view, ts, q)
     noise_ratio = sigma / np.where(prismatic, cfg.max_noise_span_fraction * span, cfg.max_noise_rad)
     noisiest = int(np.argmax(noise_ratio))
     metrics: dict = {"noise_max": round(float(sigma[noisiest]), 5), "noise_joint": m.joint_names[noisiest],
@@ -74,7 +74,7 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
         metrics |= {"first_teleport_frame": int(frame) + 1, "first_teleport_joint": m.joint_names[joint]}
         return result(GATE_ID, False, metrics, thresholds, "teleport_detected")
 
-    d = local_derivatives(ts, q, window)
+    d = joint_derivatives(view, ts, q, window)
     if d.vel.shape[0] == 0:
         return result(GATE_ID, False, metrics | {"window_samples": window}, thresholds, "too_few_samples")
     checks = (("speed", 1, vmax), ("acceleration", 2, amax), ("jerk", 3, jmax))

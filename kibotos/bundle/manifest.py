@@ -37,6 +37,8 @@ def _printable(name: str) -> str:
     overrides, zero-width), surrogate, private-use, unassigned or line-separator characters."""
     if not 1 <= len(name) <= MAX_NAME_CHARS:
         raise ValueError(f"names have 1 to {MAX_NAME_CHARS} characters, got {len(name)}")
+    if name.isascii() and name.isprintable():  # the usual name: no character of those classes
+        return name
     bad = sorted({f"U+{ord(c):04X}" for c in name if unicodedata.category(c)[0] == "C"
                   or unicodedata.category(c) in ("Zl", "Zp")})
     if bad:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import stat
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from math import prod
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from zarr.abc.store import Store
 from zarr.core.chunk_grids import RegularChunkGrid
 
 from kibotos.bundle import codecs as _codecs  # noqa: F401  (bounded zstd/gzip decoding)
+from kibotos.bundle.direct import DirectTree, LightArray, is_array, is_group, read_zip_entry
 from kibotos.bundle.limits import Limits, ResourceLimitExceeded, check, check_deadline
 from kibotos.bundle.manifest import Manifest
 from kibotos.errors import BundleError
@@ -45,39 +47,48 @@ def _reject(reason: str, message: str) -> BundleError:
     return BundleError(message, reason_code=reason)
 
 
-def _check_zip(path: Path, limits: Limits) -> dict[str, int]:
-    """The archive's entries ``{name: declared uncompressed size}`` after the safety checks."""
+def _open_zip(path: Path) -> zipfile.ZipFile:
     try:
-        zf = zipfile.ZipFile(path)
+        return zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
         raise _reject("bundle_unreadable", f"not a zip archive or truncated: {exc}") from exc
     except OSError as exc:
         raise _reject("bundle_unreadable", f"cannot read archive: {exc}") from exc
-    with zf:
-        infos = zf.infolist()
-        if len(infos) > limits.max_entries:
-            raise _reject("bundle_too_many_entries", f"{len(infos)} entries > {limits.max_entries}")
-        total = 0
-        for info in infos:
-            name = info.filename
-            parts = PurePosixPath(name).parts
-            if name.startswith(("/", "\\")) or "\\" in name or ".." in parts or ":" in name:
-                raise _reject("bundle_unsafe_path", f"unsafe entry name {name!r}")
-            if stat.S_ISLNK(info.external_attr >> 16):
-                raise _reject("bundle_unsafe_path", f"symlink entry {name!r}")
-            if len(name) > limits.max_key_length or len(parts) > limits.max_key_depth:
-                raise _reject("bundle_unsafe_path", f"entry name of {len(name)} characters, {len(parts)} levels")
-            total += info.file_size
-            if total > limits.max_archive_bytes:
-                raise _reject("bundle_too_large", f"uncompressed size exceeds {limits.max_archive_bytes} bytes")
-            if info.file_size > (1 << 20) and info.file_size > limits.max_compression_ratio * max(info.compress_size, 1):
-                raise _reject("bundle_zip_bomb", f"entry {name!r} expands {info.file_size / max(info.compress_size, 1):.0f}x")
-            if name.endswith("zarr.json") and info.file_size > limits.max_metadata_bytes:
-                raise _reject("bundle_metadata_too_large", f"{name!r} is {info.file_size} bytes")
-        names = [i.filename for i in infos]
-        if len(names) != len(set(names)):
-            raise _reject("bundle_duplicate_entries", "archive holds duplicate entry names")
-        return {i.filename: i.file_size for i in infos}
+
+
+def _check_zip(path: Path, limits: Limits) -> dict[str, int]:
+    """The archive's entries ``{name: declared uncompressed size}`` after the safety checks."""
+    with _open_zip(path) as zf:
+        return _check_zip_entries(zf, limits)
+
+
+def _check_zip_entries(zf: zipfile.ZipFile, limits: Limits) -> dict[str, int]:
+    """``_check_zip`` on an archive already open."""
+    infos = zf.infolist()
+    if len(infos) > limits.max_entries:
+        raise _reject("bundle_too_many_entries", f"{len(infos)} entries > {limits.max_entries}")
+    total = 0
+    for info in infos:
+        name = info.filename
+        # PurePosixPath(name).parts for a relative name, without building the path
+        parts = tuple(part for part in name.split("/") if part not in ("", "."))
+        if name.startswith(("/", "\\")) or "\\" in name or ".." in parts or ":" in name:
+            raise _reject("bundle_unsafe_path", f"unsafe entry name {name!r}")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise _reject("bundle_unsafe_path", f"symlink entry {name!r}")
+        if len(name) > limits.max_key_length or len(parts) > limits.max_key_depth:
+            raise _reject("bundle_unsafe_path", f"entry name of {len(name)} characters, {len(parts)} levels")
+        total += info.file_size
+        if total > limits.max_archive_bytes:
+            raise _reject("bundle_too_large", f"uncompressed size exceeds {limits.max_archive_bytes} bytes")
+        if info.file_size > (1 << 20) and info.file_size > limits.max_compression_ratio * max(info.compress_size, 1):
+            raise _reject("bundle_zip_bomb", f"entry {name!r} expands {info.file_size / max(info.compress_size, 1):.0f}x")
+        if name.endswith("zarr.json") and info.file_size > limits.max_metadata_bytes:
+            raise _reject("bundle_metadata_too_large", f"{name!r} is {info.file_size} bytes")
+    names = [i.filename for i in infos]
+    if len(names) != len(set(names)):
+        raise _reject("bundle_duplicate_entries", "archive holds duplicate entry names")
+    return {i.filename: i.file_size for i in infos}
 
 
 def _check_dir(path: Path, limits: Limits) -> dict[str, int]:
@@ -145,13 +156,7 @@ class BoundedZipStore(zarr.storage.ZipStore):
                 start = max(0, info.file_size - byte_range.suffix)
             else:
                 raise TypeError(f"Unexpected byte_range, got {byte_range}.")
-        out = bytearray()
-        with self._zf.open(info) as f:
-            if start:
-                f.seek(start)
-            while len(out) < end - start and (block := f.read(min(self._BLOCK, end - start - len(out)))):
-                out += block
-        return prototype.buffer.from_bytes(bytes(out))
+        return prototype.buffer.from_bytes(read_zip_entry(self._zf, info, start, end))
 
 
 @dataclass(frozen=True)
@@ -166,11 +171,18 @@ class ArrayInfo:
 
 
 class BundleView:
-    """Read-only, size-bounded access to one bundle. Use ``open_bundle``."""
+    """Read-only, size-bounded access to one bundle. Use ``open_bundle``.
 
-    def __init__(self, path: Path, root: zarr.Group, store, limits: Limits, entries: dict[str, int] | None = None):
+    Nodes and arrays are read through ``tree`` (``kibotos.bundle.direct``: on the calling
+    thread) when the bundle is a plain Zarr v3 hierarchy, else through zarr (``root``)."""
+
+    def __init__(self, path: Path, root: zarr.Group | None, store, limits: Limits,
+                 entries: dict[str, int] | None = None, tree: DirectTree | None = None):
+        if root is None and tree is None:
+            raise ValueError("a bundle view needs a zarr root or a direct tree")
         self.path = path
-        self._root = root
+        self._zarr_root = root
+        self._tree = tree
         self._store = store
         self.limits = limits
         self._entries = entries if entries is not None else {}  # stored keys -> declared size
@@ -182,11 +194,36 @@ class BundleView:
         self._infos: dict[str, ArrayInfo] = {}
         self._array_list: list[ArrayInfo] | None = None
         self.decoded_bytes = 0  # what ``read`` has decoded, against ``max_total_decoded_bytes``
+        self._memo: dict[Any, Any] = {}
+
+    def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()``, once per view and ``key``: what several gates derive from the same
+        arrays (the joint derivatives, the noise level) is computed once per episode. The
+        value is shared: callers must not modify it."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def close(self) -> None:
+        if self._tree is not None:
+            self._tree.close()
         close = getattr(self._store, "close", None)
-        if close is not None:
+        if close is not None and (self._zarr_root is not None or getattr(self._store, "_is_open", True)):
             close()
+
+    @property
+    def _root(self) -> zarr.Group:
+        """zarr's root group, opened on first use when the direct tree serves the rest."""
+        if self._zarr_root is None:
+            self._zarr_root = zarr.open_group(store=self._store, mode="r")
+        return self._zarr_root
+
+    def _lookup(self, path: str) -> Any:
+        """``root[path]``: through the direct tree for a plain path (no empty, ``.`` or
+        ``..`` segment: zarr normalises or refuses those itself)."""
+        if self._tree is not None and all(part not in ("", ".", "..") for part in path.split("/")):
+            return self._tree.node(path)
+        return self._root[path]
 
     def __enter__(self) -> "BundleView":
         return self
@@ -197,7 +234,7 @@ class BundleView:
     @cached_property
     def manifest_raw(self) -> dict[str, Any]:
         try:
-            group = self._root[MANIFEST_GROUP]
+            group = self._lookup(MANIFEST_GROUP)
         except KeyError as exc:
             raise _reject("manifest_missing", "bundle has no 'manifest' group") from exc
         except BundleError:
@@ -205,7 +242,7 @@ class BundleView:
         except Exception as exc:  # not JSON, nested too deep, not a Zarr node document
             raise _reject("manifest_invalid", f"manifest/zarr.json cannot be parsed: {type(exc).__name__}: "
                                               f"{str(exc)[:200]}") from exc
-        if not isinstance(group, zarr.Group):
+        if not is_group(group):
             raise _reject("manifest_missing", "'manifest' is not a group")
         return dict(group.attrs.asdict())
 
@@ -227,9 +264,10 @@ class BundleView:
         the checks that read them report what is missing)."""
         names = set(self.manifest.video) | set(self.manifest.camera)
         try:
-            video = self._root["video"]
-            if isinstance(video, zarr.Group):
-                names |= {name for name, node in video.members() if isinstance(node, zarr.Group)}
+            video = self._lookup("video")
+            if is_group(video):
+                members = self._tree.members("video", max_depth=0) if self._tree is not None else video.members()
+                names |= {name for name, node in members if is_group(node)}
         except (KeyError, ValueError, OSError):
             pass
         return sorted(n for n in names if n.startswith(SECONDARY_PREFIX) and len(n) > len(SECONDARY_PREFIX))
@@ -238,7 +276,7 @@ class BundleView:
         """``self._root[path]``, looked up once (a failed lookup raises the same error again)."""
         if path not in self._nodes:
             try:
-                self._nodes[path] = self._root[path]
+                self._nodes[path] = self._lookup(path)
             except Exception as exc:
                 self._nodes[path] = exc
         node = self._nodes[path]
@@ -251,7 +289,7 @@ class BundleView:
             node = self._node(path)
         except (KeyError, ValueError, OSError):
             return False
-        return isinstance(node, zarr.Array)
+        return is_array(node)
 
     def info(self, path: str) -> ArrayInfo:
         if path not in self._infos:
@@ -265,8 +303,13 @@ class BundleView:
             raise _reject("missing_dataset", f"missing dataset {path}") from exc
         except Exception as exc:  # malformed zarr.json of that node
             raise _reject("bundle_malformed", f"cannot open {path}: {exc}") from exc
-        if not isinstance(arr, zarr.Array):
+        if not is_array(arr):
             raise _reject("missing_dataset", f"{path} is not an array")
+        if isinstance(arr, LightArray):  # a plain document: already checked and sized
+            itemsize = arr.dtype.itemsize
+            chunks = prod(-(-s // c) for s, c in zip(arr.shape, arr.chunk_shape)) if arr.shape else 1
+            return ArrayInfo(path, arr.shape, str(arr.dtype), prod(arr.shape) * itemsize, chunks,
+                             prod(arr.chunk_shape) * itemsize, arr.codecs)
         try:
             shape = tuple(int(s) for s in arr.shape)
             dtype = np.dtype(arr.dtype) if not hasattr(arr.dtype, "to_native_dtype") else arr.dtype.to_native_dtype()
@@ -319,9 +362,11 @@ class BundleView:
               f"decoded bytes with {path}", dataset=path)
         try:
             node = self._node(path)
-            if not isinstance(node, zarr.Array):  # info() refused it; a group here is malformed
+            if not is_array(node):  # info() refused it; a group here is malformed
                 raise TypeError(f"{path} is not an array")
-            data = np.asarray(node[...])
+            data = self._tree.read(path, node) if self._tree is not None else None
+            if data is None:  # no direct tree, or a grid or codec it leaves to zarr
+                data = np.asarray(node[...])
         except (ResourceLimitExceeded, MemoryError):
             raise  # MemoryError: the worker's memory ceiling (run_gate names it)
         except Exception as exc:  # corrupt chunk, codec error, truncated member
@@ -344,14 +389,15 @@ class BundleView:
         # the whole tree in one listing (one round trip through zarr's event loop, not
         # one per group), and each array node kept for the lookups that follow
         found: list[ArrayInfo] = []
-        for path, node in self._root.members(max_depth=None):
-            if not isinstance(node, zarr.Group):
+        members = self._tree.members() if self._tree is not None else self._root.members(max_depth=None)
+        for path, node in members:
+            if not is_group(node):
                 self._nodes.setdefault(path, node)
                 found.append(self.info(path))
         return sorted(found, key=lambda a: a.path)
 
     def node_attrs(self, path: str) -> dict[str, Any]:
-        return dict(self._root[path].attrs.asdict())
+        return dict(self._lookup(path).attrs.asdict())
 
 
 def open_bundle(path: str | Path, limits: Limits | None = None) -> BundleView:
@@ -361,17 +407,30 @@ def open_bundle(path: str | Path, limits: Limits | None = None) -> BundleView:
     if not path.exists():
         raise _reject("bundle_not_found", f"no such bundle: {path}")
     store: Store
+    zf = None
     try:
         if path.is_dir():
             entries = _check_dir(path, limits)
             store = zarr.storage.LocalStore(path, read_only=True)
         else:
-            entries = _check_zip(path, limits)
+            zf = _open_zip(path)
+            entries = _check_zip_entries(zf, limits)
             store = BoundedZipStore(path, mode="r")
+        # a plain Zarr v3 hierarchy is read on this thread (issue 17); anything else
+        # (Zarr v2, consolidated metadata, no root group) is zarr's to open or refuse
+        tree = DirectTree(path, entries, store, zf)
+        if tree.root_metadata() is not None:
+            return BundleView(path, None, store, limits, entries, tree)
+        tree.close()
+        zf = None
         root = zarr.open_group(store=store, mode="r")
     except BundleError:
+        if zf is not None:
+            zf.close()
         raise
     except Exception as exc:
+        if zf is not None:
+            zf.close()
         raise _reject("bundle_unreadable", f"not a readable Zarr v3 bundle: {type(exc).__name__}: {exc}") from exc
     return BundleView(path, root, store, limits, entries)
 

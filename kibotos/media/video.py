@@ -20,6 +20,7 @@ import numpy as np
 
 from kibotos.bundle.limits import Limits, ResourceLimitExceeded, active_limits, check, check_deadline
 from kibotos.errors import BundleError, note_degraded
+from kibotos.media.mp4probe import probe_mp4
 
 # flag of a judgement made on the frames before a decode error (kibotos.errors.note_degraded)
 DECODE_TRUNCATED = "video_decode_truncated"
@@ -77,9 +78,20 @@ def probe_video(data: bytes, limits: Limits | None = None) -> VideoProbe:
     """Open the container, read its first video stream's declared size, rate and frame
     count, and check them against the video budgets — before any frame is decoded.
 
+    A plain mp4 is read from its ``moov`` boxes alone (``kibotos.media.mp4probe``: the same
+    numbers, without FFmpeg's format probe); any other file is opened with PyAV.
+
     :raises BundleError: ``video_unreadable`` (no container, no video stream, no size) or
         ``resource_limit_exceeded`` (a budget, named in ``metrics``).
     """
+    plain = probe_mp4(data)
+    probe = VideoProbe(*plain) if plain is not None else probe_container(data)
+    check_video_dims(probe.width, probe.height, probe.fps, probe.frames, limits)
+    return probe
+
+
+def probe_container(data: bytes) -> VideoProbe:
+    """``probe_video``'s numbers as PyAV reads them (any container), unchecked."""
     with open_video(data) as (container, stream):
         width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
         if width <= 0 or height <= 0:
@@ -90,9 +102,7 @@ def probe_video(data: bytes, limits: Limits | None = None) -> VideoProbe:
             frames = int(round(float(stream.duration * stream.time_base) * fps))
         if frames <= 0 and container.duration:
             frames = int(round(container.duration / 1_000_000 * max(fps, 1.0)))
-        probe = VideoProbe(width, height, fps, max(frames, 0), stream.codec_context.name)
-    check_video_dims(probe.width, probe.height, probe.fps, probe.frames, limits)
-    return probe
+        return VideoProbe(width, height, fps, max(frames, 0), stream.codec_context.name)
 
 
 class DecodeBudget:
