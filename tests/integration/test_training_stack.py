@@ -2,8 +2,8 @@
 ``training.requests``; the GPU consumer's ``train`` actor trains on an XGen request's clips
 from the object store and publishes ``training.progress``, which the CLI follows. The actor
 is SIGKILLed mid-training (after its second checkpoint): the consumer retries the job on a
-fresh actor, which resumes from the last checkpoint in the object store (its first
-iteration is past 0), and the run finishes with its final checkpoint, policy and warehouse
+fresh actor, which takes the run over once the dead actor's lease goes stale and resumes
+from the last checkpoint in the object store (its first iteration is past 0), and the run finishes with its final checkpoint, policy and warehouse
 rows. Asking for the finished run again answers at once with the same policy."""
 
 from __future__ import annotations
@@ -80,6 +80,9 @@ def test_training_through_the_stack_resumes_after_its_actor_is_killed(tansu, tmp
         assert resumed["iteration"] == starts[-1]["resumed_from"] + 1 > 2  # the retry did not start over
         log = (home / "gpu-0.log").read_text("utf-8", "replace")
         assert killed and "failed (attempt 1/3)" in log  # the job died with its actor and ran again
+        # the retry took the run over from the dead actor's lease (it went stale: never released), once
+        leases = sorted(i.key.rsplit("/", 1)[1] for i in stack.store.list(f"xmimic/{run_id}/lease/"))
+        assert leases == ["0000000001.json", "0000000002.json"], leases
 
         # the sink's rows: the run done, every iteration once, the policy with its dataset version
         def rows(sql):
