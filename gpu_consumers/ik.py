@@ -27,12 +27,13 @@ solve's own residual (``ik_feasibility``: how closely any joint trajectory withi
 limits reaches ``T*``) and the joint-space distance between that solution and the
 submitted joints (informative only: a redundant arm reaches one pose many ways).
 
-**The solver never sees the submitted joints.** It starts from the robot's home pose and
-random configurations within the limits (multi-start on the first target frame), then
-solves every target frame at once from that batch initial guess — damped least squares
-(Levenberg–Marquardt per frame, adaptive damping), joint limits by projection (clamping),
-smoothness by a penalty coupling neighbouring frames; each stops once converged
-(``converged_residual_m``, ``convergence_tolerance``: see ``IKSolver._lm``). Seeding from the submitted joints
+**The solver never sees the submitted joints.** It starts from the robot's home pose on
+the first target frame (random configurations within the limits only when home does not
+reach it), then solves every target frame at once from that batch initial guess — damped
+least squares (Levenberg–Marquardt per frame, adaptive damping), joint limits by projection
+(clamping), smoothness by a penalty coupling neighbouring frames; each stops once converged
+(``converged_residual_m``, ``convergence_tolerance``, ``converged_change_m``: see
+``IKSolver._lm``). Seeding from the submitted joints
 would make the solution, its residual and the joint distance partly a copy of what is
 being judged: a local solver started there stays there.
 
@@ -207,7 +208,9 @@ class IKSolver:
             parts_c = (e_c * e_c).view(n_rows, 2, 3).sum(2)
             new = parts_c.sum(1)
             if smooth:
-                new = new + (cand * _smoothness_gradient(cand[1:] - cand[:-1], beta)).sum(1)
+                d_c = cand[1:] - cand[:-1]
+                g_c = _smoothness_gradient(d_c, beta)
+                new = new + (cand * g_c).sum(1)
             better = new < current
             if not smooth:
                 # converged: the residual at the floor, or a step (taken or refused) that changes
@@ -216,36 +219,40 @@ class IKSolver:
                 small = ((parts_c - parts).abs() <= tol * parts + floor).all(1)
                 settled = (new <= floor) | (current <= floor) | (small & ((current - new).abs() <= tol * current))
                 active &= ~(settled | ((cand - q).abs().amax(1) < 1e-9))
-            b1 = better[:, None]
-            q = torch.where(b1, cand, q)
-            e = torch.where(b1, e_c, e)
-            jt = torch.where(b1[:, :, None], jt_c, jt)
-            parts = torch.where(b1, parts_c, parts)
-            current = torch.where(better, new, current)
-            lam = torch.where(b1, lam / 3.0, lam * 4.0).clamp_(1e-9, 1e6)
-            if not smooth:
-                if reach_m is not None and bool((current <= reach_m**2).any()):
-                    break
-                if not bool(active.any()):
-                    break
-                continue
-            d = q[1:] - q[:-1]
-            g = _smoothness_gradient(d, beta)
+            if smooth and bool(better.all()):
+                # every frame took its step (the usual case): no selection to make
+                q, e, jt, parts, current, d, g, lam = cand, e_c, jt_c, parts_c, new, d_c, g_c, (lam / 3.0).clamp_(1e-9)
+            else:
+                b1 = better[:, None]
+                q = torch.where(b1, cand, q)
+                e = torch.where(b1, e_c, e)
+                jt = torch.where(b1[:, :, None], jt_c, jt)
+                parts = torch.where(b1, parts_c, parts)
+                current = torch.where(better, new, current)
+                lam = torch.where(b1, lam / 3.0, lam * 4.0).clamp_(1e-9, 1e6)
+                if not smooth:
+                    if reach_m is not None and bool((current <= reach_m**2).any()):
+                        break
+                    if not bool(active.any()):
+                        break
+                    continue
+                d = q[1:] - q[:-1]
+                g = _smoothness_gradient(d, beta)
             parts_now = torch.cat([parts.sum(0), (beta * (d * d).sum()).reshape(1)])
-            moved = (parts_now - total).abs()
-            rms_moved = (parts_now.sqrt() - total.sqrt()).abs()
-            total = parts_now
+            moved, rms_moved = (parts_now - total).abs(), (parts_now.sqrt() - total.sqrt()).abs()
             if bool(((moved <= tol * total + floor) | (rms_moved**2 <= change_sq)).all()):
                 break
+            total = parts_now
         return q, e, done
 
     def solve(self, link: str, targets: np.ndarray, cfg: IKConfig, *, seed: int = 0) -> IKSolution:
         """Joint trajectory for ``link`` to follow ``targets`` (N, 4, 4) in the base frame.
 
-        Multi-start on the first frame (home + ``seed_restarts - 1`` uniform draws within
-        the limits, generator ``seed``): the first start to come within ``seed_residual_m``
-        of the first target (home before the draws on a tie), else the closest, seeds every
-        frame at once (a warm start: each frame begins where the first frame's solve ended,
+        The first frame from home alone (at most ``home_iterations``); when home does not
+        come within ``seed_residual_m`` of it, a multi-start (home + ``seed_restarts - 1``
+        uniform draws within the limits, generator ``seed``): the first start within
+        ``seed_residual_m`` (home before the draws on a tie), else the closest. That
+        configuration seeds every frame at once (a warm start: each frame begins where the first frame's solve ended,
         and the smoothness coupling carries each frame's progress to its neighbours; the
         batch refines the first frame as well, so the seed need not be exact). The batch's
         first residual and Jacobian are those of that one configuration, computed once."""
@@ -258,7 +265,8 @@ class IKSolver:
             home = torch.as_tensor(self.robot.home_qpos[chain.joint_index], dtype=self.dtype, device=self.device)
             # home alone first: it reaches most first targets, and a lone row costs a fraction
             # of the restarts' iterations (near-180-degree errors of random starts included)
-            first, e0, it_seed = self._lm(chain, home[None].clone(), p_t[:1], r_t[:1], cfg, smooth=False,
+            first, e0, it_seed = self._lm(chain, home[None].clone(), p_t[:1], r_t[:1],
+                                          cfg.model_copy(update={"iterations": cfg.home_iterations}), smooth=False,
                                           reach_m=cfg.seed_residual_m)
             if float((e0**2).sum()) > cfg.seed_residual_m**2 and cfg.seed_restarts > 1:
                 gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -450,8 +458,9 @@ def object_targets(view: BundleView, robot: RobotModel, kin_t: np.ndarray, cfg: 
             notes.append(note | {"unused": "grasp offset is not a finite unit quaternion pose"})
             continue
         inside = (t >= kin_t[0]) & (t <= kin_t[-1])
+        obj = pose7_to_matrix(pose)  # once: the independence check and the target both read it
         if link_poses is not None and inside.sum() >= 2:
-            derived = rides_with_link(link_poses(grasp.link, t[inside]), pose7_to_matrix(pose[inside]), cfg)
+            derived = rides_with_link(link_poses(grasp.link, t[inside]), obj[inside], cfg)
             if derived is not None:
                 notes.append(note | {"unused": f"rides with {grasp.link} on every frame: made from the joints, "
                                                "not an independent measurement", "derived_from_joints": derived})
@@ -461,7 +470,7 @@ def object_targets(view: BundleView, robot: RobotModel, kin_t: np.ndarray, cfg: 
         if not use.any():
             notes.append(note | {"unused": f"no grasped frame within the kinematics ({how})"})
             continue
-        world = pose7_to_matrix(pose[use]) @ pose7_to_matrix(offset)
+        world = obj[use] @ pose7_to_matrix(offset)
         targets.append(Target(base, grasp.link, t[use], world,
                               {"grasp_frames_from": how, "grasped_frames": int(use.sum()), "object_frames": int(len(t))}))
     return targets, notes

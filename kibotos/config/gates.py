@@ -137,6 +137,7 @@ class IKConfig(_Frozen):
     # the multi-start on the first frame ends when a start is within seed_residual_m of its
     # target; the coupled batch also stops once no term's RMS changes by converged_change_m
     seed_residual_m: float = Field(gt=0)
+    home_iterations: int = Field(ge=1)  # home's own try before the restarts
     converged_change_m: float = Field(ge=0)
 
 
