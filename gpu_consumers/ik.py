@@ -167,7 +167,9 @@ class IKSolver:
         neighbours, so none is frozen while another still moves) stop together once no term
         of the episode's objective (position, orientation, smoothness; each summed afresh over
         the frames) changes in an iteration by more than ``convergence_tolerance`` of it or,
-        as an RMS over the frames, by more than ``converged_change_m`` — per term, so that a
+        as an RMS over the frames, by more than ``converged_change_m``, or its changes shrink
+        geometrically (at least halving) with a tail still to come below ``converged_change_m``
+        (no iteration is spent only to confirm it) — per term, so that a
         position miss of metres (a target out of reach) does not hide the orientation still
         improving. At most ``iterations``. ``start``: the residual and ``J^T`` at ``q``, when
         the caller has them. Returns ``(q, residual (B, 6), iterations run)``.
@@ -192,6 +194,7 @@ class IKSolver:
             current = parts.sum(1) + (q * g).sum(1)
             total = torch.cat([parts.sum(0), (beta * (d * d).sum()).reshape(1)])
             change_sq = cfg.converged_change_m**2 * n_rows  # RMS change -> change of sqrt(sum)
+            last_moved = torch.zeros(3, dtype=self.dtype, device=self.device)
         else:
             current = parts.sum(1)
             active = torch.ones(n_rows, dtype=torch.bool, device=self.device)
@@ -240,9 +243,14 @@ class IKSolver:
                 g = _smoothness_gradient(d, beta)
             parts_now = torch.cat([parts.sum(0), (beta * (d * d).sum()).reshape(1)])
             moved, rms_moved = (parts_now - total).abs(), (parts_now.sqrt() - total.sqrt()).abs()
-            if bool(((moved <= tol * total + floor) | (rms_moved**2 <= change_sq)).all()):
+            # the change still to come where a term shrinks geometrically (at least halving each
+            # iteration): rms_moved * rate / (1 - rate), the tail of the series
+            rate = rms_moved / last_moved
+            tail = rms_moved * rate / (1.0 - rate)
+            if bool(((moved <= tol * total + floor) | (rms_moved**2 <= change_sq)
+                     | ((rate <= 0.5) & (tail**2 <= change_sq))).all()):
                 break
-            total = parts_now
+            total, last_moved = parts_now, rms_moved
         return q, e, done
 
     def solve(self, link: str, targets: np.ndarray, cfg: IKConfig, *, seed: int = 0) -> IKSolution:
