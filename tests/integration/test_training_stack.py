@@ -80,9 +80,11 @@ def test_training_through_the_stack_resumes_after_its_actor_is_killed(tansu, tmp
         assert resumed["iteration"] == starts[-1]["resumed_from"] + 1 > 2  # the retry did not start over
         log = (home / "gpu-0.log").read_text("utf-8", "replace")
         assert killed and "failed (attempt 1/3)" in log  # the job died with its actor and ran again
-        # the retry took the run over from the dead actor's lease (it went stale: never released), once
+        # each retry took the run over from the dead actor's lease (it went stale: never released):
+        # one generation per attempt (a loaded machine's Ray may kill a retry too: out of memory)
         leases = sorted(i.key.rsplit("/", 1)[1] for i in stack.store.list(f"xmimic/{run_id}/lease/"))
-        assert leases == ["0000000001.json", "0000000002.json"], leases
+        attempts = 1 + len([ln for ln in log.splitlines() if "job train" in ln and "failed (attempt" in ln])
+        assert leases == [f"{g:010d}.json" for g in range(1, attempts + 1)] and attempts >= 2, (leases, attempts)
 
         # the sink's rows: the run done, every iteration once, the policy with its dataset version
         def rows(sql):
