@@ -195,6 +195,7 @@ class BundleView:
         self._array_list: list[ArrayInfo] | None = None
         self.decoded_bytes = 0  # what ``read`` has decoded, against ``max_total_decoded_bytes``
         self._memo: dict[Any, Any] = {}
+        self._stored: dict[str, int] = {}  # array path -> its stored chunk entries
 
     def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
         """``compute()``, once per view and ``key``: what several gates derive from the same
@@ -330,9 +331,12 @@ class BundleView:
         return ArrayInfo(path, shape, str(np.dtype(dtype)), nbytes, chunks, prod(chunk_shape) * itemsize, codecs)
 
     def stored_chunks(self, path: str) -> int:
-        """How many chunk entries of array ``path`` the bundle stores."""
-        prefix = path.rstrip("/") + "/"
-        return sum(1 for k in self._entries if k.startswith(prefix) and not k.endswith("zarr.json"))
+        """How many chunk entries of array ``path`` the bundle stores (counted once per
+        path: gate A asks for every array, and again before each read)."""
+        if path not in self._stored:
+            prefix = path.rstrip("/") + "/"
+            self._stored[path] = sum(1 for k in self._entries if k.startswith(prefix) and not k.endswith("zarr.json"))
+        return self._stored[path]
 
     def check_readable(self, info: ArrayInfo) -> None:
         """Every bound a read of ``info`` must fit, from its metadata alone (nothing is
