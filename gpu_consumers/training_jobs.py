@@ -235,6 +235,12 @@ class TrainingStage:
                                                else cfg.student.iterations))
         steps_per_env = cfg.teacher.num_steps_per_env
         base = dict(base, task=base["task"] or cfg.task, iterations=total, resumed_from=start, iteration=start)
+        if last is not None:
+            # the checkpoint's own record again (idempotent: a row per run and iteration): a
+            # process killed after storing checkpoint N but before publishing N's record left a gap
+            infos = _checkpoint_infos(last)
+            if isinstance(infos.get("event"), dict):
+                self._emit([Output(self.progress, self._event(base, infos, infos["event"], steps_per_env, True))])
         lease.record = dict(base, state="running", at=now_ms())
         self._emit([Output(self.progress, lease.record)])
         state: dict[str, Any] = {"at": 0.0, "run": None}
@@ -403,6 +409,17 @@ class TrainingStage:
             self._producer.produce(out.topic.name, key=out.key(), value=out.value())
         if self._producer.flush(10):
             log.warning("%s: progress records not acknowledged in 10 s", self.processor_id)
+
+
+def _checkpoint_infos(path: Path) -> dict:
+    """What a checkpoint recorded about its run (``infos``; empty for an unreadable one:
+    ``train`` refuses that itself)."""
+    import torch
+
+    try:
+        return dict(torch.load(path, weights_only=False, map_location="cpu").get("infos") or {})
+    except Exception:  # noqa: BLE001 - the resume path reports a damaged checkpoint with its reason code
+        return {}
 
 
 def _floats(values: dict | None) -> dict[str, float]:

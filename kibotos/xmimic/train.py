@@ -180,7 +180,9 @@ def train(clips: list[Clip], cfg: XMimicConfig, run_dir: Path, *, role: str = "t
             f.write(json.dumps(event) + "\n")
         out_of_time = time_budget_s is not None and event["seconds"] >= time_budget_s
         if it % cfg.checkpoint.every_iterations == 0 or it == total or out_of_time:
-            ckpt = save_checkpoint(runner, run_dir, it, meta, store=store, run_id=run_id)
+            # the iteration's event rides in the checkpoint: a run resumed from it can publish it
+            # again when its process died before publishing it (the train job does)
+            ckpt = save_checkpoint(runner, run_dir, it, {**meta, "event": event}, store=store, run_id=run_id)
         if progress:
             progress(event)
         if out_of_time:

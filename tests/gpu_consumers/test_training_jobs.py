@@ -138,10 +138,42 @@ def test_a_run_whose_actor_died_resumes_from_its_stored_checkpoint(setup, tmp_pa
     shutil.rmtree(tmp_path / "a1")  # a fresh actor has nothing local: only the object store
     second, published2 = stage_and_log(settings, cat, store, tmp_path, "a2")
     [done] = records(second.handle(rec))
-    start = records(published2)[0]
+    again, start = records(published2)[:2]  # the checkpoint's record once more, then the resumed start
+    assert (again["state"], again["iteration"]) == ("checkpointed", 2) and again["checkpoint_uri"].endswith("model_2.pt")
     assert start["state"] == "running" and start["resumed_from"] == 2 and start["iteration"] == 2
-    assert [p["iteration"] for p in records(published2)[1:]] == [3, 4]
+    assert [p["iteration"] for p in records(published2)[2:]] == [3, 4]
     assert done["state"] == "done" and done["iteration"] == 4 and done["resumed_from"] == 2
+
+
+def test_a_checkpoint_stored_but_not_published_is_published_by_the_resumed_run(setup, tmp_path):
+    """The actor dies after storing checkpoint 2 and before its progress record left: the
+    resumed run publishes that record (from the checkpoint) so every iteration has its row."""
+    settings, cat, store, rid = setup
+
+    class ActorDied(BaseException):
+        pass
+
+    published = []
+
+    def die_before_publishing_the_second(outs):
+        if any(o.record["state"] == "checkpointed" and o.record["iteration"] == 2 for o in outs):
+            raise ActorDied
+        published.extend(outs)
+
+    first = TrainingStage(settings, cat, store, publish=die_before_publishing_the_second, work_dir=tmp_path / "a1",
+                          progress_interval_s=0.0)
+    rec = request(cat, dataset=rid, iterations=3)
+    with pytest.raises(ActorDied):
+        first.handle(rec)
+    assert store.stat(f"xmimic/{cat.get('training.requests').deserialize(rec.value)['run_id']}/model_2.pt")
+    assert [p["iteration"] for p in records(published)] == [0, 1]  # the start and iteration 1 only
+    shutil.rmtree(tmp_path / "a1")
+    second, published2 = stage_and_log(settings, cat, store, tmp_path, "a2")
+    [done] = records(second.handle(rec))
+    every = records(published) + records(published2) + [done]
+    iterations = {p["iteration"]: p for p in every if p["state"] != "running"}
+    assert sorted(iterations) == [1, 2, 3], every
+    assert set(iterations[2]["reward_terms"]) >= {"body_joint_pos", "contact"} and "value" in iterations[2]["losses"]
 
 
 def test_a_dataset_version_resolves_to_its_xgen_clips_and_is_recorded(setup, tmp_path):
