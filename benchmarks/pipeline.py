@@ -22,7 +22,9 @@ stack_<w>w      the embedded stack (Tansu, faust gate workers, ClickHouse sink) 
                 chain, as in ``chain``): every episode submitted at once
                 (``submit_paths``), until every verdict is on the ``verdicts`` topic
 lerobot_doctor  the same episodes converted to LeRobot v3 datasets (one per episode, as a
-                per-submission verifier would check them), ``load_dataset`` + its checks
+                per-submission verifier would check them), ``load_dataset`` + its checks;
+                then ``paired_abde``: gates_abde and the doctor's checks less ``videos``
+                alternated on each episode (``PAIRED_ROUNDS``, medians), one load for both
 ==============  ==========================================================================
 
 Throughput is episodes (and bundle MB) per second of wall time. Latency per episode is
@@ -57,6 +59,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -183,6 +186,23 @@ class PeakRSS:
                 "interval_s": self.interval_s}
 
 
+def tree_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by this process and every descendant alive
+    now (the stack's broker, workers, builder): on CPUs shared with other work, the cost of
+    a stage that wall time hides behind the run queue."""
+    import psutil
+
+    total = 0.0
+    me = psutil.Process()
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            continue
+    return total
+
+
 def rusage_peaks() -> dict:
     """This process's ``getrusage`` RSS high-water over the whole run."""
     kib = 1024 / 2**20  # ru_maxrss is in KiB on Linux
@@ -299,7 +319,7 @@ def bench_chain(episodes: list[BenchEpisode], warmup: list[Path], config: GateCo
     results: list[list[dict]] = []
     verdicts: dict[str, int] = {}
     with PeakRSS() as mem:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), tree_cpu_s()
         for k, ep in enumerate(episodes, 1):
             t = time.perf_counter()
             res = verify(ep.path)
@@ -309,8 +329,8 @@ def bench_chain(episodes: list[BenchEpisode], warmup: list[Path], config: GateCo
             key = report.verdict if report.verdict == "accepted" else f"rejected:{report.reason_code}"
             verdicts[key] = verdicts.get(key, 0) + 1
             progress(f"chain {k}/{len(episodes)}")
-        wall = time.perf_counter() - t0
-    return _stage_summary(wall, episodes, latency) | {"verdicts": verdicts, "gates": _gate_costs(results),
+        wall, cpu_s = time.perf_counter() - t0, tree_cpu_s() - cpu0
+    return _stage_summary(wall, episodes, latency) | {"cpu_s": round(cpu_s, 3), "verdicts": verdicts, "gates": _gate_costs(results),
                                                       "peak_rss": mem.as_dict()}
 
 
@@ -318,10 +338,12 @@ def bench_chain(episodes: list[BenchEpisode], warmup: list[Path], config: GateCo
 GATES_WITHOUT_VIDEO = ("gate_a_integrity", "gate_b_timestamps", "gate_d_limits", "gate_e_plausibility")
 
 
-def bench_gates_abde(episodes: list[BenchEpisode], warmup: list[Path], config: GateConfig,
-                     progress: Progress) -> dict:
-    """``open_bundle`` + gates A, B, D and E (not C): the counterpart of lerobot-doctor's
-    ``load_dataset`` + its equivalent checks less ``videos``, each reading its own format."""
+# rounds of the paired comparison: gates A/B/D/E and the doctor alternated on each episode
+PAIRED_ROUNDS = 5
+
+
+def gates_abde_verifier(config: GateConfig) -> Callable[[Path], list]:
+    """``open_bundle`` + gates A, B, D and E on one bundle path."""
     from processors.base import get_gate, run_gate
 
     chosen = [get_gate(g) for g in GATES_WITHOUT_VIDEO]
@@ -330,6 +352,14 @@ def bench_gates_abde(episodes: list[BenchEpisode], warmup: list[Path], config: G
         with open_bundle(path) as view:
             return [run_gate(g, view, config) for g in chosen]
 
+    return verify
+
+
+def bench_gates_abde(episodes: list[BenchEpisode], warmup: list[Path], config: GateConfig,
+                     progress: Progress) -> dict:
+    """``open_bundle`` + gates A, B, D and E (not C): the counterpart of lerobot-doctor's
+    ``load_dataset`` + its equivalent checks less ``videos``, each reading its own format."""
+    verify = gates_abde_verifier(config)
     for path in warmup:
         verify(path)
     latency: dict[Path, float] = {}
@@ -368,14 +398,26 @@ def fast_decode_differences(episodes: list[BenchEpisode], config: GateConfig, pr
             "within_10_ms": all(d <= 10.0 for d in diffs), "per_episode": rows}
 
 
-def lone_episode(out: Path, robot: tuple[str, str]) -> Path:
+# lone small episodes per stack run, each submitted alone to the idle stack: the median is
+# reported (one episode's latency on these shared CPUs moved by 2x between runs)
+LONE_EPISODES = 3
+# the pause before each lone episode: longer than the worker's busy window
+# (streams.app.FETCH_BUSY_WINDOW_S), so each one meets an idle worker
+LONE_PAUSE_S = 1.0
+
+
+def lone_episode(out: Path, robot: tuple[str, str], index: int = 0) -> Path:
     """One small genuine episode under its own miner id: submitted alone to an idle stack."""
     from kibotos.robots import get_robot
     from kibotos.synthetic.samples import make_episode
 
-    ep = make_episode(get_robot(*robot), "genuine", seed=800_000, miner_id=f"{MINER}-lone",
+    ep = make_episode(get_robot(*robot), "genuine", seed=800_000 + index, miner_id=f"{MINER}-lone",
                       duration_ms=SIZES["small"])
-    return ep.write(out / f"lone-small-{robot[0]}.zarr.zip")
+    return ep.write(out / f"lone-small-{index}-{robot[0]}.zarr.zip")
+
+
+def lone_episodes(out: Path, robot: tuple[str, str], count: int = LONE_EPISODES) -> list[Path]:
+    return [lone_episode(out, robot, i) for i in range(count)]
 
 
 def chain_latency(path: Path, config: GateConfig, runs: int = 3) -> float:
@@ -472,15 +514,64 @@ def _received_at(stack, sids: list[str], deadline: float) -> dict[str, int]:
         time.sleep(0.2)
 
 
+def hop_trace(bootstrap: str, catalogue, sids: list[str], timeout_s: float = 10.0) -> dict:
+    """Where a lone episode's time went between ``submissions.received`` and its verdict:
+    per topic of the gate path, the median time from the record before it (the records'
+    producer timestamps) and that less the ``wall_ms`` of the gate that produced it
+    (``outside_ms``: the fetch wait of the hop, the stage's decode, bundle open and
+    encode, the send). Read back from the topics' first offsets, so nothing in the stack
+    is instrumented."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    path = [catalogue.submissions_received, *(catalogue.gate_passed(g) for g in "abcde"),
+            catalogue.evidence_completed, catalogue.verdicts]
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-hops-{uuid.uuid4().hex[:12]}",
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition(t.name, p, OFFSET_BEGINNING) for t in path for p in range(t.partitions)])
+    seen: dict[str, dict[str, tuple[int, float | None]]] = {}
+    wanted = set(sids)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and sum(len(v) for v in seen.values()) < len(path) * len(wanted):
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error() or msg.value() is None:
+                continue
+            spec = catalogue.by_name(msg.topic())
+            try:
+                rec = spec.deserialize(msg.value())
+            except Exception:  # noqa: BLE001  (a record of another shape: not on the path)
+                continue
+            if rec.get("submission_id") not in wanted:
+                continue
+            results = rec.get("gate_results") or []
+            wall = json.loads(results[-1]["metrics_json"]).get("wall_ms") if results and spec.id.startswith("gates.") \
+                else None
+            seen.setdefault(rec["submission_id"], {})[spec.id] = (msg.timestamp()[1], wall)
+    finally:
+        consumer.close()
+    hops: dict[str, dict[str, list[float]]] = {}
+    for per in seen.values():
+        for before, topic in zip(path, path[1:]):
+            if before.id in per and topic.id in per:
+                hop = float(per[topic.id][0] - per[before.id][0])
+                wall = per[topic.id][1]
+                hops.setdefault(topic.id, {"hop_ms": [], "outside_ms": []})["hop_ms"].append(hop)
+                hops[topic.id]["outside_ms"].append(hop - float(wall or 0.0))
+    return {topic: {k: round(float(np.median(v)), 1) for k, v in d.items()} for topic, d in hops.items()}
+
+
 def bench_stack(episodes: list[BenchEpisode], warmup: list[Path], workers: int, home: Path, progress: Progress,
-                timeout_s: float, lone: Path | None = None) -> dict:
+                timeout_s: float, lone: Path | list[Path] | None = None) -> dict:
     from kibotos.config.settings import Settings
     from kibotos.runtime.stack import Stack
     from kibotos.runtime.submit import submit_paths
 
     label = f"stack {workers}w"
     # its own home (chdb, object store) and topics; nothing from a developer's environment
+    # no GPU consumer either (no XGen or training jobs): off the gate path, it only took
+    # the shared CPUs (Ray and its polling: ~20 % of a core idle, issue 17)
     settings = Settings(home=home, topic_prefix=f"bench{uuid.uuid4().hex[:10]}.", evidence_jobs=(), novelty=False,
+                        xgen_jobs=(), training_jobs=(),
                         bootstrap_servers=None, clickhouse_dsn=None, object_store_url=None, log_level="WARNING")
     # the broker's log in memory, as in the reference runs: the cost of the durable log
     # is measured on its own (benchmarks/broker_storage.py, RESULTS.md)
@@ -502,18 +593,28 @@ def bench_stack(episodes: list[BenchEpisode], warmup: list[Path], workers: int, 
                           f"{label} warm-up")
                 warmup_s = time.perf_counter() - t_warm
                 progress(f"{label}: warm ({len(warm)} warm-up episodes); submitting {len(episodes)}")
-                t0 = time.time()
+                t0, cpu0 = time.time(), tree_cpu_s()
                 subs = submit_paths([e.path for e in episodes], **submit)
                 submit_s = time.time() - t0
                 sids = [s.submission_id for s in subs]
                 feed.wait(set(sids), stack, time.monotonic() + timeout_s, progress, label)
+                # every process of the stack (and this one's sink, chdb, verdict reader)
+                cpu_s = tree_cpu_s() - cpu0
                 arrived = {sid: feed.seen[sid] for sid in sids}
-                lone_ms = None
-                if lone is not None:  # one small episode on an idle stack: no queue in its latency
-                    [single] = submit_paths([lone], **submit)
+                lone_all: list[float] = []
+                lone_hops: dict = {}
+                lone_sids: list[str] = []
+                for one in ([lone] if isinstance(lone, Path) else lone or []):
+                    # one small episode on an idle stack: no queue in its latency
+                    time.sleep(LONE_PAUSE_S)
+                    [single] = submit_paths([one], **submit)
                     feed.wait({single.submission_id}, stack, time.monotonic() + timeout_s, progress, f"{label} lone")
                     [lone_received] = _received_at(stack, [single.submission_id], time.monotonic() + 60).values()
-                    lone_ms = float(feed.seen[single.submission_id][0]["decided_at"] - lone_received)
+                    lone_all.append(float(feed.seen[single.submission_id][0]["decided_at"] - lone_received))
+                    lone_sids.append(single.submission_id)
+                lone_ms = round(float(np.median(lone_all)), 1) if lone_all else None
+                if lone_sids:
+                    lone_hops = hop_trace(cast(str, stack.bootstrap), stack.catalogue, lone_sids)
             wall = max(t for _, t in arrived.values()) - t0
             received = _received_at(stack, sids, time.monotonic() + 60)
         finally:
@@ -533,7 +634,8 @@ def bench_stack(episodes: list[BenchEpisode], warmup: list[Path], workers: int, 
     return _stage_summary(wall, episodes, latency) | {
         "workers": workers, "latency_source": "received_at (submissions table) -> decided_at (verdict)",
         "validator_latency_ms": distribution(observed), "outside_gates_ms": distribution(outside),
-        "verdicts": verdicts, "gates": _gate_costs(results), "lone_small_latency_ms": lone_ms,
+        "cpu_s": round(cpu_s, 3), "verdicts": verdicts, "gates": _gate_costs(results), "lone_small_latency_ms": lone_ms,
+        "lone_small_latencies_ms": lone_all, "lone_small_hops": lone_hops,
         "startup_s": round(startup_s, 2),
         "warmup_s": round(warmup_s, 2), "warmup_episodes": len(warmup), "submit_s": round(submit_s, 3),
         "stop_s": round(stop_s, 2), "peak_rss": mem.as_dict()}
@@ -576,9 +678,16 @@ def doctor_check(root: Path) -> dict:
     return {"load_ms": load_ms, "checks": checks}
 
 
-def bench_lerobot_doctor(episodes: list[BenchEpisode], warmup: list[Path], work: Path, progress: Progress) -> dict:
+def bench_lerobot_doctor(episodes: list[BenchEpisode], warmup: list[Path], work: Path, progress: Progress,
+                         paired: Callable[[Path], object] | None = None, rounds: int = PAIRED_ROUNDS) -> dict:
     """lerobot-doctor on the same episodes, or ``status`` "unavailable"/"failed" with the
-    exact reason (never a number that was not measured)."""
+    exact reason (never a number that was not measured).
+
+    ``paired`` (gates A/B/D/E on a bundle path): also the paired comparison, ``rounds``
+    times on each episode the gates then the doctor's equivalent checks less ``videos``,
+    one right after the other, each episode's median of each (``paired_abde``). The
+    stages above run minutes apart; on shared CPUs whose load moves by several times in
+    that span, only the alternated pair meets the same load."""
     from importlib import metadata
 
     try:
@@ -619,8 +728,25 @@ def bench_lerobot_doctor(episodes: list[BenchEpisode], warmup: list[Path], work:
                         severities[name].setdefault("examples", c["messages"][:2])
                 progress(f"lerobot-doctor {k}/{len(episodes)}")
             wall = time.perf_counter() - t0
+        pair_gates: dict[Path, float] = {}
+        pair_doctor: dict[Path, float] = {}
+        for k, ep in enumerate(episodes if paired is not None else [], 1):
+            g_ms, d_ms = [], []
+            for _ in range(rounds):
+                t = time.perf_counter()
+                paired(ep.path)  # type: ignore[misc]
+                g_ms.append((time.perf_counter() - t) * 1000.0)
+                res = doctor_check(roots[ep.path])
+                d_ms.append(res["load_ms"] + sum(res["checks"][c]["ms"] for c in DOCTOR_EQUIVALENT_CHECKS
+                                                 if c != "videos"))
+            pair_gates[ep.path], pair_doctor[ep.path] = float(np.median(g_ms)), float(np.median(d_ms))
+            progress(f"gates A/B/D/E and lerobot-doctor alternated {k}/{len(episodes)}")
     except Exception as exc:  # its loader or a check on our conversion: say exactly what
         return base | {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+    paired_out = {} if not pair_gates else {"paired_abde": {
+        "rounds": rounds,
+        "gates_abde": _stage_summary(sum(pair_gates.values()) / 1000.0, episodes, pair_gates),
+        "doctor_abde": _stage_summary(sum(pair_doctor.values()) / 1000.0, episodes, pair_doctor)}}
     eq_wall = sum(latency_eq.values()) / 1000.0
     summary = _stage_summary(wall, episodes, latency_all)
     return base | summary | {
@@ -630,7 +756,7 @@ def bench_lerobot_doctor(episodes: list[BenchEpisode], warmup: list[Path], work:
         "equivalent_abde": _stage_summary(sum(latency_abde.values()) / 1000.0, episodes, latency_abde),
         "checks": {name: {"p50_ms": round(float(np.median(v)), 3), "mean_ms": round(float(np.mean(v)), 3),
                           "total_ms": round(sum(v), 2)} for name, v in per_check.items()},
-        "severities": severities, "peak_rss": mem.as_dict()}
+        "severities": severities, "peak_rss": mem.as_dict()} | paired_out
 
 
 # --- the run ----------------------------------------------------------------------------
@@ -687,15 +813,16 @@ def run_pipeline_bench(n: int = 3, sizes: list[str] | None = None, workers: list
         progress("gates A/B/D/E in-process (lerobot-doctor's counterpart)")
         stages["gates_abde"] = bench_gates_abde(episodes, warmup[:len(robots)], config, progress)
         fast_decode = fast_decode_differences(episodes, config, progress)
-        lone = lone_episode(work / "lone", robots[0])
-        lone_chain_ms = chain_latency(lone, config)
+        lone = lone_episodes(work / "lone", robots[0])
+        lone_chain_ms = round(float(np.median([chain_latency(p, config) for p in lone])), 2)
         for w in workers:
             progress(f"stack: {w} gate worker(s)")
             stages[f"stack_{w}w"] = bench_stack(episodes, warmup[:2 * w * len(robots)], w, work / f"stack-{w}w",
                                                 progress, timeout_s, lone=lone)
         if doctor:
             progress("lerobot-doctor: the same episodes as LeRobot v3 datasets")
-            lerobot = bench_lerobot_doctor(episodes, warmup[:1], work / "lerobot", progress)
+            lerobot = bench_lerobot_doctor(episodes, warmup[:1], work / "lerobot", progress,
+                                           paired=gates_abde_verifier(config))
         else:
             lerobot = {"status": "skipped", "reason": "--skip-lerobot"}
     floor, chain = stages["floor"]["wall_s"], stages["chain"]["wall_s"]
@@ -706,6 +833,9 @@ def run_pipeline_bench(n: int = 3, sizes: list[str] | None = None, workers: list
     ratios["chain_over_floor_fast"] = _ratio(chain, stages["floor_fast"]["wall_s"])
     for w in workers:
         ratios[f"stack_{w}w_over_chain"] = _ratio(stages[f"stack_{w}w"]["wall_s"], chain)
+    for w in workers:
+        # CPU seconds of the stack's processes (this one included) per the chain's
+        ratios[f"stack_{w}w_over_chain_cpu"] = _ratio(stages[f"stack_{w}w"]["cpu_s"], stages["chain"]["cpu_s"])
     for w in workers:
         ratios[f"stack_{w}w_lone_small_over_chain"] = _ratio(stages[f"stack_{w}w"]["lone_small_latency_ms"],
                                                              lone_chain_ms)
@@ -721,6 +851,12 @@ def run_pipeline_bench(n: int = 3, sizes: list[str] | None = None, workers: list
                                                                stages["gates_abde"]["wall_s"])
         for size, value in _by_size_ratio(lerobot["equivalent_abde"], stages["gates_abde"]).items():
             ratios[f"lerobot_doctor_abde_over_gates_abde_{size}"] = value
+        if "paired_abde" in lerobot:  # the same two, alternated on each episode (one load)
+            pair = lerobot["paired_abde"]
+            ratios["lerobot_doctor_abde_over_gates_abde_paired"] = _ratio(pair["doctor_abde"]["wall_s"],
+                                                                          pair["gates_abde"]["wall_s"])
+            for size, value in _by_size_ratio(pair["doctor_abde"], pair["gates_abde"]).items():
+                ratios[f"lerobot_doctor_abde_over_gates_abde_paired_{size}"] = value
     return {
         "benchmark": "pipeline", "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
@@ -785,6 +921,13 @@ def summary_tables(result: dict) -> list:
         stack.add_row(name, num(s["startup_s"]), f"{num(s['warmup_s'])} ({s['warmup_episodes']} ep)",
                       num(s["stop_s"]), num(s["outside_gates_ms"]["p50"]), num(s["outside_gates_ms"]["p95"]),
                       num(s["peak_rss"]["gate_workers_mb"]))
+    hops = Table(title="lone small episodes: per hop, median ms from the record before (outside the gate's wall_ms)")
+    hops.add_column("topic")
+    for name in stacks:
+        hops.add_column(name, justify="right")
+    for topic in dict.fromkeys(t for s in stacks.values() for t in s.get("lone_small_hops") or {}):
+        hops.add_row(topic, *[f"{num(h['hop_ms'])} ({num(h['outside_ms'])})" if (h := (s.get("lone_small_hops")
+                     or {}).get(topic)) else "–" for s in stacks.values()])
     fast = result.get("fast_decode")
     fast_table = Table(title="gate C on the fast decode (no loop filter, halved before the resize) against the full decode")
     for col in ("episodes", "verdicts differ", "max |Δ estimate| ms", "mean |Δ estimate| ms", "within 10 ms"):
@@ -797,7 +940,7 @@ def summary_tables(result: dict) -> list:
     ratios.add_column("value", justify="right")
     for k, v in result["ratios"].items():
         ratios.add_row(k, num(v, "{:.3f}x"))
-    return [main, sizes, gates, *([stack] if stacks else []), *([fast_table] if fast else []), ratios]
+    return [main, sizes, gates, *([stack, hops] if stacks else []), *([fast_table] if fast else []), ratios]
 
 
 def write_json(result: dict, path: Path) -> Path:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
 
-from benchmarks.pipeline import DOCTOR_EQUIVALENT_CHECKS, bench_lerobot_doctor
+from benchmarks.pipeline import DOCTOR_EQUIVALENT_CHECKS, LONE_EPISODES, bench_lerobot_doctor
 from kibotos.cli.main import app
 from processors.chain import gates
 
@@ -65,6 +66,14 @@ def test_one_small_episode_through_every_stage(tmp_path):
     assert math.isclose(ratios["chain_over_floor_small"], ratios["chain_over_floor"], rel_tol=0.05)
     lone = result["lone_small"]
     assert lone["chain_ms"] > 0 and lone["stack_ms"]["1w"] > 0
+    # the lone episodes' latency is their median; each hop of their path is traced
+    assert len(stack["lone_small_latencies_ms"]) == LONE_EPISODES
+    assert math.isclose(lone["stack_ms"]["1w"], statistics.median(stack["lone_small_latencies_ms"]), abs_tol=0.1)
+    hops = stack["lone_small_hops"]
+    assert list(hops) == ["gates.a.passed", "gates.b.passed", "gates.c.passed", "gates.d.passed",
+                          "gates.e.passed", "evidence.completed", "verdicts"]
+    assert all(h["hop_ms"] >= h["outside_ms"] for h in hops.values())
+    assert "lone small episodes: per hop" in res.output
     assert math.isclose(ratios["stack_1w_lone_small_over_chain"], lone["stack_ms"]["1w"] / lone["chain_ms"],
                         rel_tol=0.01)
     assert math.isclose(ratios["stack_1w_over_chain"], stack["wall_s"] / chain["wall_s"], rel_tol=0.01)
@@ -82,6 +91,11 @@ def test_one_small_episode_through_every_stage(tmp_path):
         assert 0 < doctor["equivalent_abde"]["wall_s"] < doctor["equivalent"]["wall_s"]
         assert math.isclose(ratios["lerobot_doctor_abde_over_gates_abde"],
                             doctor["equivalent_abde"]["wall_s"] / abde["wall_s"], rel_tol=0.01)
+        # the paired comparison: both alternated on each episode, medians of the rounds
+        pair = doctor["paired_abde"]
+        assert pair["rounds"] >= 3 and pair["gates_abde"]["episodes"] == pair["doctor_abde"]["episodes"] == 1
+        assert math.isclose(ratios["lerobot_doctor_abde_over_gates_abde_paired"],
+                            pair["doctor_abde"]["wall_s"] / pair["gates_abde"]["wall_s"], rel_tol=0.01)
 
     assert result["machine"]["usable_cpus"] >= 1 and result["config"]["robots"] and len(result["episodes"]) == 1
     assert not list(Path.cwd().glob("kibotos-bench*-data"))  # faust's data dirs stay in the stack home
@@ -100,3 +114,31 @@ def test_cli_rejects_unknown_sizes_and_worker_counts():
     assert bad.exit_code == 2 and "known: small (5 s), medium (20 s), large (60 s)" in bad.output
     bad = runner.invoke(app, ["bench", "pipeline", "--workers", "0,2"])
     assert bad.exit_code == 2 and "workers must be" in bad.output
+
+
+def test_paired_comparison_alternates_gates_and_doctor(tmp_path):
+    """``paired_abde``: the gates and the doctor's checks less ``videos``, one after the
+    other on each episode, ``rounds`` times; each episode's median of each."""
+    import pytest
+
+    pytest.importorskip("lerobot_doctor")
+    from benchmarks.pipeline import gates_abde_verifier, generate_episodes
+    from kibotos.config.gates import load_config
+    from kibotos.robots import list_robots
+
+    episodes = generate_episodes(tmp_path / "episodes", 1, ["small"], list_robots()[:1], lambda m: None)
+    verify, calls = gates_abde_verifier(load_config()), []
+
+    def paired(path):
+        calls.append(path)
+        results = verify(path)
+        assert [r.passed for r in results] == [True] * 4  # a genuine episode: every gate ran
+        return results
+
+    doctor = bench_lerobot_doctor(episodes, [], tmp_path / "lerobot", lambda m: None, paired=paired, rounds=3)
+    assert doctor["status"] == "ok", doctor.get("reason")
+    pair = doctor["paired_abde"]
+    assert calls == [episodes[0].path] * 3 and pair["rounds"] == 3
+    assert pair["gates_abde"]["episodes"] == pair["doctor_abde"]["episodes"] == 1
+    assert pair["gates_abde"]["wall_s"] > 0 and pair["doctor_abde"]["wall_s"] > 0
+    assert "paired_abde" not in bench_lerobot_doctor(episodes, [], tmp_path / "again", lambda m: None)
