@@ -19,6 +19,13 @@ from pathlib import Path
 
 
 def env_steps_per_s(clips, cfg, num_envs: int, steps: int, task: str | None = None) -> float:
+    return env_step_rates(clips, cfg, num_envs, steps, task)[0]
+
+
+def env_step_rates(clips, cfg, num_envs: int, steps: int, task: str | None = None) -> tuple[float, float]:
+    """(env-steps/s of wall clock, CPU us per env-step summed over the process's threads).
+    On a shared machine the second is the steadier figure: it does not count the time
+    other processes hold the cores."""
     import torch
 
     from kibotos.xmimic.env import XMimicEnv
@@ -26,10 +33,11 @@ def env_steps_per_s(clips, cfg, num_envs: int, steps: int, task: str | None = No
     env = XMimicEnv(clips, cfg, task=task, num_envs=num_envs, training=True)
     gen = torch.Generator().manual_seed(0)
     env.step(torch.zeros(num_envs, env.num_actions))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         env.step(0.3 * torch.randn(num_envs, env.num_actions, generator=gen))
-    return num_envs * steps / (time.perf_counter() - t0)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return num_envs * steps / wall, cpu / (num_envs * steps) * 1e6
 
 
 def run_train_bench(clips_dir: Path | None, *, num_envs: int, teacher_seconds: float, student_seconds: float,
@@ -52,11 +60,14 @@ def run_train_bench(clips_dir: Path | None, *, num_envs: int, teacher_seconds: f
     result: dict = {"config_version": cfg.config_version, "clips": len(clips), "num_envs": num_envs,
                     "machine": {"python": platform.python_version(), "torch": torch.__version__,
                                 "cpu": platform.processor() or platform.machine()},
-                    "env_steps_per_s": {}, "baselines": {}, "policies": {}}
+                    "env_steps_per_s": {}, "cpu_us_per_env_step": {}, "baselines": {}, "policies": {}}
     for task in tasks:
         for n in (1, num_envs):
             progress(f"env-steps/s {task} with {n} env(s) ...")
-            result["env_steps_per_s"][f"{task}/{n}"] = round(env_steps_per_s(clips, cfg, n, steps, task), 1)
+            rate, cpu_us = env_step_rates(clips, cfg, n, steps, task)
+            result["env_steps_per_s"][f"{task}/{n}"] = round(rate, 1)
+            result["cpu_us_per_env_step"][f"{task}/{n}"] = round(cpu_us, 1)
+    result["loadavg"] = _loadavg()
     progress("baselines ...")
     base = evaluate(clips, cfg, policy_path=None, baselines=("reference_pd", "zero_torque"))
     result["baselines"] = {"reference_pd": {"sr": base.sr.rate, "gsr": base.gsr.rate if base.gsr else None},
@@ -77,6 +88,13 @@ def run_train_bench(clips_dir: Path | None, *, num_envs: int, teacher_seconds: f
         result["policies"][mode] = _summary(s, rep)
     result["work_dir"] = str(work)
     return result
+
+
+def _loadavg() -> str | None:
+    try:
+        return Path("/proc/loadavg").read_text().split(" tasks")[0].rsplit(" ", 2)[0]
+    except OSError:
+        return None
 
 
 def _summary(t, rep) -> dict:

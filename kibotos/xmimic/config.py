@@ -26,11 +26,25 @@ class TaskConfig(_Frozen):
     backend: Literal["auto", "mujoco", "genesis"]
 
 
+class PhysicsConfig(_Frozen):
+    """MuJoCo solver and contact options (README "XMimic: physics"); the defaults are the
+    model as first built (xmimic-2026.12.4), the packaged config sets the faster ones."""
+    cone: Literal["elliptic", "pyramidal"] = "elliptic"
+    impratio: float = Field(default=10.0, ge=1)
+    contact_condim: Literal[3, 4] = 4              # palm pads and box (a contact takes the larger condim)
+    joint_frictionloss: bool = True                # Menagerie's 0.3 Nm dry friction per joint: one solver row each
+    jacobian: Literal["auto", "dense", "sparse"] = "auto"
+    iterations: int = Field(default=100, ge=1)
+    ls_iterations: int = Field(default=50, ge=1)
+    tolerance: float = Field(default=1e-8, gt=0)
+
+
 class SimConfig(_Frozen):
     substeps: int = Field(ge=1)
     box_friction: float = Field(gt=0)
     end: Literal["carry_end", "clip_end"]
     threads: int = Field(default=1, ge=0)
+    physics: PhysicsConfig = PhysicsConfig()
 
 
 class ControlConfig(_Frozen):

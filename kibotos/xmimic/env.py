@@ -79,7 +79,7 @@ class XMimicEnv(VecEnv):
         self.control_dt = 1.0 / self.ref.fps
         self.sim = make_simulator(self.backend, num_envs=self.num_envs, fixed_pelvis=tcfg.fixed_pelvis,
                                   control_dt=self.control_dt, substeps=cfg.sim.substeps, device=device,
-                                  threads=cfg.sim.threads)
+                                  threads=cfg.sim.threads, physics=cfg.sim.physics)
         self.joint_ids = torch.as_tensor(policy_joint_ids(tcfg.policy_joints), device=device)
         self.num_actions = len(self.joint_ids)
         self.max_episode_length = int(self.ref.lengths.max())

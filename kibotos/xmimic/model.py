@@ -19,6 +19,7 @@ import mujoco
 import numpy as np
 
 from kibotos.xgen import g1
+from kibotos.xmimic.config import PhysicsConfig
 
 ARM_JOINTS = tuple(f"{s}_{j}_joint" for s in ("left", "right") for j in
                    ("shoulder_pitch", "shoulder_roll", "shoulder_yaw", "elbow", "wrist_roll", "wrist_pitch", "wrist_yaw"))
@@ -36,14 +37,30 @@ def policy_joint_ids(which: str) -> np.ndarray:
     return np.arange(len(names))
 
 
+_CONES = {"elliptic": mujoco.mjtCone.mjCONE_ELLIPTIC, "pyramidal": mujoco.mjtCone.mjCONE_PYRAMIDAL}
+_JACOBIANS = {"auto": mujoco.mjtJacobian.mjJAC_AUTO, "dense": mujoco.mjtJacobian.mjJAC_DENSE,
+              "sparse": mujoco.mjtJacobian.mjJAC_SPARSE}
+
+
 @functools.lru_cache(maxsize=4)
-def build_model(fixed_pelvis: bool, substep_dt: float) -> mujoco.MjModel:
+def build_model(fixed_pelvis: bool, substep_dt: float, physics: PhysicsConfig | None = None) -> mujoco.MjModel:
+    """The compiled scene; ``physics`` (config ``sim.physics``; None: its defaults, the model as
+    first built) sets the solver and contact options (README "XMimic: physics")."""
+    ph = physics or PhysicsConfig()
     spec = mujoco.MjSpec.from_file(str(g1.mjcf_path()))
     spec.option.timestep = substep_dt
-    # grasping needs stiff friction: MuJoCo's default soft friction (impratio 1, pyramidal
-    # cone) lets a squeezed box creep down between the palms
-    spec.option.impratio = 10.0
-    spec.option.cone = mujoco.mjtCone.mjCONE_ELLIPTIC
+    # grasping needs stiff friction: MuJoCo's default soft friction (impratio 1) lets a
+    # squeezed box creep down between the palms
+    spec.option.impratio = ph.impratio
+    spec.option.cone = _CONES[ph.cone]
+    spec.option.jacobian = _JACOBIANS[ph.jacobian]
+    spec.option.iterations, spec.option.ls_iterations = ph.iterations, ph.ls_iterations
+    spec.option.tolerance = ph.tolerance
+    if not ph.joint_frictionloss:
+        # Menagerie's 0.3 Nm per joint under kp-500 PD moves a joint < 1 mrad, but each is a
+        # solver row: 29 of the ~44 rows of a step, ~20 % of its time
+        for joint in spec.joints:
+            joint.frictionloss = 0.0
     for side in g1.SIDES:
         spec.body(f"{side}_wrist_yaw_link").add_site(name=f"{side}_palm", pos=g1.PALM_OFFSET[side], size=[0.01] * 3)
     for side in g1.SIDES:
@@ -53,7 +70,8 @@ def build_model(fixed_pelvis: bool, substep_dt: float) -> mujoco.MjModel:
         half_y = abs(g1.PALM_OFFSET[side][1]) + PALM_PAD_SQUEEZE_M
         spec.body(f"{side}_wrist_yaw_link").add_geom(
             name=f"{side}_palm_pad", type=mujoco.mjtGeom.mjGEOM_BOX, pos=[g1.PALM_OFFSET[side][0], 0.0, 0.0],
-            size=[0.04, half_y, 0.035], contype=2, conaffinity=1, condim=4, friction=[PALM_FRICTION, 0.02, 0.001],
+            size=[0.04, half_y, 0.035], contype=2, conaffinity=1, condim=ph.contact_condim,
+            friction=[PALM_FRICTION, 0.02, 0.001],
             density=0.0, group=3)
     for geom in spec.geoms:
         if (geom.contype == 0 and geom.conaffinity == 0) or geom.name.endswith("_palm_pad"):
@@ -86,7 +104,7 @@ def build_model(fixed_pelvis: bool, substep_dt: float) -> mujoco.MjModel:
     box = spec.worldbody.add_body(name=BOX_BODY, pos=[1.0, 0.0, 0.2])
     box.add_freejoint(name="cargo_box_joint")
     box.add_geom(name=BOX_BODY, type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.1, 0.1, 0.1], mass=2.0, contype=1,
-                 conaffinity=3, condim=4, friction=[1.0, 0.02, 0.001])
+                 conaffinity=3, condim=ph.contact_condim, friction=[1.0, 0.02, 0.001])
     return spec.compile()
 
 
@@ -119,8 +137,15 @@ class Layout:
         self.joint_lo, self.joint_hi = lo.copy(), hi.copy()
 
 
-def set_box(m: mujoco.MjModel, lay: Layout, size: np.ndarray, mass: float, friction: float) -> None:
-    """Resize the box (full extents), set its mass (uniform-density inertia) and friction."""
+def set_box(m: mujoco.MjModel, lay: Layout, size: np.ndarray, mass: float, friction: float,
+            scratch: mujoco.MjData | None = None) -> None:
+    """Resize the box (full extents), set its mass (uniform-density inertia) and friction.
+
+    Then ``mj_setConst`` (``scratch``: any MjData of this model's sizes): the box is a
+    "simple" body, whose joint-space inertia MuJoCo takes from the compile-time ``dof_M0``,
+    not from ``body_mass``; without it the dynamics kept the compiled 2 kg box while gravity
+    pulled the clip's mass (a 5 kg box in the grasp accelerated 2.5x too fast and diverged),
+    and the contact softness (``*_invweight0``) kept the 2 kg box too."""
     sx, sy, sz = size
     m.geom_size[lay.box_geom] = np.asarray(size) / 2
     m.geom_rbound[lay.box_geom] = float(np.linalg.norm(size) / 2)
@@ -128,6 +153,7 @@ def set_box(m: mujoco.MjModel, lay: Layout, size: np.ndarray, mass: float, frict
     m.body_mass[lay.box_body] = mass
     m.body_inertia[lay.box_body] = mass / 12.0 * np.array([sy * sy + sz * sz, sx * sx + sz * sz, sx * sx + sy * sy])
     m.geom_friction[lay.box_geom, 0] = friction
+    mujoco.mj_setConst(m, scratch if scratch is not None else mujoco.MjData(m))
 
 
 def set_pd_scale(m: mujoco.MjModel, lay: Layout, kp_scale: float, kd_scale: float | None = None) -> None:

@@ -13,13 +13,14 @@ def resolve_backend(backend: str, device: str) -> str:
 
 
 def make_simulator(backend: str, *, num_envs: int, fixed_pelvis: bool, control_dt: float, substeps: int,
-                   device: str = "cpu", threads: int = 1) -> Simulator:
+                   device: str = "cpu", threads: int = 1, physics=None) -> Simulator:
+    """``physics``: config ``sim.physics`` (MuJoCo's solver and contact options; Genesis keeps its own)."""
     backend = resolve_backend(backend, device)
     if backend == "mujoco":
         from kibotos.xmimic.sim.mujoco_sim import MujocoSim
 
         return MujocoSim(num_envs=num_envs, fixed_pelvis=fixed_pelvis, control_dt=control_dt, substeps=substeps,
-                         device=device, threads=threads)
+                         device=device, threads=threads, physics=physics)
     if backend == "genesis":
         from kibotos.xmimic.sim.genesis_sim import GenesisSim
 

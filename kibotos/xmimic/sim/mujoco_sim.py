@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from mujoco import rollout
 
+from kibotos.xmimic.config import PhysicsConfig
 from kibotos.xmimic.model import Layout, build_model, set_box, set_grip_enabled, set_pd_scale
 from kibotos.xmimic.sim.base import SimState, Simulator
 
@@ -55,11 +56,11 @@ def resolve_threads(threads: int) -> int:
 
 class MujocoSim(Simulator):
     def __init__(self, *, num_envs: int, fixed_pelvis: bool, control_dt: float, substeps: int, device: str = "cpu",
-                 threads: int = 1):
+                 threads: int = 1, physics: PhysicsConfig | None = None):
         self.num_envs, self.fixed_pelvis, self.control_dt, self.substeps = num_envs, fixed_pelvis, control_dt, substeps
         self.device = device
         self.threads = resolve_threads(threads)
-        base = build_model(fixed_pelvis, round(control_dt / substeps, 9))
+        base = build_model(fixed_pelvis, round(control_dt / substeps, 9), physics)
         self.base = base
         self.lay = lay = Layout(base, fixed_pelvis)
         self.models = [copy.copy(base) for _ in range(num_envs)]
@@ -116,7 +117,7 @@ class MujocoSim(Simulator):
                                                       (box_size, box_mass, box_friction, kp_scale))
         for k, i in enumerate(ids):  # resets only: per-environment model parameters
             mi = self.models[i]
-            set_box(mi, lay, box_size[k], float(box_mass[k]), float(box_friction[k]))
+            set_box(mi, lay, box_size[k], float(box_mass[k]), float(box_friction[k]), scratch=self._kin)
             set_pd_scale(mi, lay, kp_scale[k] if self._enabled else 0.0)
             set_grip_enabled(mi, lay, self._enabled)
         x = np.zeros((len(ids), self.nstate))
