@@ -234,7 +234,7 @@ def _read_stored(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes | None:
     name_len, extra_len = fields[10], fields[11]
     start = info.header_offset + _LOCAL_HEADER.size
     name = os.pread(fd, name_len, start)
-    if name.decode("utf-8" if fields[3] & 0x800 else "cp437") != info.orig_filename:
+    if name.decode("utf-8" if info.flag_bits & 0x800 else "cp437") != info.orig_filename:
         raise zipfile.BadZipFile(f"File name in directory {info.orig_filename!r} and header {name!r} differ.")
     data = os.pread(fd, info.file_size, start + name_len + extra_len)
     if len(data) != info.file_size:
