@@ -4,8 +4,9 @@ vs joint speed, the VLM as an optional calibrated instrument, combined into ``s_
 Real components throughout: sample bundles (``kibotos.synthetic.samples``), the Genesis playback job
 storing real/sim PNG pairs in a real object-store directory, EfficientNet-Lite0 embeddings,
 PyAV decoding; the only stand-in is the VLM endpoint (``tests.fixtures.vlm_stub``). The
-Panda scene is built once for the module and each variant is replayed once
-(``played``), and scored without a VLM once (``results``).
+Panda scene is built once per session (``panda_renderer``, shared with the playback
+tests), each variant is replayed once (``played``), and scored without a VLM once
+(``results``).
 
 Misaligned variants of one genuine episode (same kinematics or same video, so only their
 pairing is wrong): its video swapped with another episode's, its kinematics
@@ -14,7 +15,6 @@ time-reversed, and its kinematics delayed by ``SHIFT_MS``.
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,7 +34,7 @@ from gpu_consumers.alignment import (
     vlm_evidence,
 )
 from gpu_consumers.jobs import make_handler
-from gpu_consumers.playback import PlaybackRenderer, run_playback
+from gpu_consumers.playback import run_playback
 from kibotos.bundle import open_bundle
 from kibotos.config.alignment import DEFAULT_PATH, load_alignment_config, parse_alignment_config
 from kibotos.config.gates import load_config
@@ -120,16 +120,6 @@ def test_an_uncalibrated_vlm_answer_gets_the_smaller_weight(vlm_stub, tmp_path):
 
 # --- the job on real playback pairs ----------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def renderer():
-    if importlib.util.find_spec("genesis") is None:
-        pytest.skip("genesis-world is not installed")
-    r = PlaybackRenderer(get_robot(*PANDA), 320, 240)
-    r.warm_up()
-    yield r
-    r.close()
-
-
 def variants(genuine: Episode, other: Episode) -> dict[str, Episode]:
     n = len(genuine.joint_pos)
     rate = genuine.manifest["sampling_rate_hz"]
@@ -159,7 +149,7 @@ class Played:
 
 
 @pytest.fixture(scope="module")
-def played(renderer, samples, tmp_path_factory):
+def played(panda_renderer, samples, tmp_path_factory):
     root = tmp_path_factory.mktemp("align")
     store = LocalObjectStore(root / "store")
     cat = Catalogue()
@@ -169,7 +159,7 @@ def played(renderer, samples, tmp_path_factory):
         stored = store.put_file(ep.write(root / f"{name}.zarr.zip"), f"bundles/{name}.zarr.zip")
         path = store.local_path(stored.uri)
         with open_bundle(path) as view:
-            pb = run_playback(view, genuine.true_offset_ms, renderer, store, f"keyframes/{name}")
+            pb = run_playback(view, genuine.true_offset_ms, panda_renderer, store, f"keyframes/{name}")
         assert pb.passed, (name, pb.metrics)
         [fwd] = advance(cat, in_flight(name, stored.uri, genuine.true_offset_ms), pb, cat.job("align"))
         out[name] = Played(path, fwd.record, pb)

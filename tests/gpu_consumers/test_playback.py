@@ -9,7 +9,6 @@ tested without Genesis.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import pytest
 from gpu_consumers.keyframes import select_keyframes
 from gpu_consumers.playback import (
     GATE_ID,
-    PlaybackRenderer,
     genesis_camera_pose,
     joints_at,
     pinhole_warp,
@@ -94,16 +92,7 @@ def test_resolved_urdf_has_absolute_existing_meshes(tmp_path):
     assert resolved_urdf(get_robot(*PANDA), tmp_path) == path  # written once
 
 
-# --- the renderer (one Panda scene per session) -------------------------------------------
-
-@pytest.fixture(scope="session")
-def panda_renderer():
-    if importlib.util.find_spec("genesis") is None:  # not imported: the renderer sets its GL platform first
-        pytest.skip("genesis-world is not installed")
-    renderer = PlaybackRenderer(get_robot(*PANDA), W, H)
-    renderer.warm_up()
-    yield renderer
-    renderer.close()
+# --- the renderer (one Panda scene per session: panda_renderer, tests/fixtures/renderers.py) --
 
 
 def _camera():
