@@ -322,7 +322,7 @@ def clip_bundle(clip_dir: Path, out_path: Path, *, width: int = 320, height: int
     grasps = [grasp_in_box(arrays, meta, side) for side in (0, 1)]
     fovy = 45.0
     intrinsics, cam_to_world, free = camera_for(qpos, box, width, height, fovy)
-    # the video at its own rate (software GL renders the G1's meshes at ~5 frames/s here);
+    # the video at its own rate (software GL renders the G1's meshes at ~5-10 frames/s here);
     # video frame k shows kinematic frame round(k fps / video_fps), on the same clock
     video_fps = min(float(video_fps), fps)
     n_video = int(np.floor((n - 1) / fps * video_fps + 1e-9)) + 1
