@@ -181,10 +181,12 @@ def _spatial_offsets(width: int, shift_x: int, shift_y: int) -> list[int]:
             if (dx, dy) != (0, 0)]
 
 
-def _motion_similarity(pairs: list[tuple[int, int, str]], max_lag: int, offsets: list[int]) -> str:
+def _motion_similarity(pairs: list[tuple[int, int, str]], max_lag: int, offsets: list[int],
+                       q: str = "q.", c: str = "c.") -> str:
     """Per pairing, the best cosine of the overlapping motion signatures: over lags, then
-    over spatial ``offsets`` at the best lag (a crop that is not centred)."""
-    ql, cl, p = "q.motion_len", "c.motion_len", "toInt64(q.motion_channels)"
+    over spatial ``offsets`` at the best lag (a crop that is not centred). ``q`` / ``c``:
+    the prefixes of the query's and the candidate's motion columns."""
+    ql, cl, p = f"{q}motion_len", f"{c}motion_len", f"toInt64({q}motion_channels)"
 
     def cosine(lag: str, off: str) -> str:
         n = _overlap(ql, cl).replace("lag", lag)
@@ -192,9 +194,9 @@ def _motion_similarity(pairs: list[tuple[int, int, str]], max_lag: int, offsets:
         size = f"greatest({n} * {p} - abs({off}), 0)"
         # arrayResize: equal sizes on every row, whether or not the branch is taken
         return (f"if({n} >= {need} AND {n} > 0, ifNotFinite(1. - cosineDistance("
-                f"arrayResize(arraySlice(q.motion[tupleElement(pr, 1)], "
+                f"arrayResize(arraySlice({q}motion[tupleElement(pr, 1)], "
                 f"greatest({lag}, 0) * {p} + greatest({off}, 0) + 1, {size}), {size}), "
-                f"arrayResize(arraySlice(c.motion[tupleElement(pr, 2)], "
+                f"arrayResize(arraySlice({c}motion[tupleElement(pr, 2)], "
                 f"greatest(-{lag}, 0) * {p} + greatest(-{off}, 0) + 1, {size}), {size})), -1.), -1.)")
 
     lags = _lags(max_lag)
@@ -223,30 +225,38 @@ def scaled_trajectory(fingerprint: np.ndarray, scale: float) -> np.ndarray:
 def _trajectory_correlations(max_lag: int, qf: str = "q.traj_fingerprint", ql: str = "q.traj_len") -> str:
     """Per-lag locally centred correlation of q.traj and c.traj (joint-major, J x L):
     an array of (corr, lag) over the lags whose overlap is long enough. ``qf`` / ``ql``:
-    another version of the query's fingerprint (a time-scaled one)."""
+    another version of the query's fingerprint (a time-scaled one).
+
+    Joints outside, lags inside: a lambda copies every array it captures once per element
+    it maps, so the lag loop captures one joint's row of each fingerprint (L values), not
+    the whole fingerprints (J x L); the per-joint terms are then pooled lag by lag
+    (``sumForEach``, in joint order)."""
     cf, cl, j = "c.traj_fingerprint", "c.traj_len", "q.traj_joints"
     # (query offset, candidate offset, overlap, lag)
     spans = (f"arrayFilter(s -> tupleElement(s, 3) >= greatest({{traj_min_samples:Int64}}, "
              f"toInt64(ceil({{traj_min_overlap:Float64}} * least({ql}, {cl})))), "
              f"arrayMap(lag -> (toInt64(greatest(lag, 0)), toInt64(greatest(-lag, 0)), "
              f"toInt64(least({ql} - greatest(lag, 0), {cl} - greatest(-lag, 0))), lag), {_lags(max_lag)}))")
+    rows_q = f"arrayMap(jj -> arraySlice({qf}, toInt64(jj) * {ql} + 1, {ql}), range({j}))"
+    rows_c = f"arrayMap(jj -> arraySlice({cf}, toInt64(jj) * {cl} + 1, {cl}), range({j}))"
     # arrayResize: equal sizes on every row, whether or not the branch is taken
-    a = f"arrayResize(arraySlice({qf}, toInt64(jj) * {ql} + tupleElement(s, 1) + 1, tupleElement(s, 3)), tupleElement(s, 3))"
-    b = f"arrayResize(arraySlice({cf}, toInt64(jj) * {cl} + tupleElement(s, 2) + 1, tupleElement(s, 3)), tupleElement(s, 3))"
-    # per joint: (sum ab, sum a, sum b, sum aa, sum bb), then pooled centred moments
-    per_joint = (f"arrayMap(jj -> (dotProduct({a}, {b}), arraySum({a}), arraySum({b}), dotProduct({a}, {a}), "
-                 f"dotProduct({b}, {b})), range({j}))")
-    stats = f"arrayMap(s -> ({per_joint}, toFloat64(tupleElement(s, 3)), tupleElement(s, 4)), {spans})"
+    a = "arrayResize(arraySlice(qj, tupleElement(s, 1) + 1, tupleElement(s, 3)), tupleElement(s, 3))"
+    b = "arrayResize(arraySlice(cj, tupleElement(s, 2) + 1, tupleElement(s, 3)), tupleElement(s, 3))"
+    # per joint and lag: (sum ab, sum a, sum b, sum aa, sum bb) -> the centred moments
+    n = "toFloat64(tupleElement(s, 3))"
+    moments = (f"arrayMap(m -> (tupleElement(m, 1) - tupleElement(m, 2) * tupleElement(m, 3) / tupleElement(m, 6), "
+               f"tupleElement(m, 4) - tupleElement(m, 2) * tupleElement(m, 2) / tupleElement(m, 6), "
+               f"tupleElement(m, 5) - tupleElement(m, 3) * tupleElement(m, 3) / tupleElement(m, 6)), "
+               f"arrayMap(s -> (dotProduct({a}, {b}), arraySum({a}), arraySum({b}), dotProduct({a}, {a}), "
+               f"dotProduct({b}, {b}), {n}), sp))")
+    per_joint = f"arrayMap((qj, cj) -> {moments}, {rows_q}, {rows_c})"
 
-    def pooled(expr: str) -> str:
-        return f"arraySum(arrayMap(m -> {expr}, tupleElement(st, 1)))"
+    def pooled(k: int) -> str:
+        return f"arrayReduce('sumForEach', arrayMap(js -> arrayMap(m -> tupleElement(m, {k}), js), pj))"
 
-    n = "tupleElement(st, 2)"
-    cov = pooled(f"tupleElement(m, 1) - tupleElement(m, 2) * tupleElement(m, 3) / {n}")
-    va = pooled(f"tupleElement(m, 4) - tupleElement(m, 2) * tupleElement(m, 2) / {n}")
-    vb = pooled(f"tupleElement(m, 5) - tupleElement(m, 3) * tupleElement(m, 3) / {n}")
-    return (f"arrayMap(st -> (if({va} > 1e-9 AND {vb} > 1e-9, {cov} / sqrt({va} * {vb}), 0.), "
-            f"tupleElement(st, 3)), {stats})")
+    return (f"arrayMap(sp -> arrayMap(pj -> arrayMap((cov, va, vb, s) -> (if(va > 1e-9 AND vb > 1e-9, "
+            f"cov / sqrt(va * vb), 0.), tupleElement(s, 4)), {pooled(1)}, {pooled(2)}, {pooled(3)}, sp), "
+            f"[{per_joint}])[1], [{spans}])[1]")
 
 
 def _ramp(x: str, lo: str, hi: str) -> str:
@@ -254,23 +264,28 @@ def _ramp(x: str, lo: str, hi: str) -> str:
 
 
 def _candidates_sql(cfg: NoveltySection, pairs: list[tuple[int, int, str]]) -> str:
+    """The candidate query. Its cost on a small index is ClickHouse's analysis of the SQL,
+    which grows with the expression trees, so each heavy expression is written once: the
+    time-scaled trajectories are compared by one expression mapped over the fingerprints
+    (parameters), and each heavy array is a column of a subquery of its own, read by the
+    next level, rather than an alias (an alias is expanded where it is used)."""
     fps = cfg.frames.sample_fps
     hash_lag = max(0, round(cfg.hash.max_lag_s * fps))
     motion_lag = max(0, round(cfg.motion.max_lag_s * fps))
     offsets = _spatial_offsets(cfg.motion.width, cfg.motion.shift_x, cfg.motion.shift_y)
     traj_lag = max(0, round(cfg.trajectory.max_lag_s * cfg.trajectory.rate_hz))
-    # (corr, lag, time scale) at every lag of the stored fingerprint and of each time-scaled one
-    # (the time-scaled fingerprints come as parameters, computed once in numpy)
-    scaled_cols = ""
-    traj_parts = [f"arrayMap(x -> (tupleElement(x, 1), tupleElement(x, 2), 1.), {_trajectory_correlations(traj_lag)})"]
-    for k, scale in enumerate(cfg.trajectory.time_scales):
-        scaled_cols += f", {{traj_s{k}:Array(Float32)}} AS traj_s{k}, {{traj_len_s{k}:Int64}} AS traj_len_s{k}"
-        traj_parts.append(f"arrayMap(x -> (tupleElement(x, 1), tupleElement(x, 2), {float(scale)!r}), "
-                          f"{_trajectory_correlations(traj_lag, f'q.traj_s{k}', f'q.traj_len_s{k}')})")
-    traj_all = f"arrayConcat({', '.join(traj_parts)})" if len(traj_parts) > 1 else traj_parts[0]
-    identity = _hash_similarity("q.frame_hashes", "c.frame_hashes", "{hamming:UInt8}", hash_lag)
-    mirrored = _hash_similarity("q.frame_hashes", "c.mirror_hashes", "{hamming:UInt8}", hash_lag)
-    exact = _hash_similarity("q.frame_hashes", "c.frame_hashes", "{exact_hamming:UInt8}", hash_lag)
+    # (corr, lag, time scale) at every lag of the stored fingerprint (scale 1, first: it wins
+    # ties) and of each time-scaled one (parameters, computed once in numpy)
+    versions = ("arrayZip(arrayConcat([q.traj_fingerprint], {traj_scaled:Array(Array(Float32))}), "
+                "arrayConcat([toInt64(q.traj_len)], {traj_scaled_len:Array(Int64)}), "
+                "arrayConcat([1.], {traj_scales:Array(Float64)}))")
+    by_version = _trajectory_correlations(traj_lag, "tupleElement(v, 1)", "tupleElement(v, 2)")
+    traj_all = (f"arrayFlatten(arrayMap(v -> arrayMap(x -> (tupleElement(x, 1), tupleElement(x, 2), "
+                f"tupleElement(v, 3)), {by_version}), {versions}))")
+    # identity and mirrored hashes within hamming, identity within exact_hamming: one expression
+    hash_fractions = (f"arrayMap((h, t) -> {_hash_similarity('q.frame_hashes', 'h', 't', hash_lag)}, "
+                      "[c.frame_hashes, c.mirror_hashes, c.frame_hashes], "
+                      "[{hamming:UInt8}, {hamming:UInt8}, {exact_hamming:UInt8}])")
     hashes_ok = "(length(q.frame_hashes) > 0 AND length(c.frame_hashes) > 0 AND q.sample_fps = c.sample_fps)"
     emb_ok = ("(length(q.embedding) > 0 AND q.embedding_model = c.embedding_model "
               "AND length(c.embedding) = length(q.embedding))")
@@ -280,7 +295,8 @@ def _candidates_sql(cfg: NoveltySection, pairs: list[tuple[int, int, str]]) -> s
                   "OR hash_fraction >= {pre_hash:Float64})")
     traj_ok = ("(q.traj_len > 0 AND c.traj_len > 0 AND q.robot_model_id = c.robot_model_id "
                "AND q.traj_joints = c.traj_joints AND q.traj_rate_hz = c.traj_rate_hz)")
-    inner = f"""
+    # level 1: the pair's hashes, embedding and trajectories
+    pairs_sql = f"""
     SELECT
         c.submission_id AS submission_id,
         c.miner_id AS miner_id,
@@ -289,17 +305,40 @@ def _candidates_sql(cfg: NoveltySection, pairs: list[tuple[int, int, str]]) -> s
         multiIf(same_miner, 'same_miner', c.received_at > q.received_at, 'cross_miner_later', 'cross_miner')
             AS scope,
         {hashes_ok} AS hashes_compared,
-        if(hashes_compared, greatest({identity}, {mirrored}), 0.) AS hash_fraction,
-        if(hashes_compared, {exact}, 0.) AS exact_fraction,
+        if(hashes_compared, {hash_fractions}, [0., 0., 0.]) AS hash_fractions,
         {emb_ok} AS embedding_compared,
         if(embedding_compared,
            ifNotFinite(1. - cosineDistance(q.embedding, arrayResize(c.embedding, length(q.embedding))), 0.),
            0.) AS embedding_cos,
-        {motion_ok} AND {same_scene} AS motion_compared,
-        if(motion_compared, {_motion_similarity(pairs, motion_lag, offsets)}, []) AS motion_by_pair,
-        if(length(motion_by_pair) > 0, arrayMax(motion_by_pair), 0.) AS motion_corr,
+        {motion_ok} AS motion_ok,
+        q.motion AS q_motion, c.motion AS c_motion, q.motion_len AS q_motion_len, c.motion_len AS c_motion_len,
+        q.motion_channels AS q_motion_channels,
         {traj_ok} AS trajectory_compared,
         if(trajectory_compared, {traj_all}, []) AS traj_by_lag,
+        q.traj_len AS q_traj_len, c.traj_len AS c_traj_len
+    FROM (SELECT * FROM {TABLE} FINAL WHERE submission_id = {{sid:String}} LIMIT 1) AS q
+    CROSS JOIN (
+        SELECT * FROM {TABLE} FINAL
+        WHERE created_at >= fromUnixTimestamp64Milli({{since_ms:Int64}}, 'UTC') AND submission_id != {{sid:String}}
+    ) AS c
+    WHERE (c.created_at < q.created_at OR (c.created_at = q.created_at AND c.submission_id < q.submission_id))
+      AND toUnixTimestamp64Milli(c.created_at) >= toUnixTimestamp64Milli(q.created_at)
+          - if(c.miner_id = q.miner_id, {{miner_window_ms:Int64}}, {{global_window_ms:Int64}})
+    """
+    # level 2: the motion signatures, for candidates passing the same-scene prefilter
+    motion_sql = f"""
+    SELECT *, greatest(hash_fractions[1], hash_fractions[2]) AS hash_fraction, hash_fractions[3] AS exact_fraction,
+        motion_ok AND {same_scene} AS motion_compared,
+        if(motion_compared, {_motion_similarity(pairs, motion_lag, offsets, "q_", "c_")}, []) AS motion_by_pair
+    FROM ({pairs_sql})
+    """
+    # level 3: scores from the level-2 columns
+    inner = f"""
+    SELECT
+        submission_id, miner_id, created_at_ms, same_miner, scope, hashes_compared, hash_fraction,
+        exact_fraction, embedding_compared, embedding_cos, motion_compared, motion_by_pair,
+        if(length(motion_by_pair) > 0, arrayMax(motion_by_pair), 0.) AS motion_corr,
+        trajectory_compared, traj_by_lag,
         -- a time-scaled comparison searches more alignments, so unrelated motions of one
         -- task reach higher correlations there: it has a stricter ramp of its own
         arrayMap(x -> if(tupleElement(x, 3) = 1.,
@@ -323,15 +362,8 @@ def _candidates_sql(cfg: NoveltySection, pairs: list[tuple[int, int, str]]) -> s
               {_ramp('motion_corr', '{motion_lo:Float64}', '{motion_hi:Float64}')}), 0.) AS visual,
         1. - (1. - visual) * (1. - trajectory) AS match,
         hashes_compared AND exact_fraction >= {{exact_fraction:Float64}}
-            AND (trajectory_corr >= {{exact_corr:Float64}} OR (q.traj_len = 0 AND c.traj_len = 0)) AS near_exact
-    FROM (SELECT *{scaled_cols} FROM {TABLE} FINAL WHERE submission_id = {{sid:String}} LIMIT 1) AS q
-    CROSS JOIN (
-        SELECT * FROM {TABLE} FINAL
-        WHERE created_at >= fromUnixTimestamp64Milli({{since_ms:Int64}}, 'UTC') AND submission_id != {{sid:String}}
-    ) AS c
-    WHERE (c.created_at < q.created_at OR (c.created_at = q.created_at AND c.submission_id < q.submission_id))
-      AND toUnixTimestamp64Milli(c.created_at) >= toUnixTimestamp64Milli(q.created_at)
-          - if(c.miner_id = q.miner_id, {{miner_window_ms:Int64}}, {{global_window_ms:Int64}})
+            AND (trajectory_corr >= {{exact_corr:Float64}} OR (q_traj_len = 0 AND c_traj_len = 0)) AS near_exact
+    FROM ({motion_sql})
     """
     return f"""
     SELECT * FROM (
@@ -430,10 +462,10 @@ def find_candidates(client, submission_id: str, created_at_ms: int, motion_varia
     traj = np.zeros((0, 0), np.float32)
     if own and own[0][1] and own[0][2]:
         traj = np.asarray(own[0][0], np.float32).reshape(int(own[0][1]), int(own[0][2]))
-    for k, scale in enumerate(cfg.trajectory.time_scales):
-        scaled = scaled_trajectory(traj, float(scale))
-        params[f"traj_s{k}"] = scaled.ravel().tolist()
-        params[f"traj_len_s{k}"] = int(scaled.shape[1]) if scaled.size else 0
+    scaled = [scaled_trajectory(traj, float(scale)) for scale in cfg.trajectory.time_scales]
+    params["traj_scaled"] = [t.ravel().tolist() for t in scaled]
+    params["traj_scaled_len"] = [int(t.shape[1]) if t.size else 0 for t in scaled]
+    params["traj_scales"] = [float(scale) for scale in cfg.trajectory.time_scales]
     pairs = _motion_pairs(motion_variants) if motion_variants else [(1, 1, "identity")]
     res = _query(client, _candidates_sql(cfg, pairs), params)
     out: dict[str, Candidate | None] = {"same_miner": None, "cross_miner": None, "cross_miner_later": None}
