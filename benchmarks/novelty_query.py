@@ -15,14 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from infra.migrate import apply_migrations
+from kibotos.errors import ServiceError
 from kibotos.novelty import index, load_novelty_config
 from kibotos.warehouse import open_client
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _explain_cost(client, rows, cfg, module) -> float:
@@ -51,7 +55,12 @@ def run_novelty_query_bench(sizes: list[int], queries: int = 5, seed: int = 0,
     """``modules``: label -> a module with ``find_candidates`` and ``_query`` (default: the
     current ``kibotos.novelty.index``); several are timed alternately, check by check, on
     one index (a before/after comparison in one run)."""
-    from tests.kibotos.novelty.synthetic_index import insert_rows, make_rows
+    if str(REPO_ROOT) not in sys.path:  # the installed console script sees the packages, not tests/
+        sys.path.insert(0, str(REPO_ROOT))
+    try:
+        from tests.kibotos.novelty.synthetic_index import insert_rows, make_rows
+    except ImportError as exc:
+        raise ServiceError(f"the novelty bench needs the repository's tests package (a checkout): {exc}") from exc
 
     cfg = load_novelty_config().novelty
     modules = modules or {"current": index}

@@ -496,6 +496,27 @@ def bench_evidence(
         console.print(f"wrote {write_json(result, json_out)}")
 
 
+@bench_app.command("novelty")
+def bench_novelty(
+    sizes: str = typer.Option("1,30,120", help="index sizes (synthetic rows), comma-separated"),
+    queries: int = typer.Option(5, min=1, help="checks timed per size (median reported)"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the result here"),
+) -> None:
+    """The novelty candidate query's cost per check (wall, CPU, and ClickHouse's analysis
+    alone) on synthetic indexes of each size."""
+    from benchmarks.novelty_query import run_novelty_query_bench
+
+    result = run_novelty_query_bench([int(s) for s in sizes.split(",") if s.strip()], queries)
+    for n, by in result["sizes"].items():
+        r = by["current"]
+        console.print(f"{n} rows: check {r['check_wall_s_p50']} s wall, {r['check_cpu_s_p50']} s CPU "
+                      f"(analysis {r['explain_cpu_s']} s), {r['candidates_p50']} candidates")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=1) + "\n")
+        console.print(f"wrote {json_out}")
+
+
 bench_app.command("export")(bench_export_cmd)  # kibotos.datasets.cli: dataset export vs reading the bundles
 
 
