@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 
 import faust
 
@@ -34,28 +35,40 @@ log = logging.getLogger("kibotos.streams")
 # stage sends waits, on average, half a fetch wait before the next stage sees it. Capped
 # here: at 100 ms a lone small episode spent ~350 ms between its gates (7 hops), at 20 ms
 # ~170 ms (issue 17, kibotos bench pipeline's lone_small), for ~50 idle fetches/s per
-# consumer. While the worker is busy (a record in hand, or one handled in the last
-# FETCH_BUSY_WINDOW_S) each fetch waits only FETCH_BUSY_WAIT_MS: the next stage's record
-# is on its way, and the idle rate of fetches stays what it was.
+# consumer. While a lone submission moves through the worker (at most one record in
+# hand, at most FETCH_LONE_RECORDS taken in the last second, the last one less than
+# FETCH_BUSY_WINDOW_S ago) each fetch waits only FETCH_BUSY_WAIT_MS: the next stage's
+# record is on its way, and the idle rate of fetches stays what it was. With more
+# records the worker has a backlog: a record that waits for a fetch waits behind work
+# anyway, and short fetches all the time took the CPU the gates needed (issue 17: a
+# fetch costs ~1 ms of CPU in the worker and Tansu together; a 4 ms wait throughout
+# raised the stack's CPU per episode by a fifth to a half).
 FETCH_MAX_WAIT_MS = 20
 FETCH_BUSY_WAIT_MS = 4
 FETCH_BUSY_WINDOW_S = 0.5
+FETCH_LONE_RECORDS = 8  # one submission's hops through the worker (received, gates, evidence)
 
 
 class FetchWait:
-    """The wait of the worker's next fetch: short while records move through it, longer
-    when idle. The agents (on faust's loop) mark their work; the consumer's fetcher (on
-    its own thread) reads ``ms`` for each fetch request it builds."""
+    """The wait of the worker's next fetch: short while a lone record moves through it,
+    the idle wait otherwise. The agents (on faust's loop) mark their work; the consumer's
+    fetcher (on its own thread) reads ``ms`` for each fetch request it builds."""
 
     def __init__(self, idle_ms: int = FETCH_MAX_WAIT_MS, busy_ms: int = FETCH_BUSY_WAIT_MS,
-                 window_s: float = FETCH_BUSY_WINDOW_S):
-        self.idle_ms, self.busy_ms, self.window_s = idle_ms, busy_ms, window_s
+                 window_s: float = FETCH_BUSY_WINDOW_S, lone_records: int = FETCH_LONE_RECORDS):
+        self.idle_ms, self.busy_ms, self.window_s, self.lone_records = idle_ms, busy_ms, window_s, lone_records
         self.in_hand = 0
         self.last = float("-inf")
+        self._taken: deque[float] = deque()  # when each record of the last second was taken
+        self.recent = 0  # records taken in the second before the last one (read by the fetcher)
 
     def begin(self) -> None:
         self.in_hand += 1
-        self.last = time.monotonic()
+        self.last = now = time.monotonic()
+        self._taken.append(now)
+        while self._taken and self._taken[0] < now - 1.0:
+            self._taken.popleft()
+        self.recent = len(self._taken)
 
     def end(self) -> None:
         self.in_hand = max(0, self.in_hand - 1)
@@ -63,7 +76,9 @@ class FetchWait:
 
     @property
     def ms(self) -> int:
-        if self.in_hand or time.monotonic() - self.last < self.window_s:
+        if self.in_hand > 1 or self.recent > self.lone_records:
+            return self.idle_ms  # a backlog
+        if self.in_hand == 1 or time.monotonic() - self.last < self.window_s:
             return min(self.busy_ms, self.idle_ms)
         return self.idle_ms
 

@@ -170,7 +170,7 @@ def test_gate_stages_share_one_view_per_submission_with_the_same_verdict(stage_b
     assert len(views) == 0
 
 
-def test_the_fetch_wait_is_short_while_busy_and_back_to_idle_after():
+def test_the_fetch_wait_is_short_while_one_record_moves_and_back_to_idle_after():
     from aiokafka.consumer.fetcher import Fetcher
 
     from streams.app import FETCH_WAIT, FetchWait, _adaptive
@@ -179,10 +179,26 @@ def test_the_fetch_wait_is_short_while_busy_and_back_to_idle_after():
     assert wait.ms == 20
     wait.begin()
     assert wait.ms == 4
+    wait.begin()  # a backlog: the idle wait, no short fetches all the time
+    assert wait.ms == 20
+    wait.end()
+    assert wait.ms == 4
     wait.end()
     assert wait.ms == 4  # within the window after the last record
     wait.last -= 1.0
     assert wait.ms == 20
+    # records one after another, more than one submission's hops in a second: a backlog
+    burst = FetchWait(idle_ms=20, busy_ms=4, lone_records=8)
+    for _ in range(8):
+        burst.begin()
+        burst.end()
+    assert burst.ms == 4
+    burst.begin()
+    assert burst.ms == 20
+    burst.end()
+    burst._taken = type(burst._taken)(t - 2.0 for t in burst._taken)  # a second later
+    burst.begin()
+    assert burst.recent == 1 and burst.ms == 4
     # the fetcher aiokafka builds reads the worker's wait for each request
     fetcher = Fetcher.__new__(Fetcher)
     fetcher._fetch_max_wait_ms = 20
