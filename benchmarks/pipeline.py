@@ -319,7 +319,8 @@ def bench_chain(episodes: list[BenchEpisode], warmup: list[Path], config: GateCo
     results: list[list[dict]] = []
     verdicts: dict[str, int] = {}
     with PeakRSS() as mem:
-        t0, cpu0 = time.perf_counter(), tree_cpu_s()
+        cpu0 = tree_cpu_s()  # first: walking /proc is not the chain's wall time
+        t0 = time.perf_counter()
         for k, ep in enumerate(episodes, 1):
             t = time.perf_counter()
             res = verify(ep.path)
@@ -593,7 +594,8 @@ def bench_stack(episodes: list[BenchEpisode], warmup: list[Path], workers: int, 
                           f"{label} warm-up")
                 warmup_s = time.perf_counter() - t_warm
                 progress(f"{label}: warm ({len(warm)} warm-up episodes); submitting {len(episodes)}")
-                t0, cpu0 = time.time(), tree_cpu_s()
+                cpu0 = tree_cpu_s()
+                t0 = time.time()
                 subs = submit_paths([e.path for e in episodes], **submit)
                 submit_s = time.time() - t0
                 sids = [s.submission_id for s in subs]
