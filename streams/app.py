@@ -90,7 +90,7 @@ def _adaptive(fetcher_cls: type) -> type:
     """``fetcher_cls`` whose fetch requests wait ``FETCH_WAIT.ms`` (aiokafka reads
     ``_fetch_max_wait_ms`` each time it builds one)."""
 
-    class AdaptiveFetcher(fetcher_cls):  # type: ignore[valid-type, misc]
+    class AdaptiveFetcher(fetcher_cls):
         @property
         def _fetch_max_wait_ms(self) -> int:
             return FETCH_WAIT.ms

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from itertools import product
 from math import prod
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -160,9 +160,9 @@ def light_node(path: str, doc: Any) -> LightGroup | LightArray | None:
         if not isinstance(fill, bool):
             return None
     elif dtype_name in _INT_TYPES:
-        if not _is_int(fill) or not np.iinfo(dtype).min <= fill <= np.iinfo(dtype).max:
+        if not _is_int(fill) or not np.iinfo(dtype).min <= cast(int, fill) <= np.iinfo(dtype).max:
             return None
-    elif not (_is_int(fill) or isinstance(fill, float)) or not abs(fill) <= min(np.finfo(dtype).max, 2.0**53):
+    elif not (_is_int(fill) or isinstance(fill, float)) or not abs(cast(float, fill)) <= min(np.finfo(dtype).max, 2.0**53):
         return None  # NaN, infinities, values the type cannot hold: zarr's to judge
     codecs = doc.get("codecs")
     if not isinstance(codecs, list) or not 1 <= len(codecs) <= 2:
@@ -229,7 +229,7 @@ def _read_stored(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes | None:
     if len(header) != _LOCAL_HEADER.size:
         raise zipfile.BadZipFile("Truncated file header")
     fields = _LOCAL_HEADER.unpack(header)
-    if fields[0] != zipfile.stringFileHeader:
+    if fields[0] != zipfile.stringFileHeader:  # type: ignore[attr-defined]
         raise zipfile.BadZipFile("Bad magic number for file header")
     name_len, extra_len = fields[10], fields[11]
     start = info.header_offset + _LOCAL_HEADER.size
@@ -332,7 +332,7 @@ class DirectTree:
             return light
         md = _build_metadata_v3(doc)
         node = _build_node(store=self.store, path=path, metadata=md)
-        return zarr.Array(node) if isinstance(md, ArrayV3Metadata) else zarr.Group(node)
+        return zarr.Array(cast(Any, node)) if isinstance(md, ArrayV3Metadata) else zarr.Group(cast(Any, node))
 
     def members(self, path: str = "", max_depth: int | None = None) -> list[tuple[str, zarr.Array | zarr.Group]]:
         """``root[path].members(max_depth)``: every node below ``path`` that has its own
@@ -369,9 +369,9 @@ class DirectTree:
             return None
         if not all(isinstance(c, _DIRECT_CODECS) for c in md.codecs):
             return None
-        aa = [c for c in md.codecs if isinstance(c, TransposeCodec)]
+        aa: list[Any] = [c for c in md.codecs if isinstance(c, TransposeCodec)]
         ab = [c for c in md.codecs if isinstance(c, BytesCodec)]
-        bb = [c for c in md.codecs if not isinstance(c, TransposeCodec | BytesCodec)]
+        bb: list[Any] = [c for c in md.codecs if not isinstance(c, TransposeCodec | BytesCodec)]
         if len(ab) != 1 or list(md.codecs) != [*aa, *ab, *bb]:
             return None
         shape = tuple(int(s) for s in md.shape)
@@ -410,7 +410,7 @@ class DirectTree:
         codecs' bound), its bytes viewed in the stored byte order and shaped to the chunk,
         absent chunks the fill value."""
         shape, chunk_shape = arr.shape, arr.chunk_shape
-        stored = arr.dtype.newbyteorder(arr.endian) if arr.dtype.itemsize > 1 else arr.dtype
+        stored = arr.dtype.newbyteorder(cast(Any, arr.endian)) if arr.dtype.itemsize > 1 else arr.dtype
         bound = prod(chunk_shape) * max(arr.dtype.itemsize, 1) + SLACK_BYTES
         out = np.empty(shape, dtype=arr.dtype)
         for coords in product(*[range(-(-s // c)) for s, c in zip(shape, chunk_shape)]):
