@@ -36,6 +36,7 @@ import os
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import product
 from math import prod
@@ -110,6 +111,21 @@ class LightArray:
 
     def chunk_key(self, coords: tuple[int, ...]) -> str:
         return self.separator.join(map(str, ("c", *coords)))
+
+
+def cached_lookup(cache: dict[str, Any], path: str, lookup: Callable[[str], Any]) -> Any:
+    """``lookup(path)``, made once per ``cache``: a failed lookup's error is kept and
+    raised again on every later call (a bundle's node lookups are asked for many times
+    per episode, and a missing node must stay missing)."""
+    if path not in cache:
+        try:
+            cache[path] = lookup(path)
+        except Exception as exc:
+            cache[path] = exc
+    node = cache[path]
+    if isinstance(node, Exception):
+        raise node
+    return node
 
 
 def _is_int(v: Any) -> bool:
@@ -312,15 +328,7 @@ class DirectTree:
         """``root[path]`` as zarr gives it: ``KeyError`` when ``<path>/zarr.json`` is absent,
         zarr's own errors when it does not parse. Each document is parsed once (the tree
         walk and the lookups share it)."""
-        if path not in self._nodes:
-            try:
-                self._nodes[path] = self._parse(path)
-            except Exception as exc:
-                self._nodes[path] = exc
-        node = self._nodes[path]
-        if isinstance(node, Exception):
-            raise node
-        return node
+        return cached_lookup(self._nodes, path, self._parse)
 
     def _parse(self, path: str) -> Any:
         raw = self.get(f"{path}/{ZARR_JSON}")

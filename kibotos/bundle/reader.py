@@ -24,7 +24,7 @@ from zarr.abc.store import Store
 from zarr.core.chunk_grids import RegularChunkGrid
 
 from kibotos.bundle import codecs as _codecs  # noqa: F401  (bounded zstd/gzip decoding)
-from kibotos.bundle.direct import DirectTree, LightArray, is_array, is_group, read_zip_entry
+from kibotos.bundle.direct import DirectTree, LightArray, cached_lookup, is_array, is_group, read_zip_entry
 from kibotos.bundle.limits import Limits, ResourceLimitExceeded, check, check_deadline
 from kibotos.bundle.manifest import Manifest
 from kibotos.errors import BundleError
@@ -275,15 +275,7 @@ class BundleView:
 
     def _node(self, path: str) -> Any:
         """``self._root[path]``, looked up once (a failed lookup raises the same error again)."""
-        if path not in self._nodes:
-            try:
-                self._nodes[path] = self._lookup(path)
-            except Exception as exc:
-                self._nodes[path] = exc
-        node = self._nodes[path]
-        if isinstance(node, Exception):
-            raise node
-        return node
+        return cached_lookup(self._nodes, path, self._lookup)
 
     def has(self, path: str) -> bool:
         try:
