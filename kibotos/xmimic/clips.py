@@ -43,6 +43,19 @@ class Clip:
     hold: dict
     variant: dict = field(default_factory=dict)  # held-out variant parameters ({} for a training clip)
     key_body_pos: np.ndarray | None = None       # (T, K, 3) reference, world
+    # (T, 2, 3) the reference's palms in the reference box's frame: the hand-box relation the
+    # relative reward and the success bound track. None: computed from the two trajectories;
+    # a held-out variant keeps its source clip's relation (scaled with the box), since its
+    # reference body motion is not moved with the box (see ``variant``).
+    palms_in_box: np.ndarray | None = None
+
+    def palm_relation(self) -> np.ndarray:
+        """(T, 2, 3) the reference palms in the reference box frame (``palms_in_box``)."""
+        if self.palms_in_box is not None:
+            return self.palms_in_box
+        if self.key_body_pos is None:
+            raise XMimicError(f"clip {self.clip_id}: no key-body positions", reason_code="xmimic_clip_invalid")
+        return quat_rotate_inverse_np(self.object_pose[:, None, 3:], self.key_body_pos[:, :2] - self.object_pose[:, None, :3])
 
     @property
     def frames(self) -> int:
@@ -134,12 +147,24 @@ def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                      w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2, w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2], -1)
 
 
+def quat_rotate_inverse_np(q: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Rotate vectors ``v`` (..., 3) by the inverse of unit quaternions ``q`` (..., 4, wxyz; broadcast)."""
+    q = np.broadcast_to(q, v.shape[:-1] + (4,))
+    w, xyz = q[..., :1], -q[..., 1:]
+    t = 2.0 * np.cross(xyz, v)
+    return v + w * t + np.cross(xyz, t)
+
+
 def variant(clip: Clip, *, size_scale: float = 1.0, offset_xy: tuple[float, float] = (0.0, 0.0),
             yaw_deg: float = 0.0) -> Clip:
     """The same reference body motion with a different box: scaled (resting on the floor,
     so its centre rises or sinks by half the height change), moved in the plane, or turned
     about its vertical axis. The reference box trajectory moves with it; the reference
-    robot motion does not (the policy has to adapt)."""
+    robot motion does not (the policy has to adapt). The hand-box relation the policy is
+    rewarded and judged on is the source clip's, in the box frame, scaled with the box:
+    the reference palms, left where they were, would sit 6 cm off a moved box or inside a
+    1.45x one, and tracking them would mean not holding the box."""
+    relation = clip.palm_relation() * size_scale
     obj = clip.object_pose.copy()
     size = clip.box_size * size_scale
     obj[:, 2] += (size[2] - clip.box_size[2]) / 2
@@ -154,7 +179,7 @@ def variant(clip: Clip, *, size_scale: float = 1.0, offset_xy: tuple[float, floa
         params["offset_m"] = f"{offset_xy[0]:+.2f}/{offset_xy[1]:+.2f}"
     if yaw_deg:
         params["yaw_deg"] = yaw_deg
-    return dataclasses.replace(clip, object_pose=obj, box_size=size, variant=params)
+    return dataclasses.replace(clip, object_pose=obj, box_size=size, variant=params, palms_in_box=relation)
 
 
 def heldout_variants(clips: list[Clip], heldout) -> list[Clip]:

@@ -53,6 +53,7 @@ class References:
         self.box = stack(lambda c: c.object_pose)
         self.contact = stack(lambda c: c.contact[:, :3].astype(np.float32))
         self.keys = stack(lambda c: c.key_body_pos)
+        self.palms_in_box = stack(lambda c: c.palm_relation())  # the hand-box relation tracked (Clip.palms_in_box)
         self.box_size = torch.as_tensor(np.stack([c.box_size for c in clips]), dtype=torch.float32, device=device)
         self.mass = torch.tensor([c.mass_kg for c in clips], dtype=torch.float32, device=device)
         self.fps = clips[0].fps
@@ -92,6 +93,7 @@ class XMimicEnv(VecEnv):
         self.prev_action = z(n, self.num_actions)
         self.action = z(n, self.num_actions)
         self.box_size = z(n, 3)
+        self.relation_scale = torch.ones(n, 3, device=device)
         self.box_mass = z(n)
         self.box_friction = z(n)
         self.kp_scale = torch.ones(n, device=device)
@@ -184,6 +186,7 @@ class XMimicEnv(VecEnv):
             friction = self._uniform(*d.box_friction, k) * cfg.sim.box_friction
             kp = self._uniform(*d.kp_scale, k) * cfg.control.kp_scale
         self.box_size[ids], self.box_mass[ids], self.box_friction[ids], self.kp_scale[ids] = size, mass, friction, kp
+        self.relation_scale[ids] = size / self.ref.box_size[c]  # the hand-box relation scales with a DR-resized box
         self.box_offset[ids] = offset
         self.sim.reset_envs(ids, qpos, qvel, box, size, mass, friction, kp)
         self.prev_action[ids] = 0.0
@@ -222,19 +225,20 @@ class XMimicEnv(VecEnv):
         # reward
         box_ref = self._ref_box()
         keys_ref = self._ref(self.ref.keys)
+        palms_ref = self._ref(self.ref.palms_in_box) * self.relation_scale[:, None, :]
         ref_contact = self._ref(self.ref.contact) > 0.5
         contacts = rw.contacts(st.key_body_pos, st.box_pose, self.box_size, cfg.reward.contact_tolerance_m)
         j = self.joint_ids
         terms = rw.compute(cfg.reward, rw.RewardInputs(
             q=st.qpos[:, 7 + j], qd=st.qvel[:, 6 + j], q_ref=self._ref(self.ref.qpos)[:, 7 + j],
             qd_ref=self._ref(self.ref.qvel)[:, 6 + j], keys=st.key_body_pos, keys_ref=keys_ref, box=st.box_pose,
-            box_ref=box_ref, contacts=contacts, contacts_ref=ref_contact, action=self.action,
+            box_ref=box_ref, palms_ref=palms_ref, contacts=contacts, contacts_ref=ref_contact, action=self.action,
             prev_action=self.prev_action, torque=st.torque[:, j], q_lo=self.q_lo, q_hi=self.q_hi))
         rewards = rw.total(cfg.reward, terms)
 
         # tracking of the hold (success) and interaction termination
         holding = ref_contact[:, 0] & ref_contact[:, 1]
-        rel = (rw.palms_in_box(st.key_body_pos, st.box_pose) - rw.palms_in_box(keys_ref, box_ref)).norm(dim=-1)
+        rel = (rw.palms_in_box(st.key_body_pos, st.box_pose) - palms_ref).norm(dim=-1)
         self.hand_err_sum += torch.where(holding, rel.mean(-1), 0.0)
         self.hand_err_n += holding.float()
         self.lost_contact = torch.where(holding & ~(contacts[:, 0] & contacts[:, 1]), self.lost_contact + 1, 0)

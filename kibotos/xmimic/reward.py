@@ -29,6 +29,7 @@ class RewardInputs:
     keys_ref: torch.Tensor
     box: torch.Tensor          # (N, 7)
     box_ref: torch.Tensor
+    palms_ref: torch.Tensor    # (N, 2, 3) the reference palms in the reference box frame (Clip.palms_in_box)
     contacts: torch.Tensor     # (N, 3) palm-box left, right, box-ground (bool)
     contacts_ref: torch.Tensor
     action: torch.Tensor
@@ -72,7 +73,7 @@ def compute(cfg: RewardConfig, x: RewardInputs) -> dict[str, torch.Tensor]:
         "object_pos": torch.exp(-((x.box[:, :3] - x.box_ref[:, :3]) ** 2).sum(-1) / s["object_pos"]),
         "object_rot": torch.exp(-quat_angle(x.box[:, 3:], x.box_ref[:, 3:]) / s["object_rot"]),
         "relative_hand_box": torch.exp(
-            -((palms_in_box(x.keys, x.box) - palms_in_box(x.keys_ref, x.box_ref)) ** 2).sum(-1).sum(-1)
+            -((palms_in_box(x.keys, x.box) - x.palms_ref) ** 2).sum(-1).sum(-1)
             / s["relative_hand_box"]),
         "contact": (x.contacts == x.contacts_ref).float().mean(-1),
         "action_rate": ((x.action - x.prev_action) ** 2).sum(-1),

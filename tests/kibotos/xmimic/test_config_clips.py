@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 
@@ -66,3 +67,17 @@ def test_heldout_variants_move_the_box_not_the_body(clips, xcfg):
     per_clip = len(h.size_scales) + len(h.offsets_m) + len(h.yaw_deg)
     assert len(vs) == min(len(clips), h.max_source_clips) * per_clip
     assert len({x.name for x in vs}) == len(vs)
+
+
+def test_a_variant_keeps_its_source_clips_hand_box_relation_scaled_with_the_box(clips):
+    c = clips[0]
+    rel = c.palm_relation()
+    hold = slice(c.hold["lift"], c.hold["place"])
+    # the relation of a training clip is its palms in its own box frame: near the box's side faces
+    assert (np.abs(rel[hold, :, 1]).max() < c.box_size[1]) and (np.abs(rel[hold]).max() < c.box_size.max())
+    moved, turned, grown = variant(c, offset_xy=(0.06, 0.0)), variant(c, yaw_deg=20.0), variant(c, size_scale=1.45)
+    assert np.allclose(moved.palm_relation(), rel) and np.allclose(turned.palm_relation(), rel)
+    assert np.allclose(grown.palm_relation(), 1.45 * rel)
+    # what the unmoved reference palms say about the moved box is 6 cm off the tracked relation
+    naive = dataclasses.replace(moved, palms_in_box=None).palm_relation()
+    assert np.abs(np.linalg.norm(naive[hold] - rel[hold], axis=-1) - 0.06).max() < 1e-6
