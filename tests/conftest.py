@@ -20,7 +20,7 @@ from topics.catalogue import Catalogue
 # as ``samples`` are then built once per run, not once per importing module).
 pytest_plugins = (
     "tests.fixtures.episodes", "tests.fixtures.ingest", "tests.fixtures.vlm_stub", "tests.fixtures.stage_bundles",
-    "tests.fixtures.pipeline", "tests.fixtures.datasets", "tests.fixtures.renderers",
+    "tests.fixtures.pipeline", "tests.fixtures.datasets", "tests.fixtures.renderers", "tests.fixtures.objectstores",
 )
 
 

@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import time
-import uuid
 
 import httpx
 import pytest
@@ -19,7 +18,6 @@ from minio.datatypes import PostPolicy
 from kibotos.config.gates import load_config
 from kibotos.identity import BundleSignature, sidecar_path
 from kibotos.ingest.client import IngestRefused
-from kibotos.objectstore import S3ObjectStore
 from streams.stages import Record, build_stages, run_in_process
 from tests.fixtures.ingest import keypair
 
@@ -28,16 +26,8 @@ DATA = b"a bundle" * 2000
 SHA = hashlib.sha256(DATA).hexdigest()
 
 
-@pytest.fixture
-def store(seaweedfs, tmp_path) -> S3ObjectStore:
-    s = S3ObjectStore(f"t{uuid.uuid4().hex[:16]}", "env1", endpoint=seaweedfs.endpoint,
-                      access_key=seaweedfs.access_key, secret_key=seaweedfs.secret_key, cache_dir=tmp_path / "cache")
-    s.ensure_bucket()
-    return s
-
-
-def test_the_s3_server_enforces_the_signed_size_content_and_expiry(store):
-    put = store.presign_put("incoming/a.zarr.zip", size=len(DATA), sha256=SHA, expires_s=60)
+def test_the_s3_server_enforces_the_signed_size_content_and_expiry(s3_store):
+    put = s3_store.presign_put("incoming/a.zarr.zip", size=len(DATA), sha256=SHA, expires_s=60)
     assert "X-Amz-SignedHeaders=content-length%3Bhost%3Bx-amz-checksum-sha256" in put.url
     with httpx.Client() as http:
         bigger = http.put(put.url, content=DATA + b"!", headers={**put.headers, "Content-Length": str(len(DATA) + 1)})
@@ -50,41 +40,41 @@ def test_the_s3_server_enforces_the_signed_size_content_and_expiry(store):
         other_key = http.put(put.url.replace("incoming/a.zarr.zip", "incoming/b.zarr.zip"), content=DATA,
                              headers=put.headers)
         assert other_key.status_code == 403
-        assert store.stat("incoming/a.zarr.zip") is None
+        assert s3_store.stat("incoming/a.zarr.zip") is None
         ok = http.put(put.url, content=DATA, headers=put.headers)
         assert ok.status_code == 200
-    assert store.stat("incoming/a.zarr.zip").size_bytes == len(DATA)
-    with store.open_local("incoming/a.zarr.zip", max_bytes=len(DATA)) as path:
+    assert s3_store.stat("incoming/a.zarr.zip").size_bytes == len(DATA)
+    with s3_store.open_local("incoming/a.zarr.zip", max_bytes=len(DATA)) as path:
         assert path.read_bytes() == DATA
 
-    expiring = store.presign_put("incoming/late.zarr.zip", size=len(DATA), sha256=SHA, expires_s=1)
+    expiring = s3_store.presign_put("incoming/late.zarr.zip", size=len(DATA), sha256=SHA, expires_s=1)
     time.sleep(2.1)
     late = httpx.put(expiring.url, content=DATA, headers=expiring.headers)
     assert late.status_code == 403 and "expired" in late.text.lower()
 
 
-def test_seaweedfs_also_honours_post_policy_content_length_range(store):
+def test_seaweedfs_also_honours_post_policy_content_length_range(s3_store):
     """Measured alternative (documented in the README): a presigned POST policy with a
     content-length-range is enforced too. The ingest API uses signed-header PUTs."""
-    policy = PostPolicy(store.bucket, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5))
+    policy = PostPolicy(s3_store.bucket, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5))
     policy.add_equals_condition("key", "env1/post.bin")
     policy.add_content_length_range_condition(1, 100)
-    form = store.client.presigned_post_policy(policy)
-    url = f"{store.endpoint}/{store.bucket}"
+    form = s3_store.client.presigned_post_policy(policy)
+    url = f"{s3_store.endpoint}/{s3_store.bucket}"
     ok = httpx.post(url, data={**form, "key": "env1/post.bin"}, files={"file": ("x", b"a" * 50)})
     too_big = httpx.post(url, data={**form, "key": "env1/post.bin"}, files={"file": ("x", b"a" * 500)})
     assert ok.status_code == 204 and too_big.status_code == 400 and "EntityTooLarge" in too_big.text
 
 
-def test_object_uris_outside_the_store_are_refused(store):
-    for uri in ("s3://other-bucket/env1/x", f"s3://{store.bucket}/env2/x", f"s3://{store.bucket}/env1/../x",
+def test_object_uris_outside_the_store_are_refused(s3_store):
+    for uri in ("s3://other-bucket/env1/x", f"s3://{s3_store.bucket}/env2/x", f"s3://{s3_store.bucket}/env1/../x",
                 "file:///etc/passwd"):
         with pytest.raises(Exception) as exc:
-            store.local_path(uri)
+            s3_store.local_path(uri)
         assert getattr(exc.value, "reason_code", "") == "object_uri_invalid"
-    store.client.put_object(store.bucket, "env1/big", io.BytesIO(DATA), len(DATA))
+    s3_store.client.put_object(s3_store.bucket, "env1/big", io.BytesIO(DATA), len(DATA))
     with pytest.raises(Exception) as exc:
-        store.local_path(f"s3://{store.bucket}/env1/big", max_bytes=10)
+        s3_store.local_path(f"s3://{s3_store.bucket}/env1/big", max_bytes=10)
     assert exc.value.reason_code == "bundle_too_large"
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 
 import pytest
 
@@ -17,21 +16,8 @@ from kibotos.datasets.policy import resolve_versions
 from kibotos.datasets.spec import parse_spec
 from kibotos.datasets.store import DatasetStore
 from kibotos.export.runner import export_version
-from kibotos.objectstore import LocalObjectStore, S3ObjectStore
+from kibotos.objectstore import LocalObjectStore
 from tests.kibotos.datasets.helpers import T0, copy_bundle, sid, verdict
-
-
-@pytest.fixture(params=["local", "s3"])
-def bucket(request, tmp_path):
-    """The object store datasets are published to: a directory, or a bucket of the
-    session's SeaweedFS S3 server."""
-    if request.param == "local":
-        return LocalObjectStore(tmp_path / "bucket")
-    seaweedfs = request.getfixturevalue("seaweedfs")
-    s3 = S3ObjectStore(f"t{uuid.uuid4().hex[:16]}", "env1", endpoint=seaweedfs.endpoint,
-                       access_key=seaweedfs.access_key, secret_key=seaweedfs.secret_key, cache_dir=tmp_path / "cache")
-    s3.ensure_bucket()
-    return s3
 
 
 def publish_two(store, bucket, sample_bundles):
@@ -44,40 +30,40 @@ def publish_two(store, bucket, sample_bundles):
     b.publish(now_ms=T0 + 1)
 
 
-def test_versions_are_published_to_and_read_back_from_the_object_store(tmp_path, bucket, sample_bundles):
-    writer = DatasetStore(tmp_path / "cache-a", objects=bucket)
-    publish_two(writer, bucket, sample_bundles)
+def test_versions_are_published_to_and_read_back_from_the_object_store(tmp_path, object_store, sample_bundles):
+    writer = DatasetStore(tmp_path / "cache-a", objects=object_store)
+    publish_two(writer, object_store, sample_bundles)
     # in the object store: the spec, each version's manifest, its files as blobs keyed by SHA-256
-    assert ds_objects.dataset_names(bucket) == {"ds"} and ds_objects.versions(bucket, "ds") == {1, 2}
-    manifest = json.loads(ds_objects.read_small(bucket, ds_objects.version_key("ds", 2)))
+    assert ds_objects.dataset_names(object_store) == {"ds"} and ds_objects.versions(object_store, "ds") == {1, 2}
+    manifest = json.loads(ds_objects.read_small(object_store, ds_objects.version_key("ds", 2)))
     assert set(manifest["files"]) == {"episodes.jsonl", "changelog.jsonl", "attribution.json", "version.json",
                                       "card.json", "card.md"}
     for fname, f in manifest["files"].items():
         local = (writer.version_dir("ds", 2) / fname).read_bytes()
         assert f["sha256"] == hashlib.sha256(local).hexdigest()
-        assert bucket.stat(ds_objects.blob_key("ds", f["sha256"])).size_bytes == len(local)
+        assert object_store.stat(ds_objects.blob_key("ds", f["sha256"])).size_bytes == len(local)
     assert manifest["content_hash"] == writer.info("ds", 2)["content_hash"]
 
     # a reader with an empty cache (another machine): everything comes from the object store
-    reader = DatasetStore(tmp_path / "cache-b", objects=bucket)
+    reader = DatasetStore(tmp_path / "cache-b", objects=object_store)
     assert reader.names() == ["ds"] and reader.versions("ds") == [1, 2] and reader.resolve("ds") == ("ds", 2)
     assert [e.to_line() for e in reader.episodes("ds", 2)] == [e.to_line() for e in writer.episodes("ds", 2)]
     assert reader.verify("ds", 1) and reader.card("ds", 2) == writer.card("ds", 2)
     assert reader.attribution("ds", 1) == writer.attribution("ds", 1)
     assert all((p.stat().st_mode & 0o222) == 0 for p in reader.version_dir("ds", 1).iterdir())
-    assert resolve_versions(DatasetStore(tmp_path / "cache-c", objects=bucket), ["ds@v1"]) == [("ds", 1)]
-    status, body, _ = dataset_route(tmp_path / "cache-d", ["datasets", "ds@v2"], objects=bucket)
+    assert resolve_versions(DatasetStore(tmp_path / "cache-c", objects=object_store), ["ds@v1"]) == [("ds", 1)]
+    status, body, _ = dataset_route(tmp_path / "cache-d", ["datasets", "ds@v2"], objects=object_store)
     assert status == 200 and body["hash_ok"] and body["card"]["episodes"] == 3
 
     # an export is published too, and a reader without it fetches it instead of converting
-    first = export_version(writer, "ds", 2, tmp_path / "out-a", bucket)
+    first = export_version(writer, "ds", 2, tmp_path / "out-a", object_store)
     assert not first["reused"] and first["exported"] == 3
-    fetched = export_version(DatasetStore(tmp_path / "cache-e", objects=bucket), "ds", 2, tmp_path / "out-b", bucket)
+    fetched = export_version(DatasetStore(tmp_path / "cache-e", objects=object_store), "ds", 2, tmp_path / "out-b", object_store)
     assert fetched["reused"] and fetched["files"] == first["files"]
     for rel, sha in first["files"].items():
         assert hashlib.sha256((tmp_path / "out-b/ds/v000002" / rel).read_bytes()).hexdigest() == sha
     # a forced re-export gives the same bytes, so storing it again is a no-op, not a conflict
-    forced = export_version(writer, "ds", 2, tmp_path / "out-c", bucket, force=True)
+    forced = export_version(writer, "ds", 2, tmp_path / "out-c", object_store, force=True)
     assert not forced["reused"] and forced["files"] == first["files"]
 
 

@@ -7,7 +7,6 @@ import base64
 import re
 import urllib.error
 import urllib.request
-import uuid
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -280,12 +279,8 @@ def test_browser_renders_the_served_page(server, tmp_path):
 # --- keyframes in S3 ---------------------------------------------------------------------
 
 @pytest.mark.integration
-def test_keyframes_are_read_from_s3(seaweedfs, tmp_path):
-    from kibotos.objectstore import S3ObjectStore
-
-    s3 = S3ObjectStore(f"t{uuid.uuid4().hex[:16]}", "env1", endpoint=seaweedfs.endpoint,
-                       access_key=seaweedfs.access_key, secret_key=seaweedfs.secret_key, cache_dir=tmp_path / "cache")
-    s3.ensure_bucket()
+def test_keyframes_are_read_from_s3(s3_store):
+    s3 = s3_store
     rep = accepted_report(s3)
     frames = rep["gates"][-1]["metrics"]["keyframes"]
     assert frames[0]["real_uri"].startswith("s3://")

@@ -5,7 +5,6 @@ shows; stored beside the policy in the object store (local and S3)."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from kibotos.media.video import probe_video
 from kibotos.xmimic.env import XMimicEnv
@@ -37,20 +36,12 @@ def test_rollout_preview_shows_the_robot_moving(clips, xcfg, tmp_path):
     assert "<video" in page and "data:video/mp4;base64," in page
 
 
-@pytest.mark.parametrize("kind", ["local", "s3"])
-def test_a_stored_preview_is_found_beside_the_policy(kind, tmp_path, request):
+def test_a_stored_preview_is_found_beside_the_policy(object_store, tmp_path):
     import uuid
 
-    from kibotos.objectstore import LocalObjectStore, S3ObjectStore
     from kibotos.xmimic.preview import find_preview, preview_key, store_preview
 
-    if kind == "local":
-        store = LocalObjectStore(tmp_path / "objects")
-    else:
-        sw = request.getfixturevalue("seaweedfs")
-        store = S3ObjectStore(f"t{uuid.uuid4().hex[:16]}", "env1", endpoint=sw.endpoint, access_key=sw.access_key,
-                              secret_key=sw.secret_key, cache_dir=tmp_path / "cache")
-        store.ensure_bucket()
+    store = object_store  # a local directory, then a fresh S3 bucket
     video = tmp_path / "preview.mp4"
     video.write_bytes(b"mp4 of p-1 " + uuid.uuid4().bytes)
     uri = store_preview(store, "p-1", video)
