@@ -220,7 +220,7 @@ class TrainingStage:
     # --- training ----------------------------------------------------------------------
     def _train(self, req: dict, base: dict, lease: RunLease) -> list[Output]:
         from kibotos.xmimic.clips import load_clips
-        from kibotos.xmimic.train import latest_checkpoint, train
+        from kibotos.xmimic.train import checkpoint_infos, latest_checkpoint, train
 
         run_id = req["run_id"]
         run_dir = self.work_dir / run_id
@@ -238,7 +238,10 @@ class TrainingStage:
         if last is not None:
             # the checkpoint's own record again (idempotent: a row per run and iteration): a
             # process killed after storing checkpoint N but before publishing N's record left a gap
-            infos = _checkpoint_infos(last)
+            try:
+                infos = checkpoint_infos(last)
+            except Exception:  # noqa: BLE001 - unreadable: train() refuses it with its reason code
+                infos = {}
             if isinstance(infos.get("event"), dict):
                 self._emit([Output(self.progress, self._event(base, infos, infos["event"], steps_per_env, True))])
         lease.record = dict(base, state="running", at=now_ms())
@@ -409,17 +412,6 @@ class TrainingStage:
             self._producer.produce(out.topic.name, key=out.key(), value=out.value())
         if self._producer.flush(10):
             log.warning("%s: progress records not acknowledged in 10 s", self.processor_id)
-
-
-def _checkpoint_infos(path: Path) -> dict:
-    """What a checkpoint recorded about its run (``infos``; empty for an unreadable one:
-    ``train`` refuses that itself)."""
-    import torch
-
-    try:
-        return dict(torch.load(path, weights_only=False, map_location="cpu").get("infos") or {})
-    except Exception:  # noqa: BLE001 - the resume path reports a damaged checkpoint with its reason code
-        return {}
 
 
 def _floats(values: dict | None) -> dict[str, float]:

@@ -41,12 +41,11 @@ def eval_id(policy_id: str, dataset: str, config_version: str, seed: int) -> str
 
 def policy_id_for_checkpoint(path: Path) -> str:
     """The id ``kibotos.xmimic.registry.register`` would give this checkpoint."""
-    import torch
+    from kibotos.xmimic.train import checkpoint_infos  # torch and rsl-rl: only where a checkpoint is read
 
-    saved = torch.load(path, weights_only=False, map_location="cpu")
-    infos = dict(saved.get("infos") or {})
+    infos = checkpoint_infos(path)
     run = infos.get("run_id") or Path(path).resolve().parents[1].name
-    return f"{infos.get('role', 'policy')}-{run}-it{infos.get('iteration', saved.get('iter', 0))}"
+    return f"{infos.get('role', 'policy')}-{run}-it{infos.get('iteration', 0)}"
 
 
 def _clip_row(base: dict[str, Any], split: str, clip, ref) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from rsl_rl.models import MLPModel
 from kibotos.xmimic.clips import Clip, XMimicError, heldout_variants
 from kibotos.xmimic.config import XMimicConfig
 from kibotos.xmimic.env import XMimicEnv
+from kibotos.xmimic.train import read_checkpoint
 
 BASELINES = ("reference_pd", "zero_torque")
 
@@ -63,8 +64,7 @@ class EvalReport:
 def load_policy(path: Path, env: XMimicEnv) -> tuple[MLPModel, dict]:
     """The actor of a checkpoint written by ``kibotos.xmimic.train`` (deterministic mean)."""
     try:
-        saved = torch.load(Path(path), weights_only=False, map_location=env.device)
-        infos = saved["infos"]
+        saved, infos = read_checkpoint(path, map_location=env.device)
         groups = infos["obs_groups"]
         state = saved["actor_state_dict"]
     except (OSError, KeyError, TypeError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:

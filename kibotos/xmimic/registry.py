@@ -11,8 +11,6 @@ import re
 import shutil
 from pathlib import Path
 
-import torch
-
 from kibotos.xmimic.clips import XMimicError
 
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -32,10 +30,11 @@ def register(home: Path, checkpoint: Path, *, policy_id: str | None = None, extr
              store=None) -> str:
     """Copy ``checkpoint`` into the registry (idempotent per id) and, with an object
     store, publish it there too."""
-    saved = torch.load(checkpoint, weights_only=False, map_location="cpu")
-    infos = dict(saved.get("infos") or {})
+    from kibotos.xmimic.train import checkpoint_infos  # torch and rsl-rl: only where a checkpoint is read
+
+    infos = checkpoint_infos(checkpoint)
     policy_id = _check_id(policy_id or f"{infos.get('role', 'policy')}-{infos.get('run_id') or Path(checkpoint).parents[1].name}"
-                          f"-it{infos.get('iteration', saved.get('iter', 0))}")
+                          f"-it{infos.get('iteration', 0)}")
     folder = registry_root(home) / policy_id
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(checkpoint, folder / "model.pt")

@@ -108,9 +108,28 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> tuple[dict, dict]:
+    """A checkpoint and what it recorded about its run: ``(saved, infos)``, ``infos`` being
+    ``save_checkpoint``'s meta (``iteration`` from rsl-rl's ``iter`` where a checkpoint
+    written by rsl-rl's own runner lacks it). Raises what ``torch.load`` raises, and
+    ``TypeError`` for a file that holds something else than a checkpoint's dict."""
+    saved = torch.load(Path(path), weights_only=False, map_location=map_location)
+    if not isinstance(saved, dict):
+        raise TypeError(f"a checkpoint is a dict, not {type(saved).__name__}")
+    infos = dict(saved.get("infos") or {})
+    if "iteration" not in infos and "iter" in saved:
+        infos["iteration"] = saved["iter"]
+    return saved, infos
+
+
+def checkpoint_infos(path: Path) -> dict:
+    """What a checkpoint recorded about its run (``read_checkpoint``'s ``infos``)."""
+    return read_checkpoint(path)[1]
+
+
 def load_teacher_actor(path: Path, obs, num_actions: int, cfg: XMimicConfig) -> MLPModel:
-    saved = torch.load(path, weights_only=False, map_location="cpu")
-    if (saved.get("infos") or {}).get("role") != "teacher":
+    saved, infos = read_checkpoint(path)
+    if infos.get("role") != "teacher":
         raise XMimicError(f"{path} is not a teacher checkpoint", reason_code="xmimic_teacher_invalid")
     rc = runner_config(cfg, "teacher")["actor"]
     actor = MLPModel(obs, {"actor": OBS_GROUPS["teacher"]}, "actor", num_actions, hidden_dims=rc["hidden_dims"],
