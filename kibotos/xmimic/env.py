@@ -16,6 +16,7 @@ Observation groups (every group is produced; the runner's ``obs_groups`` picks):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from kibotos.xmimic import reward as rw
 from kibotos.xmimic.clips import Clip
 from kibotos.xmimic.config import XMimicConfig
 from kibotos.xmimic.model import policy_joint_ids
-from kibotos.xmimic.rotations import quat_rotate_inverse, quat_to_6d, to_local
+from kibotos.xmimic.rotations import quat_conj, quat_mul, quat_rotate_inverse, quat_to_6d
 from kibotos.xmimic.sim import make_simulator, resolve_backend
 
 LOOKAHEAD = (1, 3)
@@ -35,7 +36,11 @@ LOOKAHEAD = (1, 3)
 
 class References:
     """All clips' reference arrays padded to one length (indexing past a clip's end
-    repeats its last frame)."""
+    repeats its last frame), also side by side in one table so that a step reads every
+    reference quantity of a frame with one gather (``frame``)."""
+
+    # (name, columns) of ``table``, in order
+    FIELDS = (("qpos", 36), ("qvel", 35), ("box", 7), ("contact", 3), ("keys", 12), ("palms_in_box", 6))
 
     def __init__(self, clips: list[Clip], end: str, device: str):
         self.lengths = torch.tensor([c.episode_frames(end) for c in clips], device=device)
@@ -54,10 +59,29 @@ class References:
         self.contact = stack(lambda c: c.contact[:, :3].astype(np.float32))
         self.keys = stack(lambda c: c.key_body_pos)
         self.palms_in_box = stack(lambda c: c.palm_relation())  # the hand-box relation tracked (Clip.palms_in_box)
+        self.table = torch.cat([getattr(self, k).flatten(2) for k, _ in self.FIELDS], -1)  # (C, T, 99)
         self.box_size = torch.as_tensor(np.stack([c.box_size for c in clips]), dtype=torch.float32, device=device)
         self.mass = torch.tensor([c.mass_kg for c in clips], dtype=torch.float32, device=device)
         self.fps = clips[0].fps
         self.tmax = tmax
+
+    def frame(self, clip: torch.Tensor, t: torch.Tensor) -> RefFrame:
+        row = self.table[clip, t.clamp(max=self.tmax - 1)]
+        parts = dict(zip([k for k, _ in self.FIELDS], row.split([c for _, c in self.FIELDS], -1), strict=True))
+        n = len(row)
+        return RefFrame(qpos=parts["qpos"], qvel=parts["qvel"], box=parts["box"], contact=parts["contact"],
+                        keys=parts["keys"].view(n, 4, 3), palms_in_box=parts["palms_in_box"].view(n, 2, 3))
+
+
+@dataclass
+class RefFrame:
+    """One reference frame per environment (views into one gathered row)."""
+    qpos: torch.Tensor          # (N, 36)
+    qvel: torch.Tensor          # (N, 35)
+    box: torch.Tensor           # (N, 7) the clip's box pose (without an episode's box offset)
+    contact: torch.Tensor       # (N, 3)
+    keys: torch.Tensor          # (N, 4, 3)
+    palms_in_box: torch.Tensor  # (N, 2, 3)
 
 
 class XMimicEnv(VecEnv):
@@ -109,6 +133,7 @@ class XMimicEnv(VecEnv):
         self.box_offset = z(n, 3)
         self.clip_failure = torch.ones(len(clips), device=device)  # running failure rate per clip (1: unknown)
         self.last_outcome: dict[str, torch.Tensor] = {}
+        self._derived: tuple | None = None  # (state, palms in box, contacts): see _palms_contacts
         q_lo, q_hi = self.sim_joint_limits()
         self.q_lo, self.q_hi = q_lo[self.joint_ids], q_hi[self.joint_ids]
         self.push_every = max(1, int(round(cfg.dr.push_interval_s / self.control_dt)))
@@ -202,15 +227,28 @@ class XMimicEnv(VecEnv):
     def get_observations(self) -> TensorDict:
         return self._obs
 
+    def _ref_frame(self, offset: int = 0) -> RefFrame:
+        return self.ref.frame(self.clip_idx, self.frame + offset)
+
+    def _palms_contacts(self, st) -> tuple[torch.Tensor, torch.Tensor]:
+        """(palms in the box frame (N, 2, 3), contacts (N, 3) bool) of state ``st``, computed
+        once per state (the reward and the observation of a step without resets share them)."""
+        if self._derived is None or self._derived[0] is not st:
+            palms = rw.palms_in_box(st.key_body_pos, st.box_pose)
+            contacts = rw.contacts(palms, st.box_pose, self.box_size, self.cfg.reward.contact_tolerance_m)
+            self._derived = (st, palms, contacts)
+        return self._derived[1], self._derived[2]
+
     def step(self, actions: torch.Tensor):
         cfg = self.cfg
         actions = actions.to(self.device).clamp(-5.0, 5.0)
         self.prev_action, self.action = self.action, actions
-        target = self._ref(self.ref.qpos, 1)[:, 7:].clone()
+        now, nxt = self._ref_frame(0), self._ref_frame(1)
+        target = nxt.qpos[:, 7:].clone()
         target[:, self.joint_ids] += actions * cfg.control.action_scale_rad
-        base_from = self._ref(self.ref.qpos)[:, :7] if self.fixed_pelvis else None
-        base_to = self._ref(self.ref.qpos, 1)[:, :7] if self.fixed_pelvis else None
-        grip = self._ref(self.ref.contact, 1)[:, :2]  # the clip's contact graph commands the grip
+        base_from = now.qpos[:, :7] if self.fixed_pelvis else None
+        base_to = nxt.qpos[:, :7] if self.fixed_pelvis else None
+        grip = nxt.contact[:, :2]  # the clip's contact graph commands the grip
         self.sim.step(target, grip, base_from, base_to)
         self.frame += 1
         self.episode_length_buf += 1
@@ -222,23 +260,24 @@ class XMimicEnv(VecEnv):
                 self.sim.push_box(pushed, v)
         st = self.state = self.sim.state()
 
-        # reward
-        box_ref = self._ref_box()
-        keys_ref = self._ref(self.ref.keys)
-        palms_ref = self._ref(self.ref.palms_in_box) * self.relation_scale[:, None, :]
-        ref_contact = self._ref(self.ref.contact) > 0.5
-        contacts = rw.contacts(st.key_body_pos, st.box_pose, self.box_size, cfg.reward.contact_tolerance_m)
+        # reward (the reference at the new frame is `nxt`)
+        box_ref = nxt.box.clone()
+        box_ref[:, :3] += self.box_offset
+        keys_ref = nxt.keys
+        palms_ref = nxt.palms_in_box * self.relation_scale[:, None, :]
+        ref_contact = nxt.contact > 0.5
+        palms, contacts = self._palms_contacts(st)
         j = self.joint_ids
         terms = rw.compute(cfg.reward, rw.RewardInputs(
-            q=st.qpos[:, 7 + j], qd=st.qvel[:, 6 + j], q_ref=self._ref(self.ref.qpos)[:, 7 + j],
-            qd_ref=self._ref(self.ref.qvel)[:, 6 + j], keys=st.key_body_pos, keys_ref=keys_ref, box=st.box_pose,
-            box_ref=box_ref, palms_ref=palms_ref, contacts=contacts, contacts_ref=ref_contact, action=self.action,
+            q=st.qpos[:, 7 + j], qd=st.qvel[:, 6 + j], q_ref=nxt.qpos[:, 7 + j], qd_ref=nxt.qvel[:, 6 + j],
+            keys=st.key_body_pos, keys_ref=keys_ref, box=st.box_pose, box_ref=box_ref, palms=palms,
+            palms_ref=palms_ref, contacts=contacts, contacts_ref=ref_contact, action=self.action,
             prev_action=self.prev_action, torque=st.torque[:, j], q_lo=self.q_lo, q_hi=self.q_hi))
         rewards = rw.total(cfg.reward, terms)
 
         # tracking of the hold (success) and interaction termination
         holding = ref_contact[:, 0] & ref_contact[:, 1]
-        rel = (rw.palms_in_box(st.key_body_pos, st.box_pose) - palms_ref).norm(dim=-1)
+        rel = (palms - palms_ref).norm(dim=-1)
         self.hand_err_sum += torch.where(holding, rel.mean(-1), 0.0)
         self.hand_err_n += holding.float()
         self.lost_contact = torch.where(holding & ~(contacts[:, 0] & contacts[:, 1]), self.lost_contact + 1, 0)
@@ -257,9 +296,9 @@ class XMimicEnv(VecEnv):
             dones &= ~self.finished
             self.finished |= dones
         rewards = torch.where(bad, torch.zeros_like(rewards), rewards)
-        self.stats.add_step(terms, rewards)
+        means = self.stats.add_step(terms, rewards)
 
-        extras: dict[str, Any] = {"time_outs": time_outs, "log": {f"/reward/{k}": v.mean() for k, v in terms.items()}}
+        extras: dict[str, Any] = {"time_outs": time_outs, "log": {f"/reward/{k}": means[i] for i, k in enumerate(terms)}}
         done_ids = torch.nonzero(dones).flatten()
         if len(done_ids):
             self.terminated_early[done_ids] = terminated[done_ids]
@@ -304,28 +343,7 @@ class XMimicEnv(VecEnv):
         st, cfg = self.state, self.cfg
         n = self.num_envs
         root_p, root_q = st.qpos[:, :3], st.qpos[:, 3:7]
-        g = torch.zeros(n, 3, device=self.device)
-        g[:, 2] = -1.0
-        length = self.ref.lengths[self.clip_idx].float()
-        proprio = torch.cat([
-            st.qpos[:, 7:], 0.1 * st.qvel[:, 6:], self.action, root_p[:, 2:3], quat_rotate_inverse(root_q, g),
-            quat_rotate_inverse(root_q, st.qvel[:, :3]), 0.25 * st.qvel[:, 3:6], (self.frame.float() / length)[:, None],
-        ], -1)
-        ref_parts = []
-        for k in LOOKAHEAD:
-            rq = self._ref(self.ref.qpos, k)
-            rb = self._ref_box(k)
-            ref_parts += [rq[:, 7:] - st.qpos[:, 7:], to_local(root_p, root_q, self._ref(self.ref.keys, k)).flatten(1),
-                          to_local(root_p, root_q, rb[:, None, :3])[:, 0], quat_to_6d(quat_mul_inv(root_q, rb[:, 3:]))]
-        ref_parts.append(self._ref(self.ref.contact, 1))
-        reference = torch.cat(ref_parts, -1)
         box = st.box_pose
-        contacts = rw.contacts(st.key_body_pos, box, self.box_size, cfg.reward.contact_tolerance_m).float()
-        privileged = torch.cat([
-            to_local(root_p, root_q, box[:, None, :3])[:, 0], quat_to_6d(quat_mul_inv(root_q, box[:, 3:])),
-            quat_rotate_inverse(root_q, st.box_vel[:, :3]), 0.25 * st.box_vel[:, 3:], rw.palms_in_box(st.key_body_pos, box).flatten(1),
-            self.box_size, 0.2 * self.box_mass[:, None], self.box_friction[:, None], contacts,
-        ], -1)
         # motion capture: a frame is lost with probability `dropout` (the last seen pose stays)
         mc = cfg.student.mocap
         seen = torch.rand(n, generator=self.gen, device=self.device) >= mc.dropout
@@ -333,8 +351,32 @@ class XMimicEnv(VecEnv):
         noisy[:, :3] += torch.randn(n, 3, generator=self.gen, device=self.device) * mc.noise_m
         self.mocap_box = torch.where(seen[:, None], noisy, self.mocap_box)
         self.mocap_fresh = seen.float()[:, None]
-        mocap = torch.cat([to_local(root_p, root_q, self.mocap_box[:, None, :3])[:, 0],
-                           quat_to_6d(quat_mul_inv(root_q, self.mocap_box[:, 3:])), self.mocap_fresh], -1)
+        r1, r3 = (self._ref_frame(k) for k in LOOKAHEAD)
+        # every point and vector in the pelvis frame, one batched rotation (index: comment)
+        g = torch.zeros(n, 1, 3, device=self.device)
+        g[..., 2] = -1.0
+        points = torch.cat([r1.keys, r1.box[:, None, :3] + self.box_offset[:, None],          # 0-3, 4
+                            r3.keys, r3.box[:, None, :3] + self.box_offset[:, None],          # 5-8, 9
+                            box[:, None, :3], self.mocap_box[:, None, :3]], 1) - root_p[:, None]  # 10, 11
+        local = quat_rotate_inverse(root_q[:, None], torch.cat(
+            [points, g, st.qvel[:, None, :3], st.box_vel[:, None, :3]], 1))                  # 12, 13, 14
+        # orientations in the pelvis frame: reference box 1 and 3 ahead, the box, the mocap box
+        rot = quat_to_6d(quat_mul(quat_conj(root_q)[:, None], torch.stack(
+            [r1.box[:, 3:], r3.box[:, 3:], box[:, 3:], self.mocap_box[:, 3:]], 1)))          # (N, 4, 6)
+        length = self.ref.lengths[self.clip_idx].float()
+        q = st.qpos[:, 7:]
+        proprio = torch.cat([
+            q, 0.1 * st.qvel[:, 6:], self.action, root_p[:, 2:3], local[:, 12], local[:, 13], 0.25 * st.qvel[:, 3:6],
+            (self.frame.float() / length)[:, None],
+        ], -1)
+        reference = torch.cat([r1.qpos[:, 7:] - q, local[:, 0:4].flatten(1), local[:, 4], rot[:, 0],
+                               r3.qpos[:, 7:] - q, local[:, 5:9].flatten(1), local[:, 9], rot[:, 1], r1.contact], -1)
+        palms, contacts = self._palms_contacts(st)
+        privileged = torch.cat([
+            local[:, 10], rot[:, 2], local[:, 14], 0.25 * st.box_vel[:, 3:], palms.flatten(1),
+            self.box_size, 0.2 * self.box_mass[:, None], self.box_friction[:, None], contacts.float(),
+        ], -1)
+        mocap = torch.cat([local[:, 11], rot[:, 3], self.mocap_fresh], -1)
         obs = {"proprio": proprio, "reference": reference, "privileged": privileged, "mocap": mocap}
         obs = {k: torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) for k, v in obs.items()}
         return TensorDict(obs, batch_size=[n], device=self.device)
@@ -348,31 +390,27 @@ class EpisodeStats:
         self.reset()
 
     def reset(self) -> None:
-        self.sums: dict[str, float] = {}
+        self._sums: torch.Tensor | None = None  # summed per-step means, kept on the device until ``pop``
+        self.names: list[str] = []
         self.steps = 0
         self.successes = 0
         self.episodes = 0
 
-    def add_step(self, terms: dict[str, torch.Tensor], rewards: torch.Tensor) -> None:
-        for k, v in terms.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v.mean())
-        self.sums["total"] = self.sums.get("total", 0.0) + float(rewards.mean())
+    def add_step(self, terms: dict[str, torch.Tensor], rewards: torch.Tensor) -> torch.Tensor:
+        """Adds a step's means; returns them (terms in order, then the total) as one tensor."""
+        means = torch.stack([*terms.values(), rewards]).mean(-1)
+        self.names = [*terms, "total"]
+        self._sums = means.double() if self._sums is None else self._sums + means
         self.steps += 1
+        return means
 
     def add_episodes(self, success: torch.Tensor) -> None:
         self.successes += int(success.sum())
         self.episodes += len(success)
 
     def pop(self) -> dict:
-        out = {"reward_terms": {k: v / max(self.steps, 1) for k, v in self.sums.items()},
+        sums = self._sums.tolist() if self._sums is not None else []
+        out = {"reward_terms": {k: v / max(self.steps, 1) for k, v in zip(self.names, sums, strict=True)},
                "episodes": self.episodes, "success_rate": self.successes / self.episodes if self.episodes else None}
         self.reset()
         return out
-
-
-def quat_mul_inv(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a^-1 * b: ``b``'s orientation in the frame ``a``."""
-    from kibotos.xmimic.rotations import quat_conj, quat_mul
-
-    return quat_mul(quat_conj(a), b)
-

@@ -29,6 +29,7 @@ class RewardInputs:
     keys_ref: torch.Tensor
     box: torch.Tensor          # (N, 7)
     box_ref: torch.Tensor
+    palms: torch.Tensor        # (N, 2, 3) the palms in the box frame (palms_in_box)
     palms_ref: torch.Tensor    # (N, 2, 3) the reference palms in the reference box frame (Clip.palms_in_box)
     contacts: torch.Tensor     # (N, 3) palm-box left, right, box-ground (bool)
     contacts_ref: torch.Tensor
@@ -53,9 +54,10 @@ def box_surface_distance(p_box: torch.Tensor, half: torch.Tensor) -> torch.Tenso
     return outside + inside
 
 
-def contacts(keys: torch.Tensor, box: torch.Tensor, box_size: torch.Tensor, tol: float) -> torch.Tensor:
-    """(N, 3) bool: left palm on the box, right palm on the box, box on the ground."""
-    dist = box_surface_distance(palms_in_box(keys, box), box_size / 2)
+def contacts(palms: torch.Tensor, box: torch.Tensor, box_size: torch.Tensor, tol: float) -> torch.Tensor:
+    """(N, 3) bool: left palm on the box, right palm on the box, box on the ground; ``palms``
+    are the palms in the box frame (``palms_in_box``)."""
+    dist = box_surface_distance(palms, box_size / 2)
     # the lowest box corner's height (any orientation): centre z minus the half extents projected on z
     ez = torch.zeros_like(box[:, :3])
     ez[:, 2] = 1.0
@@ -73,7 +75,7 @@ def compute(cfg: RewardConfig, x: RewardInputs) -> dict[str, torch.Tensor]:
         "object_pos": torch.exp(-((x.box[:, :3] - x.box_ref[:, :3]) ** 2).sum(-1) / s["object_pos"]),
         "object_rot": torch.exp(-quat_angle(x.box[:, 3:], x.box_ref[:, 3:]) / s["object_rot"]),
         "relative_hand_box": torch.exp(
-            -((palms_in_box(x.keys, x.box) - x.palms_ref) ** 2).sum(-1).sum(-1)
+            -((x.palms - x.palms_ref) ** 2).sum(-1).sum(-1)
             / s["relative_hand_box"]),
         "contact": (x.contacts == x.contacts_ref).float().mean(-1),
         "action_rate": ((x.action - x.prev_action) ** 2).sum(-1),

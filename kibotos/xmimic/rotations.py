@@ -34,17 +34,8 @@ def quat_angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def quat_to_6d(q: torch.Tensor) -> torch.Tensor:
-    """First two columns of the rotation matrix (a continuous rotation encoding)."""
-    ex = torch.zeros(q.shape[:-1] + (3,), dtype=q.dtype, device=q.device)
-    ey = ex.clone()
-    ex[..., 0] = 1.0
-    ey[..., 1] = 1.0
-    return torch.cat([quat_rotate(q, ex), quat_rotate(q, ey)], -1)
-
-
-def to_local(root_pos: torch.Tensor, root_quat: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """World points ``p`` (N, ..., 3) in the frame of (root_pos (N,3), root_quat (N,4))."""
-    shape = p.shape
-    rp = root_pos.view(shape[0], *([1] * (len(shape) - 2)), 3)
-    rq = root_quat.view(shape[0], *([1] * (len(shape) - 2)), 4)
-    return quat_rotate_inverse(rq, p - rp)
+    """First two columns of the rotation matrix (a continuous rotation encoding), written out
+    (what ``quat_rotate`` gives for the x and y axes, in a few operations)."""
+    w, x, y, z = q.unbind(-1)
+    return torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y + w * z), 2 * (x * z - w * y),
+                        2 * (x * y - w * z), 1 - 2 * (x * x + z * z), 2 * (y * z + w * x)], -1)

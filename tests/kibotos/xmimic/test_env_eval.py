@@ -17,6 +17,43 @@ def test_observation_groups_and_logged_reward_terms(clips, xcfg):
     assert {f"/reward/{k}" for k in REWARD_TERMS} <= set(extras["log"])
 
 
+
+def _in_frame(pos, quat, p):
+    """Points p (N, 3) in the frame (pos, quat wxyz) by rotation matrices (not the env's code path)."""
+    w, x, y, z = quat.double().unbind(-1)
+    r = torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+                     2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+                     2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).view(-1, 3, 3)
+    return torch.einsum("nji,nj->ni", r, (p - pos).double())
+
+
+def test_observation_entries_are_the_quantities_they_name(clips, xcfg):
+    """The observation is assembled from one batched rotation: each slice must still be the
+    quantity the module docstring names (checked against rotation matrices)."""
+    env = XMimicEnv(clips, xcfg, num_envs=4, training=True, seed=5)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(7):
+        obs, *_ = env.step(0.3 * torch.randn(4, 14, generator=gen))
+    st = env.state
+    root_p, root_q = st.qpos[:, :3], st.qpos[:, 3:7]
+    tol = dict(atol=1e-5, rtol=1e-5)
+    box_local = _in_frame(root_p, root_q, st.box_pose[:, :3])
+    torch.testing.assert_close(obs["privileged"][:, :3].double(), box_local, **tol)
+    torch.testing.assert_close(obs["mocap"][:, :3].double(), _in_frame(root_p, root_q, env.mocap_box[:, :3]), **tol)
+    # the reference one frame ahead: its joints less the current ones, then its key bodies and box
+    ahead = env.frame + 1
+    rq = env.ref.qpos[env.clip_idx, ahead]
+    torch.testing.assert_close(obs["reference"][:, :29], rq[:, 7:] - st.qpos[:, 7:], **tol)
+    keys = env.ref.keys[env.clip_idx, ahead]
+    for k in range(4):
+        torch.testing.assert_close(obs["reference"][:, 29 + 3 * k:32 + 3 * k].double(),
+                                   _in_frame(root_p, root_q, keys[:, k]), **tol)
+    rbox = env.ref.box[env.clip_idx, ahead, :3] + env.box_offset
+    torch.testing.assert_close(obs["reference"][:, 41:44].double(), _in_frame(root_p, root_q, rbox), **tol)
+    # gravity in the pelvis frame
+    g = torch.tensor([0.0, 0.0, -1.0]).expand(4, 3)
+    torch.testing.assert_close(obs["proprio"][:, 73:76].double(), _in_frame(torch.zeros(4, 3), root_q, g), **tol)
+
 def test_reference_by_pd_succeeds_and_zero_torque_fails(clips, xcfg):
     ref = run_episodes(clips, xcfg, baseline="reference_pd")
     limp = run_episodes(clips, xcfg, baseline="zero_torque")
