@@ -79,7 +79,7 @@ from kibotos.errors import BundleError, ConfigError
 from kibotos.media.poses import pose7_to_matrix, rotation_angle_deg
 from kibotos.reports.model import GateResult
 from kibotos.robots import RobotModel
-from kibotos.robots.kinematics import SerialKinematics
+from kibotos.robots.kinematics import SerialChainNumpy, SerialKinematics
 from processors.base import result
 from processors.derivatives import local_derivatives, window_samples
 
@@ -140,21 +140,19 @@ class IKSolver:
             self._chains[link] = SerialKinematics(self.robot, link, device=self.device, dtype=self.dtype)
         return self._chains[link]
 
-    def _error(self, chain: SerialKinematics, q: torch.Tensor, p_t: torch.Tensor, r_t: torch.Tensor, w: float):
+    def _error(self, chain: SerialChainNumpy, q: np.ndarray, p_t: np.ndarray, r_t: np.ndarray, w: float):
         """Residual ``(B, 6)`` (position, then ``w`` times the rotation vector of ``R* R^T``,
         in the base frame) and the transposed Jacobian ``J^T (B, n, 6)`` with the same weights
         (the normal equations read it as is). ``q`` may be one row for ``B`` targets."""
-        rot, pos, jac = chain.rot_pos(q, True)
-        e = torch.cat([p_t - pos, _rotation_vector(r_t @ rot.transpose(1, 2), w)], dim=1)
-        return e, jac.transpose(1, 2) * self._weights(w)
+        rot, pos, jt = chain.rot_pos(q, True)
+        e = np.empty((max(len(q), len(p_t)), 6))
+        np.subtract(p_t, pos, out=e[:, :3])
+        e[:, 3:] = _rotation_vector(r_t @ rot.transpose(0, 2, 1), w)
+        jt[:, :, 3:] *= w
+        return e, jt
 
-    def _weights(self, w: float) -> torch.Tensor:
-        if getattr(self, "_w", (None,))[0] != w:
-            self._w = (w, torch.tensor([1.0, 1.0, 1.0, w, w, w], dtype=self.dtype, device=self.device))
-        return self._w[1]
-
-    def _lm(self, chain, q, p_t, r_t, cfg: IKConfig, smooth: bool, *, reach_m: float | None = None,
-            start: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def _lm(self, chain: SerialChainNumpy, q, p_t, r_t, cfg: IKConfig, smooth: bool, *, reach_m: float | None = None,
+            start: tuple[np.ndarray, np.ndarray] | None = None):
         """Levenberg–Marquardt on every row of ``q`` at once; with ``smooth`` the rows are
         consecutive frames coupled by ``smoothness_weight * sum ||q_t - q_{t-1}||^2``.
 
@@ -174,82 +172,86 @@ class IKSolver:
         improving. At most ``iterations``. ``start``: the residual and ``J^T`` at ``q``, when
         the caller has them. Returns ``(q, residual (B, 6), iterations run)``.
 
-        Per iteration one forward kinematics + Jacobian pass and a few dozen tensor
-        operations: on a CPU their number, not their size, is the cost (README "The IK
-        solver's own loop"), hence the sums shared between the step, the cost and the
-        stopping test."""
+        Per iteration one forward kinematics + Jacobian pass and a few dozen array
+        operations, in NumPy float64: on a CPU their number, not their size, is the cost
+        (README "The IK solver's own loop"), and a NumPy operation on these arrays costs a
+        fraction of a torch one; hence also the sums shared between the step, the cost and
+        the stopping test. The batched 7x7 solve is torch's (faster than NumPy's here), on
+        the same memory."""
         w, tol, floor = cfg.rotation_weight_m_per_rad, cfg.convergence_tolerance, cfg.converged_residual_m**2
         beta = cfg.smoothness_weight if smooth else 0.0
-        n_rows = q.shape[0]
-        lam = torch.full((n_rows, 1), cfg.damping * 100, dtype=self.dtype, device=self.device)
+        n_rows, n = q.shape
+        lam = np.full(n_rows, cfg.damping * 100)
         e, jt = start if start is not None else self._error(chain, q, p_t, r_t, w)
-        parts = (e * e).view(n_rows, 2, 3).sum(2)  # (B, 2): position and orientation terms per row
+        parts = (e * e).reshape(n_rows, 2, 3).sum(2)  # (B, 2): position and orientation terms per row
         if smooth:
-            count = torch.full((n_rows, 1), 2.0, dtype=self.dtype, device=self.device)
+            count = np.full(n_rows, 2.0)
             count[0] = count[-1] = 1.0
             diag_extra = beta * count  # the smoothness term's share of the normal matrix' diagonal
             d = q[1:] - q[:-1]
             g = _smoothness_gradient(d, beta)
             # a row's cost: its residual and its share of the smoothness term, q_t . g_t
             current = parts.sum(1) + (q * g).sum(1)
-            total = torch.cat([parts.sum(0), (beta * (d * d).sum()).reshape(1)])
+            total = np.append(parts.sum(0), beta * (d * d).sum())
             change_sq = cfg.converged_change_m**2 * n_rows  # RMS change -> change of sqrt(sum)
-            last_moved = torch.zeros(3, dtype=self.dtype, device=self.device)
+            last_moved = np.zeros(3)
         else:
             current = parts.sum(1)
-            active = torch.ones(n_rows, dtype=torch.bool, device=self.device)
+            active = np.ones(n_rows, dtype=bool)
         done = 0
         for done in range(1, cfg.iterations + 1):  # noqa: B007 (done: iterations run, read after the loop)
-            a = jt @ jt.transpose(1, 2)
-            a.diagonal(dim1=1, dim2=2).add_(lam + diag_extra if smooth else lam)
+            a = jt @ jt.transpose(0, 2, 1)
+            a.reshape(n_rows, n * n)[:, ::n + 1] += (lam + diag_extra if smooth else lam)[:, None]
             b = (jt @ e[:, :, None])[:, :, 0]
             if smooth:
-                b = b - g
-            dq = torch.linalg.solve(a, b).clamp_(-cfg.max_step_rad, cfg.max_step_rad)
-            cand = torch.clamp(q + dq, chain.lower, chain.upper)
+                b -= g
+            dq = _solve_batched(a, b)
+            np.clip(dq, -cfg.max_step_rad, cfg.max_step_rad, out=dq)
+            cand = np.clip(q + dq, chain.lower, chain.upper)
             e_c, jt_c = self._error(chain, cand, p_t, r_t, w)
-            parts_c = (e_c * e_c).view(n_rows, 2, 3).sum(2)
+            parts_c = (e_c * e_c).reshape(n_rows, 2, 3).sum(2)
             new = parts_c.sum(1)
             if smooth:
                 d_c = cand[1:] - cand[:-1]
                 g_c = _smoothness_gradient(d_c, beta)
-                new = new + (cand * g_c).sum(1)
+                new += (cand * g_c).sum(1)
             better = new < current
             if not smooth:
                 # converged: the residual at the floor, or a step (taken or refused) that changes
                 # the cost and each of its terms by less than the tolerance, or nothing left to move
                 better &= active
-                small = ((parts_c - parts).abs() <= tol * parts + floor).all(1)
-                settled = (new <= floor) | (current <= floor) | (small & ((current - new).abs() <= tol * current))
-                active &= ~(settled | ((cand - q).abs().amax(1) < 1e-9))
-            if smooth and bool(better.all()):
+                small = (np.abs(parts_c - parts) <= tol * parts + floor).all(1)
+                settled = (new <= floor) | (current <= floor) | (small & (np.abs(current - new) <= tol * current))
+                active &= ~(settled | (np.abs(cand - q).max(1) < 1e-9))
+            if smooth and better.all():
                 # every frame took its step (the usual case): no selection to make
-                q, e, jt, parts, current, d, g, lam = cand, e_c, jt_c, parts_c, new, d_c, g_c, (lam / 3.0).clamp_(1e-9)
+                q, e, jt, parts, current, d, g = cand, e_c, jt_c, parts_c, new, d_c, g_c
+                lam = np.maximum(lam / 3.0, 1e-9)
             else:
-                b1 = better[:, None]
-                q = torch.where(b1, cand, q)
-                e = torch.where(b1, e_c, e)
-                jt = torch.where(b1[:, :, None], jt_c, jt)
-                parts = torch.where(b1, parts_c, parts)
-                current = torch.where(better, new, current)
-                lam = torch.where(b1, lam / 3.0, lam * 4.0).clamp_(1e-9, 1e6)
+                q = np.where(better[:, None], cand, q)
+                e = np.where(better[:, None], e_c, e)
+                jt = np.where(better[:, None, None], jt_c, jt)
+                parts = np.where(better[:, None], parts_c, parts)
+                current = np.where(better, new, current)
+                lam = np.clip(np.where(better, lam / 3.0, lam * 4.0), 1e-9, 1e6)
                 if not smooth:
-                    if reach_m is not None and bool((current <= reach_m**2).any()):
+                    if reach_m is not None and (current <= reach_m**2).any():
                         break
-                    if not bool(active.any()):
+                    if not active.any():
                         break
                     continue
                 d = q[1:] - q[:-1]
                 g = _smoothness_gradient(d, beta)
-            parts_now = torch.cat([parts.sum(0), (beta * (d * d).sum()).reshape(1)])
-            moved, rms_moved = (parts_now - total).abs(), (parts_now.sqrt() - total.sqrt()).abs()
+            parts_now = np.append(parts.sum(0), beta * (d * d).sum())
+            moved, rms_moved = np.abs(parts_now - total), np.abs(np.sqrt(parts_now) - np.sqrt(total))
             # the change still to come where a term shrinks geometrically (at least halving each
             # iteration): rms_moved * rate / (1 - rate), the tail of the series
-            rate = rms_moved / last_moved
-            tail = rms_moved * rate / (1.0 - rate)
-            if bool(((moved <= tol * total + floor) | (rms_moved**2 <= change_sq)
-                     | ((rate <= 0.5) & (tail**2 <= change_sq))).all()):
-                break
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rate = rms_moved / last_moved
+                tail = rms_moved * rate / (1.0 - rate)
+                if ((moved <= tol * total + floor) | (rms_moved**2 <= change_sq)
+                        | ((rate <= 0.5) & (tail**2 <= change_sq))).all():
+                    break
             total, last_moved = parts_now, rms_moved
         return q, e, done
 
@@ -265,67 +267,78 @@ class IKSolver:
         batch refines the first frame as well, so the seed need not be exact). The batch's
         first residual and Jacobian are those of that one configuration, computed once."""
         t0 = time.perf_counter()
-        chain = self.chain(link)
+        chain = self.chain(link).numpy
         w = cfg.rotation_weight_m_per_rad
-        with _torch_threads(self.num_threads), torch.no_grad():
-            tgt = torch.as_tensor(np.asarray(targets), dtype=self.dtype, device=self.device)
-            p_t, r_t = tgt[:, :3, 3].contiguous(), tgt[:, :3, :3].contiguous()
-            home = torch.as_tensor(self.robot.home_qpos[chain.joint_index], dtype=self.dtype, device=self.device)
+        with _torch_threads(self.num_threads):
+            tgt = np.asarray(targets, dtype=np.float64)
+            p_t, r_t = np.ascontiguousarray(tgt[:, :3, 3]), np.ascontiguousarray(tgt[:, :3, :3])
+            home = np.asarray(self.robot.home_qpos, dtype=np.float64)[chain.joint_index]
             # home alone first: it reaches most first targets, and a lone row costs a fraction
             # of the restarts' iterations (near-180-degree errors of random starts included)
-            first, e0, it_seed = self._lm(chain, home[None].clone(), p_t[:1], r_t[:1],
+            first, e0, it_seed = self._lm(chain, home[None].copy(), p_t[:1], r_t[:1],
                                           cfg.model_copy(update={"iterations": cfg.home_iterations}), smooth=False,
                                           reach_m=cfg.seed_residual_m)
             if float((e0**2).sum()) > cfg.seed_residual_m**2 and cfg.seed_restarts > 1:
                 gen = torch.Generator(device="cpu").manual_seed(seed)
-                draws = torch.rand((cfg.seed_restarts - 1, chain.dof), generator=gen, dtype=self.dtype).to(self.device)
-                starts = torch.cat([home[None], chain.lower + draws * (chain.upper - chain.lower)])
-                first, e0, it_more = self._lm(chain, starts, p_t[:1].expand(len(starts), 3),
-                                              r_t[:1].expand(len(starts), 3, 3), cfg, smooth=False,
+                draws = torch.rand((cfg.seed_restarts - 1, chain.dof), generator=gen, dtype=torch.float64).numpy()
+                starts = np.concatenate([home[None], chain.lower + draws * (chain.upper - chain.lower)])
+                k = len(starts)
+                first, e0, it_more = self._lm(chain, starts, np.broadcast_to(p_t[:1], (k, 3)),
+                                              np.broadcast_to(r_t[:1], (k, 3, 3)), cfg, smooth=False,
                                               reach_m=cfg.seed_residual_m)
                 it_seed += it_more
             # the first start within reach (home before the draws on a tie); the closest when none is
-            reached = torch.nonzero((e0**2).sum(1) <= cfg.seed_residual_m**2)
-            best = int(reached[0, 0]) if len(reached) else int(torch.argmin((e0**2).sum(1)))
+            reached = np.flatnonzero((e0**2).sum(1) <= cfg.seed_residual_m**2)
+            best = int(reached[0]) if len(reached) else int(np.argmin((e0**2).sum(1)))
             q0 = first[best:best + 1]
             e_start, jt_start = self._error(chain, q0, p_t, r_t, w)
-            q, e, it_batch = self._lm(chain, q0.expand(len(tgt), chain.dof).clone(), p_t, r_t, cfg, smooth=True,
-                                      start=(e_start, jt_start.expand(len(tgt), -1, -1)))
+            q, e, it_batch = self._lm(chain, np.repeat(q0, len(tgt), axis=0), p_t, r_t, cfg, smooth=True,
+                                      start=(e_start, np.broadcast_to(jt_start, (len(tgt),) + jt_start.shape[1:])))
             # the residual the solver already has: no forward kinematics pass after the solve
-            pos_err = torch.linalg.norm(e[:, :3], dim=1).cpu().numpy()
-            rot_err = np.degrees(torch.linalg.norm(e[:, 3:], dim=1).cpu().numpy() / w)
-            q_np = q.cpu().numpy()
+            pos_err = np.sqrt((e[:, :3] ** 2).sum(1))
+            rot_err = np.degrees(np.sqrt((e[:, 3:] ** 2).sum(1)) / w)
         return IKSolution(
-            link=link, joint_names=chain.joint_names, joint_index=chain.joint_index, q=q_np,
+            link=link, joint_names=chain.joint_names, joint_index=chain.joint_index, q=q,
             pos_error_m=pos_err, rot_error_deg=rot_err,
-            seed_pos_error_m=float(torch.linalg.norm(e0[best, :3])), iterations=it_seed + it_batch,
+            seed_pos_error_m=float(np.linalg.norm(e0[best, :3])), iterations=it_seed + it_batch,
             wall_ms=(time.perf_counter() - t0) * 1000.0)
 
 
-def _smoothness_gradient(d: torch.Tensor, beta: float) -> torch.Tensor:
+def _solve_batched(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Batched ``a x = b`` ((B, n, n), (B, n)) by torch on the same memory: its batched LU
+    is faster than NumPy's on a few hundred 7x7 systems (~85 vs ~115 µs)."""
+    return torch.linalg.solve(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+
+
+def _smoothness_gradient(d: np.ndarray, beta: float) -> np.ndarray:
     """``beta * (count_t q_t - q_{t-1} - q_{t+1})`` (half the gradient of ``beta * sum ||d||^2``)
     from the frame differences ``d = q[1:] - q[:-1]``: ``d_{t-1} - d_t``, zero beyond the ends."""
-    pad = torch.nn.functional.pad
-    return (pad(d, (0, 0, 1, 0)) - pad(d, (0, 0, 0, 1))) * beta
+    g = np.empty((d.shape[0] + 1, d.shape[1]))
+    g[0] = 0.0
+    g[1:] = d
+    g[:-1] -= d
+    g *= beta
+    return g
 
 
-def _rotation_vector(r: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+def _rotation_vector(r: np.ndarray, scale: float = 1.0) -> np.ndarray:
     """Log map of rotation matrices (B, 3, 3) -> rotation vectors (B, 3) times ``scale``:
-    ``angle * axis`` from the trace and the skew part (a dozen tensor operations where
+    ``angle * axis`` from the trace and the skew part (a dozen array operations where
     pytorch-kinematics' ``matrix_to_axis_angle`` goes through quaternions in ~40). Near 180
     degrees the skew part vanishes and loses the axis: there pytorch-kinematics' conversion is
     used."""
     flat = r.reshape(r.shape[0], 9)[:, _LOG_INDEX]  # r21 r02 r10 | r12 r20 r01 | r00 r11 r22
     v = flat[:, :3] - flat[:, 3:6]  # 2 sin(angle) axis
     cos = (flat[:, 6:].sum(1) - 1.0) * 0.5
-    if bool((cos < -0.99).any()):
-        return matrix_to_axis_angle(r) * scale
-    sin2 = torch.linalg.norm(v, dim=1)
-    angle = torch.atan2(sin2 * 0.5, cos)
-    return v * (angle * scale / sin2.clamp_min(1e-300))[:, None]
+    if (cos < -0.99).any():
+        return matrix_to_axis_angle(torch.from_numpy(np.ascontiguousarray(r))).numpy() * scale
+    sin2 = np.sqrt((v * v).sum(1))
+    angle = np.arctan2(sin2 * 0.5, cos)
+    v *= (angle * scale / np.maximum(sin2, 1e-300))[:, None]
+    return v
 
 
-_LOG_INDEX = torch.tensor([7, 2, 3, 5, 6, 1, 0, 4, 8])
+_LOG_INDEX = np.array([7, 2, 3, 5, 6, 1, 0, 4, 8])
 
 
 # --- independent targets -----------------------------------------------------------------
@@ -750,7 +763,7 @@ class _Job:
             idx = np.clip(np.searchsorted(done[0], t_ms), 0, len(done[0]) - 1)
             if np.array_equal(done[0][idx], t_ms):
                 return done[1][idx]
-        poses = self.solver.chain(link).link_poses(_interp_joints(self.kin_t, self.q_sub, t_ms))
+        poses = self.solver.chain(link).numpy.link_poses(_interp_joints(self.kin_t, self.q_sub, t_ms))
         self._fk[link] = (np.asarray(t_ms), poses)
         return poses
 

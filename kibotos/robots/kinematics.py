@@ -192,6 +192,112 @@ class SerialKinematics:
         q = torch.as_tensor(np.atleast_2d(qpos)[:, self.joint_index], dtype=self.dtype, device=self.device)
         return self.fk_jacobian(q)[1].cpu().numpy()
 
+    @functools.cached_property
+    def numpy(self) -> SerialChainNumpy:
+        """The same chain in NumPy (float64, CPU): what an iterative solver calls per step."""
+        return SerialChainNumpy(self)
+
+
+def _frame_with_z_along(axis: np.ndarray) -> np.ndarray:
+    """A rotation ``C`` with ``C e_z = axis`` (unit): the identity for an axis along z."""
+    if np.abs(axis - (0.0, 0.0, 1.0)).max() <= 1e-12:
+        return np.eye(3)
+    helper = np.array([1.0, 0.0, 0.0]) if abs(axis[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    x = np.cross(helper, axis)
+    x /= np.linalg.norm(x)
+    return np.stack([x, np.cross(axis, x), axis], axis=1)
+
+
+class SerialChainNumpy:
+    """:class:`SerialKinematics` in NumPy float64, for the loop of an iterative solver on a
+    CPU: there a pass over a few hundred configurations costs its number of array
+    operations, and a NumPy operation on such arrays costs a fraction of a torch one
+    (~1 µs against ~2-10 µs: FK + Jacobian of 300 Panda configurations ~0.18 ms against
+    ~0.44 ms, benchmarks/RESULTS.md "After 3"). The torch class stays the reference (and a GPU's path).
+
+    Each joint's frame is turned so that its axis is z (the turn folded into the static
+    transforms on both sides): a joint's motion is then ``Rz(q)`` (or a slide along z), its
+    4x4 transform one product of ``[1, sin q, cos q, q]`` with a constant basis for all
+    joints at once, and after the product along the chain joint ``j``'s axis and origin in
+    the base frame are the third and fourth columns of the running transform (no product
+    per joint for the Jacobian)."""
+
+    def __init__(self, kin: SerialKinematics):
+        n = kin.dof
+        static_rot = kin._static_rot.cpu().numpy()
+        static_pos = kin._static_pos.cpu().numpy()[:, :, 0]
+        axes = kin._axis.cpu().numpy()[:, :, 0]
+        revolute = kin._revolute.cpu().numpy()
+        basis = np.zeros((n, 4, 4, 4))  # joint, coefficient of [1, sin q, cos q, q], 4x4
+        before = np.eye(3)  # the turn of the previous joint's frame
+        for j in range(n):
+            turn = _frame_with_z_along(axes[j])
+            rot = before.T @ static_rot[j] @ turn
+            basis[j, 0, :3, 3] = before.T @ static_pos[j]
+            basis[j, 0, 3, 3] = 1.0
+            if revolute[j]:  # rot @ Rz(q): columns c x + s y, -s x + c y, z
+                basis[j, 0, :3, 2] = rot[:, 2]
+                basis[j, 1, :3, 0], basis[j, 1, :3, 1] = rot[:, 1], -rot[:, 0]
+                basis[j, 2, :3, 0], basis[j, 2, :3, 1] = rot[:, 0], rot[:, 1]
+            else:  # a slide q along the turned z
+                basis[j, 0, :3, :3] = rot
+                basis[j, 3, :3, 3] = rot[:, 2]
+            before = turn
+        self._basis = basis.reshape(n, 4, 16)
+        end = np.eye(4)
+        end[:3, :3] = before.T @ kin._end_rot.cpu().numpy()
+        end[:3, 3] = before.T @ kin._end_pos.cpu().numpy()
+        self._end = end
+        self._slides = np.flatnonzero(~revolute)
+        self.dof = n
+        self.joint_names, self.joint_index = kin.joint_names, kin.joint_index
+        self.lower, self.upper = kin.lower.cpu().numpy(), kin.upper.cpu().numpy()
+
+    def rot_pos(self, q: np.ndarray, jacobian: bool = False):
+        """``(R (B, 3, 3), p (B, 3), J^T (B, n, 6) or None)`` for chain joints ``q`` (B, n):
+        the pose of the link in the base frame and the transposed geometric Jacobian (the
+        layout the normal equations read: per joint its linear, then angular velocity)."""
+        q = np.asarray(q, dtype=np.float64)
+        B, n = q.shape
+        if n == 0:
+            end = np.broadcast_to(self._end, (B, 4, 4))
+            return end[:, :3, :3], end[:, :3, 3], (np.zeros((B, 0, 6)) if jacobian else None)
+        coef = np.empty((n, B, 4))
+        coef[:, :, 0] = 1.0
+        qt = q.T
+        np.sin(qt, out=coef[:, :, 1])
+        np.cos(qt, out=coef[:, :, 2])
+        coef[:, :, 3] = qt
+        local = (coef @ self._basis).reshape(n, B, 4, 4)
+        frames = np.empty((n, B, 4, 4))  # after joint j: its axis is column 2, its origin column 3
+        frames[0] = local[0]
+        for j in range(1, n):
+            np.matmul(frames[j - 1], local[j], out=frames[j])
+        end = frames[-1] @ self._end
+        rot, pos = end[:, :3, :3], end[:, :3, 3]
+        if not jacobian:
+            return rot, pos, None
+        axes = frames[:, :, :3, 2]  # (n, B, 3)
+        lever = pos - frames[:, :, :3, 3]
+        ax, ay, az = axes[..., 0], axes[..., 1], axes[..., 2]
+        lx, ly, lz = lever[..., 0], lever[..., 1], lever[..., 2]
+        jt = np.empty((B, n, 6))
+        jt[:, :, 0] = (ay * lz - az * ly).T
+        jt[:, :, 1] = (az * lx - ax * lz).T
+        jt[:, :, 2] = (ax * ly - ay * lx).T
+        jt[:, :, 3:] = axes.transpose(1, 0, 2)
+        if self._slides.size:  # a slide moves the link along its axis and turns nothing
+            jt[:, self._slides, :3] = jt[:, self._slides, 3:]
+            jt[:, self._slides, 3:] = 0.0
+        return rot, pos, jt
+
+    def link_poses(self, qpos: np.ndarray) -> np.ndarray:
+        """(B, J) full-robot configurations (``robot.joint_names`` order) -> (B, 4, 4)."""
+        rot, pos, _ = self.rot_pos(np.atleast_2d(qpos)[:, self.joint_index])
+        out = np.zeros((rot.shape[0], 4, 4))
+        out[:, :3, :3], out[:, :3, 3], out[:, 3, 3] = rot, pos, 1.0
+        return out
+
 
 @functools.lru_cache(maxsize=32)
 def serial_kinematics_for(model_id: str, revision: str, link: str) -> SerialKinematics:

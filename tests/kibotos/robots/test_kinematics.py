@@ -46,6 +46,20 @@ def test_serial_chain_matches_full_fk_and_jacobian(key, link):
         dq[0, j] += eps
         dp = (chain.link_poses(dq)[0, :3, 3] - chain.link_poses(q[:1])[0, :3, 3]) / eps
         np.testing.assert_allclose(dp, jac[:3, i], atol=1e-5)
+    _numpy_chain_matches(chain, q)
+
+
+def _numpy_chain_matches(chain: SerialKinematics, q: np.ndarray) -> None:
+    """The NumPy chain (the IK solver's loop) gives the torch chain's pose and Jacobian."""
+    rot, pos, jac = chain.rot_pos(torch.as_tensor(q[:, chain.joint_index]), True)
+    rot_np, pos_np, jt_np = chain.numpy.rot_pos(q[:, chain.joint_index], True)
+    np.testing.assert_allclose(rot_np, rot.numpy(), atol=1e-12)
+    np.testing.assert_allclose(pos_np, pos.numpy(), atol=1e-12)
+    np.testing.assert_allclose(jt_np, jac.numpy().transpose(0, 2, 1), atol=1e-12)
+    np.testing.assert_allclose(chain.numpy.link_poses(q), chain.link_poses(q), atol=1e-12)
+    # one configuration, and one that differs from the torch chain's is caught
+    np.testing.assert_allclose(chain.numpy.rot_pos(q[:1, chain.joint_index])[1], pos.numpy()[:1], atol=1e-12)
+    assert np.abs(chain.numpy.link_poses(q[::-1]) - chain.link_poses(q)).max() > 1e-3
 
 
 def test_unknown_link_is_a_clear_error():
@@ -66,3 +80,16 @@ def test_a_chain_with_a_prismatic_joint_matches_pytorch_kinematics(link):
     qc = torch.as_tensor(q[:, chain.joint_index])
     np.testing.assert_allclose(chain.link_poses(q), reference.forward_kinematics(qc).get_matrix().numpy(), atol=1e-12)
     np.testing.assert_allclose(chain.link_jacobians(q), reference.jacobian(qc).numpy(), atol=1e-12)
+    _numpy_chain_matches(chain, q)
+
+
+def test_numpy_chain_with_slides_and_turned_axes():
+    """The floating G1 (XGen's): slides along x, y, z and turns about three axes before the
+    arm, so the NumPy chain's frames turned onto each axis are exercised off z as well."""
+    robot = get_robot("unitree_g1", "29dof-rev1.0-floating")
+    for link in robot.end_effector_links:
+        chain = SerialKinematics(robot, link)
+        assert chain.joint_names[0] == "floating_base_x" and chain.dof == 16
+        q = np.random.default_rng(2).uniform(np.maximum(robot.pos_lower, -3), np.minimum(robot.pos_upper, 3),
+                                             (32, robot.dof))
+        _numpy_chain_matches(chain, q)
