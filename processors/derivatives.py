@@ -77,7 +77,13 @@ def local_derivatives(t_ms: np.ndarray, q: np.ndarray, window: int, order: int =
     ``window`` samples at the median spacing (``±(window // 2 + 1/2) x dt``): a dropped
     sample leaves one sample fewer in the same span, not a longer window, and a jittered
     one stays in. Rows for centres ``window // 2 .. T - 1 - window // 2`` (no extrapolation
-    at the ends): ``T - window + 1`` rows, empty when ``T < window``."""
+    at the ends): ``T - window + 1`` rows, empty when ``T < window``.
+
+    Windows spaced like the typical one share one estimator, applied to every row at once
+    as a correlation over a strided view of ``q`` (no copy of the windows); the others
+    (around a dropped or jittered sample, at the ends) get their own least-squares
+    estimator. Equal to ``local_derivatives_direct`` (each window selected and solved as
+    one batch) to rounding (tested)."""
     window = max(order + 2, window | 1)
     q = np.asarray(q, dtype=np.float64)
     if q.ndim == 1:
@@ -85,27 +91,64 @@ def local_derivatives(t_ms: np.ndarray, q: np.ndarray, window: int, order: int =
     T, J = q.shape
     n = T - window + 1
     if n <= 0:
-        empty = np.zeros((0, J))
-        return Derivatives(window, np.zeros(0, np.int64), empty, empty, empty, empty, np.zeros((0, 4)))
+        return _empty(window, J)
+    if not np.isfinite(q).all():  # the zero taps would carry NaN / inf along: as the reference does
+        return local_derivatives_direct(t_ms, q, window, order)
+    t = (np.asarray(t_ms, dtype=np.float64) - float(t_ms[0])) / 1000.0
+    m = window // 2
+    gaps = np.diff(t)
+    dt = float(np.median(gaps))
+    span = (m + 0.5) * dt  # half-span of a window, seconds
+    half = m + max(2, m // 2)  # room for the samples a dropped one lets in
+    K = 2 * half + 1
+    nd = min(3, order) + 1
+    typical = (np.arange(K) - half) * dt
+    H0 = _estimators(typical[None], span, order, nd)[0]  # (K, nd)
+    # the padded (n, K) time windows and (n, J, K) position windows, as strided views
+    tw, qw = _padded_windows(t, q, m, half, n)
+    irregular = _irregular_rows(t, gaps, dt, tw, typical, m, half, n)
+    # every row through the typical estimator: only its 2m + 1 middle taps are non-zero
+    # (the samples within the span), so the unpadded windows of ``q`` serve
+    taps = H0[half - m:half + m + 1]
+    if np.any(H0[:half - m]) or np.any(H0[half + m + 1:]):  # a degenerate spacing (dt <= 0)
+        core = qw @ H0  # (n, J, nd)
+    else:
+        core = np.lib.stride_tricks.sliding_window_view(q, window, axis=0) @ taps
+    if nd < 4:
+        core = np.concatenate([core, np.zeros((n, J, 4 - nd))], axis=2)
+    gain = np.zeros((n, 4))
+    gain[:, :nd] = np.sqrt((H0**2).sum(axis=0))
+    for a in range(0, irregular.size, _CHUNK):
+        r = irregular[a:a + _CHUNK]
+        H = _estimators(tw[r] - tw[r, half:half + 1], span, order, nd)  # (c, K, nd)
+        core[r, :, :nd] = qw[r] @ H  # (c, J, nd)
+        gain[r, :nd] = np.sqrt((H**2).sum(axis=1))
+    out = np.moveaxis(core, 2, 0)  # (4, n, J) views
+    return Derivatives(window, np.arange(m, m + n), out[0], out[1], out[2], out[3], gain)
+
+
+def local_derivatives_direct(t_ms: np.ndarray, q: np.ndarray, window: int, order: int = 3) -> Derivatives:
+    """``local_derivatives`` with every window compared with the typical spacing offset by
+    offset and gathered (copied) before the estimators are applied: the reference."""
+    window = max(order + 2, window | 1)
+    q = np.asarray(q, dtype=np.float64)
+    if q.ndim == 1:
+        q = q[:, None]
+    T, J = q.shape
+    n = T - window + 1
+    if n <= 0:
+        return _empty(window, J)
     t = (np.asarray(t_ms, dtype=np.float64) - float(t_ms[0])) / 1000.0
     m = window // 2
     dt = float(np.median(np.diff(t)))
-    span = (m + 0.5) * dt  # half-span of a window, seconds
-    extra = max(2, m // 2)  # room for the samples a dropped one lets in
-    half = m + extra
+    span = (m + 0.5) * dt
+    half = m + max(2, m // 2)
     K = 2 * half + 1
-    far = 1e6 + abs(float(t[-1]))  # padding: never inside a window
-    tp = np.concatenate([np.full(half, -far), t, np.full(half, far)])
-    qp = np.concatenate([np.zeros((half, J)), q, np.zeros((half, J))])
-    # row r: centre sample m + r, i.e. padded index m + r + half, window starting at m + r
-    tw = np.lib.stride_tricks.sliding_window_view(tp, K)[m:m + n]  # (n, K)
-    qw = np.lib.stride_tricks.sliding_window_view(qp, K, axis=0)[m:m + n]  # (n, J, K)
+    tw, qw = _padded_windows(t, q, m, half, n)
     off = tw - tw[:, half:half + 1]
     out = np.zeros((4, n, J))
     gain = np.zeros((n, 4))
     nd = min(3, order) + 1
-    # windows spaced exactly like the typical one share one estimator (one matrix product);
-    # the others (around a dropped or jittered sample, at the ends) get their own
     typical = (np.arange(K) - half) * dt
     shared = np.all(np.abs(off - typical) < 1e-7, axis=1)
     H0 = _estimators(typical[None], span, order, nd)[0]  # (K, nd)
@@ -121,6 +164,50 @@ def local_derivatives(t_ms: np.ndarray, q: np.ndarray, window: int, order: int =
         out[:nd, r] = np.moveaxis(qw[r] @ H, 2, 0)  # (c, J, nd) -> (nd, c, J)
         gain[r, :nd] = np.sqrt((H**2).sum(axis=1))
     return Derivatives(window, np.arange(m, m + n), out[0], out[1], out[2], out[3], gain)
+
+
+def _empty(window: int, J: int) -> Derivatives:
+    empty = np.zeros((0, J))
+    return Derivatives(window, np.zeros(0, np.int64), empty, empty, empty, empty, np.zeros((0, 4)))
+
+
+def _padded_windows(t: np.ndarray, q: np.ndarray, m: int, half: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(tw, qw)``: (n, K) times and (n, J, K) positions of the ``K = 2 half + 1`` samples
+    around each centre ``m + r``, padded at both ends (times far outside any window)."""
+    J = q.shape[1]
+    far = 1e6 + abs(float(t[-1]))  # padding: never inside a window
+    tp = np.concatenate([np.full(half, -far), t, np.full(half, far)])
+    qp = np.concatenate([np.zeros((half, J)), q, np.zeros((half, J))])
+    # row r: centre sample m + r, i.e. padded index m + r + half, window starting at m + r
+    K = 2 * half + 1
+    tw = np.lib.stride_tricks.sliding_window_view(tp, K)[m:m + n]  # (n, K)
+    qw = np.lib.stride_tricks.sliding_window_view(qp, K, axis=0)[m:m + n]  # (n, J, K)
+    return tw, qw
+
+
+def _irregular_rows(t: np.ndarray, gaps: np.ndarray, dt: float, tw: np.ndarray, typical: np.ndarray,
+                    m: int, half: int, n: int) -> np.ndarray:
+    """Rows whose window is not spaced like the typical one: some offset from the centre
+    more than 1e-7 s from ``typical`` (``local_derivatives_direct``'s test). A window wholly
+    inside the stream whose every gap is within ``tol = 1e-8 / half`` s of ``dt`` passes
+    that test without being compared (its offsets are sums of at most ``half`` gaps: within
+    ``half x tol`` plus rounding, far under 1e-7), so only the other windows (the ends, and
+    those around a dropped or jittered sample) are compared offset by offset."""
+    T = t.size
+    tol = 1e-8 / half
+    centre = np.arange(m, m + n)
+    lo, hi = centre - half, centre + half  # the window's first and last sample
+    sure = (lo >= 0) & (hi <= T - 1)
+    if 0.0 < dt < 1e3:  # else (a degenerate or absurd spacing) every window is compared
+        bad = np.concatenate([[0], np.cumsum(~(np.abs(gaps - dt) <= tol))])  # NaN counts as bad
+        sure &= bad[np.clip(hi, 0, T - 1)] == bad[np.clip(lo, 0, T - 1)]
+    else:
+        sure[:] = False
+    check = np.flatnonzero(~sure)
+    if check.size == 0:
+        return check
+    off = tw[check] - tw[check, half:half + 1]
+    return check[~np.all(np.abs(off - typical) < 1e-7, axis=1)]
 
 
 def _estimators(off: np.ndarray, span: float, order: int, nd: int) -> np.ndarray:
@@ -150,12 +237,25 @@ def noise_sigma(t_ms: np.ndarray, q: np.ndarray) -> np.ndarray:
         return np.zeros(q.shape[1])
     t = np.asarray(t_ms, dtype=np.float64)
     tw = np.lib.stride_tricks.sliding_window_view(t, k)  # (n, k)
-    dt = float(np.median(np.diff(t))) or 1.0
+    gaps = np.diff(t)
+    dt = float(np.median(gaps)) or 1.0
+    # on a uniform clock of whole numbers (every gap the same: the pairwise differences in
+    # every window are the same exact integers) every window has the same weights: computed
+    # once, bit for bit what each window would compute
+    uniform = bool(np.all(gaps == gaps[0])) and bool(np.all(t == np.round(t))) and float(np.abs(t).max()) < 2.0**52
+    w = _divided_difference_weights(tw[:1] if uniform else tw, dt)
+    qw = np.lib.stride_tricks.sliding_window_view(q, k, axis=0)  # (n, J, k)
+    r = np.einsum("nk,njk->nj", np.broadcast_to(w, (qw.shape[0], k)) if uniform else w, qw)
+    return _MAD_TO_SIGMA * np.median(np.abs(r, out=r), axis=0)
+
+
+def _divided_difference_weights(tw: np.ndarray, dt: float) -> np.ndarray:
+    """(n, k) weights of the ``k - 1``-th divided difference of each window of times
+    ``tw`` (n, k), scaled to unit gain: white noise of sigma in, sigma out."""
+    k = tw.shape[1]
     diff = (tw[:, :, None] - tw[:, None, :]) / dt  # in units of the usual spacing: no overflow
     idx = np.arange(k)
     diff[:, idx, idx] = 1.0
     w = 1.0 / diff.prod(axis=2)  # (n, k) divided-difference weights
     w /= np.sqrt((w**2).sum(axis=1, keepdims=True))  # unit gain: white noise sigma -> sigma
-    qw = np.lib.stride_tricks.sliding_window_view(q, k, axis=0)  # (n, J, k)
-    r = np.einsum("nk,njk->nj", w, qw)
-    return _MAD_TO_SIGMA * np.median(np.abs(r), axis=0)
+    return w
