@@ -41,7 +41,7 @@ def env_step_rates(clips, cfg, num_envs: int, steps: int, task: str | None = Non
 
 
 def run_train_bench(clips_dir: Path | None, *, num_envs: int, teacher_seconds: float, student_seconds: float,
-                    steps: int = 60, out_dir: Path | None = None, tasks: tuple[str, ...] = ("arms_only",),
+                    steps: int = 60, seed: int = 0, out_dir: Path | None = None, tasks: tuple[str, ...] = ("arms_only",),
                     progress: Callable[[str], None] = lambda m: None) -> dict:
     import torch
 
@@ -57,7 +57,7 @@ def run_train_bench(clips_dir: Path | None, *, num_envs: int, teacher_seconds: f
         progress("generating XGen clips ...")
         clips_dir = make_clip_set(work / "xgen")
     clips = load_clips(clips_dir)
-    result: dict = {"config_version": cfg.config_version, "clips": len(clips), "num_envs": num_envs,
+    result: dict = {"config_version": cfg.config_version, "clips": len(clips), "num_envs": num_envs, "seed": seed,
                     "machine": {"python": platform.python_version(), "torch": torch.__version__,
                                 "cpu": platform.processor() or platform.machine()},
                     "env_steps_per_s": {}, "cpu_us_per_env_step": {}, "baselines": {}, "policies": {}}
@@ -75,7 +75,7 @@ def run_train_bench(clips_dir: Path | None, *, num_envs: int, teacher_seconds: f
     if teacher_seconds <= 0:
         return result
     progress(f"teacher: {teacher_seconds:.0f} s ...")
-    t = train(clips, cfg, work / "teacher", role="teacher", num_envs=num_envs, iterations=10 ** 6,
+    t = train(clips, cfg, work / "teacher", role="teacher", num_envs=num_envs, iterations=10 ** 6, seed=seed,
               time_budget_s=teacher_seconds, progress=lambda e: progress(
                   f"  teacher it {e['iteration']} {e['seconds']:.0f}s SR(train) {e['success_rate']}"))
     rep = evaluate(clips, cfg, policy_path=t.checkpoint, baselines=())
@@ -83,7 +83,7 @@ def run_train_bench(clips_dir: Path | None, *, num_envs: int, teacher_seconds: f
     for mode in ("mocap", "nep") if student_seconds > 0 else ():
         progress(f"student {mode}: {student_seconds:.0f} s ...")
         s = train(clips, cfg, work / f"student_{mode}", role=mode, teacher=t.checkpoint, num_envs=num_envs,
-                  iterations=10 ** 6, time_budget_s=student_seconds)
+                  iterations=10 ** 6, time_budget_s=student_seconds, seed=seed)
         rep = evaluate(clips, cfg, policy_path=s.checkpoint, baselines=())
         result["policies"][mode] = _summary(s, rep)
     result["work_dir"] = str(work)

@@ -629,6 +629,7 @@ def bench_train(
     student_seconds: float = typer.Option(0.0, help="each student's (MoCap, NEP) training wall clock"),
     steps: int = typer.Option(60, help="control steps per env-steps/s figure"),
     full_body: bool = typer.Option(False, help="also measure the full-body task's env-steps/s"),
+    seed: int = typer.Option(0, help="training seed (a second seed shows the run-to-run spread)"),
     json_out: Path | None = typer.Option(None, "--json", help="write the result JSON here"),
 ) -> None:
     """XMimic on this machine: env-steps/s for 1 and N envs, baseline SR/GSR, and the SR/GSR
@@ -640,7 +641,7 @@ def bench_train(
 
     try:
         result = run_train_bench(clips, num_envs=num_envs, teacher_seconds=teacher_seconds,
-                                 student_seconds=student_seconds, steps=steps,
+                                 student_seconds=student_seconds, steps=steps, seed=seed,
                                  tasks=("arms_only", "full_body") if full_body else ("arms_only",),
                                  progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     except KibotosError as exc:
