@@ -140,19 +140,21 @@ class IKSolver:
             self._chains[link] = SerialKinematics(self.robot, link, device=self.device, dtype=self.dtype)
         return self._chains[link]
 
-    def _error(self, chain: SerialChainNumpy, q: np.ndarray, p_t: np.ndarray, r_t: np.ndarray, w: float):
+    def _error(self, chain: SerialChainNumpy, q: np.ndarray, p_t: np.ndarray, r_tt: np.ndarray, w: float):
         """Residual ``(B, 6)`` (position, then ``w`` times the rotation vector of ``R* R^T``,
         in the base frame) and the transposed Jacobian ``J^T (B, n, 6)`` with the same weights
-        (the normal equations read it as is). ``q`` may be one row for ``B`` targets."""
+        (the normal equations read it as is). ``r_tt``: the targets' rotations transposed,
+        ``R*^T`` (``R R*^T`` is ``(R* R^T)^T``, the same products without a transposed operand,
+        half the time of the matrix product). ``q`` may be one row for ``B`` targets."""
         rot, pos, jt = chain.rot_pos(q, True)
         e = np.empty((max(len(q), len(p_t)), 6))
         np.subtract(p_t, pos, out=e[:, :3])
-        e[:, 3:] = _rotation_vector(r_t @ rot.transpose(0, 2, 1), w)
+        e[:, 3:] = _rotation_vector(rot @ r_tt, w, transposed=True)
         jt[:, :, 3:] *= w
         return e, jt
 
-    def _lm(self, chain: SerialChainNumpy, q, p_t, r_t, cfg: IKConfig, smooth: bool, *, reach_m: float | None = None,
-            start: tuple[np.ndarray, np.ndarray] | None = None):
+    def _lm(self, chain: SerialChainNumpy, q, p_t, r_tt, cfg: IKConfig, smooth: bool, *, reach_m: float | None = None,
+            start: tuple[np.ndarray, np.ndarray] | None = None, iterations: int | None = None):
         """Levenberg–Marquardt on every row of ``q`` at once; with ``smooth`` the rows are
         consecutive frames coupled by ``smoothness_weight * sum ||q_t - q_{t-1}||^2``.
 
@@ -169,8 +171,8 @@ class IKSolver:
         geometrically (at least halving) with a tail still to come below ``converged_change_m``
         (no iteration is spent only to confirm it) — per term, so that a
         position miss of metres (a target out of reach) does not hide the orientation still
-        improving. At most ``iterations``. ``start``: the residual and ``J^T`` at ``q``, when
-        the caller has them. Returns ``(q, residual (B, 6), iterations run)``.
+        improving. At most ``iterations`` (``cfg.iterations`` when None). ``start``: the
+        residual and ``J^T`` at ``q``, when the caller has them. Returns ``(q, residual (B, 6), iterations run)``.
 
         Per iteration one forward kinematics + Jacobian pass and a few dozen array
         operations, in NumPy float64: on a CPU their number, not their size, is the cost
@@ -181,9 +183,10 @@ class IKSolver:
         w, tol, floor = cfg.rotation_weight_m_per_rad, cfg.convergence_tolerance, cfg.converged_residual_m**2
         beta = cfg.smoothness_weight if smooth else 0.0
         n_rows, n = q.shape
+        step = cfg.max_step_rad
         lam = np.full(n_rows, cfg.damping * 100)
-        e, jt = start if start is not None else self._error(chain, q, p_t, r_t, w)
-        parts = (e * e).reshape(n_rows, 2, 3).sum(2)  # (B, 2): position and orientation terms per row
+        e, jt = start if start is not None else self._error(chain, q, p_t, r_tt, w)
+        parts = _terms(e)  # (B, 2): position and orientation terms per row
         if smooth:
             count = np.full(n_rows, 2.0)
             count[0] = count[-1] = 1.0
@@ -191,26 +194,27 @@ class IKSolver:
             d = q[1:] - q[:-1]
             g = _smoothness_gradient(d, beta)
             # a row's cost: its residual and its share of the smoothness term, q_t . g_t
-            current = parts.sum(1) + (q * g).sum(1)
-            total = np.append(parts.sum(0), beta * (d * d).sum())
+            current = parts[:, 0] + parts[:, 1] + (q * g).sum(1)
+            total = _episode_terms(parts, d, beta)
             change_sq = cfg.converged_change_m**2 * n_rows  # RMS change -> change of sqrt(sum)
             last_moved = np.zeros(3)
         else:
-            current = parts.sum(1)
+            current = parts[:, 0] + parts[:, 1]
             active = np.ones(n_rows, dtype=bool)
         done = 0
-        for done in range(1, cfg.iterations + 1):  # noqa: B007 (done: iterations run, read after the loop)
+        for done in range(1, (cfg.iterations if iterations is None else iterations) + 1):  # noqa: B007 (read after)
             a = jt @ jt.transpose(0, 2, 1)
             a.reshape(n_rows, n * n)[:, ::n + 1] += (lam + diag_extra if smooth else lam)[:, None]
             b = (jt @ e[:, :, None])[:, :, 0]
             if smooth:
                 b -= g
             dq = _solve_batched(a, b)
-            np.clip(dq, -cfg.max_step_rad, cfg.max_step_rad, out=dq)
-            cand = np.clip(q + dq, chain.lower, chain.upper)
-            e_c, jt_c = self._error(chain, cand, p_t, r_t, w)
-            parts_c = (e_c * e_c).reshape(n_rows, 2, 3).sum(2)
-            new = parts_c.sum(1)
+            cand = np.maximum(np.minimum(dq, step, out=dq), -step, out=dq)  # the step within max_step_rad ...
+            cand += q
+            np.minimum(np.maximum(cand, chain.lower, out=cand), chain.upper, out=cand)  # ... the joints within limits
+            e_c, jt_c = self._error(chain, cand, p_t, r_tt, w)
+            parts_c = _terms(e_c)
+            new = parts_c[:, 0] + parts_c[:, 1]
             if smooth:
                 d_c = cand[1:] - cand[:-1]
                 g_c = _smoothness_gradient(d_c, beta)
@@ -233,7 +237,7 @@ class IKSolver:
                 jt = np.where(better[:, None, None], jt_c, jt)
                 parts = np.where(better[:, None], parts_c, parts)
                 current = np.where(better, new, current)
-                lam = np.clip(np.where(better, lam / 3.0, lam * 4.0), 1e-9, 1e6)
+                lam = np.minimum(np.maximum(np.where(better, lam / 3.0, lam * 4.0), 1e-9), 1e6)
                 if not smooth:
                     if reach_m is not None and (current <= reach_m**2).any():
                         break
@@ -242,7 +246,7 @@ class IKSolver:
                     continue
                 d = q[1:] - q[:-1]
                 g = _smoothness_gradient(d, beta)
-            parts_now = np.append(parts.sum(0), beta * (d * d).sum())
+            parts_now = _episode_terms(parts, d, beta)
             moved, rms_moved = np.abs(parts_now - total), np.abs(np.sqrt(parts_now) - np.sqrt(total))
             # the change still to come where a term shrinks geometrically (at least halving each
             # iteration): rms_moved * rate / (1 - rate), the tail of the series
@@ -271,28 +275,28 @@ class IKSolver:
         w = cfg.rotation_weight_m_per_rad
         with _torch_threads(self.num_threads):
             tgt = np.asarray(targets, dtype=np.float64)
-            p_t, r_t = np.ascontiguousarray(tgt[:, :3, 3]), np.ascontiguousarray(tgt[:, :3, :3])
+            p_t, r_tt = np.ascontiguousarray(tgt[:, :3, 3]), np.ascontiguousarray(tgt[:, :3, :3].transpose(0, 2, 1))
             home = np.asarray(self.robot.home_qpos, dtype=np.float64)[chain.joint_index]
             # home alone first: it reaches most first targets, and a lone row costs a fraction
             # of the restarts' iterations (near-180-degree errors of random starts included)
-            first, e0, it_seed = self._lm(chain, home[None].copy(), p_t[:1], r_t[:1],
-                                          cfg.model_copy(update={"iterations": cfg.home_iterations}), smooth=False,
-                                          reach_m=cfg.seed_residual_m)
+            first, e0, it_seed = self._lm(chain, home[None].copy(), p_t[:1], r_tt[:1],
+                                          cfg, smooth=False, reach_m=cfg.seed_residual_m,
+                                          iterations=cfg.home_iterations)
             if float((e0**2).sum()) > cfg.seed_residual_m**2 and cfg.seed_restarts > 1:
                 gen = torch.Generator(device="cpu").manual_seed(seed)
                 draws = torch.rand((cfg.seed_restarts - 1, chain.dof), generator=gen, dtype=torch.float64).numpy()
                 starts = np.concatenate([home[None], chain.lower + draws * (chain.upper - chain.lower)])
                 k = len(starts)
                 first, e0, it_more = self._lm(chain, starts, np.broadcast_to(p_t[:1], (k, 3)),
-                                              np.broadcast_to(r_t[:1], (k, 3, 3)), cfg, smooth=False,
+                                              np.broadcast_to(r_tt[:1], (k, 3, 3)), cfg, smooth=False,
                                               reach_m=cfg.seed_residual_m)
                 it_seed += it_more
             # the first start within reach (home before the draws on a tie); the closest when none is
             reached = np.flatnonzero((e0**2).sum(1) <= cfg.seed_residual_m**2)
             best = int(reached[0]) if len(reached) else int(np.argmin((e0**2).sum(1)))
             q0 = first[best:best + 1]
-            e_start, jt_start = self._error(chain, q0, p_t, r_t, w)
-            q, e, it_batch = self._lm(chain, np.repeat(q0, len(tgt), axis=0), p_t, r_t, cfg, smooth=True,
+            e_start, jt_start = self._error(chain, q0, p_t, r_tt, w)
+            q, e, it_batch = self._lm(chain, np.repeat(q0, len(tgt), axis=0), p_t, r_tt, cfg, smooth=True,
                                       start=(e_start, np.broadcast_to(jt_start, (len(tgt),) + jt_start.shape[1:])))
             # the residual the solver already has: no forward kinematics pass after the solve
             pos_err = np.sqrt((e[:, :3] ** 2).sum(1))
@@ -305,9 +309,25 @@ class IKSolver:
 
 
 def _solve_batched(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Batched ``a x = b`` ((B, n, n), (B, n)) by torch on the same memory: its batched LU
-    is faster than NumPy's on a few hundred 7x7 systems (~85 vs ~115 µs)."""
-    return torch.linalg.solve(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    """Batched ``a x = b`` ((B, n, n), (B, n)): by torch on the same memory for many rows
+    (its batched LU is faster than NumPy's on a few hundred 7x7 systems: ~85 vs ~115 µs),
+    by NumPy for a few (a lone row: ~5 vs ~15 µs)."""
+    if len(a) >= 32:
+        return torch.linalg.solve(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    return np.linalg.solve(a, b[:, :, None])[:, :, 0]
+
+
+def _terms(e: np.ndarray) -> np.ndarray:
+    """(B, 2): each row's position and (weighted) orientation terms ``||e_pos||^2``, ``||e_rot||^2``."""
+    return (e * e).reshape(len(e), 2, 3).sum(2)
+
+
+def _episode_terms(parts: np.ndarray, d: np.ndarray, beta: float) -> np.ndarray:
+    """(3,): the episode's position, orientation and smoothness terms."""
+    out = np.empty(3)
+    out[:2] = parts.sum(0)
+    out[2] = beta * np.vdot(d, d)
+    return out
 
 
 def _smoothness_gradient(d: np.ndarray, beta: float) -> np.ndarray:
@@ -321,16 +341,18 @@ def _smoothness_gradient(d: np.ndarray, beta: float) -> np.ndarray:
     return g
 
 
-def _rotation_vector(r: np.ndarray, scale: float = 1.0) -> np.ndarray:
+def _rotation_vector(r: np.ndarray, scale: float = 1.0, transposed: bool = False) -> np.ndarray:
     """Log map of rotation matrices (B, 3, 3) -> rotation vectors (B, 3) times ``scale``:
     ``angle * axis`` from the trace and the skew part (a dozen array operations where
     pytorch-kinematics' ``matrix_to_axis_angle`` goes through quaternions in ~40). Near 180
     degrees the skew part vanishes and loses the axis: there pytorch-kinematics' conversion is
-    used."""
-    flat = r.reshape(r.shape[0], 9)[:, _LOG_INDEX]  # r21 r02 r10 | r12 r20 r01 | r00 r11 r22
+    used. ``transposed``: ``r`` holds the transposes (the entries are read transposed)."""
+    # r21 r02 r10 | r12 r20 r01 | r00 r11 r22
+    flat = r.reshape(r.shape[0], 9)[:, _LOG_INDEX_T if transposed else _LOG_INDEX]
     v = flat[:, :3] - flat[:, 3:6]  # 2 sin(angle) axis
     cos = (flat[:, 6:].sum(1) - 1.0) * 0.5
     if (cos < -0.99).any():
+        r = r.transpose(0, 2, 1) if transposed else r
         return matrix_to_axis_angle(torch.from_numpy(np.ascontiguousarray(r))).numpy() * scale
     sin2 = np.sqrt((v * v).sum(1))
     angle = np.arctan2(sin2 * 0.5, cos)
@@ -339,6 +361,7 @@ def _rotation_vector(r: np.ndarray, scale: float = 1.0) -> np.ndarray:
 
 
 _LOG_INDEX = np.array([7, 2, 3, 5, 6, 1, 0, 4, 8])
+_LOG_INDEX_T = np.array([5, 6, 1, 7, 2, 3, 0, 4, 8])  # the same entries of the transpose
 
 
 # --- independent targets -----------------------------------------------------------------

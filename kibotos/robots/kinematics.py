@@ -265,8 +265,13 @@ class SerialChainNumpy:
         coef = np.empty((n, B, 4))
         coef[:, :, 0] = 1.0
         qt = q.T
-        np.sin(qt, out=coef[:, :, 1])
-        np.cos(qt, out=coef[:, :, 2])
+        if B >= 32:  # torch's sin and cos on the same memory: NumPy's take ~1.6x as long on many rows
+            tq, tc = torch.from_numpy(qt), torch.from_numpy(coef)
+            torch.sin(tq, out=tc[:, :, 1])
+            torch.cos(tq, out=tc[:, :, 2])
+        else:
+            np.sin(qt, out=coef[:, :, 1])
+            np.cos(qt, out=coef[:, :, 2])
         coef[:, :, 3] = qt
         local = (coef @ self._basis).reshape(n, B, 4, 4)
         frames = np.empty((n, B, 4, 4))  # after joint j: its axis is column 2, its origin column 3
