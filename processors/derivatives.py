@@ -23,6 +23,7 @@ implausible motion where it exceeds its bound by more than the noise it can carr
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -48,6 +49,11 @@ class Derivatives:
     def of(self, deriv: int) -> np.ndarray:
         return (self.smooth, self.vel, self.acc, self.jerk)[deriv]
 
+    def columns(self, cols: slice) -> "Derivatives":
+        """The same rows for the columns ``cols`` only (views)."""
+        return Derivatives(self.window, self.centre, self.smooth[:, cols], self.vel[:, cols], self.acc[:, cols],
+                           self.jerk[:, cols], self.gain)
+
 
 def joint_derivatives(view, ts: np.ndarray, q: np.ndarray, window: int) -> Derivatives:
     """``local_derivatives(ts, q, window)`` of the view's joint positions (``ts``, ``q``: its
@@ -59,6 +65,32 @@ def joint_derivatives(view, ts: np.ndarray, q: np.ndarray, window: int) -> Deriv
 def joint_noise_sigma(view, ts: np.ndarray, q: np.ndarray) -> np.ndarray:
     """``noise_sigma(ts, q)`` of the view's joint positions, computed once per view."""
     return _memo(view, ("noise_sigma",), lambda: noise_sigma(ts, q))
+
+
+def joint_and_velocity(view, ts: np.ndarray, q: np.ndarray, v: np.ndarray,
+                       window: int) -> tuple[Derivatives, Derivatives, np.ndarray, np.ndarray]:
+    """``(dq, dv, sigma_q, sigma_v)``: ``local_derivatives`` and ``noise_sigma`` of the joint
+    positions ``q`` and of the recorded velocity ``v`` (same clock ``ts``), both streams
+    side by side through one fit and one noise estimate (the estimators, the window
+    comparison and the medians made once; every column is its own computation, so each
+    equals its separate call to rounding). The joint positions' results are the view's
+    (``joint_derivatives`` / ``joint_noise_sigma``): gate E reads them."""
+    J = q.shape[1]
+    both: dict[str, tuple] = {}
+
+    def fit() -> tuple:
+        if not both:
+            qv = np.concatenate([np.asarray(q, dtype=np.float64), np.asarray(v, dtype=np.float64)], axis=1)
+            d, sigma = local_derivatives(ts, qv, window), noise_sigma(ts, qv)
+            both["d"] = (d.columns(slice(0, J)), d.columns(slice(J, None)))
+            both["sigma"] = (sigma[:J], sigma[J:])
+        return both["d"][0], both["sigma"][0]
+
+    dq = _memo(view, ("local_derivatives", window), lambda: fit()[0])
+    sigma_q = _memo(view, ("noise_sigma",), lambda: fit()[1])
+    if not both:  # the view had the positions' already: the velocity alone
+        return dq, local_derivatives(ts, v, window), sigma_q, noise_sigma(ts, v)
+    return dq, both["d"][1], sigma_q, both["sigma"][1]
 
 
 def _memo(view, key: tuple, compute):
@@ -103,7 +135,7 @@ def local_derivatives(t_ms: np.ndarray, q: np.ndarray, window: int, order: int =
     K = 2 * half + 1
     nd = min(3, order) + 1
     typical = (np.arange(K) - half) * dt
-    H0 = _estimators(typical[None], span, order, nd)[0]  # (K, nd)
+    H0 = _estimators_cached(typical[None], span, order, nd)[0]  # (K, nd)
     # the padded (n, K) time windows and (n, J, K) position windows, as strided views
     tw, qw = _padded_windows(t, q, m, half, n)
     irregular = _irregular_rows(t, gaps, dt, tw, typical, m, half, n)
@@ -120,7 +152,7 @@ def local_derivatives(t_ms: np.ndarray, q: np.ndarray, window: int, order: int =
     gain[:, :nd] = np.sqrt((H0**2).sum(axis=0))
     for a in range(0, irregular.size, _CHUNK):
         r = irregular[a:a + _CHUNK]
-        H = _estimators(tw[r] - tw[r, half:half + 1], span, order, nd)  # (c, K, nd)
+        H = _estimators_cached(tw[r] - tw[r, half:half + 1], span, order, nd)  # (c, K, nd)
         core[r, :, :nd] = qw[r] @ H  # (c, J, nd)
         gain[r, :nd] = np.sqrt((H**2).sum(axis=1))
     out = np.moveaxis(core, 2, 0)  # (4, n, J) views
@@ -222,6 +254,30 @@ def _estimators(off: np.ndarray, span: float, order: int, nd: int) -> np.ndarray
     coef = np.linalg.solve(gram, Vt)[:, :nd, :]  # (c, nd, K)
     fact = np.array([math.factorial(d) for d in range(nd)], dtype=np.float64)
     return np.swapaxes(coef * (fact[:, None] / scale[:, None, None] ** np.arange(nd)[:, None]), 1, 2)
+
+
+_CACHED_ROWS = 32  # estimators of at most this many windows at once are kept (the typical
+# one, a stream's end windows); a jittered stream's many distinct windows are solved each time
+
+
+def _estimators_cached(off: np.ndarray, span: float, order: int, nd: int) -> np.ndarray:
+    """``_estimators(off, span, order, nd)``, kept for the next episode when ``off`` has
+    few rows: every stream on the same clock fits the same typical window and the same
+    end windows, and solving them costs more than applying them to a short episode. The
+    key is the offsets inside the span (the others, padding included, do not enter the
+    estimator): the same numbers in, the same estimator out, bit for bit. Read-only."""
+    if off.shape[0] > _CACHED_ROWS:
+        return _estimators(off, span, order, nd)
+    inside = np.abs(off) <= span * (1 + 1e-9)
+    masked = np.where(inside, off, np.inf)  # outside: excluded by _estimators as before
+    return _estimators_by_key(masked.tobytes(), masked.shape, float(span), order, nd)
+
+
+@functools.lru_cache(maxsize=256)
+def _estimators_by_key(offsets: bytes, shape: tuple[int, int], span: float, order: int, nd: int) -> np.ndarray:
+    H = _estimators(np.frombuffer(offsets, dtype=np.float64).reshape(shape), span, order, nd)
+    H.setflags(write=False)
+    return H
 
 
 def noise_sigma(t_ms: np.ndarray, q: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ from kibotos.media.video import check_video_dims, decode_luma, probe_video
 from kibotos.reports.model import GateResult
 from kibotos.robots import get_robot
 from processors.base import register_gate, result
-from processors.derivatives import joint_derivatives, joint_noise_sigma, local_derivatives, noise_sigma, window_samples
+from processors.derivatives import joint_and_velocity, window_samples
 
 GATE_ID = "gate_a_integrity"
 MIN_SAMPLES = 10
@@ -153,13 +153,12 @@ def _vel_consistency(ts: np.ndarray, q: np.ndarray, v: np.ndarray, cfg,
     ``view``: the bundle ``q`` is the joint positions of (the fit and noise of ``q`` are
     shared with gate E through it)."""
     window = window_samples(cfg.vel_consistency_window_ms, float(np.median(np.diff(ts))))
-    dq = joint_derivatives(view, ts, q, window)
-    vs = local_derivatives(ts, np.asarray(v, dtype=np.float64), window)
+    dq, vs, sigma_q, sigma_v = joint_and_velocity(view, ts, q, v, window)
     if dq.vel.shape[0] == 0:
         return 0.0, 0.0, 0.0, 0.0
     sq = np.mean((vs.smooth - dq.vel) ** 2)
-    q_noise = (joint_noise_sigma(view, ts, q)[None, :] * dq.gain[:, 1, None]) ** 2  # (N, J) variance
-    v_noise = (noise_sigma(ts, v)[None, :] * vs.gain[:, 0, None]) ** 2
+    q_noise = (sigma_q[None, :] * dq.gain[:, 1, None]) ** 2  # (N, J) variance
+    v_noise = (sigma_v[None, :] * vs.gain[:, 0, None]) ** 2
     noise_var = float(np.mean(q_noise + v_noise))
     excess = float(np.sqrt(max(0.0, sq - noise_var)))
     signal = float(np.sqrt(max(float(np.mean(dq.vel**2)) - float(np.mean(q_noise)), 0.0)))
