@@ -188,6 +188,16 @@ def create_app(settings: Settings, bootstrap: str, config: GateConfig, web_port:
                         outputs = await loop.run_in_executor(None, handle_observed, stage, record, catalogue, policy)
                         for out in outputs:
                             await out_topics[out.topic.name].send(key=out.key(), value=out.value())
+                    except BaseException:
+                        # not finished: the worker is stopping (SIGTERM cancels this agent while
+                        # the stage runs) or the stage or a send failed. faust's stream acks the
+                        # event it handed out however the body ends, and the consumer commits
+                        # acked offsets as it stops: the event would be lost. A reference more
+                        # keeps that ack from completing, so its offset (and the partition's
+                        # after it) stays uncommitted and the event is processed again by the
+                        # next worker to own the partition (every effect is idempotent)
+                        msg.incref()
+                        raise
                     finally:
                         FETCH_WAIT.end()
             agent.__name__ = stage.processor_id.replace("-", "_")
