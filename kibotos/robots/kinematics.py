@@ -278,19 +278,19 @@ class SerialChainNumpy:
         frames[0] = local[0]
         for j in range(1, n):
             np.matmul(frames[j - 1], local[j], out=frames[j])
-        end = frames[-1] @ self._end
+        end = (frames[-1].reshape(B * 4, 4) @ self._end).reshape(B, 4, 4)  # one product, not B
         rot, pos = end[:, :3, :3], end[:, :3, 3]
         if not jacobian:
             return rot, pos, None
-        axes = frames[:, :, :3, 2]  # (n, B, 3)
-        lever = pos - frames[:, :, :3, 3]
-        ax, ay, az = axes[..., 0], axes[..., 1], axes[..., 2]
-        lx, ly, lz = lever[..., 0], lever[..., 1], lever[..., 2]
+        # per coordinate i: the joints' axes (B, n) and origins (B, n), contiguous (one copy)
+        axis_origin = np.ascontiguousarray(frames[:, :, :3, 2:].transpose(2, 3, 1, 0))  # (3, 2, B, n)
+        (ax, ox), (ay, oy), (az, oz) = axis_origin
+        lx, ly, lz = pos[:, 0, None] - ox, pos[:, 1, None] - oy, pos[:, 2, None] - oz
         jt = np.empty((B, n, 6))
-        jt[:, :, 0] = (ay * lz - az * ly).T
-        jt[:, :, 1] = (az * lx - ax * lz).T
-        jt[:, :, 2] = (ax * ly - ay * lx).T
-        jt[:, :, 3:] = axes.transpose(1, 0, 2)
+        np.subtract(ay * lz, az * ly, out=jt[:, :, 0])
+        np.subtract(az * lx, ax * lz, out=jt[:, :, 1])
+        np.subtract(ax * ly, ay * lx, out=jt[:, :, 2])
+        jt[:, :, 3], jt[:, :, 4], jt[:, :, 5] = ax, ay, az
         if self._slides.size:  # a slide moves the link along its axis and turns nothing
             jt[:, self._slides, :3] = jt[:, self._slides, 3:]
             jt[:, self._slides, 3:] = 0.0
