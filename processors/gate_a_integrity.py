@@ -85,7 +85,9 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
     for info in view.arrays():
         if np.dtype(info.dtype).kind == "f":
             data = view.read(info.path)
-            bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+            # a finite sum means every value is finite (one NaN or inf makes it NaN or inf);
+            # a sum that overflows is counted value by value
+            bad = 0 if np.isfinite(data.sum()) else int(data.size - np.count_nonzero(np.isfinite(data)))
             if bad:
                 nonfinite[info.path] = bad
     if nonfinite:

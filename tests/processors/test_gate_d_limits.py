@@ -9,7 +9,7 @@ from kibotos.config.gates import load_config
 from kibotos.errors import ConfigError
 from kibotos.robots import get_robot
 from kibotos.synthetic.samples import EXPECTED
-from processors.gate_d_limits import GATE_ID
+from processors.gate_d_limits import GATE_ID, limit_stats, limit_stats_direct
 from tests.fixtures.episodes import PANDA, ROBOT_IDS, ROBOTS, manifest_for, run_gate_on, small_bundle, variants_of
 
 CONFIG = load_config()
@@ -136,3 +136,29 @@ def test_override_of_an_unknown_section_is_a_config_error():
     config = CONFIG.model_copy(update={"robots": {"franka_panda@fer-v1": {"gate_z": {"x": 1}}}})
     with pytest.raises(ConfigError):
         config.for_robot(*PANDA)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_limit_stats_from_extremes_equal_the_sample_by_sample_form(dtype):
+    """Each joint's extremes give the excess, the largest revolute angle and the smallest
+    margin bit for bit, and the violation fraction is the counted one: streams within
+    their limits, beyond them, on the boundary, with NaN and inf, prismatic joints."""
+    rng = np.random.default_rng(7)
+    for trial in range(300):
+        T, J = int(rng.integers(1, 200)), int(rng.integers(1, 8))
+        lower = -rng.uniform(0.5, 3.0, J)
+        upper = rng.uniform(0.5, 3.0, J)
+        revolute = rng.random(J) < 0.8 if trial % 5 else np.zeros(J, dtype=bool)
+        margin = np.where(revolute, 0.05, 0.005)
+        q = rng.uniform(lower * rng.uniform(0.3, 1.2), upper * rng.uniform(0.3, 1.2), (T, J)).astype(dtype)
+        if trial % 7 == 0:
+            q[rng.integers(T), rng.integers(J)] = (lower - margin)[0] if J else 0.0
+        if trial % 11 == 0:
+            q[rng.integers(T), rng.integers(J)] = np.nan
+        if trial % 13 == 0:
+            q[rng.integers(T), rng.integers(J)] = np.inf
+        ours = limit_stats(q, lower, upper, margin, revolute)
+        ref = limit_stats_direct(q, lower, upper, margin, revolute)
+        assert ours[0] == ref[0] or (np.isnan(ours[0]) and np.isnan(ref[0])), trial
+        np.testing.assert_array_equal(ours[1], ref[1])
+        np.testing.assert_array_equal(np.array(ours[2:]), np.array(ref[2:]))
