@@ -35,13 +35,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from kibotos.errors import KibotosError
+from kibotos.errors import KibotosError, ServiceError
 
 _LOCAL_PUT_DOMAIN = b"kibotos.local-put.v1"
 
 
 class ObjectStoreError(KibotosError):
     reason_code = "object_store_error"
+
+
+class ObjectStoreUnavailable(ObjectStoreError, ServiceError):
+    """The store failed or could not be reached: a fault of the service, not a property of
+    the object asked for. A ``ServiceError``, so a stream stage hands it to its runner to
+    retry (the verdict waits) instead of turning it into a rejection of the miner's bundle."""
+
+    reason_code = "service_unavailable"
 
 
 @dataclass(frozen=True)
@@ -378,7 +386,7 @@ class S3ObjectStore:
         return cls(parsed.netloc, parsed.path, **kwargs)
 
     def _s3err(self, action: str, exc: Exception) -> ObjectStoreError:
-        return ObjectStoreError(f"S3 {action} failed at {self.endpoint}: {exc}", reason_code="service_unavailable")
+        return ObjectStoreUnavailable(f"S3 {action} failed at {self.endpoint}: {exc}")
 
     def ensure_bucket(self) -> None:
         try:

@@ -6,10 +6,13 @@ function that raises (a crash cannot be produced on demand otherwise)."""
 
 from __future__ import annotations
 
+import socket
+
 import numpy as np
 import pytest
 
 from kibotos.errors import ServiceError, collect_degraded, note_degraded
+from kibotos.objectstore import S3ObjectStore
 from kibotos.reports.model import GateResult
 from processors.base import Gate, gates, run_gate
 from streams.stage import FaultPolicy, ValidatorFault, contained, handle_with_retries, load_fault_policy
@@ -124,6 +127,24 @@ def test_a_service_error_is_not_swallowed_by_the_retries(catalogue, stage_bundle
     with pytest.raises(ServiceError):  # the runner retries it (the broker or store comes back)
         handle_with_retries(stage, in_flight(stage_bundles, catalogue, "pose"), catalogue, POLICY, sleep=lambda s: None)
 
+
+
+def test_an_unreachable_object_store_is_the_validators_fault_not_a_rejection(catalogue, stage_bundles, tmp_path):
+    """An S3 outage while gate A fetches the bundle must reach the runner (retried until the
+    store is back), never ``verification.rejected`` (found by the SIGTERM drill: a hung store
+    used to reject the miner's bundle with ``service_unavailable``)."""
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = S3ObjectStore("bundles", "env1", endpoint=f"http://127.0.0.1:{port}", access_key="k", secret_key="s",
+                          cache_dir=tmp_path)
+    stage = GateStage(gates()[0], catalogue, store, CONFIG)
+    event = dict(stage_bundles.received(UR5, "genuine"), bundle_uri=store.uri_for("bundles/s1/u1.zarr.zip"))
+    spec = stage.input
+    with pytest.raises(ServiceError) as raised:
+        handle_with_retries(stage, Record(spec.name, spec.serialize(event), spec.key(event)), catalogue, POLICY,
+                            sleep=lambda s: None)
+    assert raised.value.reason_code == "service_unavailable"
 
 def test_a_playback_crash_is_a_validator_fault_not_playback_failed(catalogue, stage_bundles):
     """The renderer raising inside Genesis (here: a renderer whose scene build raises) used
