@@ -203,9 +203,10 @@ class IKSolver:
             active = np.ones(n_rows, dtype=bool)
         done = 0
         for done in range(1, (cfg.iterations if iterations is None else iterations) + 1):  # noqa: B007 (read after)
-            a = jt @ jt.transpose(0, 2, 1)
+            j = np.ascontiguousarray(jt.transpose(0, 2, 1))  # NumPy's fast product wants both operands contiguous
+            a = jt @ j
             a.reshape(n_rows, n * n)[:, ::n + 1] += (lam + diag_extra if smooth else lam)[:, None]
-            b = (jt @ e[:, :, None])[:, :, 0]
+            b = (e[:, None, :] @ j)[:, 0, :]
             if smooth:
                 b -= g
             dq = _solve_batched(a, b)
