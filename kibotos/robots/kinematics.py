@@ -253,15 +253,12 @@ class SerialChainNumpy:
         self.joint_names, self.joint_index = kin.joint_names, kin.joint_index
         self.lower, self.upper = kin.lower.cpu().numpy(), kin.upper.cpu().numpy()
 
-    def rot_pos(self, q: np.ndarray, jacobian: bool = False):
-        """``(R (B, 3, 3), p (B, 3), J^T (B, n, 6) or None)`` for chain joints ``q`` (B, n):
-        the pose of the link in the base frame and the transposed geometric Jacobian (the
-        layout the normal equations read: per joint its linear, then angular velocity)."""
+    def _transforms(self, q: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """``(frames (n, B, 4, 4) after each joint, or None without joints; end (B, 4, 4))``."""
         q = np.asarray(q, dtype=np.float64)
         B, n = q.shape
         if n == 0:
-            end = np.broadcast_to(self._end, (B, 4, 4))
-            return end[:, :3, :3], end[:, :3, 3], (np.zeros((B, 0, 6)) if jacobian else None)
+            return None, np.repeat(self._end[None], B, axis=0)
         coef = np.empty((n, B, 4))
         coef[:, :, 0] = 1.0
         qt = q.T
@@ -278,8 +275,17 @@ class SerialChainNumpy:
         frames[0] = local[0]
         for j in range(1, n):
             np.matmul(frames[j - 1], local[j], out=frames[j])
-        end = (frames[-1].reshape(B * 4, 4) @ self._end).reshape(B, 4, 4)  # one product, not B
+        return frames, (frames[-1].reshape(B * 4, 4) @ self._end).reshape(B, 4, 4)  # one product, not B
+
+    def rot_pos(self, q: np.ndarray, jacobian: bool = False):
+        """``(R (B, 3, 3), p (B, 3), J^T (B, n, 6) or None)`` for chain joints ``q`` (B, n):
+        the pose of the link in the base frame and the transposed geometric Jacobian (the
+        layout the normal equations read: per joint its linear, then angular velocity)."""
+        frames, end = self._transforms(q)
+        B, n = end.shape[0], self.dof
         rot, pos = end[:, :3, :3], end[:, :3, 3]
+        if frames is None:
+            return rot, pos, (np.zeros((B, 0, 6)) if jacobian else None)
         if not jacobian:
             return rot, pos, None
         # per coordinate i: the joints' axes (B, n) and origins (B, n), contiguous (one copy)
@@ -298,10 +304,7 @@ class SerialChainNumpy:
 
     def link_poses(self, qpos: np.ndarray) -> np.ndarray:
         """(B, J) full-robot configurations (``robot.joint_names`` order) -> (B, 4, 4)."""
-        rot, pos, _ = self.rot_pos(np.atleast_2d(qpos)[:, self.joint_index])
-        out = np.zeros((rot.shape[0], 4, 4))
-        out[:, :3, :3], out[:, :3, 3], out[:, 3, 3] = rot, pos, 1.0
-        return out
+        return self._transforms(np.atleast_2d(qpos)[:, self.joint_index])[1]
 
 
 @functools.lru_cache(maxsize=32)
