@@ -45,6 +45,9 @@ class Derivatives:
     acc: np.ndarray  # (N, J)
     jerk: np.ndarray  # (N, J)
     gain: np.ndarray  # (N, 4) noise gain of derivatives 0..3 per window
+    # rows fitted with their own estimator (sorted); every other row has the typical
+    # window's (the same gains). None: not known, every row may differ
+    irregular: np.ndarray | None = None
 
     def of(self, deriv: int) -> np.ndarray:
         return (self.smooth, self.vel, self.acc, self.jerk)[deriv]
@@ -52,7 +55,7 @@ class Derivatives:
     def columns(self, cols: slice) -> "Derivatives":
         """The same rows for the columns ``cols`` only (views)."""
         return Derivatives(self.window, self.centre, self.smooth[:, cols], self.vel[:, cols], self.acc[:, cols],
-                           self.jerk[:, cols], self.gain)
+                           self.jerk[:, cols], self.gain, self.irregular)
 
 
 def joint_derivatives(view, ts: np.ndarray, q: np.ndarray, window: int) -> Derivatives:
@@ -156,7 +159,7 @@ def local_derivatives(t_ms: np.ndarray, q: np.ndarray, window: int, order: int =
         core[r, :, :nd] = qw[r] @ H  # (c, J, nd)
         gain[r, :nd] = np.sqrt((H**2).sum(axis=1))
     out = np.moveaxis(core, 2, 0)  # (4, n, J) views
-    return Derivatives(window, np.arange(m, m + n), out[0], out[1], out[2], out[3], gain)
+    return Derivatives(window, np.arange(m, m + n), out[0], out[1], out[2], out[3], gain, irregular)
 
 
 def local_derivatives_direct(t_ms: np.ndarray, q: np.ndarray, window: int, order: int = 3) -> Derivatives:
@@ -195,12 +198,12 @@ def local_derivatives_direct(t_ms: np.ndarray, q: np.ndarray, window: int, order
         H = _estimators(off[r], span, order, nd)  # (c, K, nd)
         out[:nd, r] = np.moveaxis(qw[r] @ H, 2, 0)  # (c, J, nd) -> (nd, c, J)
         gain[r, :nd] = np.sqrt((H**2).sum(axis=1))
-    return Derivatives(window, np.arange(m, m + n), out[0], out[1], out[2], out[3], gain)
+    return Derivatives(window, np.arange(m, m + n), out[0], out[1], out[2], out[3], gain, rows)
 
 
 def _empty(window: int, J: int) -> Derivatives:
     empty = np.zeros((0, J))
-    return Derivatives(window, np.zeros(0, np.int64), empty, empty, empty, empty, np.zeros((0, 4)))
+    return Derivatives(window, np.zeros(0, np.int64), empty, empty, empty, empty, np.zeros((0, 4)), np.zeros(0, np.int64))
 
 
 def _padded_windows(t: np.ndarray, q: np.ndarray, m: int, half: int, n: int) -> tuple[np.ndarray, np.ndarray]:

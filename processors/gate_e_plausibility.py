@@ -66,9 +66,9 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
     if noise_ratio[noisiest] > 1.0:
         return result(GATE_ID, False, metrics, thresholds, "joint_noise_exceeded")
 
-    teleport, jump = _teleports(ts, q, sigma, vmax, amax, cfg)
-    metrics |= {"teleports": int(teleport.any(axis=1).sum()), "max_step": round(float(np.abs(np.diff(q, axis=0)).max()), 4),
-                "max_jump_residual": round(float(np.abs(jump).max()), 4) if jump.size else 0.0}
+    teleport, jump, step = _teleports(ts, q, sigma, vmax, amax, cfg)
+    metrics |= {"teleports": int(teleport.any(axis=1).sum()), "max_step": round(float(step.max()), 4),
+                "max_jump_residual": round(float(jump.max()), 4) if jump.size else 0.0}
     if metrics["teleports"]:
         frame, joint = np.argwhere(teleport)[0]
         metrics |= {"first_teleport_frame": int(frame) + 1, "first_teleport_joint": m.joint_names[joint]}
@@ -86,10 +86,13 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
     fractions = []
     for k, (_, order, bound) in enumerate(checks):
         ratio = np.abs(d.of(order)) / bound
-        noise = cfg.noise_z * sigma[None, :] * d.gain[:, order, None] / bound  # (N, J) in bound units
-        fractions.append(float((ratio - noise > 1.0).any(axis=1).mean()))
         ratio.max(axis=1, out=peak[:, k])
+        noise = _noise_allowance(d, order, cfg.noise_z * sigma[None, :], bound)  # (N, J) in bound units
         noise.max(axis=1, out=allowance[:, k])
+        if cfg.noise_z >= 0 and bool(np.all(bound > 0)) and float(peak[:, k].max()) <= 1.0:
+            fractions.append(0.0)  # an allowance is never negative: no ratio less it exceeds 1
+        else:
+            fractions.append(float((ratio - noise > 1.0).any(axis=1).mean()))
     p95, p50 = np.percentile(peak, 95, axis=0), np.median(allowance, axis=0)
     for k, (name, _, _) in enumerate(checks):
         metrics[f"{name}_exceed_fraction"] = round(fractions[k], 4)
@@ -103,11 +106,33 @@ def check(view: BundleView, config: GateConfig) -> GateResult:
     return result(GATE_ID, True, metrics, thresholds)
 
 
+def _noise_allowance(d, order: int, z_sigma: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """(N, J) ``z_sigma * gain / bound`` of derivative ``order``, each row as computed on
+    its own: the rows fitted with the typical window share one gain, so their row is
+    computed once and repeated (a read-only broadcast when every row is typical)."""
+    gain = d.gain[:, order, None]
+    if d.irregular is None or d.vel.shape[0] == 0:
+        return z_sigma * gain / bound
+    n = d.vel.shape[0]
+    typical = np.ones(n, dtype=bool)
+    typical[d.irregular] = False
+    first = np.flatnonzero(typical)[:1]
+    if first.size == 0:
+        return z_sigma * gain / bound
+    row = z_sigma * gain[first] / bound  # (1, J)
+    if d.irregular.size == 0:
+        return np.broadcast_to(row, (n, row.shape[1]))
+    noise = np.empty((n, row.shape[1]))
+    noise[:] = row
+    noise[d.irregular] = z_sigma * gain[d.irregular] / bound
+    return noise
+
+
 def _teleports(ts: np.ndarray, q: np.ndarray, sigma: np.ndarray, vmax: np.ndarray, amax: np.ndarray,
-               cfg) -> tuple[np.ndarray, np.ndarray]:
-    """``(teleport, jump)``: (T-1, J) steps judged teleports, and each step's departure
-    from the motion on either side of it (its residual against the mean speed of the
-    neighbouring steps; 0 at the ends).
+               cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(teleport, |jump|, |step|)``: (T-1, J) steps judged teleports, each step's
+    departure from the motion on either side of it (its residual against the mean speed of
+    the neighbouring steps; 0 at the ends), and each step's size.
 
     A step is a teleport when it is larger than ``teleport_min_rad`` and than
     ``teleport_vel_factor`` x the velocity limit x its gap — faster than the joint can move —
@@ -118,18 +143,23 @@ def _teleports(ts: np.ndarray, q: np.ndarray, sigma: np.ndarray, vmax: np.ndarra
     (``sqrt(2) sigma`` for a step, ``sqrt(5) sigma`` for a residual). A residual counts once,
     at its peak (a jump leaves half of itself on each neighbour)."""
     step = np.diff(q, axis=0)  # (T-1, J)
+    size = np.abs(step)
     gap = np.diff(ts).astype(np.float64)[:, None] / 1000.0
     z = cfg.noise_z * sigma[None, :]
-    by_speed = (np.abs(step) > cfg.teleport_min_rad + np.sqrt(2.0) * z) & \
-               (np.abs(step) > cfg.teleport_vel_factor * vmax * gap + np.sqrt(2.0) * z)
     jump = np.zeros_like(step)
     if step.shape[0] >= 3:
         speed = step / gap
         jump[1:-1] = step[1:-1] - gap[1:-1] * 0.5 * (speed[:-2] + speed[2:])
     a = np.abs(jump)
+    # both tests need the step (residual) above teleport_min_rad plus its noise: when no
+    # joint's largest one is (NaN is not), no step is a teleport
+    min_step = cfg.teleport_min_rad + np.sqrt(2.0) * z
+    min_jump = cfg.teleport_min_rad + np.sqrt(5.0) * z
+    if step.size and bool(np.all(size.max(axis=0) <= min_step[0])) and bool(np.all(a.max(axis=0) <= min_jump[0])):
+        return np.zeros(step.shape, dtype=bool), a, size
+    by_speed = (size > min_step) & (size > cfg.teleport_vel_factor * vmax * gap + np.sqrt(2.0) * z)
     peak = np.ones_like(a, dtype=bool)
     peak[1:] &= a[1:] >= a[:-1]
     peak[:-1] &= a[:-1] >= a[1:]
-    by_acc = peak & (a > cfg.teleport_min_rad + np.sqrt(5.0) * z) & \
-        (a > cfg.teleport_acc_factor * amax * gap**2 + np.sqrt(5.0) * z)
-    return by_speed | by_acc, jump
+    by_acc = peak & (a > min_jump) & (a > cfg.teleport_acc_factor * amax * gap**2 + np.sqrt(5.0) * z)
+    return by_speed | by_acc, a, size

@@ -130,6 +130,7 @@ def test_shared_estimator_path_equals_the_direct_one(clock):
                 a, b = local_derivatives(t, q, window, order), local_derivatives_direct(t, q, window, order)
                 assert a.window == b.window and np.array_equal(a.centre, b.centre)
                 np.testing.assert_array_equal(a.gain, b.gain)
+                np.testing.assert_array_equal(a.irregular, b.irregular)
                 for ours, ref in zip((a.smooth, a.vel, a.acc, a.jerk), (b.smooth, b.vel, b.acc, b.jerk)):
                     np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref))
                     scale = max(float(np.nanmax(np.abs(ref), initial=0.0)), 1e-300)
