@@ -159,11 +159,13 @@ def _vel_consistency(ts: np.ndarray, q: np.ndarray, v: np.ndarray, cfg,
     if dq.vel.shape[0] == 0:
         return 0.0, 0.0, 0.0, 0.0
     sq = np.mean((vs.smooth - dq.vel) ** 2)
-    q_noise = (sigma_q[None, :] * dq.gain[:, 1, None]) ** 2  # (N, J) variance
-    v_noise = (sigma_v[None, :] * vs.gain[:, 0, None]) ** 2
-    noise_var = float(np.mean(q_noise + v_noise))
+    # mean noise variance of the (N, J) differences: each joint's noise level times each
+    # window's gain, squared, averaged -- a product of two means (no (N, J) array)
+    q_noise = float(np.mean(dq.gain[:, 1] ** 2)) * float(np.mean(sigma_q**2))
+    v_noise = float(np.mean(vs.gain[:, 0] ** 2)) * float(np.mean(sigma_v**2))
+    noise_var = q_noise + v_noise
     excess = float(np.sqrt(max(0.0, sq - noise_var)))
-    signal = float(np.sqrt(max(float(np.mean(dq.vel**2)) - float(np.mean(q_noise)), 0.0)))
+    signal = float(np.sqrt(max(float(np.mean(dq.vel**2)) - q_noise, 0.0)))
     return float(np.sqrt(sq)), excess, excess / max(signal, 1e-9), float(np.sqrt(noise_var))
 
 
