@@ -111,6 +111,11 @@ def bench_ik(work: Path, repeats: int, duration_ms: float = 20_000) -> dict:
         chain.fk(qt)
         bare_s, _ = _best(lambda: chain.fk(qt), runs)
         bare_cpu_s, _ = _best(lambda: chain.fk(qt), runs, time.thread_time)
+        # the same pass in NumPy, the FK the solver's loop runs on since issue 17's "After 3":
+        # the ratio against it too (the bare call above stays the reference, measured as before)
+        qn = qt.numpy()
+        chain.numpy.rot_pos(qn)
+        bare_np_cpu_s, _ = _best(lambda: chain.numpy.rot_pos(qn), runs, time.thread_time)
     per_k = 1000.0 / frames
     feas = res.metrics.get("ik_feasibility") or {}
     return {"stage": "ik", "unit": "ms per 1000 frames", "frames": frames, "passed": res.passed,
@@ -118,6 +123,7 @@ def bench_ik(work: Path, repeats: int, duration_ms: float = 20_000) -> dict:
             "stage_s": round(stage_s, 4), "bare_s": round(bare_s, 5), "ratio": round(stage_s / bare_s, 1),
             "stage_cpu_s": round(stage_cpu_s, 4), "bare_cpu_s": round(bare_cpu_s, 5),
             "ratio_cpu": round(stage_cpu_s / bare_cpu_s, 1), "runs": runs,
+            "bare_numpy_cpu_s": round(bare_np_cpu_s, 5), "ratio_cpu_numpy_fk": round(stage_cpu_s / bare_np_cpu_s, 1),
             "solve_ms": feas.get("solve_ms"), "lm_iterations": feas.get("iterations"),
             "torch_threads": solver.num_threads}
 

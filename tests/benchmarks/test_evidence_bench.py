@@ -20,6 +20,7 @@ def test_ik_stage_is_measured_against_bare_forward_kinematics():
     assert ik["ratio"] > 1.0
     # the same on the thread's CPU time (the stage and the pass run on one thread)
     assert ik["stage_cpu_s"] > 0 and ik["bare_cpu_s"] > 0 and ik["ratio_cpu"] > 1.0 and ik["runs"] >= 20
+    assert ik["bare_numpy_cpu_s"] > 0 and ik["ratio_cpu_numpy_fk"] > 1.0
     assert result["machine"]["cpus"] >= 1 and json.loads(json.dumps(result)) == result
 
 
