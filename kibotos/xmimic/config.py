@@ -40,6 +40,7 @@ class PhysicsConfig(_Frozen):
 
 
 class SimConfig(_Frozen):
+    control_fps: float = Field(default=30.0, gt=0, le=240)  # clips at another rate are resampled to it
     substeps: int = Field(ge=1)
     box_friction: float = Field(gt=0)
     end: Literal["carry_end", "clip_end"]

@@ -25,7 +25,7 @@ from rsl_rl.env import VecEnv
 from tensordict import TensorDict
 
 from kibotos.xmimic import reward as rw
-from kibotos.xmimic.clips import Clip
+from kibotos.xmimic.clips import Clip, resample
 from kibotos.xmimic.config import XMimicConfig
 from kibotos.xmimic.model import policy_joint_ids
 from kibotos.xmimic.rotations import quat_conj, quat_mul, quat_rotate_inverse, quat_to_6d
@@ -63,6 +63,8 @@ class References:
         self.box_size = torch.as_tensor(np.stack([c.box_size for c in clips]), dtype=torch.float32, device=device)
         self.mass = torch.tensor([c.mass_kg for c in clips], dtype=torch.float32, device=device)
         self.fps = clips[0].fps
+        if any(abs(c.fps - self.fps) > 1e-9 for c in clips):
+            raise ValueError("References need clips at one frame rate (clips.resample)")
         self.tmax = tmax
 
     def frame(self, clip: torch.Tensor, t: torch.Tensor) -> RefFrame:
@@ -97,6 +99,8 @@ class XMimicEnv(VecEnv):
         self.training = training
         self.device = device
         self.num_envs = num_envs or tcfg.num_envs
+        # one control rate for every clip: a clip recorded at another rate is resampled
+        clips = [resample(c, cfg.sim.control_fps) for c in clips]
         self.clips = clips
         self.ref = References(clips, cfg.sim.end, device)
         self.fixed_pelvis = tcfg.fixed_pelvis

@@ -127,11 +127,12 @@ def rollout_frames(clip: Clip, cfg: XMimicConfig, policy_path: Path | None, *, t
 
 def write_preview(clip: Clip, cfg: XMimicConfig, policy_path: Path | None, dest: Path, *, task: str | None = None,
                   width: int = 320, height: int = 240) -> dict:
-    """Render and write ``dest`` (mp4 at the clip's fps); returns frames, fps, outcome."""
+    """Render and write ``dest`` (mp4 at the control rate: one frame per control step);
+    returns frames, fps, outcome."""
     from kibotos.media.video import encode_mp4
 
     frames, outcome = rollout_frames(clip, cfg, policy_path, task=task, width=width, height=height)
-    fps = float(clip.fps)
+    fps = float(cfg.sim.control_fps)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".tmp.mp4")

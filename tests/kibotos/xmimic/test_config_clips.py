@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kibotos.errors import ConfigError
-from kibotos.xmimic.clips import XMimicError, heldout_variants, load_clip, load_clips, variant
+from kibotos.xmimic.clips import XMimicError, heldout_variants, load_clip, load_clips, resample, variant
 from kibotos.xmimic.config import REWARD_TERMS, parse_xmimic_config
 
 
@@ -81,3 +81,25 @@ def test_a_variant_keeps_its_source_clips_hand_box_relation_scaled_with_the_box(
     # what the unmoved reference palms say about the moved box is 6 cm off the tracked relation
     naive = dataclasses.replace(moved, palms_in_box=None).palm_relation()
     assert np.abs(np.linalg.norm(naive[hold] - rel[hold], axis=-1) - 0.06).max() < 1e-6
+
+
+def test_a_clip_at_another_rate_is_resampled_to_the_same_motion(clips, xcfg):
+    c = clips[0]
+    slow = resample(c, 15.0)  # as if the source video ran at 15 fps
+    assert slow.fps == 15.0 and slow.frames == (c.frames - 1) // 2 + 1
+    assert np.allclose(slow.qpos[1], c.qpos[2]) and np.allclose(slow.object_pose[-1], c.object_pose[2 * (slow.frames - 1)])
+    assert slow.hold["lift"] == round(c.hold["lift"] / 2)
+    back = resample(slow, 30.0)
+    # back at 30 fps: the same duration, joints within what linear interpolation of a 15 fps motion loses
+    assert abs(back.frames - c.frames) <= 1
+    k = min(back.frames, c.frames)
+    assert np.abs(back.qpos[:k, 7:] - c.qpos[:k, 7:]).max() < 0.05
+    assert np.abs(back.key_body_pos[:k] - c.key_body_pos[:k]).max() < 0.03
+    np.testing.assert_allclose(np.linalg.norm(back.qpos[:, 3:7], axis=-1), 1.0, atol=1e-9)
+    # the environment plays both at its control rate: the same episode length in frames
+    from kibotos.xmimic.env import XMimicEnv
+
+    env = XMimicEnv([c, slow], xcfg, num_envs=2, training=False)
+    assert env.control_dt == 1 / xcfg.sim.control_fps
+    lengths = env.ref.lengths.tolist()
+    assert abs(lengths[0] - lengths[1]) <= 1, lengths
