@@ -123,8 +123,13 @@ class IKSolver:
     no state between calls — the same target gives the same solution whatever was solved
     before — so verdicts do not depend on the order submissions arrive in.
 
-    ``num_threads``: torch intra-op threads during a solve. The batched products are of
-    4x4 and 6xn matrices, where thread hand-off costs more than it saves: one thread is
+    The solve's loop runs in NumPy float64 on the host (``SerialKinematics.numpy``) whatever
+    ``device``: its arrays are a few hundred 4x4 and 6xn matrices, where the cost is per
+    operation (a GPU's kernel launches as much as a CPU's torch dispatch); ``device`` and
+    ``dtype`` are the torch chains' (the pose-derived target's forward kinematics).
+
+    ``num_threads``: torch intra-op threads during a solve (the batched 7x7 solve, ``sin``/
+    ``cos``). On such small arrays thread hand-off costs more than it saves: one thread is
     ~10x faster than two on a 2-core CPU (measured). ``None`` leaves torch's setting.
     """
 
