@@ -41,7 +41,7 @@ def env_step_rates(clips, cfg, num_envs: int, steps: int, task: str | None = Non
 
 
 def run_train_bench(clips_dir: Path | None, *, num_envs: int, teacher_seconds: float, student_seconds: float,
-                    steps: int = 60, seed: int = 0, out_dir: Path | None = None, tasks: tuple[str, ...] = ("arms_only",),
+                    steps: int = 60, seed: int = 0, teacher: Path | None = None, out_dir: Path | None = None, tasks: tuple[str, ...] = ("arms_only",),
                     progress: Callable[[str], None] = lambda m: None) -> dict:
     import torch
 
@@ -72,12 +72,21 @@ def run_train_bench(clips_dir: Path | None, *, num_envs: int, teacher_seconds: f
     base = evaluate(clips, cfg, policy_path=None, baselines=("reference_pd", "zero_torque"))
     result["baselines"] = {"reference_pd": {"sr": base.sr.rate, "gsr": base.gsr.rate if base.gsr else None},
                            "zero_torque": base.baselines["zero_torque"]}
-    if teacher_seconds <= 0:
+    if teacher is not None:  # a trained teacher: its figures, then the students from it
+        from kibotos.xmimic.train import TrainResult, checkpoint_infos
+
+        infos = checkpoint_infos(teacher)
+        t = TrainResult(run_dir=Path(teacher).parent, checkpoint=Path(teacher), iterations=int(infos.get("iteration", 0)),
+                        resumed_from=0, env_steps=int((infos.get("event") or {}).get("env_steps", 0)),
+                        seconds=float((infos.get("event") or {}).get("seconds", 0.0)))
+        result["teacher_checkpoint"] = str(teacher)
+    elif teacher_seconds <= 0:
         return result
-    progress(f"teacher: {teacher_seconds:.0f} s ...")
-    t = train(clips, cfg, work / "teacher", role="teacher", num_envs=num_envs, iterations=10 ** 6, seed=seed,
-              time_budget_s=teacher_seconds, progress=lambda e: progress(
-                  f"  teacher it {e['iteration']} {e['seconds']:.0f}s SR(train) {e['success_rate']}"))
+    else:
+        progress(f"teacher: {teacher_seconds:.0f} s ...")
+        t = train(clips, cfg, work / "teacher", role="teacher", num_envs=num_envs, iterations=10 ** 6, seed=seed,
+                  time_budget_s=teacher_seconds, progress=lambda e: progress(
+                      f"  teacher it {e['iteration']} {e['seconds']:.0f}s SR(train) {e['success_rate']}"))
     rep = evaluate(clips, cfg, policy_path=t.checkpoint, baselines=())
     result["policies"]["teacher"] = _summary(t, rep)
     for mode in ("mocap", "nep") if student_seconds > 0 else ():

@@ -630,6 +630,8 @@ def bench_train(
     steps: int = typer.Option(60, help="control steps per env-steps/s figure"),
     full_body: bool = typer.Option(False, help="also measure the full-body task's env-steps/s"),
     seed: int = typer.Option(0, help="training seed (a second seed shows the run-to-run spread)"),
+    teacher: Path | None = typer.Option(None, "--teacher", help="a trained teacher checkpoint: evaluate it and "
+                                        "train the students from it instead of training one"),
     json_out: Path | None = typer.Option(None, "--json", help="write the result JSON here"),
 ) -> None:
     """XMimic on this machine: env-steps/s for 1 and N envs, baseline SR/GSR, and the SR/GSR
@@ -641,7 +643,7 @@ def bench_train(
 
     try:
         result = run_train_bench(clips, num_envs=num_envs, teacher_seconds=teacher_seconds,
-                                 student_seconds=student_seconds, steps=steps, seed=seed,
+                                 student_seconds=student_seconds, steps=steps, seed=seed, teacher=teacher,
                                  tasks=("arms_only", "full_body") if full_body else ("arms_only",),
                                  progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     except KibotosError as exc:
