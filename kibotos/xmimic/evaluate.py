@@ -5,7 +5,9 @@ up to the end of carry. It succeeds when, at the last frame, the box is within
 ``final_height_tolerance_m`` of the reference box's height (HumanX's cargo-pickup
 criterion) and within ``max_final_box_xy_error_m`` of it in the plane, and the palms'
 mean position error in the box frame over the frames the reference holds the box is below
-``max_mean_hand_box_error_m``.
+``max_mean_hand_box_error_m`` — against the clip's hand-box relation or against where the
+reference body puts the palms, the closer of the two (they differ only on a held-out
+variant, whose box moves while its reference body does not).
 
 SR: the success rate on the training clips. GSR: on held-out variants of them (box sizes,
 positions and yaws outside XGen's augmentation ranges, config ``eval.heldout``). Every

@@ -98,3 +98,33 @@ def test_box_noise_moves_the_reference_box_with_the_box(clips, xcfg):
     assert torch.allclose(env._ref_box()[:, :2], st.box_pose[:, :2], atol=1e-4)
     # the reference body is not moved: the policy has to adapt its reach
     assert torch.allclose(env._ref(env.ref.qpos)[:, :2], st.qpos[:, :2], atol=1e-3)
+
+
+def test_hands_count_as_holding_by_the_clips_relation_or_where_the_body_puts_them(clips, xcfg):
+    """Both episodes at their first frame (the box where the reference has it). The hand-box
+    error is the closer of the two targets: 10 cm off the relation but 5 cm from where the
+    reference body puts the palms passes (a box moved along the palm faces, held off-centre),
+    10 cm from both fails."""
+    from kibotos.xmimic.clips import variant
+
+    c = clips[0]
+    env = XMimicEnv([c, variant(c, offset_xy=(0.06, 0.0))], xcfg, num_envs=2, training=False)
+    ids = torch.arange(2)
+    env.hand_err_n[:] = 10.0
+    env.hand_err_sum[:] = 10 * 0.10
+    env.hand_err_body_sum[:] = 10 * 0.05
+    out = env.outcome(ids)
+    assert out["success"].tolist() == [True, True], out
+    assert torch.allclose(out["mean_hand_box_error_m"], torch.tensor([0.05, 0.05]))
+    env.hand_err_body_sum[:] = 10 * 0.10
+    assert env.outcome(ids)["success"].tolist() == [False, False]
+    env.hand_err_sum[:] = 10 * 0.05
+    assert env.outcome(ids)["success"].tolist() == [True, True]
+
+
+def test_on_a_training_clip_the_two_hand_targets_are_one(clips, xcfg):
+    env = XMimicEnv(clips[:2], xcfg, num_envs=2, training=False)
+    for _ in range(40):
+        env.step(torch.zeros(2, 14))
+    assert env.hand_err_n.min() > 0
+    torch.testing.assert_close(env.hand_err_sum, env.hand_err_body_sum, atol=1e-4, rtol=1e-4)
