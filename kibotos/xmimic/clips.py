@@ -147,6 +147,14 @@ def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                      w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2, w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2], -1)
 
 
+def nlerp(q0: np.ndarray, q1: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Normalised linear interpolation of unit quaternions (..., 4) at fractions ``a``, the
+    shorter way round."""
+    q1 = np.where((q0 * q1).sum(-1, keepdims=True) < 0, -q1, q1)
+    q = (1 - a) * q0 + a * q1
+    return q / np.linalg.norm(q, axis=-1, keepdims=True)
+
+
 def quat_rotate_inverse_np(q: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Rotate vectors ``v`` (..., 3) by the inverse of unit quaternions ``q`` (..., 4, wxyz; broadcast)."""
     q = np.broadcast_to(q, v.shape[:-1] + (4,))
@@ -182,13 +190,6 @@ def variant(clip: Clip, *, size_scale: float = 1.0, offset_xy: tuple[float, floa
     return dataclasses.replace(clip, object_pose=obj, box_size=size, variant=params, palms_in_box=relation)
 
 
-def _nlerp_np(q0: np.ndarray, q1: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """Normalised lerp of unit quaternions (T, 4), the shorter way round."""
-    q1 = np.where((q0 * q1).sum(-1, keepdims=True) < 0, -q1, q1)
-    q = (1 - a) * q0 + a * q1
-    return q / np.linalg.norm(q, axis=-1, keepdims=True)
-
-
 def resample(clip: Clip, fps: float) -> Clip:
     """The clip at another frame rate: the same motion over the same duration. Positions and
     velocities are interpolated linearly, the root's and the box's orientation by normalised
@@ -210,8 +211,8 @@ def resample(clip: Clip, fps: float) -> Clip:
         return (1 - w) * x[i0] + w * x[i1]
 
     qpos, obj = lin(clip.qpos), lin(clip.object_pose)
-    qpos[:, 3:7] = _nlerp_np(clip.qpos[i0, 3:7], clip.qpos[i1, 3:7], a)
-    obj[:, 3:] = _nlerp_np(clip.object_pose[i0, 3:], clip.object_pose[i1, 3:], a)
+    qpos[:, 3:7] = nlerp(clip.qpos[i0, 3:7], clip.qpos[i1, 3:7], a)
+    obj[:, 3:] = nlerp(clip.object_pose[i0, 3:], clip.object_pose[i1, 3:], a)
     scale = fps / clip.fps
     return dataclasses.replace(
         clip, fps=float(fps), qpos=qpos, qvel=lin(clip.qvel), object_pose=obj, contact=clip.contact[nearest],

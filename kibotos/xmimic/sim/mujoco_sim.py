@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from mujoco import rollout
 
+from kibotos.xmimic.clips import nlerp
 from kibotos.xmimic.config import PhysicsConfig
 from kibotos.xmimic.model import Layout, build_model, set_box, set_grip_enabled, set_pd_scale
 from kibotos.xmimic.sim.base import SimState, Simulator
@@ -40,13 +41,6 @@ CONTROL_SPEC = _S.mjSTATE_CTRL.value | _S.mjSTATE_MOCAP_POS.value | _S.mjSTATE_M
 def _warning(msg: str) -> None:
     # MuJoCo's default handler appends to MUJOCO_LOG.TXT in the working directory
     _log.warning("mujoco: %s", msg)
-
-
-def nlerp(q0: np.ndarray, q1: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """Normalised linear interpolation of unit quaternions (..., 4) at fractions ``a``."""
-    q1 = np.where((q0 * q1).sum(-1, keepdims=True) < 0, -q1, q1)
-    q = (1 - a) * q0 + a * q1
-    return q / np.linalg.norm(q, axis=-1, keepdims=True)
 
 
 def resolve_threads(threads: int) -> int:
