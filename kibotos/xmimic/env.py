@@ -53,13 +53,14 @@ class References:
         def stack(get) -> torch.Tensor:
             return torch.as_tensor(np.stack([pad(get(c)) for c in clips]), dtype=torch.float32, device=device)
 
-        self.qpos = stack(lambda c: c.qpos)
-        self.qvel = stack(lambda c: c.qvel)
-        self.box = stack(lambda c: c.object_pose)
-        self.contact = stack(lambda c: c.contact[:, :3].astype(np.float32))
-        self.keys = stack(lambda c: c.key_body_pos)
-        self.palms_in_box = stack(lambda c: c.palm_relation())  # the hand-box relation tracked (Clip.palms_in_box)
-        self.table = torch.cat([getattr(self, k).flatten(2) for k, _ in self.FIELDS], -1)  # (C, T, 99)
+        self.table = torch.cat([  # (C, T, 99), columns as FIELDS
+            stack(lambda c: c.qpos), stack(lambda c: c.qvel), stack(lambda c: c.object_pose),
+            stack(lambda c: c.contact[:, :3].astype(np.float32)), stack(lambda c: c.key_body_pos).flatten(2),
+            stack(lambda c: c.palm_relation()).flatten(2)], -1)  # the hand-box relation tracked (Clip.palms_in_box)
+        # each field a view of its columns
+        fields = self._split(self.table)
+        self.qpos, self.qvel, self.box, self.contact = fields["qpos"], fields["qvel"], fields["box"], fields["contact"]
+        self.keys, self.palms_in_box = fields["keys"], fields["palms_in_box"]
         self.box_size = torch.as_tensor(np.stack([c.box_size for c in clips]), dtype=torch.float32, device=device)
         self.mass = torch.tensor([c.mass_kg for c in clips], dtype=torch.float32, device=device)
         self.fps = clips[0].fps
@@ -67,12 +68,16 @@ class References:
             raise ValueError("References need clips at one frame rate (clips.resample)")
         self.tmax = tmax
 
+    @classmethod
+    def _split(cls, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``rows`` (..., 99) as one view per field; key bodies (..., 4, 3), palms (..., 2, 3)."""
+        parts = dict(zip([k for k, _ in cls.FIELDS], rows.split([c for _, c in cls.FIELDS], -1), strict=True))
+        parts["keys"] = parts["keys"].unflatten(-1, (4, 3))
+        parts["palms_in_box"] = parts["palms_in_box"].unflatten(-1, (2, 3))
+        return parts
+
     def frame(self, clip: torch.Tensor, t: torch.Tensor) -> RefFrame:
-        row = self.table[clip, t.clamp(max=self.tmax - 1)]
-        parts = dict(zip([k for k, _ in self.FIELDS], row.split([c for _, c in self.FIELDS], -1), strict=True))
-        n = len(row)
-        return RefFrame(qpos=parts["qpos"], qvel=parts["qvel"], box=parts["box"], contact=parts["contact"],
-                        keys=parts["keys"].view(n, 4, 3), palms_in_box=parts["palms_in_box"].view(n, 2, 3))
+        return RefFrame(**self._split(self.table[clip, t.clamp(max=self.tmax - 1)]))
 
 
 @dataclass
@@ -157,13 +162,10 @@ class XMimicEnv(VecEnv):
     def _uniform(self, lo: float, hi: float, *shape) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(*shape, generator=self.gen, device=self.device)
 
-    def _ref(self, arr: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        t = (self.frame + offset).clamp(max=self.ref.tmax - 1)
-        return arr[self.clip_idx, t]
-
-    def _ref_box(self, offset: int = 0) -> torch.Tensor:
-        """The reference box pose, shifted by this episode's box offset (DI)."""
-        b = self._ref(self.ref.box, offset).clone()
+    def _ref_box(self, ref: RefFrame | None = None) -> torch.Tensor:
+        """The reference box pose of ``ref`` (None: the current frame), shifted by this
+        episode's box offset (DI)."""
+        b = (ref if ref is not None else self._ref_frame()).box.clone()
         b[:, :3] += self.box_offset
         return b
 
@@ -267,8 +269,7 @@ class XMimicEnv(VecEnv):
         st = self.state = self.sim.state()
 
         # reward (the reference at the new frame is `nxt`)
-        box_ref = nxt.box.clone()
-        box_ref[:, :3] += self.box_offset
+        box_ref = self._ref_box(nxt)
         keys_ref = nxt.keys
         palms_ref = nxt.palms_in_box * self.relation_scale[:, None, :]
         ref_contact = nxt.contact > 0.5

@@ -97,7 +97,7 @@ def test_box_noise_moves_the_reference_box_with_the_box(clips, xcfg):
     assert env.box_offset[:, :2].abs().max() > 0.01
     assert torch.allclose(env._ref_box()[:, :2], st.box_pose[:, :2], atol=1e-4)
     # the reference body is not moved: the policy has to adapt its reach
-    assert torch.allclose(env._ref(env.ref.qpos)[:, :2], st.qpos[:, :2], atol=1e-3)
+    assert torch.allclose(env._ref_frame().qpos[:, :2], st.qpos[:, :2], atol=1e-3)
 
 
 def test_hands_count_as_holding_by_the_clips_relation_or_where_the_body_puts_them(clips, xcfg):
